@@ -1,0 +1,16 @@
+"""meshkit: a microservices platform for Python.
+
+The top-level namespace is for building services. ``meshkit.policy`` holds the
+pure decision logic the gateway, sidecar and clients share;
+``meshkit.testing`` holds what tests need (a fake clock, conformance suites);
+``meshkit.errors`` the one error tree.
+"""
+
+from importlib.metadata import version as _version
+
+from meshkit._clock import Clock, SystemClock
+from meshkit.errors import MeshkitError
+
+__version__ = _version("meshkit")
+
+__all__ = ["Clock", "MeshkitError", "SystemClock", "__version__"]

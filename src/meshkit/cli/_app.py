@@ -1,0 +1,40 @@
+"""The root ``meshkit`` command; each feature adds its subcommands here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import meshkit
+
+app = typer.Typer(
+    name="meshkit",
+    help="meshkit: a microservices platform for Python.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _print_version(value: bool) -> None:  # noqa: FBT001 (click passes it positionally)
+    if value:
+        typer.echo(f"meshkit {meshkit.__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def root(
+    *,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """meshkit: a microservices platform for Python."""
+
+
+def main() -> None:
+    app()

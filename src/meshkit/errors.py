@@ -1,0 +1,86 @@
+"""The errors meshkit raises: one tree, one root.
+
+Every error meshkit raises is a ``MeshkitError``. Below the root, each branch
+says whose fault the failure is, because that decides what the caller does
+next: fix its input, try another peer, or wait for the environment.
+
+    MeshkitError
+    ├── UsageError                  the caller's fault: fix the input, do not retry
+    │   └── ConfigError             an option or a configuration key is invalid
+    ├── PeerError                   the other side failed: another peer may do
+    ├── EnvironmentFaultError       a broker, store or network is unreachable: wait
+    ├── DeadlineExceededError       the time allowed ran out (also TimeoutError)
+    └── LeaseError                  a lease cannot be used any more: register again
+        ├── LeaseNotFoundError      no lease has this id
+        └── LeaseExpiredError       the lease outlived its TTL without a renewal
+
+Adapters for other libraries (NATS, Redis, etcd, databases) never let those
+libraries' exceptions escape: they raise the meshkit error ``from`` the
+original, so the cause stays in the traceback. Where a stdlib type describes
+the failure too, the class also derives from it (``ConfigError`` is a
+``ValueError``, ``DeadlineExceededError`` a ``TimeoutError``), so code that
+already catches those keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DeadlineExceededError",
+    "EnvironmentFaultError",
+    "LeaseError",
+    "LeaseExpiredError",
+    "LeaseNotFoundError",
+    "MeshkitError",
+    "PeerError",
+    "UsageError",
+]
+
+
+class MeshkitError(Exception):
+    """The root of every error meshkit raises."""
+
+
+class UsageError(MeshkitError, ValueError):
+    """The caller passed something meshkit cannot use; retrying will not help."""
+
+
+class ConfigError(UsageError):
+    """An option or configuration key has an invalid value.
+
+    ``key`` names the option (``"capacity"``, ``"gateway.routes[2].prefix"``)
+    so the message can point at it.
+    """
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class PeerError(MeshkitError):
+    """A service, instance or upstream failed to answer properly."""
+
+
+class EnvironmentFaultError(MeshkitError):
+    """Infrastructure meshkit depends on (a broker, a store, the network) failed."""
+
+
+class DeadlineExceededError(MeshkitError, TimeoutError):
+    """The time allowed for an operation ran out before it could finish."""
+
+
+class LeaseError(MeshkitError):
+    """A lease can no longer be renewed or removed; the holder must register again."""
+
+    def __init__(self, lease_id: int, problem: str) -> None:
+        super().__init__(f"lease {lease_id}: {problem}")
+        self.lease_id = lease_id
+
+
+class LeaseNotFoundError(LeaseError, LookupError):
+    """No lease has this id (it was never granted, or was removed or replaced)."""
+
+
+class LeaseExpiredError(LeaseError):
+    """The lease reached its TTL without a renewal."""

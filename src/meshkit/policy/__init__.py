@@ -1,0 +1,68 @@
+"""Pure decisions: rate limits, circuit breakers, retries, load balancing, leases, deadlines.
+
+Everything here is a small state machine fed facts and ``now`` (seconds on a
+monotonic clock) that returns a decision. Nothing here awaits, sleeps, reads a
+clock or touches the network; the gateway, the sidecar, the service client and
+the registry are the drivers that do. State changes are reported to an
+optional ``Hook`` as frozen records (see ``_events``).
+"""
+
+from meshkit.policy._balance import (
+    Balancer,
+    PowerOfTwoChoices,
+    RoundRobin,
+    SmoothWeightedRoundRobin,
+)
+from meshkit.policy._breaker import BreakerConfig, BreakerStatistics, CircuitBreaker
+from meshkit.policy._deadline import DeadlineBudget
+from meshkit.policy._events import (
+    BackendsChanged,
+    BreakerState,
+    BreakerStateChanged,
+    Hook,
+    LeaseEvent,
+    LeaseEventKind,
+    PolicyEvent,
+    RateLimitStateChanged,
+    RetryBudgetStateChanged,
+    RetryScheduled,
+    RetryStopped,
+    StopReason,
+)
+from meshkit.policy._lease import Lease, LeaseTable
+from meshkit.policy._ratelimit import GCRA, RateDecision, RateLimit, TokenBucket
+from meshkit.policy._retry import Backoff, RetryBudget, RetryDecision, RetryPolicy, RetryRun
+
+__all__ = [
+    "GCRA",
+    "BackendsChanged",
+    "Backoff",
+    "Balancer",
+    "BreakerConfig",
+    "BreakerState",
+    "BreakerStateChanged",
+    "BreakerStatistics",
+    "CircuitBreaker",
+    "DeadlineBudget",
+    "Hook",
+    "Lease",
+    "LeaseEvent",
+    "LeaseEventKind",
+    "LeaseTable",
+    "PolicyEvent",
+    "PowerOfTwoChoices",
+    "RateDecision",
+    "RateLimit",
+    "RateLimitStateChanged",
+    "RetryBudget",
+    "RetryBudgetStateChanged",
+    "RetryDecision",
+    "RetryPolicy",
+    "RetryRun",
+    "RetryScheduled",
+    "RetryStopped",
+    "RoundRobin",
+    "SmoothWeightedRoundRobin",
+    "StopReason",
+    "TokenBucket",
+]

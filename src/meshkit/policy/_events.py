@@ -1,0 +1,158 @@
+"""What the policies report: frozen records, and the hook that receives them.
+
+Policies report their state changes (a breaker opening, a rate limit
+engaging, a lease expiring) by calling a ``Hook`` with one of the records
+below. Metrics, tracing and the dashboard attach there, so the policies never
+import them. A hook runs synchronously inside the decision that caused the
+change, after the policy's state is consistent, so it sees the new state in
+``statistics()``. Keep hooks cheap. An exception from a hook propagates to the
+policy's caller: a broken exporter should be loud, not silently lose data.
+
+These are emitted on changes, not on every decision, so a policy with a
+hook costs the same per request as one without.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar
+
+__all__ = [
+    "BackendsChanged",
+    "BreakerState",
+    "BreakerStateChanged",
+    "Hook",
+    "LeaseEvent",
+    "LeaseEventKind",
+    "PolicyEvent",
+    "RateLimitStateChanged",
+    "RetryBudgetStateChanged",
+    "RetryScheduled",
+    "RetryStopped",
+    "StopReason",
+]
+
+V = TypeVar("V")
+
+
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class StopReason(enum.StrEnum):
+    """Why a retry run ended without another attempt."""
+
+    SUCCEEDED = "succeeded"
+    NOT_RETRYABLE = "not_retryable"
+    ATTEMPTS_EXHAUSTED = "attempts_exhausted"
+    DEADLINE = "deadline"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    ABANDONED = "abandoned"
+
+
+class LeaseEventKind(enum.StrEnum):
+    REGISTERED = "registered"
+    RENEWED = "renewed"
+    EXPIRED = "expired"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimitStateChanged:
+    """A limiter started refusing (``limited``) or admitted again after refusing."""
+
+    limiter: str
+    limited: bool
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerStateChanged:
+    """A circuit breaker moved between closed, open and half-open."""
+
+    breaker: str
+    previous: BreakerState
+    state: BreakerState
+    reason: str
+    at: float
+    open_until: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryScheduled:
+    """A failed attempt will be retried after ``delay`` seconds."""
+
+    policy: str
+    attempt: int
+    delay: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryStopped:
+    """A retry run ended after ``attempts`` attempts, for ``reason``."""
+
+    policy: str
+    attempts: int
+    reason: StopReason
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryBudgetStateChanged:
+    """A retry budget ran out (``exhausted``) or has room again."""
+
+    budget: str
+    exhausted: bool
+    active_requests: int
+    active_retries: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendsChanged:
+    """A load balancer's set of backends (or their weights) changed.
+
+    ``weights[i]`` is the weight of ``backends[i]``; 1 for unweighted balancers.
+    """
+
+    balancer: str
+    backends: tuple[Hashable, ...]
+    weights: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseEvent(Generic[V]):
+    """A lease was registered, renewed, expired or removed.
+
+    ``index`` is the lease table's index after the change; see
+    ``LeaseTable`` for which kinds advance it.
+    """
+
+    kind: LeaseEventKind
+    lease_id: int
+    key: str
+    value: V
+    expires_at: float
+    index: int
+    at: float
+
+
+PolicyEvent: TypeAlias = (
+    RateLimitStateChanged
+    | BreakerStateChanged
+    | RetryScheduled
+    | RetryStopped
+    | RetryBudgetStateChanged
+    | BackendsChanged
+    | LeaseEvent[Any]
+)
+
+
+class Hook(Protocol):
+    """Receives the records policies emit. Any callable of one argument fits."""
+
+    def __call__(self, event: PolicyEvent, /) -> None: ...

@@ -1,0 +1,193 @@
+"""Leases with a TTL: who is alive, and an index that watchers can wait on.
+
+A holder registers a key (a service instance) with a TTL and must renew the
+lease before the TTL runs out, or the lease expires. Liveness is computed
+from ``now`` on every read: a lease is live while ``now < expires_at``, and
+never after, even if the driver has not called ``expire()`` yet. ``expire()``
+only turns expiries into events and frees memory; it never decides liveness.
+
+Every change emits a ``LeaseEvent`` through the hook. Membership changes
+(registered, expired, removed) also advance ``index`` by one and go into a
+bounded history, from which ``changes_since(index)`` answers a watcher.
+Renewals do not advance the index: they change nobody's view of which
+instances are live, and with every instance renewing every few seconds they
+would wake every watcher constantly (Consul's blocking queries likewise
+advance their index only when the result changes).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Generic, TypeVar
+
+from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
+from meshkit.policy import _check as check
+from meshkit.policy._events import Hook, LeaseEvent, LeaseEventKind
+
+__all__ = ["Lease", "LeaseTable"]
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lease(Generic[V]):
+    id: int
+    key: str
+    value: V
+    ttl: float
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        return now < self.expires_at
+
+
+class LeaseTable(Generic[V]):
+    """Leases by id and by key, expiring on TTL.
+
+    One key holds at most one lease: registering a key again replaces its
+    lease, and the old lease id can no longer be renewed or removed.
+    """
+
+    __slots__ = ("_by_id", "_by_key", "_expiries", "_history", "_hook", "_ids", "index", "name")
+
+    def __init__(self, *, history: int = 1024, name: str = "", hook: Hook | None = None) -> None:
+        check.whole("history", history, minimum=1)
+        self.name = name
+        self.index = 0
+        self._hook = hook
+        self._ids = itertools.count(1)
+        self._by_id: dict[int, Lease[V]] = {}
+        self._by_key: dict[str, int] = {}
+        # (expires_at, lease id); renewals push a new entry and leave the old
+        # one to be skipped when it surfaces, which keeps renew O(log n).
+        self._expiries: list[tuple[float, int]] = []
+        self._history: deque[LeaseEvent[V]] = deque(maxlen=history)
+
+    def __len__(self) -> int:
+        """Leases held, including expired ones not yet swept by ``expire()``."""
+        return len(self._by_id)
+
+    def register(self, key: str, value: V, ttl: float, now: float) -> Lease[V]:
+        """Grant a lease on ``key`` for ``ttl`` seconds, replacing any lease the key had."""
+        if not key:
+            raise ConfigError("key", "must not be empty")
+        check.seconds("ttl", ttl)
+        previous = self._by_key.get(key)
+        if previous is not None:
+            del self._by_id[previous]
+        lease = Lease(id=next(self._ids), key=key, value=value, ttl=ttl, expires_at=now + ttl)
+        self._store(lease)
+        self._record(LeaseEventKind.REGISTERED, lease, now)
+        return lease
+
+    def renew(self, lease_id: int, now: float) -> Lease[V]:
+        """Extend a live lease by its TTL from ``now``.
+
+        Raises ``LeaseNotFoundError`` for an unknown, removed or replaced
+        lease, and ``LeaseExpiredError`` (after recording the expiry) if the
+        TTL has already run out.
+        """
+        lease = self._live(lease_id, now)
+        lease = replace(lease, expires_at=now + lease.ttl)
+        self._store(lease)
+        self._record(LeaseEventKind.RENEWED, lease, now)
+        return lease
+
+    def remove(self, lease_id: int, now: float) -> Lease[V]:
+        """End a live lease now. Raises like ``renew``."""
+        lease = self._live(lease_id, now)
+        self._drop(lease)
+        self._record(LeaseEventKind.REMOVED, lease, now)
+        return lease
+
+    def expire(self, now: float) -> list[LeaseEvent[V]]:
+        """Record the expiry of every lease whose TTL ran out by ``now``."""
+        events = []
+        while self._expiries and self._expiries[0][0] <= now:
+            expires_at, lease_id = heapq.heappop(self._expiries)
+            lease = self._by_id.get(lease_id)
+            if lease is not None and lease.expires_at == expires_at:
+                events.append(self._expire(lease, now))
+        return events
+
+    def next_expiry(self) -> float | None:
+        """When the next lease will expire unless renewed; ``None`` if none is held."""
+        while self._expiries:
+            expires_at, lease_id = self._expiries[0]
+            lease = self._by_id.get(lease_id)
+            if lease is not None and lease.expires_at == expires_at:
+                return expires_at
+            heapq.heappop(self._expiries)
+        return None
+
+    def get(self, key: str, now: float) -> Lease[V] | None:
+        """The live lease on ``key``, if any."""
+        lease_id = self._by_key.get(key)
+        lease = None if lease_id is None else self._by_id[lease_id]
+        return lease if lease is not None and lease.live(now) else None
+
+    def live(self, now: float) -> list[Lease[V]]:
+        """Every live lease, in the order they were granted."""
+        return [lease for lease in self._by_id.values() if lease.live(now)]
+
+    def changes_since(self, index: int) -> tuple[LeaseEvent[V], ...] | None:
+        """Membership events after ``index``, oldest first.
+
+        Empty when nothing changed since. ``None`` when the history no longer
+        reaches back that far (or ``index`` is from a different table, such as
+        one before a restart): the watcher must re-read ``live()`` and carry
+        on from ``self.index``.
+        """
+        if index == self.index:
+            return ()
+        if index > self.index or not self._history or self._history[0].index > index + 1:
+            return None
+        start = index + 1 - self._history[0].index
+        return tuple(itertools.islice(self._history, start, None))
+
+    # -- internals --------------------------------------------------------
+
+    def _live(self, lease_id: int, now: float) -> Lease[V]:
+        lease = self._by_id.get(lease_id)
+        if lease is None:
+            raise LeaseNotFoundError(lease_id, "no such lease (never granted, removed or replaced)")
+        if not lease.live(now):
+            self._expire(lease, now)
+            raise LeaseExpiredError(
+                lease_id, f"expired at {lease.expires_at:.3f}, before {now:.3f}"
+            )
+        return lease
+
+    def _store(self, lease: Lease[V]) -> None:
+        self._by_id[lease.id] = lease
+        self._by_key[lease.key] = lease.id
+        heapq.heappush(self._expiries, (lease.expires_at, lease.id))
+
+    def _drop(self, lease: Lease[V]) -> None:
+        del self._by_id[lease.id]
+        del self._by_key[lease.key]
+
+    def _expire(self, lease: Lease[V], now: float) -> LeaseEvent[V]:
+        self._drop(lease)
+        return self._record(LeaseEventKind.EXPIRED, lease, now)
+
+    def _record(self, kind: LeaseEventKind, lease: Lease[V], now: float) -> LeaseEvent[V]:
+        if kind is not LeaseEventKind.RENEWED:
+            self.index += 1
+        event = LeaseEvent(
+            kind=kind,
+            lease_id=lease.id,
+            key=lease.key,
+            value=lease.value,
+            expires_at=lease.expires_at,
+            index=self.index,
+            at=now,
+        )
+        if kind is not LeaseEventKind.RENEWED:
+            self._history.append(event)
+        if self._hook is not None:
+            self._hook(event)
+        return event

@@ -1,0 +1,56 @@
+import re
+
+import pytest
+
+import meshkit.errors as errors
+from meshkit.errors import ConfigError, DeadlineExceededError, LeaseNotFoundError, MeshkitError
+
+
+def _drawn_tree() -> dict[str, str | None]:
+    """Class name -> parent name, read from the tree drawn in the module docstring."""
+    assert errors.__doc__ is not None
+    parents: dict[str, str | None] = {}
+    stack: list[tuple[int, str]] = []
+    for line in errors.__doc__.splitlines():
+        match = re.match(r"^(\s*(?:[│ ]   )*(?:[├└]── )?)([A-Z]\w+Error)\b", line)
+        if match is None:
+            continue
+        depth = len(match.group(1))
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        parents[match.group(2)] = stack[-1][1] if stack else None
+        stack.append((depth, match.group(2)))
+    return parents
+
+
+def test_docstring_tree_matches_the_classes() -> None:
+    """The tree drawn in meshkit.errors is exactly the class hierarchy."""
+    drawn = _drawn_tree()
+    actual: dict[str, str | None] = {}
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        meshkit_bases = [b.__name__ for b in cls.__bases__ if issubclass(b, MeshkitError)]
+        actual[name] = meshkit_bases[0] if meshkit_bases else None
+    assert drawn == actual
+
+
+def test_every_error_is_a_meshkit_error() -> None:
+    """Catching MeshkitError catches everything meshkit raises."""
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), MeshkitError)
+
+
+def test_stdlib_bases_for_existing_handlers() -> None:
+    """Errors that mean a stdlib failure also are that stdlib type."""
+    assert issubclass(ConfigError, ValueError)
+    assert issubclass(DeadlineExceededError, TimeoutError)
+    assert issubclass(LeaseNotFoundError, LookupError)
+
+
+def test_config_error_names_the_key() -> None:
+    """A ConfigError's message starts with the key it is about."""
+    error = ConfigError("gateway.port", "must be between 1 and 65535, got 0")
+    assert str(error) == "gateway.port: must be between 1 and 65535, got 0"
+    assert error.key == "gateway.port"
+    with pytest.raises(ValueError, match=r"gateway\.port"):
+        raise error

@@ -1,0 +1,61 @@
+import importlib
+
+import pytest
+
+import meshkit
+
+# The public surface, by namespace. Adding or removing a name is a decision:
+# change it here on purpose.
+PUBLIC = {
+    "meshkit": ["Clock", "MeshkitError", "SystemClock", "__version__"],
+    "meshkit.testing": ["FakeClock"],
+    "meshkit.policy": [
+        "GCRA",
+        "BackendsChanged",
+        "Backoff",
+        "Balancer",
+        "BreakerConfig",
+        "BreakerState",
+        "BreakerStateChanged",
+        "BreakerStatistics",
+        "CircuitBreaker",
+        "DeadlineBudget",
+        "Hook",
+        "Lease",
+        "LeaseEvent",
+        "LeaseEventKind",
+        "LeaseTable",
+        "PolicyEvent",
+        "PowerOfTwoChoices",
+        "RateDecision",
+        "RateLimit",
+        "RateLimitStateChanged",
+        "RetryBudget",
+        "RetryBudgetStateChanged",
+        "RetryDecision",
+        "RetryPolicy",
+        "RetryRun",
+        "RetryScheduled",
+        "RetryStopped",
+        "RoundRobin",
+        "SmoothWeightedRoundRobin",
+        "StopReason",
+        "TokenBucket",
+    ],
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(PUBLIC))
+def test_public_names(module_name: str) -> None:
+    """Each public namespace exports exactly the agreed names, and they exist."""
+    module = importlib.import_module(module_name)
+    assert sorted(module.__all__) == sorted(PUBLIC[module_name])
+    for name in module.__all__:
+        assert hasattr(module, name), name
+
+
+def test_version_matches_the_package_metadata() -> None:
+    """__version__ is the installed distribution's version."""
+    from importlib.metadata import version
+
+    assert meshkit.__version__ == version("meshkit")

@@ -1,0 +1,187 @@
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
+from meshkit.policy import LeaseEvent, LeaseEventKind, LeaseTable
+
+REGISTERED, RENEWED, EXPIRED, REMOVED = (
+    LeaseEventKind.REGISTERED,
+    LeaseEventKind.RENEWED,
+    LeaseEventKind.EXPIRED,
+    LeaseEventKind.REMOVED,
+)
+
+
+def test_lease_lives_for_its_ttl_and_renewal_extends_it() -> None:
+    """A lease is live before its TTL, gone at it, and a renewal restarts the TTL."""
+    table: LeaseTable[str] = LeaseTable()
+    lease = table.register("orders/1", "127.0.0.1:9001", ttl=5, now=0.0)
+    assert table.get("orders/1", 4.999) == lease
+    assert table.get("orders/1", 5.0) is None
+    renewed = table.renew(lease.id, 4.0)
+    assert renewed.expires_at == 9.0
+    assert table.get("orders/1", 8.9) == renewed
+
+
+def test_renewing_too_late_fails_and_records_the_expiry() -> None:
+    """Renewing after the TTL raises LeaseExpiredError; the expiry becomes an event."""
+    events: list[object] = []
+    table: LeaseTable[str] = LeaseTable(hook=events.append)
+    lease = table.register("orders/1", "a", ttl=5, now=0.0)
+    with pytest.raises(LeaseExpiredError):
+        table.renew(lease.id, 5.0)
+    assert [e.kind for e in events] == [REGISTERED, EXPIRED]  # type: ignore[attr-defined]
+    with pytest.raises(LeaseNotFoundError):
+        table.renew(lease.id, 5.0)
+
+
+def test_registering_a_key_again_replaces_its_lease() -> None:
+    """A second registration of a key takes over; the old lease id is dead."""
+    table: LeaseTable[str] = LeaseTable()
+    old = table.register("orders/1", "a", ttl=5, now=0.0)
+    new = table.register("orders/1", "b", ttl=5, now=1.0)
+    assert new.id != old.id
+    assert table.live(2.0) == [new]
+    with pytest.raises(LeaseNotFoundError, match="replaced"):
+        table.renew(old.id, 2.0)
+    assert table.expire(5.5) == []  # the old lease's expiry entry is skipped
+
+
+def test_index_advances_on_membership_changes_only() -> None:
+    """Register, expire and remove advance the index; renew does not."""
+    table: LeaseTable[str] = LeaseTable()
+    a = table.register("a", "a", ttl=5, now=0.0)
+    b = table.register("b", "b", ttl=10, now=0.0)
+    assert table.index == 2
+    table.renew(a.id, 1.0)
+    assert table.index == 2
+    [expired] = table.expire(6.0)
+    assert (expired.kind, expired.key, expired.index) == (EXPIRED, "a", 3)
+    table.remove(b.id, 7.0)
+    assert table.index == 4
+    changes = table.changes_since(1)
+    assert changes is not None
+    assert [(e.kind, e.key, e.index) for e in changes] == [
+        (REGISTERED, "b", 2),
+        (EXPIRED, "a", 3),
+        (REMOVED, "b", 4),
+    ]
+    assert table.changes_since(4) == ()
+
+
+def test_a_watcher_too_far_behind_must_resync() -> None:
+    """changes_since returns None when history no longer reaches back, or the index is foreign."""
+    table: LeaseTable[int] = LeaseTable(history=3)
+    for i in range(5):
+        table.register(f"k{i}", i, ttl=5, now=0.0)
+    assert table.changes_since(1) is None
+    changes = table.changes_since(2)
+    assert changes is not None
+    assert [e.index for e in changes] == [3, 4, 5]
+    assert table.changes_since(99) is None  # e.g. an index from before a restart
+
+
+def test_next_expiry_tracks_renewals() -> None:
+    """next_expiry is the earliest live expiry, skipping superseded entries."""
+    table: LeaseTable[str] = LeaseTable()
+    assert table.next_expiry() is None
+    a = table.register("a", "a", ttl=5, now=0.0)
+    table.register("b", "b", ttl=8, now=0.0)
+    assert table.next_expiry() == 5.0
+    table.renew(a.id, 4.0)
+    assert table.next_expiry() == 8.0
+
+
+@pytest.mark.parametrize(
+    ("key", "ttl", "field"), [("", 5, "key"), ("a", 0, "ttl"), ("a", -1, "ttl")]
+)
+def test_bad_registration_names_the_field(key: str, ttl: float, field: str) -> None:
+    """An empty key or a non-positive TTL raises ConfigError naming it."""
+    with pytest.raises(ConfigError) as caught:
+        LeaseTable[str]().register(key, "v", ttl=ttl, now=0.0)
+    assert caught.value.key == field
+
+
+class LeaseMachine(RuleBasedStateMachine):
+    """Random registrations, renewals, removals, sweeps and passing time against a model."""
+
+    leases = Bundle("leases")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[LeaseEvent[int]] = []
+        self.table: LeaseTable[int] = LeaseTable(history=16, hook=self.events.append)  # type: ignore[arg-type]
+        self.now = 0.0
+        self.expires: dict[int, float] = {}  # model: lease id -> expiry, while not removed
+        self.key_of: dict[int, str] = {}
+        self.last_index = 0
+
+    @rule(target=leases, key=st.sampled_from("abcde"), ttl=st.floats(0.1, 10))
+    def register(self, key: str, ttl: float) -> int:
+        for lease_id, k in list(self.key_of.items()):
+            if k == key:
+                del self.key_of[lease_id]
+                self.expires.pop(lease_id, None)
+        lease = self.table.register(key, 0, ttl=ttl, now=self.now)
+        self.expires[lease.id] = self.now + ttl
+        self.key_of[lease.id] = key
+        return lease.id
+
+    @rule(lease_id=leases)
+    def renew(self, lease_id: int) -> None:
+        if lease_id in self.expires and self.now < self.expires[lease_id]:
+            lease = self.table.renew(lease_id, self.now)
+            self.expires[lease_id] = lease.expires_at
+        else:
+            with pytest.raises((LeaseExpiredError, LeaseNotFoundError)):
+                self.table.renew(lease_id, self.now)
+            self._forget(lease_id)
+
+    @rule(lease_id=leases)
+    def remove(self, lease_id: int) -> None:
+        if lease_id in self.expires and self.now < self.expires[lease_id]:
+            self.table.remove(lease_id, self.now)
+        else:
+            with pytest.raises((LeaseExpiredError, LeaseNotFoundError)):
+                self.table.remove(lease_id, self.now)
+        self._forget(lease_id)
+
+    @rule(seconds=st.floats(0, 4))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+
+    @rule()
+    def sweep(self) -> None:
+        for event in self.table.expire(self.now):
+            assert event.kind is EXPIRED
+            assert self.expires[event.lease_id] <= self.now
+            self._forget(event.lease_id)
+
+    def _forget(self, lease_id: int) -> None:
+        self.expires.pop(lease_id, None)
+        self.key_of.pop(lease_id, None)
+
+    @invariant()
+    def live_is_exactly_the_unexpired_leases(self) -> None:
+        # Never live after its TTL without a renewal, swept or not.
+        expected = {i for i, expires in self.expires.items() if self.now < expires}
+        assert {lease.id for lease in self.table.live(self.now)} == expected
+
+    @invariant()
+    def index_only_grows_and_history_replays_it(self) -> None:
+        assert self.table.index >= self.last_index
+        changes = self.table.changes_since(self.last_index)
+        if changes is not None:
+            assert [e.index for e in changes] == list(
+                range(self.last_index + 1, self.table.index + 1)
+            )
+        self.last_index = self.table.index
+
+    @invariant()
+    def every_change_was_reported(self) -> None:
+        membership = [e for e in self.events if e.kind is not RENEWED]
+        assert len(membership) == self.table.index
+
+
+TestLeaseMachine = LeaseMachine.TestCase
