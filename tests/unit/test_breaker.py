@@ -279,7 +279,8 @@ class BreakerMachine(RuleBasedStateMachine):
             if event.state is OPEN:
                 assert event.open_until is not None
                 period = event.open_until - event.at
-                assert self.config.open_for <= period <= self.config.open_for_max
+                # 1 ns of tolerance: open_until is at + period in floats.
+                assert self.config.open_for - 1e-9 <= period <= self.config.open_for_max + 1e-9
 
 
 TestBreakerMachine = BreakerMachine.TestCase

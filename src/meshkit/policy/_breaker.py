@@ -27,7 +27,8 @@ window with at least 20 calls so a quiet service does not trip on two errors.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+import msgspec
 
 from meshkit.errors import ConfigError
 from meshkit.policy import _check as check
@@ -36,10 +37,10 @@ from meshkit.policy._events import BreakerState, BreakerStateChanged, Hook
 __all__ = ["BreakerConfig", "BreakerStatistics", "CircuitBreaker"]
 
 _SLOTS = 10  # buckets in the failure-rate window
+_CLOSED, _OPEN, _HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerConfig:
+class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     """When a breaker trips and how it recovers. ``None`` turns a trigger off."""
 
     consecutive_failures: int | None = 5
@@ -77,8 +78,7 @@ class BreakerConfig:
         check.whole("half_open_successes", self.half_open_successes, minimum=1)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BreakerStatistics:
+class BreakerStatistics(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot for dashboards and admin APIs."""
 
     state: BreakerState
@@ -115,6 +115,8 @@ class CircuitBreaker:
         "_open_until",
         "_probe_successes",
         "_probes",
+        "_slot",
+        "_slow_call",
         "_state",
         "_trips",
         "_width",
@@ -133,7 +135,8 @@ class CircuitBreaker:
         self.config = config = config or BreakerConfig()
         self.name = name
         self._hook = hook
-        self._state = BreakerState.CLOSED
+        self._state = _CLOSED
+        self._slow_call = config.slow_call
         self._generation = 0
         self._consecutive = 0
         self._trips = 0  # trips since the breaker last closed; grows the open period
@@ -141,9 +144,11 @@ class CircuitBreaker:
         self._probes = 0
         self._probe_successes = 0
         # The failure-rate window: _SLOTS buckets of window/_SLOTS seconds, as
-        # a ring indexed by the bucket number (now // width) modulo _SLOTS.
+        # a ring indexed by the bucket number (now // width) modulo _SLOTS;
+        # _slot is the ring index of the current bucket.
         self._width = config.window / _SLOTS
         self._bucket = 0
+        self._slot = 0
         self._calls = [0] * _SLOTS
         self._failures = [0] * _SLOTS
         self._window_calls = 0
@@ -159,18 +164,20 @@ class CircuitBreaker:
     @property
     def open_until(self) -> float | None:
         """When an open breaker will admit a probe; ``None`` unless open."""
-        return self._open_until if self._state is BreakerState.OPEN else None
+        return self._open_until if self._state is _OPEN else None
 
     def allow(self, now: float) -> int | None:
         """A ticket for a call at ``now``, or ``None`` if the call must not be made."""
-        state = self._state
-        if state is BreakerState.CLOSED:
+        if self._state is _CLOSED:
             return self._generation
-        if state is BreakerState.OPEN:
+        return self._allow_when_not_closed(now)
+
+    def _allow_when_not_closed(self, now: float) -> int | None:
+        if self._state is _OPEN:
             if now < self._open_until:
                 self.total_rejected += 1
                 return None
-            self._transition(BreakerState.HALF_OPEN, now, "open period over")
+            self._transition(_HALF_OPEN, now, "open period over")
         if self._probes >= self.config.half_open_probes:
             self.total_rejected += 1
             return None
@@ -183,20 +190,29 @@ class CircuitBreaker:
         With ``slow_call`` configured, a call that took at least that long
         counts as a failure even if it succeeded.
         """
-        slow = self.config.slow_call
+        slow = self._slow_call
         failed = not success or (slow is not None and duration >= slow)
         self.total_calls += 1
         if failed:
             self.total_failures += 1
         if ticket != self._generation:
             return
-        if self._state is BreakerState.CLOSED:
-            self._closed_outcome(now, failed=failed)
-        elif self._state is BreakerState.HALF_OPEN:
+        if self._state is _CLOSED:
+            # The common case, kept inline: count the call in the window.
+            if now >= (self._bucket + 1) * self._width:
+                self._advance_window(now)
+            self._calls[self._slot] += 1
+            self._window_calls += 1
+            if failed:
+                self._closed_failure(now)
+            else:
+                self._consecutive = 0
+        elif self._state is _HALF_OPEN:
             self._probe_outcome(now, failed=failed)
 
     def statistics(self, now: float) -> BreakerStatistics:
-        self._advance_window(now)
+        if now >= (self._bucket + 1) * self._width:
+            self._advance_window(now)
         return BreakerStatistics(
             state=self._state,
             consecutive_failures=self._consecutive,
@@ -212,15 +228,8 @@ class CircuitBreaker:
 
     # -- closed ---------------------------------------------------------
 
-    def _closed_outcome(self, now: float, *, failed: bool) -> None:
-        self._advance_window(now)
-        slot = self._bucket % _SLOTS
-        self._calls[slot] += 1
-        self._window_calls += 1
-        if not failed:
-            self._consecutive = 0
-            return
-        self._failures[slot] += 1
+    def _closed_failure(self, now: float) -> None:
+        self._failures[self._slot] += 1
         self._window_failures += 1
         self._consecutive += 1
         reason = self._trip_reason()
@@ -245,7 +254,7 @@ class CircuitBreaker:
         return None
 
     def _advance_window(self, now: float) -> None:
-        """Move the ring to ``now``'s bucket, dropping buckets that fell out."""
+        """Move the ring forward to ``now``'s bucket, dropping buckets that fell out."""
         bucket = int(now // self._width)
         if bucket <= self._bucket:
             return
@@ -256,6 +265,7 @@ class CircuitBreaker:
             self._calls[slot] = 0
             self._failures[slot] = 0
         self._bucket = bucket
+        self._slot = bucket % _SLOTS
 
     # -- open and half-open -----------------------------------------------
 
@@ -264,7 +274,7 @@ class CircuitBreaker:
         period = config.open_for * config.open_multiplier**self._trips
         self._trips += 1
         self._open_until = now + min(period, config.open_for_max)
-        self._transition(BreakerState.OPEN, now, reason)
+        self._transition(_OPEN, now, reason)
 
     def _probe_outcome(self, now: float, *, failed: bool) -> None:
         self._probes -= 1
@@ -274,7 +284,7 @@ class CircuitBreaker:
         self._probe_successes += 1
         if self._probe_successes >= self.config.half_open_successes:
             self._trips = 0
-            self._transition(BreakerState.CLOSED, now, f"{self._probe_successes} probes succeeded")
+            self._transition(_CLOSED, now, f"{self._probe_successes} probes succeeded")
 
     def _transition(self, state: BreakerState, now: float, reason: str) -> None:
         previous = self._state
@@ -283,7 +293,7 @@ class CircuitBreaker:
         self._probes = 0
         self._probe_successes = 0
         self._consecutive = 0
-        if state is BreakerState.CLOSED:
+        if state is _CLOSED:
             # A fresh start: failures from before the trip must not count again.
             self._calls = [0] * _SLOTS
             self._failures = [0] * _SLOTS

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 from meshkit.errors import ConfigError, DeadlineExceededError
 from meshkit.policy import _check as check
@@ -28,8 +29,7 @@ from meshkit.policy import _check as check
 __all__ = ["DeadlineBudget"]
 
 
-@dataclass(frozen=True, slots=True)
-class DeadlineBudget:
+class DeadlineBudget(msgspec.Struct, frozen=True):
     """Time until ``expires_at`` (monotonic seconds), less ``reserve``."""
 
     expires_at: float

@@ -20,8 +20,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
+
+import msgspec
 
 from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.policy import _check as check
@@ -32,8 +33,7 @@ __all__ = ["Lease", "LeaseTable"]
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Lease(Generic[V]):
+class Lease(msgspec.Struct, Generic[V], frozen=True, kw_only=True):
     id: int
     key: str
     value: V
@@ -91,7 +91,7 @@ class LeaseTable(Generic[V]):
         TTL has already run out.
         """
         lease = self._live(lease_id, now)
-        lease = replace(lease, expires_at=now + lease.ttl)
+        lease = msgspec.structs.replace(lease, expires_at=now + lease.ttl)
         self._store(lease)
         self._record(LeaseEventKind.RENEWED, lease, now)
         return lease
@@ -172,10 +172,15 @@ class LeaseTable(Generic[V]):
 
     def _expire(self, lease: Lease[V], now: float) -> LeaseEvent[V]:
         self._drop(lease)
-        return self._record(LeaseEventKind.EXPIRED, lease, now)
+        event = self._record(LeaseEventKind.EXPIRED, lease, now)
+        assert event is not None  # membership changes always produce one
+        return event
 
-    def _record(self, kind: LeaseEventKind, lease: Lease[V], now: float) -> LeaseEvent[V]:
-        if kind is not LeaseEventKind.RENEWED:
+    def _record(self, kind: LeaseEventKind, lease: Lease[V], now: float) -> LeaseEvent[V] | None:
+        renewal = kind is LeaseEventKind.RENEWED
+        if renewal and self._hook is None:
+            return None  # nobody to tell, and renewals stay out of the history
+        if not renewal:
             self.index += 1
         event = LeaseEvent(
             kind=kind,
@@ -186,7 +191,7 @@ class LeaseTable(Generic[V]):
             index=self.index,
             at=now,
         )
-        if kind is not LeaseEventKind.RENEWED:
+        if not renewal:
             self._history.append(event)
         if self._hook is not None:
             self._hook(event)

@@ -12,17 +12,13 @@ Why integers: both forms count credit in nanoseconds, one token being
 agree to the last request, with no float rounding at the boundary, and
 rounding the interval up means the effective rate never exceeds the one
 configured.
-
-The per-request decision is a NamedTuple built with ``tuple.__new__``: on the
-reference machine that costs about 0.25 us where a frozen dataclass costs
-1.3 us, and this runs on every request through the gateway.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import NamedTuple
+
+import msgspec
 
 from meshkit.errors import ConfigError, UsageError
 from meshkit.policy import _check as check
@@ -31,11 +27,9 @@ from meshkit.policy._events import Hook, RateLimitStateChanged
 __all__ = ["GCRA", "RateDecision", "RateLimit", "TokenBucket"]
 
 _NS = 1_000_000_000
-_new = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimit:
+class RateLimit(msgspec.Struct, frozen=True):
     """``capacity`` requests at once (the burst), refilled at ``per_second``."""
 
     capacity: int
@@ -52,7 +46,7 @@ class RateLimit:
         return math.ceil(_NS / self.per_second)
 
 
-class RateDecision(NamedTuple):
+class RateDecision(msgspec.Struct, frozen=True, kw_only=True):
     """The answer to one request.
 
     ``remaining`` is whole tokens left after this decision; ``retry_after`` the
@@ -124,19 +118,12 @@ class TokenBucket(_Limiter):
         allowed = credit >= need
         if allowed:
             credit -= need
-            decision = _new(
-                RateDecision, (True, credit // self._interval, 0.0, (self._capacity - credit) / _NS)
-            )
-        else:
-            decision = _new(
-                RateDecision,
-                (
-                    False,
-                    credit // self._interval,
-                    (need - credit) / _NS,
-                    (self._capacity - credit) / _NS,
-                ),
-            )
+        decision = RateDecision(
+            allowed=allowed,
+            remaining=credit // self._interval,
+            retry_after=0.0 if allowed else (need - credit) / _NS,
+            reset_after=(self._capacity - credit) / _NS,
+        )
         self._credit = credit
         if allowed is self._limited:
             self._flip(now, allowed=allowed)
@@ -179,21 +166,13 @@ class GCRA(_Limiter):
         allow_at = new_tat - self._capacity
         allowed = t >= allow_at
         if allowed:
-            self.tat = new_tat
-            decision = _new(
-                RateDecision,
-                (True, (self._capacity - new_tat + t) // self._interval, 0.0, (new_tat - t) / _NS),
-            )
-        else:
-            decision = _new(
-                RateDecision,
-                (
-                    False,
-                    (self._capacity - tat + t) // self._interval,
-                    (allow_at - t) / _NS,
-                    (tat - t) / _NS,
-                ),
-            )
+            self.tat = tat = new_tat
+        decision = RateDecision(
+            allowed=allowed,
+            remaining=(self._capacity - tat + t) // self._interval,
+            retry_after=0.0 if allowed else (allow_at - t) / _NS,
+            reset_after=(tat - t) / _NS,
+        )
         if allowed is self._limited:
             self._flip(now, allowed=allowed)
         return decision

@@ -18,9 +18,9 @@ retry storm that turns a slow service into a dead one.
 
 from __future__ import annotations
 
-import math
 import random
-from dataclasses import dataclass, field
+
+import msgspec
 
 from meshkit.errors import ConfigError, UsageError
 from meshkit.policy import _check as check
@@ -35,8 +35,7 @@ from meshkit.policy._events import (
 __all__ = ["Backoff", "RetryBudget", "RetryDecision", "RetryPolicy", "RetryRun"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Backoff:
+class Backoff(msgspec.Struct, frozen=True, kw_only=True):
     """Exponential backoff bounds. Defaults are Envoy's: 25 ms growing to 250 ms."""
 
     initial: float = 0.025
@@ -55,24 +54,19 @@ class Backoff:
         """The longest wait before the ``retry``-th retry (1 for the first)."""
         if retry < 1:
             raise UsageError(f"retry numbers start at 1, got {retry}")
-        if retry >= self._capped_from:
+        try:
+            grown = self.initial * self.multiplier ** (retry - 1)
+        except OverflowError:  # a very long run: far past the maximum anyway
             return self.maximum
-        return min(self.maximum, self.initial * self.multiplier ** (retry - 1))
-
-    @property
-    def _capped_from(self) -> float:
-        """The first retry number whose ceiling is ``maximum`` (so no float can overflow)."""
-        if self.multiplier == 1:
-            return math.inf
-        return 1 + math.ceil(math.log(self.maximum / self.initial, self.multiplier))
+        # Not min(): on this path its generic argument handling costs more than the rest.
+        return grown if grown < self.maximum else self.maximum
 
     def delay(self, retry: int, rng: random.Random) -> float:
         """A full-jitter wait before the ``retry``-th retry."""
-        return rng.uniform(0.0, self.ceiling(retry))
+        return self.ceiling(retry) * rng.random()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryPolicy:
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
     """How often and how long to retry one request.
 
     ``attempts`` counts the first try (3: one try and up to two retries).
@@ -82,7 +76,7 @@ class RetryPolicy:
 
     attempts: int = 3
     timeout: float | None = None
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff = msgspec.field(default_factory=Backoff)
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -102,13 +96,16 @@ class RetryPolicy:
         return RetryRun(self, now, rng=rng, budget=budget, hook=hook)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryDecision:
+class RetryDecision(msgspec.Struct, frozen=True, kw_only=True):
     """Retry after ``delay`` seconds, or stop (``retry`` false) for ``reason``."""
 
     retry: bool
     delay: float
     reason: StopReason | None
+
+
+# A decision to stop carries nothing but its reason, so one instance each serves.
+_STOP = {reason: RetryDecision(retry=False, delay=0.0, reason=reason) for reason in StopReason}
 
 
 class RetryRun:
@@ -161,7 +158,8 @@ class RetryRun:
         """
         if self.done:
             raise UsageError("this retry run has already ended")
-        self._release_retry()
+        if self._holds_retry:
+            self._release_retry()
         if not retryable:
             return self._stop(now, StopReason.NOT_RETRYABLE)
         if self.attempts >= self.policy.attempts:
@@ -191,12 +189,13 @@ class RetryRun:
             self._stop(now, StopReason.ABANDONED)
 
     def _release_retry(self) -> None:
-        if self._holds_retry and self._budget is not None:
+        if self._budget is not None:
             self._budget.release()
         self._holds_retry = False
 
     def _stop(self, now: float, reason: StopReason) -> RetryDecision:
-        self._release_retry()
+        if self._holds_retry:
+            self._release_retry()
         self.done = True
         if self._budget is not None:
             self._budget.request_finished()
@@ -204,7 +203,7 @@ class RetryRun:
             self._hook(
                 RetryStopped(policy=self.policy.name, attempts=self.attempts, reason=reason, at=now)
             )
-        return RetryDecision(retry=False, delay=0.0, reason=reason)
+        return _STOP[reason]
 
 
 class RetryBudget:

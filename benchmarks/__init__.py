@@ -1,0 +1,1 @@
+"""Side-by-side measurements: meshkit beside a reference, in the same run."""

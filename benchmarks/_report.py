@@ -1,0 +1,79 @@
+"""Rows, the printed table and the ``--json FILE`` output every benchmark shares.
+
+A row is one figure. When there is a reference (the peer library or server
+doing the same work, measured in the same run), ``ratio`` is
+``value / reference``: below 1 means meshkit is faster for a time, slower for
+a rate, and the unit says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: str
+    value: float
+    unit: str
+    reference: float | None = None
+    reference_name: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.reference is None else self.value / self.reference
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {"name": self.name, "value": self.value, "unit": self.unit}
+        if self.reference is not None:
+            data["reference"] = self.reference
+            data["ratio"] = self.ratio
+            data["reference_name"] = self.reference_name
+        return data
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; add more to the returned parser."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
+    return parser
+
+
+def machine() -> str:
+    return (
+        f"Python {platform.python_version()} ({platform.python_implementation()}),"
+        f" {os.cpu_count()} CPUs, {platform.machine()}"
+    )
+
+
+def report(title: str, rows: list[Row], json_path: Path | None, *, lower_is_better: bool) -> None:
+    """Print the rows as a table and, if asked, write them as JSON."""
+    table = Table(title=title, caption=machine())
+    table.add_column("measurement")
+    table.add_column("meshkit", justify="right")
+    table.add_column("reference", justify="right")
+    table.add_column("reference is", style="dim")
+    table.add_column("ratio", justify="right")
+    for row in rows:
+        ratio = row.ratio
+        good = ratio is not None and (ratio <= 1 if lower_is_better else ratio >= 1)
+        table.add_row(
+            row.name,
+            f"{row.value:,.0f} {row.unit}",
+            "" if row.reference is None else f"{row.reference:,.0f} {row.unit}",
+            row.reference_name or "",
+            "" if ratio is None else f"[{'green' if good else 'red'}]{ratio:.2f}",
+        )
+    Console(width=max(120, Console().width)).print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
+        print(f"wrote {len(rows)} rows to {json_path}", file=sys.stderr)
