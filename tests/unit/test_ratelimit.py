@@ -109,9 +109,9 @@ def test_cost_takes_several_tokens(limiter_type: type[TokenBucket]) -> None:
 
 
 @pytest.mark.parametrize("limiter_type", LIMITERS)
-@pytest.mark.parametrize("cost", [0, -1, 11])
+@pytest.mark.parametrize("cost", [0, -1, 11, 1.5, "3", True])
 def test_impossible_cost_is_a_usage_error(limiter_type: type[TokenBucket], cost: int) -> None:
-    """A cost below 1 or above the capacity could never pass, so it is refused loudly."""
+    """A cost that is not a whole number from 1 to the capacity is refused loudly."""
     limiter = limiter_type(RateLimit(capacity=10, per_second=1))
     with pytest.raises(UsageError, match="cost"):
         limiter.acquire(0.0, cost)

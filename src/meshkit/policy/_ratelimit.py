@@ -75,7 +75,8 @@ class _Limiter:
 
     def _bad_cost(self, cost: int) -> UsageError:
         return UsageError(
-            f"cost must be between 1 and the capacity ({self.limit.capacity}), got {cost!r}"
+            f"cost must be a whole number from 1 to the capacity ({self.limit.capacity}),"
+            f" got {cost!r}"
         )
 
     def _flip(self, now: float, *, allowed: bool) -> None:
@@ -105,10 +106,10 @@ class TokenBucket(_Limiter):
         Raises ``UsageError`` if ``cost`` is below 1 or above the capacity,
         since such a request could never be admitted.
         """
+        if type(cost) is not int or not 1 <= cost <= self.limit.capacity:
+            raise self._bad_cost(cost)
         t = int(now * _NS)
         need = cost * self._interval
-        if cost < 1 or need > self._capacity:
-            raise self._bad_cost(cost)
         credit = self._credit
         if t > self._last:
             credit += t - self._last
@@ -157,10 +158,10 @@ class GCRA(_Limiter):
 
         Raises ``UsageError`` if ``cost`` is below 1 or above the capacity.
         """
+        if type(cost) is not int or not 1 <= cost <= self.limit.capacity:
+            raise self._bad_cost(cost)
         t = int(now * _NS)
         need = cost * self._interval
-        if cost < 1 or need > self._capacity:
-            raise self._bad_cost(cost)
         tat = self.tat if self.tat > t else t
         new_tat = tat + need
         allow_at = new_tat - self._capacity
