@@ -187,7 +187,7 @@ def other_cases() -> list[tuple[str, Callable[[], object], Callable[[], object] 
         assert backend is not None
         p2c.complete(backend, monotonic(), 0.005)
 
-    table: LeaseTable[str] = LeaseTable()
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(3))
     now = monotonic()
     leases = [table.register(f"svc/i{i}", "127.0.0.1:1", ttl=3600, now=now) for i in range(1000)]
     target = leases[500].id

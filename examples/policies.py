@@ -154,7 +154,7 @@ def leases() -> None:
         "until it crashes at t=6 s.",
     )
     clock = FakeClock()
-    table: LeaseTable[str] = LeaseTable(name="registry")
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1), name="registry")
     lease = table.register("orders/orders-1", "127.0.0.1:9101", ttl=5, now=clock.monotonic())
     console.print(f"  t= 0.0  registered lease {lease.id}, index {table.index}")
     while clock.monotonic() < 12:

@@ -29,6 +29,8 @@ def test_every_balancer_fits_the_protocol() -> None:
     for balancer in balancers:
         assert balancer.pick(0.0) == "a"
         balancer.complete("a", 0.0, 0.01)
+        assert balancer.pick(0.0) == "a"
+        balancer.cancel("a")
 
 
 @given(st.lists(st.integers(), min_size=1, max_size=10, unique=True), st.integers(1, 5))
@@ -87,6 +89,31 @@ def test_smooth_wrr_weight_zero_and_exclude() -> None:
     assert Counter(balancer.pick(0.0) for _ in range(10)) == {"stable": 9, "canary": 1}
 
 
+def test_smooth_wrr_keeps_its_split_while_instances_come_and_go() -> None:
+    """A 5% canary stays at 5% when a stable instance joins and leaves every 10 picks."""
+    split = {"stable-1": 48, "stable-2": 47, "canary": 5}
+    balancer = SmoothWeightedRoundRobin(split)
+    counts: Counter[str] = Counter()
+    for step in range(10_000):
+        if step % 10 == 0:
+            joined = step % 20 == 0
+            balancer.update(split | ({"stable-3": 47} if joined else {}))
+        picked = balancer.pick(0.0)
+        assert picked is not None
+        counts[picked] += 1
+    assert 0.04 <= counts["canary"] / 10_000 <= 0.06
+    assert counts["stable-3"] > 0
+
+
+def test_round_robin_survives_a_shrinking_pool() -> None:
+    """Removing backends mid-cycle never picks past the end of the list."""
+    balancer = RoundRobin(["a", "b", "c", "d"])
+    for _ in range(3):
+        balancer.pick(0.0)
+    balancer.update(["a", "b"])
+    assert {balancer.pick(0.0) for _ in range(4)} == {"a", "b"}
+
+
 def test_smooth_wrr_rejects_bad_weights() -> None:
     """A negative or fractional weight raises ConfigError naming the backend."""
     with pytest.raises(ConfigError, match="weights\\['b'\\]"):
@@ -137,17 +164,18 @@ def test_p2c_sends_less_to_a_slow_backend() -> None:
 
 
 def test_p2c_tries_a_recovered_backend_again() -> None:
-    """A once-slow backend's estimate decays while unmeasured, so it wins traffic back."""
+    """A once-slow backend's estimate drifts back while unmeasured, so it wins traffic back."""
     balancer = PowerOfTwoChoices(["a", "b"], rng=random.Random(4), decay=10.0)
     balancer.complete("a", 0.0, 1.0)  # a was slow once
     now, picks_of_a = 0.0, 0
-    for _ in range(600):  # one request every 0.1 s for a minute; both now take 20 ms
-        picked = balancer.pick(now)
-        assert picked is not None
-        picks_of_a += picked == "a"
-        balancer.complete(picked, now + 0.02, 0.02)
+    for _ in range(600):  # two requests at a time, every 0.1 s for a minute; both take 20 ms
+        first, second = balancer.pick(now), balancer.pick(now)
+        for picked in (first, second):
+            assert picked is not None
+            picks_of_a += picked == "a"
+            balancer.complete(picked, now + 0.02, 0.02)
         now += 0.1
-    assert picks_of_a > 100
+    assert picks_of_a > 200
 
 
 def test_p2c_counts_outstanding_requests() -> None:
@@ -159,6 +187,25 @@ def test_p2c_counts_outstanding_requests() -> None:
         assert backend is not None
         balancer.complete(backend, 0.1, 0.01)
     assert balancer.load("a")[1] == balancer.load("b")[1] == 0
+
+
+def test_p2c_cancel_gives_back_the_slot() -> None:
+    """Cancelled requests do not leave a backend looking busy forever."""
+    balancer = PowerOfTwoChoices(["a", "b"], rng=random.Random(1))
+    for _ in range(20):
+        picked = balancer.pick(0.0)
+        assert picked is not None
+        balancer.cancel(picked)
+    assert balancer.load("a")[1] == balancer.load("b")[1] == 0
+
+
+def test_p2c_idle_backend_does_not_swallow_a_burst() -> None:
+    """After a long idle spell a backend is not taken for free: a burst is still spread."""
+    balancer = PowerOfTwoChoices(["a", "b"], rng=random.Random(1))
+    balancer.complete("a", 0.0, 0.02)
+    balancer.complete("b", 9_000.0, 0.02)
+    burst = Counter(balancer.pick(9_000.0) for _ in range(1000))
+    assert burst["b"] > 50  # with decay to zero, b got none of the 1,000
 
 
 def test_p2c_failures_count_as_slow() -> None:

@@ -122,6 +122,96 @@ def test_open_period_grows_with_repeated_trips_up_to_the_cap() -> None:
     assert breaker.open_until == now + 5
 
 
+def test_a_peer_down_for_days_keeps_the_period_at_its_cap() -> None:
+    """Thousands of failed probes leave the open period at open_for_max, with no overflow."""
+    config = BreakerConfig(consecutive_failures=1, failure_rate=None, open_for=1, open_for_max=60)
+    breaker = CircuitBreaker(config)
+    now = 0.0
+    for _ in range(3000):
+        _fail(breaker, now)
+        assert breaker.open_until is not None
+        now = breaker.open_until
+    assert breaker.statistics(now).trips == 3000
+    _fail(breaker, now)
+    assert breaker.open_until == now + 60
+
+
+def test_released_probe_frees_its_slot() -> None:
+    """A cancelled probe handed back with release() lets the next probe through."""
+    config = BreakerConfig(consecutive_failures=1, failure_rate=None, open_for=1)
+    breaker = CircuitBreaker(config)
+    stale = breaker.allow(0.0)
+    assert stale is not None
+    _fail(breaker, 0.0)
+    probe = breaker.allow(1.0)
+    assert probe is not None
+    assert breaker.allow(1.0) is None
+    breaker.release(stale)  # from before the trip: changes nothing
+    assert breaker.allow(1.0) is None
+    breaker.release(probe)
+    assert breaker.allow(1.0) is not None
+    assert breaker.statistics(1.0).total_calls == 1  # a release is not an outcome
+
+
+def test_closing_forgets_the_failures_that_tripped_it() -> None:
+    """After recovery, failures from before the trip do not count toward the rate."""
+    config = BreakerConfig(
+        consecutive_failures=None,
+        failure_rate=0.5,
+        minimum_calls=4,
+        window=60,
+        open_for=1,
+        half_open_successes=1,
+    )
+    breaker = CircuitBreaker(config)
+    _succeed(breaker, 0.0, 2)
+    _fail(breaker, 0.0, 2)
+    assert breaker.state is OPEN
+    _succeed(breaker, 1.0)  # the probe closes it
+    assert breaker.state is CLOSED
+    _succeed(breaker, 1.0, 2)
+    _fail(breaker, 1.0)
+    assert breaker.state is CLOSED  # 1 of 3 since closing, and under minimum_calls anyway
+    assert breaker.statistics(1.0).window_calls == 3
+
+
+def test_consecutive_failures_restart_after_recovery() -> None:
+    """The consecutive count starts from zero after the breaker closes again."""
+    config = BreakerConfig(
+        consecutive_failures=2, failure_rate=None, open_for=1, half_open_successes=1
+    )
+    breaker = CircuitBreaker(config)
+    _fail(breaker, 0.0, 2)
+    _succeed(breaker, 1.0)
+    assert breaker.state is CLOSED
+    _fail(breaker, 1.0)
+    assert breaker.state is CLOSED
+
+
+def test_probe_successes_restart_when_the_breaker_reopens() -> None:
+    """A success before a failed probe does not count toward closing after the next period."""
+    config = BreakerConfig(
+        consecutive_failures=1,
+        failure_rate=None,
+        open_for=1,
+        half_open_successes=2,
+        half_open_probes=2,
+    )
+    breaker = CircuitBreaker(config)
+    _fail(breaker, 0.0)
+    _succeed(breaker, 1.0)
+    _fail(breaker, 1.0)  # second probe fails: open again for 2 s
+    assert breaker.state is OPEN
+    _succeed(breaker, 3.0)
+    assert breaker.state is HALF_OPEN  # one success so far in this half-open period
+
+
+def test_breaker_refuses_a_config_of_the_wrong_type() -> None:
+    """Passing a dict where a BreakerConfig belongs is a ConfigError, not a later crash."""
+    with pytest.raises(ConfigError, match="BreakerConfig"):
+        CircuitBreaker({"open_for": 1})  # type: ignore[arg-type]
+
+
 def test_late_outcomes_from_before_a_trip_are_ignored() -> None:
     """A call admitted while closed cannot close a half-open breaker by succeeding late."""
     config = BreakerConfig(
@@ -193,7 +283,8 @@ def test_statistics_count_calls_failures_and_rejections() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        ({"consecutive_failures": None, "failure_rate": None}, "consecutive_failures"),
+        ({"consecutive_failures": None, "failure_rate": None}, "failure_rate"),
+        ({"open_multiplier": 1e200}, "open_multiplier"),
         ({"consecutive_failures": 0}, "consecutive_failures"),
         ({"failure_rate": 1.5}, "failure_rate"),
         ({"failure_rate": 0}, "failure_rate"),
@@ -232,16 +323,29 @@ class BreakerMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.in_flight: list[int] = []
         self.admitted_while_open = 0
+        # Consecutive failures of calls admitted in the current closed period.
+        self.closed_ticket: int | None = 0
+        self.closed_failures = 0
+        self.seen_events = 0
 
     @rule(seconds=st.floats(min_value=0, max_value=6))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
 
+    def _notice_transitions(self) -> None:
+        if len(self.events) != self.seen_events:
+            self.seen_events = len(self.events)
+            self.closed_ticket = None  # learnt again from the next call admitted while closed
+            self.closed_failures = 0
+
     @rule()
     def call(self) -> None:
         was_open_until = self.breaker.open_until
         ticket = self.breaker.allow(self.now)
+        self._notice_transitions()
         if ticket is not None:
+            if self.breaker.state is CLOSED:
+                self.closed_ticket = ticket
             self.in_flight.append(ticket)
             if was_open_until is not None and self.now < was_open_until:
                 self.admitted_while_open += 1
@@ -250,7 +354,23 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(index=st.integers(min_value=0), success=st.booleans())
     def outcome(self, index: int, success: bool) -> None:
         ticket = self.in_flight.pop(index % len(self.in_flight))
+        counts = self.breaker.state is CLOSED and ticket == self.closed_ticket
         self.breaker.record(ticket, self.now, success=success)
+        if counts:
+            self.closed_failures = 0 if success else self.closed_failures + 1
+        self._notice_transitions()
+
+    @precondition(lambda self: self.in_flight)
+    @rule(index=st.integers(min_value=0))
+    def cancel(self, index: int) -> None:
+        self.breaker.release(self.in_flight.pop(index % len(self.in_flight)))
+
+    @invariant()
+    def consecutive_failures_trip_it(self) -> None:
+        # Liveness: with the rate trigger as a second way in, a closed breaker
+        # has always tripped by its third consecutive failure.
+        if self.breaker.state is CLOSED:
+            assert self.closed_failures < 3
 
     @invariant()
     def open_admits_nothing_before_its_period_ends(self) -> None:

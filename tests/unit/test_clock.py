@@ -1,4 +1,5 @@
 import asyncio
+import threading
 
 import pytest
 
@@ -128,3 +129,51 @@ def test_fake_sleep_refuses_a_real_loop() -> None:
     clock = FakeClock()
     with pytest.raises(UsageError, match="new_event_loop"):
         asyncio.run(clock.sleep(1))
+
+
+def test_work_in_threads_is_waited_for_not_jumped_over() -> None:
+    """A fake timeout does not fire while to_thread work is still running for real."""
+    clock = FakeClock()
+
+    def work() -> str:
+        threading.Event().wait(0.05)  # 50 ms of real work in the thread
+        return "done"
+
+    async def main() -> str:
+        async with asyncio.timeout(1):
+            return await asyncio.to_thread(work)
+
+    assert clock.run(main()) == "done"
+    assert clock.monotonic() == 0.0
+
+
+def test_run_shuts_the_executor_down_without_a_jump() -> None:
+    """Closing a loop that used threads neither warns nor jumps the clock (3.13 waits up to 300 s)."""
+    clock = FakeClock()
+
+    async def main() -> int:
+        return await asyncio.get_running_loop().run_in_executor(None, sum, [1, 2, 3])
+
+    assert clock.run(main()) == 6
+    assert clock.monotonic() == 0.0
+
+
+def test_autojump_can_be_turned_off() -> None:
+    """With autojump_threshold=None, time moves only when a test advances it."""
+    clock = FakeClock(autojump_threshold=None)
+    woke: list[float] = []
+
+    async def sleeper() -> None:
+        await clock.sleep(5)
+        woke.append(clock.monotonic())
+
+    async def main() -> None:
+        task = asyncio.create_task(sleeper())
+        for _ in range(3):
+            await asyncio.sleep(0)  # noqa: TID251 (yields to the sleeper; no waiting)
+        assert woke == []
+        clock.advance(5)
+        await task
+
+    clock.run(main())
+    assert woke == [5.0]

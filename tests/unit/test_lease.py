@@ -1,3 +1,5 @@
+import random
+
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -15,7 +17,7 @@ REGISTERED, RENEWED, EXPIRED, REMOVED = (
 
 def test_lease_lives_for_its_ttl_and_renewal_extends_it() -> None:
     """A lease is live before its TTL, gone at it, and a renewal restarts the TTL."""
-    table: LeaseTable[str] = LeaseTable()
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
     lease = table.register("orders/1", "127.0.0.1:9001", ttl=5, now=0.0)
     assert table.get("orders/1", 4.999) == lease
     assert table.get("orders/1", 5.0) is None
@@ -27,7 +29,7 @@ def test_lease_lives_for_its_ttl_and_renewal_extends_it() -> None:
 def test_renewing_too_late_fails_and_records_the_expiry() -> None:
     """Renewing after the TTL raises LeaseExpiredError; the expiry becomes an event."""
     events: list[object] = []
-    table: LeaseTable[str] = LeaseTable(hook=events.append)
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1), hook=events.append)
     lease = table.register("orders/1", "a", ttl=5, now=0.0)
     with pytest.raises(LeaseExpiredError):
         table.renew(lease.id, 5.0)
@@ -38,7 +40,7 @@ def test_renewing_too_late_fails_and_records_the_expiry() -> None:
 
 def test_registering_a_key_again_replaces_its_lease() -> None:
     """A second registration of a key takes over; the old lease id is dead."""
-    table: LeaseTable[str] = LeaseTable()
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
     old = table.register("orders/1", "a", ttl=5, now=0.0)
     new = table.register("orders/1", "b", ttl=5, now=1.0)
     assert new.id != old.id
@@ -50,7 +52,7 @@ def test_registering_a_key_again_replaces_its_lease() -> None:
 
 def test_index_advances_on_membership_changes_only() -> None:
     """Register, expire and remove advance the index; renew does not."""
-    table: LeaseTable[str] = LeaseTable()
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
     a = table.register("a", "a", ttl=5, now=0.0)
     b = table.register("b", "b", ttl=10, now=0.0)
     assert table.index == 2
@@ -60,31 +62,55 @@ def test_index_advances_on_membership_changes_only() -> None:
     assert (expired.kind, expired.key, expired.index) == (EXPIRED, "a", 3)
     table.remove(b.id, 7.0)
     assert table.index == 4
-    changes = table.changes_since(1)
+    changes = table.changes_since(table.epoch, 1)
     assert changes is not None
     assert [(e.kind, e.key, e.index) for e in changes] == [
         (REGISTERED, "b", 2),
         (EXPIRED, "a", 3),
         (REMOVED, "b", 4),
     ]
-    assert table.changes_since(4) == ()
+    assert table.changes_since(table.epoch, 4) == ()
 
 
 def test_a_watcher_too_far_behind_must_resync() -> None:
     """changes_since returns None when history no longer reaches back, or the index is foreign."""
-    table: LeaseTable[int] = LeaseTable(history=3)
+    table: LeaseTable[int] = LeaseTable(rng=random.Random(1), history=3)
     for i in range(5):
         table.register(f"k{i}", i, ttl=5, now=0.0)
-    assert table.changes_since(1) is None
-    changes = table.changes_since(2)
+    assert table.changes_since(table.epoch, 1) is None
+    changes = table.changes_since(table.epoch, 2)
     assert changes is not None
     assert [e.index for e in changes] == [3, 4, 5]
-    assert table.changes_since(99) is None  # e.g. an index from before a restart
+    assert table.changes_since(table.epoch, 99) is None  # ahead of the table: start over
+    assert table.changes_since(table.epoch + 1, 4) is None  # another table's epoch
+
+
+def test_an_id_from_before_a_restart_names_no_lease() -> None:
+    """Lease ids are random, so a holder from an old table cannot renew or remove a new lease."""
+    old: LeaseTable[str] = LeaseTable(rng=random.Random(1))
+    stale = old.register("orders/1", "a", ttl=5, now=0.0)
+    new: LeaseTable[str] = LeaseTable(rng=random.Random(2))
+    new.register("payments/1", "b", ttl=5, now=0.0)
+    with pytest.raises(LeaseNotFoundError):
+        new.renew(stale.id, 1.0)
+    with pytest.raises(LeaseNotFoundError):
+        new.remove(stale.id, 1.0)
+    assert old.epoch != new.epoch
+
+
+def test_renewals_do_not_grow_memory_without_bound() -> None:
+    """Renewing long leases often keeps the expiry heap proportional to the leases held."""
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
+    leases = [table.register(f"k{i}", "v", ttl=3600, now=0.0) for i in range(10)]
+    for step in range(10_000):
+        table.renew(leases[step % 10].id, step * 0.01)
+    assert len(table._expiries) <= 4 * len(table) + 65  # white-box: the heap itself
+    assert table.next_expiry() == leases[0].ttl + 99.9
 
 
 def test_next_expiry_tracks_renewals() -> None:
     """next_expiry is the earliest live expiry, skipping superseded entries."""
-    table: LeaseTable[str] = LeaseTable()
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
     assert table.next_expiry() is None
     a = table.register("a", "a", ttl=5, now=0.0)
     table.register("b", "b", ttl=8, now=0.0)
@@ -99,7 +125,7 @@ def test_next_expiry_tracks_renewals() -> None:
 def test_bad_registration_names_the_field(key: str, ttl: float, field: str) -> None:
     """An empty key or a non-positive TTL raises ConfigError naming it."""
     with pytest.raises(ConfigError) as caught:
-        LeaseTable[str]().register(key, "v", ttl=ttl, now=0.0)
+        LeaseTable[str](rng=random.Random(1)).register(key, "v", ttl=ttl, now=0.0)
     assert caught.value.key == field
 
 
@@ -111,7 +137,9 @@ class LeaseMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.events: list[LeaseEvent[int]] = []
-        self.table: LeaseTable[int] = LeaseTable(history=16, hook=self.events.append)  # type: ignore[arg-type]
+        self.table: LeaseTable[int] = LeaseTable(
+            rng=random.Random(0), history=16, hook=self.events.append
+        )  # type: ignore[arg-type]
         self.now = 0.0
         self.expires: dict[int, float] = {}  # model: lease id -> expiry, while not removed
         self.key_of: dict[int, str] = {}
@@ -153,10 +181,12 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @rule()
     def sweep(self) -> None:
-        for event in self.table.expire(self.now):
-            assert event.kind is EXPIRED
-            assert self.expires[event.lease_id] <= self.now
-            self._forget(event.lease_id)
+        due = {i for i, expires in self.expires.items() if expires <= self.now}
+        events = self.table.expire(self.now)
+        assert all(event.kind is EXPIRED for event in events)
+        assert {event.lease_id for event in events} == due  # each expiry reported once
+        for lease_id in due:
+            self._forget(lease_id)
 
     def _forget(self, lease_id: int) -> None:
         self.expires.pop(lease_id, None)
@@ -171,7 +201,7 @@ class LeaseMachine(RuleBasedStateMachine):
     @invariant()
     def index_only_grows_and_history_replays_it(self) -> None:
         assert self.table.index >= self.last_index
-        changes = self.table.changes_since(self.last_index)
+        changes = self.table.changes_since(self.table.epoch, self.last_index)
         if changes is not None:
             assert [e.index for e in changes] == list(
                 range(self.last_index + 1, self.table.index + 1)

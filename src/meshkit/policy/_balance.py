@@ -1,7 +1,8 @@
 """Load balancers: which backend serves the next request.
 
-All three share one protocol, ``pick(now, exclude)`` then
-``complete(backend, now, latency, success=...)``, so a driver can hold any of
+All three share one protocol, ``pick(now, exclude)`` then either
+``complete(backend, now, latency, success=...)`` or, for a request that ended
+with no outcome (cancelled), ``cancel(backend)``, so a driver can hold any of
 them. ``exclude`` lets a retry go to a backend not tried yet. ``pick``
 returns ``None`` when no backend can be chosen, and the driver turns that
 into an error that names the service.
@@ -31,6 +32,8 @@ __all__ = ["Balancer", "PowerOfTwoChoices", "RoundRobin", "SmoothWeightedRoundRo
 
 T = TypeVar("T", bound=Hashable)
 
+_FLOOR = 1e-6  # seconds: the lowest latency estimate power-of-two-choices keeps
+
 
 class Balancer(Protocol[T]):
     """Chooses a backend per request and learns from how requests went."""
@@ -41,6 +44,10 @@ class Balancer(Protocol[T]):
 
     def complete(self, backend: T, now: float, latency: float, *, success: bool = True) -> None:
         """A request sent to ``backend`` (by ``pick``) ended after ``latency`` seconds."""
+        ...
+
+    def cancel(self, backend: T) -> None:
+        """A request sent to ``backend`` ended without an outcome; nothing is learnt."""
         ...
 
 
@@ -87,6 +94,9 @@ class RoundRobin(Generic[T]):
     def complete(self, backend: T, now: float, latency: float, *, success: bool = True) -> None:
         """Round-robin does not learn from outcomes."""
 
+    def cancel(self, backend: T) -> None:
+        """Round-robin keeps no count of requests in flight."""
+
 
 class SmoothWeightedRoundRobin(Generic[T]):
     """nginx's smooth weighted round-robin; weight 0 keeps a backend out of rotation."""
@@ -108,14 +118,22 @@ class SmoothWeightedRoundRobin(Generic[T]):
         return dict(zip(self._backends, self._weights, strict=True))
 
     def update(self, weights: Mapping[T, int]) -> None:
-        """Replace backends and weights. Any change restarts the cycle, as nginx does on reload."""
+        """Replace backends and weights.
+
+        Backends that stay keep the weight they have accumulated and newcomers
+        start at zero. nginx restarts the whole cycle on a reload, but here the
+        registry calls this whenever an instance comes or goes; restarting
+        each time would hand the heaviest backends extra turns, and a split
+        such as a 5% canary would drift under churn.
+        """
         for backend, weight in weights.items():
             check.whole(f"weights[{backend!r}]", weight, minimum=0)
         if dict(weights) == self.weights:
             return
+        accumulated = dict(zip(self._backends, self._current, strict=True))
         self._backends = list(weights)
         self._weights = list(weights.values())
-        self._current = [0] * len(self._backends)
+        self._current = [accumulated.get(backend, 0) for backend in self._backends]
         _announce(self._hook, self.name, self._backends, self._weights)
 
     def pick(self, now: float, exclude: Collection[T] | None = None) -> T | None:  # noqa: ARG002
@@ -139,28 +157,33 @@ class SmoothWeightedRoundRobin(Generic[T]):
     def complete(self, backend: T, now: float, latency: float, *, success: bool = True) -> None:
         """Weighted round-robin does not learn from outcomes."""
 
+    def cancel(self, backend: T) -> None:
+        """Weighted round-robin keeps no count of requests in flight."""
+
 
 class _Load(Generic[T]):
     """What power-of-two-choices knows about one backend.
 
     ``stamp`` is when ``ewma`` was last brought up to date; ``None`` until the
-    first measurement, while ``ewma`` holds the default guess.
+    first measurement, while ``ewma`` holds the default guess. ``measured``
+    is the estimate as the last completed request left it.
     """
 
-    __slots__ = ("backend", "ewma", "outstanding", "stamp")
+    __slots__ = ("backend", "ewma", "measured", "outstanding", "stamp")
 
     def __init__(self, backend: T, ewma: float) -> None:
         self.backend = backend
         self.ewma = ewma
+        self.measured = 0.0
         self.outstanding = 0
         self.stamp: float | None = None
 
-    def decayed(self, now: float, decay: float) -> float:
-        """The estimate at ``now``, decayed toward zero since the last update."""
+    def decayed(self, now: float, decay: float, floor: float) -> float:
+        """The estimate at ``now``, decayed toward ``floor`` since the last update."""
         if self.stamp is None:
             return self.ewma
         if now > self.stamp:
-            self.ewma *= math.exp((self.stamp - now) / decay)
+            self.ewma = max(floor, self.ewma * math.exp((self.stamp - now) / decay))
             self.stamp = now
         return self.ewma
 
@@ -169,19 +192,28 @@ class PowerOfTwoChoices(Generic[T]):
     """Two random candidates, the cheaper wins: peak-EWMA latency x (outstanding + 1).
 
     ``decay`` is the EWMA's time constant in seconds (Finagle's and Linkerd's
-    10 s). The estimate also decays toward zero while a backend is not being
-    measured, as Finagle's does on every read, so an instance that was slow
-    once is tried again after a while instead of being shunned forever.
-    A backend not measured yet is assumed to answer in ``default_latency``
-    (Linkerd's 30 ms), so a newcomer is tried but not flooded. A failed
-    request counts as taking at least ``failure_latency``: an instance that
-    fails fast must not look like the fastest one.
+    10 s). A backend not measured yet is assumed to answer in
+    ``default_latency`` (Linkerd's 30 ms), so a newcomer is tried but not
+    flooded. A failed request counts as taking at least ``failure_latency``:
+    an instance that fails fast must not look like the fastest one.
+
+    While a backend goes unmeasured its estimate decays, as Finagle's does on
+    every read: a backend left out for a while becomes the cheaper choice,
+    which spreads the load, and an instance that was slow once gets tried
+    again instead of being shunned forever. Unlike Finagle's, the decay stops
+    at a tenth of the pool's typical latency (the mean of the latest
+    measurements): decayed to nothing, a backend idle for hours would look
+    free and take a whole burst before its first reply came back. The floor
+    follows the pool rather than a constant, because a fixed floor above the
+    real latency would stop decayed backends from ever winning again.
     """
 
     __slots__ = (
         "_by_backend",
         "_hook",
         "_loads",
+        "_measured_count",
+        "_measured_sum",
         "_rng",
         "decay",
         "default_latency",
@@ -208,6 +240,8 @@ class PowerOfTwoChoices(Generic[T]):
         self._hook = hook
         self._loads: list[_Load[T]] = []
         self._by_backend: dict[T, _Load[T]] = {}
+        self._measured_sum = 0.0
+        self._measured_count = 0
         self.update(backends)
 
     @property
@@ -222,7 +256,15 @@ class PowerOfTwoChoices(Generic[T]):
         old = self._by_backend
         self._by_backend = {b: old.get(b) or _Load(b, self.default_latency) for b in unique}
         self._loads = list(self._by_backend.values())
+        measured = [entry.measured for entry in self._loads if entry.stamp is not None]
+        self._measured_sum, self._measured_count = math.fsum(measured), len(measured)
         _announce(self._hook, self.name, unique, [1] * len(unique))
+
+    def _floor(self) -> float:
+        """How far an unmeasured estimate may decay: a tenth of the typical latency."""
+        if self._measured_count == 0:
+            return self.default_latency / 10
+        return self._measured_sum / self._measured_count / 10
 
     def load(self, backend: T) -> tuple[float, int]:
         """``(ewma_latency, outstanding)`` for one backend as last updated, for dashboards."""
@@ -245,8 +287,9 @@ class PowerOfTwoChoices(Generic[T]):
             if j >= i:
                 j += 1
             a, b = loads[i], loads[j]
-            cost_a = a.decayed(now, self.decay) * (a.outstanding + 1)
-            cost_b = b.decayed(now, self.decay) * (b.outstanding + 1)
+            floor, decay = self._floor(), self.decay
+            cost_a = a.decayed(now, decay, floor) * (a.outstanding + 1)
+            cost_b = b.decayed(now, decay, floor) * (b.outstanding + 1)
             chosen = a if cost_a <= cost_b else b
         chosen.outstanding += 1
         return chosen.backend
@@ -259,9 +302,22 @@ class PowerOfTwoChoices(Generic[T]):
             entry.outstanding -= 1
         if not success and latency < self.failure_latency:
             latency = self.failure_latency
-        if entry.stamp is None or latency > entry.ewma:
+        # A measured zero (a coarse clock) would make the cost ignore
+        # outstanding requests altogether.
+        latency = max(latency, _FLOOR)
+        if entry.stamp is None:
+            self._measured_count += 1
+            entry.ewma = latency
+        elif latency > entry.ewma:
             entry.ewma = latency  # "peak": react to a slowdown at once, recover gradually
         else:
             weight = math.exp(min(0.0, entry.stamp - now) / self.decay)
             entry.ewma = entry.ewma * weight + latency * (1.0 - weight)
         entry.stamp = now
+        self._measured_sum += entry.ewma - entry.measured
+        entry.measured = entry.ewma
+
+    def cancel(self, backend: T) -> None:
+        entry = self._by_backend.get(backend)
+        if entry is not None and entry.outstanding > 0:
+            entry.outstanding -= 1

@@ -10,8 +10,12 @@ States and transitions::
 
 The open period starts at ``open_for`` and is multiplied by
 ``open_multiplier`` each time the breaker trips again without having closed
-in between, up to ``open_for_max`` (as Envoy grows an outlier's ejection
-time). While half-open at most ``half_open_probes`` calls are in flight.
+in between, up to ``open_for_max``, so a peer that stays down is probed less
+and less often (Envoy grows an outlier's ejection time too, linearly; a
+multiplier backs off faster from a long outage). While half-open at most
+``half_open_probes`` calls are in flight; a probe whose caller gave up
+without an outcome (cancelled) must be handed back with ``release()``, or
+its slot stays taken.
 
 Every admitted call gets a ticket, the breaker's generation at that moment;
 its outcome moves the state machine only if the breaker is still in that
@@ -57,7 +61,8 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.consecutive_failures is None and self.failure_rate is None:
             raise ConfigError(
-                "consecutive_failures", "and failure_rate are both off; the breaker could not trip"
+                "failure_rate",
+                "is off and so is consecutive_failures: the breaker could never trip",
             )
         if self.consecutive_failures is not None:
             check.whole("consecutive_failures", self.consecutive_failures, minimum=1)
@@ -73,7 +78,7 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True):
         check.seconds("open_for", self.open_for)
         if check.seconds("open_for_max", self.open_for_max) < self.open_for:
             raise ConfigError("open_for_max", f"must be >= open_for ({self.open_for})")
-        check.number("open_multiplier", self.open_multiplier, low=1, high=math.inf)
+        check.number("open_multiplier", self.open_multiplier, low=1, high=1000)
         check.whole("half_open_probes", self.half_open_probes, minimum=1)
         check.whole("half_open_successes", self.half_open_successes, minimum=1)
 
@@ -113,6 +118,7 @@ class CircuitBreaker:
         "_generation",
         "_hook",
         "_open_until",
+        "_period",
         "_probe_successes",
         "_probes",
         "_slot",
@@ -132,14 +138,19 @@ class CircuitBreaker:
     def __init__(
         self, config: BreakerConfig | None = None, *, name: str = "", hook: Hook | None = None
     ) -> None:
-        self.config = config = config or BreakerConfig()
+        if config is None:
+            config = BreakerConfig()
+        elif not isinstance(config, BreakerConfig):
+            raise ConfigError("config", f"must be a BreakerConfig, got {type(config).__name__}")
+        self.config = config
         self.name = name
         self._hook = hook
         self._state = _CLOSED
         self._slow_call = config.slow_call
         self._generation = 0
         self._consecutive = 0
-        self._trips = 0  # trips since the breaker last closed; grows the open period
+        self._trips = 0  # trips since the breaker last closed
+        self._period = config.open_for  # the next open period; grows with each trip
         self._open_until = 0.0
         self._probes = 0
         self._probe_successes = 0
@@ -210,6 +221,15 @@ class CircuitBreaker:
         elif self._state is _HALF_OPEN:
             self._probe_outcome(now, failed=failed)
 
+    def release(self, ticket: int) -> None:
+        """Hand back a ticket whose call ended with no outcome (it was cancelled).
+
+        Nothing is counted, but a half-open probe's slot is freed; without
+        this, a cancelled probe would keep the breaker from ever probing again.
+        """
+        if ticket == self._generation and self._state is _HALF_OPEN and self._probes > 0:
+            self._probes -= 1
+
     def statistics(self, now: float) -> BreakerStatistics:
         if now >= (self._bucket + 1) * self._width:
             self._advance_window(now)
@@ -271,9 +291,10 @@ class CircuitBreaker:
 
     def _open(self, now: float, reason: str) -> None:
         config = self.config
-        period = config.open_for * config.open_multiplier**self._trips
         self._trips += 1
-        self._open_until = now + min(period, config.open_for_max)
+        self._open_until = now + self._period
+        # Kept as state and capped at once, so a long outage cannot overflow it.
+        self._period = min(self._period * config.open_multiplier, config.open_for_max)
         self._transition(_OPEN, now, reason)
 
     def _probe_outcome(self, now: float, *, failed: bool) -> None:
@@ -284,6 +305,7 @@ class CircuitBreaker:
         self._probe_successes += 1
         if self._probe_successes >= self.config.half_open_successes:
             self._trips = 0
+            self._period = self.config.open_for
             self._transition(_CLOSED, now, f"{self._probe_successes} probes succeeded")
 
     def _transition(self, state: BreakerState, now: float, reason: str) -> None:

@@ -36,3 +36,10 @@ def number(key: str, value: object, *, low: float, high: float) -> float:
     ):
         raise ConfigError(key, f"must be a number between {low:g} and {high:g}, got {value!r}")
     return float(value)
+
+
+def text(key: str, value: object) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, f"must be a non-empty string, got {value!r}")
+    return value

@@ -13,12 +13,19 @@ Renewals do not advance the index: they change nobody's view of which
 instances are live, and with every instance renewing every few seconds they
 would wake every watcher constantly (Consul's blocking queries likewise
 advance their index only when the result changes).
+
+Identity across restarts: lease ids are random 63-bit numbers, like etcd's,
+so an id held from before a restart names no lease in a new table instead of
+someone else's. A watcher's position is the pair ``(epoch, index)``; a table
+starts with a random ``epoch``, and ``changes_since`` tells a watcher whose
+epoch differs to start over. A table restored from disk keeps both.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -51,14 +58,32 @@ class LeaseTable(Generic[V]):
     lease, and the old lease id can no longer be renewed or removed.
     """
 
-    __slots__ = ("_by_id", "_by_key", "_expiries", "_history", "_hook", "_ids", "index", "name")
+    __slots__ = (
+        "_by_id",
+        "_by_key",
+        "_expiries",
+        "_history",
+        "_hook",
+        "_rng",
+        "epoch",
+        "index",
+        "name",
+    )
 
-    def __init__(self, *, history: int = 1024, name: str = "", hook: Hook | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        rng: random.Random,
+        history: int = 1024,
+        name: str = "",
+        hook: Hook | None = None,
+    ) -> None:
         check.whole("history", history, minimum=1)
         self.name = name
+        self._rng = rng
+        self.epoch = rng.getrandbits(63)
         self.index = 0
         self._hook = hook
-        self._ids = itertools.count(1)
         self._by_id: dict[int, Lease[V]] = {}
         self._by_key: dict[str, int] = {}
         # (expires_at, lease id); renewals push a new entry and leave the old
@@ -72,13 +97,12 @@ class LeaseTable(Generic[V]):
 
     def register(self, key: str, value: V, ttl: float, now: float) -> Lease[V]:
         """Grant a lease on ``key`` for ``ttl`` seconds, replacing any lease the key had."""
-        if not key:
-            raise ConfigError("key", "must not be empty")
+        check.text("key", key)
         check.seconds("ttl", ttl)
         previous = self._by_key.get(key)
         if previous is not None:
             del self._by_id[previous]
-        lease = Lease(id=next(self._ids), key=key, value=value, ttl=ttl, expires_at=now + ttl)
+        lease = Lease(id=self._new_id(), key=key, value=value, ttl=ttl, expires_at=now + ttl)
         self._store(lease)
         self._record(LeaseEventKind.REGISTERED, lease, now)
         return lease
@@ -133,14 +157,17 @@ class LeaseTable(Generic[V]):
         """Every live lease, in the order they were granted."""
         return [lease for lease in self._by_id.values() if lease.live(now)]
 
-    def changes_since(self, index: int) -> tuple[LeaseEvent[V], ...] | None:
-        """Membership events after ``index``, oldest first.
+    def changes_since(self, epoch: int, index: int) -> tuple[LeaseEvent[V], ...] | None:
+        """Membership events after ``index`` of ``epoch``, oldest first.
 
-        Empty when nothing changed since. ``None`` when the history no longer
-        reaches back that far (or ``index`` is from a different table, such as
-        one before a restart): the watcher must re-read ``live()`` and carry
-        on from ``self.index``.
+        Empty when nothing changed since. ``None`` when the watcher must start
+        over (re-read ``live()`` and carry on from ``(self.epoch, self.index)``):
+        its epoch is another table's, such as one from before a restart, or
+        the history no longer reaches back to its index.
         """
+        check.whole("index", index, minimum=0)
+        if epoch != self.epoch:
+            return None
         if index == self.index:
             return ()
         if index > self.index or not self._history or self._history[0].index > index + 1:
@@ -161,10 +188,23 @@ class LeaseTable(Generic[V]):
             )
         return lease
 
+    def _new_id(self) -> int:
+        while True:
+            lease_id = self._rng.getrandbits(63)
+            if lease_id and lease_id not in self._by_id:
+                return lease_id
+
     def _store(self, lease: Lease[V]) -> None:
         self._by_id[lease.id] = lease
         self._by_key[lease.key] = lease.id
-        heapq.heappush(self._expiries, (lease.expires_at, lease.id))
+        expiries = self._expiries
+        if len(expiries) > 4 * len(self._by_id) + 64:
+            # Mostly superseded entries: rebuild from the live leases so
+            # frequent renewals of long TTLs cannot grow the heap without bound.
+            expiries[:] = [(held.expires_at, held.id) for held in self._by_id.values()]
+            heapq.heapify(expiries)
+        else:
+            heapq.heappush(expiries, (lease.expires_at, lease.id))
 
     def _drop(self, lease: Lease[V]) -> None:
         del self._by_id[lease.id]

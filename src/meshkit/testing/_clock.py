@@ -12,20 +12,27 @@ Two ways to use it:
   up to ``autojump_threshold`` real seconds for I/O, then moves the clock
   straight to that timer. A 30-second timeout thus takes microseconds, and
   no test sleeps to wait for time (trio's ``MockClock(autojump_threshold=0)``
-  works the same way).
+  works the same way). With ``autojump_threshold=None`` time moves only by
+  ``advance()``.
 
-With real I/O in flight (a subprocess, a socket on loopback), a threshold of
-0 can jump the clock before the reply arrives: give such tests a threshold a
-little above the I/O's real latency, such as 0.05.
+Work handed to threads (``asyncio.to_thread``, ``loop.getaddrinfo`` and
+everything else that goes through ``run_in_executor``) counts as a task that
+can make progress: the clock does not jump while it runs. Real I/O in flight
+elsewhere (a subprocess, a socket to another process) is not known to the
+loop: with a threshold of 0 the clock can jump before its reply arrives, so
+give such tests a threshold a little above the I/O's real latency.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import selectors
-from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
 
 from meshkit.errors import UsageError
 
@@ -35,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["FakeClock"]
 
 R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 # A wall-clock origin for fake time: 2025-01-01T00:00:00Z, so timestamps
 # printed by tests look plausible.
@@ -45,10 +53,18 @@ class FakeClock:
     """A ``meshkit.Clock`` whose time moves only when told to (or when all tasks wait)."""
 
     def __init__(
-        self, start: float = 0.0, *, wall: float = _WALL_ORIGIN, autojump_threshold: float = 0.0
+        self,
+        start: float = 0.0,
+        *,
+        wall: float = _WALL_ORIGIN,
+        autojump_threshold: float | None = 0.0,
     ) -> None:
-        if not (math.isfinite(autojump_threshold) and autojump_threshold >= 0):
-            raise UsageError(f"autojump_threshold must be >= 0 seconds, got {autojump_threshold!r}")
+        if autojump_threshold is not None and not (
+            math.isfinite(autojump_threshold) and autojump_threshold >= 0
+        ):
+            raise UsageError(
+                f"autojump_threshold must be >= 0 seconds or None, got {autojump_threshold!r}"
+            )
         self._now = start
         self._wall_offset = wall - start
         self.autojump_threshold = autojump_threshold
@@ -96,26 +112,69 @@ class _FakeTimeLoop(asyncio.SelectorEventLoop):
     """
 
     def __init__(self, clock: FakeClock) -> None:
-        super().__init__(_AutojumpSelector(selectors.DefaultSelector(), clock))
+        super().__init__(_AutojumpSelector(selectors.DefaultSelector(), clock, self._busy))
         self.clock = clock
+        self._threads_working = 0
 
     def time(self) -> float:
         return self.clock.monotonic()
+
+    def _busy(self) -> bool:
+        return self._threads_working > 0
+
+    def run_in_executor(
+        self, executor: Executor | None, func: Callable[[Unpack[Ts]], R], *args: Unpack[Ts]
+    ) -> asyncio.Future[R]:
+        future = super().run_in_executor(executor, func, *args)
+        self._threads_working += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _: asyncio.Future[Any]) -> None:
+        self._threads_working -= 1
+
+    @contextlib.contextmanager
+    def _thread_at_work(self) -> Iterator[None]:
+        self._threads_working += 1
+        try:
+            yield
+        finally:
+            self._threads_working -= 1
+
+    # Joining the executor happens on a thread of its own; without this, the
+    # clock would jump through the join's timeout (300 s in 3.12+), and the
+    # loop would warn that the threads never finished.
+    if sys.version_info >= (3, 12):
+
+        async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+            with self._thread_at_work():
+                await super().shutdown_default_executor(timeout)
+
+    else:
+
+        async def shutdown_default_executor(self) -> None:
+            with self._thread_at_work():
+                await super().shutdown_default_executor()
 
 
 class _AutojumpSelector(selectors.BaseSelector):
     """Delegates to a real selector, but turns "block until the next timer" into a jump."""
 
-    def __init__(self, inner: selectors.BaseSelector, clock: FakeClock) -> None:
+    def __init__(
+        self, inner: selectors.BaseSelector, clock: FakeClock, busy: Callable[[], bool]
+    ) -> None:
         self._inner = inner
         self._clock = clock
+        self._busy = busy
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         # timeout is 0 when callbacks are ready, None when no timer exists,
         # else the fake seconds until the next timer: the loop is idle.
-        if timeout is not None and timeout <= 0:
+        threshold = self._clock.autojump_threshold
+        if (timeout is not None and timeout <= 0) or threshold is None or self._busy():
+            # Not idle, or not allowed to jump: wait as a real loop would.
             return self._inner.select(timeout)
-        events = self._inner.select(self._clock.autojump_threshold)
+        events = self._inner.select(threshold)
         if events or timeout is None:
             return events or self._inner.select(None)
         self._clock.advance(timeout)
