@@ -148,7 +148,7 @@ def test_work_in_threads_is_waited_for_not_jumped_over() -> None:
 
 
 def test_run_shuts_the_executor_down_without_a_jump() -> None:
-    """Closing a loop that used threads neither warns nor jumps the clock (3.13 waits up to 300 s)."""
+    """Closing a loop that used threads neither warns nor jumps the clock (3.12+ waits 300 s)."""
     clock = FakeClock()
 
     async def main() -> int:

@@ -30,8 +30,6 @@ window with at least 20 calls so a quiet service does not trip on two errors.
 
 from __future__ import annotations
 
-import math
-
 import msgspec
 
 from meshkit.errors import ConfigError

@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
+from meshkit.errors import LeaseExpiredError, LeaseNotFoundError
 from meshkit.policy import _check as check
 from meshkit.policy._events import Hook, LeaseEvent, LeaseEventKind
 

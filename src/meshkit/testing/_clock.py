@@ -32,7 +32,7 @@ import selectors
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 from meshkit.errors import UsageError
 
@@ -123,7 +123,7 @@ class _FakeTimeLoop(asyncio.SelectorEventLoop):
         return self._threads_working > 0
 
     def run_in_executor(
-        self, executor: Executor | None, func: Callable[[Unpack[Ts]], R], *args: Unpack[Ts]
+        self, executor: Executor | None, func: Callable[[*Ts], R], *args: *Ts
     ) -> asyncio.Future[R]:
         future = super().run_in_executor(executor, func, *args)
         self._threads_working += 1
@@ -146,7 +146,10 @@ class _FakeTimeLoop(asyncio.SelectorEventLoop):
     # loop would warn that the threads never finished.
     if sys.version_info >= (3, 12):
 
-        async def shutdown_default_executor(self, timeout: float | None = None) -> None:
+        async def shutdown_default_executor(
+            self,
+            timeout: float | None = None,  # noqa: ASYNC109 (asyncio's own signature)
+        ) -> None:
             with self._thread_at_work():
                 await super().shutdown_default_executor(timeout)
 
