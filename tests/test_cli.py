@@ -21,6 +21,7 @@ def test_no_arguments_prints_usage() -> None:
     result = subprocess.run(
         [BIN / "meshkit"], capture_output=True, text=True, timeout=60, check=False
     )
+    assert result.returncode == 2  # click's code for "usage shown, nothing done"
     assert "Usage: meshkit" in result.stdout + result.stderr
 
 

@@ -6,11 +6,15 @@ pure decision logic the gateway, sidecar and clients share;
 ``meshkit.errors`` the one error tree.
 """
 
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.errors import MeshkitError
 
-__version__ = _version("meshkit")
+try:
+    __version__ = _version("meshkit")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["Clock", "MeshkitError", "SystemClock", "__version__"]

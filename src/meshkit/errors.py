@@ -57,6 +57,11 @@ class ConfigError(UsageError):
         self.key = key
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+        # Rebuild from the constructor's arguments, so the error survives
+        # pickling (process pools, multiprocessing logging).
+        return type(self), (self.key, self.problem)
+
 
 class PeerError(MeshkitError):
     """A service, instance or upstream failed to answer properly."""
@@ -76,6 +81,10 @@ class LeaseError(MeshkitError):
     def __init__(self, lease_id: int, problem: str) -> None:
         super().__init__(f"lease {lease_id}: {problem}")
         self.lease_id = lease_id
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[LeaseError], tuple[int, str]]:
+        return type(self), (self.lease_id, self.problem)
 
 
 class LeaseNotFoundError(LeaseError, LookupError):

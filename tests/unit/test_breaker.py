@@ -154,7 +154,7 @@ def test_released_probe_frees_its_slot() -> None:
 
 
 def test_closing_forgets_the_failures_that_tripped_it() -> None:
-    """After recovery, failures from before the trip do not count toward the rate."""
+    """After recovery the window holds only calls made since, even as it slides on."""
     config = BreakerConfig(
         consecutive_failures=None,
         failure_rate=0.5,
@@ -169,10 +169,12 @@ def test_closing_forgets_the_failures_that_tripped_it() -> None:
     assert breaker.state is OPEN
     _succeed(breaker, 1.0)  # the probe closes it
     assert breaker.state is CLOSED
-    _succeed(breaker, 1.0, 2)
+    _succeed(breaker, 1.0)
     _fail(breaker, 1.0)
-    assert breaker.state is CLOSED  # 1 of 3 since closing, and under minimum_calls anyway
-    assert breaker.statistics(1.0).window_calls == 3
+    stats = breaker.statistics(1.0)
+    assert (stats.window_calls, stats.window_failures) == (2, 1)
+    stats = breaker.statistics(62.0)  # every bucket of the window has gone by
+    assert (stats.window_calls, stats.window_failures) == (0, 0)
 
 
 def test_consecutive_failures_restart_after_recovery() -> None:

@@ -102,7 +102,7 @@ def test_manual_advance_wakes_sleepers() -> None:
 
 def test_real_io_completes_before_time_jumps() -> None:
     """With a threshold, a loopback reply arrives before a fake timeout can fire."""
-    clock = FakeClock(autojump_threshold=0.5)
+    clock = FakeClock(autojump_threshold=2.0)
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(await reader.readline())
@@ -112,7 +112,7 @@ def test_real_io_completes_before_time_jumps() -> None:
     async def main() -> bytes:
         server = await asyncio.start_server(echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with server, asyncio.timeout(1):
+        async with server, asyncio.timeout(10):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"ping\n")
             line = await reader.readline()
@@ -121,7 +121,7 @@ def test_real_io_completes_before_time_jumps() -> None:
         return line
 
     assert clock.run(main()) == b"ping\n"
-    assert clock.monotonic() < 1.0
+    assert clock.monotonic() < 10.0
 
 
 def test_fake_sleep_refuses_a_real_loop() -> None:

@@ -66,6 +66,12 @@ def test_a_spent_budget_raises() -> None:
         (lambda: DeadlineBudget.after(0.0, 1).sequential(0.0, 0), "calls"),
         (lambda: DeadlineBudget.after(0.0, 1).sequential(0.0, (1, -1)), "calls"),
         (lambda: DeadlineBudget.after(0.0, 1).sequential(0.0, ()), "calls"),
+        (lambda: DeadlineBudget.after(0.0, 1).sequential(0.0, 2.0), "calls"),
+        (lambda: DeadlineBudget.after(0.0, 1).sequential(0.0, [1, "a"]), "calls"),
+        (lambda: DeadlineBudget.after(0.0, 1).sequential(0.0, [True, 1]), "calls"),
+        (lambda: DeadlineBudget.after(0.0, 1).sequential(0.0, "ab"), "calls"),
+        (lambda: DeadlineBudget("5"), "expires_at"),
+        (lambda: DeadlineBudget.after(0.0, 1, reserve=5), "reserve"),
     ],
 )
 def test_bad_arguments_name_the_field(build: object, key: str) -> None:

@@ -1,3 +1,4 @@
+import pickle
 import re
 
 import pytest
@@ -45,6 +46,22 @@ def test_stdlib_bases_for_existing_handlers() -> None:
     assert issubclass(ConfigError, ValueError)
     assert issubclass(DeadlineExceededError, TimeoutError)
     assert issubclass(LeaseNotFoundError, LookupError)
+
+
+@pytest.mark.parametrize("name", errors.__all__)
+def test_every_error_survives_pickling(name: str) -> None:
+    """Errors cross process boundaries intact (pools, multiprocessing logging)."""
+    cls = getattr(errors, name)
+    if issubclass(cls, errors.ConfigError):
+        error = cls("gateway.port", "must be between 1 and 65535")
+    elif issubclass(cls, errors.LeaseError):
+        error = cls(7, "expired")
+    else:
+        error = cls("something went wrong")
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 (our own bytes, just made)
+    assert type(copy) is cls
+    assert str(copy) == str(error)
+    assert vars(copy) == vars(error)
 
 
 def test_config_error_names_the_key() -> None:

@@ -32,6 +32,7 @@ PUBLIC = {
         "RateLimitStateChanged",
         "RetryBudget",
         "RetryBudgetStateChanged",
+        "RetryBudgetStatistics",
         "RetryDecision",
         "RetryPolicy",
         "RetryRun",

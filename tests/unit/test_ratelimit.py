@@ -12,7 +12,7 @@ LIMITERS = [TokenBucket, GCRA]
 limits = st.builds(
     RateLimit,
     capacity=st.integers(min_value=1, max_value=200),
-    per_second=st.floats(min_value=0.01, max_value=10_000, allow_nan=False),
+    per_second=st.floats(min_value=0.01, max_value=10_000),
 )
 # Non-decreasing request times with a cost each, as a monotonic clock gives them.
 steps = st.lists(
@@ -29,7 +29,7 @@ def _times(start: float, gaps: list[float]) -> list[float]:
     return times
 
 
-@given(limits, st.floats(min_value=0, max_value=1e6), steps)
+@given(limits, st.floats(min_value=-1e6, max_value=1e6), steps)
 def test_gcra_decides_exactly_like_the_token_bucket(
     limit: RateLimit, start: float, steps: list[tuple[float, int]]
 ) -> None:
@@ -77,9 +77,12 @@ def test_retry_after_and_reset_after_are_exact(
         decision = limiter.acquire(now, cost)
         if not decision.allowed:
             assert decision.retry_after > 0
-            # 1 ns later at most: the decision's seconds were whole nanoseconds.
+            # Exact to the nanosecond: refused just before, admitted just after.
             later = now + decision.retry_after + 1e-9
             assert copy.copy(limiter).acquire(later, cost).allowed
+            if decision.retry_after > 3e-9:
+                sooner = now + decision.retry_after - 3e-9
+                assert not copy.copy(limiter).acquire(sooner, cost).allowed
         refilled = copy.copy(limiter).tokens(now + decision.reset_after + 1e-9)
         assert refilled == pytest.approx(limit.capacity)
 
@@ -124,6 +127,8 @@ def test_impossible_cost_is_a_usage_error(limiter_type: type[TokenBucket], cost:
         ({"capacity": 1.5, "per_second": 1}, "capacity"),
         ({"capacity": True, "per_second": 1}, "capacity"),
         ({"capacity": 5, "per_second": 0}, "per_second"),
+        ({"capacity": 5, "per_second": 1e-300}, "per_second"),
+        ({"capacity": 5, "per_second": 6e8}, "per_second"),
         ({"capacity": 5, "per_second": float("nan")}, "per_second"),
         ({"capacity": 5, "per_second": "10"}, "per_second"),
     ],
@@ -133,6 +138,13 @@ def test_bad_limit_names_the_field(kwargs: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         RateLimit(**kwargs)  # type: ignore[arg-type]
     assert caught.value.key == key
+
+
+@pytest.mark.parametrize("limiter_type", LIMITERS)
+def test_a_clock_with_a_negative_origin_starts_full(limiter_type: type[TokenBucket]) -> None:
+    """The bucket starts full whatever the clock's origin, negative included."""
+    limiter = limiter_type(RateLimit(capacity=3, per_second=1))
+    assert [limiter.acquire(-50.0).allowed for _ in range(4)] == [True, True, True, False]
 
 
 def test_rate_is_rounded_down_never_up() -> None:

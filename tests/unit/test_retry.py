@@ -144,6 +144,35 @@ def test_budget_refuses_beyond_its_share() -> None:
     )
 
 
+def test_a_peer_asking_for_time_gets_it_within_the_deadline() -> None:
+    """retry_after sets the least wait; a wait past the deadline stops the run instead."""
+    run = RetryPolicy(attempts=5, timeout=10).start(0.0, rng=random.Random(1))
+    decision = run.failed(0.0, retryable=True, retry_after=2.5)
+    assert decision.retry
+    assert decision.delay == 2.5
+    decision = run.failed(3.0, retryable=True, retry_after=8.0)
+    assert not decision.retry
+    assert decision.reason is StopReason.DEADLINE
+
+
+def test_budget_says_when_it_has_room_again() -> None:
+    """Freeing a slot in an exhausted budget is reported at once, not on the next retry."""
+    events: list[object] = []
+    budget = RetryBudget(ratio=0, min_concurrency=1, name="b", hook=events.append)
+    budget.request_started()
+    assert budget.try_acquire()
+    assert not budget.try_acquire()
+    budget.release()
+    assert [e.exhausted for e in events] == [True, False]  # type: ignore[attr-defined]
+    stats = budget.statistics()
+    assert (stats.active_requests, stats.active_retries, stats.limit, stats.rejected) == (
+        1,
+        0,
+        1,
+        1,
+    )
+
+
 def test_hook_reports_retries_and_the_end_of_the_run() -> None:
     """The hook hears each scheduled retry and why the run stopped."""
     events: list[object] = []
@@ -165,6 +194,7 @@ def test_hook_reports_retries_and_the_end_of_the_run() -> None:
         (lambda: Backoff(multiplier=0.5), "multiplier"),
         (lambda: RetryPolicy(attempts=0), "attempts"),
         (lambda: RetryPolicy(timeout=-1), "timeout"),
+        (lambda: RetryPolicy(backoff={"initial": 1}), "backoff"),
         (lambda: RetryBudget(ratio=1.5), "ratio"),
         (lambda: RetryBudget(min_concurrency=-1), "min_concurrency"),
     ],

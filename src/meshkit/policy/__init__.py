@@ -31,7 +31,14 @@ from meshkit.policy._events import (
 )
 from meshkit.policy._lease import Lease, LeaseTable
 from meshkit.policy._ratelimit import GCRA, RateDecision, RateLimit, TokenBucket
-from meshkit.policy._retry import Backoff, RetryBudget, RetryDecision, RetryPolicy, RetryRun
+from meshkit.policy._retry import (
+    Backoff,
+    RetryBudget,
+    RetryBudgetStatistics,
+    RetryDecision,
+    RetryPolicy,
+    RetryRun,
+)
 
 __all__ = [
     "GCRA",
@@ -56,6 +63,7 @@ __all__ = [
     "RateLimitStateChanged",
     "RetryBudget",
     "RetryBudgetStateChanged",
+    "RetryBudgetStatistics",
     "RetryDecision",
     "RetryPolicy",
     "RetryRun",

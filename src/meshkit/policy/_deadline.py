@@ -36,14 +36,15 @@ class DeadlineBudget(msgspec.Struct, frozen=True):
     reserve: float = 0.0
 
     def __post_init__(self) -> None:
-        if math.isnan(self.expires_at):
-            raise ConfigError("expires_at", "must be a number, got nan")
+        check.number("expires_at", self.expires_at, low=-math.inf, high=math.inf)
         check.seconds("reserve", self.reserve, allow_zero=True)
 
     @classmethod
     def after(cls, now: float, seconds: float, *, reserve: float = 0.0) -> DeadlineBudget:
         """A budget of ``seconds`` from ``now``."""
-        return cls(now + check.seconds("seconds", seconds), reserve)
+        if check.seconds("seconds", seconds) <= check.seconds("reserve", reserve, allow_zero=True):
+            raise ConfigError("reserve", f"must be less than the {seconds}s budget, got {reserve}")
+        return cls(now + seconds, reserve)
 
     def remaining(self, now: float) -> float:
         """Seconds until the deadline (0 once it has passed), reserve included."""
@@ -59,12 +60,18 @@ class DeadlineBudget(msgspec.Struct, frozen=True):
         relative weights, this call's first: ``(2, 1, 1)`` gives it half.
         Raises ``DeadlineExceededError`` if no time is left for it.
         """
-        if isinstance(calls, int):
-            share = 1.0 / check.whole("calls", calls, minimum=1)
+        value: object = calls  # checked as it arrives, whatever the annotation says
+        if isinstance(value, int) and not isinstance(value, bool):
+            share = 1.0 / check.whole("calls", value, minimum=1)
+        elif isinstance(value, list | tuple) and value:
+            weights = [check.number("calls", w, low=0, high=math.inf) for w in value]
+            if min(weights) <= 0:
+                raise ConfigError("calls", f"weights must be positive, got {weights!r}")
+            share = weights[0] / math.fsum(weights)
         else:
-            if not calls or any(not (math.isfinite(w) and w > 0) for w in calls):
-                raise ConfigError("calls", f"weights must be positive numbers, got {list(calls)!r}")
-            share = calls[0] / math.fsum(calls)
+            raise ConfigError(
+                "calls", f"must be a whole number or a list of weights, got {calls!r}"
+            )
         return self._usable(now) * share
 
     def parallel(self, now: float) -> float:

@@ -20,13 +20,16 @@ import math
 
 import msgspec
 
-from meshkit.errors import ConfigError, UsageError
+from meshkit.errors import UsageError
 from meshkit.policy import _check as check
 from meshkit.policy._events import Hook, RateLimitStateChanged
 
 __all__ = ["GCRA", "RateDecision", "RateLimit", "TokenBucket"]
 
 _NS = 1_000_000_000
+# "Never used": earlier than any time a clock will report, so the first
+# request finds the bucket full whatever the clock's origin.
+_NEVER = -(2**62)
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -37,8 +40,9 @@ class RateLimit(msgspec.Struct, frozen=True):
 
     def __post_init__(self) -> None:
         check.whole("capacity", self.capacity, minimum=1)
-        if check.number("per_second", self.per_second, low=0, high=_NS) == 0:
-            raise ConfigError("per_second", "must be > 0")
+        # From one request in 11 days to a million a second: within that range
+        # the whole-nanosecond interval is off by at most 0.1%.
+        check.number("per_second", self.per_second, low=1e-6, high=1e6)
 
     @property
     def interval_ns(self) -> int:
@@ -51,7 +55,10 @@ class RateDecision(msgspec.Struct, frozen=True, kw_only=True):
 
     ``remaining`` is whole tokens left after this decision; ``retry_after`` the
     seconds until this request would be admitted (0 when admitted);
-    ``reset_after`` the seconds until the bucket is full again.
+    ``reset_after`` the seconds until the bucket is full again. Both are exact
+    to the nanosecond, as floats: a retry at exactly ``now + retry_after`` can
+    land a nanosecond short, so a driver rounds up (HTTP's Retry-After is in
+    whole seconds anyway).
     """
 
     allowed: bool
@@ -63,7 +70,7 @@ class RateDecision(msgspec.Struct, frozen=True, kw_only=True):
 class _Limiter:
     """What the two forms share: configuration, validation and the hook."""
 
-    __slots__ = ("_capacity", "_hook", "_interval", "_limited", "limit", "name")
+    __slots__ = ("_capacity", "_hook", "_interval", "_limited", "_max_cost", "limit", "name")
 
     def __init__(self, limit: RateLimit, *, name: str = "", hook: Hook | None = None) -> None:
         self.limit = limit
@@ -71,6 +78,7 @@ class _Limiter:
         self._hook = hook
         self._interval = limit.interval_ns
         self._capacity = limit.capacity * self._interval
+        self._max_cost = limit.capacity
         self._limited = False
 
     def _bad_cost(self, cost: int) -> UsageError:
@@ -98,7 +106,7 @@ class TokenBucket(_Limiter):
     def __init__(self, limit: RateLimit, *, name: str = "", hook: Hook | None = None) -> None:
         super().__init__(limit, name=name, hook=hook)
         self._credit = self._capacity
-        self._last = 0
+        self._last = _NEVER
 
     def acquire(self, now: float, cost: int = 1) -> RateDecision:
         """Admit a request of ``cost`` tokens at ``now``, or refuse it.
@@ -106,7 +114,7 @@ class TokenBucket(_Limiter):
         Raises ``UsageError`` if ``cost`` is below 1 or above the capacity,
         since such a request could never be admitted.
         """
-        if type(cost) is not int or not 1 <= cost <= self.limit.capacity:
+        if type(cost) is not int or not 1 <= cost <= self._max_cost:
             raise self._bad_cost(cost)
         t = int(now * _NS)
         need = cost * self._interval
@@ -148,7 +156,7 @@ class GCRA(_Limiter):
     __slots__ = ("tat",)
 
     def __init__(
-        self, limit: RateLimit, *, name: str = "", hook: Hook | None = None, tat: int = 0
+        self, limit: RateLimit, *, name: str = "", hook: Hook | None = None, tat: int = _NEVER
     ) -> None:
         super().__init__(limit, name=name, hook=hook)
         self.tat = tat
@@ -158,7 +166,7 @@ class GCRA(_Limiter):
 
         Raises ``UsageError`` if ``cost`` is below 1 or above the capacity.
         """
-        if type(cost) is not int or not 1 <= cost <= self.limit.capacity:
+        if type(cost) is not int or not 1 <= cost <= self._max_cost:
             raise self._bad_cost(cost)
         t = int(now * _NS)
         need = cost * self._interval

@@ -32,7 +32,14 @@ from meshkit.policy._events import (
     StopReason,
 )
 
-__all__ = ["Backoff", "RetryBudget", "RetryDecision", "RetryPolicy", "RetryRun"]
+__all__ = [
+    "Backoff",
+    "RetryBudget",
+    "RetryBudgetStatistics",
+    "RetryDecision",
+    "RetryPolicy",
+    "RetryRun",
+]
 
 
 class Backoff(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,6 +88,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check.whole("attempts", self.attempts, minimum=1)
+        if not isinstance(self.backoff, Backoff):
+            raise ConfigError("backoff", f"must be a Backoff, got {type(self.backoff).__name__}")
         if self.timeout is not None:
             check.seconds("timeout", self.timeout)
 
@@ -149,12 +158,16 @@ class RetryRun:
         if budget is not None:
             budget.request_started()
 
-    def failed(self, now: float, *, retryable: bool) -> RetryDecision:
+    def failed(
+        self, now: float, *, retryable: bool, retry_after: float | None = None
+    ) -> RetryDecision:
         """The current attempt failed at ``now``; should another be made?
 
         ``retryable`` is the caller's judgement of the failure: a refused
         connection is, a 400 is not, and nothing is for a request that is not
-        idempotent.
+        idempotent. ``retry_after`` is the soonest the peer asked to be tried
+        again (a 429's or 503's Retry-After, a breaker's ``open_until - now``):
+        the wait is at least that long, and the deadline still applies.
         """
         if self.done:
             raise UsageError("this retry run has already ended")
@@ -165,6 +178,8 @@ class RetryRun:
         if self.attempts >= self.policy.attempts:
             return self._stop(now, StopReason.ATTEMPTS_EXHAUSTED)
         delay = self.policy.backoff.delay(self.attempts, self._rng)
+        if retry_after is not None and retry_after > delay:
+            delay = retry_after
         if self.deadline is not None and now + delay >= self.deadline:
             return self._stop(now, StopReason.DEADLINE)
         if self._budget is not None:
@@ -263,19 +278,41 @@ class RetryBudget:
         else:
             self.rejected += 1
         if allowed is self._exhausted:
-            self._exhausted = not allowed
-            if self._hook is not None:
-                self._hook(
-                    RetryBudgetStateChanged(
-                        budget=self.name,
-                        exhausted=not allowed,
-                        active_requests=self.active_requests,
-                        active_retries=self.active_retries,
-                    )
-                )
+            self._announce(exhausted=not allowed)
         return allowed
 
     def release(self) -> None:
         if self.active_retries <= 0:
             raise UsageError("release() without a matching try_acquire()")
         self.active_retries -= 1
+        if self._exhausted and self.active_retries < self.limit:
+            self._announce(exhausted=False)
+
+    def statistics(self) -> RetryBudgetStatistics:
+        return RetryBudgetStatistics(
+            active_requests=self.active_requests,
+            active_retries=self.active_retries,
+            limit=self.limit,
+            rejected=self.rejected,
+        )
+
+    def _announce(self, *, exhausted: bool) -> None:
+        self._exhausted = exhausted
+        if self._hook is not None:
+            self._hook(
+                RetryBudgetStateChanged(
+                    budget=self.name,
+                    exhausted=exhausted,
+                    active_requests=self.active_requests,
+                    active_retries=self.active_retries,
+                )
+            )
+
+
+class RetryBudgetStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A retry budget at one moment, for dashboards."""
+
+    active_requests: int
+    active_retries: int
+    limit: int
+    rejected: int
