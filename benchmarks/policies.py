@@ -176,7 +176,7 @@ def retry_cases() -> list[tuple[str, Callable[[], object], Callable[[], object] 
 
     return [
         ("RetryRun: decision after a failed attempt", decide, tenacity_decide, "tenacity"),
-        ("RetryRun + RetryBudget: start, fail, succeed (3 calls)", decide_within_budget, None, ""),
+        ("RetryRun + budget: start, fail, succeed (3 calls)", decide_within_budget, None, ""),
     ]
 
 
