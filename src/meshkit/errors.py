@@ -8,8 +8,15 @@ next: fix its input, try another peer, or wait for the environment.
     ├── UsageError                  the caller's fault: fix the input, do not retry
     │   └── ConfigError             an option or a configuration key is invalid
     ├── PeerError                   the other side failed: another peer may do
+    │   ├── ConnectError            no connection could be made to the peer
+    │   ├── PeerClosedError         the peer closed the connection before answering
+    │   ├── ProtocolViolationError  the peer's HTTP was malformed
+    │   ├── ResponseTooLargeError   the peer's answer exceeded the configured limit
+    │   └── ServiceUnavailableError no instance of a service could serve a call
     ├── EnvironmentFaultError       a broker, store or network is unreachable: wait
     ├── DeadlineExceededError       the time allowed ran out (also TimeoutError)
+    │   ├── ConnectTimeoutError     connecting took longer than allowed
+    │   └── ReadTimeoutError        the answer took longer than allowed
     └── LeaseError                  a lease cannot be used any more: register again
         ├── LeaseNotFoundError      no lease has this id
         └── LeaseExpiredError       the lease outlived its TTL without a renewal
@@ -26,13 +33,20 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConnectError",
+    "ConnectTimeoutError",
     "DeadlineExceededError",
     "EnvironmentFaultError",
     "LeaseError",
     "LeaseExpiredError",
     "LeaseNotFoundError",
     "MeshkitError",
+    "PeerClosedError",
     "PeerError",
+    "ProtocolViolationError",
+    "ReadTimeoutError",
+    "ResponseTooLargeError",
+    "ServiceUnavailableError",
     "UsageError",
 ]
 
@@ -67,12 +81,48 @@ class PeerError(MeshkitError):
     """A service, instance or upstream failed to answer properly."""
 
 
+class ConnectError(PeerError):
+    """No connection could be made (refused, unreachable, reset while connecting)."""
+
+
+class PeerClosedError(PeerError):
+    """The peer closed the connection before a complete response arrived."""
+
+
+class ProtocolViolationError(PeerError):
+    """The peer sent something that is not valid HTTP/1.1."""
+
+
+class ResponseTooLargeError(PeerError):
+    """The response's headers or body exceeded the configured limit."""
+
+
+class ServiceUnavailableError(PeerError):
+    """No instance of ``service`` could serve the call; ``reason`` says why."""
+
+    def __init__(self, service: str, reason: str) -> None:
+        super().__init__(f"service {service!r} is unavailable: {reason}")
+        self.service = service
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[ServiceUnavailableError], tuple[str, str]]:
+        return type(self), (self.service, self.reason)
+
+
 class EnvironmentFaultError(MeshkitError):
     """Infrastructure meshkit depends on (a broker, a store, the network) failed."""
 
 
 class DeadlineExceededError(MeshkitError, TimeoutError):
     """The time allowed for an operation ran out before it could finish."""
+
+
+class ConnectTimeoutError(DeadlineExceededError):
+    """Connecting to the peer took longer than the connect timeout."""
+
+
+class ReadTimeoutError(DeadlineExceededError):
+    """The peer's response did not arrive within the read timeout."""
 
 
 class LeaseError(MeshkitError):

@@ -56,6 +56,8 @@ def test_every_error_survives_pickling(name: str) -> None:
         error = cls("gateway.port", "must be between 1 and 65535")
     elif issubclass(cls, errors.LeaseError):
         error = cls(7, "expired")
+    elif issubclass(cls, errors.ServiceUnavailableError):
+        error = cls("orders", "no instances registered")
     else:
         error = cls("something went wrong")
     copy = pickle.loads(pickle.dumps(error))  # noqa: S301 (our own bytes, just made)

@@ -9,6 +9,17 @@ import meshkit
 PUBLIC = {
     "meshkit": ["Clock", "MeshkitError", "SystemClock", "__version__"],
     "meshkit.testing": ["FakeClock"],
+    "meshkit.http": [
+        "IDEMPOTENT_METHODS",
+        "HTTPClient",
+        "HTTPServer",
+        "Limits",
+        "Request",
+        "Response",
+        "ServerLimits",
+        "Timeouts",
+        "json_response",
+    ],
     "meshkit.policy": [
         "GCRA",
         "BackendsChanged",

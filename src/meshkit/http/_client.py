@@ -1,0 +1,250 @@
+"""The HTTP/1.1 client: pooled keep-alive connections per origin, with timeouts.
+
+``HTTPClient.request()`` takes a connection from the origin's pool (or opens
+one, up to ``Limits.max_connections``, or waits for one to come free), sends
+the request, and returns the whole response. A connection goes back to the
+pool if the response allows keep-alive; idle ones are closed after
+``Limits.idle_timeout``.
+
+A pooled connection the server has closed while it sat idle is usually seen
+and dropped before reuse (the protocol hears the close). When the close
+races with a new request and the request fails before any response byte,
+an idempotent request is sent once more on a fresh connection; anything
+else raises, because the server may have acted on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+
+from meshkit.errors import (
+    ConnectError,
+    ConnectTimeoutError,
+    PeerClosedError,
+    ReadTimeoutError,
+    UsageError,
+)
+from meshkit.http._config import Limits, Timeouts
+from meshkit.http._connection import Connection
+from meshkit.http._response import Response
+
+__all__ = ["IDEMPOTENT_METHODS", "HTTPClient"]
+
+# RFC 9110, section 9.2.2.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+
+Headers = Iterable[tuple[bytes, bytes]]
+
+
+class _Pool:
+    """Connections to one origin: idle ones for reuse, and waiters for a free slot."""
+
+    __slots__ = ("idle", "open", "waiters")
+
+    def __init__(self) -> None:
+        self.idle: deque[Connection] = deque()
+        self.open = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class HTTPClient:
+    """A pooled HTTP/1.1 client. Use ``async with`` or call ``aclose()``."""
+
+    def __init__(self, *, timeouts: Timeouts | None = None, limits: Limits | None = None) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self.limits = limits or Limits()
+        self._pools: dict[tuple[str, int], _Pool] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> HTTPClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def request(
+        self,
+        method: str,
+        host: str,
+        port: int,
+        target: str,
+        *,
+        headers: Headers = (),
+        body: bytes = b"",
+        timeouts: Timeouts | None = None,
+    ) -> Response:
+        """Send ``method target`` to ``host:port`` and return the complete response.
+
+        Raises ``ConnectError``, ``ConnectTimeoutError``, ``ReadTimeoutError``,
+        ``PeerClosedError``, ``ProtocolViolationError`` or
+        ``ResponseTooLargeError``; an HTTP error status is a response, not an
+        exception.
+        """
+        if self._closed:
+            raise UsageError("this HTTPClient is closed")
+        timeouts = timeouts or self.timeouts
+        data = encode_request(method, target, host, port, headers, body)
+        if timeouts.total is None:
+            return await self._send(method, (host, port), data, timeouts)
+        try:
+            async with asyncio.timeout(timeouts.total):
+                return await self._send(method, (host, port), data, timeouts)
+        except TimeoutError as error:
+            raise ReadTimeoutError(
+                f"{method} {host}:{port}{target} took longer than {timeouts.total}s"
+            ) from error
+
+    async def aclose(self) -> None:
+        """Close idle connections now; requests in flight finish, then close theirs."""
+        self._closed = True
+        for pool in self._pools.values():
+            while pool.idle:
+                pool.idle.pop().close()
+            for waiter in pool.waiters:
+                if not waiter.done():
+                    waiter.set_exception(UsageError("the HTTPClient was closed"))
+        self._pools.clear()
+
+    # -- one request ------------------------------------------------------
+
+    async def _send(
+        self, method: str, origin: tuple[str, int], data: bytes, timeouts: Timeouts
+    ) -> Response:
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = _Pool()
+        connection, reused = await self._acquire(pool, origin, timeouts)
+        try:
+            response = await self._roundtrip(connection, method, data, timeouts)
+        except PeerClosedError:
+            self._discard(pool, connection)
+            if not (reused and method in IDEMPOTENT_METHODS):
+                raise
+            # A kept-alive connection the server closed just as we reused it.
+            connection, _ = await self._acquire(pool, origin, timeouts, fresh=True)
+            try:
+                response = await self._roundtrip(connection, method, data, timeouts)
+            except BaseException:
+                self._discard(pool, connection)
+                raise
+        except BaseException:
+            self._discard(pool, connection)
+            raise
+        self._release(pool, connection)
+        return response
+
+    @staticmethod
+    async def _roundtrip(
+        connection: Connection, method: str, data: bytes, timeouts: Timeouts
+    ) -> Response:
+        try:
+            async with asyncio.timeout(timeouts.read):
+                return await connection.roundtrip(data, head=method == "HEAD")
+        except TimeoutError as error:
+            host, port = connection.origin
+            raise ReadTimeoutError(
+                f"no complete response from {host}:{port} within {timeouts.read}s"
+            ) from error
+
+    # -- the pool ---------------------------------------------------------
+
+    async def _acquire(
+        self, pool: _Pool, origin: tuple[str, int], timeouts: Timeouts, *, fresh: bool = False
+    ) -> tuple[Connection, bool]:
+        while not fresh and pool.idle:
+            connection = pool.idle.pop()  # the most recently used: least likely to be stale
+            if connection.idle_handle is not None:
+                connection.idle_handle.cancel()
+                connection.idle_handle = None
+            if not connection.closed:
+                return connection, True
+            pool.open -= 1
+        while pool.open >= self.limits.max_connections:
+            waiter = asyncio.get_running_loop().create_future()
+            pool.waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in pool.waiters:
+                    pool.waiters.remove(waiter)
+            if not fresh and pool.idle:
+                return await self._acquire(pool, origin, timeouts)
+        pool.open += 1
+        try:
+            return await self._connect(origin, timeouts), False
+        except BaseException:
+            pool.open -= 1
+            self._wake(pool)
+            raise
+
+    async def _connect(self, origin: tuple[str, int], timeouts: Timeouts) -> Connection:
+        host, port = origin
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeouts.connect):
+                _, connection = await loop.create_connection(
+                    lambda: Connection(origin, self.limits), host, port
+                )
+        except TimeoutError as error:
+            raise ConnectTimeoutError(
+                f"could not connect to {host}:{port} within {timeouts.connect}s"
+            ) from error
+        except OSError as error:
+            raise ConnectError(f"could not connect to {host}:{port}: {error}") from error
+        # asyncio and uvloop set TCP_NODELAY on TCP connections themselves.
+        return connection
+
+    def _release(self, pool: _Pool, connection: Connection) -> None:
+        if self._closed or not connection.reusable or len(pool.idle) >= self.limits.max_idle:
+            self._discard(pool, connection)
+            return
+        loop = asyncio.get_running_loop()
+        connection.idle_handle = loop.call_later(
+            self.limits.idle_timeout, self._expire_idle, pool, connection
+        )
+        pool.idle.append(connection)
+        self._wake(pool)
+
+    def _expire_idle(self, pool: _Pool, connection: Connection) -> None:
+        if connection in pool.idle:
+            pool.idle.remove(connection)
+            self._discard(pool, connection)
+
+    def _discard(self, pool: _Pool, connection: Connection) -> None:
+        connection.close()
+        pool.open -= 1
+        self._wake(pool)
+
+    @staticmethod
+    def _wake(pool: _Pool) -> None:
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+def encode_request(
+    method: str, target: str, host: str, port: int, headers: Headers, body: bytes
+) -> bytes:
+    """The bytes of an HTTP/1.1 request, refusing header injection.
+
+    ``Host`` and ``Content-Length`` are set here; callers must not pass them.
+    """
+    if not method.isalpha() or not method.isupper():
+        raise UsageError(f"not an HTTP method: {method!r}")
+    if not target.startswith("/") or " " in target or "\r" in target or "\n" in target:
+        raise UsageError(f"request target must be an absolute path without spaces: {target!r}")
+    parts = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode("latin-1")]
+    for name, value in headers:
+        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
+            raise UsageError(f"header {name!r} would break the request (CR, LF or colon)")
+        parts.append(b"%s: %s\r\n" % (name, value))
+    if body or method in ("POST", "PUT", "PATCH"):
+        parts.append(b"content-length: %d\r\n" % len(body))
+    parts.append(b"\r\n")
+    if body:
+        parts.append(body)
+    return b"".join(parts)

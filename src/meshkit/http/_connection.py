@@ -1,0 +1,190 @@
+"""One client connection: an asyncio protocol parsing responses with httptools.
+
+A connection carries one request at a time (HTTP/1.1 without pipelining).
+``roundtrip()`` writes a request and waits for the complete response; the
+parser's callbacks fill it in as bytes arrive. Everything the peer can get
+wrong (malformed HTTP, oversized headers or body, closing early, bytes sent
+while no request is outstanding) ends in a meshkit error and a closed
+connection, never in a half-read response left for the next request.
+
+Why not a library: on the service-to-service path this client is measured
+against a direct call, and per-request frameworks cost a factor there (see
+DESIGN.md); httptools is the parser uvicorn and the proxy engine use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httptools
+
+from meshkit.errors import (
+    PeerClosedError,
+    ProtocolViolationError,
+    ResponseTooLargeError,
+    UsageError,
+)
+from meshkit.http._config import Limits
+from meshkit.http._response import Response
+
+__all__ = ["Connection"]
+
+
+class Connection(asyncio.Protocol):
+    """A keep-alive HTTP/1.1 connection to one origin."""
+
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_head_request",
+        "_header_size",
+        "_headers",
+        "_limits",
+        "_parser",
+        "_reusable",
+        "_transport",
+        "_waiter",
+        "closed",
+        "idle_handle",
+        "origin",
+    )
+
+    def __init__(self, origin: tuple[str, int], limits: Limits) -> None:
+        self.origin = origin
+        self._limits = limits
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[Response] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._header_size = 0
+        self._body_size = 0
+        self._head_request = False
+        self._reusable = False
+        self.closed = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    # -- used by the pool -------------------------------------------------
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the last response left the connection fit for another request."""
+        return self._reusable and not self.closed
+
+    async def roundtrip(self, request: bytes, *, head: bool = False) -> Response:
+        """Send one encoded request and return its response.
+
+        Cancelling the wait (a timeout) closes the connection: the response
+        may still arrive, and it must not be read as the next request's.
+        """
+        if self._transport is None or self._waiter is not None:
+            raise UsageError("a connection carries one request at a time")
+        self._reusable = False
+        self._head_request = head
+        self._headers = []
+        self._body = []
+        self._header_size = 0
+        self._body_size = 0
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
+        self._transport.write(request)
+        try:
+            return await waiter
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.idle_handle is not None:
+                self.idle_handle.cancel()
+            if self._transport is not None:
+                self._transport.close()
+
+    # -- asyncio protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Nothing was asked: a server that talks unprompted is broken.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            # httptools wraps what a callback raised; the limit errors are ours.
+            cause = error.__context__
+            if isinstance(cause, ResponseTooLargeError):
+                self._fail(cause)
+            else:
+                self._fail(
+                    ProtocolViolationError(f"malformed response from {self._where}: {error}")
+                )
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        if self._waiter is not None and not self._waiter.done():
+            reason = f": {exc}" if exc else ""
+            self._waiter.set_exception(
+                PeerClosedError(f"{self._where} closed the connection before answering{reason}")
+            )
+
+    # -- httptools callbacks ----------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_size += len(name) + len(value) + 4
+        if self._header_size > self._limits.max_header_bytes:
+            raise ResponseTooLargeError(
+                f"{self._where} sent more than {self._limits.max_header_bytes} bytes of headers"
+            )
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self._head_request:
+            # A response to HEAD has no body whatever its Content-Length says,
+            # and httptools cannot be told so: finish here, and give the next
+            # response a fresh parser.
+            self._finish()
+            self._parser = httptools.HttpResponseParser(self)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._limits.max_body_bytes:
+            raise ResponseTooLargeError(
+                f"{self._where} sent a body over {self._limits.max_body_bytes} bytes"
+            )
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self._head_request:
+            self._finish()
+
+    # -- internals --------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return f"{self.origin[0]}:{self.origin[1]}"
+
+    def _finish(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        self._reusable = self._parser.should_keep_alive()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        waiter.set_result(Response(self._parser.get_status_code(), self._headers, body))
+
+    def _fail(self, error: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(error)
+        self.close()

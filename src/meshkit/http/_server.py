@@ -1,0 +1,320 @@
+"""A small HTTP/1.1 server on asyncio protocols and httptools.
+
+The control plane serves its API with it: thousands of lease renewals a
+second must cost tens of microseconds each, which a per-request framework
+cannot do (DESIGN.md measured ASGI servers at a sixth of this design's
+rate). Handlers receive a whole ``Request`` and return a whole ``Response``;
+bodies are buffered, up to ``ServerLimits.max_body_bytes``.
+
+Per connection, requests are answered one at a time and in order, so
+pipelined requests work. The server refuses what it cannot handle safely
+and closes the connection after answering: a malformed request (400), a
+body over the limit (413), headers over the limit (431). A client that
+takes longer than ``request_timeout`` to send a request, or leaves a
+connection idle for ``idle_timeout``, is disconnected, so slow clients
+cannot hold connections forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import httptools
+import msgspec
+
+from meshkit.http._response import Response
+from meshkit.policy import _check as check
+
+__all__ = ["HTTPServer", "Request", "ServerLimits", "json_response"]
+
+_REASONS = {
+    200: b"OK",
+    201: b"Created",
+    204: b"No Content",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    409: b"Conflict",
+    410: b"Gone",
+    413: b"Content Too Large",
+    422: b"Unprocessable Content",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+
+class ServerLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """What a client may send, and how long it may take.
+
+    Defaults follow common servers: 64 KiB of headers (nginx allows 32 KiB
+    in large buffers, Node 16 KiB), a 1 MiB body, 10 s from the first byte
+    of a request to its last, 60 s idle before a kept-alive connection is
+    closed.
+    """
+
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 1024 * 1024
+    request_timeout: float = 10.0
+    idle_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        check.whole("max_header_bytes", self.max_header_bytes, minimum=1024)
+        check.whole("max_body_bytes", self.max_body_bytes, minimum=0)
+        check.seconds("request_timeout", self.request_timeout)
+        check.seconds("idle_timeout", self.idle_timeout)
+
+
+class Request:
+    """One request: method, path and raw query, lower-cased headers, the whole body."""
+
+    __slots__ = ("body", "headers", "method", "path", "peer", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        peer: str,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.peer = peer
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key == wanted:
+                return value.decode("latin-1")
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+def json_response(status: int, data: object) -> Response:
+    """A response with ``data`` encoded as JSON."""
+    return Response(status, _JSON, msgspec.json.encode(data))
+
+
+def _error(status: int, message: str) -> Response:
+    return json_response(status, {"error": message})
+
+
+class _HTTPConnection(asyncio.Protocol):
+    """The server side of one connection."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self._server = server
+        self._limits = server.limits
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._peer = "?"
+        self._ready: deque[tuple[Request, bool]] = deque()  # with its keep-alive
+        self._worker: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self._header_size = 0
+        self._body_size = 0
+        self._refusal: Response | None = None
+
+    # -- asyncio protocol -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._server.connections.add(self)
+        self._arm(self._limits.request_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(_error(400, "protocol upgrades are not supported"))
+        except httptools.HttpParserError as error:
+            refusal = self._refusal or _error(400, f"malformed request: {error}")
+            self._refuse(refusal)
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 (asyncio's signature)
+        self._closing = True
+        self._disarm()
+        self._server.connections.discard(self)
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+
+    # -- httptools callbacks ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+        self._arm(self._limits.request_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name.lower(), value))
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._limits.max_body_bytes:
+            self._refusal = _error(413, f"body over {self._limits.max_body_bytes} bytes")
+            raise ValueError("body too large")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        url = httptools.parse_url(self._url)
+        path = url.path.decode("latin-1") if url.path else "/"
+        query = url.query.decode("latin-1") if url.query else ""
+        method = self._parser.get_method().decode("latin-1")
+        body = b"".join(self._body)
+        request = Request(method, path, query, self._headers, body, self._peer)
+        self._ready.append((request, self._parser.should_keep_alive()))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._answer())
+
+    # -- answering ----------------------------------------------------------
+
+    async def _answer(self) -> None:
+        while self._ready and self._transport is not None and not self._closing:
+            request, keep_alive = self._ready.popleft()
+            self._server.request_started()
+            try:
+                response = await self._server.handler(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 (a handler bug answers 500, not a dead server)
+                self._server.report_error(request, error)
+                response = _error(500, "internal error")
+            finally:
+                self._server.request_finished()
+            last = not keep_alive or (self._server.draining and not self._ready)
+            self._write(response, close=last, head=request.method == "HEAD")
+            if last:
+                self.close()
+                return
+        if not self._closing:
+            self._arm(self._limits.idle_timeout)
+
+    def _write(self, response: Response, *, close: bool, head: bool = False) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        reason = _REASONS.get(response.status, b"")
+        parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, reason)]
+        for name, value in response.headers:
+            parts.append(b"%s: %s\r\n" % (name, value))
+        parts.append(b"content-length: %d\r\n" % len(response.body))
+        if close:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if not head:  # a HEAD answer has the length of the body it leaves out
+            parts.append(response.body)
+        self._transport.write(b"".join(parts))
+
+    def _refuse(self, response: Response) -> None:
+        self._write(response, close=True)
+        self.close()
+
+    def close(self) -> None:
+        self._closing = True
+        self._disarm()
+        if self._transport is not None:
+            self._transport.close()
+
+    def close_if_idle(self) -> None:
+        """For a draining server: close now unless a request is being answered."""
+        if self._worker is None or self._worker.done():
+            self.close()
+
+    # -- limits -------------------------------------------------------------
+
+    def _count(self, size: int) -> None:
+        self._header_size += size
+        if self._header_size > self._limits.max_header_bytes:
+            self._refusal = _error(431, f"request head over {self._limits.max_header_bytes} bytes")
+            raise ValueError("head too large")
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(seconds, self.close)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class HTTPServer:
+    """Serves ``handler`` on one address. Use ``async with`` or ``start()``/``aclose()``."""
+
+    def __init__(self, handler: Handler, *, limits: ServerLimits | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or ServerLimits()
+        self.connections: set[_HTTPConnection] = set()
+        self.in_flight = 0
+        self.draining = False
+        self.errors: list[tuple[Request, Exception]] = []
+        self._server: asyncio.Server | None = None
+        self._quiet = asyncio.Event()  # set whenever no request is in flight
+        self._quiet.set()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
+        """Listen on ``host:port`` (0 for a free port); returns the address bound."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _HTTPConnection(self), host, port)
+        bound = self._server.sockets[0].getsockname()
+        return str(bound[0]), int(bound[1])
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Stop accepting, let requests in flight finish for up to ``grace`` s, then close."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close_if_idle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._quiet.wait()
+        for connection in list(self.connections):
+            connection.close()
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+        self._quiet.clear()
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._quiet.set()
+
+    def report_error(self, request: Request, error: Exception) -> None:
+        """A handler raised: kept for tests and logs; the client got a 500."""
+        self.errors.append((request, error))
+        del self.errors[:-100]

@@ -1,0 +1,334 @@
+"""The HTTP client against a scripted server on loopback, in fake time."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from meshkit.errors import (
+    ConnectError,
+    PeerClosedError,
+    ProtocolViolationError,
+    ReadTimeoutError,
+    ResponseTooLargeError,
+    UsageError,
+)
+from meshkit.http import HTTPClient, Limits, Timeouts
+from meshkit.testing import FakeClock
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class ScriptedServer:
+    """A loopback server whose connections are handled by a test's function."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The request head and body (by Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head, await reader.readexactly(length)
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    headers = b"".join(h + b"\r\n" for h in extra)
+    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), headers, body)
+
+
+async def keep_alive_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        head, body = await read_request(reader)
+        method, target = head.split(b" ")[:2]
+        writer.write(ok(method + b" " + target + b" " + body, b"x-server: test"))
+        await writer.drain()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    # A little real time for loopback I/O before fake time may jump.
+    FakeClock(autojump_threshold=0.05).run(main())  # type: ignore[arg-type]
+
+
+def test_requests_share_one_kept_alive_connection() -> None:
+    """Sequential requests to one origin reuse a single connection."""
+
+    async def main() -> None:
+        server = ScriptedServer(keep_alive_echo)
+        async with server as port, HTTPClient() as client:
+            first = await client.request("GET", "127.0.0.1", port, "/a?x=1")
+            second = await client.request("POST", "127.0.0.1", port, "/b", body=b"hi")
+        assert (first.status, first.body) == (200, b"GET /a?x=1 ")
+        assert second.body == b"POST /b hi"
+        assert first.header("X-Server") == "test"
+        assert server.connections == 1
+
+    run(main)
+
+
+def test_connection_close_is_honoured() -> None:
+    """A response with Connection: close is not reused."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(ok(b"bye", b"connection: close"))
+        await writer.drain()
+
+    async def main() -> None:
+        server = ScriptedServer(handler)
+        async with server as port, HTTPClient() as client:
+            for _ in range(3):
+                assert (await client.request("GET", "127.0.0.1", port, "/")).body == b"bye"
+        assert server.connections == 3
+
+    run(main)
+
+
+def test_a_slow_response_times_out_and_the_connection_is_dropped() -> None:
+    """No response within the read timeout raises ReadTimeoutError; the next request reconnects."""
+    answered = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        await read_request(reader)
+        if answered == 0:
+            answered = 1
+            await asyncio.Event().wait()  # never answers the first request
+        writer.write(ok(b"late but fine"))
+        await writer.drain()
+        await reader.read()
+
+    async def main() -> None:
+        server = ScriptedServer(handler)
+        async with server as port, HTTPClient(timeouts=Timeouts(read=2.0)) as client:
+            with pytest.raises(ReadTimeoutError, match=r"within 2\.0s"):
+                await client.request("GET", "127.0.0.1", port, "/")
+            assert (await client.request("GET", "127.0.0.1", port, "/")).body == b"late but fine"
+        assert server.connections == 2
+
+    run(main)
+
+
+def test_total_timeout_bounds_the_whole_request() -> None:
+    """Timeouts.total is a bound on the request as a whole."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        async with ScriptedServer(handler) as port, HTTPClient() as client:
+            with pytest.raises(ReadTimeoutError, match=r"longer than 1\.5s"):
+                await client.request(
+                    "GET", "127.0.0.1", port, "/", timeouts=Timeouts(read=30, total=1.5)
+                )
+
+    run(main)
+
+
+def test_refused_connection_is_a_connect_error() -> None:
+    """Nothing listening: ConnectError naming the address."""
+
+    async def main() -> None:
+        server = await asyncio.start_server(keep_alive_echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        async with HTTPClient() as client:
+            with pytest.raises(ConnectError, match=f"127.0.0.1:{port}"):
+                await client.request("GET", "127.0.0.1", port, "/")
+
+    run(main)
+
+
+def test_idempotent_request_survives_a_stale_kept_alive_connection() -> None:
+    """A GET on a connection the server dropped after reading is sent again on a new one."""
+    requests = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        while True:
+            await read_request(reader)
+            requests += 1
+            if requests == 2:
+                return  # closes without answering, as a server timing out idle does
+            writer.write(ok(b"fine"))
+            await writer.drain()
+
+    async def main() -> None:
+        server = ScriptedServer(handler)
+        async with server as port, HTTPClient() as client:
+            await client.request("GET", "127.0.0.1", port, "/")
+            assert (await client.request("GET", "127.0.0.1", port, "/")).body == b"fine"
+        assert server.connections == 2
+
+    run(main)
+
+
+def test_non_idempotent_request_is_not_sent_twice() -> None:
+    """A POST whose connection closes unanswered raises PeerClosedError instead of resending."""
+    posts = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal posts
+        await read_request(reader)
+        writer.write(ok(b"first"))
+        await writer.drain()
+        await read_request(reader)
+        posts += 1
+
+    async def main() -> None:
+        async with ScriptedServer(handler) as port, HTTPClient() as client:
+            await client.request("GET", "127.0.0.1", port, "/")
+            with pytest.raises(PeerClosedError, match="closed the connection"):
+                await client.request("POST", "127.0.0.1", port, "/charge", body=b"{}")
+        assert posts == 1
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        (b"HTTP/1.1 2OO OK\r\n\r\n", ProtocolViolationError),
+        (b"NOT HTTP AT ALL\r\n\r\n", ProtocolViolationError),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999\r\n\r\n" + b"x" * 2000,
+            ResponseTooLargeError,
+        ),
+        (b"HTTP/1.1 200 OK\r\nx-big: " + b"y" * 70_000 + b"\r\n\r\n", ResponseTooLargeError),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", PeerClosedError),
+    ],
+)
+def test_a_misbehaving_server_gets_a_clear_error(response: bytes, error: type[Exception]) -> None:
+    """Malformed, oversized or truncated responses raise the matching meshkit error."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(response)
+        await writer.drain()
+
+    async def main() -> None:
+        limits = Limits(max_body_bytes=1000)
+        async with ScriptedServer(handler) as port, HTTPClient(limits=limits) as client:
+            with pytest.raises(error):
+                await client.request("GET", "127.0.0.1", port, "/")
+
+    run(main)
+
+
+def test_chunked_bodies_and_head_responses() -> None:
+    """Chunked bodies are joined; a HEAD response ends at its headers and keeps the connection."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n")
+            else:
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                    b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                )
+            await writer.drain()
+
+    async def main() -> None:
+        server = ScriptedServer(handler)
+        async with server as port, HTTPClient() as client:
+            head = await client.request("HEAD", "127.0.0.1", port, "/")
+            assert (head.status, head.body, head.header("content-length")) == (200, b"", "1234")
+            assert (await client.request("GET", "127.0.0.1", port, "/")).body == b"hello world"
+        assert server.connections == 1
+
+    run(main)
+
+
+def test_connections_per_origin_are_capped() -> None:
+    """With max_connections=2, ten concurrent requests never open more than two."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.5)  # noqa: TID251 (fake time: the server is busy for a while)
+            writer.write(ok(b"done"))
+            await writer.drain()
+
+    async def main() -> None:
+        server = ScriptedServer(handler)
+        limits = Limits(max_connections=2, max_idle=2)
+        async with server as port, HTTPClient(limits=limits) as client:
+            responses = await asyncio.gather(
+                *(client.request("GET", "127.0.0.1", port, "/") for _ in range(10))
+            )
+        assert [r.body for r in responses] == [b"done"] * 10
+        assert server.most_open == 2
+
+    run(main)
+
+
+def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
+    """A connection idle past idle_timeout is closed, and the next request opens a new one."""
+
+    async def main() -> None:
+        server = ScriptedServer(keep_alive_echo)
+        async with server as port, HTTPClient(limits=Limits(idle_timeout=4.0)) as client:
+            await client.request("GET", "127.0.0.1", port, "/")
+            await asyncio.sleep(3)  # noqa: TID251 (fake time passing)
+            await client.request("GET", "127.0.0.1", port, "/")
+            assert server.connections == 1
+            await asyncio.sleep(5)  # noqa: TID251 (fake time passing)
+            await client.request("GET", "127.0.0.1", port, "/")
+        assert server.connections == 2
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "headers"),
+    [
+        ("GET", "/ok", [(b"x-evil", b"a\r\nhost: other")]),
+        ("GET", "/ok", [(b"x:evil", b"a")]),
+        ("get", "/ok", []),
+        ("GET", "no-slash", []),
+        ("GET", "/a b", []),
+    ],
+)
+def test_requests_that_would_be_malformed_are_refused(
+    method: str, target: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Header injection, bad methods and bad targets raise UsageError before anything is sent."""
+
+    async def main() -> None:
+        async with ScriptedServer(keep_alive_echo) as port, HTTPClient() as client:
+            with pytest.raises(UsageError):
+                await client.request(method, "127.0.0.1", port, target, headers=headers)
+
+    run(main)
