@@ -108,6 +108,20 @@ def test_renewals_do_not_grow_memory_without_bound() -> None:
     assert table.next_expiry() == leases[0].ttl + 99.9
 
 
+def test_a_restored_table_gives_every_lease_one_more_ttl() -> None:
+    """restore() keeps ids, epoch and index, and each lease lives one TTL from the restore."""
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
+    table.restore([(11, "a/1", "x", 5.0), (12, "b/1", "y", 10.0)], epoch=77, index=9, now=100.0)
+    assert (table.epoch, table.index) == (77, 9)
+    assert [lease.id for lease in table.live(104.9)] == [11, 12]
+    assert [lease.id for lease in table.live(105.0)] == [12]
+    assert table.renew(11, 104.0).expires_at == 109.0
+    assert table.changes_since(77, 9) == ()
+    assert table.changes_since(77, 8) is None  # history from before the restart is gone
+    table.register("c/1", "z", ttl=5, now=104.0)
+    assert table.index == 10
+
+
 def test_next_expiry_tracks_renewals() -> None:
     """next_expiry is the earliest live expiry, skipping superseded entries."""
     table: LeaseTable[str] = LeaseTable(rng=random.Random(1))

@@ -27,6 +27,7 @@ import heapq
 import itertools
 import random
 from collections import deque
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 import msgspec
@@ -90,6 +91,34 @@ class LeaseTable(Generic[V]):
         # one to be skipped when it surfaces, which keeps renew O(log n).
         self._expiries: list[tuple[float, int]] = []
         self._history: deque[LeaseEvent[V]] = deque(maxlen=history)
+
+    def restore(
+        self,
+        leases: Iterable[tuple[int, str, V, float]],
+        *,
+        epoch: int,
+        index: int,
+        now: float,
+    ) -> None:
+        """Load leases saved by an earlier table, each live for one more TTL from ``now``.
+
+        ``leases`` are ``(lease_id, key, value, ttl)``. Keeping the saved
+        ``epoch`` and ``index`` lets watchers carry on across a restart; the
+        history starts empty, so one that was behind starts over. Expiry times
+        are not saved because a monotonic clock means nothing to another
+        process: every restored holder gets a full TTL in which to renew.
+        """
+        check.whole("index", index, minimum=0)
+        self.epoch = epoch
+        self.index = index
+        self._by_id.clear()
+        self._by_key.clear()
+        self._expiries.clear()
+        self._history.clear()
+        for lease_id, key, value, ttl in leases:
+            check.text("key", key)
+            check.seconds("ttl", ttl)
+            self._store(Lease(id=lease_id, key=key, value=value, ttl=ttl, expires_at=now + ttl))
 
     def __len__(self) -> int:
         """Leases held, including expired ones not yet swept by ``expire()``."""

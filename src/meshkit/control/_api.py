@@ -1,0 +1,214 @@
+"""The control plane's registry API over HTTP/JSON.
+
+    GET    /healthz                          no token needed
+    POST   /v1/registry/instances            register   -> 201 {lease_id, ttl, epoch, index}
+    PUT    /v1/registry/leases/{lease_id}    renew      -> 200 {ttl}
+    DELETE /v1/registry/leases/{lease_id}    deregister -> 204
+    GET    /v1/registry/services             -> {services: [{name, instances}], epoch, index}
+    GET    /v1/registry/services/{name}      -> {service, instances: [...], epoch, index}
+
+Every other request needs ``Authorization: Bearer <token>``; without it the
+answer is 401. The two GETs take ``?epoch=E&index=I&wait=S`` to long-poll
+as Consul's blocking queries do: the answer comes as soon as the listing
+differs from ``(E, I)``, or after ``S`` seconds (at most 300) with the same
+listing. Errors are JSON ``{"error": message}``, with ``"field"`` naming
+the bad field of a 400. Lease ids are decimal strings: they are 63-bit
+numbers, which JavaScript clients would round.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qs
+
+import msgspec
+
+from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
+from meshkit.http import Request, Response, json_response
+from meshkit.registry import EmbeddedRegistry, Instance, ServiceList, Snapshot, check_name
+
+__all__ = ["MAX_WAIT", "RegistryAPI"]
+
+MAX_WAIT = 300.0
+
+
+class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
+    service: str
+    id: str
+    host: str
+    port: int
+    ttl: float
+    version: str = ""
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+_decode_register = msgspec.json.Decoder(RegisterBody).decode
+_NO_CONTENT = Response(204, [], b"")
+
+
+def _error(status: int, message: str, field: str | None = None) -> Response:
+    body: dict[str, str] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return json_response(status, body)
+
+
+def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
+    return {
+        "service": snapshot.service,
+        "instances": snapshot.instances,
+        "epoch": str(snapshot.epoch),
+        "index": snapshot.index,
+    }
+
+
+def _services_json(listing: ServiceList) -> dict[str, object]:
+    return {"services": listing.services, "epoch": str(listing.epoch), "index": listing.index}
+
+
+class RegistryAPI:
+    """Turns HTTP requests into registry calls. ``handle`` is the server's handler."""
+
+    def __init__(self, registry: EmbeddedRegistry, *, token: str) -> None:
+        if len(token) < 16:
+            raise ConfigError("token", "must be at least 16 characters")
+        self._registry = registry
+        self._expected = f"Bearer {token}".encode()
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        if path == "/healthz":
+            return json_response(200, {"status": "ok"})
+        if not self._authorized(request):
+            return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
+        method = request.method
+        if path.startswith("/v1/registry/leases/"):
+            return self._lease(method, path[len("/v1/registry/leases/") :])
+        if path == "/v1/registry/instances":
+            if method != "POST":
+                return _error(405, f"{method} is not allowed here; use POST")
+            return self._register(request.body)
+        if path == "/v1/registry/services":
+            if method != "GET":
+                return _error(405, f"{method} is not allowed here; use GET")
+            return await self._services(request.query)
+        if path.startswith("/v1/registry/services/"):
+            if method != "GET":
+                return _error(405, f"{method} is not allowed here; use GET")
+            return await self._service(path[len("/v1/registry/services/") :], request.query)
+        return _error(404, f"no such endpoint: {path}")
+
+    def _authorized(self, request: Request) -> bool:
+        for name, value in request.headers:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._expected)
+        return False
+
+    # -- leases -------------------------------------------------------------
+
+    def _register(self, body: bytes) -> Response:
+        try:
+            data = _decode_register(body)
+            instance = Instance(
+                service=data.service,
+                id=data.id,
+                host=data.host,
+                port=data.port,
+                version=data.version,
+                metadata=data.metadata,
+            )
+            registration = self._registry.register_now(instance, ttl=data.ttl)
+        except msgspec.ValidationError as error:
+            return _error(400, str(error), _field_of(error))
+        except msgspec.DecodeError as error:
+            return _error(400, f"the body is not valid JSON: {error}")
+        except ConfigError as error:
+            return _error(400, str(error), error.key)
+        snapshot = self._registry.snapshot(instance.service)
+        return json_response(
+            201,
+            {
+                "lease_id": str(registration.lease_id),
+                "ttl": registration.ttl,
+                "epoch": str(snapshot.epoch),
+                "index": snapshot.index,
+            },
+        )
+
+    def _lease(self, method: str, lease: str) -> Response:
+        if not lease.isdigit() or len(lease) > 19:
+            return _error(400, f"not a lease id: {lease!r}", "lease_id")
+        lease_id = int(lease)
+        try:
+            if method == "PUT":
+                return json_response(200, {"ttl": self._registry.renew_now(lease_id)})
+            if method == "DELETE":
+                self._registry.deregister_now(lease_id)
+                return _NO_CONTENT
+        except (LeaseNotFoundError, LeaseExpiredError) as error:
+            return _error(404, str(error))
+        return _error(405, f"{method} is not allowed here; use PUT to renew or DELETE")
+
+    # -- reads and watches -----------------------------------------------------
+
+    async def _service(self, name: str, query: str) -> Response:
+        try:
+            check_name("service", name)
+            position = _position(query)
+        except ConfigError as error:
+            return _error(400, str(error), error.key)
+        snapshot = self._registry.snapshot(name)
+        if position is not None:
+            epoch, index, wait = position
+            previous = Snapshot(service=name, instances=(), epoch=epoch, index=index)
+            snapshot = await self._registry.watch(previous, wait=wait)
+        return json_response(200, _snapshot_json(snapshot))
+
+    async def _services(self, query: str) -> Response:
+        try:
+            position = _position(query)
+        except ConfigError as error:
+            return _error(400, str(error), error.key)
+        listing = await self._registry.services()
+        if position is not None:
+            epoch, index, wait = position
+            previous = ServiceList(services=(), epoch=epoch, index=index)
+            listing = await self._registry.watch_services(previous, wait=wait)
+        return json_response(200, _services_json(listing))
+
+
+def _position(query: str) -> tuple[int, int, float] | None:
+    """``(epoch, index, wait)`` from a long-poll query, or ``None`` for a plain read."""
+    if not query:
+        return None
+    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    unknown = set(params) - {"epoch", "index", "wait"}
+    if unknown:
+        raise ConfigError(sorted(unknown)[0], "is not a parameter here (epoch, index, wait)")
+    if "index" not in params:
+        raise ConfigError("index", "is required to wait for a change")
+    try:
+        epoch = int(params.get("epoch", "0"))
+        index = int(params["index"])
+    except ValueError as error:
+        raise ConfigError("index", "epoch and index must be whole numbers") from error
+    try:
+        wait = float(params.get("wait", "60"))
+    except ValueError as error:
+        raise ConfigError("wait", f"must be seconds, got {params['wait']!r}") from error
+    if not 0 <= wait <= MAX_WAIT:
+        raise ConfigError("wait", f"must be between 0 and {MAX_WAIT:g} seconds")
+    return epoch, index, wait
+
+
+def _field_of(error: msgspec.ValidationError) -> str | None:
+    """The field a msgspec error is about (``... - at `$.port``` -> ``port``)."""
+    message = str(error)
+    marker = "at `$."
+    if marker in message:
+        return message.rsplit(marker, 1)[1].rstrip("`").split(".")[0].split("[")[0]
+    if "missing required field `" in message:
+        return message.split("missing required field `", 1)[1].split("`")[0]
+    if "unknown field `" in message:
+        return message.split("unknown field `", 1)[1].split("`")[0]
+    return None

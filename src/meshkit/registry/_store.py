@@ -1,0 +1,115 @@
+"""The embedded registry's state on disk: registrations, the epoch and the index.
+
+Only membership changes are written (a registration, a removal, an expiry),
+never renewals: thousands of renewals a second would otherwise each cost a
+write, and they need not survive a restart, because a restarted control
+plane gives every saved instance one fresh TTL in which to renew.
+
+SQLite in WAL mode with ``synchronous=NORMAL``: a committed transaction
+survives the process being killed (it is in the WAL, which the OS holds), and
+only an OS crash or power loss can lose the last ones. For a registry that
+is enough: an instance whose registration was lost gets a "lease not found"
+on its next renewal and registers again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import msgspec
+
+from meshkit.errors import EnvironmentFaultError
+from meshkit.registry._model import Instance
+
+__all__ = ["RegistryStore", "SavedLease"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY,
+    lease_id INTEGER NOT NULL UNIQUE,
+    instance BLOB NOT NULL,
+    ttl REAL NOT NULL
+);
+"""
+
+SavedLease = tuple[int, str, Instance, float]  # lease id, key, instance, ttl
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Instance).decode
+
+
+class RegistryStore:
+    """One SQLite file. Every method either completes or raises ``EnvironmentFaultError``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as error:
+            raise EnvironmentFaultError(f"cannot open the registry at {path}: {error}") from error
+
+    def load(self) -> tuple[int | None, int, list[SavedLease]]:
+        """``(epoch, index, leases)``; the epoch is ``None`` for a new store."""
+        try:
+            meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+            rows = self._db.execute("SELECT lease_id, key, instance, ttl FROM leases").fetchall()
+        except sqlite3.Error as error:
+            raise EnvironmentFaultError(
+                f"cannot read the registry at {self.path}: {error}"
+            ) from error
+        leases = [(lease_id, key, _decode(blob), ttl) for lease_id, key, blob, ttl in rows]
+        return meta.get("epoch"), int(meta.get("index", 0)), leases
+
+    def set_epoch(self, epoch: int, index: int) -> None:
+        self._write(
+            [
+                ("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,)),
+                ("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (index,)),
+            ]
+        )
+
+    def save(self, lease_id: int, key: str, instance: Instance, ttl: float, index: int) -> None:
+        """Record a registration (replacing the key's earlier one) at ``index``."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?)",
+                    (key, lease_id, _encode(instance), ttl),
+                ),
+                ("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (index,)),
+            ]
+        )
+
+    def delete(self, lease_id: int, index: int) -> None:
+        """Forget a removed or expired lease at ``index``."""
+        self._write(
+            [
+                ("DELETE FROM leases WHERE lease_id = ?", (lease_id,)),
+                ("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (index,)),
+            ]
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, parameters in statements:
+                    self._db.execute(sql, parameters)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise EnvironmentFaultError(
+                f"cannot write the registry at {self.path}: {error}"
+            ) from error

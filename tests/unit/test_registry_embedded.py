@@ -1,0 +1,169 @@
+"""The embedded registry's own promises: restarts, the HTTP API's refusals, the client's errors."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from meshkit.control import ControlPlane
+from meshkit.errors import ConfigError, EnvironmentFaultError, LeaseError
+from meshkit.http import HTTPClient
+from meshkit.registry import EmbeddedRegistry, Instance, RemoteRegistry
+from meshkit.testing import FakeClock
+
+TOKEN = "unit-test-token-0123456789"
+
+
+def instance(number: int, service: str = "orders") -> Instance:
+    return Instance(service=service, id=f"{service}-{number}", host="127.0.0.1", port=9000 + number)
+
+
+def test_a_restarted_registry_keeps_its_instances_for_one_ttl(tmp_path: Path) -> None:
+    """After a restart, saved instances are listed and renewable for one TTL, then expire."""
+    clock = FakeClock(start=1000.0)
+    path = tmp_path / "registry.sqlite3"
+
+    async def main() -> None:
+        async with EmbeddedRegistry.open(path, clock=clock) as first:
+            kept = await first.register(instance(1), ttl=5)
+            lapsing = await first.register(instance(2), ttl=5)
+            gone = await first.register(instance(3), ttl=5)
+            await first.deregister(gone)
+            before = await first.lookup("orders")
+
+        clock.advance(60)  # the control plane was down for a minute
+        async with EmbeddedRegistry.open(path, clock=clock) as second:
+            after = await second.lookup("orders")
+            assert (after.epoch, after.index) == (before.epoch, before.index)
+            assert {i.id for i in after.instances} == {"orders-1", "orders-2"}
+            await asyncio.sleep(4)  # noqa: TID251 (fake time: within one TTL of the restart)
+            await second.renew(kept)
+            await asyncio.sleep(2)  # noqa: TID251 (fake time: past the TTL for the other)
+            assert [i.id for i in (await second.lookup("orders")).instances] == ["orders-1"]
+            with pytest.raises(LeaseError):
+                await second.renew(lapsing)
+
+    clock.run(main())
+
+
+def test_expiry_is_persisted(tmp_path: Path) -> None:
+    """An instance that expired before a restart does not come back after it."""
+    clock = FakeClock()
+    path = tmp_path / "registry.sqlite3"
+
+    async def main() -> None:
+        async with EmbeddedRegistry.open(path, clock=clock) as first:
+            await first.register(instance(1), ttl=2)
+            await asyncio.sleep(3)  # noqa: TID251 (fake time: the lease expires)
+            assert (await first.lookup("orders")).instances == ()
+        async with EmbeddedRegistry.open(path, clock=clock) as second:
+            assert (await second.lookup("orders")).instances == ()
+
+    clock.run(main())
+
+
+def test_ttl_outside_the_allowed_range_is_refused(tmp_path: Path) -> None:
+    """A TTL under 1 s or over an hour is a ConfigError naming ttl."""
+
+    async def main() -> None:
+        async with EmbeddedRegistry.open(tmp_path / "r.sqlite3") as registry:
+            for ttl in (0.5, 7200):
+                with pytest.raises(ConfigError, match="between 1 and 3600") as caught:
+                    await registry.register(instance(1), ttl=ttl)
+                assert caught.value.key == "ttl"
+
+    asyncio.run(main())
+
+
+@pytest.fixture
+async def plane(tmp_path: Path):  # type: ignore[no-untyped-def]
+    control = ControlPlane(data_dir=tmp_path, token=TOKEN, port=0)
+    await control.start()
+    yield control
+    await control.aclose()
+
+
+async def call(
+    plane: ControlPlane, method: str, target: str, body: bytes = b"", token: str | None = TOKEN
+) -> tuple[int, dict[str, object]]:
+    assert plane.address is not None
+    host, port = plane.address
+    headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+    async with HTTPClient() as client:
+        response = await client.request(method, host, port, target, headers=headers, body=body)
+    return response.status, response.json() if response.body else {}
+
+
+async def test_everything_but_health_needs_the_token(plane: ControlPlane) -> None:
+    """Without the token, or with a wrong one, the API answers 401; /healthz answers anyway."""
+    assert (await call(plane, "GET", "/healthz", token=None))[0] == 200
+    body = b'{"service":"a","id":"a-1","host":"127.0.0.1","port":1,"ttl":5}'
+    for token in (None, "wrong-token-0123456789"):
+        status, answer = await call(plane, "POST", "/v1/registry/instances", body, token=token)
+        assert status == 401
+        assert "Authorization" in str(answer["error"])
+        assert (await call(plane, "GET", "/v1/registry/services", token=token))[0] == 401
+    assert (await plane.registry.services()).services == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"service":"a","id":"a-1","host":"127.0.0.1","port":"x","ttl":5}', "port"),
+        (b'{"service":"a","id":"a-1","port":1,"ttl":5}', "host"),
+        (b'{"service":"a","id":"a-1","host":"h","port":1,"ttl":5,"colour":"red"}', "colour"),
+        (b'{"service":"Bad Name","id":"a-1","host":"h","port":1,"ttl":5}', "service"),
+        (b'{"service":"a","id":"a 1","host":"h","port":1,"ttl":5}', "id"),
+        (b'{"service":"a","id":"a-1","host":"h","port":70000,"ttl":5}', "port"),
+        (b'{"service":"a","id":"a-1","host":"h","port":1,"ttl":0}', "ttl"),
+        (b'{"service":"a","id":"a-1","host":"h","port":1,"ttl":5,"metadata":{"k":1}}', "metadata"),
+    ],
+)
+async def test_a_bad_registration_is_a_400_naming_the_field(
+    plane: ControlPlane, body: bytes, field: str
+) -> None:
+    """Each invalid field gets a 400 whose body names it, and nothing is registered."""
+    status, answer = await call(plane, "POST", "/v1/registry/instances", body)
+    assert status == 400
+    assert answer["field"] == field, answer
+    assert (await plane.registry.services()).services == ()
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status"),
+    [
+        ("POST", "/v1/registry/instances", 400),  # empty body: not JSON
+        ("GET", "/v1/registry/instances", 405),
+        ("PUT", "/v1/registry/leases/not-a-number", 400),
+        ("PUT", "/v1/registry/leases/12345", 404),
+        ("PATCH", "/v1/registry/leases/12345", 405),
+        ("GET", "/v1/registry/services/orders?wait=5", 400),  # no index to wait from
+        ("GET", "/v1/registry/services/orders?index=1&wait=forever", 400),
+        ("GET", "/v1/registry/services/orders?index=1&colour=red", 400),
+        ("GET", "/v1/registry/services/Orders", 400),
+        ("GET", "/v1/nothing/here", 404),
+    ],
+)
+async def test_other_bad_requests_get_a_clear_4xx(
+    plane: ControlPlane, method: str, target: str, status: int
+) -> None:
+    """Wrong methods, bad ids, bad long-poll parameters and unknown paths are refused plainly."""
+    got, answer = await call(plane, method, target)
+    assert got == status
+    assert answer["error"]
+
+
+async def test_the_client_names_what_went_wrong(plane: ControlPlane) -> None:
+    """A refused token is a ConfigError on token; no control plane, an EnvironmentFaultError."""
+    assert plane.address is not None
+    host, port = plane.address
+    async with RemoteRegistry(f"http://{host}:{port}", token="wrong-token-0123456789") as remote:
+        with pytest.raises(ConfigError) as caught:
+            await remote.register(instance(1), ttl=5)
+        assert caught.value.key == "token"
+    await plane.aclose()
+    async with RemoteRegistry(f"http://{host}:{port}", token=TOKEN) as remote:
+        with pytest.raises(EnvironmentFaultError, match="did not answer"):
+            await remote.lookup("orders")
+    with pytest.raises(ConfigError, match=r"http://127\.0\.0\.1:7700"):
+        RemoteRegistry("https://example.org", token=TOKEN)
