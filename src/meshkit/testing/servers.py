@@ -1,0 +1,124 @@
+"""Real servers for tests: started on free ports, cleaned up even on failure.
+
+When a server is not installed, a test that needs it is skipped with a
+message saying how to install it, except under ``MESHKIT_REQUIRE_BACKENDS=1``
+(CI), where the skip becomes a failure, so a missing server cannot pass
+silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import NoReturn
+
+__all__ = ["REQUIRE_BACKENDS_ENV", "EtcdServer", "backend_missing", "free_port"]
+
+REQUIRE_BACKENDS_ENV = "MESHKIT_REQUIRE_BACKENDS"
+
+
+def backend_missing(name: str, how_to_install: str) -> NoReturn:
+    """Skip the calling test because ``name`` is missing, or fail it in CI."""
+    import pytest  # only tests call this, and only they have pytest
+
+    message = f"{name} is not available; {how_to_install}"
+    if os.environ.get(REQUIRE_BACKENDS_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRE_BACKENDS_ENV}=1 requires every backend)")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EtcdServer:
+    """A single-member etcd on free loopback ports, in a temporary data directory.
+
+    ``with EtcdServer() as etcd: ... etcd.url ...``. Calls ``backend_missing``
+    when no ``etcd`` binary is on PATH (Debian: ``apt-get install etcd-server``).
+    """
+
+    def __init__(self, *, startup_timeout: float = 20.0) -> None:
+        self.startup_timeout = startup_timeout
+        self.client_port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self.client_port}"
+
+    def __enter__(self) -> EtcdServer:
+        binary = shutil.which("etcd")
+        if binary is None:
+            backend_missing("etcd", "install it with: apt-get install etcd-server")
+        self._dir = tempfile.TemporaryDirectory(prefix="meshkit-etcd-")
+        self.client_port, peer_port = free_port(), free_port()
+        client, peer = f"http://127.0.0.1:{self.client_port}", f"http://127.0.0.1:{peer_port}"
+        log = Path(self._dir.name) / "etcd.log"
+        with log.open("wb") as log_file:
+            self._process = subprocess.Popen(  # noqa: S603 (etcd from PATH, fixed arguments)
+                [
+                    binary,
+                    "--name=test",
+                    f"--data-dir={self._dir.name}/data",
+                    f"--listen-client-urls={client}",
+                    f"--advertise-client-urls={client}",
+                    f"--listen-peer-urls={peer}",
+                    f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=test={peer}",
+                    "--logger=zap",
+                    "--log-level=error",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self._wait_healthy(client, log)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def _wait_healthy(self, client: str, log: Path) -> None:
+        deadline = time.monotonic() + self.startup_timeout  # noqa: TID251 (real server, real time)
+        while time.monotonic() < deadline:  # noqa: TID251 (real server, real time)
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"etcd exited at startup:\n{log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{client}/health", timeout=1) as answer:  # noqa: S310
+                    if b'"true"' in answer.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)  # noqa: TID251 (polling a real server's health, within a deadline)
+        raise RuntimeError(f"etcd was not healthy within {self.startup_timeout}s")
