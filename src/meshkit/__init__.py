@@ -11,10 +11,19 @@ from importlib.metadata import version as _version
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.errors import MeshkitError
+from meshkit.service import CallPolicy, Service, ServiceClient
 
 try:
     __version__ = _version("meshkit")
 except PackageNotFoundError:  # imported from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Clock", "MeshkitError", "SystemClock", "__version__"]
+__all__ = [
+    "CallPolicy",
+    "Clock",
+    "MeshkitError",
+    "Service",
+    "ServiceClient",
+    "SystemClock",
+    "__version__",
+]

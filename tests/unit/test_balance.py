@@ -189,6 +189,20 @@ def test_p2c_counts_outstanding_requests() -> None:
     assert balancer.load("a")[1] == balancer.load("b")[1] == 0
 
 
+def test_p2c_gives_a_newcomer_its_share_at_once() -> None:
+    """An unmeasured backend counts as typical, so it is used even when traffic is sequential."""
+    balancer = PowerOfTwoChoices(["old"], rng=random.Random(3))
+    balancer.complete("old", 0.0, 0.001)  # measured fast: well under the 30 ms default
+    balancer.update(["old", "new"])
+    picks = Counter()
+    for step in range(200):
+        picked = balancer.pick(step * 0.01)
+        assert picked is not None
+        picks[picked] += 1
+        balancer.complete(picked, step * 0.01, 0.001)
+    assert picks["new"] > 60
+
+
 def test_p2c_cancel_gives_back_the_slot() -> None:
     """Cancelled requests do not leave a backend looking busy forever."""
     balancer = PowerOfTwoChoices(["a", "b"], rng=random.Random(1))
@@ -222,6 +236,6 @@ def test_p2c_exclude_and_membership() -> None:
     balancer.complete("b", 1.0, 0.5)
     balancer.update(["b", "d"])
     assert balancer.load("b")[0] == 0.5
-    assert balancer.load("d")[0] == balancer.default_latency
+    assert balancer.load("d")[0] is None  # not measured yet
     balancer.complete("a", 1.0, 0.1)  # left the pool mid-request: ignored
     assert PowerOfTwoChoices[str](rng=random.Random(0)).pick(0.0) is None

@@ -7,7 +7,15 @@ import meshkit
 # The public surface, by namespace. Adding or removing a name is a decision:
 # change it here on purpose.
 PUBLIC = {
-    "meshkit": ["Clock", "MeshkitError", "SystemClock", "__version__"],
+    "meshkit": [
+        "CallPolicy",
+        "Clock",
+        "MeshkitError",
+        "Service",
+        "ServiceClient",
+        "SystemClock",
+        "__version__",
+    ],
     "meshkit.testing": ["FakeClock"],
     "meshkit.http": [
         "IDEMPOTENT_METHODS",

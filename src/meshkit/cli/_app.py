@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -34,6 +34,12 @@ def root(
     ] = False,
 ) -> None:
     """meshkit: a microservices platform for Python."""
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with a one-line error, not a traceback."""
+    typer.secho(f"meshkit: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ DESIGN.md); httptools is the parser uvicorn and the proxy engine use.
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import httptools
 
@@ -107,8 +108,8 @@ class Connection(asyncio.Protocol):
     # -- asyncio protocol -------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None:

@@ -168,8 +168,8 @@ class _Load(Generic[T]):
     """What power-of-two-choices knows about one backend.
 
     ``stamp`` is when ``ewma`` was last brought up to date; ``None`` until the
-    first measurement, while ``ewma`` holds the default guess. ``measured``
-    is the estimate as the last completed request left it.
+    first measurement. ``measured`` is the estimate as the last completed
+    request left it.
     """
 
     __slots__ = ("backend", "ewma", "measured", "outstanding", "stamp")
@@ -181,10 +181,11 @@ class _Load(Generic[T]):
         self.outstanding = 0
         self.stamp: float | None = None
 
-    def decayed(self, now: float, decay: float, floor: float) -> float:
-        """The estimate at ``now``, decayed toward ``floor`` since the last update."""
+    def decayed(self, now: float, decay: float, typical: float) -> float:
+        """The estimate at ``now``: half of ``typical`` until measured, then decayed to a floor."""
         if self.stamp is None:
-            return self.ewma
+            return typical / 2
+        floor = typical / 10
         if now > self.stamp:
             ewma = self.ewma * math.exp((self.stamp - now) / decay)
             self.ewma = ewma if ewma > floor else floor  # not max(): see _FLOOR
@@ -196,10 +197,14 @@ class PowerOfTwoChoices(Generic[T]):
     """Two random candidates, the cheaper wins: peak-EWMA latency x (outstanding + 1).
 
     ``decay`` is the EWMA's time constant in seconds (Finagle's and Linkerd's
-    10 s). A backend not measured yet is assumed to answer in
-    ``default_latency`` (Linkerd's 30 ms), so a newcomer is tried but not
-    flooded. A failed request counts as taking at least ``failure_latency``:
-    an instance that fails fast must not look like the fastest one.
+    10 s). A backend not measured yet counts as half the typical latency
+    (the mean of the others' latest measurements, or ``default_latency``,
+    Linkerd's 30 ms, while none has been measured): a little optimism about
+    the unknown, so a newcomer is tried at once and measured, and gets at
+    most about twice its share before its first answer comes back. A fixed
+    guess would starve it whenever the real latency is lower. A failed
+    request counts as taking at least ``failure_latency``: an instance that
+    fails fast must not look like the fastest one.
 
     While a backend goes unmeasured its estimate decays, as Finagle's does on
     every read: a backend left out for a while becomes the cheaper choice,
@@ -264,10 +269,13 @@ class PowerOfTwoChoices(Generic[T]):
         self._measured_sum, self._measured_count = math.fsum(measured), len(measured)
         _announce(self._hook, self.name, unique, [1] * len(unique))
 
-    def load(self, backend: T) -> tuple[float, int]:
-        """``(ewma_latency, outstanding)`` for one backend as last updated, for dashboards."""
+    def load(self, backend: T) -> tuple[float | None, int]:
+        """``(ewma_latency, outstanding)`` for one backend as last updated, for dashboards.
+
+        The latency is ``None`` until the backend has been measured.
+        """
         entry = self._by_backend[backend]
-        return entry.ewma, entry.outstanding
+        return (entry.ewma if entry.stamp is not None else None), entry.outstanding
 
     def pick(self, now: float, exclude: Collection[T] | None = None) -> T | None:
         loads = self._loads
@@ -286,10 +294,10 @@ class PowerOfTwoChoices(Generic[T]):
                 j += 1
             a, b = loads[i], loads[j]
             count = self._measured_count
-            floor = self._measured_sum / count / 10 if count else self.default_latency / 10
+            typical = self._measured_sum / count if count else self.default_latency
             decay = self.decay
-            cost_a = a.decayed(now, decay, floor) * (a.outstanding + 1)
-            cost_b = b.decayed(now, decay, floor) * (b.outstanding + 1)
+            cost_a = a.decayed(now, decay, typical) * (a.outstanding + 1)
+            cost_b = b.decayed(now, decay, typical) * (b.outstanding + 1)
             chosen = a if cost_a <= cost_b else b
         chosen.outstanding += 1
         return chosen.backend

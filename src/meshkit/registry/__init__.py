@@ -14,6 +14,7 @@ from meshkit.registry._model import (
     Snapshot,
     check_name,
 )
+from meshkit.registry._open import open_registry
 from meshkit.registry._protocol import Registry
 from meshkit.registry._remote import RemoteRegistry, parse_http_url
 
@@ -29,5 +30,6 @@ __all__ = [
     "ServiceList",
     "Snapshot",
     "check_name",
+    "open_registry",
     "parse_http_url",
 ]

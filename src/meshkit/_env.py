@@ -1,0 +1,73 @@
+"""The environment a supervised process is started with: read here and nowhere else.
+
+``meshkit up`` hands each child what it needs through ``MESHKIT_*``
+variables. A service started by hand can set the same variables, or pass the
+values to ``Service`` directly. A bad value is a ``ConfigError`` naming the
+variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from meshkit.errors import ConfigError
+
+__all__ = ["ENV", "MeshEnvironment", "read_environment"]
+
+ENV = {
+    "registry": "MESHKIT_REGISTRY",
+    "token": "MESHKIT_TOKEN",
+    "service": "MESHKIT_SERVICE",
+    "instance_id": "MESHKIT_INSTANCE_ID",
+    "host": "MESHKIT_HOST",
+    "port": "MESHKIT_PORT",
+    "ttl": "MESHKIT_TTL",
+    "version": "MESHKIT_VERSION",
+    "data_dir": "MESHKIT_DATA_DIR",
+    "restarts": "MESHKIT_RESTARTS",
+}
+
+
+class MeshEnvironment(msgspec.Struct, frozen=True, kw_only=True):
+    """What the ``MESHKIT_*`` variables say; ``None`` where a variable is unset."""
+
+    registry: str | None = None
+    token: str | None = None
+    service: str | None = None
+    instance_id: str | None = None
+    host: str | None = None
+    port: int | None = None
+    ttl: float | None = None
+    version: str | None = None
+    data_dir: Path | None = None
+    restarts: int = 0
+
+
+def _number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {raw!r}") from None
+
+
+def read_environment(environ: Mapping[str, str] | None = None) -> MeshEnvironment:
+    """The ``MESHKIT_*`` settings of ``environ`` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field, name in ENV.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        if field in ("port", "restarts"):
+            values[field] = int(_number(name, raw, int))
+        elif field == "ttl":
+            values[field] = float(_number(name, raw, float))
+        elif field == "data_dir":
+            values[field] = Path(raw)
+        else:
+            values[field] = raw
+    return MeshEnvironment(**values)  # type: ignore[arg-type]

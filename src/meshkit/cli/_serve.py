@@ -1,0 +1,85 @@
+"""``meshkit serve`` and ``meshkit control-plane``: run one process of the mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from meshkit.cli._app import app, fail
+from meshkit.control import DEFAULT_PORT, ControlPlane, load_token, token_path
+from meshkit.errors import MeshkitError
+from meshkit.service import Service
+
+
+def load_target(target: str) -> Any:
+    """The object named by ``module:attribute``, importing from the working directory."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        fail(f"expected MODULE:ATTRIBUTE (such as orders.app:service), got {target!r}")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        fail(f"cannot import {module_name!r}: {error}")
+    try:
+        return getattr(module, attribute)
+    except AttributeError:
+        fail(f"module {module_name!r} has no attribute {attribute!r}")
+
+
+@app.command()
+def serve(
+    target: Annotated[
+        str, typer.Argument(help="MODULE:ATTRIBUTE of a meshkit.Service or an ASGI app.")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="Service name (default: $MESHKIT_SERVICE).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: $MESHKIT_PORT or a free one).")
+    ] = None,
+) -> None:
+    """Serve an application as a service instance: registered, discoverable, drained on SIGTERM."""
+    loaded = load_target(target)
+    try:
+        if isinstance(loaded, Service):
+            if name or port:
+                fail("--name and --port apply to a bare ASGI app; configure the Service instead")
+            service = loaded
+        elif callable(loaded):
+            service = Service(loaded, name=name, port=port)
+        else:
+            fail(f"{target} is neither a meshkit.Service nor an ASGI application")
+        service.run()
+    except MeshkitError as error:
+        fail(str(error))
+
+
+@app.command("control-plane")
+def control_plane(
+    data_dir: Annotated[Path, typer.Option(help="Where the registry and the token live.")] = Path(
+        ".meshkit"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
+) -> None:
+    """Run the control plane: the registry, over HTTP."""
+    try:
+        token = load_token(data_dir, create=True)
+        plane = ControlPlane(data_dir=data_dir, token=token, host=host, port=port)
+    except MeshkitError as error:
+        fail(str(error))
+    typer.echo(
+        f"control plane on http://{host}:{port} (data in {data_dir};"
+        f" token from $MESHKIT_TOKEN or {token_path(data_dir)})",
+        err=True,
+    )
+    try:
+        asyncio.run(plane.serve_until_stopped())
+    except OSError as error:
+        fail(f"cannot listen on {host}:{port}: {error}")

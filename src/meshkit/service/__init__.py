@@ -1,0 +1,15 @@
+"""The service SDK: serve an ASGI application in the mesh and call other services by name."""
+
+from meshkit.service._client import CallPolicy, ServiceClient
+from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
+from meshkit.service._directory import Directory
+from meshkit.service._service import Service
+
+__all__ = [
+    "TIMEOUT_HEADER",
+    "CallPolicy",
+    "Directory",
+    "Service",
+    "ServiceClient",
+    "current_deadline",
+]

@@ -1,0 +1,72 @@
+"""The ASGI layer a Service puts around an application.
+
+It answers the health endpoints itself, counts requests in flight, and makes
+an incoming ``x-meshkit-timeout-ms`` the deadline of the request's task, so
+calls the application makes to other services inherit it. Everything else
+(lifespan, websockets, the application's own routes) passes through
+unchanged.
+
+``/-/live`` answers 200 while the event loop runs: a supervisor restarts a
+process whose liveness check fails. ``/-/ready`` answers 200 only while the
+instance is registered and not draining; traffic should go elsewhere
+otherwise. The ``/-/`` prefix is Prometheus's convention for such endpoints
+and unlikely to collide with an application's routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from meshkit._clock import Clock
+from meshkit.service._deadline import TIMEOUT_HEADER, deadline_from_header, use_deadline
+
+__all__ = ["ASGIApp", "MeshASGI"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+class MeshASGI:
+    """Wraps ``app`` with health endpoints, an in-flight count and deadline propagation."""
+
+    def __init__(self, app: ASGIApp, *, clock: Clock) -> None:
+        self.app = app
+        self.clock = clock
+        self.ready = False
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path == "/-/live":
+            await _answer(send, 200, b'{"live":true}')
+            return
+        if path == "/-/ready":
+            ready = self.ready
+            await _answer(
+                send, 200 if ready else 503, b'{"ready":%s}' % (b"true" if ready else b"false")
+            )
+            return
+        deadline = None
+        for name, value in scope["headers"]:
+            if name == TIMEOUT_HEADER:
+                deadline = deadline_from_header(value, self.clock.monotonic())
+                break
+        self.in_flight += 1
+        try:
+            with use_deadline(deadline):
+                await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+    await send({"type": "http.response.body", "body": body})

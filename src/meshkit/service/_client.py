@@ -1,0 +1,315 @@
+"""Calling services by name: discovery, load balancing, ejection, retries and deadlines.
+
+``ServiceClient.request("orders", "POST", "/orders", json=...)``:
+
+1. instances come from the ``Directory`` cache (no registry round trip);
+2. power-of-two-choices picks one, skipping instances already tried in this
+   call and instances ejected after consecutive failures (a circuit breaker
+   per instance, as Envoy's outlier detection does it);
+3. the attempt gets whatever is left of the deadline: the call's own timeout,
+   or less if the request being served has a shorter one, and the time left
+   is sent on in ``x-meshkit-timeout-ms``;
+4. a failure is retried on another instance when that is safe: a refused
+   connection always (nothing was sent), a dropped connection or a 502, 503
+   or 504 only for idempotent requests, within the retry policy and budget.
+
+A response, even a 5xx one, is returned as it is. When nothing can serve the
+call, ``ServiceUnavailableError`` names the service and says why; when the
+deadline runs out, ``DeadlineExceededError`` does.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from meshkit._clock import Clock, SystemClock
+from meshkit.errors import (
+    ConnectError,
+    DeadlineExceededError,
+    PeerError,
+    ServiceUnavailableError,
+)
+from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response, Timeouts
+from meshkit.policy import (
+    BreakerConfig,
+    CircuitBreaker,
+    DeadlineBudget,
+    PowerOfTwoChoices,
+    RetryBudget,
+    RetryPolicy,
+)
+from meshkit.policy import _check as check
+from meshkit.registry import Instance
+from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
+from meshkit.service._directory import Directory
+
+__all__ = ["CallPolicy", "ServiceClient"]
+
+_RETRYABLE_STATUS = frozenset({502, 503, 504})
+_JSON = (b"content-type", b"application/json")
+
+
+class CallPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How calls to other services behave.
+
+    ``timeout`` is a call's default deadline. ``ejection`` configures the
+    per-instance breaker: by default 3 consecutive failures eject an
+    instance for 5 s, growing to 60 s while it keeps failing (Envoy ejects
+    after 5 for 30 s; a mesh on one machine recovers faster, and the
+    registry drops a dead instance within its TTL anyway).
+    """
+
+    timeout: float = 10.0
+    connect_timeout: float = 2.0
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    ejection: BreakerConfig = msgspec.field(
+        default_factory=lambda: BreakerConfig(
+            consecutive_failures=3,
+            failure_rate=None,
+            open_for=5.0,
+            open_for_max=60.0,
+            half_open_successes=1,
+        )
+    )
+    retry_ratio: float = 0.2
+    retry_min_concurrency: int = 3
+
+    def __post_init__(self) -> None:
+        check.seconds("timeout", self.timeout)
+        check.seconds("connect_timeout", self.connect_timeout)
+
+
+class _Upstream:
+    """What the client keeps per service: instances, a balancer, a breaker each, a budget."""
+
+    __slots__ = ("balancer", "breakers", "budget", "instances", "name")
+
+    def __init__(self, name: str, policy: CallPolicy, rng: random.Random) -> None:
+        self.name = name
+        self.instances: dict[str, Instance] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.balancer: PowerOfTwoChoices[str] = PowerOfTwoChoices(rng=rng, name=name)
+        self.budget = RetryBudget(
+            ratio=policy.retry_ratio, min_concurrency=policy.retry_min_concurrency, name=name
+        )
+
+    def update(self, instances: Iterable[Instance], ejection: BreakerConfig) -> None:
+        self.instances = {instance.key: instance for instance in instances}
+        # Breakers of instances that stay keep their state; newcomers start closed.
+        self.breakers = {
+            key: self.breakers.get(key) or CircuitBreaker(ejection, name=key)
+            for key in self.instances
+        }
+        self.balancer.update(self.instances)
+
+    def pick(self, now: float, tried: set[str]) -> tuple[str, int] | None:
+        """An instance not tried yet whose breaker admits a call, with its ticket."""
+        excluded = set(tried)
+        while True:
+            key = self.balancer.pick(now, excluded)
+            if key is None:
+                return None
+            ticket = self.breakers[key].allow(now)
+            if ticket is not None:
+                return key, ticket
+            self.balancer.cancel(key)  # not sent after all
+            excluded.add(key)
+
+    def why_nothing(self, tried: set[str], last_error: str) -> str:
+        if not self.instances:
+            return "no instances are registered"
+        if tried:
+            return f"all {len(tried)} instance(s) tried failed; the last said: {last_error}"
+        return f"all {len(self.instances)} instance(s) are ejected after repeated failures"
+
+
+class ServiceClient:
+    """Calls other services by name. Share one per process; close with ``aclose()``."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        *,
+        http: HTTPClient | None = None,
+        policy: CallPolicy | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.directory = directory
+        self.policy = policy or CallPolicy()
+        self._owns_http = http is None
+        self._http = http or HTTPClient()
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._upstreams: dict[str, _Upstream] = {}
+        directory.listen(self._on_change)
+
+    async def get(self, service: str, path: str, **options: Any) -> Response:
+        return await self.request(service, "GET", path, **options)
+
+    async def post(self, service: str, path: str, **options: Any) -> Response:
+        return await self.request(service, "POST", path, **options)
+
+    async def put(self, service: str, path: str, **options: Any) -> Response:
+        return await self.request(service, "PUT", path, **options)
+
+    async def delete(self, service: str, path: str, **options: Any) -> Response:
+        return await self.request(service, "DELETE", path, **options)
+
+    async def request(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        body: bytes = b"",
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        # Not an asyncio.timeout's job: the deadline is split across retries
+        # and sent on to the callee.
+        timeout: float | None = None,  # noqa: ASYNC109
+        idempotent: bool | None = None,
+    ) -> Response:
+        """Call ``method path`` on an instance of ``service``; see the module docstring.
+
+        ``json`` is encoded as the body. ``idempotent`` overrides what the
+        method implies (POST is not, GET and PUT are) for retry decisions.
+        """
+        now = self._clock.monotonic()
+        deadline = self._deadline(now, timeout)
+        if json is not None:
+            body = msgspec.json.encode(json)
+            headers = [*headers, _JSON]
+        if idempotent is None:
+            idempotent = method in IDEMPOTENT_METHODS
+        upstream = self._upstreams.get(service) or await self._upstream(service)
+        run = self.policy.retry.start(now, rng=self._rng, budget=upstream.budget)
+        tried: set[str] = set()
+        last_error = ""
+        last_response: Response | None = None
+        try:
+            while True:
+                now = self._clock.monotonic()
+                remaining = deadline.remaining(now)
+                if remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"{method} {service}{path}: the deadline passed after {run.attempts}"
+                        f" attempt(s){'; the last said: ' + last_error if last_error else ''}"
+                    )
+                chosen = upstream.pick(now, tried)
+                if chosen is None:
+                    if last_response is not None:
+                        return last_response  # nowhere else to try: the answer we have
+                    raise ServiceUnavailableError(service, upstream.why_nothing(tried, last_error))
+                key, ticket = chosen
+                tried.add(key)
+                outcome = await self._attempt(
+                    upstream, key, ticket, method, path, headers, body, remaining
+                )
+                if isinstance(outcome, Response) and outcome.status not in _RETRYABLE_STATUS:
+                    run.succeeded(self._clock.monotonic())
+                    return outcome
+                if isinstance(outcome, Response):
+                    last_error = f"{outcome.status} from {key}"
+                    last_response = outcome
+                    retryable, retry_after = idempotent, _retry_after(outcome)
+                else:
+                    last_error = str(outcome)
+                    if isinstance(outcome, DeadlineExceededError):
+                        raise outcome
+                    retryable = idempotent or isinstance(outcome, ConnectError)
+                    retry_after = None
+                decision = run.failed(
+                    self._clock.monotonic(), retryable=retryable, retry_after=retry_after
+                )
+                if not decision.retry:
+                    if isinstance(outcome, Response):
+                        return outcome
+                    raise ServiceUnavailableError(
+                        service, f"{run.attempts} attempt(s) failed; the last said: {last_error}"
+                    ) from outcome
+                await self._clock.sleep(decision.delay)
+        finally:
+            run.close(self._clock.monotonic())
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # -- one attempt --------------------------------------------------------
+
+    async def _attempt(
+        self,
+        upstream: _Upstream,
+        key: str,
+        ticket: int,
+        method: str,
+        path: str,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes,
+        remaining: float,
+    ) -> Response | PeerError | DeadlineExceededError:
+        """Send once to one instance; the response, or the error to decide on."""
+        instance = upstream.instances[key]
+        breaker = upstream.breakers[key]
+        sent = [*headers, (TIMEOUT_HEADER, b"%d" % max(1, int(remaining * 1000)))]
+        timeouts = Timeouts(connect=min(self.policy.connect_timeout, remaining), read=remaining)
+        start = self._clock.monotonic()
+        try:
+            response = await self._http.request(
+                method,
+                instance.host,
+                instance.port,
+                path,
+                headers=sent,
+                body=body,
+                timeouts=timeouts,
+            )
+        except (PeerError, DeadlineExceededError) as error:
+            end = self._clock.monotonic()
+            breaker.record(ticket, end, success=False, duration=end - start)
+            upstream.balancer.complete(key, end, end - start, success=False)
+            return error
+        except BaseException:
+            breaker.release(ticket)
+            upstream.balancer.cancel(key)
+            raise
+        end = self._clock.monotonic()
+        ok = response.status not in _RETRYABLE_STATUS
+        breaker.record(ticket, end, success=ok, duration=end - start)
+        upstream.balancer.complete(key, end, end - start, success=ok)
+        return response
+
+    # -- per-service state ----------------------------------------------------
+
+    def _deadline(self, now: float, timeout: float | None) -> DeadlineBudget:
+        own = DeadlineBudget.after(now, timeout or self.policy.timeout)
+        inherited = current_deadline()
+        if inherited is not None and inherited.expires_at < own.expires_at:
+            return DeadlineBudget(inherited.expires_at)
+        return own
+
+    async def _upstream(self, service: str) -> _Upstream:
+        instances = await self.directory.instances(service)
+        upstream = self._upstreams.get(service)
+        if upstream is None:
+            upstream = self._upstreams[service] = _Upstream(service, self.policy, self._rng)
+            upstream.update(instances, self.policy.ejection)
+        return upstream
+
+    def _on_change(self, service: str, instances: tuple[Instance, ...]) -> None:
+        upstream = self._upstreams.get(service)
+        if upstream is not None:
+            upstream.update(instances, self.policy.ejection)
+
+
+def _retry_after(response: Response) -> float | None:
+    """Seconds from a Retry-After header in the delay-seconds form (RFC 9110, 10.2.3)."""
+    value = response.header("retry-after")
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())

@@ -1,0 +1,114 @@
+"""A watched local cache of service instances: discovery without a registry round trip.
+
+The first lookup of a service fetches its snapshot and starts one task that
+long-polls the registry for changes; every later lookup reads the cache.
+When the registry cannot be reached the cache keeps its last listing (a
+service that was reachable a moment ago most likely still is, which is what
+Eureka's clients do too) and the watcher retries with backoff until it can
+reach the registry again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+from meshkit._clock import Clock, SystemClock
+from meshkit.errors import EnvironmentFaultError
+from meshkit.policy import Backoff
+from meshkit.registry import Instance, Registry, Snapshot, check_name
+
+__all__ = ["Directory"]
+
+Listener = Callable[[str, tuple[Instance, ...]], None]
+
+# How long one long poll may wait. Shorter than the control plane's 300 s
+# limit, and short enough that a watcher notices a dead registry reasonably soon.
+_WAIT = 60.0
+_RETRY = Backoff(initial=0.1, maximum=5.0)
+
+
+class Directory:
+    """Instances per service, kept current by watching the registry."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._registry = registry
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()
+        self._snapshots: dict[str, Snapshot] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._first: dict[str, asyncio.Future[None]] = {}
+        self._listeners: list[Listener] = []
+        self.errors = 0  # registry failures seen by the watchers
+
+    def listen(self, listener: Listener) -> None:
+        """Call ``listener(service, instances)`` whenever a watched service changes."""
+        self._listeners.append(listener)
+
+    def cached(self, service: str) -> tuple[Instance, ...] | None:
+        """The cached instances, or ``None`` if the service is not watched yet."""
+        snapshot = self._snapshots.get(service)
+        return None if snapshot is None else snapshot.instances
+
+    async def instances(self, service: str) -> tuple[Instance, ...]:
+        """The instances of ``service``, from the cache once it is watched.
+
+        The first call for a service waits for its first snapshot and raises
+        ``EnvironmentFaultError`` if the registry cannot be reached then.
+        """
+        snapshot = self._snapshots.get(service)
+        if snapshot is not None:
+            return snapshot.instances
+        check_name("service", service)
+        first = self._first.get(service)
+        if first is None:
+            first = self._first[service] = asyncio.get_running_loop().create_future()
+            self._watchers[service] = asyncio.get_running_loop().create_task(
+                self._watch(service, first)
+            )
+        await asyncio.shield(first)
+        return self._snapshots[service].instances
+
+    async def aclose(self) -> None:
+        for task in self._watchers.values():
+            task.cancel()
+        for task in self._watchers.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._watchers.clear()
+
+    async def _watch(self, service: str, first: asyncio.Future[None]) -> None:
+        try:
+            snapshot = await self._registry.lookup(service)
+        except EnvironmentFaultError as error:
+            first.set_exception(error)
+            del self._first[service], self._watchers[service]
+            return
+        self._update(snapshot)
+        first.set_result(None)
+        failures = 0
+        while True:
+            try:
+                snapshot = await self._registry.watch(snapshot, wait=_WAIT)
+            except EnvironmentFaultError:
+                self.errors += 1
+                failures += 1
+                await self._clock.sleep(_RETRY.delay(failures, self._rng))
+                continue
+            failures = 0
+            self._update(snapshot)
+
+    def _update(self, snapshot: Snapshot) -> None:
+        previous = self._snapshots.get(snapshot.service)
+        self._snapshots[snapshot.service] = snapshot
+        if previous is None or previous.instances != snapshot.instances:
+            for listener in self._listeners:
+                listener(snapshot.service, snapshot.instances)
