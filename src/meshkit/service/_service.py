@@ -32,6 +32,7 @@ from collections.abc import Mapping
 
 from meshkit._clock import Clock, SystemClock
 from meshkit._env import read_environment
+from meshkit._net import free_port
 from meshkit.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -88,11 +89,9 @@ class Service:
         self.ttl = check.seconds("ttl", ttl or env.ttl or _DEFAULT_TTL)
         if not MIN_TTL <= self.ttl <= MAX_TTL:
             raise ConfigError("ttl", f"must be between {MIN_TTL:g} and {MAX_TTL:g} seconds")
+        # Checked when serving, not here: a module defining its service must
+        # import cleanly outside the mesh too (tests, tools).
         self.registry_url = registry or env.registry
-        if not self.registry_url:
-            raise ConfigError(
-                "registry", "no registry given: pass registry= or set MESHKIT_REGISTRY"
-            )
         self._token = token or env.token
         self.version = version or env.version or ""
         self.instance_id = instance_id or env.instance_id
@@ -106,7 +105,6 @@ class Service:
         self._client: ServiceClient | None = None
         self._stop: asyncio.Event | None = None
         self.instance: Instance | None = None
-        open_registry(self.registry_url, token=self._token)  # fail now on a bad URL or token
 
     @property
     def client(self) -> ServiceClient:
@@ -136,14 +134,18 @@ class Service:
             self._stop.set()
 
     async def serve(self) -> None:
-        """Serve, register, and drain on a signal or ``stop()``."""
+        """Serve, register, and drain on a signal or ``stop()``.
+
+        Raises ``ConfigError`` if no registry is configured.
+        """
+        registry = self._open_registry()  # fails now on a missing or bad registry
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._stop.set)
         if not self.port:
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
         self.instance = Instance(
             service=self.name,
             id=self.instance_id or _default_id(self.name, self.port),
@@ -152,7 +154,6 @@ class Service:
             version=self.version,
             metadata=self.metadata,
         )
-        registry = self._open_registry()
         directory = Directory(registry, clock=self._clock)
         self._client = ServiceClient(directory, policy=self.policy, clock=self._clock)
         server = _GranianServer(self._asgi, self.host, self.port)
@@ -203,7 +204,10 @@ class Service:
         log.info("%s stopped", self.instance.key if self.instance else self.name)
 
     def _open_registry(self) -> Registry:
-        assert self.registry_url is not None
+        if not self.registry_url:
+            raise ConfigError(
+                "registry", "no registry given: pass registry= or set MESHKIT_REGISTRY"
+            )
         return open_registry(self.registry_url, token=self._token)
 
     async def _wait_live(self, serving: asyncio.Task[None]) -> None:
@@ -242,12 +246,6 @@ class _GranianServer:
 
     def stop(self) -> None:
         self._server.stop()  # type: ignore[no-untyped-call] # granian leaves it unannotated
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _default_id(name: str, port: int) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
+
+from meshkit._net import free_port
 
 __all__ = ["REQUIRE_BACKENDS_ENV", "EtcdServer", "backend_missing", "free_port"]
 
@@ -32,13 +33,6 @@ def backend_missing(name: str, how_to_install: str) -> NoReturn:
     if os.environ.get(REQUIRE_BACKENDS_ENV) == "1":
         pytest.fail(f"{message} ({REQUIRE_BACKENDS_ENV}=1 requires every backend)")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class EtcdServer:

@@ -1,0 +1,306 @@
+"""``meshkit.toml``: what ``meshkit up`` runs, checked before anything starts.
+
+::
+
+    [project]
+    name = "shop"
+    data_dir = ".meshkit"          # relative to this file
+    banner = "..."                 # printed once every service is ready
+
+    [control_plane]
+    host = "127.0.0.1"
+    port = 7700
+
+    [services.orders]
+    app = "orders.app:service"     # MODULE:ATTRIBUTE, served by `meshkit serve`
+    # command = ["./server", "--port", "{port}"]   # or any program (one of the two)
+    replicas = 1
+    port = 8104                    # or ports = [...], one per replica; else free ports
+    ttl = 5
+    version = "1.0.0"
+    health = "/-/ready"            # readiness path; "" for a command without one
+    depends_on = ["users", "products"]
+    env = { PAYMENT_FAILURE_RATE = "0.1" }
+
+Every problem is a ``ConfigError`` whose message names the file, the line
+when it can be found, the key, and what is wrong: an unknown key, a missing
+or mistyped field, a dependency on an unknown service, a dependency cycle,
+a port given twice or already in use.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from meshkit.errors import ConfigError
+from meshkit.registry import MAX_TTL, MIN_TTL, check_name
+
+__all__ = ["ControlPlaneConfig", "Project", "ProjectConfig", "ServiceConfig", "load_project"]
+
+
+class ProjectConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str = "meshkit"
+    data_dir: str = ".meshkit"
+    banner: str = ""
+
+
+class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 7700
+
+
+class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    app: str | None = None
+    command: list[str] | None = None
+    replicas: int = 1
+    port: int | None = None
+    ports: list[int] | None = None
+    ttl: float = 10.0
+    version: str = ""
+    health: str | None = None
+    depends_on: list[str] = msgspec.field(default_factory=list)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def health_path(self) -> str:
+        """The readiness path: ``/-/ready`` for an app, none for a command unless given."""
+        if self.health is not None:
+            return self.health
+        return "/-/ready" if self.app else ""
+
+
+class _File(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    project: ProjectConfig = msgspec.field(default_factory=ProjectConfig)
+    control_plane: ControlPlaneConfig = msgspec.field(default_factory=ControlPlaneConfig)
+    # Converted one by one below: msgspec's error paths do not name dict keys,
+    # and the message must name the service.
+    services: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+
+class Project(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked ``meshkit.toml`` and where it lives."""
+
+    path: Path
+    project: ProjectConfig
+    control_plane: ControlPlaneConfig
+    services: dict[str, ServiceConfig]
+    order: tuple[str, ...]  # services, each after those it depends on
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    @property
+    def data_dir(self) -> Path:
+        return (self.directory / self.project.data_dir).resolve()
+
+    def fixed_ports(self, service: str) -> list[int | None]:
+        """One entry per replica: its configured port, or ``None`` for a free one."""
+        config = self.services[service]
+        if config.ports is not None:
+            return list(config.ports)
+        if config.port is not None:
+            return [config.port] + [None] * (config.replicas - 1)
+        return [None] * config.replicas
+
+
+def load_project(directory: Path, *, check_ports: bool = True) -> Project:
+    """Read and check ``directory/meshkit.toml``; raises ``ConfigError`` on any problem."""
+    path = (directory / "meshkit.toml").resolve()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no meshkit.toml here") from None
+    except OSError as error:
+        raise ConfigError(str(path), f"cannot be read: {error}") from error
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(str(path), f"is not valid TOML: {error}") from error
+    try:
+        parsed = msgspec.convert(raw, _File)
+    except msgspec.ValidationError as error:
+        raise _problem(path, text, _key_of(error), _reason(error)) from error
+    services: dict[str, ServiceConfig] = {}
+    for name, table in parsed.services.items():
+        try:
+            services[name] = msgspec.convert(table, ServiceConfig)
+        except msgspec.ValidationError as error:
+            key = f"services.{name}.{_key_of(error)}"
+            raise _problem(path, text, key, _reason(error)) from error
+        _check_service(path, text, name, services[name])
+    order = _dependency_order(path, text, services)
+    project = Project(
+        path=path,
+        project=parsed.project,
+        control_plane=parsed.control_plane,
+        services=services,
+        order=order,
+    )
+    _check_ports(project, text, probe=check_ports)
+    return project
+
+
+# -- checks -------------------------------------------------------------------
+
+
+def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> None:
+    key = f"services.{name}"
+    try:
+        check_name(key, name)
+    except ConfigError as error:
+        raise _problem(path, text, key, error.problem) from None
+    if (service.app is None) == (service.command is None):
+        raise _problem(path, text, key, "needs exactly one of app = ... or command = [...]")
+    if service.app is not None and not re.fullmatch(r"[\w.]+:[\w.]+", service.app):
+        raise _problem(path, text, f"{key}.app", f"must be MODULE:ATTRIBUTE, got {service.app!r}")
+    if service.command is not None and not service.command:
+        raise _problem(path, text, f"{key}.command", "must not be empty")
+    if not 1 <= service.replicas <= 64:
+        raise _problem(path, text, f"{key}.replicas", "must be between 1 and 64")
+    if not MIN_TTL <= service.ttl <= MAX_TTL:
+        raise _problem(
+            path, text, f"{key}.ttl", f"must be between {MIN_TTL:g} and {MAX_TTL:g} seconds"
+        )
+    if service.port is not None and service.ports is not None:
+        raise _problem(path, text, f"{key}.ports", "give port or ports, not both")
+    if service.port is not None and service.replicas > 1:
+        raise _problem(
+            path,
+            text,
+            f"{key}.port",
+            f"one port for {service.replicas} replicas; use ports = [...]",
+        )
+    if service.ports is not None and len(service.ports) != service.replicas:
+        count = len(service.ports)
+        raise _problem(
+            path, text, f"{key}.ports", f"has {count} ports for {service.replicas} replicas"
+        )
+    health = service.health_path()
+    if health and not health.startswith("/"):
+        raise _problem(
+            path, text, f"{key}.health", f"must be a path starting with '/', got {health!r}"
+        )
+
+
+def _dependency_order(path: Path, text: str, services: dict[str, ServiceConfig]) -> tuple[str, ...]:
+    for name, service in services.items():
+        for dependency in service.depends_on:
+            if dependency not in services:
+                raise _problem(
+                    path,
+                    text,
+                    f"services.{name}.depends_on",
+                    f"names an unknown service {dependency!r}",
+                )
+    order: list[str] = []
+    state: dict[str, str] = {}  # "visiting" or "done"
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join([*trail[trail.index(name) :], name])
+            raise _problem(
+                path, text, f"services.{trail[-1]}.depends_on", f"forms a cycle: {cycle}"
+            )
+        state[name] = "visiting"
+        for dependency in services[name].depends_on:
+            visit(dependency, [*trail, name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in services:
+        visit(name, [])
+    return tuple(order)
+
+
+def _check_ports(project: Project, text: str, *, probe: bool) -> None:
+    wanted: dict[int, str] = {project.control_plane.port: "control_plane.port"}
+    for name in project.services:
+        for replica, port in enumerate(project.fixed_ports(name), start=1):
+            if port is None:
+                continue
+            key = f"services.{name}.{'ports' if project.services[name].ports else 'port'}"
+            if not 1 <= port <= 65535:
+                raise _problem(project.path, text, key, f"{port} is not a TCP port")
+            if port in wanted:
+                raise _problem(project.path, text, key, f"port {port} is also {wanted[port]}")
+            wanted[port] = f"{name} replica {replica}"
+    if not probe:
+        return
+    for port, owner in wanted.items():
+        host = project.control_plane.host if owner == "control_plane.port" else "127.0.0.1"
+        if not _port_free(host, port):
+            key = "control_plane.port" if owner == "control_plane.port" else owner.split()[0]
+            key = key if key == "control_plane.port" else f"services.{key}"
+            raise _problem(project.path, text, key, f"port {port} is already in use")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+# -- messages -------------------------------------------------------------------
+
+
+def _problem(path: Path, text: str, key: str, problem: str) -> ConfigError:
+    line = _line_of(text, key)
+    where = f"{path}:{line}" if line else str(path)
+    return ConfigError(key, f"{problem} ({where})")
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """Best effort: the line that sets ``key`` (``services.orders.ttl``), or its table."""
+    parts = key.split(".")
+    lines = text.splitlines()
+    for depth in range(len(parts), 0, -1):
+        table, leaf = ".".join(parts[: depth - 1]), parts[depth - 1]
+        in_table = table == ""
+        for number, line in enumerate(lines, start=1):
+            stripped = line.strip()
+            if stripped.startswith("["):
+                header = stripped.strip("[]").strip()
+                in_table = header == table
+                prefix = ".".join(parts[:depth])
+                if header == prefix or header.startswith(prefix + "."):
+                    return number
+                continue
+            if in_table and re.match(rf"{re.escape(leaf)}\s*=", stripped):
+                return number
+    return None
+
+
+def _key_of(error: msgspec.ValidationError) -> str:
+    """``services.orders.ttl`` from msgspec's ``... - at `$.services.orders.ttl```."""
+    message = str(error)
+    path = message.rsplit("at `$", 1)[1].rstrip("`") if "at `$" in message else ""
+    path = re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "")
+    field = None
+    for marker in ("unknown field `", "missing required field `"):
+        if marker in message:
+            field = message.split(marker, 1)[1].split("`", 1)[0]
+    key = path.strip(".").replace("[...]", "")
+    if field:
+        key = f"{key}.{field}" if key else field
+    return key or "meshkit.toml"
+
+
+def _reason(error: msgspec.ValidationError) -> str:
+    message = str(error).split(" - at `$", 1)[0]
+    if message.startswith("Object contains unknown field"):
+        return "is not a known key"
+    if message.startswith("Object missing required field"):
+        return "is required"
+    return message[0].lower() + message[1:] if message else "is invalid"

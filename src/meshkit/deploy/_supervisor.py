@@ -1,0 +1,252 @@
+"""``meshkit up``: the control plane, then every service in dependency order, supervised.
+
+1. The control plane starts first (a child process like the rest, restarted
+   if it crashes; its registry survives in SQLite).
+2. Services start in dependency order; a service's replicas start once every
+   service it depends on answers its health check.
+3. A child that exits is restarted with backoff (see ``_process``).
+4. On SIGINT or SIGTERM the services get SIGTERM together and drain (each
+   deregisters first); stragglers are killed after a grace period; the
+   control plane stops last, so deregistrations reach it. Nothing is left
+   running.
+
+Children are told where they are through ``MESHKIT_*`` variables (see
+``meshkit._env``); each service gets a data directory of its own under the
+project's (``MESHKIT_DATA_DIR``): one database per service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from meshkit._clock import Clock, SystemClock
+from meshkit._net import free_port
+from meshkit.control import TOKEN_ENV, load_token
+from meshkit.deploy._config import Project
+from meshkit.deploy._output import Output
+from meshkit.deploy._process import Child
+from meshkit.deploy._state import ProcessState, ProcessTable, write_table
+from meshkit.errors import DeadlineExceededError, PeerError
+from meshkit.http import HTTPClient, Timeouts
+
+__all__ = ["Supervisor"]
+
+_STARTUP = 60.0  # seconds a service may take to become healthy before we say so
+_GRACE = 8.0  # seconds a service may take to drain after SIGTERM
+
+
+class Supervisor:
+    """Runs ``project`` until told to stop; ``run()`` returns the exit status."""
+
+    def __init__(
+        self,
+        project: Project,
+        *,
+        output: Output | None = None,
+        clock: Clock | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.project = project
+        self.output = output or Output()
+        self.clock = clock or SystemClock()
+        self.python = python
+        self._stop = asyncio.Event()
+        self._control_plane: Child | None = None
+        self._children: dict[str, list[Child]] = {}
+        self._ports: dict[str, list[int]] = {
+            name: [port or free_port() for port in project.fixed_ports(name)]
+            for name in project.services
+        }
+        cp = project.control_plane
+        self.registry_url = f"http://{cp.host}:{cp.port}"
+        self.output.width = max(
+            len("control-plane"),
+            *(len(f"{name}-{config.replicas}") for name, config in project.services.items()),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._stop.set)
+        data_dir = self.project.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        token = load_token(data_dir, create=True)
+        try:
+            if not await self._start_control_plane(token):
+                return 1
+            for name in self.project.order:
+                if self._stop.is_set():
+                    break
+                self._start_service(name, token)
+                if not await self._until_healthy(name):
+                    break
+            if not self._stop.is_set():
+                self._announce_ready()
+            await self._stop.wait()
+            return 0
+        finally:
+            await self._shutdown()
+
+    # -- starting -------------------------------------------------------------
+
+    async def _start_control_plane(self, token: str) -> bool:
+        cp = self.project.control_plane
+        self.output.say(f"control plane on {self.registry_url}, data in {self.project.data_dir}")
+        self._control_plane = self._child(
+            "control-plane",
+            [
+                self.python,
+                "-m",
+                "meshkit",
+                "control-plane",
+                "--data-dir",
+                str(self.project.data_dir),
+                "--host",
+                cp.host,
+                "--port",
+                str(cp.port),
+            ],
+            {TOKEN_ENV: token},
+        )
+        self._control_plane.start()
+        if await self._wait_healthy(cp.host, cp.port, "/healthz", self._control_plane):
+            return True
+        if not self._stop.is_set():
+            self.output.say("the control plane did not start; stopping")
+        return False
+
+    def _start_service(self, name: str, token: str) -> None:
+        config = self.project.services[name]
+        data_dir = self.project.data_dir / "services" / name
+        data_dir.mkdir(parents=True, exist_ok=True)
+        children = self._children[name] = []
+        for replica, port in enumerate(self._ports[name], start=1):
+            instance_id = f"{name}-{replica}"
+            env = {
+                "MESHKIT_REGISTRY": self.registry_url,
+                TOKEN_ENV: token,
+                "MESHKIT_SERVICE": name,
+                "MESHKIT_INSTANCE_ID": instance_id,
+                "MESHKIT_PORT": str(port),
+                "MESHKIT_TTL": f"{config.ttl:g}",
+                "MESHKIT_VERSION": config.version,
+                "MESHKIT_DATA_DIR": str(data_dir),
+                **config.env,
+            }
+            if config.app is not None:
+                argv = [self.python, "-m", "meshkit", "serve", config.app]
+            else:
+                assert config.command is not None
+                argv = [part.replace("{port}", str(port)) for part in config.command]
+            child = self._child(instance_id, argv, env)
+            child.start()
+            children.append(child)
+
+    def _child(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        project_dir = str(self.project.directory)
+        path = os.environ.get("PYTHONPATH")
+        full_env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",  # lines reach us as they are printed
+            "PYTHONPATH": f"{project_dir}{os.pathsep}{path}" if path else project_dir,
+            **env,
+        }
+        return Child(
+            name,
+            argv,
+            env=full_env,
+            cwd=project_dir,
+            output=self.output,
+            clock=self.clock,
+            on_change=self._save_state,
+        )
+
+    async def _until_healthy(self, name: str) -> bool:
+        """Wait until every replica of ``name`` is healthy; ``False`` if stopped first."""
+        config = self.project.services[name]
+        health = config.health_path()
+        waits = [
+            self._wait_healthy("127.0.0.1", port, health, child)
+            for port, child in zip(self._ports[name], self._children[name], strict=True)
+        ]
+        results = await asyncio.gather(*waits)
+        if all(results):
+            self.output.say(f"{name} is ready ({len(results)} instance(s))")
+        return all(results)
+
+    async def _wait_healthy(self, host: str, port: int, path: str, child: Child) -> bool:
+        """Poll ``path`` until it answers 200, for as long as it takes, unless stopped."""
+        if not path:
+            return not self._stop.is_set()
+        started = self.clock.monotonic()
+        warned = False
+        async with HTTPClient(timeouts=Timeouts(connect=1.0, read=2.0)) as http:
+            while not self._stop.is_set():
+                if child is self._control_plane and child.restarts >= 3:
+                    return False  # it cannot start (see its output); nothing can run
+                with contextlib.suppress(PeerError, DeadlineExceededError):
+                    if (await http.request("GET", host, port, path)).status == 200:
+                        return True
+                if not warned and self.clock.monotonic() - started > _STARTUP:
+                    warned = True
+                    self.output.say(f"{child.name} is still not healthy on {path}; waiting")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.1):
+                        await self._stop.wait()
+        return False
+
+    def _announce_ready(self) -> None:
+        self.output.say(
+            f"all {len(self.project.services)} services are up; Ctrl-C stops everything"
+        )
+        for line in self.project.project.banner.strip().splitlines():
+            self.output.say(line)
+
+    # -- stopping ---------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        children = [child for group in self._children.values() for child in group]
+        if children:
+            self.output.say(f"stopping {len(children)} service instance(s)")
+            await asyncio.gather(*(child.stop(grace=_GRACE) for child in children))
+        if self._control_plane is not None:
+            await self._control_plane.stop(grace=_GRACE)
+        self._save_state()
+        self.output.say("stopped")
+
+    # -- state for `meshkit status` --------------------------------------------
+
+    def _save_state(self) -> None:
+        processes = []
+        for name, children in self._children.items():
+            for port, child in zip(self._ports[name], children, strict=True):
+                processes.append(self._state(name, child, port))
+        if self._control_plane is not None:
+            processes.append(
+                self._state("control-plane", self._control_plane, self.project.control_plane.port)
+            )
+        table = ProcessTable(
+            supervisor_pid=os.getpid(), control_plane=self.registry_url, processes=processes
+        )
+        with contextlib.suppress(OSError):
+            write_table(self.project.data_dir, table)
+
+    @staticmethod
+    def _state(service: str, child: Child, port: int) -> ProcessState:
+        running = child.process is not None and child.process.returncode is None
+        return ProcessState(
+            service=service,
+            id=child.name,
+            port=port,
+            pid=child.pid if running else None,
+            restarts=child.restarts,
+            started_at=child.started_at,
+            status=child.status,
+        )
