@@ -13,7 +13,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 .PHONY: demo test lint typecheck unit bench clean
 
 demo: $(VENV)/.installed-run
-	$(BIN)/python examples/policies.py
+	$(BIN)/meshkit up examples/shop
 
 test: lint typecheck unit
 
@@ -36,11 +36,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[shop]'
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,etcd]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,etcd,shop]'
 	@touch $@ $(VENV)/.installed-run
 
 clean:

@@ -13,7 +13,9 @@ app = typer.Typer(
     help="meshkit: a microservices platform for Python.",
     no_args_is_help=True,
     add_completion=False,
-    pretty_exceptions_show_locals=False,
+    # A crash prints Python's own traceback: a supervised process's output is
+    # prefixed line by line, and framed tracebacks become unreadable there.
+    pretty_exceptions_enable=False,
 )
 
 

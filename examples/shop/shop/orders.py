@@ -1,0 +1,196 @@
+"""orders: places orders by calling users, products, inventory, payments and notifications.
+
+Placing an order checks the user and the products, records the order as
+pending, reserves the stock, charges the payment, and confirms. If the
+stock is short the order is rejected (409); if the payment is declined the
+reservation is released and the order ends declined (402); if a service
+cannot be reached, what was done is undone as far as possible and the order
+ends failed (503). (A later issue makes this a saga that survives a crash of
+this service in the middle.)
+
+Reservations and payments are sent as idempotent: both services answer a
+repeated request for the same order with what they did the first time, so
+a retry after a lost answer cannot reserve or charge twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+import meshkit
+from meshkit.errors import MeshkitError
+from meshkit.http import Response
+from shop.db import Database
+
+app = FastAPI(title="orders")
+service = meshkit.Service(app, name="orders", version="1.0.0")
+log = logging.getLogger("shop.orders")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS orders (
+    id INTEGER PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    total_cents INTEGER NOT NULL,
+    payment_id INTEGER,
+    reason TEXT,
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS order_items (
+    order_id INTEGER NOT NULL,
+    product_id INTEGER NOT NULL,
+    quantity INTEGER NOT NULL,
+    price_cents INTEGER NOT NULL
+);
+"""
+
+db = Database("orders", SCHEMA)
+
+
+class Item(BaseModel):
+    product_id: int = Field(ge=1)
+    quantity: int = Field(ge=1, le=1000)
+
+
+class NewOrder(BaseModel):
+    user_id: int = Field(ge=1)
+    items: list[Item] = Field(min_length=1, max_length=50)
+
+
+def _unavailable(what: str, response: Response) -> HTTPException:
+    return HTTPException(503, f"{what} answered {response.status}")
+
+
+@app.post("/orders", status_code=201, response_model=None)
+async def place_order(order: NewOrder) -> dict[str, object] | JSONResponse:
+    client = service.client
+    try:
+        user = await client.get("users", f"/users/{order.user_id}")
+        if user.status == 404:
+            raise HTTPException(422, {"error": f"no user {order.user_id}", "field": "user_id"})
+        if not user.ok:
+            raise _unavailable("users", user)
+        product_ids = sorted({item.product_id for item in order.items})
+        answers = await asyncio.gather(
+            *(client.get("products", f"/products/{pid}") for pid in product_ids)
+        )
+    except MeshkitError as error:
+        raise HTTPException(503, f"cannot check the order: {error}") from error
+    prices = {}
+    for product_id, answer in zip(product_ids, answers, strict=True):
+        if answer.status == 404:
+            raise HTTPException(
+                422, {"error": f"no product {product_id}", "field": "items.product_id"}
+            )
+        if not answer.ok:
+            raise _unavailable("products", answer)
+        prices[product_id] = int(answer.json()["price_cents"])
+    total = sum(prices[item.product_id] * item.quantity for item in order.items)
+    order_id = _record(order, prices, total)
+    return await _fulfil(order_id, order, total)
+
+
+async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, object] | JSONResponse:
+    client = service.client
+    items = [item.model_dump() for item in order.items]
+    reserved = False
+    try:
+        reservation = await client.post(
+            "inventory",
+            "/reservations",
+            json={"order_id": order_id, "items": items},
+            idempotent=True,
+        )
+        if reservation.status == 409:
+            _finish(order_id, "rejected", reason="insufficient stock")
+            return JSONResponse(
+                {
+                    "id": order_id,
+                    "status": "rejected",
+                    "total_cents": total,
+                    "short": reservation.json().get("short", []),
+                },
+                409,
+            )
+        if not reservation.ok:
+            raise _unavailable("inventory", reservation)
+        reserved = True
+        payment = await client.post(
+            "payments",
+            "/payments",
+            json={"order_id": order_id, "user_id": order.user_id, "amount_cents": total},
+            idempotent=True,
+        )
+        if payment.status == 402:
+            await _release(order_id)
+            _finish(order_id, "declined", reason="payment declined")
+            return JSONResponse({"id": order_id, "status": "declined", "total_cents": total}, 402)
+        if not payment.ok:
+            raise _unavailable("payments", payment)
+    except (MeshkitError, HTTPException) as error:
+        if reserved:
+            await _release(order_id)
+        _finish(order_id, "failed", reason=str(error))
+        raise HTTPException(503, f"order {order_id} failed: {error}") from error
+    _finish(order_id, "confirmed", payment_id=int(payment.json()["id"]))
+    await _notify(order.user_id, order_id, total)
+    return {"id": order_id, "status": "confirmed", "total_cents": total}
+
+
+@app.get("/orders/{order_id}")
+def get_order(order_id: int) -> dict[str, object]:
+    rows = db.read("SELECT * FROM orders WHERE id = ?", (order_id,))
+    if not rows:
+        raise HTTPException(404, f"no order {order_id}")
+    items = db.read(
+        "SELECT product_id, quantity, price_cents FROM order_items WHERE order_id = ?", (order_id,)
+    )
+    return {**dict(rows[0]), "items": [dict(item) for item in items]}
+
+
+def _record(order: NewOrder, prices: dict[int, int], total: int) -> int:
+    with db.transaction() as tx:
+        cursor = tx.execute(
+            "INSERT INTO orders (user_id, status, total_cents) VALUES (?, 'pending', ?)",
+            (order.user_id, total),
+        )
+        order_id = int(cursor.lastrowid or 0)
+        tx.executemany(
+            "INSERT INTO order_items VALUES (?, ?, ?, ?)",
+            [(order_id, i.product_id, i.quantity, prices[i.product_id]) for i in order.items],
+        )
+    return order_id
+
+
+def _finish(
+    order_id: int, status: str, *, reason: str | None = None, payment_id: int | None = None
+) -> None:
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE orders SET status = ?, reason = ?, payment_id = ? WHERE id = ?",
+            (status, reason, payment_id, order_id),
+        )
+
+
+async def _release(order_id: int) -> None:
+    try:
+        await service.client.delete("inventory", f"/reservations/{order_id}")
+    except MeshkitError as error:
+        log.warning("could not release the reservation of order %d: %s", order_id, error)
+
+
+async def _notify(user_id: int, order_id: int, total: int) -> None:
+    message = f"Order {order_id} is confirmed: {total / 100:.2f} charged."
+    try:
+        await service.client.post(
+            "notifications",
+            "/notifications",
+            json={"user_id": user_id, "order_id": order_id, "message": message},
+        )
+    except MeshkitError as error:  # the order stands; the notice is best effort for now
+        log.warning("could not notify user %d of order %d: %s", user_id, order_id, error)

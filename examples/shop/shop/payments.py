@@ -1,0 +1,98 @@
+"""payments: charging for orders and refunding them.
+
+``PAYMENT_FAILURE_RATE`` (0 to 1, default 0) declines that share of new
+charges, to show what the shop does when a payment fails.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+import meshkit
+from shop.db import Database
+
+app = FastAPI(title="payments")
+service = meshkit.Service(app, name="payments", version="1.0.0")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS payments (
+    id INTEGER PRIMARY KEY,
+    order_id INTEGER NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
+"""
+
+db = Database("payments", SCHEMA)
+
+
+def _failure_rate() -> float:
+    raw = os.environ.get("PAYMENT_FAILURE_RATE", "0")
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise SystemExit(
+            f"PAYMENT_FAILURE_RATE must be a number from 0 to 1, got {raw!r}"
+        ) from None
+    if not 0 <= rate <= 1:
+        raise SystemExit(f"PAYMENT_FAILURE_RATE must be from 0 to 1, got {rate}")
+    return rate
+
+
+FAILURE_RATE = _failure_rate()
+_chance = random.Random()
+
+
+class Charge(BaseModel):
+    order_id: int = Field(ge=1)
+    user_id: int = Field(ge=1)
+    amount_cents: int = Field(gt=0, le=100_000_000)
+
+
+def _payment(row: sqlite3.Row) -> dict[str, object]:
+    return dict(row)
+
+
+@app.post("/payments", status_code=201, response_model=None)
+def charge(charge: Charge) -> dict[str, object] | JSONResponse:
+    """Charge for an order once: charging the same order again returns the first payment."""
+    with db.transaction() as tx:
+        row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (charge.order_id,)).fetchone()
+        if row is not None:
+            return JSONResponse(_payment(row), 200)
+        if _chance.random() < FAILURE_RATE:
+            return JSONResponse({"error": "card declined", "order_id": charge.order_id}, 402)
+        cursor = tx.execute(
+            "INSERT INTO payments (order_id, user_id, amount_cents, status)"
+            " VALUES (?, ?, ?, 'captured')",
+            (charge.order_id, charge.user_id, charge.amount_cents),
+        )
+        row = tx.execute("SELECT * FROM payments WHERE id = ?", (cursor.lastrowid,)).fetchone()
+    return _payment(row)
+
+
+@app.post("/payments/{payment_id}/refund")
+def refund(payment_id: int) -> dict[str, object]:
+    """Refund a payment; refunding it again changes nothing."""
+    with db.transaction() as tx:
+        row = tx.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
+        if row is None:
+            raise HTTPException(404, f"no payment {payment_id}")
+        tx.execute("UPDATE payments SET status = 'refunded' WHERE id = ?", (payment_id,))
+        row = tx.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
+    return _payment(row)
+
+
+@app.get("/payments/{payment_id}")
+def get_payment(payment_id: int) -> dict[str, object]:
+    rows = db.read("SELECT * FROM payments WHERE id = ?", (payment_id,))
+    if not rows:
+        raise HTTPException(404, f"no payment {payment_id}")
+    return _payment(rows[0])

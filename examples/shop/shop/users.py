@@ -1,0 +1,54 @@
+"""users: who can place orders."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+import meshkit
+from shop.db import Database
+
+app = FastAPI(title="users")
+service = meshkit.Service(app, name="users", version="1.0.0")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    email TEXT NOT NULL UNIQUE
+);
+"""
+
+
+def seed(db: sqlite3.Connection) -> None:
+    db.execute("INSERT OR IGNORE INTO users VALUES (1, 'Ada Lovelace', 'ada@example.com')")
+
+
+db = Database("users", SCHEMA, seed)
+
+
+class NewUser(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
+
+
+@app.post("/users", status_code=201)
+def create_user(user: NewUser) -> dict[str, object]:
+    try:
+        with db.transaction() as tx:
+            cursor = tx.execute(
+                "INSERT INTO users (name, email) VALUES (?, ?)", (user.name, user.email.lower())
+            )
+    except sqlite3.IntegrityError:
+        raise HTTPException(409, f"a user with email {user.email} exists already") from None
+    return {"id": cursor.lastrowid, "name": user.name, "email": user.email.lower()}
+
+
+@app.get("/users/{user_id}")
+def get_user(user_id: int) -> dict[str, object]:
+    rows = db.read("SELECT id, name, email FROM users WHERE id = ?", (user_id,))
+    if not rows:
+        raise HTTPException(404, f"no user {user_id}")
+    return dict(rows[0])
