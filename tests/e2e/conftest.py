@@ -1,0 +1,153 @@
+"""Running ``meshkit up`` for real: a subprocess whose output tests can wait on."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshkit.testing.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Up:
+    """``meshkit up DIRECTORY`` in a process of its own; its output is kept line by line."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+        env.pop("FORCE_COLOR", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "meshkit", "up", str(directory)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The first output line containing ``text``; fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout  # noqa: TID251 (a real process, real time)
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                remaining = deadline - time.monotonic()  # noqa: TID251
+                if remaining <= 0 or self.process.poll() is not None:
+                    tail = "\n".join(self.lines[-30:])
+                    pytest.fail(f"no line with {text!r} within {timeout}s; output:\n{tail}")
+                self._changed.wait(remaining)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGINT, as Ctrl-C sends it; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            raise
+        finally:
+            self._reader.join(10)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+
+    def status(self) -> dict[str, object]:
+        """``meshkit status DIRECTORY --json``, parsed."""
+        result = subprocess.run(
+            [sys.executable, "-m", "meshkit", "status", str(self.directory), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def http(
+    method: str, url: str, body: object = None, headers: dict[str, str] | None = None
+) -> tuple[int, object]:
+    """One plain HTTP call; ``(status, parsed JSON body or None)``."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310 (http on loopback)
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:  # noqa: S310 (loopback)
+            raw = answer.read()
+            return answer.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        return error.code, json.loads(raw) if raw else None
+
+
+class Shop:
+    """A copy of examples/shop on free ports, run by ``meshkit up``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        shutil.copytree(
+            ROOT / "examples" / "shop",
+            directory,
+            ignore=shutil.ignore_patterns(".meshkit", "__pycache__", ".data"),
+        )
+        config = directory / "meshkit.toml"
+        text = config.read_text()
+        self.control_port, self.orders_port, self.notifications_port = (
+            free_port() for _ in range(3)
+        )
+        for old, new in (
+            (7700, self.control_port),
+            (8104, self.orders_port),
+            (8106, self.notifications_port),
+        ):
+            text = re.sub(rf"\bport = {old}\b", f"port = {new}", text)
+        config.write_text(text)
+        self.up = Up(directory)
+
+    @property
+    def token(self) -> str:
+        return (self.directory / ".meshkit" / "token").read_text().strip()
+
+    def orders(self, path: str = "/orders") -> str:
+        return f"http://127.0.0.1:{self.orders_port}{path}"
+
+    def registry(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.control_port}/v1/registry{path}"
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
+    running = Shop(tmp_path_factory.mktemp("shop") / "shop")
+    try:
+        running.up.wait_for("services are up", timeout=120)
+        yield running
+    finally:
+        running.up.stop()

@@ -1,0 +1,137 @@
+"""meshkit.toml is checked before anything starts, and every problem names its place."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from meshkit.deploy import load_project
+from meshkit.errors import ConfigError
+
+GOOD = """
+[project]
+name = "demo"
+
+[control_plane]
+port = 7799
+
+[services.users]
+app = "shop.users:service"
+
+[services.orders]
+app = "shop.orders:service"
+replicas = 2
+ports = [8801, 8802]
+depends_on = ["users"]
+env = { A = "1" }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "meshkit.toml").write_text(text)
+    return tmp_path
+
+
+def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
+    """Services come out in dependency order, with their settings and data directory."""
+    project = load_project(write(tmp_path, GOOD), check_ports=False)
+    assert project.order == ("users", "orders")
+    assert project.fixed_ports("orders") == [8801, 8802]
+    assert project.fixed_ports("users") == [None]
+    assert project.services["users"].health_path() == "/-/ready"
+    assert project.data_dir == (tmp_path / ".meshkit").resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem", "line"),
+    [
+        (
+            '[services.users]\napp = "u:app"\nreplica = 2\n',
+            "services.users.replica",
+            "not a known key",
+            3,
+        ),
+        ('[service.users]\napp = "u:app"\n', "service", "not a known key", 1),
+        (
+            '[services.users]\napp = "u:app"\nreplicas = "two"\n',
+            "services.users.replicas",
+            "expected `int`",
+            3,
+        ),
+        ("[services.users]\nreplicas = 1\n", "services.users", "exactly one of app", 1),
+        (
+            '[services.users]\napp = "u:app"\ncommand = ["x"]\n',
+            "services.users",
+            "exactly one of app",
+            1,
+        ),
+        ('[services.users]\napp = "no-colon"\n', "services.users.app", "MODULE:ATTRIBUTE", 2),
+        ('[services.Users]\napp = "u:app"\n', "services.Users", "lower-case", 1),
+        (
+            '[services.a]\napp = "a:app"\ndepends_on = ["zz"]\n',
+            "services.a.depends_on",
+            "unknown service 'zz'",
+            3,
+        ),
+        (
+            '[services.a]\napp = "a:app"\ndepends_on = ["b"]\n'
+            '[services.b]\napp = "b:app"\ndepends_on = ["a"]\n',
+            "services.b.depends_on",
+            "cycle: a -> b -> a",
+            6,
+        ),
+        (
+            '[services.a]\napp = "a:app"\nreplicas = 2\nport = 8000\n',
+            "services.a.port",
+            "use ports",
+            4,
+        ),
+        (
+            '[services.a]\napp = "a:app"\nreplicas = 2\nports = [1]\n',
+            "services.a.ports",
+            "1 ports for 2",
+            4,
+        ),
+        ('[services.a]\napp = "a:app"\nttl = 0.1\n', "services.a.ttl", "between 1 and 3600", 3),
+        (
+            '[services.a]\napp = "a:app"\nhealth = "ready"\n',
+            "services.a.health",
+            "starting with '/'",
+            3,
+        ),
+        (
+            '[control_plane]\nport = 8000\n[services.a]\napp = "a:app"\nport = 8000\n',
+            "services.a.port",
+            "also control_plane.port",
+            5,
+        ),
+    ],
+)
+def test_each_problem_names_key_line_and_file(
+    tmp_path: Path, text: str, key: str, problem: str, line: int
+) -> None:
+    """The error names the key, says what is wrong, and points at file:line."""
+    with pytest.raises(ConfigError) as caught:
+        load_project(write(tmp_path, text), check_ports=False)
+    assert caught.value.key == key
+    assert problem in str(caught.value)
+    assert f"meshkit.toml:{line})" in str(caught.value)
+
+
+def test_invalid_toml_and_a_missing_file_are_config_errors(tmp_path: Path) -> None:
+    """A syntax error names its line; a directory without meshkit.toml says so."""
+    with pytest.raises(ConfigError, match="line 1"):
+        load_project(write(tmp_path, "[services.a\napp = 1\n"))
+    with pytest.raises(ConfigError, match=r"no meshkit\.toml here"):
+        load_project(tmp_path / "nowhere")
+
+
+def test_a_port_in_use_stops_it_before_anything_starts(tmp_path: Path) -> None:
+    """A configured port something else listens on is refused, naming the key."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"port {port} is already in use") as caught:
+            load_project(write(tmp_path, f'[services.a]\napp = "a:app"\nport = {port}\n'))
+    assert caught.value.key == "services.a"
