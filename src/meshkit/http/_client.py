@@ -82,19 +82,57 @@ class HTTPClient:
         ``ResponseTooLargeError``; an HTTP error status is a response, not an
         exception.
         """
-        if self._closed:
-            raise UsageError("this HTTPClient is closed")
         timeouts = timeouts or self.timeouts
-        data = encode_request(method, target, host, port, headers, body)
         if timeouts.total is None:
-            return await self._send(method, (host, port), data, timeouts)
+            return await self.send(
+                method,
+                host,
+                port,
+                target,
+                headers=headers,
+                body=body,
+                connect=timeouts.connect,
+                read=timeouts.read,
+            )
         try:
             async with asyncio.timeout(timeouts.total):
-                return await self._send(method, (host, port), data, timeouts)
+                return await self.send(
+                    method,
+                    host,
+                    port,
+                    target,
+                    headers=headers,
+                    body=body,
+                    connect=timeouts.connect,
+                    read=timeouts.read,
+                )
         except TimeoutError as error:
             raise ReadTimeoutError(
                 f"{method} {host}:{port}{target} took longer than {timeouts.total}s"
             ) from error
+
+    async def send(
+        self,
+        method: str,
+        host: str,
+        port: int,
+        target: str,
+        *,
+        headers: Headers = (),
+        body: bytes = b"",
+        connect: float,
+        read: float,
+    ) -> Response:
+        """``request()`` with its timeouts as plain seconds, checked by the caller.
+
+        The path the service client and the proxy take on every call: a
+        ``Timeouts`` object is validated when built, which costs more than
+        the rest of the bookkeeping here.
+        """
+        if self._closed:
+            raise UsageError("this HTTPClient is closed")
+        data = encode_request(method, target, host, port, headers, body)
+        return await self._send(method, (host, port), data, connect, read)
 
     async def aclose(self) -> None:
         """Close idle connections now; requests in flight finish, then close theirs."""
@@ -110,22 +148,23 @@ class HTTPClient:
     # -- one request ------------------------------------------------------
 
     async def _send(
-        self, method: str, origin: tuple[str, int], data: bytes, timeouts: Timeouts
+        self, method: str, origin: tuple[str, int], data: bytes, connect: float, read: float
     ) -> Response:
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _Pool()
-        connection, reused = await self._acquire(pool, origin, timeouts)
+        head = method == "HEAD"
+        connection, reused = await self._acquire(pool, origin, connect)
         try:
-            response = await self._roundtrip(connection, method, data, timeouts)
+            response = await connection.roundtrip(data, read_timeout=read, head=head)
         except PeerClosedError:
             self._discard(pool, connection)
             if not (reused and method in IDEMPOTENT_METHODS):
                 raise
             # A kept-alive connection the server closed just as we reused it.
-            connection, _ = await self._acquire(pool, origin, timeouts, fresh=True)
+            connection, _ = await self._acquire(pool, origin, connect, fresh=True)
             try:
-                response = await self._roundtrip(connection, method, data, timeouts)
+                response = await connection.roundtrip(data, read_timeout=read, head=head)
             except BaseException:
                 self._discard(pool, connection)
                 raise
@@ -135,23 +174,10 @@ class HTTPClient:
         self._release(pool, connection)
         return response
 
-    @staticmethod
-    async def _roundtrip(
-        connection: Connection, method: str, data: bytes, timeouts: Timeouts
-    ) -> Response:
-        try:
-            async with asyncio.timeout(timeouts.read):
-                return await connection.roundtrip(data, head=method == "HEAD")
-        except TimeoutError as error:
-            host, port = connection.origin
-            raise ReadTimeoutError(
-                f"no complete response from {host}:{port} within {timeouts.read}s"
-            ) from error
-
     # -- the pool ---------------------------------------------------------
 
     async def _acquire(
-        self, pool: _Pool, origin: tuple[str, int], timeouts: Timeouts, *, fresh: bool = False
+        self, pool: _Pool, origin: tuple[str, int], connect: float, *, fresh: bool = False
     ) -> tuple[Connection, bool]:
         while not fresh and pool.idle:
             connection = pool.idle.pop()  # the most recently used: least likely to be stale
@@ -170,26 +196,26 @@ class HTTPClient:
                 if waiter in pool.waiters:
                     pool.waiters.remove(waiter)
             if not fresh and pool.idle:
-                return await self._acquire(pool, origin, timeouts)
+                return await self._acquire(pool, origin, connect)
         pool.open += 1
         try:
-            return await self._connect(origin, timeouts), False
+            return await self._connect(origin, connect), False
         except BaseException:
             pool.open -= 1
             self._wake(pool)
             raise
 
-    async def _connect(self, origin: tuple[str, int], timeouts: Timeouts) -> Connection:
+    async def _connect(self, origin: tuple[str, int], connect: float) -> Connection:
         host, port = origin
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeouts.connect):
+            async with asyncio.timeout(connect):
                 _, connection = await loop.create_connection(
                     lambda: Connection(origin, self.limits), host, port
                 )
         except TimeoutError as error:
             raise ConnectTimeoutError(
-                f"could not connect to {host}:{port} within {timeouts.connect}s"
+                f"could not connect to {host}:{port} within {connect}s"
             ) from error
         except OSError as error:
             raise ConnectError(f"could not connect to {host}:{port}: {error}") from error

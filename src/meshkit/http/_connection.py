@@ -22,6 +22,7 @@ import httptools
 from meshkit.errors import (
     PeerClosedError,
     ProtocolViolationError,
+    ReadTimeoutError,
     ResponseTooLargeError,
     UsageError,
 )
@@ -72,11 +73,16 @@ class Connection(asyncio.Protocol):
         """Whether the last response left the connection fit for another request."""
         return self._reusable and not self.closed
 
-    async def roundtrip(self, request: bytes, *, head: bool = False) -> Response:
+    async def roundtrip(
+        self, request: bytes, *, read_timeout: float, head: bool = False
+    ) -> Response:
         """Send one encoded request and return its response.
 
-        Cancelling the wait (a timeout) closes the connection: the response
-        may still arrive, and it must not be read as the next request's.
+        Raises ``ReadTimeoutError`` if the whole response has not arrived
+        ``read_timeout`` seconds after sending. A timeout or a cancelled wait
+        closes the connection: the response may still arrive, and it must
+        not be read as the next request's. (One timer per request, because an
+        ``asyncio.timeout`` block costs several times more on this path.)
         """
         if self._transport is None or self._waiter is not None:
             raise UsageError("a connection carries one request at a time")
@@ -86,8 +92,10 @@ class Connection(asyncio.Protocol):
         self._body = []
         self._header_size = 0
         self._body_size = 0
-        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
+        timer = loop.call_later(read_timeout, self._read_timed_out, read_timeout)
         self._transport.write(request)
         try:
             return await waiter
@@ -95,6 +103,7 @@ class Connection(asyncio.Protocol):
             self.close()
             raise
         finally:
+            timer.cancel()
             self._waiter = None
 
     def close(self) -> None:
@@ -184,6 +193,9 @@ class Connection(asyncio.Protocol):
         self._reusable = self._parser.should_keep_alive()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         waiter.set_result(Response(self._parser.get_status_code(), self._headers, body))
+
+    def _read_timed_out(self, seconds: float) -> None:
+        self._fail(ReadTimeoutError(f"no complete response from {self._where} within {seconds}s"))
 
     def _fail(self, error: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -33,11 +33,10 @@ from meshkit.errors import (
     PeerError,
     ServiceUnavailableError,
 )
-from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response, Timeouts
+from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response
 from meshkit.policy import (
     BreakerConfig,
     CircuitBreaker,
-    DeadlineBudget,
     PowerOfTwoChoices,
     RetryBudget,
     RetryPolicy,
@@ -180,7 +179,7 @@ class ServiceClient:
         method implies (POST is not, GET and PUT are) for retry decisions.
         """
         now = self._clock.monotonic()
-        deadline = self._deadline(now, timeout)
+        expires_at = self._expires_at(now, timeout)
         if json is not None:
             body = msgspec.json.encode(json)
             headers = [*headers, _JSON]
@@ -194,7 +193,7 @@ class ServiceClient:
         try:
             while True:
                 now = self._clock.monotonic()
-                remaining = deadline.remaining(now)
+                remaining = expires_at - now
                 if remaining <= 0:
                     raise DeadlineExceededError(
                         f"{method} {service}{path}: the deadline passed after {run.attempts}"
@@ -257,17 +256,18 @@ class ServiceClient:
         instance = upstream.instances[key]
         breaker = upstream.breakers[key]
         sent = [*headers, (TIMEOUT_HEADER, b"%d" % max(1, int(remaining * 1000)))]
-        timeouts = Timeouts(connect=min(self.policy.connect_timeout, remaining), read=remaining)
+        connect = self.policy.connect_timeout
         start = self._clock.monotonic()
         try:
-            response = await self._http.request(
+            response = await self._http.send(
                 method,
                 instance.host,
                 instance.port,
                 path,
                 headers=sent,
                 body=body,
-                timeouts=timeouts,
+                connect=connect if connect < remaining else remaining,
+                read=remaining,
             )
         except (PeerError, DeadlineExceededError) as error:
             end = self._clock.monotonic()
@@ -286,12 +286,17 @@ class ServiceClient:
 
     # -- per-service state ----------------------------------------------------
 
-    def _deadline(self, now: float, timeout: float | None) -> DeadlineBudget:
-        own = DeadlineBudget.after(now, timeout or self.policy.timeout)
+    def _expires_at(self, now: float, timeout: float | None) -> float:
+        """When this call must be over: its own timeout, or the served request's deadline."""
+        if timeout is None:
+            timeout = self.policy.timeout  # checked once, in CallPolicy
+        else:
+            check.seconds("timeout", timeout)
+        expires_at = now + timeout
         inherited = current_deadline()
-        if inherited is not None and inherited.expires_at < own.expires_at:
-            return DeadlineBudget(inherited.expires_at)
-        return own
+        if inherited is not None and inherited.expires_at < expires_at:
+            return inherited.expires_at
+        return expires_at
 
     async def _upstream(self, service: str) -> _Upstream:
         instances = await self.directory.instances(service)
