@@ -17,7 +17,7 @@ from meshkit.http import HTTPServer, Request, Response
 _BODY = Response(200, [(b"content-type", b"application/json")], b'{"id":7,"name":"widget"}')
 
 
-async def answer(request: Request) -> Response:
+async def answer(request: Request) -> Response:  # noqa: ARG001 (every request gets the same)
     return _BODY
 
 

@@ -48,6 +48,11 @@ def arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def _number(value: float) -> str:
+    """Whole numbers from 100 up, three significant digits below."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def machine() -> str:
     return (
         f"Python {platform.python_version()} ({platform.python_implementation()}),"
@@ -68,8 +73,8 @@ def report(title: str, rows: list[Row], json_path: Path | None, *, lower_is_bett
         good = ratio is not None and (ratio <= 1 if lower_is_better else ratio >= 1)
         table.add_row(
             row.name,
-            f"{row.value:,.0f} {row.unit}",
-            "" if row.reference is None else f"{row.reference:,.0f} {row.unit}",
+            f"{_number(row.value)} {row.unit}",
+            "" if row.reference is None else f"{_number(row.reference)} {row.unit}",
             row.reference_name or "",
             "" if ratio is None else f"[{'green' if good else 'red'}]{ratio:.2f}",
         )

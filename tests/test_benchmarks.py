@@ -6,11 +6,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_policy_benchmark_writes_its_rows_as_json(tmp_path: Path) -> None:
-    """`python -m benchmarks.policies --quick --json F` runs and writes well-formed rows."""
+def run_quick(name: str, tmp_path: Path) -> list[dict[str, object]]:
+    """Run ``python -m benchmarks.NAME --quick --json F``; its rows, checked for shape."""
     out = tmp_path / "rows.json"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.policies", "--quick", "--json", str(out)],
+        [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -18,14 +18,42 @@ def test_policy_benchmark_writes_its_rows_as_json(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    rows = json.loads(out.read_text())
-    assert len(rows) >= 10
+    rows: list[dict[str, object]] = json.loads(out.read_text())
     for row in rows:
         assert isinstance(row["name"], str)
-        assert row["value"] > 0
-        assert row["unit"] == "ns"
+        assert isinstance(row["value"], float | int)
+        assert isinstance(row["unit"], str)
         if "reference" in row:
-            assert row["reference"] > 0
-            assert abs(row["ratio"] - row["value"] / row["reference"]) < 1e-9
+            assert row["reference"] > 0  # type: ignore[operator]
+            assert abs(row["ratio"] - row["value"] / row["reference"]) < 1e-9  # type: ignore[operator]
+    return rows
+
+
+def test_policy_benchmark_writes_its_rows_as_json(tmp_path: Path) -> None:
+    """benchmarks.policies: a row per decision, in ns, beside limits, pybreaker and tenacity."""
+    rows = run_quick("policies", tmp_path)
+    assert len(rows) >= 10
+    assert all(row["unit"] == "ns" and row["value"] > 0 for row in rows)  # type: ignore[operator]
     peers = {row.get("reference_name") for row in rows}
     assert {"limits moving window", "pybreaker", "tenacity"} <= peers
+
+
+def test_client_benchmark_names_its_overhead_row(tmp_path: Path) -> None:
+    """benchmarks.client compares with direct, httpx and aiohttp and has an overhead p50 row."""
+    rows = run_quick("client", tmp_path)
+    names = [str(row["name"]) for row in rows]
+    assert any("overhead" in name and "p50" in name for name in names)
+    peers = {row.get("reference_name") for row in rows}
+    assert {"meshkit HTTPClient, direct", "httpx", "aiohttp"} <= peers
+
+
+def test_registry_benchmark_names_its_cpu_row(tmp_path: Path) -> None:
+    """benchmarks.registry reports the control plane's CPU share and kill-to-removal times."""
+    rows = run_quick("registry", tmp_path)
+    cpu = [row for row in rows if "cpu" in str(row["name"])]
+    assert len(cpu) == 1
+    assert cpu[0]["unit"] == "%"
+    assert 0 < cpu[0]["value"] < 100  # type: ignore[operator]
+    removal = [row for row in rows if "removal" in str(row["name"])]
+    assert removal
+    assert all(row["value"] > 0 for row in removal)  # type: ignore[operator]

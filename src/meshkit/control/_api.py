@@ -19,6 +19,7 @@ numbers, which JavaScript clients would round.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable
 from urllib.parse import parse_qs
 
 import msgspec
@@ -75,7 +76,8 @@ class RegistryAPI:
         self._registry = registry
         self._expected = f"Bearer {token}".encode()
 
-    async def handle(self, request: Request) -> Response:
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        """Answer at once, except a long poll, which returns an awaitable."""
         path = request.path
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
@@ -91,11 +93,11 @@ class RegistryAPI:
         if path == "/v1/registry/services":
             if method != "GET":
                 return _error(405, f"{method} is not allowed here; use GET")
-            return await self._services(request.query)
+            return self._services(request.query)
         if path.startswith("/v1/registry/services/"):
             if method != "GET":
                 return _error(405, f"{method} is not allowed here; use GET")
-            return await self._service(path[len("/v1/registry/services/") :], request.query)
+            return self._service(path[len("/v1/registry/services/") :], request.query)
         return _error(404, f"no such endpoint: {path}")
 
     def _authorized(self, request: Request) -> bool:
@@ -151,29 +153,35 @@ class RegistryAPI:
 
     # -- reads and watches -----------------------------------------------------
 
-    async def _service(self, name: str, query: str) -> Response:
+    def _service(self, name: str, query: str) -> Response | Awaitable[Response]:
         try:
             check_name("service", name)
             position = _position(query)
         except ConfigError as error:
             return _error(400, str(error), error.key)
-        snapshot = self._registry.snapshot(name)
-        if position is not None:
-            epoch, index, wait = position
-            previous = Snapshot(service=name, instances=(), epoch=epoch, index=index)
-            snapshot = await self._registry.watch(previous, wait=wait)
+        if position is None:
+            return json_response(200, _snapshot_json(self._registry.snapshot(name)))
+        epoch, index, wait = position
+        return self._watch_service(
+            Snapshot(service=name, instances=(), epoch=epoch, index=index), wait
+        )
+
+    async def _watch_service(self, previous: Snapshot, wait: float) -> Response:
+        snapshot = await self._registry.watch(previous, wait=wait)
         return json_response(200, _snapshot_json(snapshot))
 
-    async def _services(self, query: str) -> Response:
+    def _services(self, query: str) -> Response | Awaitable[Response]:
         try:
             position = _position(query)
         except ConfigError as error:
             return _error(400, str(error), error.key)
-        listing = await self._registry.services()
-        if position is not None:
-            epoch, index, wait = position
-            previous = ServiceList(services=(), epoch=epoch, index=index)
-            listing = await self._registry.watch_services(previous, wait=wait)
+        if position is None:
+            return json_response(200, _services_json(self._registry.service_list()))
+        epoch, index, wait = position
+        return self._watch_services(ServiceList(services=(), epoch=epoch, index=index), wait)
+
+    async def _watch_services(self, previous: ServiceList, wait: float) -> Response:
+        listing = await self._registry.watch_services(previous, wait=wait)
         return json_response(200, _services_json(listing))
 
 

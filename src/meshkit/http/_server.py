@@ -3,22 +3,31 @@
 The control plane serves its API with it: thousands of lease renewals a
 second must cost tens of microseconds each, which a per-request framework
 cannot do (DESIGN.md measured ASGI servers at a sixth of this design's
-rate). Handlers receive a whole ``Request`` and return a whole ``Response``;
-bodies are buffered, up to ``ServerLimits.max_body_bytes``.
+rate). Handlers receive a whole ``Request``; bodies are buffered, up to
+``ServerLimits.max_body_bytes``.
 
+A handler returns a ``Response``, or an awaitable of one when it has to
+wait (a long poll). A response returned at once is written at once: no task
+is created for it, which is most of what a renewal would otherwise cost.
 Per connection, requests are answered one at a time and in order, so
-pipelined requests work. The server refuses what it cannot handle safely
-and closes the connection after answering: a malformed request (400), a
-body over the limit (413), headers over the limit (431). A client that
-takes longer than ``request_timeout`` to send a request, or leaves a
-connection idle for ``idle_timeout``, is disconnected, so slow clients
-cannot hold connections forever.
+pipelined requests work.
+
+The server refuses what it cannot handle safely and closes the connection
+after answering: a malformed request (400), a body over the limit (413),
+headers over the limit (431). A client that takes longer than
+``request_timeout`` to send a request, or leaves a connection idle for
+``idle_timeout``, is disconnected, so slow clients cannot hold connections
+forever. Each connection has one lazy timer for this: it is moved only when
+a deadline comes earlier, so a request that arrives whole in one read, the
+usual case, touches no timer at all; moving timers on every request would
+cost more than parsing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -103,7 +112,7 @@ class Request:
         return f"<Request {self.method} {self.path}>"
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Response | Awaitable[Response]]
 
 _JSON = [(b"content-type", b"application/json")]
 
@@ -123,13 +132,17 @@ class _HTTPConnection(asyncio.Protocol):
     def __init__(self, server: HTTPServer) -> None:
         self._server = server
         self._limits = server.limits
+        self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
         self._ready: deque[tuple[Request, bool]] = deque()  # with its keep-alive
-        self._worker: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._worker: asyncio.Task[None] | None = None  # answering a request that waits
         self._closing = False
+        self._in_message = False
+        self.deadline = math.inf  # when this connection is closed unless it moves on
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -148,7 +161,7 @@ class _HTTPConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._server.connections.add(self)
-        self._arm(self._limits.request_timeout)
+        self._set_deadline(self._loop.time() + self._limits.request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -160,10 +173,15 @@ class _HTTPConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             refusal = self._refusal or _error(400, f"malformed request: {error}")
             self._refuse(refusal)
+        else:
+            if self._in_message:  # part of a request: the rest must follow in time
+                limit = self._loop.time() + self._limits.request_timeout
+                self._set_deadline(min(self.deadline, limit))
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 (asyncio's signature)
         self._closing = True
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
         self._server.connections.discard(self)
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
@@ -172,7 +190,7 @@ class _HTTPConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset_message()
-        self._arm(self._limits.request_timeout)
+        self._in_message = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -190,39 +208,63 @@ class _HTTPConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._in_message = False
+        self.deadline = math.inf  # being answered: a long poll may take minutes
         url = httptools.parse_url(self._url)
         path = url.path.decode("latin-1") if url.path else "/"
         query = url.query.decode("latin-1") if url.query else ""
         method = self._parser.get_method().decode("latin-1")
-        body = b"".join(self._body)
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(method, path, query, self._headers, body, self._peer)
         self._ready.append((request, self._parser.should_keep_alive()))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._answer())
+        self._dispatch()
 
     # -- answering ----------------------------------------------------------
 
-    async def _answer(self) -> None:
-        while self._ready and self._transport is not None and not self._closing:
+    def _dispatch(self) -> None:
+        """Answer queued requests in order; at once while handlers answer at once."""
+        while self._ready and self._worker is None and not self._closing:
             request, keep_alive = self._ready.popleft()
             self._server.request_started()
             try:
-                response = await self._server.handler(request)
-            except asyncio.CancelledError:
-                raise
+                result = self._server.handler(request)
             except Exception as error:  # noqa: BLE001 (a handler bug answers 500, not a dead server)
-                self._server.report_error(request, error)
-                response = _error(500, "internal error")
-            finally:
+                result = self._internal_error(request, error)
+            if isinstance(result, Response):
                 self._server.request_finished()
-            last = not keep_alive or (self._server.draining and not self._ready)
-            self._write(response, close=last, head=request.method == "HEAD")
-            if last:
-                self.close()
+                self._respond(request, result, keep_alive=keep_alive)
+            else:
+                self._worker = self._loop.create_task(
+                    self._finish(request, result, keep_alive=keep_alive)
+                )
                 return
-        if not self._closing:
-            self._arm(self._limits.idle_timeout)
+        if not self._ready and self._worker is None and not self._closing:
+            self._set_deadline(self._loop.time() + self._limits.idle_timeout)
+
+    async def _finish(
+        self, request: Request, pending: Awaitable[Response], *, keep_alive: bool
+    ) -> None:
+        try:
+            response = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 (a handler bug answers 500, not a dead server)
+            response = self._internal_error(request, error)
+        finally:
+            self._server.request_finished()
+        self._worker = None
+        self._respond(request, response, keep_alive=keep_alive)
+        self._dispatch()
+
+    def _internal_error(self, request: Request, error: Exception) -> Response:
+        self._server.report_error(request, error)
+        return _error(500, "internal error")
+
+    def _respond(self, request: Request, response: Response, *, keep_alive: bool) -> None:
+        last = not keep_alive or (self._server.draining and not self._ready)
+        self._write(response, close=last, head=request.method == "HEAD")
+        if last:
+            self.close()
 
     def _write(self, response: Response, *, close: bool, head: bool = False) -> None:
         if self._transport is None or self._transport.is_closing():
@@ -245,7 +287,6 @@ class _HTTPConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self._closing = True
-        self._disarm()
         if self._transport is not None:
             self._transport.close()
 
@@ -256,24 +297,31 @@ class _HTTPConnection(asyncio.Protocol):
 
     # -- limits -------------------------------------------------------------
 
+    def _set_deadline(self, deadline: float) -> None:
+        """Close the connection at ``deadline`` unless it is moved on before then."""
+        self.deadline = deadline
+        if deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._deadline_reached)
+            self._timer_at = deadline
+
+    def _deadline_reached(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        if self.deadline <= self._loop.time():
+            self.close()
+        elif self.deadline != math.inf:
+            self._set_deadline(self.deadline)  # it moved later meanwhile
+
     def _count(self, size: int) -> None:
         self._header_size += size
         if self._header_size > self._limits.max_header_bytes:
             self._refusal = _error(431, f"request head over {self._limits.max_header_bytes} bytes")
             raise ValueError("head too large")
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(seconds, self.close)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
 
 class HTTPServer:
-    """Serves ``handler`` on one address. Use ``async with`` or ``start()``/``aclose()``."""
+    """Serves ``handler`` on one address. Use ``start()`` and ``aclose()``."""
 
     def __init__(self, handler: Handler, *, limits: ServerLimits | None = None) -> None:
         self.handler = handler

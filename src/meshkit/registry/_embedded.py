@@ -116,6 +116,10 @@ class EmbeddedRegistry:
         return self.snapshot(check_name("service", service))
 
     async def services(self) -> ServiceList:
+        return self.service_list()
+
+    def service_list(self) -> ServiceList:
+        """``services()`` without the await, for the control plane's handlers."""
         now = self._clock.monotonic()
         counts = {}
         for service, members in self._members.items():
@@ -148,7 +152,7 @@ class EmbeddedRegistry:
                 while previous.epoch == self.epoch and previous.index == self._table.index:
                     self._any_change.clear()
                     await self._any_change.wait()
-        return await self.services()
+        return self.service_list()
 
     # -- synchronous forms, for the control plane's hot path -----------------
 
