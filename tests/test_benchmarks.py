@@ -1,7 +1,10 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from meshkit.testing.servers import backend_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,3 +60,13 @@ def test_registry_benchmark_names_its_cpu_row(tmp_path: Path) -> None:
     removal = [row for row in rows if "removal" in str(row["name"])]
     assert removal
     assert all(row["value"] > 0 for row in removal)  # type: ignore[operator]
+
+
+def test_asgi_benchmark_compares_with_uvicorn_and_granian(tmp_path: Path) -> None:
+    """benchmarks.asgi serves one route three ways and writes the comparison."""
+    if shutil.which("wrk") is None:
+        backend_missing("wrk", "install it with: apt-get install wrk")
+    rows = run_quick("asgi", tmp_path)
+    peers = {row.get("reference_name") for row in rows}
+    assert peers == {"uvicorn (httptools, uvloop)", "granian standalone"}
+    assert all(row["value"] > 0 for row in rows)  # type: ignore[operator]

@@ -1,10 +1,13 @@
 """``Service``: an ASGI application as a member of the mesh.
 
-It serves the application with granian's embedded server. Measured for a
-FastAPI route on this kind of machine, granian embedded in our event loop
-served about 5.7k requests/s where uvicorn embedded the same way served
-2.3-2.5k (and 3.8k standalone); embedded, it also leaves signals and the
-order of shutdown to us.
+It serves the application with granian's embedded server. Measured for one
+FastAPI route on this kind of machine (wrk, 50 connections, server and load
+on separate cores), granian embedded in our event loop served about 6.6k
+requests/s, uvicorn embedded the same way 6.0-6.3k, and uvicorn standalone
+6.5k: a small margin, with a steadier p99 (``python -m benchmarks.asgi``
+repeats the comparison). Embedded, granian leaves signals and the order of
+shutdown to us, and its ``stop()`` finishes requests in flight; its authors
+call the embedded mode experimental, so what we rely on of it is tested here.
 
 Lifecycle:
 
