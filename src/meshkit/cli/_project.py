@@ -64,7 +64,8 @@ def _print_table(report: StatusReport) -> None:
                 _duration(row.uptime),
                 str(row.restarts),
             )
-    Console().print(table)
+    # Wide enough for instance ids and addresses even when not on a terminal.
+    Console(width=max(110, Console().width)).print(table)
 
 
 def _duration(seconds: float | None) -> str:
