@@ -37,7 +37,9 @@ class MeshASGI:
     def __init__(self, app: ASGIApp, *, clock: Clock) -> None:
         self.app = app
         self.clock = clock
-        self.ready = False
+        # Asked on every readiness check: registration can come late (the
+        # registry was down at startup) and draining can begin at any time.
+        self.is_ready: Callable[[], bool] = lambda: False
         self.in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,7 +51,7 @@ class MeshASGI:
             await _answer(send, 200, b'{"live":true}')
             return
         if path == "/-/ready":
-            ready = self.ready
+            ready = self.is_ready()
             await _answer(
                 send, 200 if ready else 503, b'{"ready":%s}' % (b"true" if ready else b"false")
             )

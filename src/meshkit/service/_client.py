@@ -30,6 +30,7 @@ from meshkit._clock import Clock, SystemClock
 from meshkit.errors import (
     ConnectError,
     DeadlineExceededError,
+    EnvironmentFaultError,
     PeerError,
     ServiceUnavailableError,
 )
@@ -185,7 +186,14 @@ class ServiceClient:
             headers = [*headers, _JSON]
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        upstream = self._upstreams.get(service) or await self._upstream(service)
+        upstream = self._upstreams.get(service)
+        if upstream is None:
+            try:
+                upstream = await self._upstream(service)
+            except EnvironmentFaultError as error:
+                raise ServiceUnavailableError(
+                    service, f"the registry cannot be reached to find it: {error}"
+                ) from error
         run = self.policy.retry.start(now, rng=self._rng, budget=upstream.budget)
         tried: set[str] = set()
         last_error = ""

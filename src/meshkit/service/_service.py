@@ -118,7 +118,7 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self._asgi.ready
+        return self._asgi.is_ready()
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT (the entry point of a service process)."""
@@ -162,11 +162,12 @@ class Service:
         server = _GranianServer(self._asgi, self.host, self.port)
         heartbeat = Heartbeat(self._open_registry, self.instance, ttl=self.ttl)
         serving = loop.create_task(server.serve())
+        draining = False
+        self._asgi.is_ready = lambda: heartbeat.registered and not draining
         try:
             await self._wait_live(serving)
             heartbeat.start()
             registered = await asyncio.to_thread(heartbeat.wait_registered, 5.0)
-            self._asgi.ready = registered
             log.info(
                 "%s serving on %s:%d%s",
                 self.instance.key,
@@ -180,6 +181,7 @@ class Service:
             if serving.done():
                 serving.result()  # the server died on its own: raise why
         finally:
+            draining = True
             await self._drain(server, serving, heartbeat)
             await self._client.aclose()
             await directory.aclose()
@@ -189,7 +191,6 @@ class Service:
     async def _drain(
         self, server: _GranianServer, serving: asyncio.Task[None], heartbeat: Heartbeat
     ) -> None:
-        self._asgi.ready = False
         await asyncio.to_thread(heartbeat.stop, timeout=3.0)
         server.stop()
         try:
