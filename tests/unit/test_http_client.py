@@ -7,6 +7,7 @@ import pytest
 
 from meshkit.errors import (
     ConnectError,
+    ConnectTimeoutError,
     PeerClosedError,
     ProtocolViolationError,
     ReadTimeoutError,
@@ -14,6 +15,7 @@ from meshkit.errors import (
     UsageError,
 )
 from meshkit.http import HTTPClient, Limits, Timeouts
+from meshkit.http._client import _Pool, encode_request
 from meshkit.testing import FakeClock
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -333,3 +335,192 @@ def test_requests_that_would_be_malformed_are_refused(
                 await client.request(method, "127.0.0.1", port, target, headers=headers)
 
     run(main)
+
+
+def test_bytes_after_a_response_never_reach_the_next_request() -> None:
+    """A server sending more than one response: the first is intact, the rest is discarded."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await read_request(reader)
+            if b"/first" in head:
+                writer.write(
+                    ok(b"one") + b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nx-evil: 1\r\n\r\nEVIL"
+                )
+            else:
+                writer.write(ok(b"two"))
+            await writer.drain()
+
+    async def main() -> None:
+        server = ScriptedServer(handler)
+        async with server as port, HTTPClient() as client:
+            first = await client.request("GET", "127.0.0.1", port, "/first")
+            second = await client.request("GET", "127.0.0.1", port, "/second")
+        assert (first.body, first.headers) == (b"one", [(b"content-length", b"3")])
+        assert second.body == b"two"
+        assert server.connections == 2  # the out-of-step connection was not reused
+
+    run(main)
+
+
+def test_interim_responses_are_read_past() -> None:
+    """A 103 Early Hints before the final 200 is not mistaken for the answer."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\n" + ok(b"final")
+        )
+        await writer.drain()
+        await reader.read()
+
+    async def main() -> None:
+        async with ScriptedServer(handler) as port, HTTPClient() as client:
+            response = await client.request("GET", "127.0.0.1", port, "/")
+        assert (response.status, response.body) == (200, b"final")
+        assert response.header("link") is None
+
+    run(main)
+
+
+def test_a_body_delimited_by_closing_is_complete() -> None:
+    """Without Content-Length or chunking, the body ends when the server closes (RFC 9112, 6.3)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async def main() -> None:
+        async with ScriptedServer(handler) as port, HTTPClient() as client:
+            response = await client.request("GET", "127.0.0.1", port, "/")
+        assert response.body == b"all of it"
+
+    run(main)
+
+
+def test_a_waiter_cancelled_as_it_is_woken_passes_its_slot_on() -> None:
+    """Handing the one free slot to a task that is being cancelled does not strand the others."""
+
+    async def main() -> None:
+        client = HTTPClient(limits=Limits(max_connections=1, max_idle=1))
+        pool = client._pools[("127.0.0.1", 1)] = _Pool()
+        pool.open = 1  # the one connection is in use
+        waiting = [
+            asyncio.create_task(client._wait_for_slot(pool, ("127.0.0.1", 1), 30)) for _ in range(2)
+        ]
+        await asyncio.sleep(0)  # noqa: TID251 (both tasks reach their waits)
+        pool.open = 0
+        client._wake(pool)  # the first waiter is handed the slot...
+        waiting[0].cancel()  # ...and cancelled before it can use it
+        await asyncio.wait_for(waiting[1], 1)  # the second still gets it
+        assert waiting[0].cancelled()
+
+    run(main)
+
+
+def test_waiting_for_a_free_connection_is_bounded() -> None:
+    """With every connection busy, a request gives up after its connect timeout."""
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await release.wait()
+        writer.write(ok(b"late"))
+        await writer.drain()
+
+    async def main() -> None:
+        limits = Limits(max_connections=1, max_idle=1)
+        async with ScriptedServer(handler) as port, HTTPClient(limits=limits) as client:
+            busy = asyncio.create_task(client.request("GET", "127.0.0.1", port, "/"))
+            await asyncio.sleep(0.1)  # noqa: TID251 (fake time: the first request holds the connection)
+            with pytest.raises(ConnectTimeoutError, match="came free"):
+                await client.send("GET", "127.0.0.1", port, "/", connect=0.5, read=5)
+            release.set()
+            assert (await busy).body == b"late"
+
+    run(main)
+
+
+def test_an_inner_timeout_keeps_its_name_under_a_total() -> None:
+    """A read timeout inside a longer total timeout is reported as the read timeout."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        async with ScriptedServer(handler) as port, HTTPClient() as client:
+            with pytest.raises(ReadTimeoutError, match=r"within 0\.2s"):
+                await client.request(
+                    "GET", "127.0.0.1", port, "/", timeouts=Timeouts(read=0.2, total=30)
+                )
+
+    run(main)
+
+
+def test_a_put_marked_not_idempotent_is_not_resent() -> None:
+    """idempotent=False stops the resend on a stale connection even for PUT."""
+    puts = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal puts
+        await read_request(reader)
+        writer.write(ok(b"first"))
+        await writer.drain()
+        await read_request(reader)
+        puts += 1  # closes without answering
+
+    async def main() -> None:
+        async with ScriptedServer(handler) as port, HTTPClient() as client:
+            await client.request("GET", "127.0.0.1", port, "/")
+            with pytest.raises(PeerClosedError):
+                await client.send(
+                    "PUT", "127.0.0.1", port, "/x", body=b"{}", connect=1, read=5, idempotent=False
+                )
+        assert puts == 1
+
+    run(main)
+
+
+def test_a_deadline_bounds_the_whole_request() -> None:
+    """send(deadline=...) ends the request at the deadline, however long its read timeout."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        async with ScriptedServer(handler) as port, HTTPClient() as client:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(ReadTimeoutError):
+                await client.send(
+                    "GET", "127.0.0.1", port, "/", connect=5, read=60, deadline=start + 1.5
+                )
+            assert loop.time() - start == pytest.approx(1.5, abs=0.01)
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/ok", [(b"content-length", b"5")]),
+        ("/ok", [(b"Transfer-Encoding", b"chunked")]),
+        ("/ok", [(b"host", b"other")]),
+        ("/ok", [(b"bad name", b"x")]),
+        ("/ok", [(b"x-nul", b"a\0b")]),
+        ("/caf\u00e9", []),
+        ("/tab\there", []),
+    ],
+)
+def test_ambiguous_requests_are_refused(target: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """Framing headers from callers, bad names and non-ASCII or control targets raise UsageError."""
+    with pytest.raises(UsageError):
+        encode_request("GET", target, "127.0.0.1", 80, headers, b"")
+
+
+def test_ipv6_hosts_are_bracketed() -> None:
+    """The Host header of an IPv6 literal is written in brackets (RFC 9110, 7.2)."""
+    assert b"host: [::1]:8080\r\n" in encode_request("GET", "/", "::1", 8080, [], b"")

@@ -16,12 +16,14 @@ else raises, because the server may have acted on it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
 from collections.abc import Iterable
 
 from meshkit.errors import (
     ConnectError,
     ConnectTimeoutError,
+    DeadlineExceededError,
     PeerClosedError,
     ReadTimeoutError,
     UsageError,
@@ -106,6 +108,8 @@ class HTTPClient:
                     connect=timeouts.connect,
                     read=timeouts.read,
                 )
+        except DeadlineExceededError:
+            raise  # a connect or read timeout inside: already the right error
         except TimeoutError as error:
             raise ReadTimeoutError(
                 f"{method} {host}:{port}{target} took longer than {timeouts.total}s"
@@ -122,17 +126,23 @@ class HTTPClient:
         body: bytes = b"",
         connect: float,
         read: float,
+        deadline: float | None = None,
+        idempotent: bool | None = None,
     ) -> Response:
         """``request()`` with its timeouts as plain seconds, checked by the caller.
 
         The path the service client and the proxy take on every call: a
         ``Timeouts`` object is validated when built, which costs more than
-        the rest of the bookkeeping here.
+        the rest of the bookkeeping here. ``deadline`` (on the event loop's
+        clock) bounds everything: waiting for a connection, connecting,
+        reading, and a resend on a stale connection. ``idempotent`` overrides
+        what the method implies for that resend.
         """
         if self._closed:
             raise UsageError("this HTTPClient is closed")
         data = encode_request(method, target, host, port, headers, body)
-        return await self._send(method, (host, port), data, connect, read)
+        resend = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        return await self._send(method, (host, port), data, connect, read, deadline, resend=resend)
 
     async def aclose(self) -> None:
         """Close idle connections now; requests in flight finish, then close theirs."""
@@ -148,23 +158,37 @@ class HTTPClient:
     # -- one request ------------------------------------------------------
 
     async def _send(
-        self, method: str, origin: tuple[str, int], data: bytes, connect: float, read: float
+        self,
+        method: str,
+        origin: tuple[str, int],
+        data: bytes,
+        connect: float,
+        read: float,
+        deadline: float | None,
+        *,
+        resend: bool,
     ) -> Response:
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _Pool()
         head = method == "HEAD"
-        connection, reused = await self._acquire(pool, origin, connect)
+        connection, reused = await self._acquire(pool, origin, _within(connect, deadline))
         try:
-            response = await connection.roundtrip(data, read_timeout=read, head=head)
+            response = await connection.roundtrip(
+                data, read_timeout=_within(read, deadline), head=head
+            )
         except PeerClosedError:
             self._discard(pool, connection)
-            if not (reused and method in IDEMPOTENT_METHODS):
+            if not (reused and resend):
                 raise
             # A kept-alive connection the server closed just as we reused it.
-            connection, _ = await self._acquire(pool, origin, connect, fresh=True)
+            connection, _ = await self._acquire(
+                pool, origin, _within(connect, deadline), fresh=True
+            )
             try:
-                response = await connection.roundtrip(data, read_timeout=read, head=head)
+                response = await connection.roundtrip(
+                    data, read_timeout=_within(read, deadline), head=head
+                )
             except BaseException:
                 self._discard(pool, connection)
                 raise
@@ -187,14 +211,11 @@ class HTTPClient:
             if not connection.closed:
                 return connection, True
             pool.open -= 1
-        while pool.open >= self.limits.max_connections:
-            waiter = asyncio.get_running_loop().create_future()
-            pool.waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in pool.waiters:
-                    pool.waiters.remove(waiter)
+        if pool.open >= self.limits.max_connections:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await self._wait_for_slot(pool, origin, connect)
+            connect -= loop.time() - started
             if not fresh and pool.idle:
                 return await self._acquire(pool, origin, connect)
         pool.open += 1
@@ -204,6 +225,31 @@ class HTTPClient:
             pool.open -= 1
             self._wake(pool)
             raise
+
+    async def _wait_for_slot(self, pool: _Pool, origin: tuple[str, int], connect: float) -> None:
+        """Until a connection is free to use or open; waiting counts against ``connect``."""
+        try:
+            async with asyncio.timeout(connect):
+                while pool.open >= self.limits.max_connections and not pool.idle:
+                    waiter = asyncio.get_running_loop().create_future()
+                    pool.waiters.append(waiter)
+                    try:
+                        await waiter
+                    except BaseException:
+                        # Woken and cancelled in the same moment: the slot it was
+                        # handed must go to the next waiter, or it is lost.
+                        if waiter.done() and not waiter.cancelled():
+                            self._wake(pool)
+                        raise
+                    finally:
+                        if waiter in pool.waiters:
+                            pool.waiters.remove(waiter)
+        except TimeoutError as error:
+            host, port = origin
+            raise ConnectTimeoutError(
+                f"no connection to {host}:{port} came free within {connect:.3g}s"
+                f" ({self.limits.max_connections} in use)"
+            ) from error
 
     async def _connect(self, origin: tuple[str, int], connect: float) -> Connection:
         host, port = origin
@@ -252,21 +298,52 @@ class HTTPClient:
                 return
 
 
+def _within(timeout: float, deadline: float | None) -> float:
+    """``timeout``, cut short to what is left before ``deadline`` (the loop's clock)."""
+    if deadline is None:
+        return timeout
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise ReadTimeoutError("the deadline passed before the request could be sent")
+    return timeout if timeout < left else left
+
+
+# RFC 9110, 5.6.2: a header name is a token.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Set here from the request itself; a caller's copy could contradict them.
+_RESERVED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
 def encode_request(
     method: str, target: str, host: str, port: int, headers: Headers, body: bytes
 ) -> bytes:
-    """The bytes of an HTTP/1.1 request, refusing header injection.
+    """The bytes of an HTTP/1.1 request, refusing anything that would make it ambiguous.
 
-    ``Host`` and ``Content-Length`` are set here; callers must not pass them.
+    ``Host`` and ``Content-Length`` are set here, so callers may not pass
+    them (nor ``Transfer-Encoding``): two conflicting copies are how request
+    smuggling starts. Header names must be tokens and values free of CR, LF
+    and NUL; the target must be printable ASCII without spaces.
     """
-    if not method.isalpha() or not method.isupper():
+    if not method.isascii() or not method.isalpha() or not method.isupper():
         raise UsageError(f"not an HTTP method: {method!r}")
-    if not target.startswith("/") or " " in target or "\r" in target or "\n" in target:
-        raise UsageError(f"request target must be an absolute path without spaces: {target!r}")
-    parts = [f"{method} {target} HTTP/1.1\r\nhost: {host}:{port}\r\n".encode("latin-1")]
+    if (
+        not target.startswith("/")
+        or not target.isascii()
+        or not target.isprintable()
+        or " " in target
+    ):
+        raise UsageError(
+            f"request target must be an absolute path of printable ASCII without spaces: {target!r}"
+        )
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    parts = [f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()]
     for name, value in headers:
-        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name or b":" in name:
-            raise UsageError(f"header {name!r} would break the request (CR, LF or colon)")
+        if _TOKEN.fullmatch(name) is None:
+            raise UsageError(f"not a header name: {name!r}")
+        if name.lower() in _RESERVED:
+            raise UsageError(f"the {name.decode()} header is set by the client, not by callers")
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise UsageError(f"header {name!r} has CR, LF or NUL in its value")
         parts.append(b"%s: %s\r\n" % (name, value))
     if body or method in ("POST", "PUT", "PATCH"):
         parts.append(b"content-length: %d\r\n" % len(body))

@@ -2,10 +2,12 @@
 
 A connection carries one request at a time (HTTP/1.1 without pipelining).
 ``roundtrip()`` writes a request and waits for the complete response; the
-parser's callbacks fill it in as bytes arrive. Everything the peer can get
-wrong (malformed HTTP, oversized headers or body, closing early, bytes sent
-while no request is outstanding) ends in a meshkit error and a closed
-connection, never in a half-read response left for the next request.
+parser's callbacks fill it in as bytes arrive. Interim 1xx responses (103
+Early Hints, 100 Continue) are read past. Everything the peer can get wrong
+(malformed HTTP, oversized headers or body, closing early, bytes beyond the
+one response asked for) ends in a meshkit error and a closed connection,
+never in a response handed to the wrong request. A body delimited by the
+server closing the connection (RFC 9112, 6.3) is complete when it closes.
 
 Why not a library: on the service-to-service path this client is measured
 against a direct call, and per-request frameworks cost a factor there (see
@@ -36,11 +38,15 @@ class Connection(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection to one origin."""
 
     __slots__ = (
+        "_answered",
         "_body",
         "_body_size",
+        "_framed",
         "_head_request",
         "_header_size",
         "_headers",
+        "_headers_done",
+        "_interim",
         "_limits",
         "_parser",
         "_reusable",
@@ -63,6 +69,10 @@ class Connection(asyncio.Protocol):
         self._body_size = 0
         self._head_request = False
         self._reusable = False
+        self._answered = False  # this request's response is complete
+        self._headers_done = False
+        self._framed = False  # the response says where its body ends
+        self._interim = False  # the message being read is a 1xx
         self.closed = False
         self.idle_handle: asyncio.TimerHandle | None = None
 
@@ -88,10 +98,8 @@ class Connection(asyncio.Protocol):
             raise UsageError("a connection carries one request at a time")
         self._reusable = False
         self._head_request = head
-        self._headers = []
-        self._body = []
-        self._header_size = 0
-        self._body_size = 0
+        self._answered = False
+        self._start_message()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
@@ -130,7 +138,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             # httptools wraps what a callback raised; the limit errors are ours.
             cause = error.__context__
-            if isinstance(cause, ResponseTooLargeError):
+            if isinstance(cause, ResponseTooLargeError | ProtocolViolationError):
                 self._fail(cause)
             else:
                 self._fail(
@@ -144,13 +152,24 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.idle_handle is not None:
             self.idle_handle.cancel()
-        if self._waiter is not None and not self._waiter.done():
-            reason = f": {exc}" if exc else ""
-            self._waiter.set_exception(
-                PeerClosedError(f"{self._where} closed the connection before answering{reason}")
-            )
+        if self._waiter is None or self._waiter.done():
+            return
+        if exc is None and self._headers_done and not self._framed and not self._interim:
+            self._finish()  # the body ran to the close, as RFC 9112 allows
+            return
+        reason = f": {exc}" if exc else ""
+        self._waiter.set_exception(
+            PeerClosedError(f"{self._where} closed the connection before answering{reason}")
+        )
 
     # -- httptools callbacks ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._answered:
+            # A second response to one request: the peer is out of step, and
+            # anything more it sends could be mistaken for the next answer.
+            raise ProtocolViolationError(f"{self._where} sent more than one response")
+        self._start_message()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_size += len(name) + len(value) + 4
@@ -158,9 +177,19 @@ class Connection(asyncio.Protocol):
             raise ResponseTooLargeError(
                 f"{self._where} sent more than {self._limits.max_header_bytes} bytes of headers"
             )
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._headers_done = True
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._interim = True  # read past it to the final response
+            return
+        if status in (204, 304):
+            self._framed = True  # never a body (RFC 9110, 15.3.5 and 15.4.5)
         if self._head_request:
             # A response to HEAD has no body whatever its Content-Length says,
             # and httptools cannot be told so: finish here, and give the next
@@ -177,7 +206,9 @@ class Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if not self._head_request:
+        if self._interim:
+            self._start_message()
+        elif not self._head_request:
             self._finish()
 
     # -- internals --------------------------------------------------------
@@ -186,13 +217,24 @@ class Connection(asyncio.Protocol):
     def _where(self) -> str:
         return f"{self.origin[0]}:{self.origin[1]}"
 
+    def _start_message(self) -> None:
+        self._headers = []
+        self._body = []
+        self._header_size = 0
+        self._body_size = 0
+        self._headers_done = False
+        self._framed = False
+        self._interim = False
+
     def _finish(self) -> None:
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        self._reusable = self._parser.should_keep_alive()
+        self._answered = True
+        self._reusable = self._framed and self._parser.should_keep_alive()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         waiter.set_result(Response(self._parser.get_status_code(), self._headers, body))
+        self._headers = []  # the response owns its list; nothing more is added to it
 
     def _read_timed_out(self, seconds: float) -> None:
         self._fail(ReadTimeoutError(f"no complete response from {self._where} within {seconds}s"))
