@@ -6,11 +6,17 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from meshkit.errors import DeadlineExceededError, ServiceUnavailableError
-from meshkit.http import HTTPServer, Request, Response, json_response
+from meshkit.errors import (
+    ConfigError,
+    ConnectTimeoutError,
+    DeadlineExceededError,
+    ServiceUnavailableError,
+)
+from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.policy import DeadlineBudget
 from meshkit.registry import EmbeddedRegistry, Instance, Registration
 from meshkit.service import Directory, ServiceClient
+from meshkit.service._client import _retry_after
 from meshkit.service._deadline import use_deadline
 from meshkit.testing import FakeClock
 from meshkit.testing.servers import free_port
@@ -234,3 +240,107 @@ def test_when_every_instance_fails_the_error_says_so() -> None:
             await client.get("products", "/p")
 
     run(main)
+
+
+def test_a_long_retry_after_is_not_waited_past_the_deadline() -> None:
+    """A 503 asking for 30 s, on a call with 1 s, comes back at once instead of sleeping."""
+
+    async def busy(request: Request) -> Response:
+        return Response(503, [(b"retry-after", b"30")], b"{}")
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        await fleet.add(busy)
+        await fleet.add(busy)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert (await client.get("products", "/p", timeout=1.0)).status == 503
+        assert loop.time() - start < 1.0
+        await fleet.aclose()
+
+    run(main)
+
+
+def test_a_connect_timeout_moves_on_to_another_instance() -> None:
+    """Nothing was sent when connecting timed out, so another instance is tried."""
+
+    class Unreachable(HTTPClient):
+        black_hole = 0
+
+        async def send(
+            self, method: str, host: str, port: int, target: str, **kw: object
+        ) -> Response:  # type: ignore[override]
+            if port == self.black_hole:
+                raise ConnectTimeoutError(f"could not connect to {host}:{port} within 2s")
+            return await super().send(method, host, port, target, **kw)  # type: ignore[arg-type]
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        http = Unreachable()
+        caller = ServiceClient(client.directory, http=http)
+        fleet = Fleet(registry)
+        http.black_hole = (await fleet.register(free_port())).port
+        await fleet.add()
+        for _ in range(5):
+            assert (await caller.post("products", "/p", json={})).status == 200
+        await http.aclose()
+        await fleet.aclose()
+
+    run(main)
+
+
+def test_impatient_callers_do_not_eject_a_healthy_instance() -> None:
+    """Calls that give up before a 20 ms answer do not count against the instance."""
+
+    async def steady(request: Request) -> Response:
+        await asyncio.sleep(0.02)  # noqa: TID251 (fake time: a 20 ms answer)
+        return json_response(200, {})
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        await fleet.add(steady)
+        for _ in range(5):
+            with pytest.raises(DeadlineExceededError):
+                await client.get("products", "/p", timeout=0.005)
+        assert (await client.get("products", "/p")).status == 200
+        await fleet.aclose()
+
+    run(main)
+
+
+def test_a_registry_that_refuses_us_fails_the_call_promptly() -> None:
+    """A lookup the registry refuses is a ServiceUnavailableError, not a hang."""
+
+    class Refusing(EmbeddedRegistry):
+        async def lookup(self, service: str):  # type: ignore[no-untyped-def]
+            raise ConfigError("token", "the control plane refused it")
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        caller = ServiceClient(Directory(Refusing()))
+        with pytest.raises(ServiceUnavailableError, match="refused"):
+            await caller.get("products", "/p", timeout=1)
+        await caller.aclose()
+
+    run(main)
+
+
+def test_a_registry_that_never_answers_costs_only_the_deadline() -> None:
+    """The first lookup of a service is bounded by the call's deadline."""
+
+    class Silent(EmbeddedRegistry):
+        async def lookup(self, service: str):  # type: ignore[no-untyped-def]
+            await asyncio.Event().wait()
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        caller = ServiceClient(Directory(Silent()))
+        with pytest.raises(DeadlineExceededError, match="outlasted"):
+            await caller.get("products", "/p", timeout=2)
+        await caller.aclose()
+
+    run(main)
+
+
+def test_a_strange_retry_after_is_ignored() -> None:
+    """A Retry-After that is not plain digits is treated as absent, never as a crash."""
+    for value in (b"\xb2", b"soon", b"-5", b"1e9", b"99999999999"):
+        assert _retry_after(Response(503, [(b"retry-after", value)], b"")) is None
+    assert _retry_after(Response(503, [(b"retry-after", b" 7 ")], b"")) == 7.0

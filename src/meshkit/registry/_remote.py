@@ -84,7 +84,12 @@ class RemoteRegistry:
             }
         )
         data = await self._call("POST", "/v1/registry/instances", body=body, expect=201)
-        return Registration(instance=instance, lease_id=int(data["lease_id"]), ttl=data["ttl"])
+        try:
+            return Registration(
+                instance=instance, lease_id=int(data["lease_id"]), ttl=float(data["ttl"])
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise self._garbled(error) from error
 
     async def renew(self, registration: Registration) -> None:
         await self._call("PUT", f"/v1/registry/leases/{registration.lease_id}", expect=200)
@@ -153,7 +158,12 @@ class RemoteRegistry:
                 f"the control plane at {self.url} did not answer {method} {target}: {error}"
             ) from error
         if response.status == expect:
-            return response.json() if response.body else None
+            try:
+                return response.json() if response.body else None
+            except PeerError as error:
+                raise EnvironmentFaultError(
+                    f"the control plane at {self.url} answered {method} {target} with non-JSON"
+                ) from error
         raise self._refusal(response, method, target)
 
     def _refusal(self, response: Response, method: str, target: str) -> Exception:
@@ -175,19 +185,28 @@ class RemoteRegistry:
             f" with {response.status}: {message}"
         )
 
-    @staticmethod
-    def _snapshot(data: dict[str, Any]) -> Snapshot:
-        return Snapshot(
-            service=data["service"],
-            instances=msgspec.convert(data["instances"], tuple[Instance, ...]),
-            epoch=int(data["epoch"]),
-            index=int(data["index"]),
-        )
+    def _snapshot(self, data: Any) -> Snapshot:
+        try:
+            return Snapshot(
+                service=data["service"],
+                instances=msgspec.convert(data["instances"], tuple[Instance, ...]),
+                epoch=int(data["epoch"]),
+                index=int(data["index"]),
+            )
+        except (KeyError, TypeError, ValueError, msgspec.ValidationError) as error:
+            raise self._garbled(error) from error
 
-    @staticmethod
-    def _service_list(data: dict[str, Any]) -> ServiceList:
-        return ServiceList(
-            services=msgspec.convert(data["services"], tuple[ServiceCount, ...]),
-            epoch=int(data["epoch"]),
-            index=int(data["index"]),
+    def _service_list(self, data: Any) -> ServiceList:
+        try:
+            return ServiceList(
+                services=msgspec.convert(data["services"], tuple[ServiceCount, ...]),
+                epoch=int(data["epoch"]),
+                index=int(data["index"]),
+            )
+        except (KeyError, TypeError, ValueError, msgspec.ValidationError) as error:
+            raise self._garbled(error) from error
+
+    def _garbled(self, error: Exception) -> EnvironmentFaultError:
+        return EnvironmentFaultError(
+            f"the control plane at {self.url} answered with an unexpected listing: {error!r}"
         )

@@ -20,7 +20,9 @@ deadline runs out, ``DeadlineExceededError`` does.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,11 +30,15 @@ import msgspec
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.errors import (
+    ConfigError,
     ConnectError,
+    ConnectTimeoutError,
     DeadlineExceededError,
-    EnvironmentFaultError,
+    MeshkitError,
     PeerError,
+    ReadTimeoutError,
     ServiceUnavailableError,
+    UsageError,
 )
 from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response
 from meshkit.policy import (
@@ -186,14 +192,7 @@ class ServiceClient:
             headers = [*headers, _JSON]
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
-        upstream = self._upstreams.get(service)
-        if upstream is None:
-            try:
-                upstream = await self._upstream(service)
-            except EnvironmentFaultError as error:
-                raise ServiceUnavailableError(
-                    service, f"the registry cannot be reached to find it: {error}"
-                ) from error
+        upstream = self._upstreams.get(service) or await self._find(service, expires_at - now)
         run = self.policy.retry.start(now, rng=self._rng, budget=upstream.budget)
         tried: set[str] = set()
         last_error = ""
@@ -215,31 +214,42 @@ class ServiceClient:
                 key, ticket = chosen
                 tried.add(key)
                 outcome = await self._attempt(
-                    upstream, key, ticket, method, path, headers, body, remaining
+                    upstream,
+                    key,
+                    ticket,
+                    method,
+                    path,
+                    headers,
+                    body,
+                    remaining,
+                    idempotent=idempotent,
                 )
-                if isinstance(outcome, Response) and outcome.status not in _RETRYABLE_STATUS:
-                    run.succeeded(self._clock.monotonic())
-                    return outcome
                 if isinstance(outcome, Response):
-                    last_error = f"{outcome.status} from {key}"
-                    last_response = outcome
+                    if outcome.status not in _RETRYABLE_STATUS:
+                        run.succeeded(self._clock.monotonic())
+                        return outcome
+                    last_error, last_response = f"{outcome.status} from {key}", outcome
                     retryable, retry_after = idempotent, _retry_after(outcome)
                 else:
                     last_error = str(outcome)
-                    if isinstance(outcome, DeadlineExceededError):
-                        raise outcome
-                    retryable = idempotent or isinstance(outcome, ConnectError)
-                    retry_after = None
-                decision = run.failed(
-                    self._clock.monotonic(), retryable=retryable, retry_after=retry_after
-                )
-                if not decision.retry:
-                    if isinstance(outcome, Response):
-                        return outcome
-                    raise ServiceUnavailableError(
-                        service, f"{run.attempts} attempt(s) failed; the last said: {last_error}"
+                    # No connection means nothing was sent: any call may go elsewhere.
+                    unsent = isinstance(outcome, ConnectError | ConnectTimeoutError)
+                    retryable, retry_after = idempotent or unsent, None
+                now = self._clock.monotonic()
+                decision = run.failed(now, retryable=retryable, retry_after=retry_after)
+                if decision.retry and now + decision.delay < expires_at:
+                    await self._clock.sleep(decision.delay)
+                    continue
+                if isinstance(outcome, Response):
+                    return outcome  # the answer we have, since no retry can follow
+                if now >= expires_at:
+                    raise DeadlineExceededError(
+                        f"{method} {service}{path}: the deadline passed;"
+                        f" the last said: {last_error}"
                     ) from outcome
-                await self._clock.sleep(decision.delay)
+                raise ServiceUnavailableError(
+                    service, f"{run.attempts} attempt(s) failed; the last said: {last_error}"
+                ) from outcome
         finally:
             run.close(self._clock.monotonic())
 
@@ -259,8 +269,10 @@ class ServiceClient:
         headers: Iterable[tuple[bytes, bytes]],
         body: bytes,
         remaining: float,
+        *,
+        idempotent: bool,
     ) -> Response | PeerError | DeadlineExceededError:
-        """Send once to one instance; the response, or the error to decide on."""
+        """Send once to one instance, within ``remaining`` seconds; the response, or the error."""
         instance = upstream.instances[key]
         breaker = upstream.breakers[key]
         sent = [*headers, (TIMEOUT_HEADER, b"%d" % max(1, int(remaining * 1000)))]
@@ -276,11 +288,20 @@ class ServiceClient:
                 body=body,
                 connect=connect if connect < remaining else remaining,
                 read=remaining,
+                # One bound for waiting, connecting, reading and any resend.
+                deadline=asyncio.get_running_loop().time() + remaining,
+                idempotent=idempotent,
             )
         except (PeerError, DeadlineExceededError) as error:
             end = self._clock.monotonic()
-            breaker.record(ticket, end, success=False, duration=end - start)
-            upstream.balancer.complete(key, end, end - start, success=False)
+            if isinstance(error, ReadTimeoutError) and remaining < self.policy.timeout:
+                # The caller's short budget ran out, not the instance's patience:
+                # counting it would let impatient callers eject healthy instances.
+                breaker.release(ticket)
+                upstream.balancer.cancel(key)
+            else:
+                breaker.record(ticket, end, success=False, duration=end - start)
+                upstream.balancer.complete(key, end, end - start, success=False)
             return error
         except BaseException:
             breaker.release(ticket)
@@ -306,6 +327,22 @@ class ServiceClient:
             return inherited.expires_at
         return expires_at
 
+    async def _find(self, service: str, remaining: float) -> _Upstream:
+        """The service's state, fetching its instances the first time, within the deadline."""
+        try:
+            async with asyncio.timeout(remaining):
+                return await self._upstream(service)
+        except TimeoutError as error:
+            raise DeadlineExceededError(
+                f"looking up {service!r} in the registry outlasted the call's deadline"
+            ) from error
+        except MeshkitError as error:
+            if isinstance(error, UsageError) and not isinstance(error, ConfigError):
+                raise
+            raise ServiceUnavailableError(
+                service, f"the registry cannot be reached to find it: {error}"
+            ) from error
+
     async def _upstream(self, service: str) -> _Upstream:
         instances = await self.directory.instances(service)
         upstream = self._upstreams.get(service)
@@ -322,7 +359,11 @@ class ServiceClient:
 
 def _retry_after(response: Response) -> float | None:
     """Seconds from a Retry-After header in the delay-seconds form (RFC 9110, 10.2.3)."""
-    value = response.header("retry-after")
-    if value is None or not value.strip().isdigit():
-        return None
-    return float(value.strip())
+    for name, value in response.headers:
+        if name == b"retry-after":
+            match = _DELAY.fullmatch(value.strip())
+            return float(match.group()) if match else None
+    return None
+
+
+_DELAY = re.compile(rb"[0-9]{1,9}")

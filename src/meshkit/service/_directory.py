@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Callable
 
 from meshkit._clock import Clock, SystemClock
-from meshkit.errors import EnvironmentFaultError
 from meshkit.policy import Backoff
 from meshkit.registry import Instance, Registry, Snapshot, check_name
 
 __all__ = ["Directory"]
 
 Listener = Callable[[str, tuple[Instance, ...]], None]
+log = logging.getLogger("meshkit.service")
 
 # How long one long poll may wait. Shorter than the control plane's 300 s
 # limit, and short enough that a watcher notices a dead registry reasonably soon.
@@ -62,7 +63,8 @@ class Directory:
         """The instances of ``service``, from the cache once it is watched.
 
         The first call for a service waits for its first snapshot and raises
-        ``EnvironmentFaultError`` if the registry cannot be reached then.
+        what the registry raised (``EnvironmentFaultError`` when it cannot be
+        reached) if that fails; the next call tries again.
         """
         snapshot = self._snapshots.get(service)
         if snapshot is not None:
@@ -88,9 +90,11 @@ class Directory:
     async def _watch(self, service: str, first: asyncio.Future[None]) -> None:
         try:
             snapshot = await self._registry.lookup(service)
-        except EnvironmentFaultError as error:
-            first.set_exception(error)
+        except Exception as error:  # noqa: BLE001 (handed to every caller waiting on it)
+            # Every caller waiting for this first answer gets the error; the
+            # next lookup starts over.
             del self._first[service], self._watchers[service]
+            first.set_exception(error)
             return
         self._update(snapshot)
         first.set_result(None)
@@ -98,11 +102,16 @@ class Directory:
         while True:
             try:
                 snapshot = await self._registry.watch(snapshot, wait=_WAIT)
-            except EnvironmentFaultError:
+            except Exception as error:  # noqa: BLE001 (the watcher must outlive any one failure)
+                # Keep serving the last listing; say why once, then back off.
                 self.errors += 1
                 failures += 1
+                if failures == 1:
+                    log.warning("watching %r: %s; retrying with backoff", service, error)
                 await self._clock.sleep(_RETRY.delay(failures, self._rng))
                 continue
+            if failures:
+                log.info("watching %r again", service)
             failures = 0
             self._update(snapshot)
 
