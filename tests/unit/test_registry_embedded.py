@@ -9,6 +9,7 @@ from meshkit.control import ControlPlane
 from meshkit.errors import ConfigError, EnvironmentFaultError, LeaseError
 from meshkit.http import HTTPClient
 from meshkit.registry import EmbeddedRegistry, Instance, RemoteRegistry
+from meshkit.registry._store import RegistryStore
 from meshkit.testing import FakeClock
 
 TOKEN = "unit-test-token-0123456789"
@@ -58,6 +59,31 @@ def test_expiry_is_persisted(tmp_path: Path) -> None:
             assert (await first.lookup("orders")).instances == ()
         async with EmbeddedRegistry.open(path, clock=clock) as second:
             assert (await second.lookup("orders")).instances == ()
+
+    clock.run(main())
+
+
+def test_a_failing_disk_stops_neither_expiry_nor_watchers(tmp_path: Path) -> None:
+    """With every write failing, leases still expire and watchers still hear; errors are counted."""
+
+    class BrokenStore(RegistryStore):
+        def save(self, *args: object) -> None:
+            raise EnvironmentFaultError("disk full")
+
+        def delete(self, *args: object) -> None:
+            raise EnvironmentFaultError("disk full")
+
+    clock = FakeClock()
+
+    async def main() -> None:
+        async with EmbeddedRegistry(BrokenStore(tmp_path / "r.sqlite3"), clock=clock) as registry:
+            before = await registry.lookup("orders")
+            await registry.register(instance(1), ttl=2)
+            after = await registry.watch(before, wait=10)
+            assert [i.id for i in after.instances] == ["orders-1"]
+            gone = await registry.watch(after, wait=10)  # the expiry wakes the watcher
+            assert gone.instances == ()
+            assert registry.store_errors == 2
 
     clock.run(main())
 
@@ -117,6 +143,9 @@ async def test_everything_but_health_needs_the_token(plane: ControlPlane) -> Non
         (b'{"service":"a","id":"a-1","host":"h","port":70000,"ttl":5}', "port"),
         (b'{"service":"a","id":"a-1","host":"h","port":1,"ttl":0}', "ttl"),
         (b'{"service":"a","id":"a-1","host":"h","port":1,"ttl":5,"metadata":{"k":1}}', "metadata"),
+        (b'{"service":"a","id":"a-1","host":"127.0.0.1\\r\\nx-evil: 1","port":1,"ttl":5}', "host"),
+        (b'{"service":"a","id":"a-1","host":"[::1]","port":1,"ttl":5}', "host"),
+        (b'{"service":"a","id":"a-1","host":"a/b","port":1,"ttl":5}', "host"),
     ],
 )
 async def test_a_bad_registration_is_a_400_naming_the_field(

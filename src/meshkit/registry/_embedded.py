@@ -8,19 +8,23 @@ check liveness against the clock too, so an expired instance is never listed
 even in the moment before the sweep.
 
 Every membership change goes through one hook on the lease table, including
-an expiry found by a late ``renew``, so each one is persisted, advances the
-service's index and wakes its watchers the same way.
+an expiry found by a late ``renew``, so each one advances the service's
+index, wakes its watchers and is persisted the same way. Memory comes first:
+a disk that fails (full, locked) is logged and counted in ``store_errors``
+but stops neither expiry nor watchers; what it failed to save is at worst an
+instance that registers again after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from pathlib import Path
 
 from meshkit._clock import Clock, SystemClock
-from meshkit.errors import ConfigError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 from meshkit.policy import LeaseEvent, LeaseEventKind, LeaseTable, PolicyEvent
 from meshkit.policy import _check as check
 from meshkit.registry._model import (
@@ -34,6 +38,8 @@ from meshkit.registry._model import (
 from meshkit.registry._store import RegistryStore
 
 __all__ = ["MAX_TTL", "MIN_TTL", "EmbeddedRegistry"]
+
+log = logging.getLogger("meshkit.registry")
 
 # A TTL below a second would need renewals faster than any scheduler keeps
 # reliably; above an hour, a crashed instance would linger for most of a day.
@@ -66,6 +72,7 @@ class EmbeddedRegistry:
         self._any_change = asyncio.Event()
         self._wakeup = asyncio.Event()  # the expiry task re-reads the next expiry
         self._expiry_task: asyncio.Task[None] | None = None
+        self.store_errors = 0
         if store is not None:
             self._load(store)
 
@@ -201,22 +208,35 @@ class EmbeddedRegistry:
         instance: Instance = event.value
         service = instance.service
         members = self._members.setdefault(service, {})
-        if event.kind is LeaseEventKind.REGISTERED:
+        registered = event.kind is LeaseEventKind.REGISTERED
+        if registered:
             members[event.key] = event.lease_id
-            if self._store is not None:
-                lease = self._table.get(event.key, event.at)
-                ttl = lease.ttl if lease is not None else 0.0
-                self._store.save(event.lease_id, event.key, instance, ttl, event.index)
-        else:
-            if members.get(event.key) == event.lease_id:
-                del members[event.key]
-            if self._store is not None:
-                self._store.delete(event.lease_id, event.index)
+        elif members.get(event.key) == event.lease_id:
+            del members[event.key]
+            if not members:
+                del self._members[service]
         self._index[service] = event.index
         signal = self._signals.pop(service, None)
         if signal is not None:
             signal.set()
         self._any_change.set()
+        if self._store is not None:
+            self._persist(event, instance, registered=registered)
+
+    def _persist(
+        self, event: LeaseEvent[Instance], instance: Instance, *, registered: bool
+    ) -> None:
+        assert self._store is not None
+        try:
+            if registered:
+                lease = self._table.get(event.key, event.at)
+                ttl = lease.ttl if lease is not None else 0.0
+                self._store.save(event.lease_id, event.key, instance, ttl, event.index)
+            else:
+                self._store.delete(event.lease_id, event.index)
+        except EnvironmentFaultError as error:
+            self.store_errors += 1
+            log.error("could not save a change to %s: %s", event.key, error)
 
     def _load(self, store: RegistryStore) -> None:
         epoch, index, leases = store.load()
@@ -241,4 +261,8 @@ class EmbeddedRegistry:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wakeup.wait()
-            self._table.expire(self._clock.monotonic())
+            try:
+                self._table.expire(self._clock.monotonic())
+            except Exception:  # a bug here must not stop every later expiry
+                log.exception("expiring leases failed; trying again at the next expiry")
+                await self._clock.sleep(1.0)

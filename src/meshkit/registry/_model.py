@@ -6,6 +6,7 @@ named instead of turning into an odd key in etcd or a broken URL later.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 import msgspec
@@ -19,6 +20,21 @@ __all__ = ["Instance", "Registration", "ServiceCount", "ServiceList", "Snapshot"
 # etcd keys, metric labels and log prefixes.
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+
+
+def check_host(key: str, value: object) -> str:
+    """An IP address or a DNS host name: what will stand in URLs and Host headers."""
+    if isinstance(value, str) and len(value) <= 253:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if _HOSTNAME.fullmatch(value):
+                return value
+        else:
+            return value
+    raise ConfigError(key, f"must be an IP address (no brackets) or a host name, got {value!r}")
 
 
 def check_name(key: str, value: object) -> str:
@@ -52,7 +68,7 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         check_name("service", self.service)
         _matching("id", self.id, _INSTANCE_ID, "letters, digits, '.', '_' or '-', at most 128")
-        check.text("host", self.host)
+        check_host("host", self.host)
         if check.whole("port", self.port, minimum=1) > 65535:
             raise ConfigError("port", f"must be at most 65535, got {self.port}")
         if len(check.text("version", self.version or "-")) > 128:

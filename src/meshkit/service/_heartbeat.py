@@ -2,14 +2,19 @@
 
 The lease is renewed every third of its TTL by a thread with its own event
 loop and its own registry client. A handler hogging the application's event
-loop (CPU-bound work, a blocking call) therefore cannot starve renewals: the
-interpreter switches threads every 5 ms however busy the other thread is.
-So an instance that is alive but slow stays listed, while one that is dead
-or hung in native code stops renewing and leaves the registry within its TTL.
+loop with Python code therefore cannot starve renewals: the interpreter
+switches threads every 5 ms however busy the other one is. (A native call
+that holds the GIL for longer than the TTL, such as a huge regular
+expression, stops every thread, this one included; the instance then leaves
+discovery, which for its callers is the truth.) So an instance that is alive
+but slow stays listed, while one that is dead or frozen stops renewing and
+leaves the registry within its TTL.
 
-When a renewal finds the lease gone (expired during a pause, or lost by a
-restarted registry) the thread registers again at once. When the registry
-cannot be reached it retries every second until it can.
+Each beat is bounded by a third of the TTL. When a renewal finds the lease
+gone (expired during a pause, or lost by a restarted registry) the thread
+registers again at once; when the registry cannot be reached, or anything
+else goes wrong, it logs why and retries every second. Once the lease has
+gone unconfirmed for a whole TTL, ``registered`` turns false.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ class Heartbeat:
         self.ttl = ttl
         self.registrations = 0  # times the instance was (re-)registered
         self.renewals = 0
+        self.failures = 0  # beats that did not confirm the lease
         self._registered = threading.Event()
+        self._confirmed_at = 0.0  # the thread's loop time of the last confirmation
         self._thread = threading.Thread(
             target=self._run, name=f"meshkit-heartbeat-{instance.id}", daemon=True
         )
@@ -85,7 +92,13 @@ class Heartbeat:
         registration: Registration | None = None
         try:
             while not self._stop.is_set():
-                registration, ok = await self._beat(registry, registration)
+                registration, ok = await self._bounded_beat(registry, registration)
+                if ok:
+                    self._confirmed_at = loop.time()
+                else:
+                    self.failures += 1
+                    if loop.time() - self._confirmed_at >= self.ttl:
+                        self._registered.clear()  # the lease has lapsed by now
                 pause = self.ttl / 3 if ok else _RETRY
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
@@ -97,6 +110,21 @@ class Heartbeat:
                         await registry.deregister(registration)
         finally:
             await registry.aclose()
+
+    async def _bounded_beat(
+        self, registry: Registry, registration: Registration | None
+    ) -> tuple[Registration | None, bool]:
+        """One beat, in at most a third of the TTL, surviving whatever goes wrong."""
+        try:
+            async with asyncio.timeout(self.ttl / 3):
+                return await self._beat(registry, registration)
+        except TimeoutError:
+            log.warning(
+                "%s: the registry did not answer within %.3gs", self.instance.key, self.ttl / 3
+            )
+        except Exception:
+            log.exception("%s: the heartbeat failed; trying again", self.instance.key)
+        return registration, False
 
     async def _beat(
         self, registry: Registry, registration: Registration | None
