@@ -1,6 +1,7 @@
 """The HTTP server: answers, keep-alive, pipelining, limits and refusals, in fake time."""
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -13,7 +14,30 @@ from meshkit.http import (
     ServerLimits,
     json_response,
 )
+from meshkit.http._server import _HTTPConnection
 from meshkit.testing import FakeClock
+
+
+class StubTransport:
+    """Just enough of a transport for a server connection that is never really open."""
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 1) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 async def echo(request: Request) -> Response:
@@ -201,6 +225,123 @@ def test_head_requests_get_no_body() -> None:
         head, _, body = answer.partition(b"\r\n\r\n")
         assert b"content-length: " in head
         assert body == b""
+        await server.aclose()
+
+    run(main)
+
+
+def test_pipelined_requests_are_answered_and_a_flood_is_cut_off() -> None:
+    """Behind a request that waits, 60 pipelined requests are all answered; 1,000 close it."""
+    release = asyncio.Event()
+
+    async def waits(request: Request) -> Response:
+        await release.wait()
+        return json_response(200, {})
+
+    def handler(request: Request) -> Response | Awaitable[Response]:
+        return waits(request) if request.path == "/wait" else json_response(200, {})
+
+    async def main() -> None:
+        server = HTTPServer(handler)
+        _, port = await server.start()
+        request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /wait HTTP/1.1\r\nhost: x\r\n\r\n" + request * 60)
+        await asyncio.sleep(1)  # noqa: TID251 (fake time: the server reads the pipeline)
+        release.set()
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 61:  # bodies end without a newline
+            received += await reader.read(65536)
+        writer.close()
+        release.clear()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /wait HTTP/1.1\r\nhost: x\r\n\r\n" + request * 1000)
+        assert await reader.read() == b""  # closed: the flood is not queued
+        writer.close()
+        await asyncio.sleep(0.1)  # noqa: TID251 (fake time: the server notices the close)
+        assert server.in_flight == 0
+        await server.aclose()
+
+    run(main)
+
+
+def test_a_client_that_does_not_read_answers_is_not_read_either() -> None:
+    """Once answers pile up unread, the server stops reading that connection's requests."""
+
+    def big(request: Request) -> Response:
+        return Response(200, [], b"x" * 1_000_000)
+
+    async def main() -> None:
+        server = HTTPServer(big)
+        _, port = await server.start()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n" * 50)  # 50 MB of answers, never read
+        await asyncio.sleep(1)  # noqa: TID251 (fake time: the server answers what it reads)
+        (connection,) = server.connections
+        assert connection._read_paused
+        assert connection._transport is not None
+        assert connection._transport.get_write_buffer_size() < 5_000_000  # not 50 MB
+        writer.close()
+        await server.aclose(grace=0)
+
+    run(main)
+
+
+def test_a_dropped_connection_leaves_nothing_in_flight() -> None:
+    """A client gone during a long poll ends the request: nothing counted, nothing leaked."""
+
+    async def waits(request: Request) -> Response:
+        await asyncio.Event().wait()
+        return json_response(200, {})
+
+    async def main() -> None:
+        server = HTTPServer(waits)
+        _, port = await server.start()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await asyncio.sleep(0.1)  # noqa: TID251 (fake time: the request is being handled)
+        assert server.in_flight == 1
+        writer.close()
+        await asyncio.sleep(0.1)  # noqa: TID251 (fake time: the server notices the close)
+        assert server.in_flight == 0
+        # The request and the loss in the same turn of the loop, so the handler's
+        # task is cancelled before its first step: white-box, with a stub transport.
+        connection = _HTTPConnection(server)
+        connection.connection_made(StubTransport())  # type: ignore[arg-type]
+        connection.data_received(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        worker = connection._worker
+        assert worker is not None
+        connection.connection_lost(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker  # our done-callback was added first, so it has run by now
+        assert server.in_flight == 0
+        await asyncio.wait_for(server.aclose(grace=30), 1)  # nothing left to wait for
+
+    run(main)
+
+
+def test_no_content_length_on_a_204_and_head_keeps_the_connection() -> None:
+    """A 204 has no Content-Length (RFC 9110, 8.6); after a HEAD the connection serves on."""
+
+    def handler(request: Request) -> Response:
+        return Response(204, [], b"") if request.path == "/none" else json_response(200, {"a": 1})
+
+    async def main() -> None:
+        server = HTTPServer(handler)
+        _, port = await server.start()
+        answer = await raw(
+            port,
+            b"GET /none HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"HEAD /x HTTP/1.1\r\nhost: x\r\n\r\n"
+            b"GET /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        first, second, third = answer.split(b"HTTP/1.1 ")[1:]
+        assert first.startswith(b"204")
+        assert b"content-length" not in first
+        assert second.startswith(b"200")
+        assert second.endswith(b"\r\n\r\n")  # HEAD: headers only
+        assert third.startswith(b"200")
+        assert third.endswith(b'{"a":1}')
         await server.aclose()
 
     run(main)

@@ -169,6 +169,7 @@ async def test_a_bad_registration_is_a_400_naming_the_field(
         ("GET", "/v1/registry/services/orders?wait=5", 400),  # no index to wait from
         ("GET", "/v1/registry/services/orders?index=1&wait=forever", 400),
         ("GET", "/v1/registry/services/orders?index=1&colour=red", 400),
+        ("GET", "/v1/registry/services/orders?index=1&epoch=new", 400),
         ("GET", "/v1/registry/services/Orders", 400),
         ("GET", "/v1/nothing/here", 404),
     ],
@@ -180,6 +181,30 @@ async def test_other_bad_requests_get_a_clear_4xx(
     got, answer = await call(plane, method, target)
     assert got == status
     assert answer["error"]
+
+
+async def test_the_auth_scheme_is_case_insensitive(plane: ControlPlane) -> None:
+    """'bearer', 'BEARER' and 'Bearer' all work (RFC 9110, 11.1); the token itself must match."""
+    assert plane.address is not None
+    host, port = plane.address
+    async with HTTPClient() as client:
+        for scheme in ("bearer", "BEARER", "Bearer"):
+            response = await client.request(
+                "GET",
+                host,
+                port,
+                "/v1/registry/services",
+                headers=[(b"authorization", f"{scheme} {TOKEN}".encode())],
+            )
+            assert response.status == 200
+        response = await client.request(
+            "GET",
+            host,
+            port,
+            "/v1/registry/services",
+            headers=[(b"authorization", f"Bearer {TOKEN.upper()}".encode())],
+        )
+        assert response.status == 401
 
 
 async def test_the_client_names_what_went_wrong(plane: ControlPlane) -> None:

@@ -74,7 +74,7 @@ class RegistryAPI:
         if len(token) < 16:
             raise ConfigError("token", "must be at least 16 characters")
         self._registry = registry
-        self._expected = f"Bearer {token}".encode()
+        self._token = token.encode()
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """Answer at once, except a long poll, which returns an awaitable."""
@@ -103,7 +103,11 @@ class RegistryAPI:
     def _authorized(self, request: Request) -> bool:
         for name, value in request.headers:
             if name == b"authorization":
-                return hmac.compare_digest(value, self._expected)
+                scheme, _, credentials = value.partition(b" ")
+                # The scheme is case-insensitive (RFC 9110, 11.1); the token is not.
+                return scheme.lower() == b"bearer" and hmac.compare_digest(
+                    credentials.strip(), self._token
+                )
         return False
 
     # -- leases -------------------------------------------------------------
@@ -197,9 +201,12 @@ def _position(query: str) -> tuple[int, int, float] | None:
         raise ConfigError("index", "is required to wait for a change")
     try:
         epoch = int(params.get("epoch", "0"))
+    except ValueError as error:
+        raise ConfigError("epoch", f"must be a whole number, got {params['epoch']!r}") from error
+    try:
         index = int(params["index"])
     except ValueError as error:
-        raise ConfigError("index", "epoch and index must be whole numbers") from error
+        raise ConfigError("index", f"must be a whole number, got {params['index']!r}") from error
     try:
         wait = float(params.get("wait", "60"))
     except ValueError as error:

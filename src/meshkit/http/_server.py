@@ -10,7 +10,12 @@ A handler returns a ``Response``, or an awaitable of one when it has to
 wait (a long poll). A response returned at once is written at once: no task
 is created for it, which is most of what a renewal would otherwise cost.
 Per connection, requests are answered one at a time and in order, so
-pipelined requests work.
+pipelined requests work. No client makes the server hold unbounded memory:
+while a client is not reading its answers, the server stops writing them and
+stops reading its requests; and a client that pipelines more than 64
+requests has its connection closed (answers must go in order, so closing is
+the only clean refusal; httptools parses a whole read at once, so stopping
+the reads alone would come too late).
 
 The server refuses what it cannot handle safely and closes the connection
 after answering: a malformed request (400), a body over the limit (413),
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -115,6 +122,9 @@ class Request:
 Handler = Callable[[Request], Response | Awaitable[Response]]
 
 _JSON = [(b"content-type", b"application/json")]
+_MAX_QUEUED = 64  # pipelined requests held per connection before it is closed
+# RFC 9110, 8.6: these responses carry no Content-Length.
+_NO_LENGTH = frozenset({204, 304})
 
 
 def json_response(status: int, data: object) -> Response:
@@ -139,6 +149,9 @@ class _HTTPConnection(asyncio.Protocol):
         self._ready: deque[tuple[Request, bool]] = deque()  # with its keep-alive
         self._worker: asyncio.Task[None] | None = None  # answering a request that waits
         self._closing = False
+        self._write_paused = False  # the client is not reading our answers
+        self._read_paused = False
+        self._overflow = False  # the client pipelined more than we hold
         self._in_message = False
         self.deadline = math.inf  # when this connection is closed unless it moves on
         self._timer: asyncio.TimerHandle | None = None
@@ -171,6 +184,9 @@ class _HTTPConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(_error(400, "protocol upgrades are not supported"))
         except httptools.HttpParserError as error:
+            if self._overflow:
+                self.close()  # an answer now would come out of order: just close
+                return
             refusal = self._refusal or _error(400, f"malformed request: {error}")
             self._refuse(refusal)
         else:
@@ -216,14 +232,33 @@ class _HTTPConnection(asyncio.Protocol):
         method = self._parser.get_method().decode("latin-1")
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = Request(method, path, query, self._headers, body, self._peer)
+        if len(self._ready) >= _MAX_QUEUED:
+            self._overflow = True
+            raise ValueError("too many pipelined requests")  # data_received closes
         self._ready.append((request, self._parser.should_keep_alive()))
+        self._dispatch()
+
+    # -- flow control ---------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        # The client is not reading: answer no more, and read no more, until it does.
+        self._write_paused = True
+        if self._transport is not None and not self._read_paused and not self._closing:
+            self._transport.pause_reading()
+            self._read_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._transport is not None and self._read_paused and not self._closing:
+            self._transport.resume_reading()
+            self._read_paused = False
         self._dispatch()
 
     # -- answering ----------------------------------------------------------
 
     def _dispatch(self) -> None:
         """Answer queued requests in order; at once while handlers answer at once."""
-        while self._ready and self._worker is None and not self._closing:
+        while self._ready and self._worker is None and not self._closing and not self._write_paused:
             request, keep_alive = self._ready.popleft()
             self._server.request_started()
             try:
@@ -234,12 +269,21 @@ class _HTTPConnection(asyncio.Protocol):
                 self._server.request_finished()
                 self._respond(request, result, keep_alive=keep_alive)
             else:
-                self._worker = self._loop.create_task(
+                worker = self._loop.create_task(
                     self._finish(request, result, keep_alive=keep_alive)
                 )
+                # Counted done however the task ends, even cancelled before it
+                # started (then the handler's coroutine is closed, not leaked).
+                worker.add_done_callback(functools.partial(self._worker_done, result))
+                self._worker = worker
                 return
         if not self._ready and self._worker is None and not self._closing:
             self._set_deadline(self._loop.time() + self._limits.idle_timeout)
+
+    def _worker_done(self, pending: Awaitable[Response], task: asyncio.Task[None]) -> None:
+        self._server.request_finished()
+        if task.cancelled() and inspect.iscoroutine(pending):
+            pending.close()
 
     async def _finish(
         self, request: Request, pending: Awaitable[Response], *, keep_alive: bool
@@ -250,8 +294,6 @@ class _HTTPConnection(asyncio.Protocol):
             raise
         except Exception as error:  # noqa: BLE001 (a handler bug answers 500, not a dead server)
             response = self._internal_error(request, error)
-        finally:
-            self._server.request_finished()
         self._worker = None
         self._respond(request, response, keep_alive=keep_alive)
         self._dispatch()
@@ -273,7 +315,8 @@ class _HTTPConnection(asyncio.Protocol):
         parts = [b"HTTP/1.1 %d %s\r\n" % (response.status, reason)]
         for name, value in response.headers:
             parts.append(b"%s: %s\r\n" % (name, value))
-        parts.append(b"content-length: %d\r\n" % len(response.body))
+        if response.status not in _NO_LENGTH:
+            parts.append(b"content-length: %d\r\n" % len(response.body))
         if close:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
