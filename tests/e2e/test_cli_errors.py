@@ -1,17 +1,22 @@
 """The CLI refuses what it cannot do with one clear line, and starts nothing."""
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 
-def meshkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def meshkit(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "meshkit", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=cwd,
+        env={**os.environ, **(env or {})},
         check=False,
     )
 
@@ -49,3 +54,38 @@ def test_serve_with_a_bad_target_says_what_is_wrong(tmp_path: Path) -> None:
     assert "has no attribute 'app'" in result.stderr
     result = meshkit("serve", "present", cwd=tmp_path)
     assert "expected MODULE:ATTRIBUTE" in result.stderr
+
+
+def test_serve_where_it_cannot_listen_is_one_line(tmp_path: Path) -> None:
+    """A port in use or a host that does not resolve: one line naming it, before registering."""
+    (tmp_path / "echo.py").write_text("async def app(scope, receive, send):\n    pass\n")
+    # A registry nobody listens on: the listen check comes first, so it is never called.
+    mesh = {"MESHKIT_REGISTRY": "http://127.0.0.1:1", "MESHKIT_TOKEN": "a-test-token-0123456789"}
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = meshkit(
+            "serve", "echo:app", "--name", "echo", "--port", str(port), cwd=tmp_path, env=mesh
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"meshkit: port: cannot listen on 127.0.0.1:{port}: [Errno 98] Address already in use"
+    )
+    no_host = {**mesh, "MESHKIT_HOST": "no-such-host.invalid"}
+    result = meshkit("serve", "echo:app", "--name", "echo", cwd=tmp_path, env=no_host)
+    assert result.returncode == 2
+    assert "cannot listen on no-such-host.invalid:0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_a_bad_environment_is_one_line(tmp_path: Path) -> None:
+    """A Service built at import time with a bad MESHKIT_* value fails with one line."""
+    (tmp_path / "svc.py").write_text(
+        "from meshkit.service import Service\n"
+        "async def app(scope, receive, send):\n    pass\n"
+        "service = Service(app, name='svc')\n"
+    )
+    result = meshkit("serve", "svc:service", cwd=tmp_path, env={"MESHKIT_PORT": "abc"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "meshkit: svc: MESHKIT_PORT: must be a number, got 'abc'"

@@ -100,6 +100,36 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
             3,
         ),
         (
+            '[services.a]\napp = "a:app"\nhealth = "/ready now"\n',
+            "services.a.health",
+            "without spaces",
+            3,
+        ),
+        (
+            '[services.a]\ncommand = ["meshkit-no-such-program", "x"]\n',
+            "services.a.command",
+            "cannot run 'meshkit-no-such-program'",
+            2,
+        ),
+        (
+            '[services.a]\ncommand = ["./missing.sh"]\n',
+            "services.a.command",
+            "cannot run './missing.sh'",
+            2,
+        ),
+        (
+            '[control_plane]\nport = 70000\n[services.a]\napp = "a:app"\n',
+            "control_plane.port",
+            "70000 is not a TCP port",
+            2,
+        ),
+        (
+            '[control_plane]\nhost = "no such host"\n[services.a]\napp = "a:app"\n',
+            "control_plane.host",
+            "",
+            2,
+        ),
+        (
             '[control_plane]\nport = 8000\n[services.a]\napp = "a:app"\nport = 8000\n',
             "services.a.port",
             "also control_plane.port",
@@ -135,3 +165,16 @@ def test_a_port_in_use_stops_it_before_anything_starts(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=f"port {port} is already in use") as caught:
             load_project(write(tmp_path, f'[services.a]\napp = "a:app"\nport = {port}\n'))
     assert caught.value.key == "services.a"
+
+
+def test_a_command_relative_to_the_project_runs_from_there(tmp_path: Path) -> None:
+    """./script.sh is found next to meshkit.toml when it exists and is executable."""
+    script = tmp_path / "run.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    text = '[services.a]\ncommand = ["./run.sh"]\n'
+    with pytest.raises(ConfigError, match="not executable"):
+        load_project(write(tmp_path, text), check_ports=False)
+    script.chmod(0o755)
+    assert load_project(write(tmp_path, text), check_ports=False).services["a"].command == [
+        "./run.sh"
+    ]

@@ -26,6 +26,8 @@ def load_target(target: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as error:
         fail(f"cannot import {module_name!r}: {error}")
+    except MeshkitError as error:  # a Service built at import time, with a bad setting
+        fail(f"{module_name}: {error}")
     try:
         return getattr(module, attribute)
     except AttributeError:

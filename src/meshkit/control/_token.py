@@ -13,6 +13,12 @@ __all__ = ["TOKEN_ENV", "load_token", "token_path"]
 TOKEN_ENV = "MESHKIT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 
 
+def _checked(token: str, source: str) -> str:
+    if len(token) < 16:
+        raise ConfigError("token", f"the token from {source} is shorter than 16 characters")
+    return token
+
+
 def token_path(data_dir: Path) -> Path:
     return data_dir / "token"
 
@@ -25,10 +31,12 @@ def load_token(data_dir: Path, *, create: bool) -> str:
     """
     token = os.environ.get(TOKEN_ENV)
     if token:
-        return token
+        return _checked(token, TOKEN_ENV)
     path = token_path(data_dir)
     try:
-        return path.read_text().strip()
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # it grants registration: nobody else may read it
+        return _checked(path.read_text().strip(), str(path))
     except FileNotFoundError:
         if not create:
             raise ConfigError(
@@ -43,7 +51,7 @@ def load_token(data_dir: Path, *, create: bool) -> str:
         with os.fdopen(descriptor, "w") as file:
             file.write(token + "\n")
     except FileExistsError:
-        return path.read_text().strip()  # another process created it first
+        return _checked(path.read_text().strip(), str(path))  # another process was first
     except OSError as error:
         raise EnvironmentFaultError(f"cannot write the token at {path}: {error}") from error
     return token

@@ -30,7 +30,9 @@ a port given twice or already in use.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import tomllib
 from pathlib import Path
@@ -40,6 +42,7 @@ import msgspec
 
 from meshkit.errors import ConfigError
 from meshkit.registry import MAX_TTL, MIN_TTL, check_name
+from meshkit.registry._model import check_host
 
 __all__ = ["ControlPlaneConfig", "Project", "ProjectConfig", "ServiceConfig", "load_project"]
 
@@ -159,8 +162,16 @@ def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> 
         raise _problem(path, text, key, "needs exactly one of app = ... or command = [...]")
     if service.app is not None and not re.fullmatch(r"[\w.]+:[\w.]+", service.app):
         raise _problem(path, text, f"{key}.app", f"must be MODULE:ATTRIBUTE, got {service.app!r}")
-    if service.command is not None and not service.command:
-        raise _problem(path, text, f"{key}.command", "must not be empty")
+    if service.command is not None:
+        if not service.command:
+            raise _problem(path, text, f"{key}.command", "must not be empty")
+        if not _runnable(service.command[0], path.parent):
+            raise _problem(
+                path,
+                text,
+                f"{key}.command",
+                f"cannot run {service.command[0]!r}: not found on PATH, or not executable",
+            )
     if not 1 <= service.replicas <= 64:
         raise _problem(path, text, f"{key}.replicas", "must be between 1 and 64")
     if not MIN_TTL <= service.ttl <= MAX_TTL:
@@ -182,10 +193,23 @@ def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> 
             path, text, f"{key}.ports", f"has {count} ports for {service.replicas} replicas"
         )
     health = service.health_path()
-    if health and not health.startswith("/"):
+    if health and _PATH.fullmatch(health) is None:
         raise _problem(
-            path, text, f"{key}.health", f"must be a path starting with '/', got {health!r}"
+            path,
+            text,
+            f"{key}.health",
+            f"must be a path starting with '/', printable ASCII without spaces, got {health!r}",
         )
+
+
+_PATH = re.compile(r"/[!-~]*")
+
+
+def _runnable(program: str, directory: Path) -> bool:
+    if "/" in program:
+        candidate = directory / program
+        return candidate.is_file() and os.access(candidate, os.X_OK)
+    return shutil.which(program) is not None
 
 
 def _dependency_order(path: Path, text: str, services: dict[str, ServiceConfig]) -> tuple[str, ...]:
@@ -221,7 +245,14 @@ def _dependency_order(path: Path, text: str, services: dict[str, ServiceConfig])
 
 
 def _check_ports(project: Project, text: str, *, probe: bool) -> None:
-    wanted: dict[int, str] = {project.control_plane.port: "control_plane.port"}
+    cp = project.control_plane
+    if not 1 <= cp.port <= 65535:
+        raise _problem(project.path, text, "control_plane.port", f"{cp.port} is not a TCP port")
+    try:
+        check_host("control_plane.host", cp.host)
+    except ConfigError as error:
+        raise _problem(project.path, text, "control_plane.host", error.problem) from None
+    wanted: dict[int, str] = {cp.port: "control_plane.port"}
     for name in project.services:
         for replica, port in enumerate(project.fixed_ports(name), start=1):
             if port is None:

@@ -1,19 +1,29 @@
 """One supervised child process: started, watched, restarted with backoff, stopped.
 
-Each child runs in a process group of its own, so stopping it reaches every
-process it started; on Linux it is also asked to receive SIGTERM if the
-supervisor dies (``PR_SET_PDEATHSIG``), so even a supervisor killed with
-``kill -9`` leaves nothing behind. Its output is read line by line and handed
-to ``Output`` with its name.
+Each child runs in a process group of its own, and the group, not just the
+process, is what gets signalled: stopping a child, or cleaning up after one
+that crashed, reaches everything it started, even once the child itself
+has exited. On Linux the child is started through ``setpriv --pdeathsig``
+(util-linux) so that it receives SIGTERM if the supervisor dies, and even a
+supervisor killed with ``kill -9`` leaves nothing behind. (Python's own
+``preexec_fn`` could do the same, but it is unsafe in a process with
+threads, and asyncio's child watchers are threads.)
+
+The child runs under a ``SubprocessProtocol`` of our own rather than
+``asyncio.create_subprocess_exec``: ``Process.wait()`` returns only once the
+child's pipes are closed as well (CPython 3.11 to 3.13 alike), so a
+grandchild that keeps stdout open would hide the child's exit for ever. The
+protocol hears ``process_exited`` at once, and its output arrives as chunks
+that ``_Lines`` turns into lines, cutting any line longer than 16 KiB so no
+amount of output can stall the supervision.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import random
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -28,12 +38,82 @@ __all__ = ["Child"]
 # recovered, and its next crash starts the backoff again.
 _BACKOFF = Backoff(initial=0.5, maximum=30.0)
 _HEALTHY_RUN = 60.0
+_LONGEST_LINE = 16 * 1024
+_CUT = b" [cut]"
+# Once the group is killed its pipe closes at once; only a process that
+# left the group (setsid) can hold it longer, and we stop listening to it.
+_PIPE_GRACE = 1.0
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def _death_signal_prefix() -> list[str]:
+    """``setpriv --pdeathsig TERM --`` where available (Linux with util-linux)."""
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            return [setpriv, "--pdeathsig", "TERM", "--"]
+    return []
+
+
+_PREFIX = _death_signal_prefix()
+
+
+class _Lines:
+    """Splits a byte stream into lines; a line over the limit is cut once, the rest skipped."""
+
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        self._emit = emit
+        self._pending = bytearray()
+        self._skipping = False  # inside a line already emitted as cut
+
+    def feed(self, data: bytes) -> None:
+        *complete, rest = data.split(b"\n")
+        for piece in complete:
+            if not self._skipping:
+                self._pending += piece
+                self._emit_cut(bytes(self._pending))
+            self._pending.clear()
+            self._skipping = False
+        if not self._skipping:
+            self._pending += rest
+            if len(self._pending) > _LONGEST_LINE:
+                self._emit_cut(bytes(self._pending))
+                self._pending.clear()
+                self._skipping = True
+
+    def end(self) -> None:
+        if self._pending and not self._skipping:
+            self._emit_cut(bytes(self._pending))
+        self._pending.clear()
+        self._skipping = False
+
+    def _emit_cut(self, line: bytes) -> None:
+        self._emit(line[:_LONGEST_LINE] + _CUT if len(line) > _LONGEST_LINE else line)
+
+
+class _ChildProtocol(asyncio.SubprocessProtocol):
+    """Relays the child's output as lines, and tells when it exited and when all is closed.
+
+    (The callbacks' signatures are asyncio's, hence the unused arguments.)
+    """
+
+    def __init__(self, emit: Callable[[bytes], None], loop: asyncio.AbstractEventLoop) -> None:
+        self.lines = _Lines(emit)
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:  # noqa: ARG002
+        self.lines.feed(data.encode() if isinstance(data, str) else data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:  # noqa: ARG002
+        self.lines.end()
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 class Child:
@@ -55,59 +135,64 @@ class Child:
         self.env = dict(env)
         self.cwd = cwd
         self.restarts = 0
-        self.process: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
         self.status = "starting"
         self._output = output
         self._clock = clock
         self._on_change = on_change
         self._stopping = False
-        self._rng = random.Random()
         self._task: asyncio.Task[None] | None = None
         self._started_monotonic = 0.0
+        self._pid: int | None = None  # also the id of its process group
+        self._protocol: _ChildProtocol | None = None  # of the current run, while it runs
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        """The pid of the current run while the process is alive, else None."""
+        return self._pid if self.running else None
+
+    @property
+    def running(self) -> bool:
+        return self._protocol is not None and not self._protocol.exited.done()
 
     def start(self) -> None:
         """Run the command, restarting it whenever it exits, until ``stop()``."""
         self._task = asyncio.get_running_loop().create_task(self._keep_running())
 
     async def stop(self, *, grace: float) -> None:
-        """SIGTERM the process group; SIGKILL it if it has not exited after ``grace`` s."""
+        """SIGTERM the process group; SIGKILL whatever is left of it after ``grace`` s."""
         self._stopping = True
-        process = self.process
-        if process is not None and process.returncode is None:
-            self._signal(signal.SIGTERM)
+        protocol = self._protocol
+        if protocol is not None and not protocol.exited.done():
+            self._signal_group(signal.SIGTERM)
             try:
                 async with asyncio.timeout(grace):
-                    await process.wait()
+                    await asyncio.shield(protocol.exited)
             except TimeoutError:
                 self._output.say(f"{self.name} did not stop within {grace:g}s; killing it")
-                self._signal(signal.SIGKILL)
-                await process.wait()
+                self._signal_group(signal.SIGKILL)
         if self._task is not None:
-            self._task.cancel()
+            if protocol is None or protocol.exited.done():
+                # Between runs (backing off) or never started: nothing to wait for.
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await self._task  # it cleans up after the run it was watching
         self.status = "stopped"
         self._on_change()
 
-    def kill(self) -> None:
-        """SIGKILL the process group at once (used when the supervisor itself fails)."""
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, signum: int) -> None:
-        if self.process is None or self.process.returncode is not None:
+    def _signal_group(self, signum: int) -> None:
+        if self._pid is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signum)
+            os.killpg(self._pid, signum)
 
     async def _keep_running(self) -> None:
         failures = 0
         while True:
-            code = await self._run_once()
+            try:
+                code: int | str = await self._run_once()
+            except OSError as error:  # the program is gone, or not executable
+                code = f"an error starting it: {error}"
             if self._stopping:
                 return
             ran = self._clock.monotonic() - self._started_monotonic
@@ -120,9 +205,13 @@ class Child:
             await self._clock.sleep(delay)
 
     async def _run_once(self) -> int:
+        loop = asyncio.get_running_loop()
         self._started_monotonic = self._clock.monotonic()
         env = {**self.env, "MESHKIT_RESTARTS": str(self.restarts)}
-        self.process = await asyncio.create_subprocess_exec(
+        protocol = _ChildProtocol(self._line, loop)
+        transport, _ = await loop.subprocess_exec(
+            lambda: protocol,
+            *_PREFIX,
             *self.argv,
             cwd=self.cwd,
             env=env,
@@ -130,13 +219,25 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: stop() reaches all of it
-            # preexec_fn is unsafe with threads; the supervisor runs none.
-            preexec_fn=_die_with_parent,
         )
+        self._pid = transport.get_pid()  # a session leader's group id is its pid
+        self._protocol = protocol
         self.started_at = self._clock.time()
         self.status = "running"
         self._on_change()
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            self._output.line(self.name, raw.decode(errors="replace").rstrip())
-        return await self.process.wait()
+        try:
+            await asyncio.shield(protocol.exited)
+        finally:
+            # Whether it crashed or was stopped: kill what it left running, so
+            # the pipe closes and the last lines it wrote are read.
+            self._signal_group(signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_PIPE_GRACE):
+                    await asyncio.shield(protocol.closed)
+            transport.close()
+        code = transport.get_returncode()
+        assert code is not None  # process_exited has been called
+        return code
+
+    def _line(self, raw: bytes) -> None:
+        self._output.line(self.name, raw.decode(errors="replace").rstrip("\r"))

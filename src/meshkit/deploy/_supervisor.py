@@ -36,7 +36,9 @@ from meshkit.http import HTTPClient, Timeouts
 __all__ = ["Supervisor"]
 
 _STARTUP = 60.0  # seconds a service may take to become healthy before we say so
-_GRACE = 8.0  # seconds a service may take to drain after SIGTERM
+# Seconds a service may take to drain after SIGTERM: a Service drains for at
+# most 5 s and deregisters within 2 s before that.
+_GRACE = 10.0
 
 
 class Supervisor:
@@ -64,8 +66,8 @@ class Supervisor:
         cp = project.control_plane
         self.registry_url = f"http://{cp.host}:{cp.port}"
         self.output.width = max(
-            len("control-plane"),
-            *(len(f"{name}-{config.replicas}") for name, config in project.services.items()),
+            [len("control-plane")]
+            + [len(f"{name}-{config.replicas}") for name, config in project.services.items()]
         )
 
     def stop(self) -> None:
@@ -76,7 +78,8 @@ class Supervisor:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._stop.set)
         data_dir = self.project.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Owner only: the token and every service's database live under it.
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = load_token(data_dir, create=True)
         try:
             if not await self._start_control_plane(token):
@@ -125,7 +128,7 @@ class Supervisor:
     def _start_service(self, name: str, token: str) -> None:
         config = self.project.services[name]
         data_dir = self.project.data_dir / "services" / name
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         children = self._children[name] = []
         for replica, port in enumerate(self._ports[name], start=1):
             instance_id = f"{name}-{replica}"
@@ -215,7 +218,12 @@ class Supervisor:
         children = [child for group in self._children.values() for child in group]
         if children:
             self.output.say(f"stopping {len(children)} service instance(s)")
-            await asyncio.gather(*(child.stop(grace=_GRACE) for child in children))
+            results = await asyncio.gather(
+                *(child.stop(grace=_GRACE) for child in children), return_exceptions=True
+            )
+            for child, result in zip(children, results, strict=True):
+                if isinstance(result, BaseException):  # the rest still stop
+                    self.output.say(f"stopping {child.name} failed: {result!r}")
         if self._control_plane is not None:
             await self._control_plane.stop(grace=_GRACE)
         self._save_state()
@@ -240,12 +248,11 @@ class Supervisor:
 
     @staticmethod
     def _state(service: str, child: Child, port: int) -> ProcessState:
-        running = child.process is not None and child.process.returncode is None
         return ProcessState(
             service=service,
             id=child.name,
             port=port,
-            pid=child.pid if running else None,
+            pid=child.pid,
             restarts=child.restarts,
             started_at=child.started_at,
             status=child.status,

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 
 from meshkit._clock import Clock, SystemClock
 from meshkit._env import read_environment
-from meshkit._net import free_port
+from meshkit._net import probe_listen
 from meshkit.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -81,11 +81,13 @@ class Service:
         token: str | None = None,
         instance_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
-        drain_timeout: float = 10.0,
+        drain_timeout: float = 5.0,
         policy: CallPolicy | None = None,
         clock: Clock | None = None,
     ) -> None:
         env = read_environment()
+        if not (name or env.service):
+            raise ConfigError("name", "no service name: pass name= or set MESHKIT_SERVICE")
         self.name = check_name("service", name or env.service)
         self.host = host or env.host or "127.0.0.1"
         self.port = port or env.port or 0
@@ -147,8 +149,11 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self._stop.set)
-        if not self.port:
-            self.port = free_port(self.host)
+        try:  # a clear error now, rather than the server's own (a Rust backtrace, for granian)
+            self.port = probe_listen(self.host, self.port)
+        except OSError as error:
+            where = f"{self.host}:{self.port}"
+            raise ConfigError("port", f"cannot listen on {where}: {error}") from error
         self.instance = Instance(
             service=self.name,
             id=self.instance_id or _default_id(self.name, self.port),
