@@ -142,6 +142,16 @@ class Shop:
     def registry(self, path: str) -> str:
         return f"http://127.0.0.1:{self.control_port}/v1/registry{path}"
 
+    def service_url(self, service: str, path: str) -> str:
+        """``path`` on the first instance of ``service`` the registry lists."""
+        _, body = http(
+            "GET",
+            self.registry(f"/services/{service}"),
+            headers={"authorization": f"Bearer {self.token}"},
+        )
+        instance = body["instances"][0]  # type: ignore[index]
+        return f"http://{instance['host']}:{instance['port']}{path}"
+
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:

@@ -6,6 +6,7 @@ The tests share one running shop and run in this order; the last one stops it.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -31,13 +32,7 @@ def instance_pids(shop: Shop, service: str) -> dict[str, int]:
 
 def restock(shop: Shop, *, product_id: int, quantity: int) -> None:
     """Set stock through an inventory instance found in the registry."""
-    _, body = http(
-        "GET",
-        shop.registry("/services/inventory"),
-        headers={"authorization": f"Bearer {shop.token}"},
-    )
-    instance = body["instances"][0]  # type: ignore[index]
-    url = f"http://{instance['host']}:{instance['port']}/stock/{product_id}"
+    url = shop.service_url("inventory", f"/stock/{product_id}")
     assert http("PUT", url, {"quantity": quantity})[0] == 200
 
 
@@ -86,6 +81,45 @@ def test_registering_without_the_token_is_refused(shop: Shop) -> None:
         status, _ = http("POST", shop.registry("/instances"), instance, headers=headers)
         assert status == 401
     assert "intruder" not in str(shop.up.status())
+
+
+def stock(shop: Shop, product_id: int) -> int:
+    status, answer = http("GET", shop.service_url("inventory", f"/stock/{product_id}"))
+    assert status == 200
+    return int(answer["quantity"])  # type: ignore[index]
+
+
+def test_a_charge_whose_answer_is_lost_is_voided(shop: Shop) -> None:
+    """payments freezes mid-charge: the order fails, nothing stays charged, the stock is back.
+
+    SIGSTOP holds the charge unanswered past the orders service's charge
+    deadline (2 s, well inside the 5 s lease, so payments stays listed);
+    SIGCONT once orders says it is voiding. Whichever payments handles
+    first, the late charge or the void, the order ends with no money taken.
+    """
+    restock(shop, product_id=2, quantity=10)
+    (payments,) = instance_pids(shop, "payments").values()
+    answer: list[tuple[int, object]] = []
+    order = {"user_id": 1, "items": [{"product_id": 2, "quantity": 3}]}
+    caller = threading.Thread(target=lambda: answer.append(http("POST", shop.orders(), order)))
+    os.kill(payments, signal.SIGSTOP)
+    try:
+        caller.start()
+        line = shop.up.wait_for("is uncertain", timeout=20)
+    finally:
+        os.kill(payments, signal.SIGCONT)
+    caller.join(30)
+    order_id = int(re.search(r"order (\d+)", line).group(1))  # type: ignore[union-attr]
+    shop.up.wait_for(f"order {order_id}: payment ", timeout=20)
+    status, body = answer[0]
+    assert status == 503, body
+    assert f"order {order_id} failed" in body["detail"]  # type: ignore[index]
+    assert http("GET", shop.orders(f"/orders/{order_id}"))[1]["status"] == "failed"  # type: ignore[index]
+    payment = shop.service_url("payments", f"/payments/by-order/{order_id}")
+    status, charge = http("GET", payment)
+    assert status == 200
+    assert charge["status"] in {"voided", "refunded"}  # type: ignore[index]
+    assert stock(shop, 2) == 10
 
 
 def test_a_killed_instance_leaves_discovery_and_comes_back(shop: Shop) -> None:

@@ -5,8 +5,10 @@ pending, reserves the stock, charges the payment, and confirms. If the
 stock is short the order is rejected (409); if the payment is declined the
 reservation is released and the order ends declined (402); if a service
 cannot be reached, what was done is undone as far as possible and the order
-ends failed (503). (A later issue makes this a saga that survives a crash of
-this service in the middle.)
+ends failed (503). A charge whose answer is lost may or may not have been
+captured, so it is voided: refunded if it was, refused if it comes late.
+(A later issue makes this a saga that survives a crash of this service in
+the middle.)
 
 Reservations and payments are sent as idempotent: both services answer a
 repeated request for the same order with what they did the first time, so
@@ -30,6 +32,11 @@ from shop.db import Database
 app = FastAPI(title="orders")
 service = meshkit.Service(app, name="orders", version="1.0.0")
 log = logging.getLogger("shop.orders")
+
+# Charging has a deadline of its own, shorter than a call's default (10 s):
+# payments answers in milliseconds on loopback, and an order whose charge is
+# lost should still have time to void it and answer.
+_CHARGE_TIMEOUT = 2.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -98,7 +105,7 @@ async def place_order(order: NewOrder) -> dict[str, object] | JSONResponse:
 async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, object] | JSONResponse:
     client = service.client
     items = [item.model_dump() for item in order.items]
-    reserved = False
+    reserved = charging = False
     try:
         reservation = await client.post(
             "inventory",
@@ -119,12 +126,13 @@ async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, objec
             )
         if not reservation.ok:
             raise _unavailable("inventory", reservation)
-        reserved = True
+        reserved = charging = True
         payment = await client.post(
             "payments",
             "/payments",
             json={"order_id": order_id, "user_id": order.user_id, "amount_cents": total},
             idempotent=True,
+            timeout=_CHARGE_TIMEOUT,
         )
         if payment.status == 402:
             await _release(order_id)
@@ -132,7 +140,11 @@ async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, objec
             return JSONResponse({"id": order_id, "status": "declined", "total_cents": total}, 402)
         if not payment.ok:
             raise _unavailable("payments", payment)
+        if payment.json()["status"] != "captured":  # voided before it arrived
+            raise HTTPException(503, f"the payment of order {order_id} was voided")
     except (MeshkitError, HTTPException) as error:
+        if charging:
+            await _void(order_id, error)
         if reserved:
             await _release(order_id)
         _finish(order_id, "failed", reason=str(error))
@@ -175,6 +187,21 @@ def _finish(
             "UPDATE orders SET status = ?, reason = ?, payment_id = ? WHERE id = ?",
             (status, reason, payment_id, order_id),
         )
+
+
+async def _void(order_id: int, error: Exception) -> None:
+    log.warning("the charge for order %d is uncertain (%s); voiding it", order_id, error)
+    try:
+        voided = await service.client.post(
+            "payments", f"/payments/by-order/{order_id}/void", idempotent=True
+        )
+    except MeshkitError as failure:
+        log.error("could not void the payment of order %d: %s", order_id, failure)
+        return
+    if voided.ok:
+        log.warning("order %d: payment %s", order_id, voided.json()["status"])
+    else:
+        log.error("could not void the payment of order %d: %d", order_id, voided.status)
 
 
 async def _release(order_id: int) -> None:

@@ -62,7 +62,10 @@ def _payment(row: sqlite3.Row) -> dict[str, object]:
 
 @app.post("/payments", status_code=201, response_model=None)
 def charge(charge: Charge) -> dict[str, object] | JSONResponse:
-    """Charge for an order once: charging the same order again returns the first payment."""
+    """Charge for an order once: charging the same order again returns the first payment.
+
+    (Or the void that took its place: see ``void``.)
+    """
     with db.transaction() as tx:
         row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (charge.order_id,)).fetchone()
         if row is not None:
@@ -87,6 +90,38 @@ def refund(payment_id: int) -> dict[str, object]:
             raise HTTPException(404, f"no payment {payment_id}")
         tx.execute("UPDATE payments SET status = 'refunded' WHERE id = ?", (payment_id,))
         row = tx.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
+    return _payment(row)
+
+
+@app.get("/payments/by-order/{order_id}")
+def payment_of_order(order_id: int) -> dict[str, object]:
+    rows = db.read("SELECT * FROM payments WHERE order_id = ?", (order_id,))
+    if not rows:
+        raise HTTPException(404, f"no payment for order {order_id}")
+    return _payment(rows[0])
+
+
+@app.post("/payments/by-order/{order_id}/void")
+def void(order_id: int) -> dict[str, object]:
+    """Make sure an order is not charged: a capture is refunded, a late charge refused.
+
+    The orders service calls this when a charge's answer was lost (a timeout,
+    a 5xx): the charge may have been captured, may never have arrived, or
+    may still be on its way. A captured payment is refunded; if there is
+    none yet, a 'voided' row holding no money takes the order's place, so a
+    charge arriving late finds it and captures nothing.
+    """
+    with db.transaction() as tx:
+        row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
+        if row is None:
+            tx.execute(
+                "INSERT INTO payments (order_id, user_id, amount_cents, status)"
+                " VALUES (?, 0, 0, 'voided')",
+                (order_id,),
+            )
+        elif row["status"] == "captured":
+            tx.execute("UPDATE payments SET status = 'refunded' WHERE id = ?", (row["id"],))
+        row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
     return _payment(row)
 
 
