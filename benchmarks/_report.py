@@ -3,7 +3,7 @@
 A row is one figure. When there is a reference (the peer library or server
 doing the same work, measured in the same run), ``ratio`` is
 ``value / reference``: below 1 means meshkit is faster for a time, slower for
-a rate, and the unit says which.
+a rate, and the unit says which (a unit per second is a rate).
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ class Row:
     unit: str
     reference: float | None = None
     reference_name: str | None = None
+
+    @property
+    def lower_is_better(self) -> bool:
+        """A rate (anything per second) is better higher; a time, share or size, lower."""
+        return not self.unit.endswith("/s")
 
     @property
     def ratio(self) -> float | None:
@@ -60,7 +65,7 @@ def machine() -> str:
     )
 
 
-def report(title: str, rows: list[Row], json_path: Path | None, *, lower_is_better: bool) -> None:
+def report(title: str, rows: list[Row], json_path: Path | None) -> None:
     """Print the rows as a table and, if asked, write them as JSON."""
     table = Table(title=title, caption=machine())
     table.add_column("measurement")
@@ -70,7 +75,7 @@ def report(title: str, rows: list[Row], json_path: Path | None, *, lower_is_bett
     table.add_column("ratio", justify="right")
     for row in rows:
         ratio = row.ratio
-        good = ratio is not None and (ratio <= 1 if lower_is_better else ratio >= 1)
+        good = ratio is not None and (ratio <= 1 if row.lower_is_better else ratio >= 1)
         table.add_row(
             row.name,
             f"{_number(row.value)} {row.unit}",

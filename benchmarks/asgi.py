@@ -189,12 +189,7 @@ def main() -> None:
                     peer_name,
                 )
             )
-    report(
-        "One FastAPI route: meshkit serve beside uvicorn and granian",
-        rows,
-        args.json,
-        lower_is_better=False,
-    )
+    report("One FastAPI route: meshkit serve beside uvicorn and granian", rows, args.json)
 
 
 if __name__ == "__main__":

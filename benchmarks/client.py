@@ -156,7 +156,6 @@ def main() -> None:
         "Calling a service: the SDK client beside direct, httpx and aiohttp",
         rows(results),
         args.json,
-        lower_is_better=False,
     )
 
 

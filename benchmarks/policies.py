@@ -224,7 +224,7 @@ def main() -> None:
         value = per_call_ns(ours, quick=args.quick)
         reference = None if peer is None else per_call_ns(peer, quick=args.quick)
         rows.append(Row(name, value, "ns", reference, peer_name or None))
-    report("One decision of each policy", rows, args.json, lower_is_better=True)
+    report("One decision of each policy", rows, args.json)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ import threading
 import time
 from collections import Counter
 
+import pytest
 from tests.e2e.conftest import Shop, http
+
+from meshkit.deploy._state import read_table
 
 ORDER = {"user_id": 1, "items": [{"product_id": 3, "quantity": 1}]}
 TTL = 5.0  # the shop's lease TTL
@@ -184,18 +187,22 @@ def test_status_lists_every_instance(shop: Shop) -> None:
 
 
 def test_sigint_stops_everything_and_leaves_nothing(shop: Shop) -> None:
-    """SIGINT to meshkit up ends every process it started, within seconds."""
-    report = shop.up.status()
-    pids = [i["pid"] for s in report["services"] for i in s["instances"]]  # type: ignore[index, union-attr]
-    pids.append(shop.up.process.pid)
+    """SIGINT to meshkit up ends every process it started, and their groups, within seconds."""
+    table = read_table(shop.directory / ".meshkit")
+    assert table is not None
+    pids = [p.pid for p in table.processes if p.pid is not None]
+    assert "control-plane" in {p.id for p in table.processes}
+    assert len(pids) == len(table.processes) == 9  # eight service instances and the control plane
     started = time.monotonic()  # noqa: TID251
     assert shop.up.stop(timeout=20) == 0
     assert time.monotonic() - started < 15  # noqa: TID251 (the issue's "within a few seconds", generously)
-    alive = []
-    for pid in pids:
+    left = []
+    for pid in pids:  # each child leads a process group of its own
         try:
-            os.kill(pid, 0)
+            os.killpg(pid, 0)
         except ProcessLookupError:
             continue
-        alive.append(pid)
-    assert alive == []
+        left.append(pid)
+    assert left == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(shop.up.process.pid, 0)

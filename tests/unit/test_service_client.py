@@ -69,7 +69,7 @@ class Fleet:
 
 
 def run(main: Callable[[EmbeddedRegistry, ServiceClient], Awaitable[None]]) -> None:
-    clock = FakeClock(autojump_threshold=0.2)  # real loopback I/O must land first
+    clock = FakeClock(autojump_threshold=1.0)  # real loopback I/O must land first
 
     async def wrapper() -> None:
         registry = EmbeddedRegistry(clock=clock)

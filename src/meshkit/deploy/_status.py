@@ -64,12 +64,15 @@ async def collect_status(project: Project, *, clock: Clock | None = None) -> Sta
                 continue
             registered = listed[name].get(process.id)
             running = process.pid is not None
+            # The table may hold a service since removed from meshkit.toml.
+            configured = project.services.get(name)
+            expected = configured.version if configured is not None else ""
             rows[process.id] = InstanceStatus(
                 id=process.id,
                 host=registered.host if registered else "127.0.0.1",
                 port=registered.port if registered else process.port,
                 pid=process.pid,
-                version=registered.version if registered else project.services[name].version,
+                version=registered.version if registered else expected,
                 healthy=running and registered is not None,
                 restarts=process.restarts,
                 uptime=now - process.started_at if running and process.started_at else None,

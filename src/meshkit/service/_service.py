@@ -1,11 +1,13 @@
 """``Service``: an ASGI application as a member of the mesh.
 
-It serves the application with granian's embedded server. Measured for one
-FastAPI route on this kind of machine (wrk, 50 connections, server and load
-on separate cores), granian embedded in our event loop served about 6.6k
-requests/s, uvicorn embedded the same way 6.0-6.3k, and uvicorn standalone
-6.5k: a small margin, with a steadier p99 (``python -m benchmarks.asgi``
-repeats the comparison). Embedded, granian leaves signals and the order of
+It serves the application with granian's embedded server. For one FastAPI
+route on this kind of machine (wrk, 50 connections, server and load on
+separate cores), ``python -m benchmarks.asgi`` measured ``meshkit serve``
+(granian embedded in our event loop, with our ASGI layer) at 6.1k
+requests/s and p99 12.7 ms, beside uvicorn with httptools and uvloop at
+6.1k and 20.4 ms, and granian on its own at 6.5k and 12.1 ms. The choice
+is for the steadier tail and for control of shutdown, not for throughput.
+Embedded, granian leaves signals and the order of
 shutdown to us, and its ``stop()`` finishes requests in flight; its authors
 call the embedded mode experimental, so what we rely on of it is tested here.
 
