@@ -51,12 +51,17 @@ class Up:
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for(self, text: str, timeout: float) -> str:
-        """The first output line containing ``text``; fails after ``timeout`` seconds."""
+    def mark(self) -> int:
+        """A place in the output, for ``wait_for(since=...)``."""
+        with self._changed:
+            return len(self.lines)
+
+    def wait_for(self, text: str, timeout: float, *, since: int = 0) -> str:
+        """The first line from ``since`` on containing ``text``; fails after ``timeout`` s."""
         deadline = time.monotonic() + timeout  # noqa: TID251 (a real process, real time)
         with self._changed:
             while True:
-                for line in self.lines:
+                for line in self.lines[since:]:
                     if text in line:
                         return line
                 remaining = deadline - time.monotonic()  # noqa: TID251

@@ -92,37 +92,75 @@ def stock(shop: Shop, product_id: int) -> int:
     return int(answer["quantity"])  # type: ignore[index]
 
 
-def test_a_charge_whose_answer_is_lost_is_voided(shop: Shop) -> None:
-    """payments freezes mid-charge: the order fails, nothing stays charged, the stock is back.
+def place_order_with_payments_frozen(
+    shop: Shop, *, until: str, deadline_ms: int | None = None
+) -> tuple[int, dict[str, object], str]:
+    """Place an order with payments stopped by SIGSTOP, resumed once orders logs ``until``.
 
-    SIGSTOP holds the charge unanswered past the orders service's charge
-    deadline (2 s, well inside the 5 s lease, so payments stays listed);
-    SIGCONT once orders says it is voiding. Whichever payments handles
-    first, the late charge or the void, the order ends with no money taken.
+    Returns the answer's status and body, and the line orders logged.
     """
     restock(shop, product_id=2, quantity=10)
     (payments,) = instance_pids(shop, "payments").values()
     answer: list[tuple[int, object]] = []
     order = {"user_id": 1, "items": [{"product_id": 2, "quantity": 3}]}
-    caller = threading.Thread(target=lambda: answer.append(http("POST", shop.orders(), order)))
+    headers = {} if deadline_ms is None else {"x-meshkit-timeout-ms": str(deadline_ms)}
+    caller = threading.Thread(
+        target=lambda: answer.append(http("POST", shop.orders(), order, headers=headers))
+    )
+    since = shop.up.mark()
     os.kill(payments, signal.SIGSTOP)
     try:
         caller.start()
-        line = shop.up.wait_for("is uncertain", timeout=20)
+        line = shop.up.wait_for(until, timeout=30, since=since)
     finally:
         os.kill(payments, signal.SIGCONT)
     caller.join(30)
+    status, body = answer[0]
+    assert isinstance(body, dict)
+    return status, body, line
+
+
+def test_a_charge_whose_answer_is_lost_is_voided(shop: Shop) -> None:
+    """payments freezes mid-charge: the order fails, nothing stays charged, the stock is back.
+
+    The order comes with a 1.5 s deadline, all spent by the charge that gets
+    no answer: voiding and releasing run on a deadline of their own.
+    SIGSTOP lasts well inside the 5 s lease, so payments stays listed, and
+    ends once orders says it is voiding. Whichever payments handles first,
+    the late charge or the void, the order ends with no money taken.
+    """
+    status, body, line = place_order_with_payments_frozen(
+        shop, until="is uncertain", deadline_ms=1500
+    )
     order_id = int(re.search(r"order (\d+)", line).group(1))  # type: ignore[union-attr]
     shop.up.wait_for(f"order {order_id}: payment ", timeout=20)
-    status, body = answer[0]
     assert status == 503, body
-    assert f"order {order_id} failed" in body["detail"]  # type: ignore[index]
+    assert f"order {order_id} failed" in str(body["detail"])
     assert http("GET", shop.orders(f"/orders/{order_id}"))[1]["status"] == "failed"  # type: ignore[index]
     payment = shop.service_url("payments", f"/payments/by-order/{order_id}")
     status, charge = http("GET", payment)
     assert status == 200
     assert charge["status"] in {"voided", "refunded"}  # type: ignore[index]
     assert stock(shop, 2) == 10
+
+
+def test_a_charge_that_cannot_be_voided_leaves_the_order_uncertain(shop: Shop) -> None:
+    """payments stays frozen past the void too: the order says 'uncertain', the stock is back.
+
+    Frozen longer than its 5 s lease, payments leaves discovery; once
+    resumed, its heartbeat registers it again.
+    """
+    status, body, _ = place_order_with_payments_frozen(shop, until="could not void the payment")
+    assert status == 503, body
+    order_id = int(re.search(r"order (\d+) uncertain", str(body["detail"])).group(1))  # type: ignore[union-attr]
+    stored = http("GET", shop.orders(f"/orders/{order_id}"))[1]
+    assert stored["status"] == "uncertain"  # type: ignore[index]
+    assert "could not be voided" in stored["reason"]  # type: ignore[index]
+    assert stock(shop, 2) == 10
+    deadline = time.monotonic() + 15  # noqa: TID251
+    while not instance_pids(shop, "payments"):
+        assert time.monotonic() < deadline, "payments did not register again"  # noqa: TID251
+        time.sleep(0.1)  # noqa: TID251 (polling for the re-registration, bounded)
 
 
 def test_a_killed_instance_leaves_discovery_and_comes_back(shop: Shop) -> None:

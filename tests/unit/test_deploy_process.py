@@ -7,6 +7,7 @@ each test takes at most a few seconds.
 import asyncio
 import io
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +107,28 @@ async def test_a_program_that_cannot_start_is_retried_not_fatal(tmp_path: Path) 
     child, stream = make_child([str(tmp_path / "gone")], tmp_path)
     child.start()
     await wait_for(lambda: child.restarts >= 1)
-    assert "worker exited with" in stream.getvalue()
+    assert "worker exited with an error starting it: [Errno 2] no such executable program" in (
+        stream.getvalue()
+    )
     assert "restarting in 0.5s" in stream.getvalue()
     await child.stop(grace=1)
     assert child.status == "stopped"
+
+
+async def test_stop_stops_listening_to_a_process_that_left_the_group(tmp_path: Path) -> None:
+    """A grandchild in a session of its own keeps the pipe open: stop() still closes it."""
+    loop = "while :; do echo tick; sleep 0.05; done"
+    script = f"setsid sh -c '{loop}' & echo $!; exec sleep 300"
+    child, stream = make_child(["sh", "-c", script], tmp_path)
+    child.start()
+    await wait_for(lambda: "tick" in printed(stream))
+    escaped = int(printed(stream)[0])
+    try:
+        await child.stop(grace=5)
+        assert child.status == "stopped"
+        assert alive(escaped)  # out of our reach, as designed
+        seen = len(printed(stream))
+        await SystemClock().sleep(0.3)
+        assert len(printed(stream)) == seen  # its ticks no longer reach us
+    finally:
+        os.kill(escaped, signal.SIGKILL)

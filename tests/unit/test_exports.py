@@ -17,6 +17,15 @@ PUBLIC = {
         "__version__",
     ],
     "meshkit.testing": ["FakeClock"],
+    "meshkit.service": [
+        "TIMEOUT_HEADER",
+        "CallPolicy",
+        "Directory",
+        "Service",
+        "ServiceClient",
+        "current_deadline",
+        "without_deadline",
+    ],
     "meshkit.http": [
         "IDEMPOTENT_METHODS",
         "HTTPClient",

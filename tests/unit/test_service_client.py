@@ -15,7 +15,7 @@ from meshkit.errors import (
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.policy import DeadlineBudget
 from meshkit.registry import EmbeddedRegistry, Instance, Registration
-from meshkit.service import Directory, ServiceClient
+from meshkit.service import Directory, ServiceClient, without_deadline
 from meshkit.service._client import _retry_after
 from meshkit.service._deadline import use_deadline
 from meshkit.testing import FakeClock
@@ -202,6 +202,21 @@ def test_the_served_request_s_deadline_caps_the_call() -> None:
         with use_deadline(DeadlineBudget(loop_now + 0.5)):
             assert (await client.get("products", "/p", timeout=10)).status == 200
         assert fleet.seen_timeouts == [500]
+        await fleet.aclose()
+
+    run(main)
+
+
+def test_without_deadline_lets_a_call_outlive_the_served_request_s() -> None:
+    """Inside without_deadline(), a call gets its own timeout, not the 0.5 s left."""
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        await fleet.add()
+        loop_now = asyncio.get_running_loop().time()
+        with use_deadline(DeadlineBudget(loop_now + 0.5)), without_deadline():
+            assert (await client.get("products", "/p", timeout=7)).status == 200
+        assert fleet.seen_timeouts == [7000]
         await fleet.aclose()
 
     run(main)

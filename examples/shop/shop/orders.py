@@ -6,7 +6,9 @@ stock is short the order is rejected (409); if the payment is declined the
 reservation is released and the order ends declined (402); if a service
 cannot be reached, what was done is undone as far as possible and the order
 ends failed (503). A charge whose answer is lost may or may not have been
-captured, so it is voided: refunded if it was, refused if it comes late.
+captured, so it is voided: refunded if it was, refused if it comes late;
+if even the void fails, the order ends 'uncertain', for a person to settle.
+Undoing runs whatever stopped the order, a cancelled request included.
 (A later issue makes this a saga that survives a crash of this service in
 the middle.)
 
@@ -27,6 +29,7 @@ from pydantic import BaseModel, Field
 import meshkit
 from meshkit.errors import MeshkitError
 from meshkit.http import Response
+from meshkit.service import without_deadline
 from shop.db import Database
 
 app = FastAPI(title="orders")
@@ -37,6 +40,7 @@ log = logging.getLogger("shop.orders")
 # payments answers in milliseconds on loopback, and an order whose charge is
 # lost should still have time to void it and answer.
 _CHARGE_TIMEOUT = 2.0
+_UNDO_TIMEOUT = 5.0  # someone waits for the order's answer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -142,13 +146,14 @@ async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, objec
             raise _unavailable("payments", payment)
         if payment.json()["status"] != "captured":  # voided before it arrived
             raise HTTPException(503, f"the payment of order {order_id} was voided")
-    except (MeshkitError, HTTPException) as error:
-        if charging:
-            await _void(order_id, error)
-        if reserved:
-            await _release(order_id)
-        _finish(order_id, "failed", reason=str(error))
-        raise HTTPException(503, f"order {order_id} failed: {error}") from error
+    except BaseException as error:
+        # Anything, a cancelled request included, undoes what was done;
+        # shielded, so a cancellation cannot stop the undoing half-way.
+        undo = _undo(order_id, error, charging=charging, reserved=reserved)
+        status = await asyncio.shield(undo)
+        if isinstance(error, MeshkitError | HTTPException):
+            raise HTTPException(503, f"order {order_id} {status}: {error}") from error
+        raise
     _finish(order_id, "confirmed", payment_id=int(payment.json()["id"]))
     await _notify(order.user_id, order_id, total)
     return {"id": order_id, "status": "confirmed", "total_cents": total}
@@ -189,24 +194,45 @@ def _finish(
         )
 
 
-async def _void(order_id: int, error: Exception) -> None:
-    log.warning("the charge for order %d is uncertain (%s); voiding it", order_id, error)
+async def _undo(order_id: int, error: BaseException, *, charging: bool, reserved: bool) -> str:
+    """Void the charge and release the stock; record the order's end, and return it.
+
+    The order that called us may have had its deadline spent by the step that
+    failed: undoing runs on a deadline of its own.
+    """
+    status, reason = "failed", str(error) or type(error).__name__
+    with without_deadline():
+        if charging and not await _void(order_id, error):
+            # Left for a person (and, later, the saga) to settle.
+            status, reason = "uncertain", f"{reason}; the charge could not be voided"
+        if reserved:
+            await _release(order_id)
+    _finish(order_id, status, reason=reason)
+    return status
+
+
+async def _void(order_id: int, error: BaseException) -> bool:
+    log.warning("the charge for order %d is uncertain (%r); voiding it", order_id, error)
     try:
         voided = await service.client.post(
-            "payments", f"/payments/by-order/{order_id}/void", idempotent=True
+            "payments",
+            f"/payments/by-order/{order_id}/void",
+            idempotent=True,
+            timeout=_UNDO_TIMEOUT,
         )
     except MeshkitError as failure:
         log.error("could not void the payment of order %d: %s", order_id, failure)
-        return
-    if voided.ok:
-        log.warning("order %d: payment %s", order_id, voided.json()["status"])
-    else:
+        return False
+    if not voided.ok:
         log.error("could not void the payment of order %d: %d", order_id, voided.status)
+        return False
+    log.warning("order %d: payment %s", order_id, voided.json()["status"])
+    return True
 
 
 async def _release(order_id: int) -> None:
     try:
-        await service.client.delete("inventory", f"/reservations/{order_id}")
+        await service.client.delete("inventory", f"/reservations/{order_id}", timeout=_UNDO_TIMEOUT)
     except MeshkitError as error:
         log.warning("could not release the reservation of order %d: %s", order_id, error)
 

@@ -165,7 +165,7 @@ def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> 
     if service.command is not None:
         if not service.command:
             raise _problem(path, text, f"{key}.command", "must not be empty")
-        if not _runnable(service.command[0], path.parent):
+        if not runnable(service.command[0], path.parent):
             raise _problem(
                 path,
                 text,
@@ -205,11 +205,12 @@ def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> 
 _PATH = re.compile(r"/[!-~]*")
 
 
-def _runnable(program: str, directory: Path) -> bool:
+def runnable(program: str, directory: Path, search_path: str | None = None) -> bool:
+    """Whether exec would find ``program``: a path from ``directory``, or a name on the PATH."""
     if "/" in program:
         candidate = directory / program
         return candidate.is_file() and os.access(candidate, os.X_OK)
-    return shutil.which(program) is not None
+    return shutil.which(program, path=search_path) is not None
 
 
 def _dependency_order(path: Path, text: str, services: dict[str, ServiceConfig]) -> tuple[str, ...]:

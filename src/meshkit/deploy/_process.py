@@ -4,10 +4,13 @@ Each child runs in a process group of its own, and the group, not just the
 process, is what gets signalled: stopping a child, or cleaning up after one
 that crashed, reaches everything it started, even once the child itself
 has exited. On Linux the child is started through ``setpriv --pdeathsig``
-(util-linux) so that it receives SIGTERM if the supervisor dies, and even a
-supervisor killed with ``kill -9`` leaves nothing behind. (Python's own
-``preexec_fn`` could do the same, but it is unsafe in a process with
-threads, and asyncio's child watchers are threads.)
+(util-linux) so that it receives SIGTERM if the supervisor dies, even by
+``kill -9``: a ``meshkit serve`` child then drains and exits. The signal
+reaches the child only, not what it started, and a supervisor that dies in
+the instant between the fork and setpriv's ``prctl`` sends none; both are
+left to whoever runs the machine. (Python's own ``preexec_fn`` could set
+the signal too, but it is unsafe in a process with threads, and asyncio's
+child watchers are threads.)
 
 The child runs under a ``SubprocessProtocol`` of our own rather than
 ``asyncio.create_subprocess_exec``: ``Process.wait()`` returns only once the
@@ -22,13 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import functools
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from meshkit._clock import Clock
+from meshkit.deploy._config import runnable
 from meshkit.deploy._output import Output
 from meshkit.policy import Backoff
 
@@ -45,16 +53,24 @@ _CUT = b" [cut]"
 _PIPE_GRACE = 1.0
 
 
-def _death_signal_prefix() -> list[str]:
-    """``setpriv --pdeathsig TERM --`` where available (Linux with util-linux)."""
-    if sys.platform.startswith("linux"):
-        setpriv = shutil.which("setpriv")
-        if setpriv:
-            return [setpriv, "--pdeathsig", "TERM", "--"]
-    return []
+@functools.cache
+def _death_signal_prefix() -> tuple[str, ...]:
+    """``setpriv --pdeathsig TERM --`` where it works (Linux with util-linux 2.33+).
 
-
-_PREFIX = _death_signal_prefix()
+    Tried once: a setpriv without ``--pdeathsig`` (busybox, older util-linux)
+    would otherwise fail every start, and the child would crash-loop.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if setpriv is None:
+        return ()
+    prefix = (setpriv, "--pdeathsig", "TERM", "--")
+    try:
+        works = subprocess.run(  # noqa: S603 (fixed arguments)
+            [*prefix, "true"], capture_output=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return prefix if works.returncode == 0 else ()
 
 
 class _Lines:
@@ -163,7 +179,11 @@ class Child:
         """SIGTERM the process group; SIGKILL whatever is left of it after ``grace`` s."""
         self._stopping = True
         protocol = self._protocol
-        if protocol is not None and not protocol.exited.done():
+        # Decided before signalling: a run that exits on our SIGTERM is left
+        # to finish its clean-up; only a task between runs is cancelled.
+        between_runs = protocol is None or protocol.exited.done()
+        if not between_runs:
+            assert protocol is not None
             self._signal_group(signal.SIGTERM)
             try:
                 async with asyncio.timeout(grace):
@@ -172,8 +192,7 @@ class Child:
                 self._output.say(f"{self.name} did not stop within {grace:g}s; killing it")
                 self._signal_group(signal.SIGKILL)
         if self._task is not None:
-            if protocol is None or protocol.exited.done():
-                # Between runs (backing off) or never started: nothing to wait for.
+            if between_runs:  # backing off, or starting: nothing to wait for
                 self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task  # it cleans up after the run it was watching
@@ -209,10 +228,16 @@ class Child:
         self._started_monotonic = self._clock.monotonic()
         env = {**self.env, "MESHKIT_RESTARTS": str(self.restarts)}
         protocol = _ChildProtocol(self._line, loop)
+        # Checked here because through setpriv a missing program would show
+        # as setpriv's exit status 127, not as the error that says what is wrong.
+        program = self.argv[0]
+        if not runnable(program, Path(self.cwd), env.get("PATH", os.defpath)):
+            raise FileNotFoundError(errno.ENOENT, "no such executable program", program)
         transport, _ = await loop.subprocess_exec(
             lambda: protocol,
-            *_PREFIX,
-            *self.argv,
+            *_death_signal_prefix(),
+            program,
+            *self.argv[1:],
             cwd=self.cwd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -228,13 +253,15 @@ class Child:
         try:
             await asyncio.shield(protocol.exited)
         finally:
-            # Whether it crashed or was stopped: kill what it left running, so
-            # the pipe closes and the last lines it wrote are read.
-            self._signal_group(signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_PIPE_GRACE):
-                    await asyncio.shield(protocol.closed)
-            transport.close()
+            try:
+                # Whether it crashed or was stopped: kill what it left running,
+                # so the pipe closes and the last lines it wrote are read.
+                self._signal_group(signal.SIGKILL)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_PIPE_GRACE):
+                        await asyncio.shield(protocol.closed)
+            finally:
+                transport.close()  # even if cancelled while waiting for the pipe
         code = transport.get_returncode()
         assert code is not None  # process_exited has been called
         return code

@@ -1,7 +1,7 @@
 """The service SDK: serve an ASGI application in the mesh and call other services by name."""
 
 from meshkit.service._client import CallPolicy, ServiceClient
-from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
+from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline, without_deadline
 from meshkit.service._directory import Directory
 from meshkit.service._service import Service
 
@@ -12,4 +12,5 @@ __all__ = [
     "Service",
     "ServiceClient",
     "current_deadline",
+    "without_deadline",
 ]

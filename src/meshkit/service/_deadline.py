@@ -15,7 +15,13 @@ from collections.abc import Iterator
 
 from meshkit.policy import DeadlineBudget
 
-__all__ = ["TIMEOUT_HEADER", "current_deadline", "deadline_from_header", "use_deadline"]
+__all__ = [
+    "TIMEOUT_HEADER",
+    "current_deadline",
+    "deadline_from_header",
+    "use_deadline",
+    "without_deadline",
+]
 
 TIMEOUT_HEADER = b"x-meshkit-timeout-ms"
 
@@ -37,6 +43,15 @@ def use_deadline(deadline: DeadlineBudget | None) -> Iterator[None]:
         yield
     finally:
         _deadline.reset(token)
+
+
+def without_deadline() -> contextlib.AbstractContextManager[None]:
+    """Calls inside the block ignore the deadline of the request being served.
+
+    For work that must finish even though the caller has given up, such as
+    undoing a half-done operation: give those calls a ``timeout=`` of their own.
+    """
+    return use_deadline(None)
 
 
 def deadline_from_header(value: bytes | None, now: float) -> DeadlineBudget | None:
