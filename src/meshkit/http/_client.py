@@ -85,29 +85,21 @@ class HTTPClient:
         exception.
         """
         timeouts = timeouts or self.timeouts
+        sending = self.send(
+            method,
+            host,
+            port,
+            target,
+            headers=headers,
+            body=body,
+            connect=timeouts.connect,
+            read=timeouts.read,
+        )
         if timeouts.total is None:
-            return await self.send(
-                method,
-                host,
-                port,
-                target,
-                headers=headers,
-                body=body,
-                connect=timeouts.connect,
-                read=timeouts.read,
-            )
+            return await sending
         try:
             async with asyncio.timeout(timeouts.total):
-                return await self.send(
-                    method,
-                    host,
-                    port,
-                    target,
-                    headers=headers,
-                    body=body,
-                    connect=timeouts.connect,
-                    read=timeouts.read,
-                )
+                return await sending
         except DeadlineExceededError:
             raise  # a connect or read timeout inside: already the right error
         except TimeoutError as error:

@@ -8,6 +8,16 @@ import msgspec
 
 from meshkit.errors import ProtocolViolationError
 
+
+def first_header(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+    """The first value of ``name`` in headers whose names are lower-case, as Latin-1."""
+    wanted = name.lower().encode("latin-1")
+    for key, value in headers:
+        if key == wanted:
+            return value.decode("latin-1")
+    return None
+
+
 __all__ = ["Response"]
 
 
@@ -23,11 +33,7 @@ class Response:
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), decoded as Latin-1."""
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.headers:
-            if key == wanted:
-                return value.decode("latin-1")
-        return None
+        return first_header(self.headers, name)
 
     def json(self) -> Any:
         """The body decoded as JSON; ``ProtocolViolationError`` if it is not JSON."""

@@ -42,7 +42,7 @@ from typing import cast
 import httptools
 import msgspec
 
-from meshkit.http._response import Response
+from meshkit.http._response import Response, first_header
 from meshkit.policy import _check as check
 
 __all__ = ["HTTPServer", "Request", "ServerLimits", "json_response"]
@@ -109,11 +109,8 @@ class Request:
         self.peer = peer
 
     def header(self, name: str) -> str | None:
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.headers:
-            if key == wanted:
-                return value.decode("latin-1")
-        return None
+        """The first value of header ``name`` (case-insensitive), decoded as Latin-1."""
+        return first_header(self.headers, name)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"
