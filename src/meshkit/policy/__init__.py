@@ -1,4 +1,4 @@
-"""Pure decisions: rate limits, circuit breakers, retries, load balancing, leases, deadlines.
+"""Pure decisions: rate limits, breakers, retries, balancing, leases, deadlines, routes.
 
 Everything here is a small state machine fed facts and ``now`` (seconds on a
 monotonic clock) that returns a decision. Nothing here awaits, sleeps, reads a
@@ -39,11 +39,13 @@ from meshkit.policy._retry import (
     RetryPolicy,
     RetryRun,
 )
+from meshkit.policy._route import BadPath, NoRoute, Route, RouteMatch, RouteTable
 
 __all__ = [
     "GCRA",
     "BackendsChanged",
     "Backoff",
+    "BadPath",
     "Balancer",
     "BreakerConfig",
     "BreakerState",
@@ -56,6 +58,7 @@ __all__ = [
     "LeaseEvent",
     "LeaseEventKind",
     "LeaseTable",
+    "NoRoute",
     "PolicyEvent",
     "PowerOfTwoChoices",
     "RateDecision",
@@ -70,6 +73,9 @@ __all__ = [
     "RetryScheduled",
     "RetryStopped",
     "RoundRobin",
+    "Route",
+    "RouteMatch",
+    "RouteTable",
     "SmoothWeightedRoundRobin",
     "StopReason",
     "TokenBucket",
