@@ -17,6 +17,7 @@ PUBLIC = {
         "__version__",
     ],
     "meshkit.testing": ["FakeClock"],
+    "meshkit.proxy": ["HOP_BY_HOP", "Forwarding", "request_headers", "response_headers"],
     "meshkit.service": [
         "TIMEOUT_HEADER",
         "CallPolicy",
