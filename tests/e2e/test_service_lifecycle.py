@@ -23,11 +23,13 @@ TOKEN = "lifecycle-token-0123456789"
 
 APP = """
 import asyncio
+import pathlib
 from fastapi import FastAPI
 app = FastAPI()
 
 @app.get("/slow")
 async def slow() -> dict:
+    pathlib.Path(__file__).with_name("slow-started").touch()  # the test waits for this
     await asyncio.sleep(3)
     return {"finished": True}
 """
@@ -121,7 +123,7 @@ def test_sigterm_deregisters_first_and_finishes_requests_in_flight(
             target=lambda: answer.append(http("GET", f"http://127.0.0.1:{port}/slow"))
         )
         caller.start()
-        time.sleep(0.5)  # noqa: TID251 (the slow request is being handled)
+        wait_until((tmp_path / "slow-started").exists, 10, "the slow request being handled")
         service.send_signal(signal.SIGTERM)
         wait_until(lambda: listed(plane) == [], 2, "deregistered before the request ends")
         assert not answer  # still in flight while already out of discovery

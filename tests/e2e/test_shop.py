@@ -163,6 +163,14 @@ def test_a_charge_that_cannot_be_voided_leaves_the_order_uncertain(shop: Shop) -
         time.sleep(0.1)  # noqa: TID251 (polling for the re-registration, bounded)
 
 
+def wait_for_results(results: list[int], count: int) -> None:
+    """Until ``count`` orders have been answered (they take milliseconds each)."""
+    deadline = time.monotonic() + 30  # noqa: TID251
+    while len(results) < count:
+        assert time.monotonic() < deadline, f"only {len(results)} of {count} orders answered"  # noqa: TID251
+        time.sleep(0.01)  # noqa: TID251 (polling another thread, bounded)
+
+
 def test_a_killed_instance_leaves_discovery_and_comes_back(shop: Shop) -> None:
     """kill -9 one products instance while orders flow: they keep succeeding; it is replaced."""
     restock(shop, product_id=3, quantity=1_000_000)  # so every order can be confirmed
@@ -178,14 +186,14 @@ def test_a_killed_instance_leaves_discovery_and_comes_back(shop: Shop) -> None:
     caller = threading.Thread(target=place_orders)
     caller.start()
     try:
-        time.sleep(0.5)  # noqa: TID251 (orders are flowing before the kill)
+        wait_for_results(results, 5)  # orders are flowing before the kill
         killed = before["products-1"]
         os.kill(killed, signal.SIGKILL)
         killed_at = time.monotonic()  # noqa: TID251 (measuring a real process)
         while killed in instance_pids(shop, "products").values():
             assert time.monotonic() - killed_at < TTL + 1, "the dead instance is still listed"  # noqa: TID251
             time.sleep(0.05)  # noqa: TID251 (polling the registry, bounded by the TTL)
-        time.sleep(1.0)  # noqa: TID251 (more orders after it is gone)
+        wait_for_results(results, len(results) + 10)  # and go on after it is gone
     finally:
         done.set()
         caller.join(30)

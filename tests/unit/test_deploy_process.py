@@ -128,6 +128,7 @@ async def test_stop_stops_listening_to_a_process_that_left_the_group(tmp_path: P
         assert child.status == "stopped"
         assert alive(escaped)  # out of our reach, as designed
         seen = len(printed(stream))
+        # An absence has no event to wait for: six of its 50 ms ticks would have come.
         await SystemClock().sleep(0.3)
         assert len(printed(stream)) == seen  # its ticks no longer reach us
     finally:
