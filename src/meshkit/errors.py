@@ -6,7 +6,8 @@ next: fix its input, try another peer, or wait for the environment.
 
     MeshkitError
     ├── UsageError                  the caller's fault: fix the input, do not retry
-    │   └── ConfigError             an option or a configuration key is invalid
+    │   ├── ConfigError             an option or a configuration key is invalid
+    │   └── RequestRefusedError     a proxy will not forward a client's request
     ├── PeerError                   the other side failed: another peer may do
     │   ├── ConnectError            no connection could be made to the peer
     │   ├── PeerClosedError         the peer closed the connection before answering
@@ -45,6 +46,7 @@ __all__ = [
     "PeerError",
     "ProtocolViolationError",
     "ReadTimeoutError",
+    "RequestRefusedError",
     "ResponseTooLargeError",
     "ServiceUnavailableError",
     "UsageError",
@@ -75,6 +77,22 @@ class ConfigError(UsageError):
         # Rebuild from the constructor's arguments, so the error survives
         # pickling (process pools, multiprocessing logging).
         return type(self), (self.key, self.problem)
+
+
+class RequestRefusedError(UsageError):
+    """A proxy refuses a client's request; ``status`` is the HTTP status to answer with.
+
+    The client's fault (a body over the limit, a request the proxy cannot
+    forward safely): another upstream would not change the answer.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[RequestRefusedError], tuple[int, str]]:
+        return type(self), (self.status, self.message)
 
 
 class PeerError(MeshkitError):

@@ -15,7 +15,8 @@ from meshkit.errors import (
     UsageError,
 )
 from meshkit.http import HTTPClient, Limits, Timeouts
-from meshkit.http._client import _Pool, encode_request
+from meshkit.http._client import encode_request
+from meshkit.http._pool import _Origin
 from meshkit.testing import FakeClock
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -404,14 +405,13 @@ def test_a_waiter_cancelled_as_it_is_woken_passes_its_slot_on() -> None:
 
     async def main() -> None:
         client = HTTPClient(limits=Limits(max_connections=1, max_idle=1))
-        pool = client._pools[("127.0.0.1", 1)] = _Pool()
-        pool.open = 1  # the one connection is in use
-        waiting = [
-            asyncio.create_task(client._wait_for_slot(pool, ("127.0.0.1", 1), 30)) for _ in range(2)
-        ]
+        pool = client._pool
+        entry = pool._origins[("127.0.0.1", 1)] = _Origin()
+        entry.open = 1  # the one connection is in use
+        waiting = [asyncio.create_task(pool.wait_for_slot(("127.0.0.1", 1), 30)) for _ in range(2)]
         await asyncio.sleep(0)  # noqa: TID251 (both tasks reach their waits)
-        pool.open = 0
-        client._wake(pool)  # the first waiter is handed the slot...
+        entry.open = 0
+        pool._wake(entry)  # the first waiter is handed the slot...
         waiting[0].cancel()  # ...and cancelled before it can use it
         await asyncio.wait_for(waiting[1], 1)  # the second still gets it
         assert waiting[0].cancelled()

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import deque
 from collections.abc import Iterable
 
 from meshkit.errors import (
-    ConnectError,
-    ConnectTimeoutError,
     DeadlineExceededError,
     PeerClosedError,
     ReadTimeoutError,
@@ -30,6 +27,7 @@ from meshkit.errors import (
 )
 from meshkit.http._config import Limits, Timeouts
 from meshkit.http._connection import Connection
+from meshkit.http._pool import ConnectionPool
 from meshkit.http._response import Response
 
 __all__ = ["IDEMPOTENT_METHODS", "HTTPClient"]
@@ -40,24 +38,13 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 Headers = Iterable[tuple[bytes, bytes]]
 
 
-class _Pool:
-    """Connections to one origin: idle ones for reuse, and waiters for a free slot."""
-
-    __slots__ = ("idle", "open", "waiters")
-
-    def __init__(self) -> None:
-        self.idle: deque[Connection] = deque()
-        self.open = 0
-        self.waiters: deque[asyncio.Future[None]] = deque()
-
-
 class HTTPClient:
     """A pooled HTTP/1.1 client. Use ``async with`` or call ``aclose()``."""
 
     def __init__(self, *, timeouts: Timeouts | None = None, limits: Limits | None = None) -> None:
         self.timeouts = timeouts or Timeouts()
         self.limits = limits or Limits()
-        self._pools: dict[tuple[str, int], _Pool] = {}
+        self._pool = ConnectionPool(lambda origin: Connection(origin, self.limits), self.limits)
         self._closed = False
 
     async def __aenter__(self) -> HTTPClient:
@@ -139,13 +126,7 @@ class HTTPClient:
     async def aclose(self) -> None:
         """Close idle connections now; requests in flight finish, then close theirs."""
         self._closed = True
-        for pool in self._pools.values():
-            while pool.idle:
-                pool.idle.pop().close()
-            for waiter in pool.waiters:
-                if not waiter.done():
-                    waiter.set_exception(UsageError("the HTTPClient was closed"))
-        self._pools.clear()
+        self._pool.close()
 
     # -- one request ------------------------------------------------------
 
@@ -160,134 +141,31 @@ class HTTPClient:
         *,
         resend: bool,
     ) -> Response:
-        pool = self._pools.get(origin)
-        if pool is None:
-            pool = self._pools[origin] = _Pool()
+        pool = self._pool
         head = method == "HEAD"
-        connection, reused = await self._acquire(pool, origin, _within(connect, deadline))
+        connection, reused = await pool.acquire(origin, _within(connect, deadline))
         try:
             response = await connection.roundtrip(
                 data, read_timeout=_within(read, deadline), head=head
             )
         except PeerClosedError:
-            self._discard(pool, connection)
+            pool.discard(origin, connection)
             if not (reused and resend):
                 raise
             # A kept-alive connection the server closed just as we reused it.
-            connection, _ = await self._acquire(
-                pool, origin, _within(connect, deadline), fresh=True
-            )
+            connection, _ = await pool.acquire(origin, _within(connect, deadline), fresh=True)
             try:
                 response = await connection.roundtrip(
                     data, read_timeout=_within(read, deadline), head=head
                 )
             except BaseException:
-                self._discard(pool, connection)
+                pool.discard(origin, connection)
                 raise
         except BaseException:
-            self._discard(pool, connection)
+            pool.discard(origin, connection)
             raise
-        self._release(pool, connection)
+        pool.release(origin, connection)
         return response
-
-    # -- the pool ---------------------------------------------------------
-
-    async def _acquire(
-        self, pool: _Pool, origin: tuple[str, int], connect: float, *, fresh: bool = False
-    ) -> tuple[Connection, bool]:
-        while not fresh and pool.idle:
-            connection = pool.idle.pop()  # the most recently used: least likely to be stale
-            if connection.idle_handle is not None:
-                connection.idle_handle.cancel()
-                connection.idle_handle = None
-            if not connection.closed:
-                return connection, True
-            pool.open -= 1
-        if pool.open >= self.limits.max_connections:
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            await self._wait_for_slot(pool, origin, connect)
-            connect -= loop.time() - started
-            if not fresh and pool.idle:
-                return await self._acquire(pool, origin, connect)
-        pool.open += 1
-        try:
-            return await self._connect(origin, connect), False
-        except BaseException:
-            pool.open -= 1
-            self._wake(pool)
-            raise
-
-    async def _wait_for_slot(self, pool: _Pool, origin: tuple[str, int], connect: float) -> None:
-        """Until a connection is free to use or open; waiting counts against ``connect``."""
-        try:
-            async with asyncio.timeout(connect):
-                while pool.open >= self.limits.max_connections and not pool.idle:
-                    waiter = asyncio.get_running_loop().create_future()
-                    pool.waiters.append(waiter)
-                    try:
-                        await waiter
-                    except BaseException:
-                        # Woken and cancelled in the same moment: the slot it was
-                        # handed must go to the next waiter, or it is lost.
-                        if waiter.done() and not waiter.cancelled():
-                            self._wake(pool)
-                        raise
-                    finally:
-                        if waiter in pool.waiters:
-                            pool.waiters.remove(waiter)
-        except TimeoutError as error:
-            host, port = origin
-            raise ConnectTimeoutError(
-                f"no connection to {host}:{port} came free within {connect:.3g}s"
-                f" ({self.limits.max_connections} in use)"
-            ) from error
-
-    async def _connect(self, origin: tuple[str, int], connect: float) -> Connection:
-        host, port = origin
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(connect):
-                _, connection = await loop.create_connection(
-                    lambda: Connection(origin, self.limits), host, port
-                )
-        except TimeoutError as error:
-            raise ConnectTimeoutError(
-                f"could not connect to {host}:{port} within {connect}s"
-            ) from error
-        except OSError as error:
-            raise ConnectError(f"could not connect to {host}:{port}: {error}") from error
-        # asyncio and uvloop set TCP_NODELAY on TCP connections themselves.
-        return connection
-
-    def _release(self, pool: _Pool, connection: Connection) -> None:
-        if self._closed or not connection.reusable or len(pool.idle) >= self.limits.max_idle:
-            self._discard(pool, connection)
-            return
-        loop = asyncio.get_running_loop()
-        connection.idle_handle = loop.call_later(
-            self.limits.idle_timeout, self._expire_idle, pool, connection
-        )
-        pool.idle.append(connection)
-        self._wake(pool)
-
-    def _expire_idle(self, pool: _Pool, connection: Connection) -> None:
-        if connection in pool.idle:
-            pool.idle.remove(connection)
-            self._discard(pool, connection)
-
-    def _discard(self, pool: _Pool, connection: Connection) -> None:
-        connection.close()
-        pool.open -= 1
-        self._wake(pool)
-
-    @staticmethod
-    def _wake(pool: _Pool) -> None:
-        while pool.waiters:
-            waiter = pool.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
 
 def _within(timeout: float, deadline: float | None) -> float:

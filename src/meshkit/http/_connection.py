@@ -53,12 +53,14 @@ class Connection(asyncio.Protocol):
         "_transport",
         "_waiter",
         "closed",
-        "idle_handle",
+        "idle_since",
+        "loop",
         "origin",
     )
 
     def __init__(self, origin: tuple[str, int], limits: Limits) -> None:
         self.origin = origin
+        self.loop = asyncio.get_running_loop()
         self._limits = limits
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -74,7 +76,7 @@ class Connection(asyncio.Protocol):
         self._framed = False  # the response says where its body ends
         self._interim = False  # the message being read is a 1xx
         self.closed = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # when the pool last took it back (loop time)
 
     # -- used by the pool -------------------------------------------------
 
@@ -100,7 +102,7 @@ class Connection(asyncio.Protocol):
         self._head_request = head
         self._answered = False
         self._start_message()
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         waiter: asyncio.Future[Response] = loop.create_future()
         self._waiter = waiter
         timer = loop.call_later(read_timeout, self._read_timed_out, read_timeout)
@@ -117,8 +119,6 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self.idle_handle is not None:
-                self.idle_handle.cancel()
             if self._transport is not None:
                 self._transport.close()
 
@@ -150,8 +150,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
         if self._waiter is None or self._waiter.done():
             return
         if exc is None and self._headers_done and not self._framed and not self._interim:

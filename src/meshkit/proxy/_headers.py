@@ -19,15 +19,14 @@ Two choices need saying:
   itself is believed: the values are replaced. Behind a proxy we run (the
   sidecar behind the gateway), they are extended.
 
-Header names come in as the client sent them; names this module compares
-are lower-cased, names it adds are lower-case, and the others keep their
-case. Values are bytes, as they arrived.
+Header names must be lower-case, as the engine's parsers deliver them
+(comparing them is then one set lookup per header, which matters on the
+proxy's hot path). Values are bytes, as they arrived.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 
 from meshkit.errors import ConfigError
 
@@ -57,63 +56,89 @@ class Forwarding:
         self.trust_forwarded = trust_forwarded
 
 
-def _connection_options(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    options: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            options.update(token.strip().lower() for token in value.split(b","))
-    options.discard(b"")
-    return options - _KEPT
+def _connection_options(values: list[bytes]) -> frozenset[bytes]:
+    """Header names the ``Connection`` values name, beyond the fixed hop-by-hop set."""
+    options = {token.strip().lower() for value in values for token in value.split(b",")}
+    return frozenset(options - _KEPT - HOP_BY_HOP - {b"", b"close"})
+
+
+# Connection values that name nothing beyond the fixed set: almost every
+# response says one of these, and the set arithmetic costs microseconds.
+_PLAIN = frozenset({b"keep-alive", b"close", b"Keep-Alive", b"Close", b"upgrade", b"Upgrade"})
+
+
+def _without(kept: Headers, values: list[bytes]) -> Headers:
+    if all(value in _PLAIN for value in values):
+        return kept
+    options = _connection_options(values)
+    return [item for item in kept if item[0] not in options] if options else kept
+
+
+# Every name the request loop treats specially, so other headers cost one lookup.
+_REQUEST_SPECIAL = HOP_BY_HOP | _FORWARDED | {b"via", b"host"}
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"via"}
 
 
 def request_headers(
     headers: Headers, forwarding: Forwarding, *, client: str, scheme: str
 ) -> Headers:
-    """The headers to send upstream for a request from ``client`` (an address) over ``scheme``."""
-    dropped = HOP_BY_HOP | _connection_options(headers)
+    """The headers to send upstream for a request from ``client`` (an address) over ``scheme``.
+
+    Names must be lower-case, as the engine's parser delivers them.
+    """
     trust = forwarding.trust_forwarded
     kept: Headers = []
     chain: list[bytes] = []  # X-Forwarded-For values already there, when trusted
     proto = host = forwarded_host = None
     vias: list[bytes] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower in dropped:
+    connection: list[bytes] = []
+    for item in headers:
+        name = item[0]
+        if name not in _REQUEST_SPECIAL:
+            kept.append(item)
+        elif name == b"host":
+            if host is None:
+                host = item[1]
+            kept.append(item)
+        elif name == b"via":
+            vias.append(item[1])
+        elif name == b"connection":
+            connection.append(item[1])
+        elif not trust or name in HOP_BY_HOP:
             continue
-        if lower == b"via":
-            vias.append(value)
-        elif lower == b"x-forwarded-for":
-            if trust:
-                chain.append(value)
-        elif lower == b"x-forwarded-proto":
-            if trust and proto is None:
-                proto = value
-        elif lower == b"x-forwarded-host":
-            if trust and forwarded_host is None:
-                forwarded_host = value
+        elif name == b"x-forwarded-for":
+            chain.append(item[1])
+        elif name == b"x-forwarded-proto":
+            proto = proto or item[1]
         else:
-            if lower == b"host" and host is None:
-                host = value
-            kept.append((name, value))
+            forwarded_host = forwarded_host or item[1]
+    if connection:
+        kept = _without(kept, connection)
     chain.append(client.encode("ascii"))
     kept.append((b"x-forwarded-for", b", ".join(chain)))
     kept.append((b"x-forwarded-proto", proto or scheme.encode("ascii")))
     if forwarded_host or host:
         kept.append((b"x-forwarded-host", forwarded_host or host or b""))
-    kept.append((b"via", b", ".join([*vias, forwarding.via])))
+    vias.append(forwarding.via)
+    kept.append((b"via", b", ".join(vias)))
     return kept
 
 
 def response_headers(headers: Headers, forwarding: Forwarding) -> Headers:
-    """The headers to send back to the client for an upstream's response."""
-    dropped = HOP_BY_HOP | _connection_options(headers)
+    """The headers to send back to the client for an upstream's response (names lower-case)."""
     kept: Headers = []
     vias: list[bytes] = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower == b"via":
-            vias.append(value)
-        elif lower not in dropped:
-            kept.append((name, value))
-    kept.append((b"via", b", ".join([*vias, forwarding.via])))
+    connection: list[bytes] = []
+    for item in headers:
+        name = item[0]
+        if name not in _RESPONSE_SPECIAL:
+            kept.append(item)
+        elif name == b"via":
+            vias.append(item[1])
+        elif name == b"connection":
+            connection.append(item[1])
+    if connection:
+        kept = _without(kept, connection)
+    vias.append(forwarding.via)
+    kept.append((b"via", b", ".join(vias)))
     return kept

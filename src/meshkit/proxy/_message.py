@@ -1,0 +1,162 @@
+"""The request and response objects that filters see and change."""
+
+from __future__ import annotations
+
+import os
+from http import HTTPStatus
+from itertools import count
+from typing import Any
+
+import msgspec
+
+__all__ = ["ProxyRequest", "ProxyResponse", "RequestIds", "error_response", "reason"]
+
+Headers = list[tuple[bytes, bytes]]
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
+def first_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case) in ``headers``, or ``None``."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def reason(status: int) -> bytes:
+    """The reason phrase for ``status`` (empty for codes without one, as RFC 9112 allows)."""
+    return _REASONS.get(status, b"")
+
+
+class ProxyRequest:
+    """One request on its way through the filters.
+
+    Header names are lower-case, values as the client sent them. ``path``
+    and ``query`` are the request target as sent (still percent-encoded);
+    a filter that rewrites the path changes ``path``. ``upstream`` is where
+    the request goes, set by a filter (the gateway's router, the sidecar);
+    ``attributes`` carries what one filter tells later ones (the route,
+    the client's identity). ``deadline`` (event-loop time) bounds the
+    upstream exchange when set. The body is not here: it streams.
+    """
+
+    __slots__ = (
+        "attributes",
+        "client",
+        "deadline",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "request_id",
+        "scheme",
+        "started",
+        "upstream",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: Headers,
+        client: str,
+        request_id: str,
+        version: str = "1.1",
+        scheme: str = "http",
+        keep_alive: bool = True,
+        started: float = 0.0,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.client = client
+        self.request_id = request_id
+        self.version = version
+        self.scheme = scheme
+        self.keep_alive = keep_alive
+        self.started = started
+        self.upstream: tuple[str, int] | None = None
+        self.deadline: float | None = None
+        self.attributes: dict[str, Any] = {}
+
+    @property
+    def target(self) -> str:
+        """The request target to send upstream: path and query."""
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case), or ``None``."""
+        return first_value(self.headers, name)
+
+    def __repr__(self) -> str:
+        return f"<ProxyRequest {self.request_id} {self.method} {self.target}>"
+
+
+class ProxyResponse:
+    """A response on its way back: status, headers (lower-case names) and a body.
+
+    ``body`` is the whole body of an answer the proxy makes itself; an
+    upstream's body streams past the filters and is not here. Framing
+    headers (``Content-Length``, ``Transfer-Encoding``) are the engine's to
+    write, not the filters'.
+    """
+
+    __slots__ = ("body", "headers", "status", "upstream")
+
+    def __init__(
+        self, status: int, headers: Headers, body: bytes = b"", *, upstream: bool = False
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.upstream = upstream  # answered by the upstream, not by the proxy itself
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case), or ``None``."""
+        return first_value(self.headers, name)
+
+    def __repr__(self) -> str:
+        return f"<ProxyResponse {self.status}>"
+
+
+_JSON = b"application/json"
+
+
+def error_response(
+    status: int, message: str, request_id: str, *, headers: Headers | None = None
+) -> ProxyResponse:
+    """An answer from the proxy itself: JSON naming the problem and the request id."""
+    body = msgspec.json.encode({"error": message, "status": status, "request_id": request_id})
+    extra = headers or []
+    return ProxyResponse(status, [(b"content-type", _JSON), *extra], body)
+
+
+class RequestIds:
+    """Request ids unique across processes: a random prefix and a counter.
+
+    An incoming ``X-Request-Id`` is kept when it is a short token, so one
+    id follows a request through the gateway, the sidecars and the logs.
+    """
+
+    __slots__ = ("_counter", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(5).hex()
+        self._counter = count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter):x}"
+
+    def accept(self, value: bytes | None) -> str:
+        """``value`` if fit to pass on (1-128 visible ASCII characters), else a new id."""
+        if value is not None and 0 < len(value) <= 128 and value.isascii():
+            text = value.decode("ascii")
+            if text.isprintable() and " " not in text and '"' not in text:
+                return text
+        return self.next()
