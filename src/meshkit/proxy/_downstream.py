@@ -76,7 +76,7 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False
         self.stopped = False  # no more requests are parsed on this connection
         self._read_paused = False
-        self._write_paused = False
+        self.write_paused = False
         self._in_head = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -125,12 +125,12 @@ class ClientConnection(asyncio.Protocol):
         self._queue.clear()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
         if self._current is not None:
             self._current.client_write_paused(paused=True)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         if self._current is not None:
             self._current.client_write_paused(paused=False)
 

@@ -203,6 +203,8 @@ class Stream:
         if request.deadline is not None:
             read = max(0.001, min(read, request.deadline - self._client.loop.time()))
         head_request = request.method == "HEAD"
+        if self._client.write_paused:
+            connection.pause_reading()  # the client has not taken the last answer yet
         if self.complete:
             data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self.body = [data] if data else []  # kept for a retry

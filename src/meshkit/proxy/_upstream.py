@@ -181,7 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # an upstream talking unprompted is out of step
             return
         self._responded = True
-        if self._read_deadline != math.inf or self._sent:
+        if self._reading and (self._read_deadline != math.inf or self._sent):
             self._read_deadline = self.loop.time() + self._read_timeout
         try:
             self._parser.feed_data(data)
