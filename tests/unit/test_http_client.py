@@ -16,7 +16,7 @@ from meshkit.errors import (
 )
 from meshkit.http import HTTPClient, Limits, Timeouts
 from meshkit.http._client import encode_request
-from meshkit.http._pool import _Origin
+from meshkit.http._pool import ConnectionPool, _Origin
 from meshkit.testing import FakeClock
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -524,3 +524,55 @@ def test_ambiguous_requests_are_refused(target: str, headers: list[tuple[bytes, 
 def test_ipv6_hosts_are_bracketed() -> None:
     """The Host header of an IPv6 literal is written in brackets (RFC 9110, 7.2)."""
     assert b"host: [::1]:8080\r\n" in encode_request("GET", "/", "::1", 8080, [], b"")
+
+
+class _Idle:
+    """A stand-in connection for the pool's books."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.idle_since = 0.0
+        self.loop = asyncio.get_running_loop()
+
+    @property
+    def reusable(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _CountingPool(ConnectionPool[_Idle]):
+    """Counts sweeps, and stops sweeping after many: a spinning sweeper never yields."""
+
+    sweeps = 0
+
+    def _sweep(self) -> None:
+        self.sweeps += 1
+        if self.sweeps < 1000:
+            super()._sweep()
+
+
+def test_idle_connections_expire_whatever_the_float_rounding() -> None:
+    """Connections released at awkward times all close after idle_timeout, in a few sweeps."""
+    clock = FakeClock(autojump_threshold=0)
+
+    async def main() -> None:
+        pool = _CountingPool(
+            lambda origin: _Idle(), Limits(max_connections=50, max_idle=50, idle_timeout=4.0)
+        )
+        origin = ("127.0.0.1", 1)
+        entry = pool._origins[origin] = _Origin()
+        idle = []
+        for _ in range(30):
+            await asyncio.sleep(0.1)  # noqa: TID251 (fake time: 1.1 - 4.0 + 4.0 != 1.1 in floats)
+            connection = _Idle()
+            entry.open += 1
+            pool.release(origin, connection)
+            idle.append(connection)
+        await asyncio.sleep(10)  # noqa: TID251 (fake time: past every idle timeout)
+        assert all(connection.closed for connection in idle)
+        assert entry.open == 0
+        assert pool.sweeps <= 31
+
+    clock.run(main())

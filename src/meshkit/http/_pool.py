@@ -203,7 +203,10 @@ class ConnectionPool(Generic[C]):
         """Close connections idle for ``idle_timeout``; come back for the next oldest."""
         self._sweeper = None
         loop = asyncio.get_running_loop()
-        cutoff = loop.time() - self.limits.idle_timeout
+        # A millisecond of slack: the loop runs timers up to its clock resolution
+        # early, and a sweep that found nothing due would re-arm for the same
+        # moment and spin (forever, under a fake clock that only jumps when idle).
+        cutoff = loop.time() - self.limits.idle_timeout + 0.001
         oldest = None
         for entry in self._origins.values():
             idle = entry.idle  # oldest first: connections are taken from the right
