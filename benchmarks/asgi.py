@@ -12,61 +12,18 @@ Needs ``wrk`` (Debian: apt-get install wrk) and uvicorn.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
+from benchmarks._load import pinned, wait_answering, wrk
 from benchmarks._report import Row, arguments, report
 from meshkit._net import free_port
 
 APP = "benchmarks._fastapi_app:app"
-
-
-def pinned(command: list[str], core: int) -> list[str]:
-    return ["taskset", "-c", str(core), *command] if (os.cpu_count() or 1) >= 2 else command
-
-
-def wait_answering(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/products/1", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing answered on port {port}")
-
-
-def wrk(port: int, seconds: int) -> dict[str, float]:
-    output = subprocess.run(
-        pinned(
-            [
-                "wrk",
-                "-t1",
-                "-c50",
-                f"-d{seconds}s",
-                "--latency",
-                f"http://127.0.0.1:{port}/products/7",
-            ],
-            0,
-        ),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-
-    def latency(label: str) -> float:
-        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
-        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-    return {"rps": rate, "p50": latency("50%"), "p99": latency("99%")}
 
 
 def serve_and_measure(
@@ -76,9 +33,10 @@ def serve_and_measure(
         pinned(command, 1), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_answering(port)
-        wrk(port, 1)  # warm up
-        return wrk(port, seconds)
+        url = f"http://127.0.0.1:{port}/products/7"
+        wait_answering(url)
+        wrk(url, 1)  # warm up
+        return wrk(url, seconds)
     finally:
         server.send_signal(signal.SIGINT)
         try:

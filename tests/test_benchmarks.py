@@ -70,3 +70,17 @@ def test_asgi_benchmark_compares_with_uvicorn_and_granian(tmp_path: Path) -> Non
     peers = {row.get("reference_name") for row in rows}
     assert peers == {"uvicorn (httptools, uvloop)", "granian standalone"}
     assert all(row["value"] > 0 for row in rows)  # type: ignore[operator]
+
+
+def test_gateway_benchmark_puts_the_engine_beside_nginx_and_haproxy(tmp_path: Path) -> None:
+    """benchmarks.gateway measures the engine, nginx and HAProxy in front of one backend."""
+    for tool in ("wrk", "nginx", "haproxy"):
+        if shutil.which(tool) is None:
+            backend_missing(tool, f"install it with: apt-get install {tool}")
+    rows = run_quick("gateway", tmp_path)
+    by_name = {str(row["name"]): row for row in rows}
+    versus_nginx = by_name["meshkit proxy engine requests/s vs nginx"]
+    assert versus_nginx["reference_name"] == "nginx (1 worker)"
+    assert versus_nginx["value"] > 0  # type: ignore[operator]
+    assert by_name["meshkit proxy engine peak RSS under load"]["unit"] == "MB"
+    assert "at 1,000 req/s, p99 added by the engine" in by_name

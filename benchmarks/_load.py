@@ -1,0 +1,89 @@
+"""Load generation shared by the HTTP benchmarks: wrk for throughput, a paced client for latency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import time
+import urllib.request
+
+import uvloop
+
+from meshkit.http import HTTPClient, Limits
+
+__all__ = ["paced", "percentile", "pinned", "wait_answering", "wrk"]
+
+
+def pinned(command: list[str], core: int) -> list[str]:
+    """``command`` run on one core (with taskset), when the machine has two or more."""
+    return ["taskset", "-c", str(core), *command] if (os.cpu_count() or 1) >= 2 else command
+
+
+def wait_answering(url: str, *, timeout: float = 60) -> None:
+    """Until ``url`` answers at all (any status)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our own loopback URL)
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answered at {url}")
+
+
+def wrk(url: str, seconds: int, *, connections: int = 50, core: int = 0) -> dict[str, float]:
+    """wrk with one thread on ``core``: requests/s, and latency p50 and p99 in ms."""
+    output = subprocess.run(
+        pinned(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url], core),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+
+    def latency(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {"rps": rate, "p50": latency("50%"), "p99": latency("99%")}
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def _paced(port: int, rate: int, seconds: float) -> list[float]:
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    async with HTTPClient(limits=Limits(max_connections=64, max_idle=64)) as client:
+        start = loop.time() + 0.2
+
+        async def one(at: float) -> None:
+            await asyncio.sleep(at - loop.time())
+            # Timed from the send, not from when it was due: the loop's timers
+            # wake up to a millisecond late, which is the client's own noise.
+            # Each request is its own task, so a slow answer delays no other
+            # send (no coordinated omission).
+            sent = time.perf_counter()  # uvloop's loop.time() has millisecond steps
+            await client.send("GET", "127.0.0.1", port, "/", connect=5, read=5)
+            latencies.append(time.perf_counter() - sent)
+
+        await asyncio.gather(*(one(start + i / rate) for i in range(int(rate * seconds))))
+    return latencies
+
+
+def paced(port: int, *, rate: int, seconds: float, core: int = 0) -> dict[str, float]:
+    """``rate`` GETs a second for ``seconds`` from this process on ``core``: p50 and p99 in ms."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core} if (os.cpu_count() or 1) >= 2 else before)
+    try:
+        uvloop.run(_paced(port, rate, min(1.0, seconds)))  # warm up connections and caches
+        latencies = uvloop.run(_paced(port, rate, seconds))
+    finally:
+        os.sched_setaffinity(0, before)
+    return {"p50": percentile(latencies, 0.5) * 1000, "p99": percentile(latencies, 0.99) * 1000}

@@ -1,0 +1,45 @@
+"""meshkit's proxy engine in front of one upstream, as the gateway benchmark runs it.
+
+    python -m benchmarks._proxy_engine PORT UPSTREAM_PORT
+
+One process, uvloop, one filter that routes every request to the upstream.
+Until the gateway's filters exist this is what the benchmark measures;
+then it measures ``meshkit gateway`` with them on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import uvloop
+
+from meshkit.proxy import Forwarder, Forwarding, ProxyRequest, ProxyResponse, ProxyServer
+
+
+class ToUpstream:
+    def __init__(self, port: int) -> None:
+        self.origin = ("127.0.0.1", port)
+
+    def on_request(self, request: ProxyRequest) -> None:
+        request.upstream = self.origin
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+async def main(port: int, upstream: int) -> None:
+    forwarder = Forwarder(forwarding=Forwarding(pseudonym="meshkit", trust_forwarded=False))
+    server = ProxyServer([ToUpstream(upstream)], forwarder)
+    await server.start("127.0.0.1", port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.aclose(grace=1)
+
+
+if __name__ == "__main__":
+    uvloop.run(main(int(sys.argv[1]), int(sys.argv[2])))
