@@ -125,13 +125,14 @@ class Shop:
         )
         config = directory / "meshkit.toml"
         text = config.read_text()
-        self.control_port, self.orders_port, self.notifications_port = (
-            free_port() for _ in range(3)
+        self.control_port, self.orders_port, self.notifications_port, self.gateway_port = (
+            free_port() for _ in range(4)
         )
         for old, new in (
             (7700, self.control_port),
             (8104, self.orders_port),
             (8106, self.notifications_port),
+            (8000, self.gateway_port),
         ):
             text = re.sub(rf"\bport = {old}\b", f"port = {new}", text)
         config.write_text(text)
@@ -143,6 +144,9 @@ class Shop:
 
     def orders(self, path: str = "/orders") -> str:
         return f"http://127.0.0.1:{self.orders_port}{path}"
+
+    def gateway(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}{path}"
 
     def registry(self, path: str) -> str:
         return f"http://127.0.0.1:{self.control_port}/v1/registry{path}"

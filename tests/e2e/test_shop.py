@@ -60,6 +60,28 @@ def test_an_order_is_placed_over_http(shop: Shop) -> None:
     assert any(n["order_id"] == order["id"] for n in sent)
 
 
+DEMO_KEY = {"x-api-key": "shop-demo"}
+
+
+def test_an_order_through_the_gateway_needs_the_demo_key(shop: Shop) -> None:
+    """/api/orders reaches orders with the demo key; without it, or with a wrong one, 401."""
+    order = {"user_id": 1, "items": [{"product_id": 1, "quantity": 1}]}
+    status, placed = http("POST", shop.gateway("/api/orders"), order, headers=DEMO_KEY)
+    assert status == 201, placed
+    assert placed["status"] == "confirmed"  # type: ignore[index]
+    status, stored = http("GET", shop.gateway(f"/api/orders/{placed['id']}"), headers=DEMO_KEY)  # type: ignore[index]
+    assert (status, stored["id"]) == (200, placed["id"])  # type: ignore[index]
+    status, refused = http("POST", shop.gateway("/api/orders"), order)
+    assert status == 401
+    assert "API key is required" in refused["error"]  # type: ignore[index]
+    status, _ = http("GET", shop.gateway("/api/products"), headers={"x-api-key": "not-the-key"})
+    assert status == 401
+    status, products = http("GET", shop.gateway("/api/products"), headers=DEMO_KEY)
+    assert status == 200
+    assert isinstance(products, list)
+    assert products
+
+
 def test_bad_orders_are_refused_naming_the_problem(shop: Shop) -> None:
     """Unknown users or products are 422s naming the field; short stock is a 409."""
     status, body = http(
@@ -237,8 +259,9 @@ def test_sigint_stops_everything_and_leaves_nothing(shop: Shop) -> None:
     table = read_table(shop.directory / ".meshkit")
     assert table is not None
     pids = [p.pid for p in table.processes if p.pid is not None]
-    assert "control-plane" in {p.id for p in table.processes}
-    assert len(pids) == len(table.processes) == 9  # eight service instances and the control plane
+    assert {"control-plane", "gateway"} <= {p.id for p in table.processes}
+    # Eight service instances, the gateway and the control plane.
+    assert len(pids) == len(table.processes) == 10
     started = time.monotonic()  # noqa: TID251
     assert shop.up.stop(timeout=20) == 0
     assert time.monotonic() - started < 15  # noqa: TID251 (the issue's "within a few seconds", generously)

@@ -135,6 +135,33 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
             "also control_plane.port",
             5,
         ),
+        (
+            '[services.a]\napp = "a:app"\n[gateway]\nport = 8000\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "b"\n',
+            "gateway.routes[0].service",
+            "no service named 'b'",
+            7,
+        ),
+        (
+            '[services.a]\napp = "a:app"\n[gateway]\nport = 0\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "a"\n',
+            "gateway.port",
+            "must be between 1 and 65535",
+            4,
+        ),
+        (
+            '[services.a]\napp = "a:app"\n[gateway]\nlisten = 1\n',
+            "gateway.listen",
+            "is not a known key",
+            4,
+        ),
+        (
+            '[services.a]\napp = "a:app"\nport = 8000\n[gateway]\nport = 8000\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "a"\n',
+            "services.a.port",
+            "also gateway.port",
+            3,
+        ),
     ],
 )
 def test_each_problem_names_key_line_and_file(

@@ -17,6 +17,14 @@ PUBLIC = {
         "__version__",
     ],
     "meshkit.testing": ["FakeClock"],
+    "meshkit.gateway": [
+        "READY_PATH",
+        "AccessLog",
+        "ApiKey",
+        "Gateway",
+        "GatewayConfig",
+        "RouteConfig",
+    ],
     "meshkit.proxy": [
         "HOP_BY_HOP",
         "PROXY_LIMITS",

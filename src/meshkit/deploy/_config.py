@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 
 from meshkit.errors import ConfigError
+from meshkit.gateway._config import GatewayConfig
 from meshkit.registry import MAX_TTL, MIN_TTL, check_name
 from meshkit.registry._model import check_host
 
@@ -83,6 +84,7 @@ class _File(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # Converted one by one below: msgspec's error paths do not name dict keys,
     # and the message must name the service.
     services: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    gateway: dict[str, Any] | None = None
 
 
 class Project(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,6 +95,7 @@ class Project(msgspec.Struct, frozen=True, kw_only=True):
     control_plane: ControlPlaneConfig
     services: dict[str, ServiceConfig]
     order: tuple[str, ...]  # services, each after those it depends on
+    gateway: GatewayConfig | None = None
 
     @property
     def directory(self) -> Path:
@@ -138,18 +141,42 @@ def load_project(directory: Path, *, check_ports: bool = True) -> Project:
             raise _problem(path, text, key, _reason(error)) from error
         _check_service(path, text, name, services[name])
     order = _dependency_order(path, text, services)
+    gateway = None if parsed.gateway is None else _gateway(path, text, parsed.gateway, services)
     project = Project(
         path=path,
         project=parsed.project,
         control_plane=parsed.control_plane,
         services=services,
         order=order,
+        gateway=gateway,
     )
     _check_ports(project, text, probe=check_ports)
     return project
 
 
 # -- checks -------------------------------------------------------------------
+
+
+def _gateway(
+    path: Path, text: str, table: dict[str, Any], services: dict[str, ServiceConfig]
+) -> GatewayConfig:
+    try:
+        gateway = msgspec.convert(table, GatewayConfig)
+    except msgspec.ValidationError as error:
+        message = str(error)
+        if message.startswith("gateway."):  # the gateway's own check, naming its key
+            key, _, problem = message.partition(": ")
+            raise _problem(path, text, key, problem) from error
+        raise _problem(path, text, f"gateway.{_key_of(error)}", _reason(error)) from error
+    for index, route in enumerate(gateway.routes):
+        if route.service not in services:
+            raise _problem(
+                path,
+                text,
+                f"gateway.routes[{index}].service",
+                f"no service named {route.service!r} in this file",
+            )
+    return gateway
 
 
 def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> None:
@@ -254,6 +281,15 @@ def _check_ports(project: Project, text: str, *, probe: bool) -> None:
     except ConfigError as error:
         raise _problem(project.path, text, "control_plane.host", error.problem) from None
     wanted: dict[int, str] = {cp.port: "control_plane.port"}
+    if project.gateway is not None:
+        if project.gateway.port in wanted:
+            raise _problem(
+                project.path,
+                text,
+                "gateway.port",
+                f"port {project.gateway.port} is also {wanted[project.gateway.port]}",
+            )
+        wanted[project.gateway.port] = "gateway.port"
     for name in project.services:
         for replica, port in enumerate(project.fixed_ports(name), start=1):
             if port is None:
@@ -268,9 +304,10 @@ def _check_ports(project: Project, text: str, *, probe: bool) -> None:
         return
     for port, owner in wanted.items():
         host = project.control_plane.host if owner == "control_plane.port" else "127.0.0.1"
+        if owner == "gateway.port" and project.gateway is not None:
+            host = project.gateway.host
         if not _port_free(host, port):
-            key = "control_plane.port" if owner == "control_plane.port" else owner.split()[0]
-            key = key if key == "control_plane.port" else f"services.{key}"
+            key = owner if owner.endswith(".port") else f"services.{owner.split()[0]}"
             raise _problem(project.path, text, key, f"port {port} is already in use")
 
 
@@ -295,8 +332,11 @@ def _problem(path: Path, text: str, key: str, problem: str) -> ConfigError:
 
 def _line_of(text: str, key: str) -> int | None:
     """Best effort: the line that sets ``key`` (``services.orders.ttl``), or its table."""
-    parts = key.split(".")
     lines = text.splitlines()
+    indexed = re.fullmatch(r"([\w.]+)\[(\d+)\](?:\.(\w+))?", key)
+    if indexed is not None:  # gateway.routes[2].path: the third [[gateway.routes]]
+        return _line_in_array(lines, indexed.group(1), int(indexed.group(2)), indexed.group(3))
+    parts = key.split(".")
     for depth in range(len(parts), 0, -1):
         table, leaf = ".".join(parts[: depth - 1]), parts[depth - 1]
         in_table = table == ""
@@ -312,6 +352,24 @@ def _line_of(text: str, key: str) -> int | None:
             if in_table and re.match(rf"{re.escape(leaf)}\s*=", stripped):
                 return number
     return None
+
+
+def _line_in_array(lines: list[str], table: str, index: int, leaf: str | None) -> int | None:
+    seen = -1
+    start = None
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if start is not None and stripped.startswith("["):
+            break  # the entry ended without setting leaf
+        if stripped.replace(" ", "") == f"[[{table}]]":
+            seen += 1
+            if seen == index:
+                start = number
+                if leaf is None:
+                    return number
+        elif start is not None and leaf and re.match(rf"{re.escape(leaf)}\s*=", stripped):
+            return number
+    return start
 
 
 def _key_of(error: msgspec.ValidationError) -> str:

@@ -31,6 +31,7 @@ from meshkit.deploy._output import Output
 from meshkit.deploy._process import Child
 from meshkit.deploy._state import ProcessState, ProcessTable, write_table
 from meshkit.errors import DeadlineExceededError, PeerError
+from meshkit.gateway import READY_PATH
 from meshkit.http import HTTPClient, Timeouts
 
 __all__ = ["Supervisor"]
@@ -58,6 +59,7 @@ class Supervisor:
         self.python = python
         self._stop = asyncio.Event()
         self._control_plane: Child | None = None
+        self._gateway: Child | None = None
         self._children: dict[str, list[Child]] = {}
         self._ports: dict[str, list[int]] = {
             name: [port or free_port() for port in project.fixed_ports(name)]
@@ -90,6 +92,8 @@ class Supervisor:
                 self._start_service(name, token)
                 if not await self._until_healthy(name):
                     break
+            if self.project.gateway is not None and not self._stop.is_set():
+                await self._start_gateway(token)
             if not self._stop.is_set():
                 self._announce_ready()
             await self._stop.wait()
@@ -124,6 +128,18 @@ class Supervisor:
         if not self._stop.is_set():
             self.output.say("the control plane did not start; stopping")
         return False
+
+    async def _start_gateway(self, token: str) -> None:
+        gateway = self.project.gateway
+        assert gateway is not None
+        self._gateway = self._child(
+            "gateway",
+            [self.python, "-m", "meshkit", "gateway", str(self.project.directory)],
+            {"MESHKIT_REGISTRY": self.registry_url, TOKEN_ENV: token},
+        )
+        self._gateway.start()
+        if await self._wait_healthy(gateway.host, gateway.port, READY_PATH, self._gateway):
+            self.output.say(f"gateway on http://{gateway.host}:{gateway.port}")
 
     def _start_service(self, name: str, token: str) -> None:
         config = self.project.services[name]
@@ -215,6 +231,9 @@ class Supervisor:
     # -- stopping ---------------------------------------------------------------
 
     async def _shutdown(self) -> None:
+        if self._gateway is not None:
+            # First, so no request comes in for services that are stopping.
+            await self._gateway.stop(grace=_GRACE)
         children = [child for group in self._children.values() for child in group]
         if children:
             self.output.say(f"stopping {len(children)} service instance(s)")
@@ -240,6 +259,8 @@ class Supervisor:
             processes.append(
                 self._state("control-plane", self._control_plane, self.project.control_plane.port)
             )
+        if self._gateway is not None and self.project.gateway is not None:
+            processes.append(self._state("gateway", self._gateway, self.project.gateway.port))
         table = ProcessTable(
             supervisor_pid=os.getpid(), control_plane=self.registry_url, processes=processes
         )

@@ -43,15 +43,13 @@ from meshkit.errors import (
 from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response
 from meshkit.policy import (
     BreakerConfig,
-    CircuitBreaker,
-    PowerOfTwoChoices,
-    RetryBudget,
     RetryPolicy,
 )
 from meshkit.policy import _check as check
 from meshkit.registry import Instance
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
 from meshkit.service._directory import Directory
+from meshkit.service._instances import InstanceSet
 
 __all__ = ["CallPolicy", "ServiceClient"]
 
@@ -89,50 +87,6 @@ class CallPolicy(msgspec.Struct, frozen=True, kw_only=True):
         check.seconds("connect_timeout", self.connect_timeout)
 
 
-class _Upstream:
-    """What the client keeps per service: instances, a balancer, a breaker each, a budget."""
-
-    __slots__ = ("balancer", "breakers", "budget", "instances", "name")
-
-    def __init__(self, name: str, policy: CallPolicy, rng: random.Random) -> None:
-        self.name = name
-        self.instances: dict[str, Instance] = {}
-        self.breakers: dict[str, CircuitBreaker] = {}
-        self.balancer: PowerOfTwoChoices[str] = PowerOfTwoChoices(rng=rng, name=name)
-        self.budget = RetryBudget(
-            ratio=policy.retry_ratio, min_concurrency=policy.retry_min_concurrency, name=name
-        )
-
-    def update(self, instances: Iterable[Instance], ejection: BreakerConfig) -> None:
-        self.instances = {instance.key: instance for instance in instances}
-        # Breakers of instances that stay keep their state; newcomers start closed.
-        self.breakers = {
-            key: self.breakers.get(key) or CircuitBreaker(ejection, name=key)
-            for key in self.instances
-        }
-        self.balancer.update(self.instances)
-
-    def pick(self, now: float, tried: set[str]) -> tuple[str, int] | None:
-        """An instance not tried yet whose breaker admits a call, with its ticket."""
-        excluded = set(tried)
-        while True:
-            key = self.balancer.pick(now, excluded)
-            if key is None:
-                return None
-            ticket = self.breakers[key].allow(now)
-            if ticket is not None:
-                return key, ticket
-            self.balancer.cancel(key)  # not sent after all
-            excluded.add(key)
-
-    def why_nothing(self, tried: set[str], last_error: str) -> str:
-        if not self.instances:
-            return "no instances are registered"
-        if tried:
-            return f"all {len(tried)} instance(s) tried failed; the last said: {last_error}"
-        return f"all {len(self.instances)} instance(s) are ejected after repeated failures"
-
-
 class ServiceClient:
     """Calls other services by name. Share one per process; close with ``aclose()``."""
 
@@ -151,7 +105,7 @@ class ServiceClient:
         self._http = http or HTTPClient()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
-        self._upstreams: dict[str, _Upstream] = {}
+        self._upstreams: dict[str, InstanceSet] = {}
         directory.listen(self._on_change)
 
     async def get(self, service: str, path: str, **options: Any) -> Response:
@@ -261,7 +215,7 @@ class ServiceClient:
 
     async def _attempt(
         self,
-        upstream: _Upstream,
+        upstream: InstanceSet,
         key: str,
         ticket: int,
         method: str,
@@ -327,7 +281,7 @@ class ServiceClient:
             return inherited.expires_at
         return expires_at
 
-    async def _find(self, service: str, remaining: float) -> _Upstream:
+    async def _find(self, service: str, remaining: float) -> InstanceSet:
         """The service's state, fetching its instances the first time, within the deadline."""
         try:
             async with asyncio.timeout(remaining):
@@ -343,11 +297,11 @@ class ServiceClient:
                 service, f"the registry cannot be reached to find it: {error}"
             ) from error
 
-    async def _upstream(self, service: str) -> _Upstream:
+    async def _upstream(self, service: str) -> InstanceSet:
         instances = await self.directory.instances(service)
         upstream = self._upstreams.get(service)
         if upstream is None:
-            upstream = self._upstreams[service] = _Upstream(service, self.policy, self._rng)
+            upstream = self._upstreams[service] = InstanceSet(service, self.policy, self._rng)
             upstream.update(instances, self.policy.ejection)
         return upstream
 

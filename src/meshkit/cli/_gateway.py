@@ -1,0 +1,59 @@
+"""``meshkit gateway DIR``: the API gateway described by ``DIR/meshkit.toml``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from meshkit.cli._app import app, fail
+from meshkit.control import load_token
+from meshkit.deploy import load_project
+from meshkit.errors import MeshkitError
+from meshkit.gateway import AccessLog, Gateway, GatewayConfig
+from meshkit.registry import Registry, open_registry
+
+
+async def _serve(config: GatewayConfig, registry: Registry) -> None:
+    gateway = Gateway(config, registry, access_log=AccessLog())
+    host, port = await gateway.start()
+    typer.echo(f"gateway on http://{host}:{port}, {len(config.routes)} route(s)", err=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await gateway.aclose()
+        await registry.aclose()
+
+
+@app.command()
+def gateway(
+    directory: Annotated[
+        Path, typer.Argument(help="The project directory, holding meshkit.toml.")
+    ] = Path(),
+) -> None:
+    """Run the API gateway of a project's [gateway] section, finding services in the registry."""
+    try:
+        project = load_project(directory, check_ports=False)
+    except MeshkitError as error:
+        fail(str(error))
+    if project.gateway is None:
+        fail(f"{project.path} has no [gateway] section")
+    cp = project.control_plane
+    url = os.environ.get("MESHKIT_REGISTRY") or f"http://{cp.host}:{cp.port}"
+    try:
+        token = load_token(project.data_dir, create=False)
+        registry = open_registry(url, token=token)
+    except MeshkitError as error:
+        fail(str(error))
+    try:
+        asyncio.run(_serve(project.gateway, registry))
+    except OSError as error:
+        fail(f"cannot listen on {project.gateway.host}:{project.gateway.port}: {error}")

@@ -1,0 +1,7 @@
+"""The API gateway: the proxy engine with routes, API keys, rate limits and discovery."""
+
+from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
+from meshkit.gateway._filters import READY_PATH
+from meshkit.gateway._gateway import AccessLog, Gateway
+
+__all__ = ["READY_PATH", "AccessLog", "ApiKey", "Gateway", "GatewayConfig", "RouteConfig"]

@@ -1,0 +1,106 @@
+"""The ``[gateway]`` section of meshkit.toml.
+
+    [gateway]
+    port = 8000                       # host defaults to 127.0.0.1
+
+    [[gateway.api_keys]]
+    name = "shop-demo"                # who: the rate limit and the logs say this
+    key = "shop-demo"
+    rate = 100                        # requests per second, refilled continuously
+    burst = 100                       # at most this many at once
+
+    [[gateway.routes]]
+    path = "/api/orders"              # a prefix, or a pattern with {name} segments
+    service = "orders"
+    strip = "/api"                    # removed before the request goes upstream
+    methods = ["GET", "POST"]         # optional: any method when absent
+    auth = "api_key"                  # the default; "none" makes a route public
+
+Routes need a key unless they say ``auth = "none"``: a forgotten setting
+refuses requests rather than exposing a service. Requests without a key
+(on public routes) are limited per client address by ``anonymous_rate``
+and ``anonymous_burst``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from meshkit.errors import ConfigError
+from meshkit.policy import RateLimit, Route, RouteTable
+
+__all__ = ["ApiKey", "GatewayConfig", "RouteConfig"]
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    key: str
+    rate: float = 100.0
+    burst: int = 100
+    services: list[str] | None = None  # the services this key may call; None: all
+
+
+class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    path: str
+    service: str
+    strip: str = ""
+    methods: list[str] | None = None
+    host: str | None = None
+    auth: Literal["api_key", "none"] = "api_key"
+
+
+class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    api_keys: list[ApiKey] = msgspec.field(default_factory=list)
+    anonymous_rate: float = 20.0
+    anonymous_burst: int = 40
+    connect_timeout: float = 2.0
+    timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError("gateway.port", f"must be between 1 and 65535, got {self.port}")
+        names = [key.name for key in self.api_keys]
+        for index, key in enumerate(self.api_keys):
+            if len(key.key) < 8:
+                raise ConfigError(f"gateway.api_keys[{index}].key", "must be 8 characters or more")
+            if key.name in names[:index]:
+                raise ConfigError(f"gateway.api_keys[{index}].name", f"{key.name!r} is used twice")
+            _limit(f"gateway.api_keys[{index}]", key.rate, key.burst)
+        _limit("gateway.anonymous", self.anonymous_rate, self.anonymous_burst)
+        if not self.routes:
+            raise ConfigError("gateway.routes", "a gateway needs at least one route")
+        self.table()  # every route checked now, with its index in the message
+
+    def route_list(self) -> list[Route]:
+        """The routes as policy ``Route`` values, in the file's order."""
+        return [
+            Route(
+                service=route.service,
+                path=route.path,
+                methods=frozenset(route.methods) if route.methods else None,
+                host=route.host,
+                strip=route.strip,
+            )
+            for route in self.routes
+        ]
+
+    def table(self) -> RouteTable:
+        """The routes as a ``RouteTable``; raises ``ConfigError`` naming a bad route."""
+        try:
+            return RouteTable(self.route_list())
+        except ConfigError as error:
+            raise ConfigError(f"gateway.{error.key}", error.problem) from error
+
+
+def _limit(where: str, rate: float, burst: int) -> RateLimit:
+    try:
+        return RateLimit(capacity=burst, per_second=rate)
+    except ConfigError as error:
+        key = {"capacity": "burst", "per_second": "rate"}[error.key]
+        name = f"{where}_{key}" if where.endswith("anonymous") else f"{where}.{key}"
+        raise ConfigError(name, error.problem) from error

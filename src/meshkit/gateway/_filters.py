@@ -1,0 +1,253 @@
+"""The gateway's filters, in the order a request meets them.
+
+``Ready`` answers the gateway's own health check. ``Routes`` finds the
+route (404, 405, or 400 for an ambiguous path) and rewrites the path.
+``ApiKeys`` authenticates routes that need it (401 without a valid key,
+403 for a key not allowed that service). ``ClientLimits`` gives each
+client (API key, or address on public routes) a token bucket (429 with
+``Retry-After``). ``Upstreams`` picks an instance of the route's service
+from the registry's watched cache, balancing and ejecting as the service
+client does, and records how the answer went.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Awaitable, Sequence
+
+from meshkit._clock import Clock
+from meshkit.errors import ServiceUnavailableError
+from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
+from meshkit.policy import BadPath, NoRoute, RateLimit, Route, RouteTable, TokenBucket
+from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
+from meshkit.registry import Instance
+from meshkit.service._client import CallPolicy
+from meshkit.service._directory import Directory
+from meshkit.service._instances import InstanceSet
+
+__all__ = ["READY_PATH", "ApiKeys", "ClientLimits", "Ready", "Routes", "Upstreams"]
+
+READY_PATH = "/.meshkit/gateway/ready"
+_FAILED = frozenset({502, 503, 504})
+
+
+class Ready:
+    """``GET /.meshkit/gateway/ready`` answers 200: how ``meshkit up`` knows the gateway is up."""
+
+    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
+        if request.path == READY_PATH:
+            return ProxyResponse(200, [(b"content-type", b"text/plain")], b"ready\n")
+        return None
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+class Routes:
+    """The route table: which service, and the path it gets."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        routes = config.route_list()
+        self.table = RouteTable(routes)
+        # A matched Route leads back to its configuration (auth and the rest).
+        self._configs: dict[Route, RouteConfig] = dict(zip(routes, config.routes, strict=True))
+
+    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
+        host = request.header(b"host") or b""
+        found = self.table.match(request.method, host.decode("latin-1"), request.path)
+        if isinstance(found, BadPath):
+            return error_response(400, f"refused path: {found.reason}", request.request_id)
+        if isinstance(found, NoRoute):
+            if found.allowed:
+                allow = ", ".join(sorted(found.allowed)).encode("ascii")
+                return error_response(
+                    405,
+                    f"{request.method} is not allowed here",
+                    request.request_id,
+                    headers=[(b"allow", allow)],
+                )
+            return error_response(404, f"no route for {request.path}", request.request_id)
+        route = self._configs[found.route]
+        request.attributes["route"] = route.path
+        request.attributes["route_config"] = route
+        request.attributes["service"] = route.service
+        request.path = found.path
+        return None
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+def _digest(key: str | bytes) -> bytes:
+    # Keys are looked up by their hash, so a lookup's timing says nothing
+    # about how much of a guessed key was right.
+    return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
+
+
+class ApiKeys:
+    """``X-API-Key`` on every route that does not say ``auth = "none"``."""
+
+    def __init__(self, keys: Sequence[ApiKey]) -> None:
+        self._keys = {_digest(key.key): key for key in keys}
+
+    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
+        route: RouteConfig = request.attributes["route_config"]
+        if route.auth == "none":
+            return None
+        presented = request.header(b"x-api-key")
+        key = None if presented is None else self._keys.get(_digest(presented))
+        if key is None:
+            problem = "an API key is required" if presented is None else "unknown API key"
+            return error_response(
+                401,
+                f"{problem} (send it in the X-API-Key header)",
+                request.request_id,
+                headers=[(b"www-authenticate", b'ApiKey header="X-API-Key"')],
+            )
+        if key.services is not None and route.service not in key.services:
+            return error_response(
+                403, f"the key {key.name!r} may not call {route.service}", request.request_id
+            )
+        request.attributes["client"] = key.name
+        return None
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+class ClientLimits:
+    """A token bucket per client: the API key's name, or the address on public routes.
+
+    Answers 429 with ``Retry-After`` (whole seconds, rounded up) and the
+    ``RateLimit-Policy`` and ``RateLimit`` fields of the IETF draft
+    (draft-ietf-httpapi-ratelimit-headers-09) on every answer.
+    """
+
+    # Buckets of anonymous clients kept at most; the oldest go first (they
+    # refill to full meanwhile, so dropping one forgets nothing that matters).
+    MAX_ANONYMOUS = 10_000
+
+    def __init__(self, config: GatewayConfig, clock: Clock) -> None:
+        self._clock = clock
+        self._keyed = {
+            key.name: TokenBucket(RateLimit(capacity=key.burst, per_second=key.rate), name=key.name)
+            for key in config.api_keys
+        }
+        self._anonymous_limit = RateLimit(
+            capacity=config.anonymous_burst, per_second=config.anonymous_rate
+        )
+        self._anonymous: dict[str, TokenBucket] = {}
+
+    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
+        name = request.attributes.get("client")
+        bucket = self._keyed.get(name) if name is not None else self._for_address(request.client)
+        if bucket is None:
+            return None
+        decision = bucket.acquire(self._clock.monotonic())
+        limit = bucket.limit
+        fields = _fields(limit, decision.remaining, decision.reset_after)
+        if decision.allowed:
+            request.attributes["ratelimit"] = fields
+            return None
+        retry = str(max(1, math.ceil(decision.retry_after))).encode("ascii")
+        return error_response(
+            429,
+            f"rate limit of {limit.per_second:g}/s (burst {limit.capacity}) reached",
+            request.request_id,
+            headers=[(b"retry-after", retry), *fields],
+        )
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        fields = request.attributes.get("ratelimit")
+        if fields is not None:
+            response.headers.extend(fields)
+
+    def _for_address(self, address: str) -> TokenBucket:
+        bucket = self._anonymous.get(address)
+        if bucket is None:
+            if len(self._anonymous) >= self.MAX_ANONYMOUS:
+                del self._anonymous[next(iter(self._anonymous))]
+            bucket = self._anonymous[address] = TokenBucket(self._anonymous_limit, name=address)
+        return bucket
+
+
+def _fields(limit: RateLimit, remaining: int, reset_after: float) -> list[tuple[bytes, bytes]]:
+    window = max(1, math.ceil(limit.capacity / limit.per_second))
+    return [
+        (b"ratelimit-policy", b'"client";q=%d;w=%d' % (limit.capacity, window)),
+        (b"ratelimit", b'"client";r=%d;t=%d' % (remaining, math.ceil(reset_after))),
+    ]
+
+
+class Upstreams:
+    """An instance of the route's service for each request, and the outcome recorded."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        clock: Clock,
+        *,
+        timeout: float,
+        rng: random.Random | None = None,
+        policy: CallPolicy | None = None,
+    ) -> None:
+        self._directory = directory
+        self._clock = clock
+        self._timeout = timeout
+        self._rng = rng or random.Random()
+        self._policy = policy or CallPolicy()
+        self._sets: dict[str, InstanceSet] = {}
+        directory.listen(self._changed)
+
+    def on_request(self, request: ProxyRequest) -> Awaitable[None] | None:
+        service: str = request.attributes["service"]
+        instances = self._sets.get(service)
+        if instances is None:
+            return self._discover(request, service)
+        self._pick(request, instances)
+        return None
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        picked = request.attributes.get("instance")
+        if picked is None:
+            return
+        instances, key, ticket, started = picked
+        now = self._clock.monotonic()
+        success = response.status not in _FAILED
+        breaker = instances.breakers.get(key)
+        if breaker is not None:  # the instance may have left meanwhile
+            breaker.record(ticket, now, success=success, duration=now - started)
+            instances.balancer.complete(key, now, now - started, success=success)
+
+    def statistics(self) -> dict[str, dict[str, str]]:
+        """Per service and instance, the breaker's state: for the admin API and the dashboard."""
+        return {
+            service: {key: breaker.state.value for key, breaker in found.breakers.items()}
+            for service, found in self._sets.items()
+        }
+
+    async def _discover(self, request: ProxyRequest, service: str) -> None:
+        instances = await self._directory.instances(service)
+        found = self._sets.get(service)
+        if found is None:
+            found = self._sets[service] = InstanceSet(service, self._policy, self._rng)
+            found.update(instances, self._policy.ejection)
+        self._pick(request, found)
+
+    def _pick(self, request: ProxyRequest, instances: InstanceSet) -> None:
+        now = self._clock.monotonic()
+        chosen = instances.pick(now, set())
+        if chosen is None:
+            raise ServiceUnavailableError(instances.name, instances.why_nothing(set(), ""))
+        key, ticket = chosen
+        instance = instances.instances[key]
+        request.upstream = (instance.host, instance.port)
+        request.attributes["instance"] = (instances, key, ticket, now)
+        request.deadline = request.started + self._timeout
+
+    def _changed(self, service: str, instances: tuple[Instance, ...]) -> None:
+        found = self._sets.get(service)
+        if found is not None:
+            found.update(instances, self._policy.ejection)

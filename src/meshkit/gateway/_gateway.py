@@ -1,0 +1,71 @@
+"""The gateway process: the proxy engine with the edge filters, fed by the registry."""
+
+from __future__ import annotations
+
+import random
+import sys
+from typing import IO
+
+import msgspec
+
+from meshkit._clock import Clock, SystemClock
+from meshkit.gateway._config import GatewayConfig
+from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes, Upstreams
+from meshkit.http import Timeouts
+from meshkit.proxy import Exchange, Filter, Forwarder, Forwarding, ProxyServer
+from meshkit.registry import Registry
+from meshkit.service._directory import Directory
+
+__all__ = ["Gateway"]
+
+
+class AccessLog:
+    """One JSON line per request, written to ``stream`` (standard output by default)."""
+
+    def __init__(self, stream: IO[bytes] | None = None) -> None:
+        self._stream = stream or sys.stdout.buffer
+        self._encoder = msgspec.json.Encoder()
+
+    def __call__(self, record: Exchange) -> None:
+        self._stream.write(self._encoder.encode(record) + b"\n")
+        self._stream.flush()
+
+
+class Gateway:
+    """``start()`` listens on the configured address; ``aclose()`` drains and stops."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: Registry,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.config = config
+        clock = clock or SystemClock()
+        self.directory = Directory(registry, clock=clock, rng=rng)
+        self.upstreams = Upstreams(self.directory, clock, timeout=config.timeout, rng=rng)
+        forwarder = Forwarder(
+            # At the edge nothing a client says about itself is believed.
+            forwarding=Forwarding(pseudonym="meshkit-gateway", trust_forwarded=False),
+            timeouts=Timeouts(connect=config.connect_timeout, read=config.timeout),
+        )
+        filters: list[Filter] = [
+            Ready(),
+            Routes(config),
+            ApiKeys(config.api_keys),
+            ClientLimits(config, clock),
+            self.upstreams,
+        ]
+        self.server = ProxyServer(filters, forwarder)
+        if access_log is not None:
+            self.server.on_exchange.append(access_log)
+
+    async def start(self) -> tuple[str, int]:
+        return await self.server.start(self.config.host, self.config.port)
+
+    async def aclose(self, grace: float = 10.0) -> None:
+        await self.server.aclose(grace=grace)
+        await self.directory.aclose()

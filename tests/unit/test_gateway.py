@@ -1,0 +1,227 @@
+"""The gateway in one process: an embedded registry, instances on loopback, real HTTP."""
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import msgspec
+import pytest
+
+from meshkit.errors import ConfigError
+from meshkit.gateway import ApiKey, Gateway, GatewayConfig, RouteConfig
+from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
+from meshkit.registry import EmbeddedRegistry, Instance
+from meshkit.testing.servers import free_port
+
+KEY = "key-for-tests"
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Fleet:
+    """Instances of services, each an HTTPServer registered in the embedded registry."""
+
+    def __init__(self, registry: EmbeddedRegistry) -> None:
+        self.registry = registry
+        self.hits: Counter[int] = Counter()
+        self.paths: list[str] = []
+        self.servers: list[HTTPServer] = []
+
+    async def add(self, service: str, handler: Handler | None = None) -> int:
+        ports: list[int] = []
+
+        async def counted(request: Request) -> Response:
+            self.hits[ports[0]] += 1
+            self.paths.append(request.path)
+            if handler is not None:
+                return await handler(request)
+            return json_response(200, {"service": service, "path": request.path})
+
+        server = HTTPServer(counted)
+        _, port = await server.start()
+        ports.append(port)
+        self.servers.append(server)
+        instance = Instance(service=service, id=f"{service}-{port}", host="127.0.0.1", port=port)
+        await self.registry.register(instance, ttl=30)
+        return port
+
+    async def aclose(self) -> None:
+        for server in self.servers:
+            await server.aclose(grace=0)
+
+
+def config(**changes: object) -> GatewayConfig:
+    values: dict[str, object] = {
+        "port": 1,  # replaced by a free port below
+        "api_keys": [ApiKey(name="tests", key=KEY, rate=1000, burst=1000)],
+        "routes": [
+            RouteConfig(path="/api/orders", service="orders", strip="/api"),
+            RouteConfig(path="/api/items/{id}", service="items", strip="/api", methods=["GET"]),
+            RouteConfig(path="/public", service="items", auth="none"),
+        ],
+    }
+    values.update(changes)
+    return GatewayConfig(**values)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(
+    gateway_config: GatewayConfig | None = None,
+) -> AsyncIterator[tuple[Fleet, Callable[..., Awaitable[Response]]]]:
+    async with running_gateway(gateway_config) as (fleet, call, _):
+        yield fleet, call
+
+
+@asynccontextmanager
+async def running_gateway(
+    gateway_config: GatewayConfig | None = None,
+) -> AsyncIterator[tuple[Fleet, Callable[..., Awaitable[Response]], Gateway]]:
+    registry = EmbeddedRegistry()
+    registry.start()
+    fleet = Fleet(registry)
+    chosen = msgspec.structs.replace(gateway_config or config(), port=free_port())
+    gateway = Gateway(chosen, registry)
+    _, port = await gateway.start()
+    client = HTTPClient()
+
+    async def call(
+        method: str,
+        path: str,
+        *,
+        key: str | None = KEY,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> Response:
+        sent = list(headers or [])
+        if key is not None:
+            sent.append((b"x-api-key", key.encode()))
+        return await client.request(method, "127.0.0.1", port, path, headers=sent)
+
+    try:
+        yield fleet, call, gateway
+    finally:
+        await client.aclose()
+        await gateway.aclose(grace=1)
+        await fleet.aclose()
+        await registry.aclose()
+
+
+async def test_routes_strip_the_prefix_and_reach_the_service() -> None:
+    """/api/orders/7 reaches orders as /orders/7; a pattern route passes its path on."""
+    async with running() as (fleet, call):
+        await fleet.add("orders")
+        await fleet.add("items")
+        answer = await call("GET", "/api/orders/7?x=1")
+        assert answer.status == 200
+        assert answer.json() == {"service": "orders", "path": "/orders/7"}
+        answer = await call("GET", "/api/items/3")
+        assert answer.json() == {"service": "items", "path": "/items/3"}
+
+
+async def test_no_route_is_404_a_wrong_method_405_and_an_ambiguous_path_400() -> None:
+    async with running() as (fleet, call):
+        await fleet.add("items")
+        assert (await call("GET", "/nowhere")).status == 404
+        refused = await call("POST", "/api/items/3")
+        assert refused.status == 405
+        assert refused.header("allow") == "GET"
+        assert (await call("GET", "/api/orders/%2e%2e/admin")).status == 400
+        assert not fleet.hits
+
+
+async def test_without_a_valid_key_the_answer_is_401_and_nothing_is_forwarded() -> None:
+    async with running() as (fleet, call):
+        await fleet.add("orders")
+        missing = await call("GET", "/api/orders", key=None)
+        assert missing.status == 401
+        assert missing.header("www-authenticate") == 'ApiKey header="X-API-Key"'
+        wrong = await call("GET", "/api/orders", key="not-a-key-at-all")
+        assert wrong.status == 401
+        assert "unknown API key" in wrong.json()["error"]
+        assert not fleet.hits
+
+
+async def test_a_key_limited_to_some_services_gets_403_elsewhere() -> None:
+    keys = [ApiKey(name="items-only", key=KEY, services=["items"])]
+    async with running(config(api_keys=keys)) as (fleet, call):
+        await fleet.add("orders")
+        await fleet.add("items")
+        assert (await call("GET", "/api/items/1")).status == 200
+        refused = await call("GET", "/api/orders")
+        assert refused.status == 403
+        assert refused.json()["error"] == "the key 'items-only' may not call orders"
+
+
+async def test_a_public_route_needs_no_key() -> None:
+    async with running() as (fleet, call):
+        await fleet.add("items")
+        assert (await call("GET", "/public", key=None)).status == 200
+
+
+async def test_the_rate_limit_admits_the_burst_exactly_under_concurrency() -> None:
+    """200 requests at once against a burst of 50 (refilling 1/s): 50 or 51 pass, the rest 429."""
+    keys = [ApiKey(name="tests", key=KEY, rate=1, burst=50)]
+    async with running(config(api_keys=keys)) as (fleet, call):
+        await fleet.add("orders")
+        answers = await asyncio.gather(*(call("GET", "/api/orders") for _ in range(200)))
+        statuses = Counter(answer.status for answer in answers)
+        assert statuses[200] in (50, 51), statuses
+        assert statuses[200] + statuses[429] == 200
+        refused = next(answer for answer in answers if answer.status == 429)
+        assert refused.header("retry-after") == "1"
+        assert refused.header("ratelimit-policy") == '"client";q=50;w=50'
+        assert refused.header("ratelimit").startswith('"client";r=0;t=')  # type: ignore[union-attr]
+        admitted = next(answer for answer in answers if answer.status == 200)
+        assert admitted.header("ratelimit") is not None
+
+
+async def test_no_instance_is_a_503_naming_the_service() -> None:
+    async with running() as (_, call):
+        answer = await call("GET", "/api/orders")
+        assert answer.status == 503
+        assert (
+            answer.json()["error"] == "service 'orders' is unavailable: no instances are registered"
+        )
+
+
+async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -> None:
+    """Three 502s eject the only instance (503 naming why); a new instance is used at once."""
+
+    async def broken(request: Request) -> Response:
+        return json_response(502, {"error": "broken"})
+
+    async with running_gateway() as (fleet, call, gateway):
+        changed = asyncio.Event()
+        gateway.directory.listen(lambda service, instances: changed.set())
+        sick = await fleet.add("orders", broken)
+        assert [(await call("GET", "/api/orders")).status for _ in range(3)] == [502] * 3
+        ejected = await call("GET", "/api/orders")
+        assert ejected.status == 503
+        assert "ejected after repeated failures" in ejected.json()["error"]
+        assert fleet.hits[sick] == 3
+        changed.clear()
+        healthy = await fleet.add("orders")
+        async with asyncio.timeout(5):
+            await changed.wait()  # the registry's watch brought the new instance
+        assert (await call("GET", "/api/orders")).status == 200
+        assert fleet.hits[healthy] == 1
+        assert fleet.hits[sick] == 3
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"port": 0}, "gateway.port"),
+        ({"routes": []}, "gateway.routes"),
+        ({"routes": [RouteConfig(path="api", service="orders")]}, "gateway.routes[0].path"),
+        ({"api_keys": [ApiKey(name="a", key="short")]}, "gateway.api_keys[0].key"),
+        ({"api_keys": [ApiKey(name="a", key=KEY, rate=0)]}, "gateway.api_keys[0].rate"),
+        (
+            {"api_keys": [ApiKey(name="a", key=KEY), ApiKey(name="a", key=KEY + "x")]},
+            "gateway.api_keys[1].name",
+        ),
+    ],
+)
+def test_a_bad_gateway_configuration_names_its_key(changes: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config(**changes)
+    assert caught.value.key == key
