@@ -37,6 +37,7 @@ PUBLIC = {
         "ProxyResponse",
         "ProxyServer",
         "RequestDecision",
+        "Retrier",
         "error_response",
         "request_headers",
         "response_headers",

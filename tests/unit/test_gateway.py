@@ -225,3 +225,67 @@ def test_a_bad_gateway_configuration_names_its_key(changes: dict[str, object], k
     with pytest.raises(ConfigError) as caught:
         config(**changes)
     assert caught.value.key == key
+
+
+async def test_a_failed_get_is_retried_on_the_healthy_instance() -> None:
+    """Whenever the broken instance answers 502, the client still gets the healthy one's 200."""
+
+    async def broken(request: Request) -> Response:
+        return json_response(502, {"error": "broken"})
+
+    async with running_gateway() as (fleet, call, gateway):
+        sick = await fleet.add("orders", broken)
+        healthy = await fleet.add("orders")
+        statuses = []
+        for _ in range(50):
+            statuses.append((await call("GET", "/api/orders")).status)
+            if fleet.hits[sick]:
+                break
+        assert fleet.hits[sick] == 1
+        assert set(statuses) == {200}
+        assert fleet.hits[healthy] == len(statuses)
+        budget = gateway.upstreams._sets["orders"].budget
+        assert (budget.active_requests, budget.active_retries) == (0, 0)  # all given back
+
+
+async def test_a_post_is_not_retried_after_the_instance_answered() -> None:
+    """A 502 to a POST stands: the instance may have acted on it."""
+
+    async def broken(request: Request) -> Response:
+        return json_response(502, {"error": "broken"})
+
+    async with running() as (fleet, call):
+        sick = await fleet.add("orders", broken)
+        assert (await call("POST", "/api/orders")).status == 502
+        assert fleet.hits[sick] == 1
+
+
+async def test_a_refused_connection_is_retried_even_for_a_post() -> None:
+    """Nothing was sent to an instance that refused the connection, so any method goes elsewhere."""
+    async with running_gateway() as (fleet, call, gateway):
+        dead = free_port()  # registered, but nothing listens there
+        await fleet.registry.register(
+            Instance(service="orders", id="orders-dead", host="127.0.0.1", port=dead), ttl=30
+        )
+        healthy = await fleet.add("orders")
+        for _ in range(20):
+            assert (await call("POST", "/api/orders")).status == 200
+        assert fleet.hits[healthy] == 20
+        instances = gateway.upstreams._sets["orders"]
+        (dead_key,) = (key for key in instances.breakers if "orders-dead" in key)
+        tried = instances.breakers[dead_key].statistics(0.0)
+        assert tried.total_failures >= 1  # it was picked, refused, and the POST went on
+
+
+async def test_a_slow_upstream_is_a_504_once_the_tries_are_spent() -> None:
+    """Each try is cut at try_timeout; with no other instance the answer is 504."""
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(5)  # noqa: TID251 (the silence the gateway must time out)
+        return json_response(200, {})
+
+    async with running(config(try_timeout=0.3, timeout=2.0)) as (fleet, call):
+        await fleet.add("orders", slow)
+        answer = await call("GET", "/api/orders")
+        assert answer.status == 504
+        assert "sent nothing for 0.3s" in answer.json()["error"]

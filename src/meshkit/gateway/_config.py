@@ -59,7 +59,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     anonymous_rate: float = 20.0
     anonymous_burst: int = 40
     connect_timeout: float = 2.0
-    timeout: float = 30.0
+    try_timeout: float = 10.0  # one attempt: connect and answer
+    timeout: float = 30.0  # the whole request, retries included (504 past it)
+    attempts: int = 3  # the first try included
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -72,6 +74,18 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise ConfigError(f"gateway.api_keys[{index}].name", f"{key.name!r} is used twice")
             _limit(f"gateway.api_keys[{index}]", key.rate, key.burst)
         _limit("gateway.anonymous", self.anonymous_rate, self.anonymous_burst)
+        timeouts = {
+            "connect_timeout": self.connect_timeout,
+            "try_timeout": self.try_timeout,
+            "timeout": self.timeout,
+        }
+        for option, value in timeouts.items():
+            if not 0 < value <= 3600:
+                raise ConfigError(
+                    f"gateway.{option}", f"must be between 0 and 3600 seconds, got {value}"
+                )
+        if not 1 <= self.attempts <= 10:
+            raise ConfigError("gateway.attempts", f"must be between 1 and 10, got {self.attempts}")
         if not self.routes:
             raise ConfigError("gateway.routes", "a gateway needs at least one route")
         self.table()  # every route checked now, with its index in the message

@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 
 from meshkit._clock import Clock
-from meshkit.errors import ServiceUnavailableError
+from meshkit.errors import ConnectError, ConnectTimeoutError, ServiceUnavailableError
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
-from meshkit.policy import BadPath, NoRoute, RateLimit, Route, RouteTable, TokenBucket
+from meshkit.http import IDEMPOTENT_METHODS
+from meshkit.policy import BadPath, NoRoute, RateLimit, RetryRun, Route, RouteTable, TokenBucket
 from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 from meshkit.registry import Instance
 from meshkit.service._client import CallPolicy
@@ -182,7 +183,15 @@ def _fields(limit: RateLimit, remaining: int, reset_after: float) -> list[tuple[
 
 
 class Upstreams:
-    """An instance of the route's service for each request, and the outcome recorded."""
+    """An instance of the route's service for each request, the outcome recorded, retries.
+
+    Also the engine's ``Retrier``: a failed attempt is sent to another
+    instance, after the retry policy's backoff and within the service's
+    retry budget, when that is safe. A refused connection always is
+    (nothing was sent); a dropped connection, a timeout or a 502, 503 or 504
+    answer only for idempotent methods (RFC 9110, 9.2.2), since the instance
+    may have acted on the request.
+    """
 
     def __init__(
         self,
@@ -206,20 +215,37 @@ class Upstreams:
         instances = self._sets.get(service)
         if instances is None:
             return self._discover(request, service)
-        self._pick(request, instances)
+        self._first_pick(request, instances)
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         picked = request.attributes.get("instance")
         if picked is None:
             return
-        instances, key, ticket, started = picked
-        now = self._clock.monotonic()
         success = response.status not in _FAILED
-        breaker = instances.breakers.get(key)
-        if breaker is not None:  # the instance may have left meanwhile
-            breaker.record(ticket, now, success=success, duration=now - started)
-            instances.balancer.complete(key, now, now - started, success=success)
+        now = self._record(picked, success=success)
+        run: RetryRun | None = request.attributes.get("retries")
+        if run is not None and success:
+            run.succeeded(now)
+
+    def retry(self, request: ProxyRequest, failure: BaseException | int) -> float | None:
+        picked = request.attributes.get("instance")
+        if picked is None:
+            return None
+        instances, key, _, _ = picked
+        now = self._record(picked, success=False)
+        unsent = isinstance(failure, ConnectError | ConnectTimeoutError)
+        retryable = unsent or request.method in IDEMPOTENT_METHODS
+        run: RetryRun = request.attributes["retries"]
+        decision = run.failed(now, retryable=retryable)
+        if not decision.retry:
+            return None
+        tried: set[str] = request.attributes.setdefault("tried", set())
+        tried.add(key)
+        if not self._pick(request, instances, tried):
+            run.close(now)
+            return None
+        return decision.delay
 
     def statistics(self) -> dict[str, dict[str, str]]:
         """Per service and instance, the breaker's state: for the admin API and the dashboard."""
@@ -228,24 +254,43 @@ class Upstreams:
             for service, found in self._sets.items()
         }
 
+    def _record(self, picked: tuple[InstanceSet, str, int, float], *, success: bool) -> float:
+        instances, key, ticket, started = picked
+        now = self._clock.monotonic()
+        breaker = instances.breakers.get(key)
+        if breaker is not None:  # the instance may have left meanwhile
+            breaker.record(ticket, now, success=success, duration=now - started)
+            instances.balancer.complete(key, now, now - started, success=success)
+        return now
+
     async def _discover(self, request: ProxyRequest, service: str) -> None:
         instances = await self._directory.instances(service)
         found = self._sets.get(service)
         if found is None:
             found = self._sets[service] = InstanceSet(service, self._policy, self._rng)
             found.update(instances, self._policy.ejection)
-        self._pick(request, found)
+        self._first_pick(request, found)
 
-    def _pick(self, request: ProxyRequest, instances: InstanceSet) -> None:
-        now = self._clock.monotonic()
-        chosen = instances.pick(now, set())
-        if chosen is None:
+    def _first_pick(self, request: ProxyRequest, instances: InstanceSet) -> None:
+        if not self._pick(request, instances, ()):
             raise ServiceUnavailableError(instances.name, instances.why_nothing(set(), ""))
+        now = self._clock.monotonic()
+        run = self._policy.retry.start(now, rng=self._rng, budget=instances.budget)
+        request.attributes["retries"] = run
+        request.on_finish(lambda: run.close(self._clock.monotonic()))
+        request.deadline = request.started + self._timeout
+
+    def _pick(self, request: ProxyRequest, instances: InstanceSet, tried: Collection[str]) -> bool:
+        now = self._clock.monotonic()
+        chosen = instances.pick(now, set(tried))
+        if chosen is None:
+            request.attributes.pop("instance", None)
+            return False
         key, ticket = chosen
         instance = instances.instances[key]
         request.upstream = (instance.host, instance.port)
         request.attributes["instance"] = (instances, key, ticket, now)
-        request.deadline = request.started + self._timeout
+        return True
 
     def _changed(self, service: str, instances: tuple[Instance, ...]) -> None:
         found = self._sets.get(service)

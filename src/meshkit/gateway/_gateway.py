@@ -12,8 +12,10 @@ from meshkit._clock import Clock, SystemClock
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes, Upstreams
 from meshkit.http import Timeouts
+from meshkit.policy import RetryPolicy
 from meshkit.proxy import Exchange, Filter, Forwarder, Forwarding, ProxyServer
 from meshkit.registry import Registry
+from meshkit.service._client import CallPolicy
 from meshkit.service._directory import Directory
 
 __all__ = ["Gateway"]
@@ -46,11 +48,14 @@ class Gateway:
         self.config = config
         clock = clock or SystemClock()
         self.directory = Directory(registry, clock=clock, rng=rng)
-        self.upstreams = Upstreams(self.directory, clock, timeout=config.timeout, rng=rng)
+        policy = CallPolicy(retry=RetryPolicy(attempts=config.attempts, timeout=config.timeout))
+        self.upstreams = Upstreams(
+            self.directory, clock, timeout=config.timeout, rng=rng, policy=policy
+        )
         forwarder = Forwarder(
             # At the edge nothing a client says about itself is believed.
             forwarding=Forwarding(pseudonym="meshkit-gateway", trust_forwarded=False),
-            timeouts=Timeouts(connect=config.connect_timeout, read=config.timeout),
+            timeouts=Timeouts(connect=config.connect_timeout, read=config.try_timeout),
         )
         filters: list[Filter] = [
             Ready(),
@@ -59,7 +64,7 @@ class Gateway:
             ClientLimits(config, clock),
             self.upstreams,
         ]
-        self.server = ProxyServer(filters, forwarder)
+        self.server = ProxyServer(filters, forwarder, retrier=self.upstreams)
         if access_log is not None:
             self.server.on_exchange.append(access_log)
 

@@ -6,7 +6,7 @@ A ``ProxyServer`` parses requests from clients, runs each through its
 ways.
 """
 
-from meshkit.proxy._chain import Filter, RequestDecision
+from meshkit.proxy._chain import Filter, RequestDecision, Retrier
 from meshkit.proxy._config import ProxyLimits
 from meshkit.proxy._forward import PROXY_LIMITS, Forwarder
 from meshkit.proxy._headers import HOP_BY_HOP, Forwarding, request_headers, response_headers
@@ -25,6 +25,7 @@ __all__ = [
     "ProxyResponse",
     "ProxyServer",
     "RequestDecision",
+    "Retrier",
     "error_response",
     "request_headers",
     "response_headers",

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from meshkit.proxy._message import ProxyRequest, ProxyResponse
 
-__all__ = ["Filter", "RequestDecision"]
+__all__ = ["Filter", "RequestDecision", "Retrier"]
 
 RequestDecision = ProxyResponse | None | Awaitable[ProxyResponse | None]
 
@@ -39,3 +39,17 @@ class Filter(Protocol):
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         """Look at or change the response's status and headers before they are sent."""
         ...
+
+
+class Retrier(Protocol):
+    """Decides whether a failed attempt is sent again, and where.
+
+    Asked when an attempt fails before any of its answer reached the client:
+    ``failure`` is the error, or the status of a 502, 503 or 504 answer (which
+    is then discarded). To retry, it sets ``request.upstream`` anew and returns
+    the seconds to wait first; ``None`` lets the failure stand. The engine asks
+    only when the request body can be sent again (it arrived whole before
+    the first attempt) and the request's deadline leaves room for the wait.
+    """
+
+    def retry(self, request: ProxyRequest, failure: BaseException | int) -> float | None: ...

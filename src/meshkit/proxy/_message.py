@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from http import HTTPStatus
 from itertools import count
 from typing import Any
@@ -42,6 +43,7 @@ class ProxyRequest:
     """
 
     __slots__ = (
+        "_finally",
         "attributes",
         "client",
         "deadline",
@@ -84,6 +86,19 @@ class ProxyRequest:
         self.upstream: tuple[str, int] | None = None
         self.deadline: float | None = None
         self.attributes: dict[str, Any] = {}
+        self._finally: list[Callable[[], None]] | None = None
+
+    def on_finish(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the exchange is over, however it ended (the client
+        may have left): where a filter gives back what it took for the request."""
+        if self._finally is None:
+            self._finally = []
+        self._finally.append(callback)
+
+    def finished(self) -> list[Callable[[], None]]:
+        """The callbacks ``on_finish`` collected, handed out once (for the engine)."""
+        callbacks, self._finally = self._finally or [], None
+        return callbacks
 
     @property
     def target(self) -> str:

@@ -31,7 +31,7 @@ from meshkit.errors import (
     RequestRefusedError,
     ServiceUnavailableError,
 )
-from meshkit.proxy._chain import Filter
+from meshkit.proxy._chain import Filter, Retrier
 from meshkit.proxy._config import ProxyLimits
 from meshkit.proxy._downstream import ClientConnection
 from meshkit.proxy._forward import Forwarder
@@ -76,9 +76,11 @@ class ProxyServer:
         forwarder: Forwarder,
         *,
         limits: ProxyLimits | None = None,
+        retrier: Retrier | None = None,
     ) -> None:
         self.filters: Sequence[Filter] = tuple(filters)
         self.forwarder = forwarder
+        self.retrier = retrier
         self.limits = limits or ProxyLimits()
         self.request_ids = RequestIds()
         self.connections: set[ClientConnection] = set()

@@ -58,6 +58,7 @@ HIGH_WATER = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BODYLESS = frozenset({204, 304})
 _LAST_CHUNK = b"0\r\n\r\n"
+_RETRIED = frozenset({502, 503, 504})  # answers a retrier may replace with another attempt
 
 
 class Stream:
@@ -71,6 +72,7 @@ class Stream:
         "_deadline_timer",
         "_filters",
         "_out",
+        "_retry_timer",
         "_reused",
         "_server",
         "_streaming",
@@ -119,6 +121,7 @@ class Stream:
         self._out: list[bytes] = []
         self._task: asyncio.Task[None] | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
+        self._retry_timer: asyncio.TimerHandle | None = None
 
     # -- the request phase -----------------------------------------------------
 
@@ -166,7 +169,7 @@ class Stream:
             self.fail_before_answer(UsageError("no filter chose an upstream for this request"))
             return
         loop = self._client.loop
-        if request.deadline is not None:
+        if request.deadline is not None and self._deadline_timer is None:
             self._deadline_timer = loop.call_at(request.deadline, self._deadline_passed)
         connection = self._server.forwarder.pool.take_idle(origin)
         if connection is not None:
@@ -185,7 +188,8 @@ class Stream:
             connection, reused = await forwarder.pool.acquire(origin, connect, fresh=fresh)
         except MeshkitError as error:
             self._task = None
-            self.fail_before_answer(error)
+            if not self._try_again(error):
+                self.fail_before_answer(error)
             return
         self._task = None
         if self.finished:
@@ -262,6 +266,8 @@ class Stream:
 
     def upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
         request = self.request
+        if status in _RETRIED and self._try_again(status):
+            return
         response = ProxyResponse(
             status, response_headers(headers, self._server.forwarder.forwarding), upstream=True
         )
@@ -336,7 +342,8 @@ class Stream:
             self._reused = False
             self._task = self._client.loop.create_task(self._connect(request.upstream, fresh=True))
             return
-        self.fail_before_answer(error)
+        if not self._try_again(error):
+            self.fail_before_answer(error)
 
     def upstream_write_paused(self, *, paused: bool) -> None:
         if paused:
@@ -352,6 +359,23 @@ class Stream:
                 self.upstream.pause_reading()
             else:
                 self.upstream.resume_reading()
+
+    def _try_again(self, failure: BaseException | int) -> bool:
+        """Send the request again if the retrier says so and the body allows it."""
+        retrier = self._server.retrier
+        if retrier is None or self.finished or self._streaming or not self.complete:
+            return False
+        delay = retrier.retry(self.request, failure)
+        if delay is None:
+            return False
+        loop = self._client.loop
+        deadline = self.request.deadline
+        if deadline is not None and loop.time() + delay >= deadline:
+            return False
+        self._drop_upstream()
+        self._reused = False
+        self._retry_timer = loop.call_later(delay, self._forward)
+        return True
 
     def client_lost(self) -> None:
         """The client closed its connection: stop everything this request started."""
@@ -416,8 +440,15 @@ class Stream:
             self.error = error
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        for callback in self.request.finished():
+            try:
+                callback()
+            except Exception as failure:  # noqa: BLE001 (a filter's bug must not stop the rest)
+                self._server.report_error(self.request.request_id, failure)
         self._server.request_finished(self)
         self._client.stream_finished(self, close=self._close or not self.complete)
 
