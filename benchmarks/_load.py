@@ -22,12 +22,13 @@ def pinned(command: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core), *command] if (os.cpu_count() or 1) >= 2 else command
 
 
-def wait_answering(url: str, *, timeout: float = 60) -> None:
+def wait_answering(url: str, *, timeout: float = 60, headers: dict[str, str] | None = None) -> None:
     """Until ``url`` answers at all (any status)."""
     deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers=headers or {})  # noqa: S310 (loopback)
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (our own loopback URL)
+            with urllib.request.urlopen(request, timeout=1):  # noqa: S310 (our own loopback URL)
                 return
         except urllib.error.HTTPError:
             return
@@ -36,14 +37,26 @@ def wait_answering(url: str, *, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing answered at {url}")
 
 
-def wrk(url: str, seconds: int, *, connections: int = 50, core: int = 0) -> dict[str, float]:
-    """wrk with one thread on ``core``: requests/s, and latency p50 and p99 in ms."""
+def wrk(
+    url: str,
+    seconds: int,
+    *,
+    connections: int = 50,
+    core: int = 0,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """wrk with one thread on ``core``: requests/s, and latency p50 and p99 in ms.
+
+    Raises if any answer was not 2xx or 3xx: a benchmark of refusals
+    measures nothing.
+    """
+    extra = [part for name, value in (headers or {}).items() for part in ("-H", f"{name}: {value}")]
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url]
     output = subprocess.run(
-        pinned(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url], core),
-        capture_output=True,
-        text=True,
-        check=True,
+        pinned(command, core), capture_output=True, text=True, check=True
     ).stdout
+    if "Non-2xx or 3xx responses" in output:
+        raise RuntimeError(f"wrk got error answers from {url}:\n{output}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
 
     def latency(label: str) -> float:
@@ -58,7 +71,9 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-async def _paced(ports: list[int], rate: int, seconds: float) -> dict[int, list[float]]:
+async def _paced(
+    ports: list[int], rate: int, seconds: float, headers: list[tuple[bytes, bytes]]
+) -> dict[int, list[float]]:
     loop = asyncio.get_running_loop()
     latencies: dict[int, list[float]] = {port: [] for port in ports}
     pending: set[asyncio.Task[None]] = set()
@@ -66,7 +81,11 @@ async def _paced(ports: list[int], rate: int, seconds: float) -> dict[int, list[
 
         async def one(port: int) -> None:
             sent = time.perf_counter()  # uvloop's loop.time() has millisecond steps
-            await client.send("GET", "127.0.0.1", port, "/", connect=5, read=5)
+            answer = await client.send(
+                "GET", "127.0.0.1", port, "/", headers=headers, connect=5, read=5
+            )
+            if answer.status != 200:
+                raise RuntimeError(f"port {port} answered {answer.status}")
             latencies[port].append(time.perf_counter() - sent)
 
         # Timed from the send, not from when it was due: the loop's timers
@@ -90,7 +109,14 @@ async def _paced(ports: list[int], rate: int, seconds: float) -> dict[int, list[
     return latencies
 
 
-def paced(ports: list[int], *, rate: int, seconds: float, core: int = 0) -> list[dict[str, float]]:
+def paced(
+    ports: list[int],
+    *,
+    rate: int,
+    seconds: float,
+    core: int = 0,
+    headers: dict[str, str] | None = None,
+) -> list[dict[str, float]]:
     """``rate`` GETs a second in all, the ``ports`` taking turns, from ``core``.
 
     For each port, in order: p50 and p99 in ms.
@@ -98,8 +124,9 @@ def paced(ports: list[int], *, rate: int, seconds: float, core: int = 0) -> list
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {core} if (os.cpu_count() or 1) >= 2 else before)
     try:
-        uvloop.run(_paced(ports, rate, min(1.0, seconds)))  # warm up connections and caches
-        found = uvloop.run(_paced(ports, rate, seconds))
+        sent = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
+        uvloop.run(_paced(ports, rate, min(1.0, seconds), sent))  # warm up connections, caches
+        found = uvloop.run(_paced(ports, rate, seconds, sent))
     finally:
         os.sched_setaffinity(0, before)
     return [

@@ -1,18 +1,20 @@
-"""The proxy engine beside nginx and HAProxy as reverse proxies: req/s, latency, memory.
+"""The gateway and its engine beside nginx and HAProxy as reverse proxies.
 
     python -m benchmarks.gateway [--json FILE] [--quick]
 
 One backend (nginx, one worker, a 12-byte answer) is reached (a) directly,
 (b) through nginx as a one-worker reverse proxy with upstream keep-alive,
-(c) through HAProxy with one thread, and (d) through meshkit's proxy engine,
-one process, with one routing filter (the gateway's filters join it as they
-are built). wrk (one thread, 50 connections) has core 0 to itself; the
-backend and the proxy share core 1, so every proxy is measured with the same
-backend beside it. Three rounds take each target in turn; the median round
+(c) through HAProxy with one thread, (d) through meshkit's proxy engine, one
+process, with one routing filter, and (e) through the meshkit gateway, one
+process, with every filter it has on: routes, API-key authentication, a
+per-client rate limit that never trips, per-instance ejection and retries.
+wrk (one thread, 50 connections) has core 0 to itself; the backend and the
+proxy share core 1, so every proxy is measured with the same backend beside
+it. Three rounds take each target in turn; the median round
 of each is reported. Then a paced client sends 1,000 requests a second,
-directly and through the engine, and the engine's added latency is the
-difference (the two take turns within one run, so the machine's own
-stalls land on both alike). Last, the engine's peak resident memory.
+directly and through (d) and (e), and the added latency is the difference
+(they take turns within one run, so the machine's own stalls land on all
+alike). Last, the peak resident memory of (d) and (e).
 
 Needs wrk, nginx and haproxy (Debian: apt-get install wrk nginx haproxy).
 """
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from benchmarks._gateway_process import API_KEY
 from benchmarks._load import paced, pinned, wait_answering, wrk
 from benchmarks._report import Row, arguments, report
 from meshkit._net import free_port
@@ -71,12 +74,14 @@ backend back
 
 
 @contextmanager
-def running(command: list[str], port: int, core: int) -> Iterator[subprocess.Popen[bytes]]:
+def running(
+    command: list[str], port: int, core: int, *, headers: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         pinned(command, core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_answering(f"http://127.0.0.1:{port}/")
+        wait_answering(f"http://127.0.0.1:{port}/", headers=headers)
         yield process
     finally:
         process.send_signal(signal.SIGTERM if command[0] != "nginx" else signal.SIGQUIT)
@@ -105,6 +110,13 @@ def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     return sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
 
 
+# The meshkit processes measured: the bare engine, and the gateway with its filters.
+MESHKIT = {
+    "engine": ("meshkit proxy engine (one routing filter)", "benchmarks._proxy_engine"),
+    "gateway": ("meshkit gateway (all filters)", "benchmarks._gateway_process"),
+}
+
+
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0] if __doc__ else "gateway benchmark")
     parser.add_argument("--quick", action="store_true", help="one second each, to check it runs")
@@ -115,16 +127,17 @@ def main() -> None:
             f"benchmarks.gateway needs {', '.join(missing)}: apt-get install {' '.join(missing)}"
         )
     seconds, rounds, paced_seconds = (1, 1, 1) if args.quick else (5, 3, 10)
+    # The gateway checks the key; the others ignore the header.
+    headers = {"x-api-key": API_KEY}
     with tempfile.TemporaryDirectory(prefix="meshkit-gateway-bench-") as tmp:
         directory = Path(tmp)
         backend = free_port()
         nginx_backend = config(
             directory, "backend.conf", NGINX_BACKEND.format(dir=tmp, port=backend)
         )
-        ports = {name: free_port() for name in ("nginx", "haproxy", "meshkit")}
+        ports = {name: free_port() for name in ("nginx", "haproxy", *MESHKIT)}
         nginx = NGINX_PROXY.format(dir=tmp, port=ports["nginx"], upstream=backend)
         haproxy = HAPROXY.format(port=ports["haproxy"], upstream=backend)
-        engine = [sys.executable, "-m", "benchmarks._proxy_engine", str(ports["meshkit"])]
         with ExitStack() as stack:
             stack.enter_context(running(["nginx", "-c", nginx_backend], backend, 1))
             stack.enter_context(
@@ -133,49 +146,69 @@ def main() -> None:
             stack.enter_context(
                 running(["haproxy", "-f", config(directory, "h.cfg", haproxy)], ports["haproxy"], 1)
             )
-            process = stack.enter_context(running([*engine, str(backend)], ports["meshkit"], 1))
+            processes = {
+                name: stack.enter_context(
+                    running(
+                        [sys.executable, "-m", module, str(ports[name]), str(backend)],
+                        ports[name],
+                        1,
+                        headers=headers,
+                    )
+                )
+                for name, (_, module) in MESHKIT.items()
+            }
             targets = {"direct": backend, **ports}
             for port in targets.values():
-                wrk(f"http://127.0.0.1:{port}/", 1)  # warm up
+                wrk(f"http://127.0.0.1:{port}/", 1, headers=headers)  # warm up
             # Rounds, each target in turn: a neighbour's burst on this shared
             # machine then spoils one round of one target, not the comparison.
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for _ in range(rounds):
                 for name, port in targets.items():
-                    runs[name].append(wrk(f"http://127.0.0.1:{port}/", seconds))
+                    runs[name].append(wrk(f"http://127.0.0.1:{port}/", seconds, headers=headers))
             results = {name: median_run(found) for name, found in runs.items()}
-            results["meshkit paced"], results["direct paced"] = paced(
-                [ports["meshkit"], backend], rate=1000, seconds=paced_seconds
-            )
-            rss = peak_rss_mb(process.pid)
+            paced_order = [*MESHKIT, "direct"]
+            for name, found in zip(
+                paced_order,
+                paced(
+                    [targets[name] for name in paced_order],
+                    rate=1000,
+                    seconds=paced_seconds,
+                    headers=headers,
+                ),
+                strict=True,
+            ):
+                results[f"{name} paced"] = found
+            rss = {name: peak_rss_mb(process.pid) for name, process in processes.items()}
     rows = [Row("direct to the backend: requests/s", results["direct"]["rps"], "req/s")]
     peers = (("nginx", "nginx (1 worker)"), ("haproxy", "HAProxy (1 thread)"))
     for peer, label in peers:
         rows.append(Row(f"{label}: requests/s", results[peer]["rps"], "req/s"))
-    for metric, unit, label in (("rps", "req/s", "requests/s"), ("p99", "ms", "latency p99")):
-        for peer, name in peers:
+    for name, (label, _) in MESHKIT.items():
+        for metric, unit, what in (("rps", "req/s", "requests/s"), ("p99", "ms", "latency p99")):
+            for peer, peer_label in peers:
+                rows.append(
+                    Row(
+                        f"{label} {what} vs {peer_label.split(' ')[0]}",
+                        results[name][metric],
+                        unit,
+                        results[peer][metric],
+                        peer_label,
+                    )
+                )
+        for metric in ("p50", "p99"):
+            added = results[f"{name} paced"][metric] - results["direct paced"][metric]
             rows.append(
                 Row(
-                    f"meshkit proxy engine {label} vs {name.split(' ')[0]}",
-                    results["meshkit"][metric],
-                    unit,
-                    results[peer][metric],
-                    name,
+                    f"{label} at 1,000 req/s, {metric} vs direct",
+                    results[f"{name} paced"][metric],
+                    "ms",
+                    results["direct paced"][metric],
+                    "direct",
                 )
             )
-    for metric in ("p50", "p99"):
-        rows.append(
-            Row(
-                f"at 1,000 req/s, {metric}: through the engine vs direct",
-                results["meshkit paced"][metric],
-                "ms",
-                results["direct paced"][metric],
-                "direct",
-            )
-        )
-        added = results["meshkit paced"][metric] - results["direct paced"][metric]
-        rows.append(Row(f"at 1,000 req/s, {metric} added by the engine", added, "ms"))
-    rows.append(Row("meshkit proxy engine peak RSS under load", rss, "MB"))
+            rows.append(Row(f"{label} at 1,000 req/s, {metric} added", added, "ms"))
+        rows.append(Row(f"{label} peak RSS under load", rss[name], "MB"))
     report("Reverse proxies in front of one nginx backend", rows, args.json)
 
 
