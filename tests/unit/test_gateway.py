@@ -289,3 +289,43 @@ async def test_a_slow_upstream_is_a_504_once_the_tries_are_spent() -> None:
         answer = await call("GET", "/api/orders")
         assert answer.status == 504
         assert "sent nothing for 0.3s" in answer.json()["error"]
+
+
+async def test_a_post_answered_502_counts_once_against_its_instance() -> None:
+    """A 502 that is not retried is recorded once: three of them, not two, eject the instance."""
+
+    async def broken(request: Request) -> Response:
+        return json_response(502, {"error": "broken"})
+
+    async with running() as (fleet, call):
+        sick = await fleet.add("orders", broken)
+        statuses = [(await call("POST", "/api/orders")).status for _ in range(3)]
+        assert statuses == [502, 502, 502]
+        assert fleet.hits[sick] == 3
+
+
+async def test_a_client_that_leaves_gives_back_its_pick() -> None:
+    """A request abandoned mid-answer leaves no outstanding count or breaker ticket behind."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def waits(request: Request) -> Response:
+        arrived.set()
+        await release.wait()
+        return json_response(200, {})
+
+    async with running_gateway() as (fleet, call, gateway):
+        finished = asyncio.Event()
+        gateway.server.on_exchange.append(lambda record: finished.set())
+        await fleet.add("orders", waits)
+        pending = asyncio.create_task(call("GET", "/api/orders"))
+        await arrived.wait()
+        pending.cancel()  # the client gives up and closes its connection
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        async with asyncio.timeout(5):
+            await finished.wait()  # the proxy noticed the close and ended the exchange
+        instances = gateway.upstreams._sets["orders"]
+        (key,) = instances.breakers
+        assert instances.balancer.load(key)[1] == 0
+        assert instances.budget.active_requests == 0
+        release.set()

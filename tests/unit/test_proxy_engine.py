@@ -563,3 +563,91 @@ async def test_draining_lets_a_request_in_flight_finish() -> None:
         assert (status, body, fields[b"connection"]) == (200, b"late", b"close")
         await closing
         writer.close()
+
+
+async def test_a_pipelined_request_whose_body_fails_waits_for_its_turn() -> None:
+    """Request 2's malformed body does not answer before request 1, which still gets its answer."""
+
+    async def slow_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await asyncio.sleep(0.2)  # noqa: TID251 (request 1 is still being answered meanwhile)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+        await writer.drain()
+
+    async with proxy(slow_first) as (port, _, server):
+        raw = await exchange(
+            port,
+            b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /two HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+        )
+        first, _, rest = raw.partition(b"first")
+        assert first.startswith(b"HTTP/1.1 200 OK")
+        assert rest.startswith(b"HTTP/1.1 400 Bad Request")
+        assert server.in_flight == 0
+
+
+async def test_head_then_a_pipelined_get_on_one_upstream_connection() -> None:
+    """After a HEAD answer the pooled connection carries the next request without a desync."""
+    async with proxy() as (port, _, server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\nGET /g HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, fields = await read_head(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert fields[b"content-length"] == b"8"
+        status, _, body = await response(reader)
+        assert (status, body) == (200, b"GET /g ")
+        writer.close()
+        (only,) = server.forwarder.pool.statistics().values()
+        assert only["open"] == 1  # one connection carried both
+
+
+class WaitsFirst:
+    """Decides only after a moment, as a filter waiting for I/O would."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def on_request(self, request: ProxyRequest) -> Awaitable[None]:
+        request.upstream = ("127.0.0.1", self.port)
+        return asyncio.sleep(0.1)  # noqa: TID251 (a filter awaiting something)
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+async def test_a_large_body_that_paused_reading_does_not_leave_the_connection_paused() -> None:
+    """A 300 KiB body arriving while a filter waits pauses reading; the next request is read."""
+    async with proxy() as (port, upstream, server):
+        server.filters = (WaitsFirst(upstream.port),)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = b"x" * (300 * 1024)
+        writer.write(
+            b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        status, _, answer = await response(reader)
+        assert (status, len(answer)) == (200, len(b"POST /big ") + len(body))
+        writer.write(GET)
+        async with asyncio.timeout(5):
+            assert (await response(reader))[2] == b"GET /a?b=1 "
+        writer.close()
+
+
+async def test_a_body_failing_after_the_answer_began_frees_the_upstream_connection() -> None:
+    """The upstream answered early, then the client's chunked body went bad: the slot is freed."""
+
+    async def answers_early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await reader.read(-1)  # waits for the rest of the request, which never comes right
+
+    async with proxy(answers_early) as (port, _, server):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await reader.readuntil(b"hello\r\n")
+        writer.write(b"ZZ\r\n")  # not a chunk size
+        async with asyncio.timeout(5):
+            await reader.read(-1)  # the proxy drops the client: the answer cannot be finished
+        pool = server.forwarder.pool.statistics()
+        assert all(entry["open"] == 0 for entry in pool.values()), pool
+        writer.close()

@@ -219,7 +219,7 @@ class Upstreams:
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        picked = request.attributes.get("instance")
+        picked = request.attributes.pop("instance", None)
         if picked is None:
             return
         success = response.status not in _FAILED
@@ -228,8 +228,10 @@ class Upstreams:
         if run is not None and success:
             run.succeeded(now)
 
-    def retry(self, request: ProxyRequest, failure: BaseException | int) -> float | None:
-        picked = request.attributes.get("instance")
+    def retry(
+        self, request: ProxyRequest, failure: BaseException | int, time_left: float | None
+    ) -> float | None:
+        picked = request.attributes.pop("instance", None)
         if picked is None:
             return None
         instances, key, _, _ = picked
@@ -239,6 +241,9 @@ class Upstreams:
         run: RetryRun = request.attributes["retries"]
         decision = run.failed(now, retryable=retryable)
         if not decision.retry:
+            return None
+        if time_left is not None and decision.delay >= time_left:
+            run.close(now)  # no time for it: give the retry slot back
             return None
         tried: set[str] = request.attributes.setdefault("tried", set())
         tried.add(key)
@@ -253,6 +258,17 @@ class Upstreams:
             service: {key: breaker.state.value for key, breaker in found.breakers.items()}
             for service, found in self._sets.items()
         }
+
+    def _finished(self, request: ProxyRequest, run: RetryRun) -> None:
+        """However the request ended: an attempt without an outcome gives back what it took."""
+        run.close(self._clock.monotonic())
+        picked = request.attributes.pop("instance", None)
+        if picked is not None:  # the client left before the answer came
+            instances, key, ticket, _ = picked
+            breaker = instances.breakers.get(key)
+            if breaker is not None:
+                breaker.release(ticket)
+                instances.balancer.cancel(key)
 
     def _record(self, picked: tuple[InstanceSet, str, int, float], *, success: bool) -> float:
         instances, key, ticket, started = picked
@@ -277,7 +293,7 @@ class Upstreams:
         now = self._clock.monotonic()
         run = self._policy.retry.start(now, rng=self._rng, budget=instances.budget)
         request.attributes["retries"] = run
-        request.on_finish(lambda: run.close(self._clock.monotonic()))
+        request.on_finish(lambda: self._finished(request, run))
         request.deadline = request.started + self._timeout
 
     def _pick(self, request: ProxyRequest, instances: InstanceSet, tried: Collection[str]) -> bool:

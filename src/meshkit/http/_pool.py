@@ -95,6 +95,10 @@ class ConnectionPool(Generic[C]):
             connect -= loop.time() - started
             if not fresh and entry.idle:
                 return await self.acquire(origin, connect)
+            if fresh and entry.open >= self.limits.max_connections and entry.idle:
+                # Make room for the fresh one rather than go over the limit.
+                entry.idle.popleft().close()
+                entry.open -= 1
         entry.open += 1
         try:
             return await self._connect(origin, connect), False

@@ -47,9 +47,12 @@ class Retrier(Protocol):
     Asked when an attempt fails before any of its answer reached the client:
     ``failure`` is the error, or the status of a 502, 503 or 504 answer (which
     is then discarded). To retry, it sets ``request.upstream`` anew and returns
-    the seconds to wait first; ``None`` lets the failure stand. The engine asks
-    only when the request body can be sent again (it arrived whole before
-    the first attempt) and the request's deadline leaves room for the wait.
+    the seconds to wait first, which must be less than ``time_left`` (the
+    seconds before the request's deadline, ``None`` without one); ``None``
+    lets the failure stand. The engine asks only when the request body can be
+    sent again (it arrived whole before the first attempt).
     """
 
-    def retry(self, request: ProxyRequest, failure: BaseException | int) -> float | None: ...
+    def retry(
+        self, request: ProxyRequest, failure: BaseException | int, time_left: float | None
+    ) -> float | None: ...

@@ -263,8 +263,16 @@ class ClientConnection(asyncio.Protocol):
         if close:
             self.close()
         elif not self.closing and self._transport is not None:
+            # Whatever paused reading for that request (its body waiting for an
+            # upstream, the upstream's back-pressure) is over.
+            self.resume_reading()
             self._next()
             self._moved_on()
+
+    @property
+    def queued(self) -> bool:
+        """Requests parsed and waiting for their turn to be answered."""
+        return bool(self._queue)
 
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self.closing:

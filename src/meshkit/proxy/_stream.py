@@ -70,11 +70,13 @@ class Stream:
         "_client",
         "_close",
         "_deadline_timer",
+        "_failed_early",
         "_filters",
         "_out",
         "_retry_timer",
         "_reused",
         "_server",
+        "_started",
         "_streaming",
         "_task",
         "body",
@@ -122,10 +124,19 @@ class Stream:
         self._task: asyncio.Task[None] | None = None
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
+        self._started = False
+        self._failed_early: RequestRefusedError | None = None  # body failed while queued
 
     # -- the request phase -----------------------------------------------------
 
     def start(self) -> None:
+        self._started = True
+        if self._failed_early is not None:
+            # Its body failed while requests before it were being answered;
+            # its answer had to wait its turn.
+            self._close = True
+            self.respond(self._server.answer_error(self.request, self._failed_early))
+            return
         self._run_filters(0)
 
     def _run_filters(self, index: int) -> None:
@@ -215,6 +226,7 @@ class Stream:
             message = b"%scontent-length: %d\r\n\r\n%s" % (head, len(data), data)
             connection.start(self, message, head_request=head_request, read_timeout=read)
             connection.request_sent()
+            self._client.resume_reading()  # if a large body paused it while we waited
             return
         self._streaming = True
         if self._chunked_in:
@@ -254,8 +266,11 @@ class Stream:
         """The request body cannot be completed (too large, malformed, too slow)."""
         if self.finished:
             return
+        if not self._started:
+            self._failed_early = error  # answered in order, when its turn comes
+            return
+        self._drop_upstream()
         if self.response is None:
-            self._drop_upstream()
             self._close = True
             self.respond(self._server.answer_error(self.request, error))
         else:
@@ -304,7 +319,7 @@ class Stream:
         self._out.append(_chunk(data) if self._chunked_out else data)
 
     def upstream_flush(self) -> None:
-        if self._out:
+        if self._out and not self.finished:
             self._client.write(b"".join(self._out))
             self._out.clear()
 
@@ -365,12 +380,15 @@ class Stream:
         retrier = self._server.retrier
         if retrier is None or self.finished or self._streaming or not self.complete:
             return False
-        delay = retrier.retry(self.request, failure)
-        if delay is None:
-            return False
         loop = self._client.loop
         deadline = self.request.deadline
-        if deadline is not None and loop.time() + delay >= deadline:
+        left = None if deadline is None else deadline - loop.time()
+        try:
+            delay = retrier.retry(self.request, failure, left)
+        except Exception as error:  # noqa: BLE001 (a retrier's bug leaves the failure standing)
+            self._server.report_error(self.request.request_id, error)
+            return False
+        if delay is None:
             return False
         self._drop_upstream()
         self._reused = False
@@ -424,7 +442,14 @@ class Stream:
 
     def _connection_header(self) -> bytes:
         request = self.request
-        if not request.keep_alive or self._client.stopped or self._server.draining:
+        client = self._client
+        # A stopped connection parses no more requests, but those already
+        # parsed are still answered, in order: the last one closes it.
+        if (
+            not request.keep_alive
+            or self._server.draining
+            or (client.stopped and not client.queued)
+        ):
             self._close = True
         if self._close:
             return b"connection: close\r\n\r\n"
@@ -442,6 +467,8 @@ class Stream:
             self._deadline_timer.cancel()
         if self._retry_timer is not None:
             self._retry_timer.cancel()
+        if self.upstream is not None:
+            self._drop_upstream()  # nothing may keep a connection this stream no longer reads
         if self._task is not None and not self._task.done():
             self._task.cancel()
         for callback in self.request.finished():

@@ -66,12 +66,15 @@ class UpstreamConnection(asyncio.Protocol):
     """A keep-alive HTTP/1.1 connection to one upstream origin."""
 
     __slots__ = (
+        "_completed",
         "_framed",
         "_head_request",
         "_header_size",
         "_headers",
         "_in_body",
         "_interim",
+        "_junk",
+        "_keep",
         "_limits",
         "_parser",
         "_read_deadline",
@@ -101,6 +104,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._framed = False
         self._interim = False
         self._in_body = False
+        self._completed = False  # the response ended in this read; handed over after it
+        self._keep = False
+        self._junk = False  # bytes came after the response: the connection is out of step
         self._responded = False  # some byte of the response has arrived
         self._head_request = False
         self._sent = False  # the whole request is written
@@ -125,6 +131,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_timeout = read_timeout
         self._sent = False
         self._responded = False
+        self._completed = self._junk = False
         self._start_message()
         if self._transport is None or self._transport.is_closing():
             self._fail(PeerClosedError(f"{self._where} closed the connection"))
@@ -187,13 +194,21 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
             cause = error.__context__
-            if isinstance(cause, ResponseTooLargeError | ProtocolViolationError):
+            if self._completed:
+                self._junk = True  # the answer was whole; what followed it was not
+            elif isinstance(cause, ResponseTooLargeError | ProtocolViolationError):
                 self._fail(cause)
             else:
                 self._fail(
                     ProtocolViolationError(f"malformed response from {self._where}: {error}")
                 )
-        sink.upstream_flush()
+        if self._completed:
+            # Handed over only now that the parser is done with this read: the
+            # connection may carry the next request at once, and nothing of
+            # this read may reach that request's stream.
+            self._hand_over()
+        else:
+            sink.upstream_flush()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -207,10 +222,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._in_body and not self._framed:
             self._complete()  # the body ran to the close, as RFC 9112 allows
+            self._hand_over()
         else:
             reason = f": {exc}" if exc else ""
             self._fail(PeerClosedError(f"{self._where} closed the connection{reason}"))
-        sink.upstream_flush()
+            sink.upstream_flush()
 
     def pause_writing(self) -> None:
         if self._sink is not None:
@@ -223,7 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._sink is None:
+        if self._sink is None or self._completed:
             raise ProtocolViolationError(f"{self._where} sent more than one response")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -259,13 +275,13 @@ class UpstreamConnection(asyncio.Protocol):
         sink.upstream_head(status, headers, length)
         if no_body:
             # httptools cannot be told a HEAD response has no body: end it
-            # here and give the next response a fresh parser.
+            # here (the next response gets a fresh parser, in _hand_over).
             self._complete()
-            if self._head_request:
-                self._parser = httptools.HttpResponseParser(self)
 
     def on_body(self, data: bytes) -> None:
-        if self._sink is not None:
+        if self._completed:
+            self._junk = True  # a "body" after a HEAD answer, or after the answer ended
+        elif self._sink is not None:
             self._sink.upstream_body(data)
 
     def on_message_complete(self) -> None:
@@ -288,10 +304,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_body = False
 
     def _complete(self) -> None:
+        """The response ended: noted here, handed over once the read is parsed."""
         self._in_body = False
-        keep = self._framed and self._sent and self._parser.should_keep_alive()
-        sink, self._sink = self._sink, None
+        self._completed = True
+        self._keep = self._framed and self._sent and self._parser.should_keep_alive()
         self._read_deadline = math.inf
+
+    def _hand_over(self) -> None:
+        self._completed = False
+        keep = self._keep and not self._junk
+        if self._head_request:
+            self._parser = httptools.HttpResponseParser(self)
+        sink, self._sink = self._sink, None
         if not self._reading:
             self.resume_reading()
         if not keep:
