@@ -89,3 +89,23 @@ def test_serve_with_a_bad_environment_is_one_line(tmp_path: Path) -> None:
     result = meshkit("serve", "svc:service", cwd=tmp_path, env={"MESHKIT_PORT": "abc"})
     assert result.returncode == 2
     assert result.stderr.strip() == "meshkit: svc: MESHKIT_PORT: must be a number, got 'abc'"
+
+
+def test_gateway_without_its_jwt_secret_says_which_variable(tmp_path: Path) -> None:
+    """`meshkit gateway` with a JWT route and no secret exits 2 naming the variable."""
+    (tmp_path / "meshkit.toml").write_text(
+        '[services.a]\ncommand = ["sleep", "1"]\n'
+        '[gateway]\nport = 1\n[gateway.jwt]\nsecret_env = "MESHKIT_TEST_NO_SUCH_SECRET"\n'
+        '[[gateway.routes]]\npath = "/a"\nservice = "a"\nauth = "jwt"\n'
+    )
+    result = meshkit("gateway", str(tmp_path), env={"MESHKIT_TOKEN": "some-token-0123456789"})
+    assert result.returncode == 2
+    assert "$MESHKIT_TEST_NO_SUCH_SECRET must hold a secret" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_gateway_without_a_gateway_section_says_so(tmp_path: Path) -> None:
+    (tmp_path / "meshkit.toml").write_text('[services.a]\ncommand = ["sleep", "1"]\n')
+    result = meshkit("gateway", str(tmp_path))
+    assert result.returncode == 2
+    assert "has no [gateway] section" in result.stderr

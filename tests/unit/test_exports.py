@@ -23,6 +23,7 @@ PUBLIC = {
         "ApiKey",
         "Gateway",
         "GatewayConfig",
+        "JwtConfig",
         "RouteConfig",
     ],
     "meshkit.proxy": [

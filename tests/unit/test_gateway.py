@@ -1,15 +1,21 @@
 """The gateway in one process: an embedded registry, instances on loopback, real HTTP."""
 
 import asyncio
+import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import jwt as pyjwt
 import msgspec
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from meshkit.errors import ConfigError
-from meshkit.gateway import ApiKey, Gateway, GatewayConfig, RouteConfig
+from meshkit.gateway import ApiKey, Gateway, GatewayConfig, JwtConfig, RouteConfig
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.registry import EmbeddedRegistry, Instance
 from meshkit.testing.servers import free_port
@@ -329,3 +335,82 @@ async def test_a_client_that_leaves_gives_back_its_pick() -> None:
         assert instances.balancer.load(key)[1] == 0
         assert instances.budget.active_requests == 0
         release.set()
+
+
+SECRET = "a-shared-secret-of-thirty-two-chars-or-more"
+
+
+def jwt_config(**jwt_options: object) -> GatewayConfig:
+    return config(
+        routes=[RouteConfig(path="/api/orders", service="orders", strip="/api", auth="jwt")],
+        jwt=JwtConfig(**jwt_options),  # type: ignore[arg-type]
+    )
+
+
+def token(claims: dict[str, object], key: object = SECRET, **header: object) -> str:
+    defaults = {"sub": "ada", "exp": int(time.time()) + 60}  # noqa: TID251 (a real expiry)
+    algorithm = str(header.pop("algorithm", "HS256"))
+    return str(
+        pyjwt.encode({**defaults, **claims}, key, algorithm=algorithm, headers=header or None)
+    )
+
+
+def bearer(value: str) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", b"Bearer " + value.encode())]
+
+
+async def test_a_valid_hs256_token_passes_and_bad_ones_get_401(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
+    async with running(jwt_config(secret_env="TEST_JWT_SECRET")) as (fleet, call):
+        await fleet.add("orders")
+        assert (await call("GET", "/api/orders", key=None, headers=bearer(token({})))).status == 200
+        missing = await call("GET", "/api/orders", key=None)
+        assert missing.status == 401
+        assert missing.header("www-authenticate") == 'Bearer realm="meshkit"'
+        expired = await call("GET", "/api/orders", key=None, headers=bearer(token({"exp": 1})))
+        assert expired.status == 401
+        assert expired.json()["error"] == "the token has expired"
+        forged = token({}, key="another-secret-of-thirty-two-characters")
+        refused = await call("GET", "/api/orders", key=None, headers=bearer(forged))
+        assert refused.status == 401
+        assert 'error="invalid_token"' in refused.header("www-authenticate")  # type: ignore[operator]
+        unsigned = pyjwt.encode({"sub": "ada", "exp": 2**31}, None, algorithm="none")
+        assert (await call("GET", "/api/orders", key=None, headers=bearer(unsigned))).status == 401
+        assert fleet.hits.total() == 1
+
+
+async def test_rs256_tokens_are_checked_against_the_jwks_file(tmp_path: Path) -> None:
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(signing.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k1"}]}))
+    gateway_config = jwt_config(algorithms=["RS256"], jwks_file=str(tmp_path / "jwks.json"))
+    async with running(gateway_config) as (fleet, call):
+        await fleet.add("orders")
+        good = token({}, signing, algorithm="RS256", kid="k1")
+        assert (await call("GET", "/api/orders", key=None, headers=bearer(good))).status == 200
+        bad = token({}, stranger, algorithm="RS256", kid="k1")
+        assert (await call("GET", "/api/orders", key=None, headers=bearer(bad))).status == 401
+        hs = token({})  # HS256 is not accepted on an RS256-only gateway
+        assert (await call("GET", "/api/orders", key=None, headers=bearer(hs))).status == 401
+
+
+async def test_each_jwt_subject_has_its_own_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_JWT_SECRET", SECRET)
+    gateway_config = jwt_config(secret_env="TEST_JWT_SECRET", rate=0.001, burst=2)
+    async with running(gateway_config) as (fleet, call):
+        await fleet.add("orders")
+        ada, bob = bearer(token({"sub": "ada"})), bearer(token({"sub": "bob"}))
+        statuses = [
+            (await call("GET", "/api/orders", key=None, headers=ada)).status for _ in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        assert (await call("GET", "/api/orders", key=None, headers=bob)).status == 200
+
+
+def test_a_jwt_route_needs_a_jwt_section() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config(routes=[RouteConfig(path="/a", service="a", auth="jwt")])
+    assert caught.value.key == "gateway.routes[0].auth"

@@ -18,8 +18,8 @@ from meshkit.gateway import AccessLog, Gateway, GatewayConfig
 from meshkit.registry import Registry, open_registry
 
 
-async def _serve(config: GatewayConfig, registry: Registry) -> None:
-    gateway = Gateway(config, registry, access_log=AccessLog())
+async def _serve(config: GatewayConfig, registry: Registry, directory: Path) -> None:
+    gateway = Gateway(config, registry, access_log=AccessLog(), project_dir=directory)
     host, port = await gateway.start()
     typer.echo(f"gateway on http://{host}:{port}, {len(config.routes)} route(s)", err=True)
     stop = asyncio.Event()
@@ -54,6 +54,8 @@ def gateway(
     except MeshkitError as error:
         fail(str(error))
     try:
-        asyncio.run(_serve(project.gateway, registry))
+        asyncio.run(_serve(project.gateway, registry, project.directory))
+    except MeshkitError as error:  # a JWT secret or key file that cannot be used
+        fail(str(error))
     except OSError as error:
         fail(f"cannot listen on {project.gateway.host}:{project.gateway.port}: {error}")

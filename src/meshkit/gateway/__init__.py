@@ -3,5 +3,14 @@
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
 from meshkit.gateway._filters import READY_PATH
 from meshkit.gateway._gateway import AccessLog, Gateway
+from meshkit.gateway._jwt import JwtConfig
 
-__all__ = ["READY_PATH", "AccessLog", "ApiKey", "Gateway", "GatewayConfig", "RouteConfig"]
+__all__ = [
+    "READY_PATH",
+    "AccessLog",
+    "ApiKey",
+    "Gateway",
+    "GatewayConfig",
+    "JwtConfig",
+    "RouteConfig",
+]

@@ -14,7 +14,7 @@
     service = "orders"
     strip = "/api"                    # removed before the request goes upstream
     methods = ["GET", "POST"]         # optional: any method when absent
-    auth = "api_key"                  # the default; "none" makes a route public
+    auth = "api_key"                  # the default; "jwt" (see _jwt.py); "none": public
 
 Routes need a key unless they say ``auth = "none"``: a forgotten setting
 refuses requests rather than exposing a service. Requests without a key
@@ -29,6 +29,7 @@ from typing import Literal
 import msgspec
 
 from meshkit.errors import ConfigError
+from meshkit.gateway._jwt import JwtConfig
 from meshkit.policy import RateLimit, Route, RouteTable
 
 __all__ = ["ApiKey", "GatewayConfig", "RouteConfig"]
@@ -48,7 +49,7 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     strip: str = ""
     methods: list[str] | None = None
     host: str | None = None
-    auth: Literal["api_key", "none"] = "api_key"
+    auth: Literal["api_key", "jwt", "none"] = "api_key"
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -56,6 +57,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     port: int = 8000
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
     api_keys: list[ApiKey] = msgspec.field(default_factory=list)
+    jwt: JwtConfig | None = None
     anonymous_rate: float = 20.0
     anonymous_burst: int = 40
     connect_timeout: float = 2.0
@@ -88,6 +90,11 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             raise ConfigError("gateway.attempts", f"must be between 1 and 10, got {self.attempts}")
         if not self.routes:
             raise ConfigError("gateway.routes", "a gateway needs at least one route")
+        for index, route in enumerate(self.routes):
+            if route.auth == "jwt" and self.jwt is None:
+                raise ConfigError(
+                    f"gateway.routes[{index}].auth", "jwt needs a [gateway.jwt] section"
+                )
         self.table()  # every route checked now, with its index in the message
 
     def route_list(self) -> list[Route]:

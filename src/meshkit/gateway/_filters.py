@@ -95,7 +95,7 @@ class ApiKeys:
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
         route: RouteConfig = request.attributes["route_config"]
-        if route.auth == "none":
+        if route.auth != "api_key":
             return None
         presented = request.header(b"x-api-key")
         key = None if presented is None else self._keys.get(_digest(presented))
@@ -119,16 +119,16 @@ class ApiKeys:
 
 
 class ClientLimits:
-    """A token bucket per client: the API key's name, or the address on public routes.
+    """A token bucket per client: the API key's name, the JWT subject, or the address.
 
     Answers 429 with ``Retry-After`` (whole seconds, rounded up) and the
     ``RateLimit-Policy`` and ``RateLimit`` fields of the IETF draft
     (draft-ietf-httpapi-ratelimit-headers-09) on every answer.
     """
 
-    # Buckets of anonymous clients kept at most; the oldest go first (they
-    # refill to full meanwhile, so dropping one forgets nothing that matters).
-    MAX_ANONYMOUS = 10_000
+    # Buckets of addresses and JWT subjects kept at most; the oldest go first
+    # (they refill to full meanwhile, so dropping one forgets nothing that matters).
+    MAX_DYNAMIC = 10_000
 
     def __init__(self, config: GatewayConfig, clock: Clock) -> None:
         self._clock = clock
@@ -139,13 +139,20 @@ class ClientLimits:
         self._anonymous_limit = RateLimit(
             capacity=config.anonymous_burst, per_second=config.anonymous_rate
         )
-        self._anonymous: dict[str, TokenBucket] = {}
+        jwt = config.jwt
+        self._subject_limit = (
+            None if jwt is None else RateLimit(capacity=jwt.burst, per_second=jwt.rate)
+        )
+        self._dynamic: dict[str, TokenBucket] = {}  # addresses and JWT subjects
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        name = request.attributes.get("client")
-        bucket = self._keyed.get(name) if name is not None else self._for_address(request.client)
-        if bucket is None:
-            return None
+        name: str | None = request.attributes.get("client")
+        if name is None:
+            bucket = self._bucket(request.client, self._anonymous_limit)
+        elif name.startswith("jwt:") and self._subject_limit is not None:
+            bucket = self._bucket(name, self._subject_limit)
+        else:
+            bucket = self._keyed[name]
         decision = bucket.acquire(self._clock.monotonic())
         limit = bucket.limit
         fields = _fields(limit, decision.remaining, decision.reset_after)
@@ -165,12 +172,12 @@ class ClientLimits:
         if fields is not None:
             response.headers.extend(fields)
 
-    def _for_address(self, address: str) -> TokenBucket:
-        bucket = self._anonymous.get(address)
+    def _bucket(self, client: str, limit: RateLimit) -> TokenBucket:
+        bucket = self._dynamic.get(client)
         if bucket is None:
-            if len(self._anonymous) >= self.MAX_ANONYMOUS:
-                del self._anonymous[next(iter(self._anonymous))]
-            bucket = self._anonymous[address] = TokenBucket(self._anonymous_limit, name=address)
+            if len(self._dynamic) >= self.MAX_DYNAMIC:
+                del self._dynamic[next(iter(self._dynamic))]
+            bucket = self._dynamic[client] = TokenBucket(limit, name=client)
         return bucket
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sys
+from pathlib import Path
 from typing import IO
 
 import msgspec
@@ -11,6 +12,7 @@ import msgspec
 from meshkit._clock import Clock, SystemClock
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes, Upstreams
+from meshkit.gateway._jwt import JwtAuth
 from meshkit.http import Timeouts
 from meshkit.policy import RetryPolicy
 from meshkit.proxy import Exchange, Filter, Forwarder, Forwarding, ProxyServer
@@ -44,6 +46,7 @@ class Gateway:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         access_log: AccessLog | None = None,
+        project_dir: Path | None = None,
     ) -> None:
         self.config = config
         clock = clock or SystemClock()
@@ -61,6 +64,7 @@ class Gateway:
             Ready(),
             Routes(config),
             ApiKeys(config.api_keys),
+            *([JwtAuth(config.jwt, project_dir or Path.cwd())] if config.jwt else []),
             ClientLimits(config, clock),
             self.upstreams,
         ]
