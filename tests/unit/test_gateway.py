@@ -17,6 +17,7 @@ from jwt.algorithms import RSAAlgorithm
 from meshkit.errors import ConfigError
 from meshkit.gateway import ApiKey, Gateway, GatewayConfig, JwtConfig, RouteConfig
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
+from meshkit.policy import BreakerConfig
 from meshkit.registry import EmbeddedRegistry, Instance
 from meshkit.testing.servers import free_port
 
@@ -414,3 +415,29 @@ def test_a_jwt_route_needs_a_jwt_section() -> None:
     with pytest.raises(ConfigError) as caught:
         config(routes=[RouteConfig(path="/a", service="a", auth="jwt")])
     assert caught.value.key == "gateway.routes[0].auth"
+
+
+async def test_the_service_breaker_opens_then_recovers_through_half_open() -> None:
+    """Two failed requests open it (503, the instance spared); after open_for a probe closes it."""
+    healthy = {"now": False}
+
+    async def flaky(request: Request) -> Response:
+        return json_response(200 if healthy["now"] else 502, {})
+
+    breaker = BreakerConfig(
+        consecutive_failures=2, failure_rate=None, open_for=0.3, half_open_successes=1
+    )
+    async with running_gateway(config(breaker=breaker)) as (fleet, call, gateway):
+        port = await fleet.add("orders", flaky)
+        assert [(await call("GET", "/api/orders")).status for _ in range(2)] == [502, 502]
+        refused = await call("GET", "/api/orders")
+        assert refused.status == 503
+        assert "circuit breaker is open" in refused.json()["error"]
+        assert gateway.upstreams.breakers() == {"orders": "open"}
+        hits = fleet.hits[port]
+        healthy["now"] = True
+        await asyncio.sleep(0.35)  # noqa: TID251 (real time: the breaker's open period passes)
+        assert (await call("GET", "/api/orders")).status == 200  # the half-open probe
+        assert gateway.upstreams.breakers() == {"orders": "closed"}
+        assert (await call("GET", "/api/orders")).status == 200
+        assert fleet.hits[port] == hits + 2

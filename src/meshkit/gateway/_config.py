@@ -30,7 +30,7 @@ import msgspec
 
 from meshkit.errors import ConfigError
 from meshkit.gateway._jwt import JwtConfig
-from meshkit.policy import RateLimit, Route, RouteTable
+from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable
 
 __all__ = ["ApiKey", "GatewayConfig", "RouteConfig"]
 
@@ -58,6 +58,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
     api_keys: list[ApiKey] = msgspec.field(default_factory=list)
     jwt: JwtConfig | None = None
+    # One breaker per service ([gateway.breaker]): 5 failures in a row, or half
+    # of at least 20 calls in 10 s, open it for 5 s (doubling to 60 s while
+    # probes fail); 2 successful probes close it (the policy core's defaults).
+    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
     anonymous_rate: float = 20.0
     anonymous_burst: int = 40
     connect_timeout: float = 2.0

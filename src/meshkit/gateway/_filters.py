@@ -21,7 +21,17 @@ from meshkit._clock import Clock
 from meshkit.errors import ConnectError, ConnectTimeoutError, ServiceUnavailableError
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
 from meshkit.http import IDEMPOTENT_METHODS
-from meshkit.policy import BadPath, NoRoute, RateLimit, RetryRun, Route, RouteTable, TokenBucket
+from meshkit.policy import (
+    BadPath,
+    BreakerConfig,
+    CircuitBreaker,
+    NoRoute,
+    RateLimit,
+    RetryRun,
+    Route,
+    RouteTable,
+    TokenBucket,
+)
 from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 from meshkit.registry import Instance
 from meshkit.service._client import CallPolicy
@@ -208,8 +218,11 @@ class Upstreams:
         timeout: float,
         rng: random.Random | None = None,
         policy: CallPolicy | None = None,
+        breaker: BreakerConfig | None = None,
     ) -> None:
         self._directory = directory
+        self._breaker_config = breaker or BreakerConfig()
+        self._breakers: dict[str, CircuitBreaker] = {}  # one per service
         self._clock = clock
         self._timeout = timeout
         self._rng = rng or random.Random()
@@ -226,14 +239,14 @@ class Upstreams:
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        picked = request.attributes.pop("instance", None)
-        if picked is None:
-            return
         success = response.status not in _FAILED
-        now = self._record(picked, success=success)
+        picked = request.attributes.pop("instance", None)
+        # No pick left when a retry was declined: that attempt is recorded already.
+        now = self._clock.monotonic() if picked is None else self._record(picked, success=success)
         run: RetryRun | None = request.attributes.get("retries")
         if run is not None and success:
             run.succeeded(now)
+        self._record_service(request, now, success=success)
 
     def retry(
         self, request: ProxyRequest, failure: BaseException | int, time_left: float | None
@@ -269,6 +282,9 @@ class Upstreams:
     def _finished(self, request: ProxyRequest, run: RetryRun) -> None:
         """However the request ended: an attempt without an outcome gives back what it took."""
         run.close(self._clock.monotonic())
+        service = request.attributes.pop("service_ticket", None)
+        if service is not None:  # the client left before the answer came
+            service[0].release(service[1])
         picked = request.attributes.pop("instance", None)
         if picked is not None:  # the client left before the answer came
             instances, key, ticket, _ = picked
@@ -276,6 +292,18 @@ class Upstreams:
             if breaker is not None:
                 breaker.release(ticket)
                 instances.balancer.cancel(key)
+
+    @staticmethod
+    def _record_service(request: ProxyRequest, now: float, *, success: bool) -> None:
+        """The request's final outcome, for its service's breaker (retries are not counted)."""
+        service = request.attributes.pop("service_ticket", None)
+        if service is not None:
+            breaker, ticket, started = service
+            breaker.record(ticket, now, success=success, duration=now - started)
+
+    def breakers(self) -> dict[str, str]:
+        """Each service's breaker state: for the admin API and the dashboard."""
+        return {service: breaker.state.value for service, breaker in self._breakers.items()}
 
     def _record(self, picked: tuple[InstanceSet, str, int, float], *, success: bool) -> float:
         instances, key, ticket, started = picked
@@ -295,9 +323,22 @@ class Upstreams:
         self._first_pick(request, found)
 
     def _first_pick(self, request: ProxyRequest, instances: InstanceSet) -> None:
-        if not self._pick(request, instances, ()):
-            raise ServiceUnavailableError(instances.name, instances.why_nothing(set(), ""))
         now = self._clock.monotonic()
+        service = instances.name
+        breaker = self._breakers.get(service)
+        if breaker is None:
+            breaker = self._breakers[service] = CircuitBreaker(self._breaker_config, name=service)
+        ticket = breaker.allow(now)
+        if ticket is None:
+            until = breaker.statistics(now).open_until
+            wait = "" if until is None else f"; it is tried again in {max(0.0, until - now):.1f}s"
+            raise ServiceUnavailableError(
+                service, f"its circuit breaker is open after repeated failures{wait}"
+            )
+        if not self._pick(request, instances, ()):
+            breaker.record(ticket, now, success=False)
+            raise ServiceUnavailableError(service, instances.why_nothing(set(), ""))
+        request.attributes["service_ticket"] = (breaker, ticket, now)
         run = self._policy.retry.start(now, rng=self._rng, budget=instances.budget)
         request.attributes["retries"] = run
         request.on_finish(lambda: self._finished(request, run))

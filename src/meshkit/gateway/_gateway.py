@@ -53,7 +53,12 @@ class Gateway:
         self.directory = Directory(registry, clock=clock, rng=rng)
         policy = CallPolicy(retry=RetryPolicy(attempts=config.attempts, timeout=config.timeout))
         self.upstreams = Upstreams(
-            self.directory, clock, timeout=config.timeout, rng=rng, policy=policy
+            self.directory,
+            clock,
+            timeout=config.timeout,
+            rng=rng,
+            policy=policy,
+            breaker=config.breaker,
         )
         forwarder = Forwarder(
             # At the edge nothing a client says about itself is believed.
