@@ -30,39 +30,20 @@ from pathlib import Path
 import msgspec
 import uvloop
 
+from benchmarks._load import pinned
 from benchmarks._report import Row, arguments, report
 from meshkit._net import free_port
 from meshkit.errors import DeadlineExceededError, PeerError
 from meshkit.http import HTTPClient
 from meshkit.registry import Instance, RemoteRegistry, Snapshot
 from meshkit.service import Directory
+from meshkit.testing.servers import spawn_control_plane
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def pinned(command: list[str], core: int) -> list[str]:
-    if (os.cpu_count() or 1) >= 2:
-        return ["taskset", "-c", str(core), *command]
-    return command
-
-
 def start_control_plane(data_dir: Path, token: str, port: int) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "meshkit",
-        "control-plane",
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-    ]
-    return subprocess.Popen(
-        pinned(command, 1),
-        env={**os.environ, "MESHKIT_TOKEN": token},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return spawn_control_plane(data_dir, token=token, port=port, prefix=pinned([], 1))
 
 
 async def until_up(port: int) -> None:

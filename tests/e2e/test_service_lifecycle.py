@@ -17,7 +17,7 @@ from tests.e2e.conftest import http
 from meshkit.errors import ServiceUnavailableError
 from meshkit.registry import RemoteRegistry
 from meshkit.service import Directory, ServiceClient
-from meshkit.testing.servers import free_port
+from meshkit.testing.servers import free_port, spawn_control_plane
 
 TOKEN = "lifecycle-token-0123456789"
 
@@ -36,21 +36,7 @@ async def slow() -> dict:
 
 
 def start_control_plane(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    plane = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "meshkit",
-            "control-plane",
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(port),
-        ],
-        env={**os.environ, "MESHKIT_TOKEN": TOKEN},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    plane = spawn_control_plane(data_dir, token=TOKEN, port=port)
     wait_until(lambda: _up(port), 20, "the control plane answering")
     return plane
 

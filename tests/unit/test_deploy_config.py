@@ -150,6 +150,14 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
             4,
         ),
         (
+            '[services.a]\napp = "a:app"\n[gateway]\nport = 8000\n'
+            '[[gateway.api_keys]]\nname = "k"\nkey = "key-12345"\nservices = ["b"]\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "a"\n',
+            "gateway.api_keys[0].services",
+            "no service named 'b'",
+            8,
+        ),
+        (
             '[services.a]\napp = "a:app"\n[gateway]\nlisten = 1\n',
             "gateway.listen",
             "is not a known key",

@@ -19,6 +19,7 @@ from meshkit.gateway import ApiKey, Gateway, GatewayConfig, JwtConfig, RouteConf
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.policy import BreakerConfig
 from meshkit.registry import EmbeddedRegistry, Instance
+from meshkit.testing import FakeClock
 from meshkit.testing.servers import free_port
 
 KEY = "key-for-tests"
@@ -81,13 +82,13 @@ async def running(
 
 @asynccontextmanager
 async def running_gateway(
-    gateway_config: GatewayConfig | None = None,
+    gateway_config: GatewayConfig | None = None, *, clock: FakeClock | None = None
 ) -> AsyncIterator[tuple[Fleet, Callable[..., Awaitable[Response]], Gateway]]:
     registry = EmbeddedRegistry()
     registry.start()
     fleet = Fleet(registry)
     chosen = msgspec.structs.replace(gateway_config or config(), port=free_port())
-    gateway = Gateway(chosen, registry)
+    gateway = Gateway(chosen, registry, clock=clock)
     _, port = await gateway.start()
     client = HTTPClient()
 
@@ -427,7 +428,8 @@ async def test_the_service_breaker_opens_then_recovers_through_half_open() -> No
     breaker = BreakerConfig(
         consecutive_failures=2, failure_rate=None, open_for=0.3, half_open_successes=1
     )
-    async with running_gateway(config(breaker=breaker)) as (fleet, call, gateway):
+    clock = FakeClock(autojump_threshold=None)  # the policies' clock; the network's is real
+    async with running_gateway(config(breaker=breaker), clock=clock) as (fleet, call, gateway):
         port = await fleet.add("orders", flaky)
         assert [(await call("GET", "/api/orders")).status for _ in range(2)] == [502, 502]
         refused = await call("GET", "/api/orders")
@@ -436,7 +438,7 @@ async def test_the_service_breaker_opens_then_recovers_through_half_open() -> No
         assert gateway.upstreams.breakers() == {"orders": "open"}
         hits = fleet.hits[port]
         healthy["now"] = True
-        await asyncio.sleep(0.35)  # noqa: TID251 (real time: the breaker's open period passes)
+        clock.advance(0.3)  # the breaker's open period passes
         assert (await call("GET", "/api/orders")).status == 200  # the half-open probe
         assert gateway.upstreams.breakers() == {"orders": "closed"}
         assert (await call("GET", "/api/orders")).status == 200

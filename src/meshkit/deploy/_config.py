@@ -168,6 +168,15 @@ def _gateway(
             key, _, problem = message.partition(": ")
             raise _problem(path, text, key, problem) from error
         raise _problem(path, text, f"gateway.{_key_of(error)}", _reason(error)) from error
+    for index, api_key in enumerate(gateway.api_keys):
+        for name in api_key.services or ():
+            if name not in services:
+                raise _problem(
+                    path,
+                    text,
+                    f"gateway.api_keys[{index}].services",
+                    f"no service named {name!r} in this file",
+                )
     for index, route in enumerate(gateway.routes):
         if route.service not in services:
             raise _problem(

@@ -272,13 +272,6 @@ class Upstreams:
             return None
         return decision.delay
 
-    def statistics(self) -> dict[str, dict[str, str]]:
-        """Per service and instance, the breaker's state: for the admin API and the dashboard."""
-        return {
-            service: {key: breaker.state.value for key, breaker in found.breakers.items()}
-            for service, found in self._sets.items()
-        }
-
     def _finished(self, request: ProxyRequest, run: RetryRun) -> None:
         """However the request ended: an attempt without an outcome gives back what it took."""
         run.close(self._clock.monotonic())

@@ -114,13 +114,14 @@ class JwtAuth:
 
     def _decode(self, token: str) -> dict[str, Any]:
         jwt = self._jwt
-        algorithm = jwt.get_unverified_header(token).get("alg")
+        header = jwt.get_unverified_header(token)
+        algorithm = header.get("alg")
         if algorithm not in self._config.algorithms:
             raise jwt.InvalidAlgorithmError(f"{algorithm!r} is not accepted here")
         if algorithm == "HS256":
             key: Any = self._secret
         else:
-            kid = jwt.get_unverified_header(token).get("kid")
+            kid = header.get("kid")
             key = self._keys.get(kid)
             if key is None:
                 raise jwt.InvalidKeyError(f"no key with id {kid!r} in the JWKS file")

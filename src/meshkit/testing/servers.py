@@ -11,18 +11,52 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
 
 from meshkit._net import free_port
 
-__all__ = ["REQUIRE_BACKENDS_ENV", "EtcdServer", "backend_missing", "free_port"]
+__all__ = [
+    "REQUIRE_BACKENDS_ENV",
+    "EtcdServer",
+    "backend_missing",
+    "free_port",
+    "spawn_control_plane",
+]
 
 REQUIRE_BACKENDS_ENV = "MESHKIT_REQUIRE_BACKENDS"
+
+
+def spawn_control_plane(
+    data_dir: Path, *, token: str, port: int, prefix: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """``meshkit control-plane`` as a child process on ``port`` (output discarded).
+
+    ``prefix`` goes before the command (``taskset -c 1`` in the benchmarks).
+    The caller waits for ``/healthz`` as suits it and terminates the process.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "meshkit",
+        "control-plane",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
+    return subprocess.Popen(  # noqa: S603 (our own program; the prefix is the caller's)
+        [*prefix, *command],
+        env={**os.environ, "MESHKIT_TOKEN": token},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def backend_missing(name: str, how_to_install: str) -> NoReturn:
