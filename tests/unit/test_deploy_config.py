@@ -158,6 +158,22 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
             8,
         ),
         (
+            '[services.a]\napp = "a:app"\n[gateway]\nport = 8000\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "a"\n'
+            '[[gateway.global_limits]]\nname = "g"\nrate = 1\nburst = 1\nservices = ["b"]\n',
+            "gateway.global_limits[0].services",
+            "no service named 'b'",
+            12,
+        ),
+        (
+            '[services.a]\napp = "a:app"\n[gateway]\nport = 8000\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "a"\n'
+            '[gateway.redis]\nurl = "redis://127.0.0.1:6379/0"\n',
+            "gateway.redis.on_unreachable",
+            "is required",
+            8,
+        ),
+        (
             '[services.a]\napp = "a:app"\n[gateway]\nlisten = 1\n',
             "gateway.listen",
             "is not a known key",

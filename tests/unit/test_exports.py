@@ -23,9 +23,12 @@ PUBLIC = {
         "ApiKey",
         "Gateway",
         "GatewayConfig",
+        "GlobalLimit",
         "JwtConfig",
+        "RedisConfig",
         "RouteConfig",
     ],
+    "meshkit.ratelimit": ["LimitStore", "MemoryLimitStore"],
     "meshkit.proxy": [
         "HOP_BY_HOP",
         "PROXY_LIMITS",

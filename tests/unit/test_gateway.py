@@ -15,7 +15,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from meshkit.errors import ConfigError
-from meshkit.gateway import ApiKey, Gateway, GatewayConfig, JwtConfig, RouteConfig
+from meshkit.gateway import (
+    ApiKey,
+    Gateway,
+    GatewayConfig,
+    GlobalLimit,
+    JwtConfig,
+    RedisConfig,
+    RouteConfig,
+)
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.policy import BreakerConfig
 from meshkit.registry import EmbeddedRegistry, Instance
@@ -226,6 +234,23 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
         (
             {"api_keys": [ApiKey(name="a", key=KEY), ApiKey(name="a", key=KEY + "x")]},
             "gateway.api_keys[1].name",
+        ),
+        (
+            {"global_limits": [GlobalLimit(name="a b", rate=1, burst=1)]},
+            "gateway.global_limits[0].name",
+        ),
+        (
+            {"global_limits": [GlobalLimit(name="g", rate=1, burst=0)]},
+            "gateway.global_limits[0].burst",
+        ),
+        (
+            {"global_limits": [GlobalLimit(name="g", rate=1, burst=1)] * 2},
+            "gateway.global_limits[1].name",
+        ),
+        ({"redis": RedisConfig(url="http://x", on_unreachable="open")}, "gateway.redis.url"),
+        (
+            {"redis": RedisConfig(url="redis://x", on_unreachable="open", timeout=0)},
+            "gateway.redis.timeout",
         ),
     ],
 )
@@ -443,3 +468,34 @@ async def test_the_service_breaker_opens_then_recovers_through_half_open() -> No
         assert gateway.upstreams.breakers() == {"orders": "closed"}
         assert (await call("GET", "/api/orders")).status == 200
         assert fleet.hits[port] == hits + 2
+
+
+async def test_a_global_limit_applies_to_its_services_and_names_itself() -> None:
+    """Three orders pass, the fourth gets 429 naming the limit; items are not limited by it."""
+    limited = config(
+        global_limits=[
+            GlobalLimit(name="orders-all", rate=0.01, burst=3, services=["orders"], per="total")
+        ]
+    )
+    async with running(limited) as (fleet, call):
+        await fleet.add("orders")
+        await fleet.add("items")
+        statuses = [(await call("GET", "/api/orders")).status for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        refused = await call("GET", "/api/orders")
+        assert "global rate limit 'orders-all'" in refused.json()["error"]
+        assert refused.header("retry-after") is not None
+        assert refused.header("ratelimit-policy") == '"orders-all";q=3;w=300'
+        assert (await call("GET", "/api/items/1")).status == 200
+
+
+async def test_a_global_limit_per_client_gives_each_key_its_own_burst() -> None:
+    """With per = "client", two keys each get the whole burst."""
+    keys = [ApiKey(name="one", key=KEY, rate=100, burst=100)]
+    keys.append(ApiKey(name="two", key=KEY + "-2", rate=100, burst=100))
+    limited = config(api_keys=keys, global_limits=[GlobalLimit(name="g", rate=0.01, burst=2)])
+    async with running(limited) as (fleet, call):
+        await fleet.add("orders")
+        for key in (KEY, KEY + "-2"):
+            statuses = [(await call("GET", "/api/orders", key=key)).status for _ in range(3)]
+            assert statuses == [200, 200, 429]

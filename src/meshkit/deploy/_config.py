@@ -168,13 +168,17 @@ def _gateway(
             key, _, problem = message.partition(": ")
             raise _problem(path, text, key, problem) from error
         raise _problem(path, text, f"gateway.{_key_of(error)}", _reason(error)) from error
-    for index, api_key in enumerate(gateway.api_keys):
-        for name in api_key.services or ():
+    listed = [
+        *(("api_keys", index, key.services) for index, key in enumerate(gateway.api_keys)),
+        *(("global_limits", i, limit.services) for i, limit in enumerate(gateway.global_limits)),
+    ]
+    for table_name, index, names in listed:
+        for name in names or ():
             if name not in services:
                 raise _problem(
                     path,
                     text,
-                    f"gateway.api_keys[{index}].services",
+                    f"gateway.{table_name}[{index}].services",
                     f"no service named {name!r} in this file",
                 )
     for index, route in enumerate(gateway.routes):

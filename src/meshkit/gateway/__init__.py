@@ -1,6 +1,6 @@
 """The API gateway: the proxy engine with routes, API keys, rate limits and discovery."""
 
-from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
+from meshkit.gateway._config import ApiKey, GatewayConfig, GlobalLimit, RedisConfig, RouteConfig
 from meshkit.gateway._filters import READY_PATH
 from meshkit.gateway._gateway import AccessLog, Gateway
 from meshkit.gateway._jwt import JwtConfig
@@ -11,6 +11,8 @@ __all__ = [
     "ApiKey",
     "Gateway",
     "GatewayConfig",
+    "GlobalLimit",
     "JwtConfig",
+    "RedisConfig",
     "RouteConfig",
 ]

@@ -16,6 +16,17 @@
     methods = ["GET", "POST"]         # optional: any method when absent
     auth = "api_key"                  # the default; "jwt" (see _jwt.py); "none": public
 
+    [[gateway.global_limits]]       # shared by every gateway using the same Redis
+    name = "orders-writes"
+    rate = 50                         # requests per second
+    burst = 50
+    services = ["orders"]             # optional: every service when absent
+    per = "client"                    # a bucket per client; "total": one for all
+
+    [gateway.redis]                   # without it, global limits live in this process
+    url = "redis://127.0.0.1:6379/0"
+    on_unreachable = "open"           # required: "open" admits, "closed" answers 503
+
 Routes need a key unless they say ``auth = "none"``: a forgotten setting
 refuses requests rather than exposing a service. Requests without a key
 (on public routes) are limited per client address by ``anonymous_rate``
@@ -24,6 +35,7 @@ and ``anonymous_burst``.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
@@ -32,7 +44,9 @@ from meshkit.errors import ConfigError
 from meshkit.gateway._jwt import JwtConfig
 from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable
 
-__all__ = ["ApiKey", "GatewayConfig", "RouteConfig"]
+__all__ = ["ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -41,6 +55,23 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     rate: float = 100.0
     burst: int = 100
     services: list[str] | None = None  # the services this key may call; None: all
+
+
+class GlobalLimit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    rate: float
+    burst: int
+    services: list[str] | None = None  # the services it applies to; None: all
+    per: Literal["client", "total"] = "client"
+
+
+class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str
+    # No default: whether an outage of Redis lets every request through or
+    # refuses every request is the operator's decision to make, knowingly.
+    on_unreachable: Literal["open", "closed"]
+    timeout: float = 0.25  # connecting and each call; past it Redis counts as unreachable
+    prefix: str = "meshkit:ratelimit:"
 
 
 class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -58,6 +89,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
     api_keys: list[ApiKey] = msgspec.field(default_factory=list)
     jwt: JwtConfig | None = None
+    global_limits: list[GlobalLimit] = msgspec.field(default_factory=list)
+    redis: RedisConfig | None = None
     # One breaker per service ([gateway.breaker]): 5 failures in a row, or half
     # of at least 20 calls in 10 s, open it for 5 s (doubling to 60 s while
     # probes fail); 2 successful probes close it (the policy core's defaults).
@@ -80,6 +113,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise ConfigError(f"gateway.api_keys[{index}].name", f"{key.name!r} is used twice")
             _limit(f"gateway.api_keys[{index}]", key.rate, key.burst)
         _limit("gateway.anonymous", self.anonymous_rate, self.anonymous_burst)
+        self._check_global_limits()
         timeouts = {
             "connect_timeout": self.connect_timeout,
             "try_timeout": self.try_timeout,
@@ -100,6 +134,29 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                     f"gateway.routes[{index}].auth", "jwt needs a [gateway.jwt] section"
                 )
         self.table()  # every route checked now, with its index in the message
+
+    def _check_global_limits(self) -> None:
+        names = [limit.name for limit in self.global_limits]
+        for index, limit in enumerate(self.global_limits):
+            where = f"gateway.global_limits[{index}]"
+            if not _NAME.fullmatch(limit.name):
+                raise ConfigError(
+                    f"{where}.name", f"must be letters, digits, '.', '_' or '-', got {limit.name!r}"
+                )
+            if limit.name in names[:index]:
+                raise ConfigError(f"{where}.name", f"{limit.name!r} is used twice")
+            _limit(where, limit.rate, limit.burst)
+        if self.redis is not None:
+            if not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(
+                    "gateway.redis.url",
+                    f"must look like redis://127.0.0.1:6379/0, got {self.redis.url!r}",
+                )
+            if not 0 < self.redis.timeout <= 10:
+                raise ConfigError(
+                    "gateway.redis.timeout",
+                    f"must be between 0 and 10 seconds, got {self.redis.timeout}",
+                )
 
     def route_list(self) -> list[Route]:
         """The routes as policy ``Route`` values, in the file's order."""

@@ -165,7 +165,7 @@ class ClientLimits:
             bucket = self._keyed[name]
         decision = bucket.acquire(self._clock.monotonic())
         limit = bucket.limit
-        fields = _fields(limit, decision.remaining, decision.reset_after)
+        fields = ratelimit_fields("client", limit, decision.remaining, decision.reset_after)
         if decision.allowed:
             request.attributes["ratelimit"] = fields
             return None
@@ -191,11 +191,15 @@ class ClientLimits:
         return bucket
 
 
-def _fields(limit: RateLimit, remaining: int, reset_after: float) -> list[tuple[bytes, bytes]]:
+def ratelimit_fields(
+    policy: str, limit: RateLimit, remaining: int, reset_after: float
+) -> list[tuple[bytes, bytes]]:
+    """The ``RateLimit-Policy`` and ``RateLimit`` fields for the policy named ``policy``."""
     window = max(1, math.ceil(limit.capacity / limit.per_second))
+    name = policy.encode("ascii")
     return [
-        (b"ratelimit-policy", b'"client";q=%d;w=%d' % (limit.capacity, window)),
-        (b"ratelimit", b'"client";r=%d;t=%d' % (remaining, math.ceil(reset_after))),
+        (b"ratelimit-policy", b'"%s";q=%d;w=%d' % (name, limit.capacity, window)),
+        (b"ratelimit", b'"%s";r=%d;t=%d' % (name, remaining, math.ceil(reset_after))),
     ]
 
 

@@ -12,10 +12,12 @@ import msgspec
 from meshkit._clock import Clock, SystemClock
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes, Upstreams
+from meshkit.gateway._global import GlobalLimits
 from meshkit.gateway._jwt import JwtAuth
 from meshkit.http import Timeouts
 from meshkit.policy import RetryPolicy
 from meshkit.proxy import Exchange, Filter, Forwarder, Forwarding, ProxyServer
+from meshkit.ratelimit import LimitStore, MemoryLimitStore
 from meshkit.registry import Registry
 from meshkit.service._client import CallPolicy
 from meshkit.service._directory import Directory
@@ -71,8 +73,17 @@ class Gateway:
             ApiKeys(config.api_keys),
             *([JwtAuth(config.jwt, project_dir or Path.cwd())] if config.jwt else []),
             ClientLimits(config, clock),
-            self.upstreams,
         ]
+        self.limit_store: LimitStore | None = None
+        if config.global_limits:
+            self.limit_store = _limit_store(config, clock)
+            fail_open = config.redis is None or config.redis.on_unreachable == "open"
+            filters.append(
+                GlobalLimits(
+                    config.global_limits, self.limit_store, fail_open=fail_open, clock=clock
+                )
+            )
+        filters.append(self.upstreams)
         self.server = ProxyServer(filters, forwarder, retrier=self.upstreams)
         if access_log is not None:
             self.server.on_exchange.append(access_log)
@@ -83,3 +94,14 @@ class Gateway:
     async def aclose(self, grace: float = 10.0) -> None:
         await self.server.aclose(grace=grace)
         await self.directory.aclose()
+        if self.limit_store is not None:
+            await self.limit_store.aclose()
+
+
+def _limit_store(config: GatewayConfig, clock: Clock) -> LimitStore:
+    if config.redis is None:
+        return MemoryLimitStore(clock=clock)
+    from meshkit.ratelimit.redis import RedisLimitStore  # lazily: redis is an extra
+
+    redis = config.redis
+    return RedisLimitStore(redis.url, prefix=redis.prefix, timeout=redis.timeout)

@@ -23,9 +23,11 @@ import pytest
 
 from meshkit._clock import SystemClock
 from meshkit.errors import ConfigError, LeaseError
+from meshkit.policy import RateLimit
+from meshkit.ratelimit import LimitStore
 from meshkit.registry import Instance, Registration, Registry, Snapshot
 
-__all__ = ["RegistryConformance"]
+__all__ = ["LimitStoreConformance", "RegistryConformance"]
 
 # Short enough for a quick suite, long enough for etcd (whose minimum is
 # about 1.5 s) and for a loaded CI machine to renew in time.
@@ -224,3 +226,70 @@ class RegistryConformance:
         assert isinstance(after, Snapshot)
         assert (after.epoch, after.index) != (before.epoch, before.index)
         await registry.deregister(registration)
+
+
+# A limit that refills too slowly (one token per 100 s) to matter in a test.
+_SLOW = 0.01
+
+
+class LimitStoreConformance:
+    """What every ``LimitStore`` must do. Provide a ``store`` fixture.
+
+    Keys come from the ``key`` fixture, unique per test, so a store shared
+    with other runs (a Redis) sees nothing of theirs.
+    """
+
+    @pytest.fixture
+    def key(self) -> str:
+        return f"conf-{secrets.token_hex(5)}"
+
+    async def test_the_burst_is_admitted_then_refused(self, store: LimitStore, key: str) -> None:
+        limit = RateLimit(capacity=5, per_second=_SLOW)
+        decisions = [(await store.acquire([(key, limit)]))[0] for _ in range(6)]
+        assert [d.allowed for d in decisions] == [True] * 5 + [False]
+        assert [d.remaining for d in decisions] == [4, 3, 2, 1, 0, 0]
+        refused = decisions[-1]
+        assert 0 < refused.retry_after <= 100.0
+        assert 400 < refused.reset_after <= 500.0
+
+    async def test_a_cost_takes_that_many_tokens(self, store: LimitStore, key: str) -> None:
+        limit = RateLimit(capacity=5, per_second=_SLOW)
+        first = (await store.acquire([(key, limit)], cost=3))[0]
+        second = (await store.acquire([(key, limit)], cost=3))[0]
+        assert (first.allowed, first.remaining) == (True, 2)
+        assert (second.allowed, second.remaining) == (False, 2)
+
+    async def test_a_refusal_by_one_key_charges_none(self, store: LimitStore, key: str) -> None:
+        wide, narrow = (
+            RateLimit(capacity=3, per_second=_SLOW),
+            RateLimit(capacity=1, per_second=_SLOW),
+        )
+        both = [(f"{key}-wide", wide), (f"{key}-narrow", narrow)]
+        assert [d.allowed for d in await store.acquire(both)] == [True, True]
+        assert [d.allowed for d in await store.acquire(both)] == [True, False]
+        # The second request took nothing from the wide key: two tokens are left.
+        alone = [(await store.acquire([(f"{key}-wide", wide)]))[0].allowed for _ in range(3)]
+        assert alone == [True, True, False]
+
+    async def test_keys_are_independent(self, store: LimitStore, key: str) -> None:
+        limit = RateLimit(capacity=1, per_second=_SLOW)
+        assert (await store.acquire([(f"{key}-a", limit)]))[0].allowed
+        assert (await store.acquire([(f"{key}-b", limit)]))[0].allowed
+        assert not (await store.acquire([(f"{key}-a", limit)]))[0].allowed
+
+    async def test_tokens_come_back_at_the_rate(self, store: LimitStore, key: str) -> None:
+        limit = RateLimit(capacity=1, per_second=20)  # one token every 50 ms
+        assert (await store.acquire([(key, limit)]))[0].allowed
+        refused = (await store.acquire([(key, limit)]))[0]
+        assert not refused.allowed
+        assert 0 < refused.retry_after <= 0.05
+        # Waiting is the behaviour under test here: the refill comes with time.
+        await SystemClock().sleep(refused.retry_after + 0.01)
+        assert (await store.acquire([(key, limit)]))[0].allowed
+
+    async def test_concurrent_requests_get_exactly_the_capacity(
+        self, store: LimitStore, key: str
+    ) -> None:
+        limit = RateLimit(capacity=50, per_second=_SLOW)
+        results = await asyncio.gather(*(store.acquire([(key, limit)]) for _ in range(200)))
+        assert sum(result[0].allowed for result in results) == 50

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from meshkit._net import free_port
 __all__ = [
     "REQUIRE_BACKENDS_ENV",
     "EtcdServer",
+    "RedisServer",
     "backend_missing",
     "free_port",
     "spawn_control_plane",
@@ -150,3 +152,76 @@ class EtcdServer:
                 pass
             time.sleep(0.05)  # noqa: TID251 (polling a real server's health, within a deadline)
         raise RuntimeError(f"etcd was not healthy within {self.startup_timeout}s")
+
+
+class RedisServer:
+    """A Redis of the test's own on a free loopback port, keeping nothing on disk.
+
+    Unlike the machine's shared Redis, a test may ``stop()`` this one to see
+    what its clients do in an outage, and ``start()`` it again on the same
+    port. Calls ``backend_missing`` when ``redis-server`` is not on PATH.
+    """
+
+    def __init__(self, *, startup_timeout: float = 20.0) -> None:
+        self.startup_timeout = startup_timeout
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            backend_missing("redis-server", "install it with: apt-get install redis-server")
+        self._process = subprocess.Popen(  # noqa: S603 (redis-server from PATH, fixed arguments)
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + self.startup_timeout  # noqa: TID251 (real server, real time)
+        while not self._answers():
+            if self._process.poll() is not None or time.monotonic() > deadline:  # noqa: TID251
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.02)  # noqa: TID251 (polling a real server, within a deadline)
+
+    def stop(self) -> None:
+        """Kill it at once (SIGKILL): an outage, not a shutdown."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+                connection.sendall(b"PING\r\n")
+                return connection.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

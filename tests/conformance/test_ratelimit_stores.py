@@ -1,0 +1,62 @@
+"""The limit store conformance suite against the in-process store and a real Redis."""
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from meshkit.errors import ConfigError, EnvironmentFaultError
+from meshkit.policy import RateLimit
+from meshkit.ratelimit import LimitStore, MemoryLimitStore
+from meshkit.ratelimit.redis import RedisLimitStore
+from meshkit.testing.conformance import LimitStoreConformance
+from meshkit.testing.servers import backend_missing, free_port
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class TestMemoryLimitStore(LimitStoreConformance):
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[LimitStore]:
+        store = MemoryLimitStore()
+        yield store
+        await store.aclose()
+
+
+class TestRedisLimitStore(LimitStoreConformance):
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[LimitStore]:
+        prefix = f"meshkit-test:{secrets.token_hex(6)}:"
+        store = RedisLimitStore(REDIS_URL, prefix=prefix)
+        try:
+            await store.acquire([("probe", RateLimit(capacity=1, per_second=1000))])
+        except EnvironmentFaultError:
+            await store.aclose()
+            backend_missing(
+                "Redis at 127.0.0.1:6379", "install it with: apt-get install redis-server"
+            )
+        try:
+            yield store
+        finally:
+            client = store._client  # cleanup only: every key this run made
+            keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await client.delete(*keys)
+            await store.aclose()
+
+
+async def test_an_unreachable_redis_is_an_environment_fault_naming_it() -> None:
+    """Nothing listening: the store raises EnvironmentFaultError with its address, quickly."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    store = RedisLimitStore(url, timeout=0.5)
+    try:
+        with pytest.raises(EnvironmentFaultError, match=url):
+            await store.acquire([("k", RateLimit(capacity=1, per_second=1))])
+    finally:
+        await store.aclose()
+
+
+def test_a_url_that_is_not_redis_is_refused() -> None:
+    """http://... is a ConfigError that shows the expected form."""
+    with pytest.raises(ConfigError, match="redis://"):
+        RedisLimitStore("http://127.0.0.1:6379")

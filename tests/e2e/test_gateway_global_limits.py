@@ -1,0 +1,184 @@
+"""Two gateway processes sharing one global limit through a Redis, and that Redis failing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.e2e.conftest import http
+from tests.e2e.test_service_lifecycle import wait_until
+
+from meshkit.gateway import READY_PATH
+from meshkit.testing.servers import RedisServer, free_port, spawn_control_plane
+
+TOKEN = "global-limits-token-0123456789"
+KEY = "key-for-tests"
+BURST = 30
+
+APP = """
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/hello")
+async def hello() -> dict:
+    return {"hello": "world"}
+"""
+
+PROJECT = """
+[project]
+name = "limits"
+
+[services.hello]
+command = ["true"]  # started by the test, not by this file
+health = ""
+
+[gateway]
+port = {port}
+
+[[gateway.api_keys]]
+name = "tests"
+key = "{key}"
+rate = 1000
+burst = 1000
+
+[[gateway.routes]]
+path = "/hello"
+service = "hello"
+
+[[gateway.global_limits]]
+name = "shared"
+rate = 0.01
+burst = {burst}
+per = "total"
+
+[gateway.redis]
+url = "{redis}"
+on_unreachable = "{mode}"
+"""
+
+
+def _env(registry_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env.update(MESHKIT_REGISTRY=f"http://127.0.0.1:{registry_port}", MESHKIT_TOKEN=TOKEN)
+    return env
+
+
+class Processes:
+    """Child processes, killed however the test ends."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: list[str], env: dict[str, str], cwd: Path) -> None:
+        log = (cwd / "output.log").open("wb")
+        self.started.append(
+            subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        )
+        log.close()
+
+    def stop(self) -> None:
+        for process in self.started:
+            process.terminate()
+        for process in self.started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    running = Processes()
+    yield running
+    running.stop()
+
+
+def _listed(registry_port: int) -> bool:
+    status, body = http(
+        "GET",
+        f"http://127.0.0.1:{registry_port}/v1/registry/services/hello",
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    return status == 200 and len(body["instances"]) == 1  # type: ignore[index]
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{READY_PATH}", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def _hello(port: int) -> tuple[int, object]:
+    return http("GET", f"http://127.0.0.1:{port}/hello", headers={"x-api-key": KEY})
+
+
+def test_two_gateways_share_one_limit_and_fail_as_configured(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """Together the gateways admit the burst exactly; with Redis down one admits, one refuses."""
+    registry_port = free_port()
+    plane = spawn_control_plane(tmp_path / "cp", token=TOKEN, port=registry_port)
+    processes.started.append(plane)
+    wait_until(lambda: _ready_plane(registry_port), 20, "the control plane answering")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "helloapp.py").write_text(APP)
+    backend_env = _env(registry_port)
+    backend_env.update(
+        MESHKIT_SERVICE="hello", MESHKIT_INSTANCE_ID="hello-1", MESHKIT_PORT=str(free_port())
+    )
+    processes.start(
+        [sys.executable, "-m", "meshkit", "serve", "helloapp:app"], backend_env, tmp_path / "app"
+    )
+    wait_until(lambda: _listed(registry_port), 30, "the backend registered")
+
+    with RedisServer() as redis:
+        ports = {}
+        for mode in ("open", "closed"):
+            ports[mode] = port = free_port()
+            directory = tmp_path / f"gateway-{mode}"
+            directory.mkdir()
+            (directory / "meshkit.toml").write_text(
+                PROJECT.format(port=port, key=KEY, burst=BURST, redis=redis.url, mode=mode)
+            )
+            processes.start(
+                [sys.executable, "-m", "meshkit", "gateway", str(directory)],
+                _env(registry_port),
+                directory,
+            )
+        for port in ports.values():
+            wait_until(lambda port=port: _ready(port), 30, "a gateway ready")  # type: ignore[misc]
+
+        answers = [_hello(ports["open" if i % 2 else "closed"]) for i in range(BURST + 10)]
+        statuses = Counter(status for status, _ in answers)
+        assert statuses == {200: BURST, 429: 10}
+        refused = next(body for status, body in answers if status == 429)
+        assert "global rate limit 'shared'" in refused["error"]  # type: ignore[index]
+        # Both gateways took part in spending the one shared burst.
+        assert {status for status, _ in answers[0::2]} == {200, 429}
+        assert 200 in {status for status, _ in answers[1::2]}
+
+        redis.stop()
+        for _ in range(3):  # the first finds Redis gone, the others are within the hold-off
+            assert _hello(ports["open"])[0] == 200
+            status, body = _hello(ports["closed"])
+            assert status == 503
+            assert "unreachable" in body["error"]  # type: ignore[index]
+
+        redis.start()  # empty again: a full bucket once the gateways try it
+        wait_until(lambda: _hello(ports["closed"])[0] == 200, 10, "Redis used again")
+
+
+def _ready_plane(port: int) -> bool:
+    try:
+        return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
+    except OSError:
+        return False
