@@ -104,6 +104,8 @@ PUBLIC = {
         "SmoothWeightedRoundRobin",
         "StopReason",
         "TokenBucket",
+        "WeightedSplit",
+        "sticky_points",
     ],
 }
 

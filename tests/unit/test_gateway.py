@@ -43,7 +43,7 @@ class Fleet:
         self.paths: list[str] = []
         self.servers: list[HTTPServer] = []
 
-    async def add(self, service: str, handler: Handler | None = None) -> int:
+    async def add(self, service: str, handler: Handler | None = None, *, version: str = "") -> int:
         ports: list[int] = []
 
         async def counted(request: Request) -> Response:
@@ -57,7 +57,9 @@ class Fleet:
         _, port = await server.start()
         ports.append(port)
         self.servers.append(server)
-        instance = Instance(service=service, id=f"{service}-{port}", host="127.0.0.1", port=port)
+        instance = Instance(
+            service=service, id=f"{service}-{port}", host="127.0.0.1", port=port, version=version
+        )
         await self.registry.register(instance, ttl=30)
         return port
 
@@ -248,6 +250,18 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
             "gateway.global_limits[1].name",
         ),
         ({"redis": RedisConfig(url="http://x", on_unreachable="open")}, "gateway.redis.url"),
+        (
+            {"routes": [RouteConfig(path="/a", service="a", split={"1": 0})]},
+            "gateway.routes[0].split",
+        ),
+        (
+            {"routes": [RouteConfig(path="/a", service="a", split={"1": 1}, sticky="user")]},
+            "gateway.routes[0].sticky",
+        ),
+        (
+            {"routes": [RouteConfig(path="/a", service="a", sticky="header:x-user")]},
+            "gateway.routes[0].sticky",
+        ),
         (
             {"redis": RedisConfig(url="redis://x", on_unreachable="open", timeout=0)},
             "gateway.redis.timeout",
@@ -499,3 +513,55 @@ async def test_a_global_limit_per_client_gives_each_key_its_own_burst() -> None:
         for key in (KEY, KEY + "-2"):
             statuses = [(await call("GET", "/api/orders", key=key)).status for _ in range(3)]
             assert statuses == [200, 200, 429]
+
+
+def split_config(sticky: str | None = None) -> GatewayConfig:
+    route = RouteConfig(
+        path="/api/orders", service="orders", strip="/api", split={"2": 20, "1": 80}, sticky=sticky
+    )
+    return config(routes=[route])
+
+
+async def test_a_split_sends_each_version_its_share() -> None:
+    """20/80 between versions 2 and 1: about a fifth of 500 requests reach version 2."""
+    async with running(split_config()) as (fleet, call):
+        new = await fleet.add("orders", version="2")
+        await fleet.add("orders", version="1")
+        for _ in range(500):
+            assert (await call("GET", "/api/orders")).status == 200
+        assert 70 <= fleet.hits[new] <= 130
+
+
+async def test_a_sticky_split_keeps_each_user_on_one_version() -> None:
+    """Every request of a user (by header or cookie) reaches the same version; both get users."""
+    for sticky, send in (
+        ("header:x-user-id", lambda user: [(b"x-user-id", user)]),
+        ("cookie:session", lambda user: [(b"cookie", b"theme=dark; session=" + user)]),
+    ):
+        async with running(split_config(sticky)) as (fleet, call):
+            new = await fleet.add("orders", version="2")
+            old = await fleet.add("orders", version="1")
+            users_on_new = 0
+            for user in range(40):
+                before = fleet.hits[new]
+                for _ in range(4):
+                    headers = send(f"user-{user}".encode())
+                    assert (await call("GET", "/api/orders", headers=headers)).status == 200
+                landed = fleet.hits[new] - before
+                assert landed in (0, 4)  # all four on one version
+                users_on_new += landed == 4
+            assert 0 < users_on_new < 40
+            assert fleet.hits[new] + fleet.hits[old] == 160
+
+
+async def test_a_split_version_without_instances_gives_way() -> None:
+    """Nothing runs version 2: every request goes to version 1; nothing at all is a 503."""
+    async with running(split_config()) as (fleet, call):
+        await fleet.add("orders", version="1")
+        statuses = {(await call("GET", "/api/orders")).status for _ in range(50)}
+        assert statuses == {200}
+    async with running(split_config()) as (fleet, call):
+        await fleet.add("orders", version="3")
+        answer = await call("GET", "/api/orders")
+        assert answer.status == 503
+        assert "no instance runs a version of the route's split" in answer.json()["error"]

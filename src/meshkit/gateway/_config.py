@@ -15,6 +15,8 @@
     strip = "/api"                    # removed before the request goes upstream
     methods = ["GET", "POST"]         # optional: any method when absent
     auth = "api_key"                  # the default; "jwt" (see _jwt.py); "none": public
+    split = { "1.1.0" = 10, "1.0.0" = 90 }   # optional: weights by instance version
+    sticky = "header:X-User-Id"       # optional: or "cookie:NAME"; one version per client
 
     [[gateway.global_limits]]       # shared by every gateway using the same Redis
     name = "orders-writes"
@@ -42,11 +44,12 @@ import msgspec
 
 from meshkit.errors import ConfigError
 from meshkit.gateway._jwt import JwtConfig
-from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable
+from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable, WeightedSplit
 
 __all__ = ["ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # RFC 9110 token: a field name
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -81,6 +84,19 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     methods: list[str] | None = None
     host: str | None = None
     auth: Literal["api_key", "jwt", "none"] = "api_key"
+    # Weights by instance version, the first listed being the canary
+    # (see meshkit.policy.WeightedSplit); None: every instance alike.
+    split: dict[str, int] | None = None
+    sticky: str | None = None  # "header:NAME" or "cookie:NAME": one version per client
+
+    def sticky_source(self) -> tuple[Literal["header", "cookie"], bytes] | None:
+        """Where the sticky key comes from, and the header's or cookie's name."""
+        if self.sticky is None:
+            return None
+        kind, _, name = self.sticky.partition(":")
+        if kind == "header":
+            return "header", name.lower().encode("latin-1")
+        return "cookie", name.encode("latin-1")
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -133,6 +149,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise ConfigError(
                     f"gateway.routes[{index}].auth", "jwt needs a [gateway.jwt] section"
                 )
+            _check_split(f"gateway.routes[{index}]", route)
         self.table()  # every route checked now, with its index in the message
 
     def _check_global_limits(self) -> None:
@@ -177,6 +194,23 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             return RouteTable(self.route_list())
         except ConfigError as error:
             raise ConfigError(f"gateway.{error.key}", error.problem) from error
+
+
+def _check_split(where: str, route: RouteConfig) -> None:
+    if route.split is not None:
+        try:
+            WeightedSplit(route.split)
+        except ConfigError as error:
+            raise ConfigError(f"{where}.{error.key}", error.problem) from error
+    if route.sticky is not None:
+        kind, _, name = route.sticky.partition(":")
+        if kind not in ("header", "cookie") or not _TOKEN.fullmatch(name):
+            raise ConfigError(
+                f"{where}.sticky",
+                f'must be "header:NAME" or "cookie:NAME", got {route.sticky!r}',
+            )
+        if route.split is None:
+            raise ConfigError(f"{where}.sticky", "sticks to a version of a split: add split")
 
 
 def _limit(where: str, rate: float, burst: int) -> RateLimit:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Collection, Iterable, Sequence
 
 from meshkit._clock import Clock
 from meshkit.errors import ConnectError, ConnectTimeoutError, ServiceUnavailableError
@@ -31,6 +31,8 @@ from meshkit.policy import (
     Route,
     RouteTable,
     TokenBucket,
+    WeightedSplit,
+    sticky_points,
 )
 from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 from meshkit.registry import Instance
@@ -223,8 +225,15 @@ class Upstreams:
         rng: random.Random | None = None,
         policy: CallPolicy | None = None,
         breaker: BreakerConfig | None = None,
+        routes: Sequence[RouteConfig] = (),
     ) -> None:
         self._directory = directory
+        # By the identity of the route's configuration, which Routes hands on.
+        self._splits = {
+            id(route): (WeightedSplit(route.split), route.sticky_source())
+            for route in routes
+            if route.split is not None
+        }
         self._breaker_config = breaker or BreakerConfig()
         self._breakers: dict[str, CircuitBreaker] = {}  # one per service
         self._clock = clock
@@ -239,7 +248,7 @@ class Upstreams:
         instances = self._sets.get(service)
         if instances is None:
             return self._discover(request, service)
-        self._first_pick(request, instances)
+        self._first_pick(request, self._narrowed(request, instances))
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
@@ -317,11 +326,42 @@ class Upstreams:
         if found is None:
             found = self._sets[service] = InstanceSet(service, self._policy, self._rng)
             found.update(instances, self._policy.ejection)
-        self._first_pick(request, found)
+        self._first_pick(request, self._narrowed(request, found))
+
+    def _narrowed(self, request: ProxyRequest, instances: InstanceSet) -> InstanceSet:
+        """The instances of the version the route's split chooses, or all of them."""
+        split = self._splits.get(id(request.attributes["route_config"]))
+        if split is None:
+            return instances
+        weights, sticky = split
+        versions = {instance.version for instance in instances.instances.values()}
+        version = weights.choose(*self._points(request, sticky), available=versions)
+        if version is None:
+            raise ServiceUnavailableError(
+                instances.name,
+                f"no instance runs a version of the route's split ({', '.join(weights.weights)})",
+            )
+        request.attributes["version"] = version
+        name = f"{instances.name}@{version}"
+        subset = self._sets.get(name)
+        if subset is None:
+            subset = self._sets[name] = InstanceSet(name, self._policy, self._rng)
+            subset.update(_of_version(instances.instances.values(), version), self._policy.ejection)
+        return subset
+
+    def _points(
+        self, request: ProxyRequest, sticky: tuple[str, bytes] | None
+    ) -> tuple[float, float]:
+        if sticky is not None:
+            kind, name = sticky
+            key = request.header(name) if kind == "header" else _cookie(request, name)
+            if key:
+                return sticky_points(key)
+        return self._rng.random(), self._rng.random()
 
     def _first_pick(self, request: ProxyRequest, instances: InstanceSet) -> None:
         now = self._clock.monotonic()
-        service = instances.name
+        service: str = request.attributes["service"]  # the set may be one version's
         breaker = self._breakers.get(service)
         if breaker is None:
             breaker = self._breakers[service] = CircuitBreaker(self._breaker_config, name=service)
@@ -357,3 +397,23 @@ class Upstreams:
         found = self._sets.get(service)
         if found is not None:
             found.update(instances, self._policy.ejection)
+        versions = f"{service}@"
+        for name, subset in self._sets.items():
+            if name.startswith(versions):
+                subset.update(_of_version(instances, name[len(versions) :]), self._policy.ejection)
+
+
+def _of_version(instances: Iterable[Instance], version: str) -> list[Instance]:
+    return [instance for instance in instances if instance.version == version]
+
+
+def _cookie(request: ProxyRequest, name: bytes) -> bytes | None:
+    """The value of the cookie ``name`` (RFC 6265: ``a=1; b=2``), if the request has it."""
+    header = request.header(b"cookie")
+    if header is None:
+        return None
+    for pair in header.split(b";"):
+        key, _, value = pair.strip().partition(b"=")
+        if key == name:
+            return value
+    return None

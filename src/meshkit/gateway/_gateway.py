@@ -61,6 +61,7 @@ class Gateway:
             rng=rng,
             policy=policy,
             breaker=config.breaker,
+            routes=config.routes,
         )
         forwarder = Forwarder(
             # At the edge nothing a client says about itself is believed.

@@ -40,6 +40,7 @@ from meshkit.policy._retry import (
     RetryRun,
 )
 from meshkit.policy._route import BadPath, NoRoute, Route, RouteMatch, RouteTable
+from meshkit.policy._split import WeightedSplit, sticky_points
 
 __all__ = [
     "GCRA",
@@ -79,4 +80,6 @@ __all__ = [
     "SmoothWeightedRoundRobin",
     "StopReason",
     "TokenBucket",
+    "WeightedSplit",
+    "sticky_points",
 ]
