@@ -21,6 +21,7 @@ PUBLIC = {
         "READY_PATH",
         "AccessLog",
         "ApiKey",
+        "CorsConfig",
         "Gateway",
         "GatewayConfig",
         "GlobalLimit",

@@ -17,6 +17,7 @@ from jwt.algorithms import RSAAlgorithm
 from meshkit.errors import ConfigError
 from meshkit.gateway import (
     ApiKey,
+    CorsConfig,
     Gateway,
     GatewayConfig,
     GlobalLimit,
@@ -565,3 +566,72 @@ async def test_a_split_version_without_instances_gives_way() -> None:
         answer = await call("GET", "/api/orders")
         assert answer.status == 503
         assert "no instance runs a version of the route's split" in answer.json()["error"]
+
+
+CORS = CorsConfig(allow_origins=["https://shop.example"], expose_headers=["x-request-id"])
+
+
+async def test_a_cors_preflight_is_answered_without_a_key() -> None:
+    """OPTIONS from an allowed origin gets 204 with the allowed methods; no service is called."""
+    async with running(config(cors=CORS)) as (fleet, call):
+        await fleet.add("orders")
+        preflight = [
+            (b"origin", b"https://shop.example"),
+            (b"access-control-request-method", b"POST"),
+            (b"access-control-request-headers", b"Content-Type, X-API-Key"),
+        ]
+        answer = await call("OPTIONS", "/api/orders", key=None, headers=preflight)
+        assert answer.status == 204
+        assert answer.header("access-control-allow-origin") == "https://shop.example"
+        assert "POST" in (answer.header("access-control-allow-methods") or "")
+        assert answer.header("vary") == "origin"
+        assert sum(fleet.hits.values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "headers", "reason"),
+    [
+        (b"https://evil.example", b"GET", b"", "origin https://evil.example"),
+        (b"https://shop.example", b"TRACE", b"", "method TRACE"),
+        (b"https://shop.example", b"GET", b"x-secret", "header(s) x-secret"),
+    ],
+)
+async def test_a_cors_preflight_outside_the_rules_is_403(
+    origin: bytes, method: bytes, headers: bytes, reason: str
+) -> None:
+    """An unknown origin, method or header: 403 naming it, and no CORS fields."""
+    async with running(config(cors=CORS)) as (_, call):
+        preflight = [(b"origin", origin), (b"access-control-request-method", method)]
+        if headers:
+            preflight.append((b"access-control-request-headers", headers))
+        answer = await call("OPTIONS", "/api/orders", key=None, headers=preflight)
+        assert answer.status == 403
+        assert reason in answer.json()["error"]
+        assert answer.header("access-control-allow-origin") is None
+
+
+async def test_answers_to_an_allowed_origin_carry_cors_fields_errors_included() -> None:
+    """A 200 and a 401 both say the origin may read them; no Origin, no fields."""
+    async with running(config(cors=CORS)) as (fleet, call):
+        await fleet.add("orders", lambda _: _answer_with_own_cors())
+        origin = [(b"origin", b"https://shop.example")]
+        ok = await call("GET", "/api/orders", headers=origin)
+        assert ok.status == 200
+        assert ok.header("access-control-allow-origin") == "https://shop.example"
+        assert ok.header("access-control-expose-headers") == "x-request-id"
+        refused = await call("GET", "/api/orders", key=None, headers=origin)
+        assert refused.status == 401
+        assert refused.header("access-control-allow-origin") == "https://shop.example"
+        plain = await call("GET", "/api/orders")  # no Origin: the upstream's answer untouched
+        assert plain.header("access-control-allow-origin") == "*"
+        assert plain.header("access-control-expose-headers") is None
+
+
+async def _answer_with_own_cors() -> Response:
+    # An upstream's own CORS field must not survive beside the gateway's.
+    return Response(200, [(b"access-control-allow-origin", b"*")], b"{}")
+
+
+def test_cors_with_any_origin_and_credentials_is_refused() -> None:
+    with pytest.raises(ConfigError, match="allow_credentials"):
+        CorsConfig(allow_origins=["*"], allow_credentials=True)

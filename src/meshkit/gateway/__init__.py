@@ -1,6 +1,7 @@
 """The API gateway: the proxy engine with routes, API keys, rate limits and discovery."""
 
 from meshkit.gateway._config import ApiKey, GatewayConfig, GlobalLimit, RedisConfig, RouteConfig
+from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._filters import READY_PATH
 from meshkit.gateway._gateway import AccessLog, Gateway
 from meshkit.gateway._jwt import JwtConfig
@@ -9,6 +10,7 @@ __all__ = [
     "READY_PATH",
     "AccessLog",
     "ApiKey",
+    "CorsConfig",
     "Gateway",
     "GatewayConfig",
     "GlobalLimit",

@@ -43,6 +43,7 @@ from typing import Literal
 import msgspec
 
 from meshkit.errors import ConfigError
+from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._jwt import JwtConfig
 from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable, WeightedSplit
 
@@ -107,6 +108,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     jwt: JwtConfig | None = None
     global_limits: list[GlobalLimit] = msgspec.field(default_factory=list)
     redis: RedisConfig | None = None
+    cors: CorsConfig | None = None
     # One breaker per service ([gateway.breaker]): 5 failures in a row, or half
     # of at least 20 calls in 10 s, open it for 5 s (doubling to 60 s while
     # probes fail); 2 successful probes close it (the policy core's defaults).

@@ -11,6 +11,7 @@ import msgspec
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.gateway._config import GatewayConfig
+from meshkit.gateway._cors import Cors
 from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes, Upstreams
 from meshkit.gateway._global import GlobalLimits
 from meshkit.gateway._jwt import JwtAuth
@@ -70,6 +71,7 @@ class Gateway:
         )
         filters: list[Filter] = [
             Ready(),
+            *([Cors(config.cors)] if config.cors else []),
             Routes(config),
             ApiKeys(config.api_keys),
             *([JwtAuth(config.jwt, project_dir or Path.cwd())] if config.jwt else []),
