@@ -20,6 +20,7 @@ PUBLIC = {
     "meshkit.gateway": [
         "READY_PATH",
         "AccessLog",
+        "AdminConfig",
         "ApiKey",
         "CorsConfig",
         "Gateway",

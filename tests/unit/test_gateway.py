@@ -16,6 +16,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from meshkit.errors import ConfigError
 from meshkit.gateway import (
+    AdminConfig,
     ApiKey,
     CorsConfig,
     Gateway,
@@ -93,13 +94,16 @@ async def running(
 
 @asynccontextmanager
 async def running_gateway(
-    gateway_config: GatewayConfig | None = None, *, clock: FakeClock | None = None
+    gateway_config: GatewayConfig | None = None,
+    *,
+    clock: FakeClock | None = None,
+    **options: object,
 ) -> AsyncIterator[tuple[Fleet, Callable[..., Awaitable[Response]], Gateway]]:
     registry = EmbeddedRegistry()
     registry.start()
     fleet = Fleet(registry)
     chosen = msgspec.structs.replace(gateway_config or config(), port=free_port())
-    gateway = Gateway(chosen, registry, clock=clock)
+    gateway = Gateway(chosen, registry, clock=clock, **options)  # type: ignore[arg-type]
     _, port = await gateway.start()
     client = HTTPClient()
 
@@ -635,3 +639,129 @@ async def _answer_with_own_cors() -> Response:
 def test_cors_with_any_origin_and_credentials_is_refused() -> None:
     with pytest.raises(ConfigError, match="allow_credentials"):
         CorsConfig(allow_origins=["*"], allow_credentials=True)
+
+
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+
+
+def admin_config(**changes: object) -> GatewayConfig:
+    return config(admin=AdminConfig(port=free_port()), **changes)
+
+
+@asynccontextmanager
+async def admin_client(gateway: Gateway) -> AsyncIterator[Callable[..., Awaitable[Response]]]:
+    client = HTTPClient()
+    assert gateway.config.admin is not None
+    port = gateway.config.admin.port
+
+    async def admin(method: str, path: str, *, token: str | None = ADMIN_TOKEN) -> Response:
+        headers = [] if token is None else [(b"authorization", f"Bearer {token}".encode())]
+        return await client.request(method, "127.0.0.1", port, path, headers=headers)
+
+    try:
+        yield admin
+    finally:
+        await client.aclose()
+
+
+async def test_the_admin_api_needs_the_token_and_shows_the_state() -> None:
+    """Without the token 401; with it routes, breakers, limits and upstreams as JSON."""
+    slow_key = [ApiKey(name="tests", key=KEY, rate=0.01, burst=1000)]
+    async with (
+        running_gateway(admin_config(api_keys=slow_key), admin_token=ADMIN_TOKEN) as (
+            fleet,
+            call,
+            gateway,
+        ),
+        admin_client(gateway) as admin,
+    ):
+        port = await fleet.add("orders", version="1.0")
+        assert (await call("GET", "/api/orders")).status == 200
+        assert (await admin("GET", "/admin/routes", token=None)).status == 401
+        assert (await admin("GET", "/admin/routes", token="wrong-token")).status == 401
+        routes = (await admin("GET", "/admin/routes")).json()
+        assert [route["path"] for route in routes] == ["/api/orders", "/api/items/{id}", "/public"]
+        assert (await admin("GET", "/admin/breakers")).json() == {"orders": "closed"}
+        upstreams = (await admin("GET", "/admin/upstreams")).json()
+        assert upstreams["orders"] == [
+            {
+                "id": f"orders-{port}",
+                "address": f"127.0.0.1:{port}",
+                "version": "1.0",
+                "state": "closed",
+            }
+        ]
+        limits = (await admin("GET", "/admin/limits")).json()
+        assert 998.99 < limits["api_keys"]["tests"] < 999.01
+        assert limits["store"] == "none"
+        assert (await admin("GET", "/admin/reload")).status == 405
+        assert (await admin("GET", "/admin/nothing")).status == 404
+
+
+async def test_metrics_count_requests_by_route_and_status() -> None:
+    """Two 200s and a 401 on /api/orders show in the Prometheus text, with the breaker state."""
+    async with (
+        running_gateway(admin_config(), admin_token=ADMIN_TOKEN) as (fleet, call, gateway),
+        admin_client(gateway) as admin,
+    ):
+        await fleet.add("orders")
+        for key in (KEY, KEY, None):
+            await call("GET", "/api/orders", key=key)
+        answer = await admin("GET", "/metrics", token=None)
+        assert answer.status == 200
+        text = answer.body.decode()
+        assert (
+            'meshkit_gateway_requests_total{code="200",route="/api/orders",service="orders"} 2.0'
+            in text
+        )
+        assert (
+            'meshkit_gateway_requests_total{code="401",route="/api/orders",service="orders"} 1.0'
+            in text
+        )
+        assert 'meshkit_gateway_request_duration_seconds_count{route="/api/orders"} 3.0' in text
+        assert 'meshkit_gateway_breaker_state{service="orders",state="closed"} 1.0' in text
+
+
+async def test_a_reload_changes_routes_and_lets_requests_in_flight_finish() -> None:
+    """A request held across the reload completes; the new route works on the same client."""
+    release, arrived = asyncio.Event(), asyncio.Event()
+
+    async def held(_: Request) -> Response:
+        arrived.set()
+        await release.wait()
+        return json_response(200, {"held": True})
+
+    wanted: list[GatewayConfig] = []  # what the file says when the reload reads it
+    async with (
+        running_gateway(
+            admin_config(), admin_token=ADMIN_TOKEN, reloader=lambda: wanted.pop(0)
+        ) as (fleet, call, gateway),
+        admin_client(gateway) as admin,
+    ):
+        await fleet.add("orders", held)
+        assert (await call("GET", "/v2/orders")).status == 404
+        in_flight = asyncio.ensure_future(call("GET", "/api/orders"))
+        await asyncio.wait_for(arrived.wait(), 5)  # the held request reached the instance
+        running = gateway.config
+        added = RouteConfig(path="/v2/orders", service="orders", strip="/v2")
+        wanted.append(msgspec.structs.replace(running, routes=[*running.routes, added]))
+        reloaded = await admin("POST", "/admin/reload")
+        assert reloaded.json() == {"reloaded": True, "routes": 4}
+        release.set()
+        assert (await in_flight).status == 200
+        assert (await call("GET", "/v2/orders")).status == 200
+        wanted.append(msgspec.structs.replace(gateway.config, port=free_port()))
+        refused = await admin("POST", "/admin/reload")  # a new port needs a restart
+        assert refused.status == 400
+        assert "gateway.port" in refused.json()["error"]
+        assert (await call("GET", "/v2/orders")).status == 200  # the running one stays
+
+
+async def test_a_reload_keeps_each_key_s_bucket() -> None:
+    """A key's spent burst stays spent across a reload: no fresh burst from reloading."""
+    limited = config(api_keys=[ApiKey(name="tests", key=KEY, rate=0.01, burst=2)])
+    async with running_gateway(limited) as (fleet, call, gateway):
+        await fleet.add("orders")
+        assert [(await call("GET", "/api/orders")).status for _ in range(2)] == [200, 200]
+        gateway.reload(gateway.config)
+        assert (await call("GET", "/api/orders")).status == 429

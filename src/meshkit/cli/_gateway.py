@@ -13,19 +13,47 @@ import typer
 from meshkit.cli._app import app, fail
 from meshkit.control import load_token
 from meshkit.deploy import load_project
-from meshkit.errors import MeshkitError
+from meshkit.errors import ConfigError, MeshkitError
 from meshkit.gateway import AccessLog, Gateway, GatewayConfig
 from meshkit.registry import Registry, open_registry
 
 
-async def _serve(config: GatewayConfig, registry: Registry, directory: Path) -> None:
-    gateway = Gateway(config, registry, access_log=AccessLog(), project_dir=directory)
+def _read_again(directory: Path) -> GatewayConfig:
+    """The [gateway] section as the file says now: for a reload."""
+    gateway = load_project(directory, check_ports=False).gateway
+    if gateway is None:
+        raise ConfigError("gateway", "the [gateway] section is gone")
+    return gateway
+
+
+def _reload(gateway: Gateway, directory: Path) -> None:
+    try:
+        gateway.reload(_read_again(directory))
+    except ConfigError as error:
+        typer.echo(f"gateway: not reloaded, the running configuration stays: {error}", err=True)
+    else:
+        typer.echo(f"gateway: reloaded, {len(gateway.config.routes)} route(s)", err=True)
+
+
+async def _serve(config: GatewayConfig, registry: Registry, directory: Path, token: str) -> None:
+    gateway = Gateway(
+        config,
+        registry,
+        access_log=AccessLog(),
+        project_dir=directory,
+        admin_token=token,
+        reloader=lambda: _read_again(directory),
+    )
     host, port = await gateway.start()
     typer.echo(f"gateway on http://{host}:{port}, {len(config.routes)} route(s)", err=True)
+    if config.admin is not None:
+        admin = config.admin
+        typer.echo(f"gateway admin API on http://{admin.host}:{admin.port}/admin", err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, gateway, directory)
     try:
         await stop.wait()
     finally:
@@ -39,7 +67,12 @@ def gateway(
         Path, typer.Argument(help="The project directory, holding meshkit.toml.")
     ] = Path(),
 ) -> None:
-    """Run the API gateway of a project's [gateway] section, finding services in the registry."""
+    """Run the API gateway of a project's [gateway] section, finding services in the registry.
+
+    SIGHUP (or POST /admin/reload) reads the section again and uses it
+    without dropping connections; a section with an error is refused and
+    the running configuration stays.
+    """
     try:
         project = load_project(directory, check_ports=False)
     except MeshkitError as error:
@@ -54,7 +87,7 @@ def gateway(
     except MeshkitError as error:
         fail(str(error))
     try:
-        asyncio.run(_serve(project.gateway, registry, project.directory))
+        asyncio.run(_serve(project.gateway, registry, project.directory, token))
     except MeshkitError as error:  # a JWT secret or key file that cannot be used
         fail(str(error))
     except OSError as error:

@@ -294,15 +294,14 @@ def _check_ports(project: Project, text: str, *, probe: bool) -> None:
     except ConfigError as error:
         raise _problem(project.path, text, "control_plane.host", error.problem) from None
     wanted: dict[int, str] = {cp.port: "control_plane.port"}
-    if project.gateway is not None:
-        if project.gateway.port in wanted:
-            raise _problem(
-                project.path,
-                text,
-                "gateway.port",
-                f"port {project.gateway.port} is also {wanted[project.gateway.port]}",
-            )
-        wanted[project.gateway.port] = "gateway.port"
+    gateway = project.gateway
+    gateway_ports = [] if gateway is None else [("gateway.port", gateway.port)]
+    if gateway is not None and gateway.admin is not None:
+        gateway_ports.append(("gateway.admin.port", gateway.admin.port))
+    for owner, taken in gateway_ports:
+        if taken in wanted:
+            raise _problem(project.path, text, owner, f"port {taken} is also {wanted[taken]}")
+        wanted[taken] = owner
     for name in project.services:
         for replica, port in enumerate(project.fixed_ports(name), start=1):
             if port is None:
@@ -317,8 +316,10 @@ def _check_ports(project: Project, text: str, *, probe: bool) -> None:
         return
     for port, owner in wanted.items():
         host = project.control_plane.host if owner == "control_plane.port" else "127.0.0.1"
-        if owner == "gateway.port" and project.gateway is not None:
-            host = project.gateway.host
+        if owner == "gateway.port" and gateway is not None:
+            host = gateway.host
+        if owner == "gateway.admin.port" and gateway is not None and gateway.admin is not None:
+            host = gateway.admin.host
         if not _port_free(host, port):
             key = owner if owner.endswith(".port") else f"services.{owner.split()[0]}"
             raise _problem(project.path, text, key, f"port {port} is already in use")

@@ -1,6 +1,13 @@
 """The API gateway: the proxy engine with routes, API keys, rate limits and discovery."""
 
-from meshkit.gateway._config import ApiKey, GatewayConfig, GlobalLimit, RedisConfig, RouteConfig
+from meshkit.gateway._config import (
+    AdminConfig,
+    ApiKey,
+    GatewayConfig,
+    GlobalLimit,
+    RedisConfig,
+    RouteConfig,
+)
 from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._filters import READY_PATH
 from meshkit.gateway._gateway import AccessLog, Gateway
@@ -9,6 +16,7 @@ from meshkit.gateway._jwt import JwtConfig
 __all__ = [
     "READY_PATH",
     "AccessLog",
+    "AdminConfig",
     "ApiKey",
     "CorsConfig",
     "Gateway",

@@ -25,6 +25,9 @@
     services = ["orders"]             # optional: every service when absent
     per = "client"                    # a bucket per client; "total": one for all
 
+    [gateway.admin]                   # the admin API and /metrics, on a port of their own
+    port = 8001                       # host defaults to 127.0.0.1; needs the project's token
+
     [gateway.redis]                   # without it, global limits live in this process
     url = "redis://127.0.0.1:6379/0"
     on_unreachable = "open"           # required: "open" admits, "closed" answers 503
@@ -47,7 +50,7 @@ from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._jwt import JwtConfig
 from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable, WeightedSplit
 
-__all__ = ["ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
+__all__ = ["AdminConfig", "ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # RFC 9110 token: a field name
@@ -76,6 +79,11 @@ class RedisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     on_unreachable: Literal["open", "closed"]
     timeout: float = 0.25  # connecting and each call; past it Redis counts as unreachable
     prefix: str = "meshkit:ratelimit:"
+
+
+class AdminConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    port: int
+    host: str = "127.0.0.1"  # the admin API reloads and reveals: keep it off public addresses
 
 
 class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -109,6 +117,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     global_limits: list[GlobalLimit] = msgspec.field(default_factory=list)
     redis: RedisConfig | None = None
     cors: CorsConfig | None = None
+    admin: AdminConfig | None = None
     # One breaker per service ([gateway.breaker]): 5 failures in a row, or half
     # of at least 20 calls in 10 s, open it for 5 s (doubling to 60 s while
     # probes fail); 2 successful probes close it (the policy core's defaults).
@@ -123,6 +132,13 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError("gateway.port", f"must be between 1 and 65535, got {self.port}")
+        if self.admin is not None:
+            if not 0 < self.admin.port < 65536:
+                raise ConfigError(
+                    "gateway.admin.port", f"must be between 1 and 65535, got {self.admin.port}"
+                )
+            if self.admin.port == self.port:
+                raise ConfigError("gateway.admin.port", "is also gateway.port")
         names = [key.name for key in self.api_keys]
         for index, key in enumerate(self.api_keys):
             if len(key.key) < 8:

@@ -27,6 +27,7 @@ from meshkit.policy import (
     CircuitBreaker,
     NoRoute,
     RateLimit,
+    RetryPolicy,
     RetryRun,
     Route,
     RouteTable,
@@ -43,6 +44,9 @@ from meshkit.service._instances import InstanceSet
 __all__ = ["READY_PATH", "ApiKeys", "ClientLimits", "Ready", "Routes", "Upstreams"]
 
 READY_PATH = "/.meshkit/gateway/ready"
+
+# A route's split, and where its sticky key comes from.
+Split = tuple[WeightedSplit, tuple[str, bytes] | None]
 _FAILED = frozenset({502, 503, 504})
 
 
@@ -66,6 +70,11 @@ class Routes:
         self.table = RouteTable(routes)
         # A matched Route leads back to its configuration (auth and the rest).
         self._configs: dict[Route, RouteConfig] = dict(zip(routes, config.routes, strict=True))
+        self._splits: dict[Route, Split] = {
+            route: (WeightedSplit(found.split), found.sticky_source())
+            for route, found in self._configs.items()
+            if found.split is not None
+        }
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
         host = request.header(b"host") or b""
@@ -86,6 +95,9 @@ class Routes:
         request.attributes["route"] = route.path
         request.attributes["route_config"] = route
         request.attributes["service"] = route.service
+        split = self._splits.get(found.route)
+        if split is not None:
+            request.attributes["split"] = split
         request.path = found.path
         return None
 
@@ -142,10 +154,15 @@ class ClientLimits:
     # (they refill to full meanwhile, so dropping one forgets nothing that matters).
     MAX_DYNAMIC = 10_000
 
-    def __init__(self, config: GatewayConfig, clock: Clock) -> None:
+    def __init__(
+        self, config: GatewayConfig, clock: Clock, *, previous: ClientLimits | None = None
+    ) -> None:
+        """With ``previous`` (a reload), buckets whose limit is unchanged carry on as they were,
+        so a reload hands no client a fresh burst."""
         self._clock = clock
-        self._keyed = {
-            key.name: TokenBucket(RateLimit(capacity=key.burst, per_second=key.rate), name=key.name)
+        kept = {} if previous is None else previous._keyed
+        self._keyed: dict[str, TokenBucket] = {
+            key.name: _carried(kept.get(key.name), key.name, key.rate, key.burst)
             for key in config.api_keys
         }
         self._anonymous_limit = RateLimit(
@@ -155,7 +172,17 @@ class ClientLimits:
         self._subject_limit = (
             None if jwt is None else RateLimit(capacity=jwt.burst, per_second=jwt.rate)
         )
-        self._dynamic: dict[str, TokenBucket] = {}  # addresses and JWT subjects
+        limits = {self._anonymous_limit, self._subject_limit}
+        self._dynamic: dict[str, TokenBucket] = (  # addresses and JWT subjects
+            {}
+            if previous is None
+            else {n: b for n, b in previous._dynamic.items() if b.limit in limits}
+        )
+
+    def statistics(self) -> dict[str, float]:
+        """Tokens each API key's bucket holds now (for the admin API)."""
+        now = self._clock.monotonic()
+        return {name: bucket.tokens(now) for name, bucket in self._keyed.items()}
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
         name: str | None = request.attributes.get("client")
@@ -193,6 +220,13 @@ class ClientLimits:
         return bucket
 
 
+def _carried(bucket: TokenBucket | None, name: str, rate: float, burst: int) -> TokenBucket:
+    limit = RateLimit(capacity=burst, per_second=rate)
+    if bucket is not None and bucket.limit == limit:
+        return bucket
+    return TokenBucket(limit, name=name)
+
+
 def ratelimit_fields(
     policy: str, limit: RateLimit, remaining: int, reset_after: float
 ) -> list[tuple[bytes, bytes]]:
@@ -217,31 +251,29 @@ class Upstreams:
     """
 
     def __init__(
-        self,
-        directory: Directory,
-        clock: Clock,
-        *,
-        timeout: float,
-        rng: random.Random | None = None,
-        policy: CallPolicy | None = None,
-        breaker: BreakerConfig | None = None,
-        routes: Sequence[RouteConfig] = (),
+        self, directory: Directory, clock: Clock, *, rng: random.Random | None = None
     ) -> None:
         self._directory = directory
-        # By the identity of the route's configuration, which Routes hands on.
-        self._splits = {
-            id(route): (WeightedSplit(route.split), route.sticky_source())
-            for route in routes
-            if route.split is not None
-        }
-        self._breaker_config = breaker or BreakerConfig()
+        self._breaker_config = BreakerConfig()
         self._breakers: dict[str, CircuitBreaker] = {}  # one per service
         self._clock = clock
-        self._timeout = timeout
+        self._timeout = 30.0
         self._rng = rng or random.Random()
-        self._policy = policy or CallPolicy()
+        self._policy = CallPolicy()
         self._sets: dict[str, InstanceSet] = {}
         directory.listen(self._changed)
+
+    def configure(self, config: GatewayConfig) -> None:
+        """Take the timeouts, retries, breaker and splits of ``config``.
+
+        What was learned stays: instances' ejection state, breakers (a new
+        breaker configuration applies to services first seen after it).
+        """
+        self._policy = CallPolicy(
+            retry=RetryPolicy(attempts=config.attempts, timeout=config.timeout)
+        )
+        self._timeout = config.timeout
+        self._breaker_config = config.breaker
 
     def on_request(self, request: ProxyRequest) -> Awaitable[None] | None:
         service: str = request.attributes["service"]
@@ -307,6 +339,24 @@ class Upstreams:
             breaker, ticket, started = service
             breaker.record(ticket, now, success=success, duration=now - started)
 
+    def health(self) -> dict[str, list[dict[str, str]]]:
+        """Each instance set's instances and their ejection state: for the admin API.
+
+        A route with a split balances each version on its own (``orders@1.1.0``).
+        """
+        return {
+            name: [
+                {
+                    "id": instance.id,
+                    "address": f"{instance.host}:{instance.port}",
+                    "version": instance.version,
+                    "state": instances.breakers[key].state.value,
+                }
+                for key, instance in instances.instances.items()
+            ]
+            for name, instances in sorted(self._sets.items())
+        }
+
     def breakers(self) -> dict[str, str]:
         """Each service's breaker state: for the admin API and the dashboard."""
         return {service: breaker.state.value for service, breaker in self._breakers.items()}
@@ -330,7 +380,7 @@ class Upstreams:
 
     def _narrowed(self, request: ProxyRequest, instances: InstanceSet) -> InstanceSet:
         """The instances of the version the route's split chooses, or all of them."""
-        split = self._splits.get(id(request.attributes["route_config"]))
+        split: Split | None = request.attributes.get("split")
         if split is None:
             return instances
         weights, sticky = split

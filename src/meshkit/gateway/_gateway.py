@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
+from meshkit.errors import ConfigError
+from meshkit.gateway._admin import AdminApi
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._cors import Cors
 from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes, Upstreams
 from meshkit.gateway._global import GlobalLimits
 from meshkit.gateway._jwt import JwtAuth
+from meshkit.gateway._metrics import GatewayMetrics
 from meshkit.http import Timeouts
-from meshkit.policy import RetryPolicy
 from meshkit.proxy import Exchange, Filter, Forwarder, Forwarding, ProxyServer
 from meshkit.ratelimit import LimitStore, MemoryLimitStore
 from meshkit.registry import Registry
-from meshkit.service._client import CallPolicy
 from meshkit.service._directory import Directory
 
 __all__ = ["Gateway"]
@@ -39,7 +41,13 @@ class AccessLog:
 
 
 class Gateway:
-    """``start()`` listens on the configured address; ``aclose()`` drains and stops."""
+    """``start()`` listens on the configured address; ``aclose()`` drains and stops.
+
+    ``reload(config)`` swaps in a new configuration without dropping a
+    connection: requests in flight finish under the filters they started
+    with. ``metrics`` counts every request; ``[gateway.admin]`` serves them
+    and the admin API on a listener of its own, which needs ``admin_token``.
+    """
 
     def __init__(
         self,
@@ -50,55 +58,96 @@ class Gateway:
         rng: random.Random | None = None,
         access_log: AccessLog | None = None,
         project_dir: Path | None = None,
+        admin_token: str | None = None,
+        reloader: Callable[[], GatewayConfig] | None = None,
     ) -> None:
+        if config.admin is not None and not admin_token:
+            raise ConfigError("gateway.admin", "the admin API needs a token (MESHKIT_TOKEN)")
         self.config = config
-        clock = clock or SystemClock()
+        self._clock = clock = clock or SystemClock()
+        self._project_dir = project_dir or Path.cwd()
         self.directory = Directory(registry, clock=clock, rng=rng)
-        policy = CallPolicy(retry=RetryPolicy(attempts=config.attempts, timeout=config.timeout))
-        self.upstreams = Upstreams(
-            self.directory,
-            clock,
-            timeout=config.timeout,
-            rng=rng,
-            policy=policy,
-            breaker=config.breaker,
-            routes=config.routes,
+        self.upstreams = Upstreams(self.directory, clock, rng=rng)
+        self.client_limits: ClientLimits | None = None
+        self.global_limits: GlobalLimits | None = None
+        self.limit_store: LimitStore | None = (
+            _limit_store(config, clock) if config.global_limits else None
         )
         forwarder = Forwarder(
             # At the edge nothing a client says about itself is believed.
             forwarding=Forwarding(pseudonym="meshkit-gateway", trust_forwarded=False),
             timeouts=Timeouts(connect=config.connect_timeout, read=config.try_timeout),
         )
-        filters: list[Filter] = [
-            Ready(),
-            *([Cors(config.cors)] if config.cors else []),
-            Routes(config),
-            ApiKeys(config.api_keys),
-            *([JwtAuth(config.jwt, project_dir or Path.cwd())] if config.jwt else []),
-            ClientLimits(config, clock),
-        ]
-        self.limit_store: LimitStore | None = None
-        if config.global_limits:
-            self.limit_store = _limit_store(config, clock)
-            fail_open = config.redis is None or config.redis.on_unreachable == "open"
-            filters.append(
-                GlobalLimits(
-                    config.global_limits, self.limit_store, fail_open=fail_open, clock=clock
-                )
-            )
-        filters.append(self.upstreams)
-        self.server = ProxyServer(filters, forwarder, retrier=self.upstreams)
+        self.server = ProxyServer(self._filters(config), forwarder, retrier=self.upstreams)
+        self.metrics = GatewayMetrics(self.upstreams.breakers)
+        self.server.on_exchange.append(self.metrics.observe)
         if access_log is not None:
             self.server.on_exchange.append(access_log)
+        self.admin = None
+        if config.admin is not None and admin_token:
+            self.admin = AdminApi(self, token=admin_token, reloader=reloader)
+
+    def _filters(self, config: GatewayConfig) -> list[Filter]:
+        """The chain for ``config``, keeping what the running one has learned."""
+        client_limits = ClientLimits(config, self._clock, previous=self.client_limits)
+        global_limits = None
+        if self.limit_store is not None and config.global_limits:
+            fail_open = config.redis is None or config.redis.on_unreachable == "open"
+            global_limits = GlobalLimits(
+                config.global_limits, self.limit_store, fail_open=fail_open, clock=self._clock
+            )
+        optional: list[Filter | None] = [
+            Ready(),
+            Cors(config.cors) if config.cors else None,
+            Routes(config),
+            ApiKeys(config.api_keys),
+            JwtAuth(config.jwt, self._project_dir) if config.jwt else None,
+            client_limits,
+            global_limits,
+            self.upstreams,
+        ]
+        # Built without error: only now does anything running change.
+        self.upstreams.configure(config)
+        self.client_limits, self.global_limits = client_limits, global_limits
+        return [layer for layer in optional if layer is not None]
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Use ``config`` from the next request on.
+
+        Raises ``ConfigError`` naming a setting that only a restart can
+        change (the addresses, the Redis, the admin API, the per-try
+        timeouts of pooled connections), and leaves the running
+        configuration as it was.
+        """
+        for name in _RESTART_ONLY:
+            if getattr(config, name) != getattr(self.config, name):
+                raise ConfigError(f"gateway.{name}", "changes only with a restart")
+        if config.global_limits and self.limit_store is None:
+            raise ConfigError("gateway.global_limits", "added only with a restart")
+        self.server.filters = self._filters(config)
+        self.config = config
 
     async def start(self) -> tuple[str, int]:
-        return await self.server.start(self.config.host, self.config.port)
+        address = await self.server.start(self.config.host, self.config.port)
+        if self.admin is not None and self.config.admin is not None:
+            try:
+                await self.admin.start(self.config.admin.host, self.config.admin.port)
+            except BaseException:
+                await self.server.aclose(grace=0)
+                raise
+        return address
 
     async def aclose(self, grace: float = 10.0) -> None:
+        if self.admin is not None:
+            await self.admin.aclose()
         await self.server.aclose(grace=grace)
         await self.directory.aclose()
         if self.limit_store is not None:
             await self.limit_store.aclose()
+
+
+# What a reload cannot change: each is held by something made once at start.
+_RESTART_ONLY = ("host", "port", "admin", "redis", "connect_timeout", "try_timeout")
 
 
 def _limit_store(config: GatewayConfig, clock: Clock) -> LimitStore:

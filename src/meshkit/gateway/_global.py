@@ -55,6 +55,11 @@ class GlobalLimits:
         self._applying: dict[str, _Applying] = {}  # by service, worked out once
         self._down_until: float | None = None  # while the store is left alone
 
+    @property
+    def reachable(self) -> bool:
+        """False while the store is left alone after a failure."""
+        return self._down_until is None
+
     def on_request(self, request: ProxyRequest) -> RequestDecision:
         service: str = request.attributes["service"]
         applying = self._applying.get(service)

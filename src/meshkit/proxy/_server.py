@@ -48,7 +48,8 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
 
     ``status`` is 0 when no complete answer could be written (the client
     left, or the upstream failed after the answer had begun); ``error``
-    then says why. ``upstream`` is ``host:port`` when one was chosen.
+    then says why. ``upstream`` is ``host:port`` when one was chosen;
+    ``route`` and ``service`` are what the filters set in ``attributes``.
     """
 
     request_id: str
@@ -61,6 +62,7 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     sent: int
     upstream: str | None
     route: str | None
+    service: str | None
     error: str | None
 
 
@@ -145,6 +147,7 @@ class ProxyServer:
             sent=stream.sent,
             upstream=f"{upstream[0]}:{upstream[1]}" if upstream else None,
             route=request.attributes.get("route"),
+            service=request.attributes.get("service"),
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
         for observer in self.on_exchange:

@@ -1,8 +1,9 @@
-"""Two gateway processes sharing one global limit through a Redis, and that Redis failing."""
+"""`meshkit gateway` processes: a global limit shared through Redis, and reloads."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -100,6 +101,25 @@ def processes() -> Iterator[Processes]:
     running.stop()
 
 
+def start_backend(tmp_path: Path, processes: Processes) -> int:
+    """A control plane and the hello service registered in it; the control plane's port."""
+    registry_port = free_port()
+    plane = spawn_control_plane(tmp_path / "cp", token=TOKEN, port=registry_port)
+    processes.started.append(plane)
+    wait_until(lambda: _ready_plane(registry_port), 20, "the control plane answering")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "helloapp.py").write_text(APP)
+    backend_env = _env(registry_port)
+    backend_env.update(
+        MESHKIT_SERVICE="hello", MESHKIT_INSTANCE_ID="hello-1", MESHKIT_PORT=str(free_port())
+    )
+    processes.start(
+        [sys.executable, "-m", "meshkit", "serve", "helloapp:app"], backend_env, tmp_path / "app"
+    )
+    wait_until(lambda: _listed(registry_port), 30, "the backend registered")
+    return registry_port
+
+
 def _listed(registry_port: int) -> bool:
     status, body = http(
         "GET",
@@ -125,20 +145,7 @@ def test_two_gateways_share_one_limit_and_fail_as_configured(
     tmp_path: Path, processes: Processes
 ) -> None:
     """Together the gateways admit the burst exactly; with Redis down one admits, one refuses."""
-    registry_port = free_port()
-    plane = spawn_control_plane(tmp_path / "cp", token=TOKEN, port=registry_port)
-    processes.started.append(plane)
-    wait_until(lambda: _ready_plane(registry_port), 20, "the control plane answering")
-    (tmp_path / "app").mkdir()
-    (tmp_path / "app" / "helloapp.py").write_text(APP)
-    backend_env = _env(registry_port)
-    backend_env.update(
-        MESHKIT_SERVICE="hello", MESHKIT_INSTANCE_ID="hello-1", MESHKIT_PORT=str(free_port())
-    )
-    processes.start(
-        [sys.executable, "-m", "meshkit", "serve", "helloapp:app"], backend_env, tmp_path / "app"
-    )
-    wait_until(lambda: _listed(registry_port), 30, "the backend registered")
+    registry_port = start_backend(tmp_path, processes)
 
     with RedisServer() as redis:
         ports = {}
@@ -182,3 +189,55 @@ def _ready_plane(port: int) -> bool:
         return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
     except OSError:
         return False
+
+
+RELOADABLE = """
+[project]
+name = "reloads"
+
+[services.hello]
+command = ["true"]  # started by the test, not by this file
+health = ""
+
+[gateway]
+port = {port}
+
+[gateway.admin]
+port = {admin}
+
+[[gateway.routes]]
+path = "{path}"
+service = "hello"
+auth = "none"
+"""
+
+
+def test_sighup_and_the_admin_api_reload_the_file(tmp_path: Path, processes: Processes) -> None:
+    """A new route after SIGHUP; a broken file is refused and the running routes stay."""
+    registry_port = start_backend(tmp_path, processes)
+    port, admin = free_port(), free_port()
+    directory = tmp_path / "gateway"
+    directory.mkdir()
+    config = directory / "meshkit.toml"
+    config.write_text(RELOADABLE.format(port=port, admin=admin, path="/old"))
+    processes.start(
+        [sys.executable, "-m", "meshkit", "gateway", str(directory)],
+        _env(registry_port),
+        directory,
+    )
+    gateway = processes.started[-1]
+    wait_until(lambda: _ready(port), 30, "the gateway ready")
+    hello = f"http://127.0.0.1:{port}/hello"
+
+    config.write_text(RELOADABLE.format(port=port, admin=admin, path="/hello"))
+    gateway.send_signal(signal.SIGHUP)
+    wait_until(lambda: http("GET", hello)[0] == 200, 10, "the new route in force")
+
+    config.write_text(RELOADABLE.format(port=port, admin=admin, path="no-slash"))
+    token = {"authorization": f"Bearer {TOKEN}"}
+    status, body = http("POST", f"http://127.0.0.1:{admin}/admin/reload", headers=token)
+    assert status == 400
+    assert "gateway.routes[0].path" in body["error"]  # type: ignore[index]
+    assert http("GET", hello)[0] == 200
+    unauthorized = http("POST", f"http://127.0.0.1:{admin}/admin/reload")
+    assert unauthorized[0] == 401

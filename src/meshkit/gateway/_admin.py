@@ -1,0 +1,120 @@
+"""The gateway's admin API, on a listener of its own (127.0.0.1 unless told otherwise).
+
+    GET  /admin/routes      the routes in force
+    GET  /admin/breakers    each service's circuit breaker state
+    GET  /admin/limits      tokens left per API key; the global limits and their store
+    GET  /admin/upstreams   each service's instances and their ejection state
+    POST /admin/reload      read meshkit.toml again and use it, connections kept
+    GET  /metrics           Prometheus metrics (no token: scrapers seldom carry one)
+
+Every ``/admin`` path needs ``Authorization: Bearer <token>``, the
+project's token: the API reveals the configuration and changes it.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from meshkit.errors import ConfigError
+from meshkit.gateway._config import GatewayConfig
+from meshkit.gateway._metrics import CONTENT_TYPE
+from meshkit.http import HTTPServer, Request, Response, json_response
+
+if TYPE_CHECKING:
+    from meshkit.gateway._gateway import Gateway
+
+__all__ = ["AdminApi"]
+
+
+class AdminApi:
+    """Serves the admin API of ``gateway``; ``reloader`` reads its configuration again."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        token: str,
+        reloader: Callable[[], GatewayConfig] | None = None,
+    ) -> None:
+        self._gateway = gateway
+        self._token = f"Bearer {token}".encode()
+        self._reloader = reloader
+        self._endpoints: dict[tuple[str, str], Callable[[], Response]] = {
+            ("GET", "/admin/routes"): self._routes,
+            ("GET", "/admin/breakers"): self._breakers,
+            ("GET", "/admin/limits"): self._limits,
+            ("GET", "/admin/upstreams"): self._upstreams,
+            ("POST", "/admin/reload"): self._reload,
+        }
+        self._server = HTTPServer(self.handle)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        return await self._server.start(host, port)
+
+    async def aclose(self) -> None:
+        await self._server.aclose(grace=1.0)
+
+    def handle(self, request: Request) -> Response | Awaitable[Response]:
+        if request.path == "/metrics" and request.method == "GET":
+            return Response(
+                200, [(b"content-type", CONTENT_TYPE)], self._gateway.metrics.exposition()
+            )
+        methods = sorted(method for method, path in self._endpoints if path == request.path)
+        if not methods:
+            return _error(404, f"no admin endpoint at {request.path}")
+        presented = (request.header("authorization") or "").encode("latin-1")
+        if not hmac.compare_digest(presented, self._token):
+            answer = _error(401, "the admin API needs Authorization: Bearer <the project's token>")
+            answer.headers = [*answer.headers, (b"www-authenticate", b'Bearer realm="meshkit"')]
+            return answer
+        endpoint = self._endpoints.get((request.method, request.path))
+        if endpoint is None:
+            answer = _error(405, f"{request.method} is not allowed here")
+            answer.headers = [*answer.headers, (b"allow", ", ".join(methods).encode())]
+            return answer
+        return endpoint()
+
+    def _routes(self) -> Response:
+        return json_response(200, msgspec.to_builtins(self._gateway.config.routes))
+
+    def _breakers(self) -> Response:
+        return json_response(200, self._gateway.upstreams.breakers())
+
+    def _upstreams(self) -> Response:
+        return json_response(200, self._gateway.upstreams.health())
+
+    def _limits(self) -> Response:
+        gateway = self._gateway
+        config = gateway.config
+        limits = gateway.client_limits
+        store = "none"
+        if config.global_limits:
+            store = "memory" if config.redis is None else config.redis.url
+        global_limits = gateway.global_limits
+        return json_response(
+            200,
+            {
+                "api_keys": {} if limits is None else limits.statistics(),
+                "global": msgspec.to_builtins(config.global_limits),
+                "store": store,
+                "store_reachable": global_limits is None or global_limits.reachable,
+            },
+        )
+
+    def _reload(self) -> Response:
+        if self._reloader is None:
+            return _error(409, "this gateway was not started from a file it could read again")
+        try:
+            config = self._reloader()
+            self._gateway.reload(config)
+        except ConfigError as error:
+            return _error(400, f"not reloaded: {error}")
+        return json_response(200, {"reloaded": True, "routes": len(config.routes)})
+
+
+def _error(status: int, message: str) -> Response:
+    return json_response(status, {"error": message})
