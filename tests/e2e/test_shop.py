@@ -8,12 +8,16 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import Shop, http
+from tests.e2e.conftest import ROOT, Shop, http
 
 from meshkit.deploy._state import read_table
 
@@ -80,6 +84,30 @@ def test_an_order_through_the_gateway_needs_the_demo_key(shop: Shop) -> None:
     assert status == 200
     assert isinstance(products, list)
     assert products
+
+
+def test_notifications_asks_users_through_its_sidecar(shop: Shop) -> None:
+    """The plain app checks the user by name through the outbound port: unknown is a 422."""
+    url = f"http://127.0.0.1:{shop.notifications_port}/notifications"
+    status, body = http("POST", url, {"user_id": 999_999, "message": "hello"})
+    assert status == 422
+    assert body == {"detail": "no user 999999 to notify"}
+    status, body = http("POST", url, {"user_id": 1, "message": "hello"})
+    assert status == 201
+    assert body["user_id"] == 1  # type: ignore[index]
+
+
+def test_the_notifications_app_does_not_import_meshkit() -> None:
+    """Importing it leaves meshkit unloaded: it joins the mesh only through its sidecar."""
+    code = "import sys, shop.notifications; sys.exit('meshkit' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT / "examples" / "shop",
+        env={**os.environ, "MESHKIT_DATA_DIR": str(Path(tempfile.mkdtemp()))},
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_bad_orders_are_refused_naming_the_problem(shop: Shop) -> None:

@@ -31,6 +31,14 @@ PUBLIC = {
         "RouteConfig",
     ],
     "meshkit.ratelimit": ["LimitStore", "MemoryLimitStore"],
+    "meshkit.sidecar": [
+        "METRICS_PATH",
+        "READY_PATH",
+        "HealthGate",
+        "Sidecar",
+        "SidecarConfig",
+        "Span",
+    ],
     "meshkit.proxy": [
         "HOP_BY_HOP",
         "PROXY_LIMITS",

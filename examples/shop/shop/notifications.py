@@ -1,15 +1,26 @@
-"""notifications: what the shop has told its users."""
+"""notifications: what the shop has told its users.
+
+A plain FastAPI app: it does not import meshkit, as an app written in any
+other language would not. Its sidecar (``sidecar = true`` in meshkit.toml)
+registers it while ``/health`` answers and proxies its traffic; the app
+reaches other services through the sidecar's outbound port, given in
+``$MESHKIT_OUTBOUND``, as ``$MESHKIT_OUTBOUND/<service>/<path>``.
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Query
+import json
+import os
+import urllib.error
+import urllib.request
+
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
-import meshkit
 from shop.db import Database
 
 app = FastAPI(title="notifications")
-service = meshkit.Service(app, name="notifications", version="1.0.0")
+OUTBOUND = os.environ.get("MESHKIT_OUTBOUND", "")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
@@ -31,8 +42,32 @@ class Notification(BaseModel):
     message: str = Field(min_length=1, max_length=1000)
 
 
+@app.get("/health")
+def health() -> dict[str, str]:
+    db.read("SELECT 1", ())  # healthy means the database answers too
+    return {"status": "ok"}
+
+
+def _user_exists(user_id: int) -> bool:
+    """Asks users, by name, through the sidecar (which balances and retries)."""
+    if not OUTBOUND:
+        return True  # run alone, outside the mesh: nobody to ask
+    url = f"{OUTBOUND}/users/users/{user_id}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (the local sidecar)
+            return bool(json.loads(answer.read()).get("id") == user_id)
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return False
+        raise HTTPException(503, f"users answered {error.code}") from None
+    except OSError as error:
+        raise HTTPException(503, f"users could not be reached: {error}") from None
+
+
 @app.post("/notifications", status_code=201)
 def send(notification: Notification) -> dict[str, object]:
+    if not _user_exists(notification.user_id):
+        raise HTTPException(422, f"no user {notification.user_id} to notify")
     with db.transaction() as tx:
         cursor = tx.execute(
             "INSERT INTO notifications (user_id, order_id, message) VALUES (?, ?, ?)",

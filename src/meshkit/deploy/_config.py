@@ -13,7 +13,9 @@
 
     [services.orders]
     app = "orders.app:service"     # MODULE:ATTRIBUTE, served by `meshkit serve`
-    # command = ["./server", "--port", "{port}"]   # or any program (one of the two)
+    # command = ["./server", "--port", "{port}"]   # or any program (one of the two);
+    # {python} is the interpreter running meshkit
+    # sidecar = true               # a command joined to the mesh by `meshkit sidecar`
     replicas = 1
     port = 8104                    # or ports = [...], one per replica; else free ports
     ttl = 5
@@ -34,6 +36,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,9 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     health: str | None = None
     depends_on: list[str] = msgspec.field(default_factory=list)
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    # A command's app joins the mesh through `meshkit sidecar` (registration
+    # by health, inbound and outbound proxying), as an app in any language would.
+    sidecar: bool = False
 
     def health_path(self) -> str:
         """The readiness path: ``/-/ready`` for an app, none for a command unless given."""
@@ -202,10 +208,17 @@ def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> 
         raise _problem(path, text, key, "needs exactly one of app = ... or command = [...]")
     if service.app is not None and not re.fullmatch(r"[\w.]+:[\w.]+", service.app):
         raise _problem(path, text, f"{key}.app", f"must be MODULE:ATTRIBUTE, got {service.app!r}")
+    if service.sidecar and service.command is None:
+        raise _problem(
+            path, text, f"{key}.sidecar", "is for command = [...]: an app = ... registers itself"
+        )
+    if service.sidecar and not service.health:
+        raise _problem(path, text, f"{key}.health", "a sidecar needs the app's health path")
     if service.command is not None:
         if not service.command:
             raise _problem(path, text, f"{key}.command", "must not be empty")
-        if not runnable(service.command[0], path.parent):
+        program = service.command[0].replace("{python}", sys.executable)
+        if not runnable(program, path.parent):
             raise _problem(
                 path,
                 text,

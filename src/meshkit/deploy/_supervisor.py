@@ -33,6 +33,7 @@ from meshkit.deploy._state import ProcessState, ProcessTable, write_table
 from meshkit.errors import DeadlineExceededError, PeerError
 from meshkit.gateway import READY_PATH
 from meshkit.http import HTTPClient, Timeouts
+from meshkit.sidecar import READY_PATH as SIDECAR_READY
 
 __all__ = ["Supervisor"]
 
@@ -61,8 +62,12 @@ class Supervisor:
         self._control_plane: Child | None = None
         self._gateway: Child | None = None
         self._children: dict[str, list[Child]] = {}
+        # Ports the file fixes, and those handed out: a free port is free only
+        # until something listens on it, and the fixed ones are not taken yet.
+        self._taken = _fixed_ports(project)
+        self._sidecars: dict[str, list[Child]] = {}  # beside apps of any language
         self._ports: dict[str, list[int]] = {
-            name: [port or free_port() for port in project.fixed_ports(name)]
+            name: [port or self._spare_port() for port in project.fixed_ports(name)]
             for name in project.services
         }
         cp = project.control_plane
@@ -161,12 +166,54 @@ class Supervisor:
             }
             if config.app is not None:
                 argv = [self.python, "-m", "meshkit", "serve", config.app]
+            elif config.sidecar:
+                argv = self._beside_sidecar(name, instance_id, port, env)
             else:
-                assert config.command is not None
-                argv = [part.replace("{port}", str(port)) for part in config.command]
+                argv = self._command(name, port)
             child = self._child(instance_id, argv, env)
             child.start()
             children.append(child)
+
+    def _spare_port(self) -> int:
+        """A free port that no configured or already chosen port clashes with."""
+        while True:
+            port = free_port()
+            if port not in self._taken:
+                self._taken.add(port)
+                return port
+
+    def _command(self, name: str, port: int) -> list[str]:
+        command = self.project.services[name].command
+        assert command is not None
+        return [
+            part.replace("{port}", str(port)).replace("{python}", self.python) for part in command
+        ]
+
+    def _beside_sidecar(
+        self, name: str, instance_id: str, port: int, env: dict[str, str]
+    ) -> list[str]:
+        """Start the sidecar of one replica; the app's own command, on a port of its own.
+
+        The sidecar takes the replica's port (what the registry lists and
+        health checks reach); the app listens on a free port only the
+        sidecar uses, and finds other services at ``$MESHKIT_OUTBOUND``.
+        """
+        config = self.project.services[name]
+        app_port, outbound_port = self._spare_port(), self._spare_port()
+        env["MESHKIT_OUTBOUND"] = f"http://127.0.0.1:{outbound_port}"
+        sidecar = self._child(
+            f"{instance_id}-sidecar",
+            [
+                *(self.python, "-m", "meshkit", "sidecar", "--service", name),
+                *("--app", f"127.0.0.1:{app_port}", "--health", config.health_path()),
+                *("--port", str(port), "--outbound-port", str(outbound_port)),
+                *("--id", instance_id, "--ttl", f"{config.ttl:g}", "--version", config.version),
+            ],
+            {"MESHKIT_REGISTRY": self.registry_url, TOKEN_ENV: env[TOKEN_ENV]},
+        )
+        sidecar.start()
+        self._sidecars.setdefault(name, []).append(sidecar)
+        return self._command(name, app_port)
 
     def _child(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         project_dir = str(self.project.directory)
@@ -190,7 +237,8 @@ class Supervisor:
     async def _until_healthy(self, name: str) -> bool:
         """Wait until every replica of ``name`` is healthy; ``False`` if stopped first."""
         config = self.project.services[name]
-        health = config.health_path()
+        # A sidecar's app is ready once the sidecar has registered it.
+        health = SIDECAR_READY if config.sidecar else config.health_path()
         waits = [
             self._wait_healthy("127.0.0.1", port, health, child)
             for port, child in zip(self._ports[name], self._children[name], strict=True)
@@ -234,6 +282,11 @@ class Supervisor:
         if self._gateway is not None:
             # First, so no request comes in for services that are stopping.
             await self._gateway.stop(grace=_GRACE)
+        sidecars = [child for group in self._sidecars.values() for child in group]
+        if sidecars:  # first: they deregister their apps before the apps stop
+            await asyncio.gather(
+                *(child.stop(grace=_GRACE) for child in sidecars), return_exceptions=True
+            )
         children = [child for group in self._children.values() for child in group]
         if children:
             self.output.say(f"stopping {len(children)} service instance(s)")
@@ -278,3 +331,15 @@ class Supervisor:
             started_at=child.started_at,
             status=child.status,
         )
+
+
+def _fixed_ports(project: Project) -> set[int]:
+    ports = {project.control_plane.port}
+    gateway = project.gateway
+    if gateway is not None:
+        ports.add(gateway.port)
+        if gateway.admin is not None:
+            ports.add(gateway.admin.port)
+    for name in project.services:
+        ports.update(port for port in project.fixed_ports(name) if port is not None)
+    return ports

@@ -15,12 +15,13 @@ from meshkit.errors import ConfigError
 from meshkit.gateway._admin import AdminApi
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._cors import Cors
-from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes, Upstreams
+from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes
 from meshkit.gateway._global import GlobalLimits
 from meshkit.gateway._jwt import JwtAuth
 from meshkit.gateway._metrics import GatewayMetrics
+from meshkit.gateway._upstreams import Upstreams
 from meshkit.http import Timeouts
-from meshkit.proxy import Exchange, Filter, Forwarder, Forwarding, ProxyServer
+from meshkit.proxy import Filter, Forwarder, Forwarding, ProxyServer
 from meshkit.ratelimit import LimitStore, MemoryLimitStore
 from meshkit.registry import Registry
 from meshkit.service._directory import Directory
@@ -29,13 +30,13 @@ __all__ = ["Gateway"]
 
 
 class AccessLog:
-    """One JSON line per request, written to ``stream`` (standard output by default)."""
+    """One JSON line per record (a request, a span), to ``stream`` (default: standard output)."""
 
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream or sys.stdout.buffer
         self._encoder = msgspec.json.Encoder()
 
-    def __call__(self, record: Exchange) -> None:
+    def __call__(self, record: msgspec.Struct) -> None:
         self._stream.write(self._encoder.encode(record) + b"\n")
         self._stream.flush()
 
@@ -107,7 +108,9 @@ class Gateway:
             self.upstreams,
         ]
         # Built without error: only now does anything running change.
-        self.upstreams.configure(config)
+        self.upstreams.configure(
+            attempts=config.attempts, timeout=config.timeout, breaker=config.breaker
+        )
         self.client_limits, self.global_limits = client_limits, global_limits
         return [layer for layer in optional if layer is not None]
 

@@ -29,22 +29,30 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 class GatewayMetrics:
     """``observe(record)`` per request; ``exposition()`` for a scrape."""
 
-    def __init__(self, breakers: Callable[[], dict[str, str]]) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
+    def __init__(
+        self,
+        breakers: Callable[[], dict[str, str]] | None,
+        *,
+        prefix: str = "meshkit_gateway",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """``prefix`` names the metrics; several sets may share one ``registry``."""
+        self.registry = registry or CollectorRegistry(auto_describe=False)
         self._requests = Counter(
-            "meshkit_gateway_requests",
-            "Requests answered by the gateway, by route, service and status (0: no answer).",
+            f"{prefix}_requests",
+            "Requests answered, by route, service and status (0: no answer).",
             ["route", "service", "code"],
             registry=self.registry,
         )
         self._duration = Histogram(
-            "meshkit_gateway_request_duration_seconds",
+            f"{prefix}_request_duration_seconds",
             "From the request's arrival to the end of its answer, by route.",
             ["route"],
             buckets=_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_Breakers(breakers))
+        if breakers is not None:
+            self.registry.register(_Breakers(breakers, f"{prefix}_breaker_state"))
         # labels() looks the child up under a lock each time; a request
         # costs one dict lookup here instead.
         self._children: dict[tuple[str | None, str | None, int], tuple[Counter, Histogram]] = {}
@@ -67,14 +75,15 @@ class GatewayMetrics:
 
 
 class _Breakers(Collector):
-    """``meshkit_gateway_breaker_state``: 1 for each service's current state, read at scrape."""
+    """``<prefix>_breaker_state``: 1 for each service's current state, read at scrape."""
 
-    def __init__(self, breakers: Callable[[], dict[str, str]]) -> None:
+    def __init__(self, breakers: Callable[[], dict[str, str]], name: str) -> None:
         self._breakers = breakers
+        self._name = name
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
-            "meshkit_gateway_breaker_state",
+            self._name,
             "1 for the state each service's circuit breaker is in, 0 for the others.",
             labels=["service", "state"],
         )

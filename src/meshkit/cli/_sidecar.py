@@ -1,0 +1,102 @@
+"""``meshkit sidecar``: join an app of any language to the mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Annotated
+
+import typer
+
+from meshkit.cli._app import app, fail
+from meshkit.control import TOKEN_ENV
+from meshkit.errors import MeshkitError
+from meshkit.gateway import AccessLog
+from meshkit.registry import Registry, open_registry
+from meshkit.sidecar import Sidecar, SidecarConfig
+
+REGISTRY_ENV = "MESHKIT_REGISTRY"
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        fail(f"--app must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+async def _run(config: SidecarConfig, registry: Registry) -> None:
+    sidecar = Sidecar(config, registry, record_span=AccessLog())
+    inbound, outbound = await sidecar.start()
+    typer.echo(
+        f"sidecar for {config.service}: inbound http://{config.host}:{inbound}"
+        f" -> {config.app_host}:{config.app_port}, outbound http://{config.host}:{outbound}",
+        err=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sidecar.aclose()
+        await registry.aclose()
+
+
+@app.command()
+def sidecar(
+    service: Annotated[str, typer.Option(help="The service the app is an instance of.")],
+    app_address: Annotated[str, typer.Option("--app", help="Where the app listens: HOST:PORT.")],
+    health: Annotated[str, typer.Option(help="The app's health path (2xx or 3xx passes).")],
+    port: Annotated[int, typer.Option(help="Inbound port, what the registry lists (0: free).")] = 0,
+    outbound_port: Annotated[
+        int, typer.Option(help="Where the app calls /<service>/<path> (0: free).")
+    ] = 0,
+    host: Annotated[str, typer.Option(help="The address both ports listen on.")] = "127.0.0.1",
+    advertise: Annotated[
+        str | None, typer.Option(help="The host others reach the inbound port at.")
+    ] = None,
+    instance_id: Annotated[str | None, typer.Option("--id", help="The instance id.")] = None,
+    version: Annotated[str, typer.Option(help="The app's version, for splits.")] = "",
+    ttl: Annotated[float, typer.Option(help="Lease TTL in seconds.")] = 5.0,
+    interval: Annotated[float, typer.Option(help="Seconds between health checks.")] = 1.0,
+    fall: Annotated[int, typer.Option(help="Failed checks in a row that deregister.")] = 3,
+    rise: Annotated[int, typer.Option(help="Passing checks in a row that register again.")] = 2,
+) -> None:
+    """Register an app while its health check passes, and proxy its traffic both ways.
+
+    Needs MESHKIT_REGISTRY (the control plane's URL, or etcd://) and
+    MESHKIT_TOKEN. Spans are written to standard output, one JSON line each.
+    """
+    app_host, app_port = _address(app_address)
+    url = os.environ.get(REGISTRY_ENV)
+    if not url:
+        fail(f"{REGISTRY_ENV} is not set: where is the registry? (http://127.0.0.1:7700)")
+    try:
+        config = SidecarConfig(
+            service=service,
+            app_host=app_host,
+            app_port=app_port,
+            health=health,
+            host=host,
+            port=port,
+            outbound_port=outbound_port,
+            advertise=advertise,
+            instance_id=instance_id,
+            version=version,
+            ttl=ttl,
+            interval=interval,
+            fall=fall,
+            rise=rise,
+        )
+        registry = open_registry(url, token=os.environ.get(TOKEN_ENV))
+    except MeshkitError as error:
+        fail(str(error))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        asyncio.run(_run(config, registry))
+    except OSError as error:
+        fail(f"cannot listen on {host}: {error}")

@@ -1,0 +1,13 @@
+"""The sidecar: an app in any language joins the mesh through two local ports.
+
+``meshkit sidecar --service NAME --app HOST:PORT --health PATH`` registers
+the app while its health check passes, proxies inbound traffic to it with
+metrics and trace spans, and gives it an outbound port where
+``/<service>/<path>`` reaches any service by name.
+"""
+
+from meshkit.sidecar._filters import METRICS_PATH, READY_PATH, Span
+from meshkit.sidecar._health import HealthGate
+from meshkit.sidecar._sidecar import Sidecar, SidecarConfig
+
+__all__ = ["METRICS_PATH", "READY_PATH", "HealthGate", "Sidecar", "SidecarConfig", "Span"]

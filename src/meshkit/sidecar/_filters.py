@@ -1,0 +1,186 @@
+"""The sidecar's filters: to the app (inbound), by service name (outbound), and trace context."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import msgspec
+
+from meshkit._clock import Clock
+from meshkit.errors import ConfigError
+from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
+from meshkit.registry import check_name
+
+__all__ = ["METRICS_PATH", "READY_PATH", "ByName", "Metrics", "Ready", "Span", "ToApp", "Tracing"]
+
+METRICS_PATH = "/.meshkit/metrics"  # on the outbound port: no service name starts with "."
+READY_PATH = "/.meshkit/sidecar/ready"  # on the inbound port
+
+
+class Ready:
+    """``GET /.meshkit/sidecar/ready`` on the inbound port: 200 once the app is registered.
+
+    What ``meshkit up`` waits on: the app answering is not enough, callers
+    find it only once it is in the registry.
+    """
+
+    def __init__(self, registered: Callable[[], bool]) -> None:
+        self._registered = registered
+
+    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
+        if request.path != READY_PATH:
+            return None
+        if self._registered():
+            return ProxyResponse(200, [(b"content-type", b"text/plain")], b"registered\n")
+        return error_response(503, "the app is not registered (yet)", request.request_id)
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+class ToApp:
+    """Inbound: every request goes to the app."""
+
+    def __init__(self, app: tuple[str, int]) -> None:
+        self._app = app
+
+    def on_request(self, request: ProxyRequest) -> None:
+        request.upstream = self._app
+        request.attributes["route"] = "inbound"
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+class ByName:
+    """Outbound: ``/<service>/<path>`` goes to ``<path>`` on an instance of ``<service>``."""
+
+    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
+        service, slash, rest = request.path[1:].partition("/")
+        try:
+            check_name("service", service)
+        except ConfigError as error:
+            return error_response(
+                400,
+                f"outbound requests go to /<service>/<path>; {error.problem}, got {service!r}",
+                request.request_id,
+            )
+        request.attributes["service"] = service
+        request.attributes["route"] = service
+        request.path = slash + rest if slash else "/"
+        return None
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+class Metrics:
+    """``GET /.meshkit/metrics``: the sidecar's Prometheus metrics."""
+
+    def __init__(self, exposition: Callable[[], bytes]) -> None:
+        self._exposition = exposition
+
+    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
+        if request.path != METRICS_PATH:
+            return None
+        body = self._exposition()
+        content_type = b"text/plain; version=0.0.4; charset=utf-8"
+        return ProxyResponse(200, [(b"content-type", content_type)], body)
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        pass
+
+
+class Span(msgspec.Struct, frozen=True, kw_only=True):
+    """One request through the sidecar, as a trace span (W3C Trace Context ids, in hex)."""
+
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    kind: str  # "server" for inbound, "client" for outbound
+    name: str
+    start: float  # Unix time, seconds
+    duration: float
+    status: int
+    request_id: str
+
+
+class Tracing:
+    """W3C Trace Context: each request gets a span, and carries it on in ``traceparent``.
+
+    A valid incoming ``traceparent`` makes this span its child; without
+    one (or with a malformed one, which the spec says to ignore) a new
+    trace starts. The header sent on names this span as the parent, so the
+    app's own calls, made through the outbound port with the header
+    copied, join the same trace. ``tracestate`` passes unchanged.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        record: Callable[[Span], None],
+        clock: Clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._kind = kind
+        self._record = record
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def on_request(self, request: ProxyRequest) -> None:
+        parent = _parse(request.header(b"traceparent"))
+        bits = self._rng.getrandbits
+        if parent is None:
+            trace_id, parent_id, flags = f"{bits(128):032x}", None, "01"
+        else:
+            trace_id, parent_id, flags = parent
+        span_id = f"{bits(64):016x}"
+        value = f"00-{trace_id}-{span_id}-{flags}".encode("ascii")
+        request.headers = [(n, v) for n, v in request.headers if n != b"traceparent"]
+        request.headers.append((b"traceparent", value))
+        started = (self._clock.time(), self._clock.monotonic())
+        request.on_finish(lambda: self._finish(request, trace_id, span_id, parent_id, started))
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        request.attributes["status"] = response.status
+
+    def _finish(
+        self,
+        request: ProxyRequest,
+        trace_id: str,
+        span_id: str,
+        parent_id: str | None,
+        started: tuple[float, float],
+    ) -> None:
+        self._record(
+            Span(
+                trace_id=trace_id,
+                span_id=span_id,
+                parent_id=parent_id,
+                kind=self._kind,
+                name=f"{request.method} {request.attributes.get('route', '')}",
+                start=started[0],
+                duration=self._clock.monotonic() - started[1],
+                status=request.attributes.get("status", 0),
+                request_id=request.request_id,
+            )
+        )
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _parse(value: bytes | None) -> tuple[str, str, str] | None:
+    """``(trace_id, parent_id, flags)`` of a valid version-00 ``traceparent``, else None."""
+    if value is None or len(value) != 55:
+        return None
+    text = value.decode("latin-1")
+    version, trace_id, parent_id, flags = text.split("-") if text.count("-") == 3 else ("",) * 4
+    if (len(version), len(trace_id), len(parent_id), len(flags)) != (2, 32, 16, 2):
+        return None
+    if version != "00" or not set(trace_id + parent_id + flags) <= _HEX:
+        return None
+    if trace_id == "0" * 32 or parent_id == "0" * 16:  # all zeros: invalid, per the spec
+        return None
+    return trace_id, parent_id, flags

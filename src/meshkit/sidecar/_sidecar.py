@@ -1,0 +1,176 @@
+"""The sidecar: an app of any language joins the mesh through two ports beside it.
+
+Inbound (``port``): what the registry lists for the app. Requests are
+proxied to the app, with a span each and metrics. Outbound
+(``outbound_port``): the app calls ``http://127.0.0.1:PORT/<service>/<path>``
+and the sidecar finds an instance of the service in the registry, balances,
+ejects failing instances, retries with exponential backoff within a budget,
+and opens a breaker per service, as the gateway does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Callable
+
+import msgspec
+from prometheus_client import CollectorRegistry, generate_latest
+
+from meshkit._clock import Clock, SystemClock
+from meshkit.errors import ConfigError
+from meshkit.gateway._metrics import GatewayMetrics
+from meshkit.gateway._upstreams import Upstreams
+from meshkit.http import Timeouts
+from meshkit.policy import BreakerConfig
+from meshkit.proxy import Forwarder, Forwarding, ProxyServer
+from meshkit.registry import Instance, Registry, check_name
+from meshkit.service._directory import Directory
+from meshkit.sidecar._filters import ByName, Metrics, Ready, Span, ToApp, Tracing
+from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
+
+__all__ = ["Sidecar", "SidecarConfig"]
+
+_HEALTH_PATH = re.compile(r"/[!-~]*")
+
+
+class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``meshkit sidecar`` is told on its command line."""
+
+    service: str
+    app_host: str
+    app_port: int
+    health: str  # the app's health path: 2xx or 3xx passes
+    host: str = "127.0.0.1"  # both ports listen here
+    port: int = 0  # inbound: what the registry lists; 0 for a free one
+    outbound_port: int = 0
+    advertise: str | None = None  # the host others reach the inbound port at (default: host)
+    instance_id: str | None = None
+    version: str = ""
+    ttl: float = 5.0
+    interval: float = 1.0  # between health checks
+    fall: int = 3  # failed checks in a row that deregister the app (HAProxy's default)
+    rise: int = 2  # passing checks in a row that register it again
+    attempts: int = 3  # outbound tries per request, the first included
+    timeout: float = 30.0  # an outbound request, retries included
+    connect_timeout: float = 2.0
+    try_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_name("service", self.service)
+        if not _HEALTH_PATH.fullmatch(self.health):
+            raise ConfigError("health", f"must be a path starting with '/', got {self.health!r}")
+        for key, port in (
+            ("app", self.app_port),
+            ("port", self.port),
+            ("outbound_port", self.outbound_port),
+        ):
+            if not (0 if key != "app" else 1) <= port <= 65535:
+                raise ConfigError(key, f"port {port} is not a TCP port")
+        if not 1 <= self.attempts <= 10:
+            raise ConfigError("attempts", f"must be between 1 and 10, got {self.attempts}")
+
+
+class Sidecar:
+    """``start()`` opens both ports and begins checking the app; ``aclose()`` leaves first."""
+
+    def __init__(
+        self,
+        config: SidecarConfig,
+        registry: Registry,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        record_span: Callable[[Span], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock = clock or SystemClock()
+        self._registry = registry
+        self.spans = record_span
+        self.metrics_registry = CollectorRegistry(auto_describe=False)
+        self.directory = Directory(registry, clock=clock, rng=rng)
+        self.upstreams = Upstreams(self.directory, clock, rng=rng)
+        self.upstreams.configure(
+            attempts=config.attempts, timeout=config.timeout, breaker=BreakerConfig()
+        )
+        timeouts = Timeouts(connect=config.connect_timeout, read=config.try_timeout)
+        # Inside the mesh, the headers a caller's sidecar or the gateway set are kept.
+        forwarding = Forwarding(pseudonym="meshkit-sidecar", trust_forwarded=True)
+        app = (config.app_host, config.app_port)
+        self.inbound = ProxyServer(
+            [Ready(self.registered), Tracing("server", self._span, clock, rng), ToApp(app)],
+            Forwarder(forwarding=forwarding, timeouts=timeouts),
+        )
+        self.outbound = ProxyServer(
+            [
+                Metrics(self.exposition),
+                Tracing("client", self._span, clock, rng),
+                ByName(),
+                self.upstreams,
+            ],
+            Forwarder(forwarding=forwarding, timeouts=timeouts),
+            retrier=self.upstreams,
+        )
+        inbound_metrics = GatewayMetrics(
+            None, prefix="meshkit_sidecar_inbound", registry=self.metrics_registry
+        )
+        outbound_metrics = GatewayMetrics(
+            self.upstreams.breakers,
+            prefix="meshkit_sidecar_outbound",
+            registry=self.metrics_registry,
+        )
+        self.inbound.on_exchange.append(inbound_metrics.observe)
+        self.outbound.on_exchange.append(outbound_metrics.observe)
+        self.registrar: Registrar | None = None
+        self.ports = (0, 0)  # (inbound, outbound) once started
+        self._task: asyncio.Task[None] | None = None
+
+    def registered(self) -> bool:
+        """Whether the app is in the registry now."""
+        return self.registrar is not None and self.registrar.registration is not None
+
+    def _span(self, span: Span) -> None:
+        if self.spans is not None:
+            self.spans(span)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.metrics_registry)
+
+    async def start(self) -> tuple[int, int]:
+        """Listen on both ports; returns ``(inbound, outbound)``."""
+        config = self.config
+        _, inbound = await self.inbound.start(config.host, config.port)
+        try:
+            _, outbound = await self.outbound.start(config.host, config.outbound_port)
+        except BaseException:
+            await self.inbound.aclose(grace=0)
+            raise
+        instance = Instance(
+            service=config.service,
+            id=config.instance_id or f"{config.service}-{inbound}",
+            host=config.advertise or config.host,
+            port=inbound,
+            version=config.version,
+            metadata={"sidecar": "meshkit"},
+        )
+        self.registrar = Registrar(
+            self._registry,
+            instance,
+            app=(config.app_host, config.app_port),
+            health=config.health,
+            ttl=config.ttl,
+            interval=config.interval,
+            clock=self._clock,
+            gate=HealthGate(fall=config.fall, rise=config.rise),
+        )
+        self._task = asyncio.get_running_loop().create_task(self.registrar.run())
+        self.ports = (inbound, outbound)
+        return self.ports
+
+    async def aclose(self, grace: float = 10.0) -> None:
+        """Deregister first, so no caller is sent here any more; then drain both ports."""
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+        await asyncio.gather(self.inbound.aclose(grace=grace), self.outbound.aclose(grace=grace))
+        await self.directory.aclose()

@@ -1,0 +1,234 @@
+"""The sidecar in one process: an embedded registry, an app and services on loopback."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshkit.errors import ConfigError
+from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
+from meshkit.registry import EmbeddedRegistry, Instance
+from meshkit.sidecar import METRICS_PATH, READY_PATH, HealthGate, Sidecar, SidecarConfig, Span
+from meshkit.sidecar._filters import _parse
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT = "00f067aa0ba902b7"
+
+
+def test_the_first_pass_registers_then_fall_and_rise_apply() -> None:
+    """Failures while starting do not count; up at the first pass; down after 3 failures."""
+    gate = HealthGate(fall=3, rise=2)
+    assert [gate.observe(passed=False) for _ in range(5)] == [False] * 5
+    assert gate.healthy is None
+    assert gate.observe(passed=True)
+    assert [gate.observe(passed=p) for p in (False, False, True, False, False, False)] == [
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,
+    ]
+    assert [gate.observe(passed=p) for p in (True, False, True, True)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=60))
+def test_the_gate_flips_only_after_a_streak(results: list[bool]) -> None:
+    """After the first pass, a change of state needs fall (or rise) results in a row."""
+    gate = HealthGate(fall=3, rise=2)
+    states = [gate.observe(passed=r) for r in results]
+    first = results.index(True) if True in results else len(results)
+    assert not any(states[:first])  # starting: not healthy, whatever the failures
+    for index in range(first + 1, len(states)):
+        if states[index] != states[index - 1]:
+            needed = 2 if states[index] else 3
+            assert index + 1 >= needed
+            assert all(r == states[index] for r in results[index + 1 - needed : index + 1])
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        (f"00-{TRACE}-{PARENT}-01", (TRACE, PARENT, "01")),
+        (f"01-{TRACE}-{PARENT}-01", None),  # an unknown version
+        (f"00-{'0' * 32}-{PARENT}-01", None),  # all-zero trace id
+        (f"00-{TRACE}-{'0' * 16}-01", None),  # all-zero parent
+        (f"00-{TRACE.upper()}-{PARENT}-01", None),  # upper-case hex
+        (f"00-{TRACE}x{PARENT}-01", None),
+        ("garbage", None),
+    ],
+)
+def test_traceparent_is_parsed_as_w3c_trace_context_says(
+    value: str, parsed: tuple[str, str, str] | None
+) -> None:
+    assert _parse(value.encode()) == parsed
+
+
+def test_a_bad_sidecar_configuration_names_its_option() -> None:
+    with pytest.raises(ConfigError, match="health"):
+        SidecarConfig(service="a", app_host="127.0.0.1", app_port=1, health="ready")
+    with pytest.raises(ConfigError, match="service"):
+        SidecarConfig(service="Bad_Name", app_host="127.0.0.1", app_port=1, health="/")
+
+
+class App:
+    """The app beside the sidecar: answers, or fails its health check when told."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.seen: list[Request] = []
+        self.server = HTTPServer(self.handle)
+
+    async def handle(self, request: Request) -> Response:
+        if request.path == "/health":
+            return json_response(200 if self.healthy else 503, {})
+        self.seen.append(request)
+        return json_response(200, {"app": request.path})
+
+
+@asynccontextmanager
+async def sidecar_beside(
+    app: App, **options: object
+) -> AsyncIterator[tuple[Sidecar, EmbeddedRegistry, list[Span]]]:
+    registry = EmbeddedRegistry()
+    registry.start()
+    _, app_port = await app.server.start()
+    spans: list[Span] = []
+    config = SidecarConfig(
+        service="notifications",
+        app_host="127.0.0.1",
+        app_port=app_port,
+        health="/health",
+        interval=0.05,
+        fall=2,
+        rise=1,
+        **options,  # type: ignore[arg-type]
+    )
+    sidecar = Sidecar(config, registry, record_span=spans.append)
+    await sidecar.start()
+    try:
+        yield sidecar, registry, spans
+    finally:
+        await sidecar.aclose(grace=1)
+        await app.server.aclose(grace=0)
+        await registry.aclose()
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within  # noqa: TID251 (real servers, real time)
+    while not await condition():
+        assert time.monotonic() < deadline, "not within the deadline"  # noqa: TID251
+        await asyncio.sleep(0.01)  # noqa: TID251 (polling real servers, bounded)
+
+
+async def listed(registry: EmbeddedRegistry, service: str = "notifications") -> list[Instance]:
+    return list((await registry.lookup(service)).instances)
+
+
+async def test_the_app_is_registered_at_the_inbound_port_and_reached_through_it() -> None:
+    """The registry lists the sidecar's inbound port; a request there reaches the app."""
+    app = App()
+    async with sidecar_beside(app, version="2.0") as (_, registry, spans):
+        await wait_for(lambda: _nonempty(listed(registry)))
+        [instance] = await listed(registry)
+        assert instance.version == "2.0"
+        assert instance.metadata == {"sidecar": "meshkit"}
+        async with HTTPClient() as client:
+            headers = [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())]
+            answer = await client.request(
+                "GET", instance.host, instance.port, "/notifications", headers=headers
+            )
+        assert answer.json() == {"app": "/notifications"}
+        async with HTTPClient() as client:
+            ready = await client.request("GET", instance.host, instance.port, READY_PATH)
+        assert ready.status == 200  # registered: what `meshkit up` waits on
+        sent = app.seen[-1].header("traceparent")
+        assert sent is not None
+        assert sent.startswith(f"00-{TRACE}-")
+        assert PARENT not in sent
+        await wait_for(lambda: _true(bool(spans)))
+        span = spans[-1]
+        assert (span.kind, span.trace_id, span.parent_id, span.status) == (
+            "server",
+            TRACE,
+            PARENT,
+            200,
+        )
+        assert sent == f"00-{TRACE}-{span.span_id}-01"  # the app's parent is this span
+
+
+async def test_an_app_failing_its_health_check_leaves_and_comes_back() -> None:
+    """Two failed checks deregister at once; a pass registers again."""
+    app = App()
+    async with sidecar_beside(app) as (_, registry, _spans):
+        await wait_for(lambda: _nonempty(listed(registry)))
+        app.healthy = False
+        await wait_for(lambda: _empty(listed(registry)), within=2)
+        app.healthy = True
+        await wait_for(lambda: _nonempty(listed(registry)), within=2)
+
+
+async def test_outbound_reaches_services_by_name_with_retries() -> None:
+    """/orders/x reaches /x on orders; a failing instance's GET is retried on the healthy one."""
+    app = App()
+    async with sidecar_beside(app) as (sidecar, registry, spans):
+        calls: list[str] = []
+
+        async def healthy(request: Request) -> Response:
+            calls.append(request.path)
+            return json_response(200, {"orders": request.path})
+
+        async def broken(_: Request) -> Response:
+            return json_response(503, {})
+
+        servers = [HTTPServer(healthy), HTTPServer(broken)]
+        for number, server in enumerate(servers):
+            _, port = await server.start()
+            instance = Instance(
+                service="orders", id=f"orders-{number}", host="127.0.0.1", port=port
+            )
+            await registry.register(instance, ttl=30)
+        outbound = sidecar.ports[1]
+        try:
+            async with HTTPClient() as client:
+                for _ in range(20):
+                    answer = await client.request("GET", "127.0.0.1", outbound, "/orders/7?x=1")
+                    assert answer.status == 200
+                    assert answer.json() == {"orders": "/7"}
+                missing = await client.request("GET", "127.0.0.1", outbound, "/nothing/1")
+                bad = await client.request("GET", "127.0.0.1", outbound, "/Bad_Name/1")
+                metrics = await client.request("GET", "127.0.0.1", outbound, METRICS_PATH)
+        finally:
+            for server in servers:
+                await server.aclose(grace=0)
+        assert len(calls) == 20
+        assert missing.status == 503
+        assert "nothing" in missing.json()["error"]
+        assert bad.status == 400
+        text = metrics.body.decode()
+        assert (
+            'meshkit_sidecar_outbound_requests_total{code="200",route="orders",service="orders"}'
+            " 20.0" in text
+        )
+        assert {span.kind for span in spans} == {"client"}
+
+
+async def _nonempty(pending: Awaitable[list[Instance]]) -> bool:
+    return bool(await pending)
+
+
+async def _empty(pending: Awaitable[list[Instance]]) -> bool:
+    return not await pending
+
+
+async def _true(value: bool) -> bool:
+    return value
