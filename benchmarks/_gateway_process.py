@@ -3,8 +3,9 @@
     python -m benchmarks._gateway_process PORT UPSTREAM_PORT
 
 One process, uvloop, the gateway's filters all on: the route table, API-key
-authentication, a per-client rate limit that never trips, the instance
-pick with per-instance ejection and the retry policy. The registry is the
+authentication, a per-client rate limit that never trips, the circuit
+breaker per service, the instance pick with per-instance ejection, the
+retry policy, and the Prometheus metrics. The registry is the
 embedded one, in this process, holding the upstream as the only instance.
 The access log is off (wrk's load would be a disk benchmark).
 """

@@ -72,21 +72,22 @@ def percentile(values: list[float], share: float) -> float:
 
 
 async def _paced(
-    ports: list[int], rate: int, seconds: float, headers: list[tuple[bytes, bytes]]
-) -> dict[int, list[float]]:
+    targets: list[tuple[int, str]], rate: int, seconds: float, headers: list[tuple[bytes, bytes]]
+) -> dict[tuple[int, str], list[float]]:
     loop = asyncio.get_running_loop()
-    latencies: dict[int, list[float]] = {port: [] for port in ports}
+    latencies: dict[tuple[int, str], list[float]] = {target: [] for target in targets}
     pending: set[asyncio.Task[None]] = set()
     async with HTTPClient(limits=Limits(max_connections=64, max_idle=64)) as client:
 
-        async def one(port: int) -> None:
+        async def one(target: tuple[int, str]) -> None:
+            port, path = target
             sent = time.perf_counter()  # uvloop's loop.time() has millisecond steps
             answer = await client.send(
-                "GET", "127.0.0.1", port, "/", headers=headers, connect=5, read=5
+                "GET", "127.0.0.1", port, path, headers=headers, connect=5, read=5
             )
             if answer.status != 200:
                 raise RuntimeError(f"port {port} answered {answer.status}")
-            latencies[port].append(time.perf_counter() - sent)
+            latencies[target].append(time.perf_counter() - sent)
 
         # Timed from the send, not from when it was due: the loop's timers
         # wake up to a millisecond late, which is the client's own noise. Each
@@ -100,7 +101,7 @@ async def _paced(
         try:
             for i in range(int(rate * seconds)):
                 await asyncio.sleep(start + i / rate - loop.time())
-                task = loop.create_task(one(ports[i % len(ports)]))
+                task = loop.create_task(one(targets[i % len(targets)]))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
             await asyncio.gather(*pending)
@@ -110,26 +111,26 @@ async def _paced(
 
 
 def paced(
-    ports: list[int],
+    targets: list[tuple[int, str]],
     *,
     rate: int,
     seconds: float,
     core: int = 0,
     headers: dict[str, str] | None = None,
 ) -> list[dict[str, float]]:
-    """``rate`` GETs a second in all, the ``ports`` taking turns, from ``core``.
+    """``rate`` GETs a second in all, the ``(port, path)`` targets taking turns, from ``core``.
 
-    For each port, in order: p50 and p99 in ms.
+    For each target, in order: p50 and p99 in ms.
     """
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {core} if (os.cpu_count() or 1) >= 2 else before)
     try:
         sent = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
-        uvloop.run(_paced(ports, rate, min(1.0, seconds), sent))  # warm up connections, caches
-        found = uvloop.run(_paced(ports, rate, seconds, sent))
+        uvloop.run(_paced(targets, rate, min(1.0, seconds), sent))  # warm up connections, caches
+        found = uvloop.run(_paced(targets, rate, seconds, sent))
     finally:
         os.sched_setaffinity(0, before)
     return [
-        {"p50": percentile(found[port], 0.5) * 1000, "p99": percentile(found[port], 0.99) * 1000}
-        for port in ports
+        {"p50": percentile(found[t], 0.5) * 1000, "p99": percentile(found[t], 0.99) * 1000}
+        for t in targets
     ]

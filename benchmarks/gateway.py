@@ -7,14 +7,18 @@ One backend (nginx, one worker, a 12-byte answer) is reached (a) directly,
 (c) through HAProxy with one thread, (d) through meshkit's proxy engine, one
 process, with one routing filter, and (e) through the meshkit gateway, one
 process, with every filter it has on: routes, API-key authentication, a
-per-client rate limit that never trips, per-instance ejection and retries.
+per-client rate limit that never trips, a circuit breaker per service,
+per-instance ejection, retries and Prometheus metrics.
 wrk (one thread, 50 connections) has core 0 to itself; the backend and the
 proxy share core 1, so every proxy is measured with the same backend beside
 it. Three rounds take each target in turn; the median round
 of each is reported. Then a paced client sends 1,000 requests a second,
 directly and through (d) and (e), and the added latency is the difference
 (they take turns within one run, so the machine's own stalls land on all
-alike). Last, the peak resident memory of (d) and (e).
+alike); a sidecar pair (the caller's outbound sidecar, then the callee's
+inbound one, each a process of its own on core 1) takes its turn too, its
+added latency being what a call between two services pays for the mesh.
+Last, the peak resident memory of (d), (e) and the larger sidecar.
 
 Needs wrk, nginx and haproxy (Debian: apt-get install wrk nginx haproxy).
 """
@@ -75,13 +79,18 @@ backend back
 
 @contextmanager
 def running(
-    command: list[str], port: int, core: int, *, headers: dict[str, str] | None = None
+    command: list[str],
+    port: int,
+    core: int,
+    *,
+    headers: dict[str, str] | None = None,
+    path: str = "/",
 ) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
         pinned(command, core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        wait_answering(f"http://127.0.0.1:{port}/", headers=headers)
+        wait_answering(f"http://127.0.0.1:{port}{path}", headers=headers)
         yield process
     finally:
         process.send_signal(signal.SIGTERM if command[0] != "nginx" else signal.SIGQUIT)
@@ -157,6 +166,22 @@ def main() -> None:
                 )
                 for name, (_, module) in MESHKIT.items()
             }
+            # The sidecar pair: the caller's sidecar (outbound) to the callee's (inbound).
+            inbound, outbound = free_port(), free_port()
+            pair = [
+                stack.enter_context(
+                    running(
+                        [sys.executable, "-m", "benchmarks._sidecar_process", *arguments],
+                        port,
+                        1,
+                        path=path,
+                    )
+                )
+                for arguments, port, path in (
+                    (("inbound", str(inbound), str(backend)), inbound, "/"),
+                    (("outbound", str(outbound), str(inbound)), outbound, "/backend/"),
+                )
+            ]
             targets = {"direct": backend, **ports}
             for port in targets.values():
                 wrk(f"http://127.0.0.1:{port}/", 1, headers=headers)  # warm up
@@ -167,11 +192,15 @@ def main() -> None:
                 for name, port in targets.items():
                     runs[name].append(wrk(f"http://127.0.0.1:{port}/", seconds, headers=headers))
             results = {name: median_run(found) for name, found in runs.items()}
-            paced_order = [*MESHKIT, "direct"]
+            paced_targets = {
+                **{name: (targets[name], "/") for name in MESHKIT},
+                "sidecar pair": (outbound, "/backend/"),
+                "direct": (backend, "/"),
+            }
             for name, found in zip(
-                paced_order,
+                paced_targets,
                 paced(
-                    [targets[name] for name in paced_order],
+                    list(paced_targets.values()),
                     rate=1000,
                     seconds=paced_seconds,
                     headers=headers,
@@ -180,6 +209,7 @@ def main() -> None:
             ):
                 results[f"{name} paced"] = found
             rss = {name: peak_rss_mb(process.pid) for name, process in processes.items()}
+            rss["sidecar pair"] = max(peak_rss_mb(process.pid) for process in pair)
     rows = [Row("direct to the backend: requests/s", results["direct"]["rps"], "req/s")]
     peers = (("nginx", "nginx (1 worker)"), ("haproxy", "HAProxy (1 thread)"))
     for peer, label in peers:
@@ -209,6 +239,26 @@ def main() -> None:
             )
             rows.append(Row(f"{label} at 1,000 req/s, {metric} added", added, "ms"))
         rows.append(Row(f"{label} peak RSS under load", rss[name], "MB"))
+    pair = "meshkit sidecar pair (outbound, then inbound)"
+    for metric in ("p50", "p99"):
+        paced_pair, paced_direct = results["sidecar pair paced"], results["direct paced"]
+        rows.append(
+            Row(
+                f"{pair} at 1,000 req/s, {metric} vs direct",
+                paced_pair[metric],
+                "ms",
+                paced_direct[metric],
+                "direct",
+            )
+        )
+        rows.append(
+            Row(
+                f"{pair} at 1,000 req/s, {metric} added",
+                paced_pair[metric] - paced_direct[metric],
+                "ms",
+            )
+        )
+    rows.append(Row(f"{pair}: peak RSS of the larger", rss["sidecar pair"], "MB"))
     report("Reverse proxies in front of one nginx backend", rows, args.json)
 
 

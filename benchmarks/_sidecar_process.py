@@ -1,0 +1,53 @@
+"""One of a pair of ``meshkit.sidecar.Sidecar``s, as the gateway benchmark runs them.
+
+    python -m benchmarks._sidecar_process inbound PORT APP_PORT
+    python -m benchmarks._sidecar_process outbound PORT PEER_PORT
+
+The pair is what a call between two services crosses: the caller's
+sidecar (outbound: ``/backend/`` found by name, balanced, with retries and
+a breaker) and the callee's (inbound: to its app, with a span). Each is a
+process of its own, on uvloop. The registry is an embedded one in each
+process: the outbound side's lists the inbound side's port as the only
+instance of ``backend``; the inbound side registers its app in its own.
+Spans are made and dropped, not written (the load would be a disk benchmark).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import uvloop
+
+from meshkit.registry import EmbeddedRegistry, Instance
+from meshkit.sidecar import Sidecar, SidecarConfig
+
+
+async def main(role: str, port: int, other: int) -> None:
+    registry = EmbeddedRegistry()
+    registry.start()
+    if role == "inbound":
+        config = SidecarConfig(
+            service="backend", app_host="127.0.0.1", app_port=other, health="/", port=port
+        )
+    else:
+        await registry.register(
+            Instance(service="backend", id="backend-1", host="127.0.0.1", port=other), ttl=3600
+        )
+        config = SidecarConfig(
+            service="caller", app_host="127.0.0.1", app_port=other, health="/", outbound_port=port
+        )
+    sidecar = Sidecar(config, registry)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sidecar.aclose(grace=1)
+    await registry.aclose()
+
+
+if __name__ == "__main__":
+    uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
