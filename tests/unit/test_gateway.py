@@ -256,6 +256,10 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
         ),
         ({"redis": RedisConfig(url="http://x", on_unreachable="open")}, "gateway.redis.url"),
         (
+            {"redis": RedisConfig(url="redis://127.0.0.1:abc/0", on_unreachable="open")},
+            "gateway.redis.url",
+        ),
+        (
             {"routes": [RouteConfig(path="/a", service="a", split={"1": 0})]},
             "gateway.routes[0].split",
         ),
@@ -641,6 +645,33 @@ def test_cors_with_any_origin_and_credentials_is_refused() -> None:
         CorsConfig(allow_origins=["*"], allow_credentials=True)
 
 
+def test_cors_names_must_be_tokens() -> None:
+    """A header name with a space or a non-ASCII letter is refused, naming its place."""
+    with pytest.raises(ConfigError) as caught:
+        CorsConfig(allow_origins=["https://a.example"], allow_headers=["x-träce"])
+    assert caught.value.key == "gateway.cors.allow_headers[0]"
+
+
+async def test_an_upstream_cannot_open_cors_to_an_origin_the_gateway_refuses() -> None:
+    """An upstream reflecting any Origin: its fields are dropped for a refused origin."""
+
+    async def reflecting(request: Request) -> Response:
+        origin = (request.header("origin") or "").encode()
+        fields = [(b"access-control-allow-origin", origin)]
+        fields.append((b"access-control-allow-credentials", b"true"))
+        return Response(200, fields, b"{}")
+
+    async with running(config(cors=CORS)) as (fleet, call):
+        await fleet.add("orders", reflecting)
+        evil = await call("GET", "/api/orders", headers=[(b"origin", b"https://evil.example")])
+        assert evil.status == 200
+        assert evil.header("access-control-allow-origin") is None
+        assert evil.header("access-control-allow-credentials") is None
+        assert evil.header("vary") == "origin"
+        upper = await call("GET", "/api/orders", headers=[(b"origin", b"https://Shop.Example")])
+        assert upper.header("access-control-allow-origin") == "https://Shop.Example"
+
+
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
 
@@ -696,6 +727,7 @@ async def test_the_admin_api_needs_the_token_and_shows_the_state() -> None:
         assert limits["store"] == "none"
         assert (await admin("GET", "/admin/reload")).status == 405
         assert (await admin("GET", "/admin/nothing")).status == 404
+        assert (await admin("GET", "/admin/nothing", token=None)).status == 401
 
 
 async def test_metrics_count_requests_by_route_and_status() -> None:

@@ -59,7 +59,10 @@ def test_the_gate_flips_only_after_a_streak(results: list[bool]) -> None:
     ("value", "parsed"),
     [
         (f"00-{TRACE}-{PARENT}-01", (TRACE, PARENT, "01")),
-        (f"01-{TRACE}-{PARENT}-01", None),  # an unknown version
+        (f"01-{TRACE}-{PARENT}-01", (TRACE, PARENT, "01")),  # a later version, read as 00
+        (f"01-{TRACE}-{PARENT}-01-more", (TRACE, PARENT, "01")),
+        (f"00-{TRACE}-{PARENT}-01-more", None),  # version 00 has nothing after the flags
+        (f"ff-{TRACE}-{PARENT}-01", None),  # version ff is invalid
         (f"00-{'0' * 32}-{PARENT}-01", None),  # all-zero trace id
         (f"00-{TRACE}-{'0' * 16}-01", None),  # all-zero parent
         (f"00-{TRACE.upper()}-{PARENT}-01", None),  # upper-case hex
@@ -73,11 +76,42 @@ def test_traceparent_is_parsed_as_w3c_trace_context_says(
     assert _parse(value.encode()) == parsed
 
 
-def test_a_bad_sidecar_configuration_names_its_option() -> None:
-    with pytest.raises(ConfigError, match="health"):
-        SidecarConfig(service="a", app_host="127.0.0.1", app_port=1, health="ready")
-    with pytest.raises(ConfigError, match="service"):
-        SidecarConfig(service="Bad_Name", app_host="127.0.0.1", app_port=1, health="/")
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"health": "ready"}, "health"),
+        ({"service": "Bad_Name"}, "service"),
+        ({"fall": 0}, "fall"),
+        ({"rise": 0}, "rise"),
+        ({"ttl": 0.5}, "ttl"),
+        ({"interval": 0}, "interval"),
+        ({"app_port": 0}, "app"),
+    ],
+)
+def test_a_bad_sidecar_configuration_names_its_option(changes: dict[str, object], key: str) -> None:
+    """Every option is checked before anything listens."""
+    values: dict[str, object] = {
+        "service": "a",
+        "app_host": "127.0.0.1",
+        "app_port": 1,
+        "health": "/",
+    }
+    with pytest.raises(ConfigError) as caught:
+        SidecarConfig(**{**values, **changes})  # type: ignore[arg-type]
+    assert caught.value.key == key
+
+
+def test_the_outbound_port_stays_on_loopback_by_default() -> None:
+    """Opening the inbound port to the network does not open the outbound one."""
+    config = SidecarConfig(
+        service="a",
+        app_host="127.0.0.1",
+        app_port=1,
+        health="/",
+        host="0.0.0.0",  # noqa: S104
+    )
+    assert config.outbound_host == "127.0.0.1"
+    assert config.trust_forwarded is False
 
 
 class App:
@@ -175,6 +209,36 @@ async def test_an_app_failing_its_health_check_leaves_and_comes_back() -> None:
         await wait_for(lambda: _empty(listed(registry)), within=2)
         app.healthy = True
         await wait_for(lambda: _nonempty(listed(registry)), within=2)
+
+
+async def test_a_lost_lease_is_survived_and_the_app_registered_again() -> None:
+    """The registry forgets the lease; the app fails, recovers, and is listed again."""
+    app = App()
+    async with sidecar_beside(app) as (sidecar, registry, _spans):
+        await wait_for(lambda: _nonempty(listed(registry)))
+        assert sidecar.registrar is not None
+        registration = sidecar.registrar.registration
+        assert registration is not None
+        await registry.deregister(registration)  # lost, as in a registry restart
+        app.healthy = False
+        await wait_for(lambda: _true(sidecar.registrar.registration is None), within=2)
+        app.healthy = True
+        await wait_for(lambda: _nonempty(listed(registry)), within=2)
+        assert sidecar._task is not None
+        assert not sidecar._task.done()
+
+
+async def test_a_new_trace_drops_the_tracestate_of_the_old_one() -> None:
+    """Without a valid traceparent the span starts a trace, and tracestate does not follow."""
+    app = App()
+    async with sidecar_beside(app) as (_, registry, _spans):
+        await wait_for(lambda: _nonempty(listed(registry)))
+        [instance] = await listed(registry)
+        async with HTTPClient() as client:
+            headers = [(b"traceparent", b"garbage"), (b"tracestate", b"vendor=1")]
+            await client.request("GET", instance.host, instance.port, "/x", headers=headers)
+        assert app.seen[-1].header("tracestate") is None
+        assert app.seen[-1].header("traceparent") is not None
 
 
 async def test_outbound_reaches_services_by_name_with_retries() -> None:

@@ -55,7 +55,15 @@ def sidecar(
     outbound_port: Annotated[
         int, typer.Option(help="Where the app calls /<service>/<path> (0: free).")
     ] = 0,
-    host: Annotated[str, typer.Option(help="The address both ports listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="The address the inbound port listens on.")] = (
+        "127.0.0.1"
+    ),
+    outbound_host: Annotated[
+        str, typer.Option(help="The outbound port's address: it reaches every service.")
+    ] = "127.0.0.1",
+    trust_forwarded: Annotated[  # noqa: FBT002 (a command-line flag, named by typer)
+        bool, typer.Option(help="Keep callers' X-Forwarded-* (only trusted peers reach it).")
+    ] = False,
     advertise: Annotated[
         str | None, typer.Option(help="The host others reach the inbound port at.")
     ] = None,
@@ -82,6 +90,8 @@ def sidecar(
             app_port=app_port,
             health=health,
             host=host,
+            outbound_host=outbound_host,
+            trust_forwarded=trust_forwarded,
             port=port,
             outbound_port=outbound_port,
             advertise=advertise,
@@ -98,5 +108,7 @@ def sidecar(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         asyncio.run(_run(config, registry))
+    except MeshkitError as error:
+        fail(str(error))
     except OSError as error:
-        fail(f"cannot listen on {host}: {error}")
+        fail(f"cannot listen: {error}")

@@ -41,7 +41,7 @@ class AdminApi:
         reloader: Callable[[], GatewayConfig] | None = None,
     ) -> None:
         self._gateway = gateway
-        self._token = f"Bearer {token}".encode()
+        self._token = token.encode()
         self._reloader = reloader
         self._endpoints: dict[tuple[str, str], Callable[[], Response]] = {
             ("GET", "/admin/routes"): self._routes,
@@ -63,14 +63,17 @@ class AdminApi:
             return Response(
                 200, [(b"content-type", CONTENT_TYPE)], self._gateway.metrics.exposition()
             )
-        methods = sorted(method for method, path in self._endpoints if path == request.path)
-        if not methods:
-            return _error(404, f"no admin endpoint at {request.path}")
-        presented = (request.header("authorization") or "").encode("latin-1")
-        if not hmac.compare_digest(presented, self._token):
+        # Authenticated before anything else: not even which paths exist is told.
+        scheme, _, presented = (request.header("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode("latin-1"), self._token
+        ):
             answer = _error(401, "the admin API needs Authorization: Bearer <the project's token>")
             answer.headers = [*answer.headers, (b"www-authenticate", b'Bearer realm="meshkit"')]
             return answer
+        methods = sorted(method for method, path in self._endpoints if path == request.path)
+        if not methods:
+            return _error(404, f"no admin endpoint at {request.path}")
         endpoint = self._endpoints.get((request.method, request.path))
         if endpoint is None:
             answer = _error(405, f"{request.method} is not allowed here")

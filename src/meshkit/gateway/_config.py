@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -182,7 +183,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 raise ConfigError(f"{where}.name", f"{limit.name!r} is used twice")
             _limit(where, limit.rate, limit.burst)
         if self.redis is not None:
-            if not self.redis.url.startswith(("redis://", "rediss://", "unix://")):
+            if not _redis_url(self.redis.url):
                 raise ConfigError(
                     "gateway.redis.url",
                     f"must look like redis://127.0.0.1:6379/0, got {self.redis.url!r}",
@@ -212,6 +213,17 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             return RouteTable(self.route_list())
         except ConfigError as error:
             raise ConfigError(f"gateway.{error.key}", error.problem) from error
+
+
+def _redis_url(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return bool(parts.path)
+    try:
+        parts.port  # noqa: B018 (raises for a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
 
 
 def _check_split(where: str, route: RouteConfig) -> None:

@@ -25,6 +25,7 @@ from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 __all__ = ["Cors", "CorsConfig"]
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|\*")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # RFC 9110, 5.6.2
 _DEFAULT_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -49,6 +50,18 @@ class CorsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
                     f"gateway.cors.allow_origins[{index}]",
                     f'must be "*" or like https://shop.example (no path), got {origin!r}',
                 )
+        lists = {
+            "allow_methods": self.allow_methods,
+            "allow_headers": self.allow_headers,
+            "expose_headers": self.expose_headers,
+        }
+        for key, names in lists.items():
+            for index, name in enumerate(names):
+                if not _TOKEN.fullmatch(name):
+                    raise ConfigError(
+                        f"gateway.cors.{key}[{index}]",
+                        f"must be a method or header name (an RFC 9110 token), got {name!r}",
+                    )
         if self.allow_credentials and "*" in self.allow_origins:
             # The Fetch standard forbids it: browsers reject such answers.
             raise ConfigError(
@@ -65,7 +78,8 @@ class Cors:
 
     def __init__(self, config: CorsConfig) -> None:
         self._any = "*" in config.allow_origins
-        self._origins = frozenset(origin.encode("ascii") for origin in config.allow_origins)
+        # Scheme and host are case-insensitive; browsers send them in lower case.
+        self._origins = frozenset(origin.lower().encode("ascii") for origin in config.allow_origins)
         self._methods = frozenset(method.upper().encode("ascii") for method in config.allow_methods)
         self._headers = frozenset(name.lower().encode("ascii") for name in config.allow_headers)
         self._preflight_fields = [
@@ -84,26 +98,30 @@ class Cors:
         origin = request.header(b"origin")
         if origin is None:
             return None
-        allowed = self._any or origin in self._origins
+        allowed = self._any or origin.lower() in self._origins
         wanted = request.header(b"access-control-request-method")
         if request.method == "OPTIONS" and wanted is not None:
             return self._preflight(request, origin, wanted, allowed=allowed)
-        if allowed:
-            request.attributes["cors_origin"] = origin
+        request.attributes["cors_origin"] = origin if allowed else b""
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         origin: bytes | None = request.attributes.get("cors_origin")
-        if origin is not None:
-            # The gateway speaks for the origin's access: an upstream's own
-            # CORS fields would contradict it.
-            response.headers[:] = [
-                (name, value)
-                for name, value in response.headers
-                if not name.startswith(b"access-control-")
-            ]
+        if origin is None:  # no Origin: not a cross-origin request from a browser
+            return
+        # The gateway alone decides which origins may read answers: an
+        # upstream's own CORS fields (one reflecting any Origin, say) would
+        # open what the configuration closes.
+        response.headers[:] = [
+            (name, value)
+            for name, value in response.headers
+            if not name.startswith(b"access-control-")
+        ]
+        if origin:
             response.headers.extend(self._allow(origin))
             response.headers.extend(self._fields)
+        elif not self._any:
+            response.headers.append((b"vary", b"origin"))  # an allowed origin's answer differs
 
     def _preflight(
         self, request: ProxyRequest, origin: bytes, wanted: bytes, *, allowed: bool

@@ -109,18 +109,21 @@ class RedisLimitStore:
         # A blocking pool: a burst of requests waits (up to ``timeout``) for
         # one of ``connections`` rather than opening a connection each or
         # failing at once, as redis-py's default pool does when it is full.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            # One immediate second try, for a pooled connection Redis closed
-            # (a restart); redis-py's default of three with backoff would
-            # hold requests for longer than failing over to the configured
-            # failure mode does.
-            retry=retry.Retry(backoff.NoBackoff(), 1),
-        )
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=connections,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                # One immediate second try, for a pooled connection Redis
+                # closed (a restart); redis-py's default of three with
+                # backoff would hold requests for longer than failing over
+                # to the configured failure mode does.
+                retry=retry.Retry(backoff.NoBackoff(), 1),
+            )
+        except ValueError as error:  # a port that is not a number, a bad db
+            raise ConfigError("url", f"{url!r}: {error}") from error
         self._client = aioredis.Redis(connection_pool=pool)
         self._script = self._client.register_script(_GCRA)
 

@@ -131,13 +131,15 @@ class Tracing:
     def on_request(self, request: ProxyRequest) -> None:
         parent = _parse(request.header(b"traceparent"))
         bits = self._rng.getrandbits
+        dropped: tuple[bytes, ...] = (b"traceparent",)
         if parent is None:
             trace_id, parent_id, flags = f"{bits(128):032x}", None, "01"
+            dropped = (b"traceparent", b"tracestate")  # it belonged to another trace
         else:
             trace_id, parent_id, flags = parent
         span_id = f"{bits(64):016x}"
         value = f"00-{trace_id}-{span_id}-{flags}".encode("ascii")
-        request.headers = [(n, v) for n, v in request.headers if n != b"traceparent"]
+        request.headers = [(n, v) for n, v in request.headers if n not in dropped]
         request.headers.append((b"traceparent", value))
         started = (self._clock.time(), self._clock.monotonic())
         request.on_finish(lambda: self._finish(request, trace_id, span_id, parent_id, started))
@@ -172,14 +174,23 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def _parse(value: bytes | None) -> tuple[str, str, str] | None:
-    """``(trace_id, parent_id, flags)`` of a valid version-00 ``traceparent``, else None."""
-    if value is None or len(value) != 55:
+    """``(trace_id, parent_id, flags)`` of a valid ``traceparent``, else None.
+
+    A later version is read as far as version 00 goes, as the spec asks
+    (it may only add fields after a dash); version ff is invalid.
+    """
+    if value is None or len(value) < 55:
         return None
-    text = value.decode("latin-1")
-    version, trace_id, parent_id, flags = text.split("-") if text.count("-") == 3 else ("",) * 4
-    if (len(version), len(trace_id), len(parent_id), len(flags)) != (2, 32, 16, 2):
+    if value[:2] == b"00":
+        if len(value) != 55:
+            return None
+    elif value[:2] == b"ff" or (len(value) > 55 and value[55:56] != b"-"):
         return None
-    if version != "00" or not set(trace_id + parent_id + flags) <= _HEX:
+    parts = value[:55].decode("latin-1").split("-")
+    if [len(part) for part in parts] != [2, 32, 16, 2]:
+        return None
+    _, trace_id, parent_id, flags = parts
+    if not set("".join(parts)) <= _HEX:
         return None
     if trace_id == "0" * 32 or parent_id == "0" * 16:  # all zeros: invalid, per the spec
         return None

@@ -25,6 +25,7 @@ from meshkit.errors import (
     DeadlineExceededError,
     EnvironmentFaultError,
     LeaseError,
+    MeshkitError,
     PeerError,
 )
 from meshkit.http import HTTPClient, Timeouts
@@ -119,6 +120,10 @@ class Registrar:
                 await self._leave(f"its health check failed: {self.last_problem}")
         except (EnvironmentFaultError, PeerError, DeadlineExceededError) as error:
             log.warning("the registry could not be reached (%s); trying again", error)
+        except MeshkitError as error:
+            # Refused by the registry (a bad token, say): nothing a retry
+            # at once would change, but the app must not silently stay out.
+            log.error("the registry refused %s: %s; trying again", self.instance.id, error)
 
     async def _check(self) -> bool:
         host, port = self._app
@@ -149,12 +154,17 @@ class Registrar:
     async def _leave(self, why: str) -> None:
         registration, self.registration = self.registration, None
         if registration is not None:
-            await self._registry.deregister(registration)
+            with contextlib.suppress(LeaseError):  # gone already (it lapsed): as good
+                await self._registry.deregister(registration)
             log.info("%s deregistered: %s", self.instance.id, why)
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to finish its cleanup."""
+    """Cancel ``task`` and wait for it to finish its cleanup; its failure is logged, not raised."""
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    try:
         await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("the registration task had failed")

@@ -25,7 +25,7 @@ from meshkit.gateway._upstreams import Upstreams
 from meshkit.http import Timeouts
 from meshkit.policy import BreakerConfig
 from meshkit.proxy import Forwarder, Forwarding, ProxyServer
-from meshkit.registry import Instance, Registry, check_name
+from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
 from meshkit.service._directory import Directory
 from meshkit.sidecar._filters import ByName, Metrics, Ready, Span, ToApp, Tracing
 from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
@@ -42,7 +42,13 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
     app_host: str
     app_port: int
     health: str  # the app's health path: 2xx or 3xx passes
-    host: str = "127.0.0.1"  # both ports listen here
+    host: str = "127.0.0.1"  # the inbound port listens here
+    # The outbound port reaches every service with no key: loopback only,
+    # unless told otherwise, whatever the inbound port does.
+    outbound_host: str = "127.0.0.1"
+    # X-Forwarded-* from callers kept only when the inbound port is reached
+    # by trusted peers alone (the gateway, other sidecars).
+    trust_forwarded: bool = False
     port: int = 0  # inbound: what the registry lists; 0 for a free one
     outbound_port: int = 0
     advertise: str | None = None  # the host others reach the inbound port at (default: host)
@@ -70,6 +76,15 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(key, f"port {port} is not a TCP port")
         if not 1 <= self.attempts <= 10:
             raise ConfigError("attempts", f"must be between 1 and 10, got {self.attempts}")
+        if not MIN_TTL <= self.ttl <= MAX_TTL:
+            raise ConfigError("ttl", f"must be between {MIN_TTL:g} and {MAX_TTL:g} seconds")
+        if not 0 < self.interval <= 3600:
+            raise ConfigError(
+                "interval", f"must be between 0 and 3600 seconds, got {self.interval}"
+            )
+        for key, value in (("fall", self.fall), ("rise", self.rise)):
+            if not 1 <= value <= 100:
+                raise ConfigError(key, f"must be between 1 and 100, got {value}")
 
 
 class Sidecar:
@@ -95,13 +110,18 @@ class Sidecar:
             attempts=config.attempts, timeout=config.timeout, breaker=BreakerConfig()
         )
         timeouts = Timeouts(connect=config.connect_timeout, read=config.try_timeout)
-        # Inside the mesh, the headers a caller's sidecar or the gateway set are kept.
-        forwarding = Forwarding(pseudonym="meshkit-sidecar", trust_forwarded=True)
         app = (config.app_host, config.app_port)
         self.inbound = ProxyServer(
             [Ready(self.registered), Tracing("server", self._span, clock, rng), ToApp(app)],
-            Forwarder(forwarding=forwarding, timeouts=timeouts),
+            Forwarder(
+                forwarding=Forwarding(
+                    pseudonym="meshkit-sidecar", trust_forwarded=config.trust_forwarded
+                ),
+                timeouts=timeouts,
+            ),
         )
+        # Outbound, the caller is the app beside it: what it says is kept.
+        forwarding = Forwarding(pseudonym="meshkit-sidecar", trust_forwarded=True)
         self.outbound = ProxyServer(
             [
                 Metrics(self.exposition),
@@ -142,7 +162,7 @@ class Sidecar:
         config = self.config
         _, inbound = await self.inbound.start(config.host, config.port)
         try:
-            _, outbound = await self.outbound.start(config.host, config.outbound_port)
+            _, outbound = await self.outbound.start(config.outbound_host, config.outbound_port)
         except BaseException:
             await self.inbound.aclose(grace=0)
             raise
@@ -170,7 +190,11 @@ class Sidecar:
 
     async def aclose(self, grace: float = 10.0) -> None:
         """Deregister first, so no caller is sent here any more; then drain both ports."""
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-        await asyncio.gather(self.inbound.aclose(grace=grace), self.outbound.aclose(grace=grace))
-        await self.directory.aclose()
+        try:
+            if self._task is not None:
+                await cancel_and_wait(self._task)
+        finally:
+            await asyncio.gather(
+                self.inbound.aclose(grace=grace), self.outbound.aclose(grace=grace)
+            )
+            await self.directory.aclose()
