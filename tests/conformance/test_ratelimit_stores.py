@@ -60,3 +60,17 @@ def test_a_url_that_is_not_redis_is_refused() -> None:
     """http://... is a ConfigError that shows the expected form."""
     with pytest.raises(ConfigError, match="redis://"):
         RedisLimitStore("http://127.0.0.1:6379")
+
+
+async def test_the_memory_store_forgets_the_quietest_key_not_a_refused_one() -> None:
+    """Past MAX_KEYS the oldest untouched key goes; one just refused is kept, still empty."""
+    store = MemoryLimitStore()
+    store.MAX_KEYS = 3
+    one = RateLimit(capacity=1, per_second=0.01)
+    assert (await store.acquire([("busy", one)]))[0].allowed
+    for key in ("a", "b"):
+        await store.acquire([(key, one)])
+    assert not (await store.acquire([("busy", one)]))[0].allowed  # refused: now the newest
+    await store.acquire([("c", one)])  # a fourth key: "a", the quietest, is forgotten
+    assert not (await store.acquire([("busy", one)]))[0].allowed
+    assert (await store.acquire([("a", one)]))[0].allowed

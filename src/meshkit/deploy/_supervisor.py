@@ -284,9 +284,12 @@ class Supervisor:
             await self._gateway.stop(grace=_GRACE)
         sidecars = [child for group in self._sidecars.values() for child in group]
         if sidecars:  # first: they deregister their apps before the apps stop
-            await asyncio.gather(
+            results = await asyncio.gather(
                 *(child.stop(grace=_GRACE) for child in sidecars), return_exceptions=True
             )
+            for child, result in zip(sidecars, results, strict=True):
+                if isinstance(result, BaseException):
+                    self.output.say(f"stopping {child.name} failed: {result!r}")
         children = [child for group in self._children.values() for child in group]
         if children:
             self.output.say(f"stopping {len(children)} service instance(s)")

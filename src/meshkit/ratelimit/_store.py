@@ -51,12 +51,17 @@ class MemoryLimitStore:
         # Each key decided on a copy, so a refusal by one charges none.
         trials = [(key, self._gcra(key, limit)) for key, limit in keys]
         decisions = [gcra.acquire(now, cost) for _, gcra in trials]
-        if all(decision.allowed for decision in decisions):
-            for key, gcra in trials:
-                self._tats.pop(key, None)  # re-inserted last: the newest
-                self._tats[key] = gcra.tat
-            while len(self._tats) > self.MAX_KEYS:
-                del self._tats[next(iter(self._tats))]
+        admitted = all(decision.allowed for decision in decisions)
+        for key, gcra in trials:
+            # Re-inserted last, as the newest, even when refused: a client
+            # being refused is the last one whose state may be forgotten.
+            tat = self._tats.pop(key, None)
+            if admitted:
+                tat = gcra.tat
+            if tat is not None:
+                self._tats[key] = tat
+        while len(self._tats) > self.MAX_KEYS:
+            del self._tats[next(iter(self._tats))]
         return decisions
 
     async def aclose(self) -> None:
