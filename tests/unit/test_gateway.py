@@ -254,6 +254,10 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
             {"global_limits": [GlobalLimit(name="g", rate=1, burst=1)] * 2},
             "gateway.global_limits[1].name",
         ),
+        (
+            {"global_limits": [GlobalLimit(name="g", rate=1e-6, burst=1000)]},
+            "gateway.global_limits[0].burst",
+        ),
         ({"redis": RedisConfig(url="http://x", on_unreachable="open")}, "gateway.redis.url"),
         (
             {"redis": RedisConfig(url="redis://127.0.0.1:abc/0", on_unreachable="open")},

@@ -54,6 +54,7 @@ from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable, Weighted
 __all__ = ["AdminConfig", "ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_MAX_WINDOW = 10 * 365 * 86_400.0  # seconds a global limit may take to refill
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # RFC 9110 token: a field name
 
 
@@ -182,6 +183,14 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             if limit.name in names[:index]:
                 raise ConfigError(f"{where}.name", f"{limit.name!r} is used twice")
             _limit(where, limit.rate, limit.burst)
+            if limit.burst / limit.rate > _MAX_WINDOW:
+                # Redis's Lua counts in doubles: beyond this, microseconds
+                # since 1970 plus the window would lose precision.
+                raise ConfigError(
+                    f"{where}.burst",
+                    f"refills in {limit.burst / limit.rate:.3g}s at this rate; at most"
+                    f" {_MAX_WINDOW:.3g}s (ten years) is supported",
+                )
         if self.redis is not None:
             if not _redis_url(self.redis.url):
                 raise ConfigError(
