@@ -11,13 +11,15 @@ per-client rate limit that never trips, a circuit breaker per service,
 per-instance ejection, retries and Prometheus metrics.
 wrk (one thread, 50 connections) has core 0 to itself; the backend and the
 proxy share core 1, so every proxy is measured with the same backend beside
-it. Three rounds take each target in turn; the median round
-of each is reported. Then a paced client sends 1,000 requests a second,
-directly and through (d) and (e), and the added latency is the difference
-(they take turns within one run, so the machine's own stalls land on all
-alike); a sidecar pair (the caller's outbound sidecar, then the callee's
-inbound one, each a process of its own on core 1) takes its turn too, its
-added latency being what a call between two services pays for the mesh.
+it. Three rounds take each target in turn; the median round of each is
+reported, with the CPU time each proxy process used per request (steadier
+than requests/s on a shared machine). Then a paced client sends 1,000
+requests a second, directly and through (d) and (e), and the added latency
+is the difference (they take turns within one run, so the machine's own
+stalls land on all alike); a sidecar pair (the caller's outbound sidecar,
+then the callee's inbound one, each a process of its own on core 1) takes
+its turn too, its added latency being what a call between two services
+pays for the mesh.
 Last, the peak resident memory of (d), (e) and the larger sidecar.
 
 Needs wrk, nginx and haproxy (Debian: apt-get install wrk nginx haproxy).
@@ -25,6 +27,7 @@ Needs wrk, nginx and haproxy (Debian: apt-get install wrk nginx haproxy).
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -114,6 +117,18 @@ def peak_rss_mb(pid: int) -> float:
     raise RuntimeError("no VmHWM in /proc")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time the process has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def worker(process: subprocess.Popen[bytes]) -> int:
+    """The pid that serves: nginx's one worker, else the process itself."""
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    return int(children[0]) if children else process.pid
+
+
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     """The run with the median requests/s (its latencies with it)."""
     return sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
@@ -149,12 +164,18 @@ def main() -> None:
         haproxy = HAPROXY.format(port=ports["haproxy"], upstream=backend)
         with ExitStack() as stack:
             stack.enter_context(running(["nginx", "-c", nginx_backend], backend, 1))
-            stack.enter_context(
-                running(["nginx", "-c", config(directory, "proxy.conf", nginx)], ports["nginx"], 1)
-            )
-            stack.enter_context(
-                running(["haproxy", "-f", config(directory, "h.cfg", haproxy)], ports["haproxy"], 1)
-            )
+            peers = {
+                "nginx": stack.enter_context(
+                    running(
+                        ["nginx", "-c", config(directory, "proxy.conf", nginx)], ports["nginx"], 1
+                    )
+                ),
+                "haproxy": stack.enter_context(
+                    running(
+                        ["haproxy", "-f", config(directory, "h.cfg", haproxy)], ports["haproxy"], 1
+                    )
+                ),
+            }
             processes = {
                 name: stack.enter_context(
                     running(
@@ -187,10 +208,18 @@ def main() -> None:
                 wrk(f"http://127.0.0.1:{port}/", 1, headers=headers)  # warm up
             # Rounds, each target in turn: a neighbour's burst on this shared
             # machine then spoils one round of one target, not the comparison.
+            # CPU time per request of each proxy: steadier than requests/s on a
+            # shared machine, since time stolen by neighbours is not counted.
+            serving = {name: worker(process) for name, process in {**peers, **processes}.items()}
             runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for _ in range(rounds):
                 for name, port in targets.items():
-                    runs[name].append(wrk(f"http://127.0.0.1:{port}/", seconds, headers=headers))
+                    pid = serving.get(name)
+                    before = 0.0 if pid is None else cpu_seconds(pid)
+                    run = wrk(f"http://127.0.0.1:{port}/", seconds, headers=headers)
+                    if pid is not None:
+                        run["cpu"] = (cpu_seconds(pid) - before) / (run["rps"] * seconds) * 1e6
+                    runs[name].append(run)
             results = {name: median_run(found) for name, found in runs.items()}
             paced_targets = {
                 **{name: (targets[name], "/") for name in MESHKIT},
@@ -215,7 +244,12 @@ def main() -> None:
     for peer, label in peers:
         rows.append(Row(f"{label}: requests/s", results[peer]["rps"], "req/s"))
     for name, (label, _) in MESHKIT.items():
-        for metric, unit, what in (("rps", "req/s", "requests/s"), ("p99", "ms", "latency p99")):
+        metrics = (
+            ("rps", "req/s", "requests/s"),
+            ("p99", "ms", "latency p99"),
+            ("cpu", "us", "CPU per request"),
+        )
+        for metric, unit, what in metrics:
             for peer, peer_label in peers:
                 rows.append(
                     Row(
