@@ -22,10 +22,10 @@ after answering: a malformed request (400), a body over the limit (413),
 headers over the limit (431). A client that takes longer than
 ``request_timeout`` to send a request, or leaves a connection idle for
 ``idle_timeout``, is disconnected, so slow clients cannot hold connections
-forever. Each connection has one lazy timer for this: it is moved only when
-a deadline comes earlier, so a request that arrives whole in one read, the
-usual case, touches no timer at all; moving timers on every request would
-cost more than parsing it.
+forever. Each connection has one ``LazyDeadline`` for this: its timer is
+moved only when a deadline comes earlier, so a request that arrives whole
+in one read, the usual case, touches no timer at all; moving timers on
+every request would cost more than parsing it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import httptools
 import msgspec
 
 from meshkit.http._response import Response, first_header
+from meshkit.http._timer import LazyDeadline
 from meshkit.policy import _check as check
 
 __all__ = ["HTTPServer", "Request", "ServerLimits", "json_response"]
@@ -150,9 +151,8 @@ class _HTTPConnection(asyncio.Protocol):
         self._read_paused = False
         self._overflow = False  # the client pipelined more than we hold
         self._in_message = False
-        self.deadline = math.inf  # when this connection is closed unless it moves on
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        # When this connection is closed unless it moves on.
+        self._deadline = LazyDeadline(self._loop, self.close)
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -171,7 +171,7 @@ class _HTTPConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._server.connections.add(self)
-        self._set_deadline(self._loop.time() + self._limits.request_timeout)
+        self._deadline.move(self._loop.time() + self._limits.request_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -189,12 +189,11 @@ class _HTTPConnection(asyncio.Protocol):
         else:
             if self._in_message:  # part of a request: the rest must follow in time
                 limit = self._loop.time() + self._limits.request_timeout
-                self._set_deadline(min(self.deadline, limit))
+                self._deadline.move(min(self._deadline.at, limit))
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 (asyncio's signature)
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._deadline.cancel()
         self._server.connections.discard(self)
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
@@ -222,7 +221,7 @@ class _HTTPConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
-        self.deadline = math.inf  # being answered: a long poll may take minutes
+        self._deadline.at = math.inf  # being answered: a long poll may take minutes
         url = httptools.parse_url(self._url)
         path = url.path.decode("latin-1") if url.path else "/"
         query = url.query.decode("latin-1") if url.query else ""
@@ -275,7 +274,7 @@ class _HTTPConnection(asyncio.Protocol):
                 self._worker = worker
                 return
         if not self._ready and self._worker is None and not self._closing:
-            self._set_deadline(self._loop.time() + self._limits.idle_timeout)
+            self._deadline.move(self._loop.time() + self._limits.idle_timeout)
 
     def _worker_done(self, pending: Awaitable[Response], task: asyncio.Task[None]) -> None:
         self._server.request_finished()
@@ -336,22 +335,6 @@ class _HTTPConnection(asyncio.Protocol):
             self.close()
 
     # -- limits -------------------------------------------------------------
-
-    def _set_deadline(self, deadline: float) -> None:
-        """Close the connection at ``deadline`` unless it is moved on before then."""
-        self.deadline = deadline
-        if deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._deadline_reached)
-            self._timer_at = deadline
-
-    def _deadline_reached(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        if self.deadline <= self._loop.time():
-            self.close()
-        elif self.deadline != math.inf:
-            self._set_deadline(self.deadline)  # it moved later meanwhile
 
     def _count(self, size: int) -> None:
         self._header_size += size

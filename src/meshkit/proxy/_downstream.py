@@ -20,7 +20,7 @@ with back-pressure. ``Expect: 100-continue`` is answered when the request
 is forwarded, so a request a filter refuses never has its body sent at
 all (nginx does the same).
 
-Timers: one lazy timer per connection (see ``_set_deadline``). Until a
+Timers: one ``LazyDeadline`` per connection. Until a
 request's head is complete it must arrive within ``header_timeout`` of the
 read that started it; each silence while a body arrives may last
 ``body_timeout``; a kept-alive connection may sit idle for
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from meshkit.errors import RequestRefusedError
+from meshkit.http._timer import LazyDeadline
 from meshkit.proxy._message import ProxyRequest, error_response, reason
 from meshkit.proxy._stream import Stream
 
@@ -82,9 +83,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_size = 0
         self._refusal: _Refusal | None = None
-        self.deadline = math.inf
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._deadline = LazyDeadline(self.loop, self._deadline_reached)
 
     # -- asyncio protocol -------------------------------------------------------
 
@@ -94,7 +93,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) else "unix"
         self._server.connections.add(self)
-        self._set_deadline(self.loop.time() + self._limits.header_timeout)
+        self._deadline.move(self.loop.time() + self._limits.header_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
@@ -116,8 +115,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 (asyncio's signature)
         self.closing = self.stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._deadline.cancel()
         self._server.connections.discard(self)
         current, self._current = self._current, None
         if current is not None:
@@ -340,30 +338,19 @@ class ClientConnection(asyncio.Protocol):
     def _moved_on(self) -> None:
         """Set the deadline for what the connection is waiting for now."""
         now = self.loop.time()
+        deadline = self._deadline
         if self._in_head:
-            self._set_deadline(min(self.deadline, now + self._limits.header_timeout))
+            deadline.move(min(deadline.at, now + self._limits.header_timeout))
         elif self._receiving is not None and not self._read_paused:
-            self._set_deadline(now + self._limits.body_timeout)
+            deadline.move(now + self._limits.body_timeout)
         elif self._current is None and not self._queue:
-            self._set_deadline(now + self._limits.idle_timeout)
+            deadline.move(now + self._limits.idle_timeout)
         else:
-            self.deadline = math.inf
-
-    def _set_deadline(self, deadline: float) -> None:
-        """Close the connection at ``deadline`` unless it is moved on before then."""
-        self.deadline = deadline
-        if deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._deadline_reached)
-            self._timer_at = deadline
+            deadline.at = math.inf
 
     def _deadline_reached(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        if self.deadline <= self.loop.time():
-            receiving, self._receiving = self._receiving, None
-            if receiving is not None:
-                receiving.body_failed(RequestRefusedError(408, "the request body stopped arriving"))
-            self.close()
-        elif self.deadline != math.inf:
-            self._set_deadline(self.deadline)  # it moved later meanwhile
+        """The connection waited too long for what it was waiting for: close it."""
+        receiving, self._receiving = self._receiving, None
+        if receiving is not None:
+            receiving.body_failed(RequestRefusedError(408, "the request body stopped arriving"))
+        self.close()

@@ -38,6 +38,7 @@ from meshkit.errors import (
     ResponseTooLargeError,
 )
 from meshkit.http._config import Limits
+from meshkit.http._timer import LazyDeadline
 
 __all__ = ["Sink", "UpstreamConnection"]
 
@@ -67,6 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_completed",
+        "_deadline",
         "_framed",
         "_head_request",
         "_header_size",
@@ -77,14 +79,11 @@ class UpstreamConnection(asyncio.Protocol):
         "_keep",
         "_limits",
         "_parser",
-        "_read_deadline",
         "_read_timeout",
         "_reading",
         "_responded",
         "_sent",
         "_sink",
-        "_timer",
-        "_timer_at",
         "_transport",
         "closed",
         "idle_since",
@@ -112,9 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._sent = False  # the whole request is written
         self._reading = True
         self._read_timeout = 30.0
-        self._read_deadline = math.inf
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
+        self._deadline = LazyDeadline(self.loop, self._deadline_reached)  # for the answer
         self.closed = False
         self.idle_since = 0.0  # when the pool last took it back (loop time)
 
@@ -152,7 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
         # The client reads slower than the upstream sends: not the upstream's
         # fault, so its read timeout stops until reading starts again.
         self._reading = False
-        self._read_deadline = math.inf
+        self._deadline.at = math.inf
         if self._transport is not None and not self.closed:
             self._transport.pause_reading()
 
@@ -171,8 +168,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            if self._timer is not None:
-                self._timer.cancel()
+            self._deadline.cancel()
             if self._transport is not None:
                 self._transport.close()
 
@@ -188,8 +184,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # an upstream talking unprompted is out of step
             return
         self._responded = True
-        if self._reading and (self._read_deadline != math.inf or self._sent):
-            self._read_deadline = self.loop.time() + self._read_timeout
+        if self._reading and (self._deadline.at != math.inf or self._sent):
+            self._deadline.at = self.loop.time() + self._read_timeout
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as error:
@@ -215,8 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._deadline.cancel()
         sink = self._sink
         if sink is None:
             return
@@ -308,7 +303,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_body = False
         self._completed = True
         self._keep = self._framed and self._sent and self._parser.should_keep_alive()
-        self._read_deadline = math.inf
+        self._deadline.at = math.inf
 
     def _hand_over(self) -> None:
         self._completed = False
@@ -331,22 +326,9 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_failed(self, error, answered=answered)
 
     def _move_deadline(self) -> None:
-        if self._sink is None or not self._reading:
-            return
-        deadline = self.loop.time() + self._read_timeout
-        self._read_deadline = deadline
-        if deadline < self._timer_at:  # earlier than the armed timer: re-arm
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer = self.loop.call_at(deadline, self._check_deadline)
-            self._timer_at = deadline
+        if self._sink is not None and self._reading:
+            self._deadline.move(self.loop.time() + self._read_timeout)
 
-    def _check_deadline(self) -> None:
-        self._timer, self._timer_at = None, math.inf
-        if self._read_deadline == math.inf or self._sink is None:
-            return
-        if self._read_deadline <= self.loop.time():
+    def _deadline_reached(self) -> None:
+        if self._sink is not None:
             self._fail(ReadTimeoutError(f"{self._where} sent nothing for {self._read_timeout:g}s"))
-        else:
-            self._timer = self.loop.call_at(self._read_deadline, self._check_deadline)
-            self._timer_at = self._read_deadline
