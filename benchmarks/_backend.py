@@ -6,12 +6,11 @@ uvloop, so that the client being measured is the slow side.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 import uvloop
 
+from meshkit._signals import until_stopped
 from meshkit.http import HTTPServer, Request, Response
 
 _BODY = Response(200, [(b"content-type", b"application/json")], b'{"id":7,"name":"widget"}')
@@ -25,11 +24,7 @@ async def main(port: int) -> None:
     server = HTTPServer(answer)
     await server.start("127.0.0.1", port)
     print("ready", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await until_stopped()
     await server.aclose(grace=0)
 
 

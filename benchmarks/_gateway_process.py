@@ -12,12 +12,11 @@ The access log is off (wrk's load would be a disk benchmark).
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 import uvloop
 
+from meshkit._signals import until_stopped
 from meshkit.gateway import ApiKey, Gateway, GatewayConfig, RouteConfig
 from meshkit.registry import EmbeddedRegistry, Instance
 
@@ -37,11 +36,7 @@ async def main(port: int, upstream: int) -> None:
     )
     gateway = Gateway(config, registry)
     await gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await gateway.aclose(grace=1)
     await registry.aclose()
 

@@ -9,12 +9,11 @@ then it measures ``meshkit gateway`` with them on.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 import uvloop
 
+from meshkit._signals import until_stopped
 from meshkit.proxy import Forwarder, Forwarding, ProxyRequest, ProxyResponse, ProxyServer
 
 
@@ -33,11 +32,7 @@ async def main(port: int, upstream: int) -> None:
     forwarder = Forwarder(forwarding=Forwarding(pseudonym="meshkit", trust_forwarded=False))
     server = ProxyServer([ToUpstream(upstream)], forwarder)
     await server.start("127.0.0.1", port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await server.aclose(grace=1)
 
 

@@ -14,12 +14,11 @@ Spans are made and dropped, not written (the load would be a disk benchmark).
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 
 import uvloop
 
+from meshkit._signals import until_stopped
 from meshkit.registry import EmbeddedRegistry, Instance
 from meshkit.sidecar import Sidecar, SidecarConfig
 
@@ -40,11 +39,7 @@ async def main(role: str, port: int, other: int) -> None:
         )
     sidecar = Sidecar(config, registry)
     await sidecar.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     await sidecar.aclose(grace=1)
     await registry.aclose()
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from meshkit._signals import until_stopped
 from meshkit.cli._app import app, fail
 from meshkit.control import load_token
 from meshkit.deploy import load_project
@@ -49,13 +50,9 @@ async def _serve(config: GatewayConfig, registry: Registry, directory: Path, tok
     if config.admin is not None:
         admin = config.admin
         typer.echo(f"gateway admin API on http://{admin.host}:{admin.port}/admin", err=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, gateway, directory)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, gateway, directory)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await gateway.aclose()
         await registry.aclose()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from typing import Annotated
 
 import typer
 
+from meshkit._signals import until_stopped
 from meshkit.cli._app import app, fail
 from meshkit.control import TOKEN_ENV
 from meshkit.errors import MeshkitError
@@ -32,15 +32,11 @@ async def _run(config: SidecarConfig, registry: Registry) -> None:
     inbound, outbound = await sidecar.start()
     typer.echo(
         f"sidecar for {config.service}: inbound http://{config.host}:{inbound}"
-        f" -> {config.app_host}:{config.app_port}, outbound http://{config.host}:{outbound}",
+        f" -> {config.app_host}:{config.app_port}, outbound http://{config.outbound_host}:{outbound}",
         err=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         await sidecar.aclose()
         await registry.aclose()

@@ -6,11 +6,10 @@ the same process and the same server.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 
 from meshkit._clock import Clock
+from meshkit._signals import until_stopped
 from meshkit.control._api import RegistryAPI
 from meshkit.http import HTTPServer, ServerLimits
 from meshkit.registry import EmbeddedRegistry
@@ -54,12 +53,8 @@ class ControlPlane:
 
     async def serve_until_stopped(self) -> None:
         """Serve until SIGINT or SIGTERM, then close."""
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
         await self.start()
         try:
-            await stop.wait()
+            await until_stopped()
         finally:
             await self.aclose()
