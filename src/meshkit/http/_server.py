@@ -31,7 +31,6 @@ every request would cost more than parsing it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import math
@@ -42,6 +41,7 @@ from typing import cast
 import httptools
 import msgspec
 
+from meshkit.http._listener import Listener
 from meshkit.http._response import Response, first_header
 from meshkit.http._timer import LazyDeadline
 from meshkit.policy import _check as check
@@ -343,48 +343,25 @@ class _HTTPConnection(asyncio.Protocol):
             raise ValueError("head too large")
 
 
-class HTTPServer:
+class HTTPServer(Listener[_HTTPConnection]):
     """Serves ``handler`` on one address. Use ``start()`` and ``aclose()``."""
 
     def __init__(self, handler: Handler, *, limits: ServerLimits | None = None) -> None:
         self.handler = handler
         self.limits = limits or ServerLimits()
-        self.connections: set[_HTTPConnection] = set()
-        self.in_flight = 0
-        self.draining = False
         self.errors: list[tuple[Request, Exception]] = []
-        self._server: asyncio.Server | None = None
-        self._quiet = asyncio.Event()  # set whenever no request is in flight
-        self._quiet.set()
+        super().__init__()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on ``host:port`` (0 for a free port); returns the address bound."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _HTTPConnection(self), host, port)
-        bound = self._server.sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
+        return await self._listen(lambda: _HTTPConnection(self), host, port)
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace`` s, then close."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            connection.close_if_idle()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self._quiet.wait()
-        for connection in list(self.connections):
-            connection.close()
-
-    def request_started(self) -> None:
-        self.in_flight += 1
-        self._quiet.clear()
+        await self._drain(grace)
 
     def request_finished(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._quiet.set()
+        self._request_done()
 
     def report_error(self, request: Request, error: Exception) -> None:
         """A handler raised: kept for tests and logs; the client got a 500."""

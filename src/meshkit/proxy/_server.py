@@ -18,7 +18,6 @@ and the metrics hang there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ from meshkit.errors import (
     RequestRefusedError,
     ServiceUnavailableError,
 )
+from meshkit.http._listener import Listener
 from meshkit.proxy._chain import Filter, Retrier
 from meshkit.proxy._config import ProxyLimits
 from meshkit.proxy._downstream import ClientConnection
@@ -69,7 +69,7 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
 Observer = Callable[[Exchange], None]
 
 
-class ProxyServer:
+class ProxyServer(Listener[ClientConnection]):
     """Runs requests through ``filters``, then ``forwarder``, on one address."""
 
     def __init__(
@@ -85,52 +85,27 @@ class ProxyServer:
         self.retrier = retrier
         self.limits = limits or ProxyLimits()
         self.request_ids = RequestIds()
-        self.connections: set[ClientConnection] = set()
+        super().__init__()
         self.on_exchange: list[Observer] = []
         self.errors: list[tuple[str, BaseException]] = []
         self.refusals: Counter[int] = Counter()  # by status: requests refused unparsed
-        self.in_flight = 0
-        self.draining = False
         # Read once: asyncio.get_running_loop() costs a getpid() system call
         # on Python 3.11, which on the proxy's path was a fifth of the work.
         self.loop = asyncio.get_running_loop()
-        self._server: asyncio.Server | None = None
-        self._quiet: asyncio.Future[None] | None = None  # set when draining waits
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on ``host:port`` (0 for a free port); returns the address bound."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, backlog=1024
-        )
-        bound = self._server.sockets[0].getsockname()
-        return str(bound[0]), int(bound[1])
+        return await self._listen(lambda: ClientConnection(self), host, port)
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in flight finish for up to ``grace`` s, then close."""
-        self.draining = True
-        if self._server is not None:
-            self._server.close()
-        for connection in list(self.connections):
-            connection.close_if_idle()
-        if self.in_flight:
-            self._quiet = asyncio.get_running_loop().create_future()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self._quiet
-        for connection in list(self.connections):
-            connection.close()
+        await self._drain(grace)
         await self.forwarder.aclose()
 
     # -- called by connections and streams ---------------------------------------
 
-    def request_started(self) -> None:
-        self.in_flight += 1
-
     def request_finished(self, stream: Stream) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0 and self._quiet is not None and not self._quiet.done():
-            self._quiet.set_result(None)
+        self._request_done()
         if not self.on_exchange:
             return
         request, response, error = stream.request, stream.response, stream.error
