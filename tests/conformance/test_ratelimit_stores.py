@@ -46,7 +46,7 @@ class TestRedisLimitStore(LimitStoreConformance):
 
 
 async def test_an_unreachable_redis_is_an_environment_fault_naming_it() -> None:
-    """Nothing listening: the store raises EnvironmentFaultError with its address, quickly."""
+    """Nothing listening: the store raises EnvironmentFaultError with its address."""
     url = f"redis://127.0.0.1:{free_port()}/0"
     store = RedisLimitStore(url, timeout=0.5)
     try:

@@ -1,6 +1,7 @@
 """The gateway in one process: an embedded registry, instances on loopback, real HTTP."""
 
 import asyncio
+import io
 import json
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from meshkit.errors import ConfigError
 from meshkit.gateway import (
+    AccessLog,
     AdminConfig,
     ApiKey,
     CorsConfig,
@@ -801,3 +803,19 @@ async def test_a_reload_keeps_each_key_s_bucket() -> None:
         assert [(await call("GET", "/api/orders")).status for _ in range(2)] == [200, 200]
         gateway.reload(gateway.config)
         assert (await call("GET", "/api/orders")).status == 429
+
+
+async def test_the_access_log_has_a_json_line_per_request() -> None:
+    """Each request, answered or refused, is one line naming its route, service and status."""
+    stream = io.BytesIO()
+    async with running_gateway(access_log=AccessLog(stream)) as (fleet, call, _):
+        await fleet.add("orders")
+        assert (await call("GET", "/api/orders/1")).status == 200
+        assert (await call("GET", "/api/orders/1", key=None)).status == 401
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["route"], line["service"], line["status"]) for line in lines] == [
+        ("/api/orders", "orders", 200),
+        ("/api/orders", "orders", 401),
+    ]
+    assert lines[0]["path"] == "/orders/1"
+    assert lines[0]["request_id"] != lines[1]["request_id"]

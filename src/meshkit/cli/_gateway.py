@@ -30,7 +30,7 @@ def _read_again(directory: Path) -> GatewayConfig:
 def _reload(gateway: Gateway, directory: Path) -> None:
     try:
         gateway.reload(_read_again(directory))
-    except ConfigError as error:
+    except MeshkitError as error:
         typer.echo(f"gateway: not reloaded, the running configuration stays: {error}", err=True)
     else:
         typer.echo(f"gateway: reloaded, {len(gateway.config.routes)} route(s)", err=True)

@@ -28,7 +28,8 @@ def _address(value: str) -> tuple[str, int]:
 
 
 async def _run(config: SidecarConfig, registry: Registry) -> None:
-    sidecar = Sidecar(config, registry, record_span=AccessLog())
+    spans = AccessLog()
+    sidecar = Sidecar(config, registry, record_span=spans)
     inbound, outbound = await sidecar.start()
     typer.echo(
         f"sidecar for {config.service}: inbound http://{config.host}:{inbound}"
@@ -39,6 +40,7 @@ async def _run(config: SidecarConfig, registry: Registry) -> None:
         await until_stopped()
     finally:
         await sidecar.aclose()
+        spans.flush()
         await registry.aclose()
 
 

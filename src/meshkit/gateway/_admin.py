@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from meshkit.errors import ConfigError
+from meshkit.errors import MeshkitError
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._metrics import CONTENT_TYPE
 from meshkit.http import HTTPServer, Request, Response, json_response
@@ -114,7 +114,7 @@ class AdminApi:
         try:
             config = self._reloader()
             self._gateway.reload(config)
-        except ConfigError as error:
+        except MeshkitError as error:  # a bad file, a secret or key file that cannot be used
             return _error(400, f"not reloaded: {error}")
         return json_response(200, {"reloaded": True, "routes": len(config.routes)})
 

@@ -49,13 +49,13 @@ import msgspec
 from meshkit.errors import ConfigError
 from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._jwt import JwtConfig
+from meshkit.http._grammar import TOKEN
 from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable, WeightedSplit
 
 __all__ = ["AdminConfig", "ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_WINDOW = 10 * 365 * 86_400.0  # seconds a global limit may take to refill
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # RFC 9110 token: a field name
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -243,7 +243,7 @@ def _check_split(where: str, route: RouteConfig) -> None:
             raise ConfigError(f"{where}.{error.key}", error.problem) from error
     if route.sticky is not None:
         kind, _, name = route.sticky.partition(":")
-        if kind not in ("header", "cookie") or not _TOKEN.fullmatch(name):
+        if kind not in ("header", "cookie") or not TOKEN.fullmatch(name):
             raise ConfigError(
                 f"{where}.sticky",
                 f'must be "header:NAME" or "cookie:NAME", got {route.sticky!r}',

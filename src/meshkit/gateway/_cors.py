@@ -20,12 +20,12 @@ import re
 import msgspec
 
 from meshkit.errors import ConfigError
+from meshkit.http._grammar import TOKEN
 from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 
 __all__ = ["Cors", "CorsConfig"]
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|\*")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")  # RFC 9110, 5.6.2
 _DEFAULT_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -57,7 +57,7 @@ class CorsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         }
         for key, names in lists.items():
             for index, name in enumerate(names):
-                if not _TOKEN.fullmatch(name):
+                if not TOKEN.fullmatch(name):
                     raise ConfigError(
                         f"gateway.cors.{key}[{index}]",
                         f"must be a method or header name (an RFC 9110 token), got {name!r}",

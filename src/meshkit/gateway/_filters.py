@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meshkit._clock import Clock
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
@@ -35,12 +35,29 @@ READY_PATH = "/.meshkit/gateway/ready"
 
 
 class Ready:
-    """``GET /.meshkit/gateway/ready`` answers 200: how ``meshkit up`` knows the gateway is up."""
+    """``path`` answers 200 while ``ready()`` says so, else 503 with ``why_not``.
+
+    What ``meshkit up`` waits on: by default ``/.meshkit/gateway/ready``,
+    ready as soon as the gateway listens; the sidecar's answers once its
+    app is registered.
+    """
+
+    def __init__(
+        self,
+        path: str = READY_PATH,
+        ready: Callable[[], bool] | None = None,
+        why_not: str = "not ready",
+    ) -> None:
+        self._path = path
+        self._ready = ready
+        self._why_not = why_not
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        if request.path == READY_PATH:
+        if request.path != self._path:
+            return None
+        if self._ready is None or self._ready():
             return ProxyResponse(200, [(b"content-type", b"text/plain")], b"ready\n")
-        return None
+        return error_response(503, self._why_not, request.request_id)
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass

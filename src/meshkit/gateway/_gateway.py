@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sys
 from collections.abc import Callable
@@ -30,14 +31,30 @@ __all__ = ["Gateway"]
 
 
 class AccessLog:
-    """One JSON line per record (a request, a span), to ``stream`` (default: standard output)."""
+    """One JSON line per record (a request, a span), to ``stream`` (default: standard output).
+
+    Lines are flushed at most ``FLUSH_EVERY`` seconds after they are written,
+    and by ``flush()``: a flush is a system call, and one per request would
+    cost the proxy more than writing the record does.
+    """
+
+    FLUSH_EVERY = 0.2
 
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._stream = stream or sys.stdout.buffer
         self._encoder = msgspec.json.Encoder()
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def __call__(self, record: msgspec.Struct) -> None:
         self._stream.write(self._encoder.encode(record) + b"\n")
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(self.FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         self._stream.flush()
 
 
@@ -82,6 +99,7 @@ class Gateway:
         self.server = ProxyServer(self._filters(config), forwarder, retrier=self.upstreams)
         self.metrics = GatewayMetrics(self.upstreams.breakers)
         self.server.on_exchange.append(self.metrics.observe)
+        self._access_log = access_log
         if access_log is not None:
             self.server.on_exchange.append(access_log)
         self.admin = None
@@ -144,6 +162,8 @@ class Gateway:
         if self.admin is not None:
             await self.admin.aclose()
         await self.server.aclose(grace=grace)
+        if self._access_log is not None:
+            self._access_log.flush()
         await self.directory.aclose()
         if self.limit_store is not None:
             await self.limit_store.aclose()

@@ -16,7 +16,6 @@ else raises, because the server may have acted on it.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable
 
 from meshkit.errors import (
@@ -27,6 +26,7 @@ from meshkit.errors import (
 )
 from meshkit.http._config import Limits, Timeouts
 from meshkit.http._connection import Connection
+from meshkit.http._grammar import TOKEN_BYTES
 from meshkit.http._pool import ConnectionPool
 from meshkit.http._response import Response
 
@@ -178,8 +178,6 @@ def _within(timeout: float, deadline: float | None) -> float:
     return timeout if timeout < left else left
 
 
-# RFC 9110, 5.6.2: a header name is a token.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Set here from the request itself; a caller's copy could contradict them.
 _RESERVED = frozenset({b"host", b"content-length", b"transfer-encoding"})
 
@@ -208,7 +206,7 @@ def encode_request(
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     parts = [f"{method} {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()]
     for name, value in headers:
-        if _TOKEN.fullmatch(name) is None:
+        if TOKEN_BYTES.fullmatch(name) is None:
             raise UsageError(f"not a header name: {name!r}")
         if name.lower() in _RESERVED:
             raise UsageError(f"the {name.decode()} header is set by the client, not by callers")

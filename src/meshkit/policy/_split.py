@@ -26,7 +26,7 @@ __all__ = ["WeightedSplit", "sticky_points"]
 class WeightedSplit:
     """``choose(point, second)``: a target, by weight."""
 
-    __slots__ = ("weights",)
+    __slots__ = ("_first", "_rest", "weights")
 
     def __init__(self, weights: Mapping[str, int]) -> None:
         if not weights:
@@ -39,6 +39,10 @@ class WeightedSplit:
         if not any(weights.values()):
             raise ConfigError("split", "the weights add up to 0: no target could be chosen")
         self.weights = dict(weights)
+        # The first target keeps its role at any weight, 0 included, so its
+        # weight alone decides how many keys it takes from the rest.
+        self._first, *rest = self.weights.items()
+        self._rest = [(target, weight) for target, weight in rest if weight]
 
     def choose(
         self, point: float, second: float, available: Container[str] | None = None
@@ -49,20 +53,17 @@ class WeightedSplit:
         give up their share to the others. ``None`` when no target with a
         weight is available.
         """
-
-        def usable(target: str) -> bool:
-            return available is None or target in available
-
-        # The first target keeps its role at any weight, 0 included, so its
-        # weight alone decides how many keys it takes from the rest.
-        first, first_weight = next(iter(self.weights.items()))
-        first_weight = first_weight if usable(first) else 0
-        rest = [(t, w) for t, w in list(self.weights.items())[1:] if w and usable(t)]
+        first, first_weight = self._first
+        rest = self._rest
+        if available is not None:
+            first_weight = first_weight if first in available else 0
+            rest = [(target, weight) for target, weight in rest if target in available]
         if not rest:
             return first if first_weight else None
-        if point * (first_weight + sum(w for _, w in rest)) < first_weight:
+        rest_weight = sum(weight for _, weight in rest)
+        if point * (first_weight + rest_weight) < first_weight:
             return first
-        mark = second * sum(weight for _, weight in rest)
+        mark = second * rest_weight
         for target, weight in rest:
             mark -= weight
             if mark < 0:

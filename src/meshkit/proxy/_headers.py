@@ -26,9 +26,8 @@ proxy's hot path). Values are bytes, as they arrived.
 
 from __future__ import annotations
 
-import re
-
 from meshkit.errors import ConfigError
+from meshkit.http._grammar import TOKEN
 
 __all__ = ["HOP_BY_HOP", "Forwarding", "request_headers", "response_headers"]
 
@@ -37,7 +36,6 @@ Headers = list[tuple[bytes, bytes]]
 HOP_BY_HOP = frozenset(
     {b"connection", b"proxy-connection", b"keep-alive", b"te", b"transfer-encoding", b"upgrade"}
 )
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 # Never dropped because Connection names them (see the module's docstring).
 _KEPT = frozenset({b"host", b"content-length"}) | _FORWARDED
@@ -49,7 +47,7 @@ class Forwarding:
     __slots__ = ("trust_forwarded", "via")
 
     def __init__(self, *, pseudonym: str, trust_forwarded: bool) -> None:
-        if not _TOKEN.fullmatch(pseudonym):
+        if not TOKEN.fullmatch(pseudonym):
             raise ConfigError("pseudonym", f"{pseudonym!r} is not an HTTP token")
         # Via: "1.1 <pseudonym>" (RFC 9110, 7.6.3): a pseudonym, not a host name.
         self.via = b"1.1 " + pseudonym.encode("ascii")

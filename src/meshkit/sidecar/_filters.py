@@ -9,34 +9,16 @@ import msgspec
 
 from meshkit._clock import Clock
 from meshkit.errors import ConfigError
+from meshkit.gateway._metrics import CONTENT_TYPE
 from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 from meshkit.registry import check_name
 
-__all__ = ["METRICS_PATH", "READY_PATH", "ByName", "Metrics", "Ready", "Span", "ToApp", "Tracing"]
+__all__ = ["METRICS_PATH", "READY_PATH", "ByName", "Metrics", "Span", "ToApp", "Tracing"]
 
 METRICS_PATH = "/.meshkit/metrics"  # on the outbound port: no service name starts with "."
-READY_PATH = "/.meshkit/sidecar/ready"  # on the inbound port
-
-
-class Ready:
-    """``GET /.meshkit/sidecar/ready`` on the inbound port: 200 once the app is registered.
-
-    What ``meshkit up`` waits on: the app answering is not enough, callers
-    find it only once it is in the registry.
-    """
-
-    def __init__(self, registered: Callable[[], bool]) -> None:
-        self._registered = registered
-
-    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        if request.path != READY_PATH:
-            return None
-        if self._registered():
-            return ProxyResponse(200, [(b"content-type", b"text/plain")], b"registered\n")
-        return error_response(503, "the app is not registered (yet)", request.request_id)
-
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
+# On the inbound port: 200 once the app is registered (the app answering is
+# not enough: callers find it only once it is in the registry).
+READY_PATH = "/.meshkit/sidecar/ready"
 
 
 class ToApp:
@@ -84,9 +66,7 @@ class Metrics:
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
         if request.path != METRICS_PATH:
             return None
-        body = self._exposition()
-        content_type = b"text/plain; version=0.0.4; charset=utf-8"
-        return ProxyResponse(200, [(b"content-type", content_type)], body)
+        return ProxyResponse(200, [(b"content-type", CONTENT_TYPE)], self._exposition())
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
@@ -113,13 +93,14 @@ class Tracing:
     one (or with a malformed one, which the spec says to ignore) a new
     trace starts. The header sent on names this span as the parent, so the
     app's own calls, made through the outbound port with the header
-    copied, join the same trace. ``tracestate`` passes unchanged.
+    copied, join the same trace. ``tracestate`` passes unchanged. Each
+    finished span goes to ``record``; without one, none is made.
     """
 
     def __init__(
         self,
         kind: str,
-        record: Callable[[Span], None],
+        record: Callable[[Span], None] | None,
         clock: Clock,
         rng: random.Random | None = None,
     ) -> None:
@@ -141,32 +122,34 @@ class Tracing:
         value = f"00-{trace_id}-{span_id}-{flags}".encode("ascii")
         request.headers = [(n, v) for n, v in request.headers if n not in dropped]
         request.headers.append((b"traceparent", value))
-        started = (self._clock.time(), self._clock.monotonic())
-        request.on_finish(lambda: self._finish(request, trace_id, span_id, parent_id, started))
+        record = self._record
+        if record is not None:
+            started = (self._clock.time(), self._clock.monotonic())
+            request.on_finish(
+                lambda: record(self._span(request, trace_id, span_id, parent_id, started))
+            )
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         request.attributes["status"] = response.status
 
-    def _finish(
+    def _span(
         self,
         request: ProxyRequest,
         trace_id: str,
         span_id: str,
         parent_id: str | None,
         started: tuple[float, float],
-    ) -> None:
-        self._record(
-            Span(
-                trace_id=trace_id,
-                span_id=span_id,
-                parent_id=parent_id,
-                kind=self._kind,
-                name=f"{request.method} {request.attributes.get('route', '')}",
-                start=started[0],
-                duration=self._clock.monotonic() - started[1],
-                status=request.attributes.get("status", 0),
-                request_id=request.request_id,
-            )
+    ) -> Span:
+        return Span(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=parent_id,
+            kind=self._kind,
+            name=f"{request.method} {request.attributes.get('route', '')}",
+            start=started[0],
+            duration=self._clock.monotonic() - started[1],
+            status=request.attributes.get("status", 0),
+            request_id=request.request_id,
         )
 
 

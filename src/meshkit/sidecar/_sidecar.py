@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.errors import ConfigError
+from meshkit.gateway._filters import Ready
 from meshkit.gateway._metrics import GatewayMetrics
 from meshkit.gateway._upstreams import Upstreams
 from meshkit.http import Timeouts
@@ -27,7 +28,7 @@ from meshkit.policy import BreakerConfig
 from meshkit.proxy import Forwarder, Forwarding, ProxyServer
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
 from meshkit.service._directory import Directory
-from meshkit.sidecar._filters import ByName, Metrics, Ready, Span, ToApp, Tracing
+from meshkit.sidecar._filters import READY_PATH, ByName, Metrics, Span, ToApp, Tracing
 from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
 
 __all__ = ["Sidecar", "SidecarConfig"]
@@ -102,7 +103,6 @@ class Sidecar:
         self.config = config
         self._clock = clock = clock or SystemClock()
         self._registry = registry
-        self.spans = record_span
         self.metrics_registry = CollectorRegistry(auto_describe=False)
         self.directory = Directory(registry, clock=clock, rng=rng)
         self.upstreams = Upstreams(self.directory, clock, rng=rng)
@@ -112,7 +112,11 @@ class Sidecar:
         timeouts = Timeouts(connect=config.connect_timeout, read=config.try_timeout)
         app = (config.app_host, config.app_port)
         self.inbound = ProxyServer(
-            [Ready(self.registered), Tracing("server", self._span, clock, rng), ToApp(app)],
+            [
+                Ready(READY_PATH, self.registered, "the app is not registered (yet)"),
+                Tracing("server", record_span, clock, rng),
+                ToApp(app),
+            ],
             Forwarder(
                 forwarding=Forwarding(
                     pseudonym="meshkit-sidecar", trust_forwarded=config.trust_forwarded
@@ -125,7 +129,7 @@ class Sidecar:
         self.outbound = ProxyServer(
             [
                 Metrics(self.exposition),
-                Tracing("client", self._span, clock, rng),
+                Tracing("client", record_span, clock, rng),
                 ByName(),
                 self.upstreams,
             ],
@@ -149,10 +153,6 @@ class Sidecar:
     def registered(self) -> bool:
         """Whether the app is in the registry now."""
         return self.registrar is not None and self.registrar.registration is not None
-
-    def _span(self, span: Span) -> None:
-        if self.spans is not None:
-            self.spans(span)
 
     def exposition(self) -> bytes:
         return generate_latest(self.metrics_registry)

@@ -16,10 +16,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn
+from typing import NoReturn, Self
 
 from meshkit._net import free_port
 
@@ -71,7 +71,58 @@ def backend_missing(name: str, how_to_install: str) -> NoReturn:
     pytest.skip(message)
 
 
-class EtcdServer:
+class _ServerProcess:
+    """A server process of a test's own: ``start()``, ``stop()``, or ``with``."""
+
+    def __init__(self, *, startup_timeout: float = 20.0) -> None:
+        self.startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Terminate the process (or kill it when it lingers)."""
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def _wait(self, answers: Callable[[], bool], name: str, log: Path | None = None) -> None:
+        """Until ``answers()``; stops the process and raises if it exits or takes too long."""
+        deadline = time.monotonic() + self.startup_timeout  # noqa: TID251 (real server, real time)
+        while not answers():
+            assert self._process is not None
+            exited = self._process.poll() is not None
+            if exited or time.monotonic() > deadline:  # noqa: TID251 (real server, real time)
+                output = f":\n{log.read_text()[-2000:]}" if log is not None and log.exists() else ""
+                self.stop()
+                what = (
+                    "exited at startup"
+                    if exited
+                    else f"did not answer within {self.startup_timeout}s"
+                )
+                raise RuntimeError(f"{name} {what}{output}")
+            time.sleep(0.02)  # noqa: TID251 (polling a real server, within a deadline)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EtcdServer(_ServerProcess):
     """A single-member etcd on free loopback ports, in a temporary data directory.
 
     ``with EtcdServer() as etcd: ... etcd.url ...``. Calls ``backend_missing``
@@ -79,16 +130,15 @@ class EtcdServer:
     """
 
     def __init__(self, *, startup_timeout: float = 20.0) -> None:
-        self.startup_timeout = startup_timeout
+        super().__init__(startup_timeout=startup_timeout)
         self.client_port = 0
-        self._process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def url(self) -> str:
         return f"etcd://127.0.0.1:{self.client_port}"
 
-    def __enter__(self) -> EtcdServer:
+    def start(self) -> None:
         binary = shutil.which("etcd")
         if binary is None:
             backend_missing("etcd", "install it with: apt-get install etcd-server")
@@ -114,47 +164,27 @@ class EtcdServer:
                 stderr=subprocess.STDOUT,
             )
         try:
-            self._wait_healthy(client, log)
+            self._wait(lambda: _healthy(client), "etcd", log)
         except BaseException:
-            self.__exit__(None, None, None)
+            self.stop()
             raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
+    def stop(self) -> None:
+        super().stop()
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
 
-    def _wait_healthy(self, client: str, log: Path) -> None:
-        deadline = time.monotonic() + self.startup_timeout  # noqa: TID251 (real server, real time)
-        while time.monotonic() < deadline:  # noqa: TID251 (real server, real time)
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"etcd exited at startup:\n{log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{client}/health", timeout=1) as answer:  # noqa: S310
-                    if b'"true"' in answer.read():
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)  # noqa: TID251 (polling a real server's health, within a deadline)
-        raise RuntimeError(f"etcd was not healthy within {self.startup_timeout}s")
+
+def _healthy(etcd: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{etcd}/health", timeout=1) as answer:  # noqa: S310
+            return b'"true"' in answer.read()
+    except OSError:
+        return False
 
 
-class RedisServer:
+class RedisServer(_ServerProcess):
     """A Redis of the test's own on a free loopback port, keeping nothing on disk.
 
     Unlike the machine's shared Redis, a test may ``stop()`` this one to see
@@ -163,9 +193,8 @@ class RedisServer:
     """
 
     def __init__(self, *, startup_timeout: float = 20.0) -> None:
-        self.startup_timeout = startup_timeout
+        super().__init__(startup_timeout=startup_timeout)
         self.port = free_port()
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -177,34 +206,19 @@ class RedisServer:
             backend_missing("redis-server", "install it with: apt-get install redis-server")
         self._process = subprocess.Popen(  # noqa: S603 (redis-server from PATH, fixed arguments)
             [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--loglevel",
-                "warning",
+                *(binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""),
+                *("--appendonly", "no", "--loglevel", "warning"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + self.startup_timeout  # noqa: TID251 (real server, real time)
-        while not self._answers():
-            if self._process.poll() is not None or time.monotonic() > deadline:  # noqa: TID251
-                self.stop()
-                raise RuntimeError(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.02)  # noqa: TID251 (polling a real server, within a deadline)
+        self._wait(self._answers, "redis-server")
 
     def stop(self) -> None:
         """Kill it at once (SIGKILL): an outage, not a shutdown."""
         if self._process is not None:
             self._process.kill()
-            self._process.wait()
-            self._process = None
+        super().stop()
 
     def _answers(self) -> bool:
         try:
@@ -213,15 +227,3 @@ class RedisServer:
                 return connection.recv(16).startswith(b"+PONG")
         except OSError:
             return False
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
