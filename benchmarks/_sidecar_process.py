@@ -5,11 +5,12 @@
 
 The pair is what a call between two services crosses: the caller's
 sidecar (outbound: ``/backend/`` found by name, balanced, with retries and
-a breaker) and the callee's (inbound: to its app, with a span). Each is a
+a breaker) and the callee's (inbound: to its app, trace context carried on). Each is a
 process of its own, on uvloop. The registry is an embedded one in each
 process: the outbound side's lists the inbound side's port as the only
 instance of ``backend``; the inbound side registers its app in its own.
-Spans are made and dropped, not written (the load would be a disk benchmark).
+No span recorder is given (writing spans would make it a disk benchmark), so
+only trace context is propagated.
 """
 
 from __future__ import annotations
