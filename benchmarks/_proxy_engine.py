@@ -2,9 +2,8 @@
 
     python -m benchmarks._proxy_engine PORT UPSTREAM_PORT
 
-One process, uvloop, one filter that routes every request to the upstream.
-Until the gateway's filters exist this is what the benchmark measures;
-then it measures ``meshkit gateway`` with them on.
+One process, uvloop, one filter that routes every request to the upstream:
+the engine's own cost, which the gateway's filters add to.
 """
 
 from __future__ import annotations

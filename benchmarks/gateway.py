@@ -14,12 +14,12 @@ proxy share core 1, so every proxy is measured with the same backend beside
 it. Three rounds take each target in turn; the median round of each is
 reported, with the CPU time each proxy process used per request (steadier
 than requests/s on a shared machine). Then a paced client sends 1,000
-requests a second, directly and through (d) and (e), and the added latency
-is the difference (they take turns within one run, so the machine's own
-stalls land on all alike); a sidecar pair (the caller's outbound sidecar,
-then the callee's inbound one, each a process of its own on core 1) takes
-its turn too, its added latency being what a call between two services
-pays for the mesh.
+requests a second, directly and through (b), (d) and (e), and the added
+latency is the difference, nginx's being the reference (they take turns
+within one run, so the machine's own stalls land on all alike); a sidecar
+pair (the caller's outbound sidecar, then the callee's inbound one, each a
+process of its own on core 1) takes its turn too, its added latency being
+what a call between two services pays for the mesh.
 Last, the peak resident memory of (d), (e) and the larger sidecar.
 
 Needs wrk, nginx and haproxy (Debian: apt-get install wrk nginx haproxy).
@@ -222,6 +222,7 @@ def main() -> None:
                     runs[name].append(run)
             results = {name: median_run(found) for name, found in runs.items()}
             paced_targets = {
+                "nginx": (targets["nginx"], "/"),
                 **{name: (targets[name], "/") for name in MESHKIT},
                 "sidecar pair": (outbound, "/backend/"),
                 "direct": (backend, "/"),
@@ -240,9 +241,12 @@ def main() -> None:
             rss = {name: peak_rss_mb(process.pid) for name, process in processes.items()}
             rss["sidecar pair"] = max(peak_rss_mb(process.pid) for process in pair)
     rows = [Row("direct to the backend: requests/s", results["direct"]["rps"], "req/s")]
-    peers = (("nginx", "nginx (1 worker)"), ("haproxy", "HAProxy (1 thread)"))
-    for peer, label in peers:
+    peer_labels = (("nginx", "nginx (1 worker)"), ("haproxy", "HAProxy (1 thread)"))
+    for peer, label in peer_labels:
         rows.append(Row(f"{label}: requests/s", results[peer]["rps"], "req/s"))
+    for metric in ("p50", "p99"):
+        added = results["nginx paced"][metric] - results["direct paced"][metric]
+        rows.append(Row(f"nginx (1 worker) at 1,000 req/s, {metric} added", added, "ms"))
     for name, (label, _) in MESHKIT.items():
         metrics = (
             ("rps", "req/s", "requests/s"),
@@ -250,7 +254,7 @@ def main() -> None:
             ("cpu", "us", "CPU per request"),
         )
         for metric, unit, what in metrics:
-            for peer, peer_label in peers:
+            for peer, peer_label in peer_labels:
                 rows.append(
                     Row(
                         f"{label} {what} vs {peer_label.split(' ')[0]}",
@@ -271,14 +275,23 @@ def main() -> None:
                     "direct",
                 )
             )
-            rows.append(Row(f"{label} at 1,000 req/s, {metric} added", added, "ms"))
+            nginx_added = results["nginx paced"][metric] - results["direct paced"][metric]
+            rows.append(
+                Row(
+                    f"{label} at 1,000 req/s, {metric} added",
+                    added,
+                    "ms",
+                    nginx_added,
+                    "nginx (1 worker), added",
+                )
+            )
         rows.append(Row(f"{label} peak RSS under load", rss[name], "MB"))
-    pair = "meshkit sidecar pair (outbound, then inbound)"
+    pair_label = "meshkit sidecar pair (outbound, then inbound)"
     for metric in ("p50", "p99"):
         paced_pair, paced_direct = results["sidecar pair paced"], results["direct paced"]
         rows.append(
             Row(
-                f"{pair} at 1,000 req/s, {metric} vs direct",
+                f"{pair_label} at 1,000 req/s, {metric} vs direct",
                 paced_pair[metric],
                 "ms",
                 paced_direct[metric],
@@ -287,12 +300,12 @@ def main() -> None:
         )
         rows.append(
             Row(
-                f"{pair} at 1,000 req/s, {metric} added",
+                f"{pair_label} at 1,000 req/s, {metric} added",
                 paced_pair[metric] - paced_direct[metric],
                 "ms",
             )
         )
-    rows.append(Row(f"{pair}: peak RSS of the larger", rss["sidecar pair"], "MB"))
+    rows.append(Row(f"{pair_label}: peak RSS of the larger", rss["sidecar pair"], "MB"))
     report("Reverse proxies in front of one nginx backend", rows, args.json)
 
 

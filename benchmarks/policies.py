@@ -163,7 +163,7 @@ def retry_cases() -> list[tuple[str, Callable[[], object], Callable[[], object] 
         stop=tenacity.stop_after_attempt(3),
         wait=tenacity.wait_random_exponential(multiplier=0.025, max=0.25),
         retry=tenacity.retry_if_exception_type(ConnectionError),
-        sleep=noop,
+        sleep=lambda _seconds: None,  # decisions only: no wait
     )
     failure = ConnectionError("refused")
 
