@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from meshkit.errors import RequestRefusedError
+from meshkit.http._cork import cork_for
 from meshkit.http._timer import LazyDeadline
 from meshkit.proxy._message import ProxyRequest, error_response, reason
 from meshkit.proxy._stream import Stream
@@ -68,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self._server = server
         self._limits = server.limits
         self.loop = asyncio.get_running_loop()
+        self._cork = cork_for(self.loop)
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._client = "?"
@@ -274,7 +276,7 @@ class ClientConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self.closing:
-            self._transport.write(data)
+            self._cork.write(self._transport, data)
 
     def _write_refusal(self, refusal: _Refusal) -> None:
         request_id = self._server.request_ids.next()
@@ -309,12 +311,14 @@ class ClientConnection(asyncio.Protocol):
     def close(self) -> None:
         self.closing = self.stopped = True
         if self._transport is not None:
+            self._cork.flush(self._transport)
             self._transport.close()
 
     def abort(self) -> None:
         """Drop the connection at once: an answer already begun cannot be finished."""
         self.closing = self.stopped = True
         if self._transport is not None:
+            self._cork.discard(self._transport)
             self._transport.abort()
 
     def close_if_idle(self) -> None:

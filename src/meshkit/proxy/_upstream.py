@@ -38,6 +38,7 @@ from meshkit.errors import (
     ResponseTooLargeError,
 )
 from meshkit.http._config import Limits
+from meshkit.http._cork import cork_for
 from meshkit.http._timer import LazyDeadline
 
 __all__ = ["Sink", "UpstreamConnection"]
@@ -68,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_completed",
+        "_cork",
         "_deadline",
         "_framed",
         "_head_request",
@@ -95,6 +97,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.origin = origin
         self._limits = limits
         self.loop = asyncio.get_running_loop()
+        self._cork = cork_for(self.loop)
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._sink: Sink | None = None
@@ -133,12 +136,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             self._fail(PeerClosedError(f"{self._where} closed the connection"))
             return
-        self._transport.write(data)
+        self._cork.write(self._transport, data)
 
     def send(self, data: bytes) -> None:
         """Write more of the request body (already framed)."""
         if self._transport is not None and not self.closed:
-            self._transport.write(data)
+            self._cork.write(self._transport, data)
 
     def request_sent(self) -> None:
         """The request is written whole: the wait for the answer is timed from now."""
@@ -170,6 +173,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             self._deadline.cancel()
             if self._transport is not None:
+                self._cork.flush(self._transport)
                 self._transport.close()
 
     # -- asyncio protocol -------------------------------------------------------
