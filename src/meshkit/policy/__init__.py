@@ -1,4 +1,4 @@
-"""Pure decisions: rate limits, breakers, retries, balancing, leases, deadlines, routes.
+"""Pure decisions: rate limits, breakers, retries, redelivery, balancing, leases, deadlines, routes.
 
 Everything here is a small state machine fed facts and ``now`` (seconds on a
 monotonic clock) that returns a decision. Nothing here awaits, sleeps, reads a
@@ -31,6 +31,7 @@ from meshkit.policy._events import (
 )
 from meshkit.policy._lease import Lease, LeaseTable
 from meshkit.policy._ratelimit import GCRA, RateDecision, RateLimit, TokenBucket
+from meshkit.policy._redelivery import Redelivery
 from meshkit.policy._retry import (
     Backoff,
     RetryBudget,
@@ -65,6 +66,7 @@ __all__ = [
     "RateDecision",
     "RateLimit",
     "RateLimitStateChanged",
+    "Redelivery",
     "RetryBudget",
     "RetryBudgetStateChanged",
     "RetryBudgetStatistics",

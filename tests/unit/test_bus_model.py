@@ -1,0 +1,83 @@
+"""Bus names, headers and payloads: what every backend accepts, and clear refusals for the rest."""
+
+import pytest
+
+from meshkit.bus import (
+    MAX_PAYLOAD,
+    Message,
+    check_group,
+    check_headers,
+    check_message_id,
+    check_topic,
+    encode_payload,
+)
+from meshkit.errors import ConfigError
+
+
+@pytest.mark.parametrize("topic", ["order.created", "orders", "a-b_c.d1.e2", "x" * 200])
+def test_topics_that_every_backend_can_hold(topic: str) -> None:
+    assert check_topic(topic) == topic
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "",
+        "Order.created",
+        "order..created",
+        ".order",
+        "order.",
+        "order.*",
+        "order.>",
+        "a b",
+        "x" * 201,
+        42,
+    ],
+)
+def test_other_topics_are_refused_naming_the_topic(topic: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_topic(topic)
+    assert caught.value.key == "topic"
+    assert repr(topic)[:20] in str(caught.value)
+
+
+@pytest.mark.parametrize("group", ["", "inventory.v2", "Inventory", "a*", "x" * 65, None])
+def test_groups_cannot_hold_dots_wildcards_or_capitals(group: object) -> None:
+    with pytest.raises(ConfigError, match="group"):
+        check_group(group)
+
+
+def test_message_ids_are_visible_ascii() -> None:
+    assert check_message_id("order-17/created") == "order-17/created"
+    for bad in ("", "with space", "é", "x" * 129):
+        with pytest.raises(ConfigError, match="message_id"):
+            check_message_id(bad)
+
+
+def test_headers_are_checked_and_copied() -> None:
+    given = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
+    assert check_headers(given) == given
+    for bad in ({"bad name": "x"}, {"x": "line\nbreak"}, {"x": 1}, ["x"], {"x": "y" * 70_000}):
+        with pytest.raises(ConfigError, match="headers"):
+            check_headers(bad)
+
+
+def test_payloads_are_json_encoded_or_checked_to_be_json() -> None:
+    assert encode_payload({"order": 1}) == b'{"order":1}'
+    assert encode_payload(b'{"order": 1}') == b'{"order": 1}'
+    assert Message(id="m", topic="t", payload=b'{"a":[1]}').json() == {"a": [1]}
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (object(), "cannot be encoded as JSON"),
+        (b'"' + b"x" * MAX_PAYLOAD + b'"', "more than"),
+    ],
+)
+def test_bad_payloads_are_refused_with_the_reason(data: object, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as caught:
+        encode_payload(data)
+    assert caught.value.key == "payload"
