@@ -2,6 +2,7 @@
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,11 +44,21 @@ async def test_the_log_is_written_with_an_fsync_per_commit_and_no_checkpoint_ins
     assert log._writer.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
 
 
-async def test_concurrent_writes_share_commits(log: BusLog) -> None:
+async def test_writes_waiting_while_a_commit_runs_share_the_next_one(log: BusLog) -> None:
+    writing = threading.Event()
+    release = threading.Event()
+
+    def slow(_db: sqlite3.Connection) -> None:
+        writing.set()
+        release.wait(10)
+
+    first = log.write(slow)
+    await asyncio.get_running_loop().run_in_executor(None, writing.wait, 10)
     appends = [log.append([entry(message_id=str(i))], now=1.0, window=1) for i in range(200)]
-    await asyncio.gather(*appends)
-    assert log.statistics.writes == 200
-    assert log.statistics.commits < 200
+    release.set()
+    await asyncio.gather(first, *appends)
+    assert log.statistics.writes == 201
+    assert log.statistics.commits == 2
     assert log.read("SELECT count(*) FROM messages") == [(200,)]
 
 
@@ -86,8 +97,8 @@ async def test_an_op_that_raises_is_undone_alone(log: BusLog) -> None:
         db.execute("INSERT INTO messages VALUES (NULL, 't', 'half', NULL, x'', x'', 0)")
         raise UsageError("refused")
 
-    failing = asyncio.ensure_future(log.write(half_then_fail))
-    fine = asyncio.ensure_future(log.append([entry(message_id="kept")], now=1.0, window=1))
+    failing = log.write(half_then_fail)
+    fine = log.append([entry(message_id="kept")], now=1.0, window=1)
     with pytest.raises(UsageError, match="refused"):
         await failing
     await fine
@@ -132,13 +143,11 @@ async def test_a_log_that_cannot_be_opened_says_where(tmp_path: Path) -> None:
         BusLog.open(tmp_path / "file" / "bus.db")
 
 
-def test_checkpoint_copies_the_wal_without_the_writer(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        log = BusLog.open(tmp_path / "bus.db")
-        await log.append([entry(message_id=str(i)) for i in range(50)], now=1.0, window=1)
-        log.checkpoint()
-        await log.aclose()
-
-    asyncio.run(scenario())
-    plain = sqlite3.connect(tmp_path / "bus.db")
-    assert plain.execute("SELECT count(*) FROM messages").fetchone() == (50,)
+async def test_only_checkpoint_copies_the_wal_into_the_database_file(
+    tmp_path: Path, log: BusLog
+) -> None:
+    database = tmp_path / "bus.db"
+    await log.append([entry(message_id=str(i)) for i in range(500)], now=1.0, window=1)
+    before = database.stat().st_size  # automatic checkpoints are off: still in the WAL
+    log.checkpoint()
+    assert database.stat().st_size > before

@@ -20,9 +20,7 @@ PUBLIC = {
     "meshkit.bus": [
         "MAX_HEADERS",
         "MAX_PAYLOAD",
-        "DeadLetter",
         "Message",
-        "PublishAck",
         "check_group",
         "check_headers",
         "check_message_id",

@@ -8,9 +8,7 @@ follow.
 from meshkit.bus._model import (
     MAX_HEADERS,
     MAX_PAYLOAD,
-    DeadLetter,
     Message,
-    PublishAck,
     check_group,
     check_headers,
     check_message_id,
@@ -21,9 +19,7 @@ from meshkit.bus._model import (
 __all__ = [
     "MAX_HEADERS",
     "MAX_PAYLOAD",
-    "DeadLetter",
     "Message",
-    "PublishAck",
     "check_group",
     "check_headers",
     "check_message_id",

@@ -118,10 +118,6 @@ class LogStatistics:
 class _Write:
     op: Op
     future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-
-
-_STOP = object()
 
 
 class BusLog:
@@ -135,7 +131,7 @@ class BusLog:
         self.path = path
         self.statistics = LogStatistics()
         self._schema = _SCHEMA + schema
-        self._queue: queue.SimpleQueue[_Write | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()  # None: stop
         self._thread: threading.Thread | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
@@ -171,8 +167,10 @@ class BusLog:
 
     # -- writing ----------------------------------------------------------------
 
-    async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` in the writer's next transaction; return its result once committed.
+    def write(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``op`` for the writer's next transaction; the future has its result once committed.
+
+        Queued at the call, not when awaited, so writes commit in call order.
 
         An ``op`` that raises is undone alone (it runs in a savepoint) and its
         exception is raised here; the others in the batch commit. A failed
@@ -180,33 +178,24 @@ class BusLog:
         """
         if self._thread is None:
             raise UsageError("the bus log is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Write(op, future, loop))
-        return await future
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put(_Write(op, future))
+        return future
 
     def _run(self) -> None:
         db = self._writer
         assert db is not None
-        while True:
-            first = self._queue.get()
-            batch: list[_Write] = []
-            stop = first is _STOP
-            if not stop:
-                batch.append(first)  # type: ignore[arg-type]
-            while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop = True
-                else:
-                    batch.append(more)  # type: ignore[arg-type]
+        stop = False
+        while not stop:
+            # Everything waiting goes into one transaction: one fsync for all.
+            waiting = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    waiting.append(self._queue.get_nowait())
+            stop = None in waiting
+            batch = [write for write in waiting if write is not None]
             if batch:
                 self._commit(db, batch)
-            if stop:
-                return
 
     def _commit(self, db: sqlite3.Connection, batch: list[_Write]) -> None:
         outcomes: list[tuple[bool, Any]] = []
@@ -227,7 +216,7 @@ class BusLog:
             self.statistics.writes += len(batch)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Write, bool, Any]]] = {}
         for write, (ok, value) in zip(batch, outcomes, strict=True):
-            by_loop.setdefault(write.loop, []).append((write, ok, value))
+            by_loop.setdefault(write.future.get_loop(), []).append((write, ok, value))
         for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # that loop closed: nobody waits any more
                 loop.call_soon_threadsafe(_settle, settled)
@@ -246,20 +235,20 @@ class BusLog:
         db.execute("RELEASE op")
         return True, value
 
-    async def append(
+    def append(
         self, entries: list[Entry], *, now: float, window: float
-    ) -> list[tuple[int, bool]]:
+    ) -> asyncio.Future[list[tuple[int, bool]]]:
         """Append ``entries`` in one op: each one's ``(sequence, duplicate)``, once on disk.
 
         An entry whose given id was appended to its topic less than ``window``
         seconds before ``now`` is not appended again: it gets the first one's
         sequence and ``duplicate=True``.
         """
-        return await self.write(_append(entries, now, window))
+        return self.write(_append(entries, now, window))
 
-    async def forget_ids(self, *, before: float) -> int:
+    def forget_ids(self, *, before: float) -> asyncio.Future[int]:
         """Drop the ids recorded before ``before`` (out of every window): how many."""
-        return await self.write(
+        return self.write(
             lambda db: db.execute("DELETE FROM ids WHERE published < ?", (before,)).rowcount
         )
 
@@ -290,7 +279,7 @@ class BusLog:
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        self._queue.put(_STOP)
+        self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
         for db in (self._writer, self._reader, self._checkpointer):
             if db is not None:

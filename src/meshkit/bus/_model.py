@@ -1,4 +1,4 @@
-"""What travels on the bus: messages, deliveries and dead letters, and the names they carry.
+"""What travels on the bus: messages, and the names and payloads they carry.
 
 Names are checked the same way for every backend, to the strictest of them:
 a topic becomes a NATS subject (dot-separated tokens, no wildcards) and a
@@ -19,9 +19,7 @@ from meshkit.errors import ConfigError
 __all__ = [
     "MAX_HEADERS",
     "MAX_PAYLOAD",
-    "DeadLetter",
     "Message",
-    "PublishAck",
     "check_group",
     "check_headers",
     "check_message_id",
@@ -104,15 +102,6 @@ def encode_payload(data: object) -> bytes:
     return payload
 
 
-class PublishAck(msgspec.Struct, frozen=True, kw_only=True):
-    """A publish the backend has made durable. ``duplicate``: the id was seen within the window."""
-
-    topic: str
-    message_id: str
-    sequence: int
-    duplicate: bool = False
-
-
 class Message(msgspec.Struct, frozen=True, kw_only=True):
     """One message as a handler receives it.
 
@@ -131,14 +120,3 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
 
     def json(self) -> object:
         return msgspec.json.decode(self.payload)
-
-
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """A message a group gave up on, with the last error its handler raised."""
-
-    id: str  # the dead letter's own id, for show, replay and purge
-    group: str
-    message: Message
-    deliveries: int
-    error: str
-    died: float  # Unix time
