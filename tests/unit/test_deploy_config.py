@@ -186,6 +186,22 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
             "also gateway.port",
             3,
         ),
+        (
+            '[services.a]\napp = "a:app"\n[gateway]\nport = 8000\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "a"\n'
+            '[[gateway.routes]]\npath = "/b"\nservice = "a"\nauth = "nope"\n',
+            "gateway.routes[1].auth",
+            "invalid enum value 'nope'",
+            11,
+        ),
+        (
+            '[services.a]\napp = "a:app"\n[gateway]\nport = 8000\n'
+            '[[gateway.routes]]\npath = "/a"\nservice = "a"\n'
+            '[gateway.cors]\nallow_origins = ["https://a.example/path"]\n',
+            "gateway.cors.allow_origins[0]",
+            "got 'https://a.example/path' (",  # msgspec's ' - at $.cors' cut
+            9,
+        ),
     ],
 )
 def test_each_problem_names_key_line_and_file(

@@ -281,6 +281,20 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
             {"redis": RedisConfig(url="redis://x", on_unreachable="open", timeout=0)},
             "gateway.redis.timeout",
         ),
+        ({"host": "not a host"}, "gateway.host"),
+        ({"admin": AdminConfig(port=9001, host="a host")}, "gateway.admin.host"),
+        (
+            {"routes": [RouteConfig(path="/a", service="a", methods=[])]},
+            "gateway.routes[0].methods",
+        ),
+        ({"api_keys": [ApiKey(name="jwt:bob", key=KEY)]}, "gateway.api_keys[0].name"),
+        ({"api_keys": [ApiKey(name="", key=KEY)]}, "gateway.api_keys[0].name"),
+        (
+            {"api_keys": [ApiKey(name="a", key=KEY), ApiKey(name="b", key=KEY)]},
+            "gateway.api_keys[1].key",
+        ),
+        ({"jwt": JwtConfig(secret_env="S", rate=0)}, "gateway.jwt.rate"),
+        ({"jwt": JwtConfig(secret_env="S", burst=0)}, "gateway.jwt.burst"),
     ],
 )
 def test_a_bad_gateway_configuration_names_its_key(changes: dict[str, object], key: str) -> None:
@@ -464,6 +478,12 @@ async def test_each_jwt_subject_has_its_own_bucket(monkeypatch: pytest.MonkeyPat
         ]
         assert statuses == [200, 200, 429]
         assert (await call("GET", "/api/orders", key=None, headers=bob)).status == 200
+
+
+def test_a_negative_jwt_leeway_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        JwtConfig(secret_env="S", leeway=-100)
+    assert caught.value.key == "gateway.jwt.leeway"
 
 
 def test_a_jwt_route_needs_a_jwt_section() -> None:

@@ -171,7 +171,7 @@ def _gateway(
     except msgspec.ValidationError as error:
         message = str(error)
         if message.startswith("gateway."):  # the gateway's own check, naming its key
-            key, _, problem = message.partition(": ")
+            key, _, problem = message.split(" - at `$", 1)[0].partition(": ")
             raise _problem(path, text, key, problem) from error
         raise _problem(path, text, f"gateway.{_key_of(error)}", _reason(error)) from error
     listed = [
@@ -306,15 +306,15 @@ def _check_ports(project: Project, text: str, *, probe: bool) -> None:
         check_host("control_plane.host", cp.host)
     except ConfigError as error:
         raise _problem(project.path, text, "control_plane.host", error.problem) from None
-    wanted: dict[int, str] = {cp.port: "control_plane.port"}
+    wanted: dict[int, tuple[str, str]] = {cp.port: ("control_plane.port", cp.host)}  # owner, host
     gateway = project.gateway
-    gateway_ports = [] if gateway is None else [("gateway.port", gateway.port)]
+    gateway_ports = [] if gateway is None else [("gateway.port", gateway.port, gateway.host)]
     if gateway is not None and gateway.admin is not None:
-        gateway_ports.append(("gateway.admin.port", gateway.admin.port))
-    for owner, taken in gateway_ports:
+        gateway_ports.append(("gateway.admin.port", gateway.admin.port, gateway.admin.host))
+    for owner, taken, host in gateway_ports:
         if taken in wanted:
-            raise _problem(project.path, text, owner, f"port {taken} is also {wanted[taken]}")
-        wanted[taken] = owner
+            raise _problem(project.path, text, owner, f"port {taken} is also {wanted[taken][0]}")
+        wanted[taken] = (owner, host)
     for name in project.services:
         for replica, port in enumerate(project.fixed_ports(name), start=1):
             if port is None:
@@ -323,16 +323,11 @@ def _check_ports(project: Project, text: str, *, probe: bool) -> None:
             if not 1 <= port <= 65535:
                 raise _problem(project.path, text, key, f"{port} is not a TCP port")
             if port in wanted:
-                raise _problem(project.path, text, key, f"port {port} is also {wanted[port]}")
-            wanted[port] = f"{name} replica {replica}"
+                raise _problem(project.path, text, key, f"port {port} is also {wanted[port][0]}")
+            wanted[port] = (f"{name} replica {replica}", "127.0.0.1")
     if not probe:
         return
-    for port, owner in wanted.items():
-        host = project.control_plane.host if owner == "control_plane.port" else "127.0.0.1"
-        if owner == "gateway.port" and gateway is not None:
-            host = gateway.host
-        if owner == "gateway.admin.port" and gateway is not None and gateway.admin is not None:
-            host = gateway.admin.host
+    for port, (owner, host) in wanted.items():
         if not _port_free(host, port):
             key = owner if owner.endswith(".port") else f"services.{owner.split()[0]}"
             raise _problem(project.path, text, key, f"port {port} is already in use")
@@ -362,8 +357,11 @@ def _line_of(text: str, key: str) -> int | None:
     lines = text.splitlines()
     indexed = re.fullmatch(r"([\w.]+)\[(\d+)\](?:\.(\w+))?", key)
     if indexed is not None:  # gateway.routes[2].path: the third [[gateway.routes]]
-        return _line_in_array(lines, indexed.group(1), int(indexed.group(2)), indexed.group(3))
-    parts = key.split(".")
+        found = _line_in_array(lines, indexed.group(1), int(indexed.group(2)), indexed.group(3))
+        if found is not None:
+            return found
+    # Not an array of tables (services.a.ports[1]): the line that sets the array.
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
     for depth in range(len(parts), 0, -1):
         table, leaf = ".".join(parts[: depth - 1]), parts[depth - 1]
         in_table = table == ""
@@ -403,7 +401,7 @@ def _key_of(error: msgspec.ValidationError) -> str:
     """``services.orders.ttl`` from msgspec's ``... - at `$.services.orders.ttl```."""
     message = str(error)
     path = message.rsplit("at `$", 1)[1].rstrip("`") if "at `$" in message else ""
-    path = re.sub(r"\[(\d+)\]", r".\1", path).replace("['", ".").replace("']", "")
+    path = path.replace("['", ".").replace("']", "")
     field = None
     for marker in ("unknown field `", "missing required field `"):
         if marker in message:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import re
 from typing import Literal
-from urllib.parse import urlsplit
 
 import msgspec
 
@@ -51,6 +50,8 @@ from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._jwt import JwtConfig
 from meshkit.http._grammar import TOKEN
 from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable, WeightedSplit
+from meshkit.ratelimit.redis import check_url
+from meshkit.registry._model import check_host
 
 __all__ = ["AdminConfig", "ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
 
@@ -132,23 +133,21 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     attempts: int = 3  # the first try included
 
     def __post_init__(self) -> None:
+        check_host("gateway.host", self.host)
         if not 0 < self.port < 65536:
             raise ConfigError("gateway.port", f"must be between 1 and 65535, got {self.port}")
         if self.admin is not None:
+            check_host("gateway.admin.host", self.admin.host)
             if not 0 < self.admin.port < 65536:
                 raise ConfigError(
                     "gateway.admin.port", f"must be between 1 and 65535, got {self.admin.port}"
                 )
             if self.admin.port == self.port:
                 raise ConfigError("gateway.admin.port", "is also gateway.port")
-        names = [key.name for key in self.api_keys]
-        for index, key in enumerate(self.api_keys):
-            if len(key.key) < 8:
-                raise ConfigError(f"gateway.api_keys[{index}].key", "must be 8 characters or more")
-            if key.name in names[:index]:
-                raise ConfigError(f"gateway.api_keys[{index}].name", f"{key.name!r} is used twice")
-            _limit(f"gateway.api_keys[{index}]", key.rate, key.burst)
+        self._check_api_keys()
         _limit("gateway.anonymous", self.anonymous_rate, self.anonymous_burst)
+        if self.jwt is not None:
+            _limit("gateway.jwt", self.jwt.rate, self.jwt.burst)
         self._check_global_limits()
         timeouts = {
             "connect_timeout": self.connect_timeout,
@@ -172,14 +171,28 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             _check_split(f"gateway.routes[{index}]", route)
         self.table()  # every route checked now, with its index in the message
 
+    def _check_api_keys(self) -> None:
+        names = [key.name for key in self.api_keys]
+        keys = [key.key for key in self.api_keys]
+        for index, key in enumerate(self.api_keys):
+            where = f"gateway.api_keys[{index}]"
+            # Names are the keys' buckets, and no name can look like a JWT
+            # subject's bucket ("jwt:SUB"): ':' is not allowed.
+            _check_name(f"{where}.name", key.name)
+            if key.name in names[:index]:
+                raise ConfigError(f"{where}.name", f"{key.name!r} is used twice")
+            if len(key.key) < 8:
+                raise ConfigError(f"{where}.key", "must be 8 characters or more")
+            if key.key in keys[:index]:
+                # The second would silently replace the first, and its services with it.
+                raise ConfigError(f"{where}.key", f"is also api_keys[{keys.index(key.key)}]'s key")
+            _limit(where, key.rate, key.burst)
+
     def _check_global_limits(self) -> None:
         names = [limit.name for limit in self.global_limits]
         for index, limit in enumerate(self.global_limits):
             where = f"gateway.global_limits[{index}]"
-            if not _NAME.fullmatch(limit.name):
-                raise ConfigError(
-                    f"{where}.name", f"must be letters, digits, '.', '_' or '-', got {limit.name!r}"
-                )
+            _check_name(f"{where}.name", limit.name)
             if limit.name in names[:index]:
                 raise ConfigError(f"{where}.name", f"{limit.name!r} is used twice")
             _limit(where, limit.rate, limit.burst)
@@ -192,11 +205,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                     f" {_MAX_WINDOW:.3g}s (ten years) is supported",
                 )
         if self.redis is not None:
-            if not _redis_url(self.redis.url):
-                raise ConfigError(
-                    "gateway.redis.url",
-                    f"must look like redis://127.0.0.1:6379/0, got {self.redis.url!r}",
-                )
+            check_url("gateway.redis.url", self.redis.url)
             if not 0 < self.redis.timeout <= 10:
                 raise ConfigError(
                     "gateway.redis.timeout",
@@ -209,7 +218,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             Route(
                 service=route.service,
                 path=route.path,
-                methods=frozenset(route.methods) if route.methods else None,
+                # An empty list is refused by the table, not read as "any method".
+                methods=None if route.methods is None else frozenset(route.methods),
                 host=route.host,
                 strip=route.strip,
             )
@@ -224,15 +234,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             raise ConfigError(f"gateway.{error.key}", error.problem) from error
 
 
-def _redis_url(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return bool(parts.path)
-    try:
-        parts.port  # noqa: B018 (raises for a port that is not a number)
-    except ValueError:
-        return False
-    return parts.scheme in ("redis", "rediss") and bool(parts.hostname)
+def _check_name(key: str, name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(key, f"must be 1 to 64 letters, digits, '.', '_' or '-', got {name!r}")
 
 
 def _check_split(where: str, route: RouteConfig) -> None:

@@ -42,6 +42,10 @@ class JwtConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     burst: int = 40
 
     def __post_init__(self) -> None:
+        if not 0 <= self.leeway <= 3600:
+            raise ConfigError(
+                "gateway.jwt.leeway", f"must be between 0 and 3600 seconds, got {self.leeway}"
+            )
         if not self.algorithms:
             raise ConfigError("gateway.jwt.algorithms", "name at least one of HS256, RS256")
         if "HS256" in self.algorithms and not self.secret_env:

@@ -23,13 +23,31 @@ import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 from meshkit.policy import RateDecision, RateLimit
 
-__all__ = ["RedisLimitStore"]
+__all__ = ["RedisLimitStore", "check_url"]
 
 _US = 1_000_000
+
+
+def check_url(key: str, url: object) -> str:
+    """A Redis URL: ``redis://`` or ``rediss://`` with a host (and a numeric port), or ``unix://``."""
+    if isinstance(url, str):
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (raises for a port that is not a number)
+        except ValueError:
+            pass
+        else:
+            if (parts.scheme == "unix" and parts.path) or (
+                parts.scheme in ("redis", "rediss") and parts.hostname
+            ):
+                return url
+    raise ConfigError(key, f"must look like redis://127.0.0.1:6379/0, got {url!r}")
+
 
 # KEYS: one per limit. ARGV[1]: the cost; then, per key, its interval and its
 # capacity, in microseconds. Returns four numbers per key: 1 if that key
@@ -95,9 +113,7 @@ class RedisLimitStore:
         timeout: float = 0.25,
         connections: int = 32,
     ) -> None:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError("url", f"must look like redis://127.0.0.1:6379/0, got {url!r}")
-        self.url = url
+        self.url = check_url("url", url)
         self.prefix = prefix
         aioredis = _redis()
         retry = importlib.import_module("redis.asyncio.retry")
