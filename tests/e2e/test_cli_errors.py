@@ -104,6 +104,43 @@ def test_gateway_without_its_jwt_secret_says_which_variable(tmp_path: Path) -> N
     assert "Traceback" not in result.stderr
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_gateway_whose_admin_port_is_taken_names_the_admin_listener(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        admin = busy.getsockname()[1]
+        (tmp_path / "meshkit.toml").write_text(
+            f'[services.a]\ncommand = ["sleep", "1"]\n[gateway]\nport = {free_port()}\n'
+            f'[gateway.admin]\nport = {admin}\n[[gateway.routes]]\npath = "/a"\nservice = "a"\n'
+        )
+        result = meshkit("gateway", str(tmp_path), env={"MESHKIT_TOKEN": "some-token-0123456789"})
+    assert result.returncode == 2
+    assert f"gateway.admin: cannot listen on 127.0.0.1:{admin}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_up_stops_when_its_gateway_cannot_start(tmp_path: Path) -> None:
+    """A gateway that exits three times before it is ever ready is not restarted forever."""
+    (tmp_path / "meshkit.toml").write_text(
+        f"[control_plane]\nport = {free_port()}\n"
+        '[services.a]\ncommand = ["sleep", "600"]\n'
+        f"[gateway]\nport = {free_port()}\n"
+        '[gateway.jwt]\nsecret_env = "MESHKIT_TEST_NO_SUCH_SECRET"\n'
+        '[[gateway.routes]]\npath = "/a"\nservice = "a"\nauth = "jwt"\n'
+    )
+    result = meshkit("up", str(tmp_path))
+    assert result.returncode == 1
+    assert "$MESHKIT_TEST_NO_SUCH_SECRET must hold a secret" in result.stdout
+    assert "the gateway did not start; stopping" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_gateway_without_a_gateway_section_says_so(tmp_path: Path) -> None:
     (tmp_path / "meshkit.toml").write_text('[services.a]\ncommand = ["sleep", "1"]\n')
     result = meshkit("gateway", str(tmp_path))

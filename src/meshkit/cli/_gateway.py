@@ -85,7 +85,5 @@ def gateway(
         fail(str(error))
     try:
         asyncio.run(_serve(project.gateway, registry, project.directory, token))
-    except MeshkitError as error:  # a JWT secret or key file that cannot be used
+    except MeshkitError as error:  # a JWT secret or key file, an address that cannot be used
         fail(str(error))
-    except OSError as error:
-        fail(f"cannot listen on {project.gateway.host}:{project.gateway.port}: {error}")

@@ -145,8 +145,12 @@ class Child:
         output: Output,
         clock: Clock,
         on_change: Callable[[], None],
+        give_up_after: int | None = None,
     ) -> None:
         self.name = name
+        # Exits before it is first healthy after which starting is hopeless
+        # (the supervisor decides health); None: keep trying.
+        self.give_up_after = give_up_after
         self.argv = list(argv)
         self.env = dict(env)
         self.cwd = cwd

@@ -37,6 +37,11 @@ from meshkit.sidecar import READY_PATH as SIDECAR_READY
 
 __all__ = ["Supervisor"]
 
+# meshkit's own processes (control plane, gateway) that exit this many times
+# before their first health check passes have a configuration they cannot
+# use: restarting them again would only repeat the error. Services keep
+# being restarted: what they depend on may still be coming up.
+_OWN_STARTS = 3
 _STARTUP = 60.0  # seconds a service may take to become healthy before we say so
 # Seconds a service may take to drain after SIGTERM: a Service drains for at
 # most 5 s and deregisters within 2 s before that.
@@ -98,7 +103,9 @@ class Supervisor:
                 if not await self._until_healthy(name):
                     break
             if self.project.gateway is not None and not self._stop.is_set():
-                await self._start_gateway(token)
+                gateway_up = await self._start_gateway(token)
+                if not gateway_up and not self._stop.is_set():
+                    return 1
             if not self._stop.is_set():
                 self._announce_ready()
             await self._stop.wait()
@@ -126,6 +133,7 @@ class Supervisor:
                 str(cp.port),
             ],
             {TOKEN_ENV: token},
+            give_up_after=_OWN_STARTS,
         )
         self._control_plane.start()
         if await self._wait_healthy(cp.host, cp.port, "/healthz", self._control_plane):
@@ -134,17 +142,22 @@ class Supervisor:
             self.output.say("the control plane did not start; stopping")
         return False
 
-    async def _start_gateway(self, token: str) -> None:
+    async def _start_gateway(self, token: str) -> bool:
         gateway = self.project.gateway
         assert gateway is not None
         self._gateway = self._child(
             "gateway",
             [self.python, "-m", "meshkit", "gateway", str(self.project.directory)],
             {"MESHKIT_REGISTRY": self.registry_url, TOKEN_ENV: token},
+            give_up_after=_OWN_STARTS,
         )
         self._gateway.start()
         if await self._wait_healthy(gateway.host, gateway.port, READY_PATH, self._gateway):
             self.output.say(f"gateway on http://{gateway.host}:{gateway.port}")
+            return True
+        if not self._stop.is_set():
+            self.output.say("the gateway did not start; stopping")
+        return False
 
     def _start_service(self, name: str, token: str) -> None:
         config = self.project.services[name]
@@ -215,7 +228,9 @@ class Supervisor:
         self._sidecars.setdefault(name, []).append(sidecar)
         return self._command(name, app_port)
 
-    def _child(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+    def _child(
+        self, name: str, argv: list[str], env: dict[str, str], *, give_up_after: int | None = None
+    ) -> Child:
         project_dir = str(self.project.directory)
         path = os.environ.get("PYTHONPATH")
         full_env = {
@@ -232,6 +247,7 @@ class Supervisor:
             output=self.output,
             clock=self.clock,
             on_change=self._save_state,
+            give_up_after=give_up_after,
         )
 
     async def _until_healthy(self, name: str) -> bool:
@@ -256,8 +272,8 @@ class Supervisor:
         warned = False
         async with HTTPClient(timeouts=Timeouts(connect=1.0, read=2.0)) as http:
             while not self._stop.is_set():
-                if child is self._control_plane and child.restarts >= 3:
-                    return False  # it cannot start (see its output); nothing can run
+                if child.give_up_after is not None and child.restarts >= child.give_up_after:
+                    return False  # it cannot start (its output says why)
                 with contextlib.suppress(PeerError, DeadlineExceededError):
                     if (await http.request("GET", host, port, path)).status == 200:
                         return True

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
 
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
-from meshkit.errors import ConfigError
+from meshkit.errors import ConfigError, EnvironmentFaultError
 from meshkit.gateway._admin import AdminApi
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._cors import Cors
@@ -149,10 +149,13 @@ class Gateway:
         self.config = config
 
     async def start(self) -> tuple[str, int]:
-        address = await self.server.start(self.config.host, self.config.port)
-        if self.admin is not None and self.config.admin is not None:
+        """Listen; ``EnvironmentFaultError`` names the listener whose address cannot be had."""
+        config = self.config
+        address = await _listen("gateway", self.server.start, config.host, config.port)
+        admin = config.admin
+        if self.admin is not None and admin is not None:
             try:
-                await self.admin.start(self.config.admin.host, self.config.admin.port)
+                await _listen("gateway.admin", self.admin.start, admin.host, admin.port)
             except BaseException:
                 await self.server.aclose(grace=0)
                 raise
@@ -170,6 +173,15 @@ class Gateway:
 
 
 # What a reload cannot change: each is held by something made once at start.
+async def _listen(
+    what: str, start: Callable[[str, int], Awaitable[tuple[str, int]]], host: str, port: int
+) -> tuple[str, int]:
+    try:
+        return await start(host, port)
+    except OSError as error:
+        raise EnvironmentFaultError(f"{what}: cannot listen on {host}:{port}: {error}") from error
+
+
 _RESTART_ONLY = ("host", "port", "admin", "redis", "connect_timeout", "try_timeout")
 
 
