@@ -149,13 +149,15 @@ def test_gateway_without_a_gateway_section_says_so(tmp_path: Path) -> None:
 
 
 def test_sidecar_with_bad_options_is_one_line() -> None:
-    """A bad --app, --fall or missing registry: one line naming it, exit 2, no traceback."""
+    """A bad --app, --fall, --id or missing registry: one line naming it, exit 2, no traceback."""
     base = ["sidecar", "--service", "plain", "--health", "/health"]
     registry = {"MESHKIT_REGISTRY": "http://127.0.0.1:9", "MESHKIT_TOKEN": "t" * 24}
     cases = [
         (["--app", "nohost"], registry, "--app must be HOST:PORT"),
         (["--app", "127.0.0.1:9", "--fall", "0"], registry, "fall: must be between 1 and 100"),
         (["--app", "127.0.0.1:9", "--ttl", "0.1"], registry, "ttl: must be between"),
+        (["--app", "127.0.0.1:9", "--id", "a b"], registry, "id: must be letters, digits"),
+        (["--app", "127.0.0.1:9", "--advertise", "no host"], registry, "host: must be an IP"),
         (["--app", "127.0.0.1:9"], {"MESHKIT_REGISTRY": ""}, "MESHKIT_REGISTRY is not set"),
     ]
     for extra, env, message in cases:

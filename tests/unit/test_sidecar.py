@@ -1,6 +1,9 @@
 """The sidecar in one process: an embedded registry, an app and services on loopback."""
 
 import asyncio
+import contextlib
+import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +17,8 @@ from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_respons
 from meshkit.registry import EmbeddedRegistry, Instance
 from meshkit.sidecar import METRICS_PATH, READY_PATH, HealthGate, Sidecar, SidecarConfig, Span
 from meshkit.sidecar._filters import _parse
+from meshkit.sidecar._health import Registrar
+from meshkit.testing import FakeClock
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -226,6 +231,79 @@ async def test_a_lost_lease_is_survived_and_the_app_registered_again() -> None:
         await wait_for(lambda: _nonempty(listed(registry)), within=2)
         assert sidecar._task is not None
         assert not sidecar._task.done()
+
+
+async def test_a_lease_lost_while_healthy_is_replaced_at_the_next_renewal() -> None:
+    """Renewing a lease the registry forgot registers the app again, with no failed check."""
+    app, clock, registry = App(), FakeClock(), EmbeddedRegistry()
+    registry.start()
+    _, port = await app.server.start()
+    registrar = Registrar(
+        registry,
+        Instance(service="notifications", id="n-1", host="127.0.0.1", port=port),
+        app=("127.0.0.1", port),
+        health="/health",
+        ttl=30,
+        interval=1,
+        clock=clock,
+    )
+    try:
+        await registrar.step()
+        first = registrar.registration
+        assert first is not None
+        await registry.deregister(first)  # lost, as in a registry restart
+        clock.advance(11)  # past a third of the TTL: the next step renews
+        await registrar.step()
+        assert registrar.registration is not None
+        assert registrar.registration.lease_id != first.lease_id
+        assert [instance.id for instance in await listed(registry)] == ["n-1"]
+    finally:
+        await registrar._http.aclose()
+        await app.server.aclose(grace=0)
+        await registry.aclose()
+
+
+def test_an_app_that_never_passes_is_reported_and_checked_less_often(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every 10 s without a pass the log says why; after the first 10 s, checks slow down."""
+    clock = FakeClock()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there
+    checks: list[float] = []
+
+    async def main() -> None:
+        registrar = Registrar(
+            EmbeddedRegistry(),
+            Instance(service="notifications", id="n-1", host="127.0.0.1", port=port),
+            app=("127.0.0.1", port),
+            health="/health",
+            ttl=30,
+            interval=2,
+            clock=clock,
+        )
+        step = registrar.step
+
+        async def counted() -> None:
+            checks.append(clock.monotonic())
+            await step()
+
+        registrar.step = counted  # type: ignore[method-assign]
+        task = asyncio.get_running_loop().create_task(registrar.run())
+        await clock.sleep(25)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    with caplog.at_level(logging.WARNING, logger="meshkit.sidecar"):
+        clock.run(main())
+    notices = [record.getMessage() for record in caplog.records]
+    assert len(notices) == 2
+    assert notices[0].startswith("n-1 has not passed /health in 10s: ")
+    assert notices[1].startswith("n-1 has not passed /health in 20s: ")
+    assert 95 <= sum(1 for at in checks if at < 10) <= 101  # every 0.1 s at first
+    assert sum(1 for at in checks if at >= 10) <= 8  # then every 2 s
 
 
 async def test_a_new_trace_drops_the_tracestate_of_the_old_one() -> None:

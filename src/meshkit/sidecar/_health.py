@@ -35,6 +35,12 @@ __all__ = ["HealthGate", "Registrar"]
 
 log = logging.getLogger("meshkit.sidecar")
 
+# While the app starts, it is checked every 0.1 s (registration waits on
+# its first pass) for this long, then every ``interval``; and how long it
+# may go without passing before the log says so (again at each multiple).
+_EAGER = 10.0
+_NOTICE = 10.0
+
 
 class HealthGate:
     """Healthy after ``rise`` good checks in a row, unhealthy after ``fall`` bad ones."""
@@ -99,12 +105,24 @@ class Registrar:
 
     async def run(self) -> None:
         """Check, decide and register until cancelled; then deregister."""
+        started = self._clock.monotonic()
+        notices = 0
         try:
             while True:
                 await self.step()
-                # While the app starts, look often: registration waits on it.
+                waited = self._clock.monotonic() - started
                 starting = self.gate.healthy is None
-                await self._clock.sleep(min(self._interval, 0.1) if starting else self._interval)
+                if starting and waited >= _NOTICE * (notices + 1):
+                    notices = int(waited // _NOTICE)
+                    log.warning(
+                        "%s has not passed %s in %.0fs: %s",
+                        self.instance.id,
+                        self._health,
+                        waited,
+                        self.last_problem,
+                    )
+                eager = starting and waited < _EAGER
+                await self._clock.sleep(min(self._interval, 0.1) if eager else self._interval)
         finally:
             with contextlib.suppress(Exception):
                 await self._leave("the sidecar is stopping")

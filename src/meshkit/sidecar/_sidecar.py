@@ -16,7 +16,6 @@ import re
 from collections.abc import Callable
 
 import msgspec
-from prometheus_client import CollectorRegistry, generate_latest
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.errors import ConfigError
@@ -86,6 +85,14 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
         for key, value in (("fall", self.fall), ("rise", self.rise)):
             if not 1 <= value <= 100:
                 raise ConfigError(key, f"must be between 1 and 100, got {value}")
+        # The registration's id, address and version, checked before anything listens.
+        Instance(
+            service=self.service,
+            id=self.instance_id or self.service,
+            host=self.advertise or self.host,
+            port=1,
+            version=self.version,
+        )
 
 
 class Sidecar:
@@ -103,7 +110,6 @@ class Sidecar:
         self.config = config
         self._clock = clock = clock or SystemClock()
         self._registry = registry
-        self.metrics_registry = CollectorRegistry(auto_describe=False)
         self.directory = Directory(registry, clock=clock, rng=rng)
         self.upstreams = Upstreams(self.directory, clock, rng=rng)
         self.upstreams.configure(
@@ -111,6 +117,12 @@ class Sidecar:
         )
         timeouts = Timeouts(connect=config.connect_timeout, read=config.try_timeout)
         app = (config.app_host, config.app_port)
+        inbound_metrics = GatewayMetrics(None, prefix="meshkit_sidecar_inbound")
+        outbound_metrics = GatewayMetrics(
+            self.upstreams.breakers,
+            prefix="meshkit_sidecar_outbound",
+            registry=inbound_metrics.registry,  # one scrape for both
+        )
         self.inbound = ProxyServer(
             [
                 Ready(READY_PATH, self.registered, "the app is not registered (yet)"),
@@ -128,21 +140,13 @@ class Sidecar:
         forwarding = Forwarding(pseudonym="meshkit-sidecar", trust_forwarded=True)
         self.outbound = ProxyServer(
             [
-                Metrics(self.exposition),
+                Metrics(inbound_metrics.exposition),
                 Tracing("client", record_span, clock, rng),
                 ByName(),
                 self.upstreams,
             ],
             Forwarder(forwarding=forwarding, timeouts=timeouts),
             retrier=self.upstreams,
-        )
-        inbound_metrics = GatewayMetrics(
-            None, prefix="meshkit_sidecar_inbound", registry=self.metrics_registry
-        )
-        outbound_metrics = GatewayMetrics(
-            self.upstreams.breakers,
-            prefix="meshkit_sidecar_outbound",
-            registry=self.metrics_registry,
         )
         self.inbound.on_exchange.append(inbound_metrics.observe)
         self.outbound.on_exchange.append(outbound_metrics.observe)
@@ -153,9 +157,6 @@ class Sidecar:
     def registered(self) -> bool:
         """Whether the app is in the registry now."""
         return self.registrar is not None and self.registrar.registration is not None
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.metrics_registry)
 
     async def start(self) -> tuple[int, int]:
         """Listen on both ports; returns ``(inbound, outbound)``."""
