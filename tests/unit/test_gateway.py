@@ -357,7 +357,7 @@ async def test_a_slow_upstream_is_a_504_once_the_tries_are_spent() -> None:
     """Each try is cut at try_timeout; with no other instance the answer is 504."""
 
     async def slow(request: Request) -> Response:
-        await asyncio.sleep(5)  # noqa: TID251 (the silence the gateway must time out)
+        await asyncio.Event().wait()  # never answers: the gateway must time out
         return json_response(200, {})
 
     async with running(config(try_timeout=0.3, timeout=2.0)) as (fleet, call):

@@ -11,6 +11,7 @@ shared with the sidecar), picks the instance.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Sequence
@@ -232,9 +233,16 @@ def ratelimit_fields(
     policy: str, limit: RateLimit, remaining: int, reset_after: float
 ) -> list[tuple[bytes, bytes]]:
     """The ``RateLimit-Policy`` and ``RateLimit`` fields for the policy named ``policy``."""
-    window = max(1, math.ceil(limit.capacity / limit.per_second))
-    name = policy.encode("ascii")
+    name, policy_field = _policy_field(policy, limit)
     return [
-        (b"ratelimit-policy", b'"%s";q=%d;w=%d' % (name, limit.capacity, window)),
+        (b"ratelimit-policy", policy_field),
         (b"ratelimit", b'"%s";r=%d;t=%d' % (name, remaining, math.ceil(reset_after))),
     ]
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_field(policy: str, limit: RateLimit) -> tuple[bytes, bytes]:
+    """The policy's name and its ``RateLimit-Policy`` value: the same for every request."""
+    window = max(1, math.ceil(limit.capacity / limit.per_second))
+    name = policy.encode("ascii")
+    return name, b'"%s";q=%d;w=%d' % (name, limit.capacity, window)

@@ -71,6 +71,8 @@ class GlobalLimits:
             ]
         if not applying:
             return None
+        if self._down_until is not None and self._clock.monotonic() < self._down_until:
+            return self._unreachable(request)  # known without asking: no task for it
         client: str = request.attributes.get("client") or request.client
         keys = [
             (f"{limit.name}:{client}" if limit.per == "client" else limit.name, rate)
@@ -84,8 +86,6 @@ class GlobalLimits:
     async def _check(
         self, request: ProxyRequest, applying: _Applying, keys: list[tuple[str, RateLimit]]
     ) -> ProxyResponse | None:
-        if self._down_until is not None and self._clock.monotonic() < self._down_until:
-            return self._unreachable(request)
         try:
             decisions = await self._store.acquire(keys)
         except EnvironmentFaultError as error:

@@ -57,6 +57,7 @@ class Upstreams:
         self._rng = rng or random.Random()
         self._policy = CallPolicy()
         self._sets: dict[str, InstanceSet] = {}
+        self._versions: dict[str, frozenset[str]] = {}  # by service, for splits
         directory.listen(self._changed)
 
     def configure(self, *, attempts: int, timeout: float, breaker: BreakerConfig) -> None:
@@ -170,6 +171,7 @@ class Upstreams:
         if found is None:
             found = self._sets[service] = InstanceSet(service, self._policy, self._rng)
             found.update(instances, self._policy.ejection)
+            self._versions[service] = _versions(instances)
         self._first_pick(request, self._narrowed(request, found))
 
     def _narrowed(self, request: ProxyRequest, instances: InstanceSet) -> InstanceSet:
@@ -178,14 +180,13 @@ class Upstreams:
         if split is None:
             return instances
         weights, sticky = split
-        versions = {instance.version for instance in instances.instances.values()}
-        version = weights.choose(*self._points(request, sticky), available=versions)
+        available = self._versions.get(instances.name, frozenset())
+        version = weights.choose(*self._points(request, sticky), available=available)
         if version is None:
             raise ServiceUnavailableError(
                 instances.name,
                 f"no instance runs a version of the route's split ({', '.join(weights.weights)})",
             )
-        request.attributes["version"] = version
         name = f"{instances.name}@{version}"
         subset = self._sets.get(name)
         if subset is None:
@@ -227,7 +228,7 @@ class Upstreams:
 
     def _pick(self, request: ProxyRequest, instances: InstanceSet, tried: Collection[str]) -> bool:
         now = self._clock.monotonic()
-        chosen = instances.pick(now, set(tried))
+        chosen = instances.pick(now, tried)
         if chosen is None:
             request.attributes.pop("instance", None)
             return False
@@ -241,10 +242,15 @@ class Upstreams:
         found = self._sets.get(service)
         if found is not None:
             found.update(instances, self._policy.ejection)
+            self._versions[service] = _versions(instances)
         versions = f"{service}@"
         for name, subset in self._sets.items():
             if name.startswith(versions):
                 subset.update(_of_version(instances, name[len(versions) :]), self._policy.ejection)
+
+
+def _versions(instances: Iterable[Instance]) -> frozenset[str]:
+    return frozenset(instance.version for instance in instances)
 
 
 def _of_version(instances: Iterable[Instance], version: str) -> list[Instance]:

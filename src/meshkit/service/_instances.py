@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from meshkit.policy import BreakerConfig, CircuitBreaker, PowerOfTwoChoices, RetryBudget
@@ -41,7 +41,7 @@ class InstanceSet:
         }
         self.balancer.update(self.instances)
 
-    def pick(self, now: float, tried: set[str]) -> tuple[str, int] | None:
+    def pick(self, now: float, tried: Collection[str]) -> tuple[str, int] | None:
         """An instance not tried yet whose breaker admits a call, with its ticket."""
         excluded = set(tried)
         while True:
