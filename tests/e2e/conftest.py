@@ -12,12 +12,12 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from meshkit.testing.servers import free_port
+from meshkit.testing.servers import free_port, spawn_control_plane
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,3 +170,63 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
         yield running
     finally:
         running.up.stop()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout  # noqa: TID251
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"  # noqa: TID251
+        time.sleep(0.05)  # noqa: TID251 (polling real processes, bounded)
+
+
+def plane_answers(port: int) -> bool:
+    try:
+        return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def start_control_plane(data_dir: Path, port: int, *, token: str) -> subprocess.Popen[bytes]:
+    """A control plane on ``port``, answering when this returns; the caller ends it."""
+    plane = spawn_control_plane(data_dir, token=token, port=port)
+    wait_until(lambda: plane_answers(port), 20, "the control plane answering")
+    return plane
+
+
+def meshkit_env(registry_port: int, token: str) -> dict[str, str]:
+    """This environment without any MESHKIT_ setting, then the registry's and the token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    env.update(MESHKIT_REGISTRY=f"http://127.0.0.1:{registry_port}", MESHKIT_TOKEN=token)
+    return env
+
+
+class Processes:
+    """Child processes, ended however the test ends."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, command: list[str], env: dict[str, str], cwd: Path) -> None:
+        log = (cwd / "output.log").open("wb")
+        self.started.append(
+            subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        )
+        log.close()
+
+    def stop(self) -> None:
+        for process in self.started:
+            process.terminate()
+        for process in self.started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    running = Processes()
+    yield running
+    running.stop()

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from tests.e2e.conftest import http
-from tests.e2e.test_service_lifecycle import wait_until
+from tests.e2e.conftest import (
+    Processes,
+    http,
+    meshkit_env,
+    start_control_plane,
+    wait_until,
+)
 
 from meshkit.gateway import READY_PATH
-from meshkit.testing.servers import RedisServer, free_port, spawn_control_plane
+from meshkit.testing.servers import RedisServer, free_port
 
 TOKEN = "global-limits-token-0123456789"
 KEY = "key-for-tests"
@@ -64,52 +65,13 @@ on_unreachable = "{mode}"
 """
 
 
-def _env(registry_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
-    env.update(MESHKIT_REGISTRY=f"http://127.0.0.1:{registry_port}", MESHKIT_TOKEN=TOKEN)
-    return env
-
-
-class Processes:
-    """Child processes, killed however the test ends."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self, command: list[str], env: dict[str, str], cwd: Path) -> None:
-        log = (cwd / "output.log").open("wb")
-        self.started.append(
-            subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-        )
-        log.close()
-
-    def stop(self) -> None:
-        for process in self.started:
-            process.terminate()
-        for process in self.started:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    running = Processes()
-    yield running
-    running.stop()
-
-
 def start_backend(tmp_path: Path, processes: Processes) -> int:
     """A control plane and the hello service registered in it; the control plane's port."""
     registry_port = free_port()
-    plane = spawn_control_plane(tmp_path / "cp", token=TOKEN, port=registry_port)
-    processes.started.append(plane)
-    wait_until(lambda: _ready_plane(registry_port), 20, "the control plane answering")
+    processes.started.append(start_control_plane(tmp_path / "cp", registry_port, token=TOKEN))
     (tmp_path / "app").mkdir()
     (tmp_path / "app" / "helloapp.py").write_text(APP)
-    backend_env = _env(registry_port)
+    backend_env = meshkit_env(registry_port, TOKEN)
     backend_env.update(
         MESHKIT_SERVICE="hello", MESHKIT_INSTANCE_ID="hello-1", MESHKIT_PORT=str(free_port())
     )
@@ -158,7 +120,7 @@ def test_two_gateways_share_one_limit_and_fail_as_configured(
             )
             processes.start(
                 [sys.executable, "-m", "meshkit", "gateway", str(directory)],
-                _env(registry_port),
+                meshkit_env(registry_port, TOKEN),
                 directory,
             )
         for port in ports.values():
@@ -182,13 +144,6 @@ def test_two_gateways_share_one_limit_and_fail_as_configured(
 
         redis.start()  # empty again: a full bucket once the gateways try it
         wait_until(lambda: _hello(ports["closed"])[0] == 200, 10, "Redis used again")
-
-
-def _ready_plane(port: int) -> bool:
-    try:
-        return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
-    except OSError:
-        return False
 
 
 RELOADABLE = """
@@ -222,7 +177,7 @@ def test_sighup_and_the_admin_api_reload_the_file(tmp_path: Path, processes: Pro
     config.write_text(RELOADABLE.format(port=port, admin=admin, path="/old"))
     processes.start(
         [sys.executable, "-m", "meshkit", "gateway", str(directory)],
-        _env(registry_port),
+        meshkit_env(registry_port, TOKEN),
         directory,
     )
     gateway = processes.started[-1]

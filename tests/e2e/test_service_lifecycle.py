@@ -7,17 +7,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import http
+from tests.e2e.conftest import http, start_control_plane, wait_until
 
 from meshkit.errors import ServiceUnavailableError
 from meshkit.registry import RemoteRegistry
 from meshkit.service import Directory, ServiceClient
-from meshkit.testing.servers import free_port, spawn_control_plane
+from meshkit.testing.servers import free_port
 
 TOKEN = "lifecycle-token-0123456789"
 
@@ -33,19 +32,6 @@ async def slow() -> dict:
     await asyncio.sleep(3)
     return {"finished": True}
 """
-
-
-def start_control_plane(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    plane = spawn_control_plane(data_dir, token=TOKEN, port=port)
-    wait_until(lambda: _up(port), 20, "the control plane answering")
-    return plane
-
-
-def _up(port: int) -> bool:
-    try:
-        return http("GET", f"http://127.0.0.1:{port}/healthz")[0] == 200
-    except OSError:
-        return False
 
 
 def start_service(directory: Path, registry_port: int, port: int) -> subprocess.Popen[str]:
@@ -79,17 +65,10 @@ def listed(registry_port: int) -> list[str]:
     return [i["id"] for i in body["instances"]]  # type: ignore[index]
 
 
-def wait_until(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout  # noqa: TID251
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"  # noqa: TID251
-        time.sleep(0.05)  # noqa: TID251 (polling real processes, bounded)
-
-
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[int]:
     port = free_port()
-    process = start_control_plane(tmp_path / "cp", port)
+    process = start_control_plane(tmp_path / "cp", port, token=TOKEN)
     yield port
     process.terminate()
     process.wait(10)
@@ -130,7 +109,7 @@ def test_a_service_started_before_its_registry_registers_when_it_appears(tmp_pat
     try:
         wait_until(lambda: _answers(port), 30, "serving")
         assert http("GET", f"http://127.0.0.1:{port}/-/ready")[0] == 503
-        plane = start_control_plane(tmp_path / "cp", registry_port)
+        plane = start_control_plane(tmp_path / "cp", registry_port, token=TOKEN)
         wait_until(lambda: listed(registry_port) == ["slow-1"], 10, "registered late")
         assert http("GET", f"http://127.0.0.1:{port}/-/ready")[0] == 200
     finally:

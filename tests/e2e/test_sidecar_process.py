@@ -9,13 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.e2e.conftest import http
-from tests.e2e.test_gateway_processes import TOKEN, Processes, _env, _ready_plane, processes
-from tests.e2e.test_service_lifecycle import wait_until
+from tests.e2e.conftest import Processes, http, meshkit_env, start_control_plane, wait_until
 
-from meshkit.testing.servers import free_port, spawn_control_plane
+from meshkit.testing.servers import free_port
 
-__all__ = ["processes"]  # the fixture, shared
+TOKEN = "sidecar-process-token-0123456789"
 
 PLAIN_APP = """
 from fastapi import FastAPI
@@ -46,7 +44,7 @@ def _start_app(directory: Path, port: int) -> subprocess.Popen[bytes]:
     # A session of its own: granian's workers are children, killed with it.
     return subprocess.Popen(
         command,
-        env=_env(0),
+        env=meshkit_env(0, TOKEN),
         cwd=directory,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -65,8 +63,7 @@ def test_the_sidecar_registers_a_plain_app_by_its_health_and_proxies_to_it(
 ) -> None:
     """Listed while healthy and reached through the inbound port; killed it leaves, and returns."""
     registry_port = free_port()
-    processes.started.append(spawn_control_plane(tmp_path / "cp", token=TOKEN, port=registry_port))
-    wait_until(lambda: _ready_plane(registry_port), 20, "the control plane answering")
+    processes.started.append(start_control_plane(tmp_path / "cp", registry_port, token=TOKEN))
     app_dir = tmp_path / "app"
     app_dir.mkdir()
     (app_dir / "plainapp.py").write_text(PLAIN_APP)
@@ -79,7 +76,7 @@ def test_the_sidecar_registers_a_plain_app_by_its_health_and_proxies_to_it(
                 *("--app", f"127.0.0.1:{app_port}", "--health", "/health", "--port", str(inbound)),
                 *("--interval", "0.2", "--fall", "2", "--rise", "2", "--version", "3.1"),
             ],
-            _env(registry_port),
+            meshkit_env(registry_port, TOKEN),
             tmp_path,
         )
         wait_until(lambda: len(_instances(registry_port)) == 1, 30, "the app registered")

@@ -298,27 +298,25 @@ class Supervisor:
         if self._gateway is not None:
             # First, so no request comes in for services that are stopping.
             await self._gateway.stop(grace=_GRACE)
-        sidecars = [child for group in self._sidecars.values() for child in group]
-        if sidecars:  # first: they deregister their apps before the apps stop
-            results = await asyncio.gather(
-                *(child.stop(grace=_GRACE) for child in sidecars), return_exceptions=True
-            )
-            for child, result in zip(sidecars, results, strict=True):
-                if isinstance(result, BaseException):
-                    self.output.say(f"stopping {child.name} failed: {result!r}")
+        # Sidecars first: they deregister their apps before the apps stop.
+        await self._stop_all([child for group in self._sidecars.values() for child in group])
         children = [child for group in self._children.values() for child in group]
         if children:
             self.output.say(f"stopping {len(children)} service instance(s)")
-            results = await asyncio.gather(
-                *(child.stop(grace=_GRACE) for child in children), return_exceptions=True
-            )
-            for child, result in zip(children, results, strict=True):
-                if isinstance(result, BaseException):  # the rest still stop
-                    self.output.say(f"stopping {child.name} failed: {result!r}")
+        await self._stop_all(children)
         if self._control_plane is not None:
             await self._control_plane.stop(grace=_GRACE)
         self._save_state()
         self.output.say("stopped")
+
+    async def _stop_all(self, children: list[Child]) -> None:
+        """Stop ``children`` together; one that fails to stop is reported, the rest still stop."""
+        results = await asyncio.gather(
+            *(child.stop(grace=_GRACE) for child in children), return_exceptions=True
+        )
+        for child, result in zip(children, results, strict=True):
+            if isinstance(result, BaseException):
+                self.output.say(f"stopping {child.name} failed: {result!r}")
 
     # -- state for `meshkit status` --------------------------------------------
 

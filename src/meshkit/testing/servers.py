@@ -195,6 +195,8 @@ class RedisServer(_ServerProcess):
     def __init__(self, *, startup_timeout: float = 20.0) -> None:
         super().__init__(startup_timeout=startup_timeout)
         self.port = free_port()
+        # Its output, for the error when it does not start; removed with this object.
+        self._logs = tempfile.TemporaryDirectory(prefix="meshkit-redis-")
 
     @property
     def url(self) -> str:
@@ -204,15 +206,17 @@ class RedisServer(_ServerProcess):
         binary = shutil.which("redis-server")
         if binary is None:
             backend_missing("redis-server", "install it with: apt-get install redis-server")
-        self._process = subprocess.Popen(  # noqa: S603 (redis-server from PATH, fixed arguments)
-            [
-                *(binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""),
-                *("--appendonly", "no", "--loglevel", "warning"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._wait(self._answers, "redis-server")
+        log = Path(self._logs.name) / "redis.log"
+        with log.open("ab") as log_file:
+            self._process = subprocess.Popen(  # noqa: S603 (redis-server from PATH, fixed arguments)
+                [
+                    *(binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""),
+                    *("--appendonly", "no", "--loglevel", "warning"),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait(self._answers, "redis-server", log)
 
     def stop(self) -> None:
         """Kill it at once (SIGKILL): an outage, not a shutdown."""
