@@ -195,8 +195,10 @@ class RedisServer(_ServerProcess):
     def __init__(self, *, startup_timeout: float = 20.0) -> None:
         super().__init__(startup_timeout=startup_timeout)
         self.port = free_port()
-        # Its output, for the error when it does not start; removed with this object.
-        self._logs = tempfile.TemporaryDirectory(prefix="meshkit-redis-")
+        # Its output, for the error when it does not start; removed on leaving ``with``.
+        fd, name = tempfile.mkstemp(prefix="meshkit-redis-", suffix=".log")
+        os.close(fd)
+        self._log = Path(name)
 
     @property
     def url(self) -> str:
@@ -206,8 +208,7 @@ class RedisServer(_ServerProcess):
         binary = shutil.which("redis-server")
         if binary is None:
             backend_missing("redis-server", "install it with: apt-get install redis-server")
-        log = Path(self._logs.name) / "redis.log"
-        with log.open("ab") as log_file:
+        with self._log.open("ab") as log_file:
             self._process = subprocess.Popen(  # noqa: S603 (redis-server from PATH, fixed arguments)
                 [
                     *(binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""),
@@ -216,13 +217,22 @@ class RedisServer(_ServerProcess):
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        self._wait(self._answers, "redis-server", log)
+        self._wait(self._answers, "redis-server", self._log)
 
     def stop(self) -> None:
-        """Kill it at once (SIGKILL): an outage, not a shutdown."""
+        """Kill it at once (SIGKILL): an outage, not a shutdown. ``start()`` may follow."""
         if self._process is not None:
             self._process.kill()
         super().stop()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        super().__exit__(exc_type, exc, traceback)
+        self._log.unlink(missing_ok=True)
 
     def _answers(self) -> bool:
         try:
