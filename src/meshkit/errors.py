@@ -7,6 +7,7 @@ next: fix its input, try another peer, or wait for the environment.
     MeshkitError
     ├── UsageError                  the caller's fault: fix the input, do not retry
     │   ├── ConfigError             an option or a configuration key is invalid
+    │   ├── NotFoundError           the thing asked for by id is not there
     │   └── RequestRefusedError     a proxy will not forward a client's request
     ├── PeerError                   the other side failed: another peer may do
     │   ├── ConnectError            no connection could be made to the peer
@@ -42,6 +43,7 @@ __all__ = [
     "LeaseExpiredError",
     "LeaseNotFoundError",
     "MeshkitError",
+    "NotFoundError",
     "PeerClosedError",
     "PeerError",
     "ProtocolViolationError",
@@ -77,6 +79,10 @@ class ConfigError(UsageError):
         # Rebuild from the constructor's arguments, so the error survives
         # pickling (process pools, multiprocessing logging).
         return type(self), (self.key, self.problem)
+
+
+class NotFoundError(UsageError, LookupError):
+    """Nothing has the id asked for (a dead letter already replayed or purged, say)."""
 
 
 class RequestRefusedError(UsageError):

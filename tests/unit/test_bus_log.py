@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.bus._log import BusLog, Entry
+from meshkit.bus import Outgoing
+from meshkit.bus._log import BusLog
 from meshkit.errors import EnvironmentFaultError, UsageError
 
 
-def entry(topic: str = "order.created", message_id: str = "m1", *, given: bool = False) -> Entry:
-    return Entry(topic=topic, id=message_id, payload=b"{}", headers=b"{}", key=None, given_id=given)
+def entry(topic: str = "order.created", message_id: str = "m1", *, given: bool = False) -> Outgoing:
+    return Outgoing(topic=topic, id=message_id, payload=b"{}", given_id=given)
 
 
 @pytest.fixture

@@ -26,14 +26,17 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
+from meshkit.bus._model import Outgoing
 from meshkit.errors import EnvironmentFaultError, UsageError
 
-__all__ = ["BusLog", "Entry", "LogStatistics"]
+__all__ = ["BusLog", "LogStatistics", "append_op"]
 
 T = TypeVar("T")
 
@@ -59,23 +62,14 @@ CREATE TABLE IF NOT EXISTS ids (
 """
 
 Op = Callable[[sqlite3.Connection], Any]
+_encode = msgspec.json.encode
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A message to append. ``given_id``: the publisher chose ``id``: repeats are looked for."""
-
-    topic: str
-    id: str
-    payload: bytes
-    headers: bytes  # JSON
-    key: str | None
-    given_id: bool
-
-
-def _append(
-    entries: list[Entry], now: float, window: float
+def append_op(
+    entries: Sequence[Outgoing], now: float, window: float
 ) -> Callable[[sqlite3.Connection], list[tuple[int, bool]]]:
+    """The op ``BusLog.append`` runs, for ops that append among other writes."""
+
     def op(db: sqlite3.Connection) -> list[tuple[int, bool]]:
         found: list[tuple[int, bool]] = []
         for entry in entries:
@@ -90,7 +84,7 @@ def _append(
             cursor = db.execute(
                 "INSERT INTO messages (topic, id, key, headers, payload, published)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (entry.topic, entry.id, entry.key, entry.headers, entry.payload, now),
+                (entry.topic, entry.id, entry.key, _encode(entry.headers), entry.payload, now),
             )
             sequence = cursor.lastrowid
             assert sequence is not None
@@ -236,7 +230,7 @@ class BusLog:
         return True, value
 
     def append(
-        self, entries: list[Entry], *, now: float, window: float
+        self, entries: Sequence[Outgoing], *, now: float, window: float
     ) -> asyncio.Future[list[tuple[int, bool]]]:
         """Append ``entries`` in one op: each one's ``(sequence, duplicate)``, once on disk.
 
@@ -244,7 +238,7 @@ class BusLog:
         seconds before ``now`` is not appended again: it gets the first one's
         sequence and ``duplicate=True``.
         """
-        return self.write(_append(entries, now, window))
+        return self.write(append_op(entries, now, window))
 
     def forget_ids(self, *, before: float) -> asyncio.Future[int]:
         """Drop the ids recorded before ``before`` (out of every window): how many."""

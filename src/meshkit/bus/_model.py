@@ -10,21 +10,29 @@ receives one it cannot parse.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 
 import msgspec
 
+from meshkit.bus import _trace
 from meshkit.errors import ConfigError
 
 __all__ = [
     "MAX_HEADERS",
     "MAX_PAYLOAD",
+    "REPLAY_HEADER",
+    "DeadLetter",
+    "Delivery",
     "Message",
+    "Outgoing",
+    "Published",
     "check_group",
     "check_headers",
     "check_message_id",
     "check_topic",
     "encode_payload",
+    "outgoing",
 ]
 
 # NATS's default max_payload is 1 MiB; the payload and its headers must fit in it.
@@ -35,6 +43,11 @@ _TOPIC = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")
 _GROUP = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _MESSAGE_ID = re.compile(r"[\x21-\x7e]+")  # visible ASCII: it becomes a NATS header value
+
+# Headers the bus sets itself. A replayed dead letter carries the group it is
+# for: every backend hands it to that group only, and the others pass it by.
+_RESERVED = "meshkit-"
+REPLAY_HEADER = "meshkit-replay-group"
 
 
 def check_topic(value: object) -> str:
@@ -72,6 +85,8 @@ def check_headers(value: object) -> dict[str, str]:
     for name, text in value.items():
         if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
             raise ConfigError("headers", f"a name must be letters, digits, '-', '_': {name!r}")
+        if name.lower().startswith(_RESERVED):
+            raise ConfigError("headers", f"names starting {_RESERVED!r} are the bus's: {name!r}")
         if not isinstance(text, str) or not text.isprintable():
             raise ConfigError("headers", f"{name!r} must be printable text, got {text!r}")
         size += len(name) + len(text)
@@ -102,6 +117,59 @@ def encode_payload(data: object) -> bytes:
     return payload
 
 
+class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
+    """A checked message on its way to a backend; make one with ``outgoing()``.
+
+    ``given_id``: the publisher chose ``id``, so a repeat of it within the
+    backend's window is not published again.
+    """
+
+    topic: str
+    id: str
+    payload: bytes
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    key: str | None = None
+    given_id: bool = False
+
+
+def outgoing(
+    topic: str,
+    payload: object,
+    *,
+    headers: Mapping[str, str] | None = None,
+    key: str | None = None,
+    message_id: str | None = None,
+) -> Outgoing:
+    """Check a message to publish; raises ``ConfigError`` naming the first bad field.
+
+    Without ``message_id`` the message gets a random one, and is never taken
+    for a repeat. The current trace context, if any, goes into the headers.
+    """
+    checked = {} if headers is None else check_headers(headers)
+    _trace.inject(checked)
+    return Outgoing(
+        topic=check_topic(topic),
+        id=uuid.uuid4().hex if message_id is None else check_message_id(message_id),
+        payload=encode_payload(payload),
+        headers=checked,
+        key=None if key is None else _check_key(key),
+        given_id=message_id is not None,
+    )
+
+
+def _check_key(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 256:
+        raise ConfigError("key", f"must be 1 to 256 characters, got {value!r}")
+    return value
+
+
+class Published(msgspec.Struct, frozen=True, kw_only=True):
+    """A publish the backend has made durable. ``duplicate``: its id was seen within the window."""
+
+    id: str
+    duplicate: bool = False
+
+
 class Message(msgspec.Struct, frozen=True, kw_only=True):
     """One message as a handler receives it.
 
@@ -114,9 +182,38 @@ class Message(msgspec.Struct, frozen=True, kw_only=True):
     payload: bytes
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     key: str | None = None
-    sequence: int = 0
     published: float = 0.0
     deliveries: int = 1
 
     def json(self) -> object:
         return msgspec.json.decode(self.payload)
+
+    def for_group(self, group: str) -> bool:
+        """Whether ``group`` handles it: yes, unless it is a dead letter replayed to another."""
+        replay = self.headers.get(REPLAY_HEADER)
+        return replay is None or replay == group
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """A message handed to one member of a group, until it acks or fails it.
+
+    ``receipt`` is the backend's handle for the ack: opaque to everyone else.
+    """
+
+    message: Message
+    receipt: str
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A message a group gave up on after ``deliveries`` deliveries; ``error`` is the last one."""
+
+    id: str
+    group: str
+    message: Message
+    deliveries: int
+    error: str
+    failed: float  # Unix time
+
+    @property
+    def topic(self) -> str:
+        return self.message.topic

@@ -26,8 +26,9 @@ from meshkit.errors import ConfigError, LeaseError
 from meshkit.policy import RateLimit
 from meshkit.ratelimit import LimitStore
 from meshkit.registry import Instance, Registration, Registry, Snapshot
+from meshkit.testing._bus import BusConformance
 
-__all__ = ["LimitStoreConformance", "RegistryConformance"]
+__all__ = ["BusConformance", "LimitStoreConformance", "RegistryConformance"]
 
 # Short enough for a quick suite, long enough for etcd (whose minimum is
 # about 1.5 s) and for a loaded CI machine to renew in time.

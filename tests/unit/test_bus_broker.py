@@ -1,0 +1,152 @@
+"""The embedded broker's group state: what survives a restart, and the pure bookkeeping under it."""
+
+from pathlib import Path
+
+import pytest
+
+from meshkit.bus import outgoing
+from meshkit.bus._broker import EmbeddedBroker
+from meshkit.bus._group import GroupState
+from meshkit.errors import ConfigError, NotFoundError
+from meshkit.policy import Backoff, Redelivery
+from meshkit.testing import FakeClock
+
+POLICY = Redelivery(max_deliveries=3, backoff=Backoff(initial=10, maximum=100), ack_wait=30)
+
+
+async def test_acked_messages_are_not_delivered_again_after_a_restart(tmp_path: Path) -> None:
+    """Restart resumes at the floor: acked ones stay done, unacked ones come back."""
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=FakeClock())
+    await broker.join("t", "g", POLICY)
+    await broker.publish([outgoing("t", n) for n in range(6)])
+    out = await broker.fetch("t", "g", limit=6, wait=0)
+    # Acked out of order: 0, 1 and 4; 2, 3 and 5 were in flight when it stopped.
+    await broker.ack("t", "g", [out[i].receipt for i in (0, 1, 4)])
+    await broker.aclose()
+
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=FakeClock())
+    await broker.join("t", "g", POLICY)
+    again = await broker.fetch("t", "g", limit=10, wait=0)
+    await broker.aclose()
+    assert [d.message.json() for d in again] == [2, 3, 5]
+    assert [d.message.deliveries for d in again] == [1, 1, 1]
+
+
+async def test_failure_counts_and_due_times_survive_a_restart(tmp_path: Path) -> None:
+    """A message that failed twice is due at its time after a restart, as delivery 3."""
+    clock = FakeClock()
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock)
+    await broker.join("t", "g", POLICY)
+    await broker.publish([outgoing("t", "x")])
+    for _ in range(2):
+        [delivery] = await broker.fetch("t", "g", limit=1, wait=0)
+        await broker.fail("t", "g", delivery.receipt, "boom")
+        clock.advance(5)
+        assert await broker.fetch("t", "g", limit=1, wait=0) == []  # not due yet
+        clock.advance(20)
+    await broker.aclose()
+
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock)
+    await broker.join("t", "g", POLICY)
+    [third] = await broker.fetch("t", "g", limit=1, wait=0)
+    assert third.message.deliveries == 3
+    await broker.fail("t", "g", third.receipt, "boom at last")
+    [letter] = broker.dead_letters()
+    assert (letter.deliveries, letter.error, letter.group) == (3, "boom at last", "g")
+    await broker.aclose()
+
+
+async def test_a_new_group_starts_at_the_earliest_message_and_others_are_untouched(
+    tmp_path: Path,
+) -> None:
+    """Groups are independent: one acking does not move another."""
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=FakeClock())
+    await broker.join("t", "a", POLICY)
+    await broker.publish([outgoing("t", n) for n in range(3)])
+    await broker.ack("t", "a", [d.receipt for d in await broker.fetch("t", "a", limit=3, wait=0)])
+    await broker.join("t", "b", POLICY)
+    assert [d.message.json() for d in await broker.fetch("t", "b", limit=5, wait=0)] == [0, 1, 2]
+    assert await broker.fetch("t", "a", limit=5, wait=0) == []
+    await broker.aclose()
+
+
+async def test_a_late_failure_for_a_delivery_that_moved_on_changes_nothing(tmp_path: Path) -> None:
+    """After the ack deadline the message is someone else's: the first holder's fail is ignored."""
+    clock = FakeClock()
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock)
+    await broker.join("t", "g", POLICY)
+    await broker.publish([outgoing("t", "x")])
+    [first] = await broker.fetch("t", "g", limit=1, wait=0)
+    clock.advance(31)
+    [second] = await broker.fetch("t", "g", limit=1, wait=0)
+    assert second.message.deliveries == 2
+    await broker.fail("t", "g", first.receipt, "late")
+    assert await broker.fetch("t", "g", limit=1, wait=0) == []  # still leased to the second
+    await broker.ack("t", "g", [second.receipt])
+    assert broker.dead_letters() == []
+    await broker.aclose()
+
+
+async def test_bad_arguments_are_refused_naming_them(tmp_path: Path) -> None:
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=FakeClock())
+    try:
+        with pytest.raises(NotFoundError, match="has not joined"):
+            await broker.fetch("t", "nobody", limit=1, wait=0)
+        await broker.join("t", "g", POLICY)
+        with pytest.raises(ConfigError, match="limit"):
+            await broker.fetch("t", "g", limit=0, wait=0)
+        with pytest.raises(ConfigError, match="receipt"):
+            await broker.ack("t", "g", ["forged"])
+        with pytest.raises(ConfigError, match="id"):
+            broker.dead_letter("1; DROP TABLE messages")
+        with pytest.raises(ConfigError, match="group"):
+            await broker.join("t", "a.b", POLICY)
+    finally:
+        await broker.aclose()
+
+
+def test_the_floor_stays_below_everything_still_out() -> None:
+    """Leased and waiting sequences hold the floor back; done ones above it do not."""
+    state = GroupState()
+    for sequence in (1, 2, 3, 4):
+        state.passed(sequence)
+        state.lease(sequence, now=0, ack_wait=10)
+    state.done(2)
+    state.done(4)
+    assert state.advance_floor() == 1
+    assert state.failed(1, 1, retry_at=100.0)
+    state.done(3)
+    assert state.advance_floor() == 1  # 1 waits for its retry
+    assert state.due(50.0, 10) == []
+    assert state.due(100.0, 10) == [1]
+    assert state.lease(1, now=0, ack_wait=10) == 2
+    state.done(1)
+    assert state.advance_floor() == 5
+    assert not state.is_new(4)  # below the floor: done
+    state.passed(5)
+    assert state.is_new(5)
+
+
+def test_the_deadline_heap_does_not_keep_every_acked_lease() -> None:
+    """Thousands of leases acked before their deadline leave the heap near the count still out."""
+    state = GroupState()
+    for sequence in range(10_000):
+        state.passed(sequence)
+        state.lease(sequence, now=0, ack_wait=30)
+        state.done(sequence)
+    assert len(state._deadlines) <= 1024 + 2
+
+
+def test_an_expired_lease_is_reported_once_and_only_if_it_is_still_out() -> None:
+    state = GroupState()
+    state.passed(7)
+    state.lease(7, now=0, ack_wait=5)
+    assert state.next_deadline() == 5
+    assert state.expired(4.9) == []
+    assert state.expired(5.0) == [(7, 1)]
+    assert state.expired(6.0) == []
+    state.passed(8)
+    state.lease(8, now=0, ack_wait=5)
+    state.done(8)
+    assert state.expired(10.0) == []
+    assert state.next_deadline() is None
