@@ -57,7 +57,17 @@ def test_message_ids_are_visible_ascii() -> None:
 def test_headers_are_checked_and_copied() -> None:
     given = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
     assert check_headers(given) == given
-    for bad in ({"bad name": "x"}, {"x": "line\nbreak"}, {"x": 1}, ["x"], {"x": "y" * 70_000}):
+    bad_ones = (
+        {"bad name": "x"},
+        {"x": "line\nbreak"},
+        {"x": 1},
+        ["x"],
+        {"x": "y" * 70_000},
+        {"x": "é" * 33_000},  # 33,000 characters, but 66,000 bytes
+        {"Meshkit-Replay-Group": "g"},
+        {"Nats-Msg-Id": "1"},
+    )
+    for bad in bad_ones:
         with pytest.raises(ConfigError, match="headers"):
             check_headers(bad)
 

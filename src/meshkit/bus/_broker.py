@@ -34,6 +34,7 @@ from meshkit.bus._model import (
     Outgoing,
     Published,
     check_group,
+    check_limit,
     check_topic,
 )
 from meshkit.errors import ConfigError, NotFoundError
@@ -209,8 +210,7 @@ class EmbeddedBroker:
 
     async def fetch(self, topic: str, group: str, *, limit: int, wait: float) -> list[Delivery]:
         """Up to ``limit`` deliveries for one member: at once if ready, else within ``wait`` s."""
-        if not 1 <= limit <= 10_000:
-            raise ConfigError("limit", f"must be 1 to 10000, got {limit!r}")
+        check_limit(limit)
         member = self._group(topic, group)
         deadline = self._clock.monotonic() + wait
         while True:
@@ -393,8 +393,7 @@ class EmbeddedBroker:
     # -- dead letters ---------------------------------------------------------------
 
     def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
-        if not 1 <= limit <= 10_000:
-            raise ConfigError("limit", f"must be 1 to 10000, got {limit!r}")
+        check_limit(limit)
         rows = self.log.read(
             f"SELECT {_DEAD_COLUMNS} FROM dead_letters ORDER BY id LIMIT ?",  # noqa: S608 (constant)
             (limit,),

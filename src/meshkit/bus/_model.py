@@ -29,6 +29,7 @@ __all__ = [
     "Published",
     "check_group",
     "check_headers",
+    "check_limit",
     "check_message_id",
     "check_topic",
     "encode_payload",
@@ -78,7 +79,7 @@ def check_message_id(value: object) -> str:
 
 
 def check_headers(value: object) -> dict[str, str]:
-    """Headers: names of letters, digits, ``-``, ``_``; values of printable text; 64 KiB in all."""
+    """Headers: names of letters, digits, ``-``, ``_``; printable values; 64 KiB in all (UTF-8)."""
     if not isinstance(value, Mapping):
         raise ConfigError("headers", f"must map names to strings, got {value!r}")
     size = 0
@@ -87,12 +88,21 @@ def check_headers(value: object) -> dict[str, str]:
             raise ConfigError("headers", f"a name must be letters, digits, '-', '_': {name!r}")
         if name.lower().startswith(_RESERVED):
             raise ConfigError("headers", f"names starting {_RESERVED!r} are the bus's: {name!r}")
+        if name.lower().startswith("nats-"):  # JetStream acts on these: refused on every backend
+            raise ConfigError("headers", f"names starting 'nats-' are NATS's: {name!r}")
         if not isinstance(text, str) or not text.isprintable():
             raise ConfigError("headers", f"{name!r} must be printable text, got {text!r}")
-        size += len(name) + len(text)
+        size += len(name) + len(text.encode())
     if size > MAX_HEADERS:
-        raise ConfigError("headers", f"are {size} characters, more than {MAX_HEADERS}")
+        raise ConfigError("headers", f"are {size} bytes, more than {MAX_HEADERS}")
     return dict(value)
+
+
+def check_limit(value: object) -> int:
+    """How many messages one fetch or listing may return: 1 to 10,000."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000:
+        raise ConfigError("limit", f"must be a whole number from 1 to 10000, got {value!r}")
+    return value
 
 
 def encode_payload(data: object) -> bytes:

@@ -79,6 +79,8 @@ class Subscription:
         self._acks: list[Delivery] = []
         self._acks_waiting = asyncio.Event()
         self._fetching: asyncio.Task[None] | None = None
+        self._stopping = False  # no more fetches
+        self._handled_all = False  # no more acks to come
         self._acking: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -105,6 +107,10 @@ class Subscription:
         fetching, self._fetching = self._fetching, None
         if fetching is None:
             return
+        # Flags as well as cancels: a cancellation can be lost inside a client
+        # library's call (redis-py's reads under Python 3.11's asyncio.timeout
+        # turn one into a timeout), and the loop would then go on for ever.
+        self._stopping = True
         fetching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await fetching
@@ -116,17 +122,16 @@ class Subscription:
         acking, self._acking = self._acking, None
         assert acking is not None
         assert self._consumer is not None
-        acking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await acking
-        await self._send_acks(self._consumer)  # what finished while acking stopped
+        self._handled_all = True
+        self._acks_waiting.set()  # the ack loop sends what is left, and ends
+        await acking
         await self._consumer.aclose()
 
     # -- fetching and handling --------------------------------------------------------
 
     async def _fetch_loop(self, consumer: Consumer) -> None:
         unreachable = 0
-        while True:
+        while not self._stopping:
             room = self._concurrency - len(self._running)
             if room <= 0:
                 self._room.clear()
@@ -184,7 +189,7 @@ class Subscription:
     # -- acks ------------------------------------------------------------------------
 
     async def _ack_loop(self, consumer: Consumer) -> None:
-        while True:
+        while self._acks or not self._handled_all:
             await self._acks_waiting.wait()
             await self._send_acks(consumer)
 

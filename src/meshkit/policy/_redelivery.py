@@ -1,11 +1,12 @@
 """When a message whose handler failed is delivered again, and when it becomes a dead letter.
 
 The same schedule holds on every bus backend: the embedded broker and the
-Redis backend apply it themselves, and NATS JetStream is given it as the
-consumer's ``MaxDeliver`` and ``BackOff``. That is why the waits have no
-jitter: JetStream takes one fixed list per consumer. Jitter matters less here
-than for retries of calls anyway: a redelivery is one message coming back,
-not many clients coming back at once.
+Redis backend apply it themselves, and on NATS JetStream the consumer gets
+``MaxDeliver`` and ``AckWait`` while each failure is a NAK delayed by the
+wait (not the consumer's ``BackOff``, which would replace ``AckWait`` as the
+timer of every delivery). The waits have no jitter, so that every backend
+waits the same; jitter matters less here than for retries of calls anyway:
+a redelivery is one message coming back, not many clients at once.
 """
 
 from __future__ import annotations
