@@ -30,6 +30,7 @@ PUBLIC = {
         "Message",
         "Outgoing",
         "Published",
+        "RemoteBus",
         "Subscription",
         "SubscriptionStatistics",
         "check_group",

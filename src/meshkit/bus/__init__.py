@@ -1,8 +1,11 @@
 """The event bus: topics, consumer groups, at-least-once delivery, dead letters.
 
-``Bus`` is the interface; ``EmbeddedBus`` runs the broker in this process
-(the control plane does), and ``subscribe`` runs a handler over a group's
-messages on any backend.
+``Bus`` is the interface. ``RemoteBus`` reaches the embedded broker of a
+control plane (what services use by default), ``EmbeddedBus`` runs that
+broker in this process, and ``meshkit.bus.nats.JetStreamBus`` and
+``meshkit.bus.redis.RedisBus`` put the same interface on NATS JetStream and
+Redis Streams. ``subscribe`` runs a handler over a group's messages on any
+of them.
 """
 
 from meshkit.bus._embedded import EmbeddedBus
@@ -23,6 +26,7 @@ from meshkit.bus._model import (
     outgoing,
 )
 from meshkit.bus._protocol import Bus, Consumer
+from meshkit.bus._remote import RemoteBus
 from meshkit.bus._subscription import Handler, Subscription, SubscriptionStatistics, subscribe
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "Message",
     "Outgoing",
     "Published",
+    "RemoteBus",
     "Subscription",
     "SubscriptionStatistics",
     "check_group",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from meshkit.bus._model import (
     check_limit,
     check_topic,
 )
-from meshkit.errors import ConfigError, NotFoundError
+from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
 from meshkit.policy import Redelivery
 
 __all__ = ["DUPLICATE_WINDOW", "EmbeddedBroker"]
@@ -86,6 +87,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
+_log = logging.getLogger("meshkit.bus")
 _MESSAGE_COLUMNS = "sequence, id, topic, key, headers, payload, published"
 _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
@@ -132,6 +134,7 @@ class EmbeddedBroker:
         self._window = window
         self._groups: dict[tuple[str, str], _Group] = {}
         self._by_topic: dict[str, list[_Group]] = {}
+        self._upkeep: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -163,7 +166,32 @@ class EmbeddedBroker:
         self._groups[(group.topic, group.name)] = group
         self._by_topic.setdefault(group.topic, []).append(group)
 
+    def start_upkeep(self, *, every: float = 1.0) -> None:
+        """Checkpoint the WAL and forget ids past the window, in the background, until closed."""
+        self._upkeep = asyncio.create_task(self._keep_up(every))
+
+    async def _keep_up(self, every: float) -> None:
+        commits = forgotten = 0.0
+        while True:
+            await self._clock.sleep(every)
+            try:
+                if self.log.statistics.commits != commits:
+                    commits = self.log.statistics.commits
+                    # Off the loop: a checkpoint copies pages and fsyncs the file.
+                    await asyncio.to_thread(self.log.checkpoint)
+                now = self._clock.time()
+                if now - forgotten >= self._window / 2:
+                    forgotten = now
+                    await self.log.forget_ids(before=now - self._window)
+            except EnvironmentFaultError as error:
+                _log.warning("bus log upkeep failed: %s", error)
+
     async def aclose(self) -> None:
+        upkeep, self._upkeep = self._upkeep, None
+        if upkeep is not None:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
         for group in self._groups.values():
             group.bell.ring()
         await self.log.aclose()

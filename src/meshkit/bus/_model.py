@@ -32,6 +32,7 @@ __all__ = [
     "check_limit",
     "check_message_id",
     "check_topic",
+    "checked_outgoing",
     "encode_payload",
     "outgoing",
 ]
@@ -157,13 +158,38 @@ def outgoing(
     """
     checked = {} if headers is None else check_headers(headers)
     _trace.inject(checked)
-    return Outgoing(
-        topic=check_topic(topic),
-        id=uuid.uuid4().hex if message_id is None else check_message_id(message_id),
+    return checked_outgoing(
+        topic=topic,
+        id=uuid.uuid4().hex if message_id is None else message_id,
         payload=encode_payload(payload),
         headers=checked,
-        key=None if key is None else _check_key(key),
+        key=key,
         given_id=message_id is not None,
+    )
+
+
+def checked_outgoing(
+    *,
+    topic: object,
+    id: object,  # noqa: A002 (the field's name)
+    payload: bytes,
+    headers: object,
+    key: object,
+    given_id: bool,
+) -> Outgoing:
+    """An ``Outgoing`` from parts that may come from anywhere (a client over HTTP): all checked.
+
+    ``payload`` must already be one JSON document; only its size is checked here.
+    """
+    if len(payload) > MAX_PAYLOAD:
+        raise ConfigError("payload", f"is {len(payload)} bytes, more than {MAX_PAYLOAD}")
+    return Outgoing(
+        topic=check_topic(topic),
+        id=check_message_id(id),
+        payload=payload,
+        headers=check_headers(headers),
+        key=None if key is None else _check_key(key),
+        given_id=given_id,
     )
 
 

@@ -20,7 +20,7 @@ from meshkit._clock import Clock, SystemClock
 from meshkit.bus import _trace
 from meshkit.bus._model import Delivery, Message, check_group, check_topic
 from meshkit.bus._protocol import Bus, Consumer
-from meshkit.errors import MeshkitError
+from meshkit.errors import MeshkitError, NotFoundError
 from meshkit.policy import Backoff, Redelivery
 from meshkit.policy import _check as check
 
@@ -139,6 +139,17 @@ class Subscription:
                 continue
             try:
                 deliveries = await consumer.fetch(room, wait=_POLL)
+            except NotFoundError:
+                # The broker does not know the group: it lost the join (it was
+                # killed before writing it, or its data was reset). Join again.
+                _log.warning(
+                    "%s/%s: the broker lost the group; joining again", self.topic, self.group
+                )
+                with contextlib.suppress(MeshkitError):  # if that fails, the next fetch says so
+                    consumer = await self._bus.consumer(
+                        self.topic, self.group, redelivery=self._redelivery
+                    )
+                continue
             except MeshkitError as error:
                 unreachable += 1
                 wait = _UNREACHABLE.ceiling(unreachable)

@@ -1,4 +1,4 @@
-"""The control plane's registry API over HTTP/JSON.
+"""The control plane's registry API over HTTP/JSON (and the router to the bus's, ``_bus_api``).
 
     GET    /healthz                          no token needed
     POST   /v1/registry/instances            register   -> 201 {lease_id, ttl, epoch, index}
@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from meshkit.control._bus_api import BusAPI
 from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.http import Request, Response, json_response
 from meshkit.registry import EmbeddedRegistry, Instance, ServiceList, Snapshot, check_name
@@ -70,11 +71,14 @@ def _services_json(listing: ServiceList) -> dict[str, object]:
 class RegistryAPI:
     """Turns HTTP requests into registry calls. ``handle`` is the server's handler."""
 
-    def __init__(self, registry: EmbeddedRegistry, *, token: str) -> None:
+    def __init__(
+        self, registry: EmbeddedRegistry, *, token: str, bus: BusAPI | None = None
+    ) -> None:
         if len(token) < 16:
             raise ConfigError("token", "must be at least 16 characters")
         self._registry = registry
         self._token = token.encode()
+        self._bus = bus
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """Answer at once, except a long poll, which returns an awaitable."""
@@ -84,6 +88,8 @@ class RegistryAPI:
         if not self._authorized(request):
             return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
         method = request.method
+        if path.startswith("/v1/bus/") and self._bus is not None:
+            return self._bus.handle(request)
         if path.startswith("/v1/registry/leases/"):
             return self._lease(method, path[len("/v1/registry/leases/") :])
         if path == "/v1/registry/instances":

@@ -1,7 +1,7 @@
-"""The control plane process: the registry, served over HTTP.
+"""The control plane process: the registry and the event broker, served over HTTP.
 
-Later issues add the event broker, the telemetry store and the dashboard to
-the same process and the same server.
+Later issues add the telemetry store and the dashboard to the same process
+and the same server.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from pathlib import Path
 
 from meshkit._clock import Clock
 from meshkit._signals import until_stopped
+from meshkit.bus._broker import EmbeddedBroker
 from meshkit.control._api import RegistryAPI
+from meshkit.control._bus_api import BusAPI
 from meshkit.http import HTTPServer, ServerLimits
 from meshkit.registry import EmbeddedRegistry
 
@@ -20,7 +22,7 @@ DEFAULT_PORT = 7700
 
 
 class ControlPlane:
-    """The registry at ``data_dir/registry.sqlite3``, served on ``host:port``."""
+    """The registry (``registry.sqlite3`` in ``data_dir``) and the bus (``bus.sqlite3``)."""
 
     def __init__(
         self,
@@ -34,22 +36,39 @@ class ControlPlane:
         self.data_dir = data_dir
         self.host = host
         self.port = port
+        self._token = token
+        self._clock = clock
         self.registry = EmbeddedRegistry.open(data_dir / "registry.sqlite3", clock=clock)
-        self._api = RegistryAPI(self.registry, token=token)
-        # Long polls hold a request open for minutes: the idle timeout only
-        # applies between requests, so keep it above the longest wait.
-        self._server = HTTPServer(self._api.handle, limits=ServerLimits(idle_timeout=330))
+        self.bus: EmbeddedBroker | None = None
+        self._server: HTTPServer | None = None
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> tuple[str, int]:
-        """Start expiring leases and serving; returns the address bound."""
+        """Open the bus, start expiring leases and serving; returns the address bound."""
+        self.bus = await EmbeddedBroker.open(self.data_dir / "bus.sqlite3", clock=self._clock)
+        self.bus.start_upkeep()
+        api = RegistryAPI(self.registry, token=self._token, bus=BusAPI(self.bus))
+        self._server = HTTPServer(
+            api.handle,
+            limits=ServerLimits(
+                # Long polls hold a request open for minutes: the idle timeout
+                # only applies between requests, so keep it above the longest wait.
+                idle_timeout=330,
+                # A publish batch: up to 8 MiB of messages (RemoteBus splits
+                # larger ones), one of them up to the bus's 1 MiB limit.
+                max_body_bytes=10 * 1024 * 1024,
+            ),
+        )
         self.registry.start()
         self.address = await self._server.start(self.host, self.port)
         return self.address
 
     async def aclose(self) -> None:
-        await self._server.aclose(grace=1.0)
+        if self._server is not None:
+            await self._server.aclose(grace=1.0)
         await self.registry.aclose()
+        if self.bus is not None:
+            await self.bus.aclose()
 
     async def serve_until_stopped(self) -> None:
         """Serve until SIGINT or SIGTERM, then close."""

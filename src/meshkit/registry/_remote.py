@@ -9,19 +9,14 @@ a lease the control plane no longer knows ``LeaseNotFoundError``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
-from meshkit.errors import (
-    ConfigError,
-    DeadlineExceededError,
-    EnvironmentFaultError,
-    LeaseNotFoundError,
-    PeerError,
-)
-from meshkit.http import HTTPClient, Response, Timeouts
+from meshkit._plane import PlaneClient, parse_http_url
+from meshkit.errors import EnvironmentFaultError, LeaseNotFoundError, NotFoundError
+from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import _check as check
 from meshkit.registry._model import (
     Instance,
@@ -33,18 +28,6 @@ from meshkit.registry._model import (
 )
 
 __all__ = ["RemoteRegistry", "parse_http_url"]
-
-
-def parse_http_url(url: str) -> tuple[str, int]:
-    """``(host, port)`` of an ``http://host:port`` URL, or ``ConfigError`` on ``url``."""
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigError("url", f"must look like http://127.0.0.1:7700, got {url!r}")
-    try:
-        port = parts.port or 80
-    except ValueError as error:
-        raise ConfigError("url", f"has a bad port: {url!r}") from error
-    return parts.hostname, port
 
 
 class RemoteRegistry:
@@ -59,11 +42,7 @@ class RemoteRegistry:
         timeouts: Timeouts | None = None,
     ) -> None:
         self.url = url
-        self._host, self._port = parse_http_url(url)
-        self._auth = [(b"authorization", f"Bearer {check.text('token', token)}".encode())]
-        self._owns_http = http is None
-        self._http = http or HTTPClient()
-        self._timeouts = timeouts or Timeouts(connect=2.0, read=5.0)
+        self._plane = PlaneClient(url, token=token, http=http, timeouts=timeouts)
 
     async def __aenter__(self) -> RemoteRegistry:
         return self
@@ -122,67 +101,15 @@ class RemoteRegistry:
         return self._service_list(await self._call("GET", target, wait=wait))
 
     async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+        await self._plane.aclose()
 
     # -- internals -------------------------------------------------------------
 
     async def _call(
-        self,
-        method: str,
-        target: str,
-        *,
-        body: bytes = b"",
-        expect: int = 200,
-        wait: float = 0.0,
+        self, method: str, target: str, *, body: bytes = b"", expect: int = 200, wait: float = 0.0
     ) -> Any:
-        timeouts = self._timeouts
-        if wait:
-            # A long poll legitimately takes up to `wait`; allow for it.
-            timeouts = Timeouts(connect=timeouts.connect, read=wait + timeouts.read)
-        headers = self._auth
-        if body:
-            headers = [*headers, (b"content-type", b"application/json")]
-        try:
-            response = await self._http.request(
-                method,
-                self._host,
-                self._port,
-                target,
-                headers=headers,
-                body=body,
-                timeouts=timeouts,
-            )
-        except (PeerError, DeadlineExceededError) as error:
-            raise EnvironmentFaultError(
-                f"the control plane at {self.url} did not answer {method} {target}: {error}"
-            ) from error
-        if response.status == expect:
-            try:
-                return response.json() if response.body else None
-            except PeerError as error:
-                raise EnvironmentFaultError(
-                    f"the control plane at {self.url} answered {method} {target} with non-JSON"
-                ) from error
-        raise self._refusal(response, method, target)
-
-    def _refusal(self, response: Response, method: str, target: str) -> Exception:
-        try:
-            data = response.json()
-            message = data.get("error", "") if isinstance(data, dict) else ""
-        except PeerError:
-            data, message = {}, response.body[:200].decode("latin-1")
-        if response.status == 401:
-            return ConfigError("token", f"the control plane at {self.url} refused it")
-        if response.status == 404 and "/leases/" in target:
-            lease_id = int(target.rsplit("/", 1)[1])
-            return LeaseNotFoundError(lease_id, message or "unknown to the control plane")
-        if response.status == 400:
-            field = data.get("field") if isinstance(data, dict) else None
-            return ConfigError(field or "request", message)
-        return EnvironmentFaultError(
-            f"the control plane at {self.url} answered {method} {target}"
-            f" with {response.status}: {message}"
+        return await self._plane.call(
+            method, target, body=body, expect=expect, wait=wait, not_found=_lease_not_found(target)
         )
 
     def _snapshot(self, data: Any) -> Snapshot:
@@ -207,6 +134,12 @@ class RemoteRegistry:
             raise self._garbled(error) from error
 
     def _garbled(self, error: Exception) -> EnvironmentFaultError:
-        return EnvironmentFaultError(
-            f"the control plane at {self.url} answered with an unexpected listing: {error!r}"
-        )
+        return self._plane.garbled(error)
+
+
+def _lease_not_found(target: str) -> Callable[[str], Exception]:
+    """A 404 on a lease is ``LeaseNotFoundError``; on anything else, ``NotFoundError``."""
+    if "/leases/" not in target:
+        return NotFoundError
+    lease_id = int(target.rsplit("/", 1)[1])
+    return lambda message: LeaseNotFoundError(lease_id, message or "unknown to the control plane")

@@ -1,0 +1,207 @@
+"""``meshkit bus`` and ``meshkit dlq``: publish, watch, and handle the dead-letter queue.
+
+They talk to the bus of a running project (``meshkit up DIR``): its control
+plane's embedded broker, with the project's token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meshkit.bus import DeadLetter, Message, RemoteBus, subscribe
+from meshkit.cli._app import app, fail
+from meshkit.control import load_token
+from meshkit.deploy import load_project
+from meshkit.errors import EnvironmentFaultError, MeshkitError
+
+T = TypeVar("T")
+
+bus_app = typer.Typer(help="Publish to and watch the project's event bus.", no_args_is_help=True)
+dlq_app = typer.Typer(help="List, inspect, replay and purge dead letters.", no_args_is_help=True)
+app.add_typer(bus_app, name="bus")
+app.add_typer(dlq_app, name="dlq")
+
+Project = Annotated[
+    Path, typer.Option("--project", "-p", help="The project directory, holding meshkit.toml.")
+]
+
+
+def _run(directory: Path, work: Callable[[RemoteBus], Awaitable[T]]) -> T:
+    """Run ``work`` against the project's bus; a failure is one line and exit code 1 or 2."""
+
+    async def main() -> T:
+        project = load_project(directory, check_ports=False)
+        token = load_token(project.data_dir, create=False)
+        cp = project.control_plane
+        async with RemoteBus(f"http://{cp.host}:{cp.port}", token=token) as bus:
+            return await work(bus)
+
+    try:
+        return asyncio.run(main())
+    except EnvironmentFaultError as error:
+        fail(f"{error} (is `meshkit up {directory}` running?)", code=1)
+    except MeshkitError as error:
+        fail(str(error))
+
+
+@bus_app.command("publish")
+def publish(
+    topic: Annotated[str, typer.Argument(help="Topic, like order.created.")],
+    payload: Annotated[str, typer.Argument(help="The message: one JSON document.")],
+    *,
+    key: Annotated[str | None, typer.Option(help="Ordering key.")] = None,
+    message_id: Annotated[
+        str | None, typer.Option("--id", help="Message id (repeats are dropped).")
+    ] = None,
+    project: Project = Path(),
+) -> None:
+    """Publish one message; prints its id once it is durable."""
+    published = _run(
+        project,
+        lambda bus: bus.publish(topic, payload.encode(), key=key, message_id=message_id),
+    )
+    typer.echo(
+        f"{published.id}{' (duplicate: not published again)' if published.duplicate else ''}"
+    )
+
+
+@bus_app.command("tail")
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to follow.")],
+    *,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Group to read in (default: a new one, from the earliest message)."),
+    ] = None,
+    project: Project = Path(),
+) -> None:
+    """Print the topic's messages as JSON lines, oldest kept first, until Ctrl-C."""
+    name = group or f"tail-{uuid.uuid4().hex[:12]}"
+
+    async def follow(bus: RemoteBus) -> None:
+        async def show(message: Message) -> None:
+            line = {
+                "id": message.id,
+                "topic": message.topic,
+                "published": message.published,
+                "key": message.key,
+                "headers": message.headers,
+                "payload": msgspec.Raw(message.payload),
+            }
+            sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
+            sys.stdout.flush()
+
+        async with subscribe(bus, topic, name, show, concurrency=1):
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(project, follow)
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, object]:
+    message = letter.message
+    return {
+        "id": letter.id,
+        "topic": message.topic,
+        "group": letter.group,
+        "deliveries": letter.deliveries,
+        "error": letter.error,
+        "failed": letter.failed,
+        "message_id": message.id,
+        "key": message.key,
+        "headers": message.headers,
+        "payload": msgspec.Raw(message.payload),
+    }
+
+
+@dlq_app.command("list")
+def dlq_list(
+    *,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
+    project: Project = Path(),
+) -> None:
+    """The dead letters, oldest first: id, topic, group, deliveries and the last error."""
+    letters = _run(project, lambda bus: bus.dead_letters(limit=limit))
+    if json:
+        sys.stdout.write(msgspec.json.encode([_letter_json(x) for x in letters]).decode() + "\n")
+        return
+    table = Table("id", "topic", "group", "deliveries", "failed", "error", "message id")
+    for letter in letters:
+        failed = datetime.fromtimestamp(letter.failed, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(
+            letter.id,
+            letter.topic,
+            letter.group,
+            str(letter.deliveries),
+            failed,
+            letter.error,
+            letter.message.id,
+        )
+    Console(width=max(120, Console().width)).print(table)
+    if not letters:
+        typer.echo("no dead letters")
+
+
+@dlq_app.command("show")
+def dlq_show(
+    letter_id: Annotated[str, typer.Argument(metavar="ID", help="A dead letter's id.")],
+    *,
+    project: Project = Path(),
+) -> None:
+    """One dead letter as JSON, with its message's payload and headers."""
+    letter = _run(project, lambda bus: bus.dead_letter(letter_id))
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(_letter_json(letter))).decode() + "\n")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    letter_id: Annotated[
+        str | None, typer.Argument(metavar="ID", help="A dead letter's id.")
+    ] = None,
+    *,
+    every: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    project: Project = Path(),
+) -> None:
+    """Deliver a dead letter (or all) again to the group that gave up on it."""
+    if (letter_id is None) == (not every):
+        fail("give one dead letter's ID or --all")
+
+    async def replay(bus: RemoteBus) -> list[str]:
+        ids = (
+            [letter_id]
+            if letter_id is not None
+            else [x.id for x in await bus.dead_letters(limit=10_000)]
+        )
+        for one in ids:
+            await bus.replay(one)
+        return ids
+
+    replayed = _run(project, replay)
+    typer.echo(f"replayed {len(replayed)} dead letter{'s' if len(replayed) != 1 else ''}")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    letter_ids: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[ID]...", help="Dead letters to remove (default: all)."),
+    ] = None,
+    *,
+    project: Project = Path(),
+) -> None:
+    """Remove dead letters for good: the ones named, or all of them."""
+    purged = _run(project, lambda bus: bus.purge(letter_ids or None))
+    typer.echo(f"purged {purged} dead letter{'s' if purged != 1 else ''}")
