@@ -85,3 +85,36 @@ def test_gateway_benchmark_puts_the_engine_beside_nginx_and_haproxy(tmp_path: Pa
         assert versus_nginx["value"] > 0  # type: ignore[operator]
         assert by_name[f"{label} peak RSS under load"]["unit"] == "MB"
         assert f"{label} at 1,000 req/s, p99 added" in by_name
+
+
+def test_bus_benchmark_puts_each_backend_beside_its_raw_client(tmp_path: Path) -> None:
+    """benchmarks.bus rates and times each backend end to end beside its engine's raw client."""
+    import socket
+
+    for server, port in (("NATS with JetStream", 4222), ("Redis", 6379)):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            backend_missing(f"{server} at 127.0.0.1:{port}", "see benchmarks/bus.py")
+    rows = run_quick("bus", tmp_path)
+    by_name = {str(row["name"]): row for row in rows}
+    peers = {
+        "embedded": "nats-py on JetStream (raw)",
+        "jetstream": "nats-py on JetStream (raw)",
+        "redis": "redis-py on Streams (raw)",
+    }
+    for backend, peer in peers.items():
+        rate = by_name[f"{backend} end-to-end"]
+        assert rate["unit"] == "msg/s"
+        assert rate["value"] > 0  # type: ignore[operator]
+        assert rate["reference_name"] == peer
+        assert "ratio" in rate
+        for metric in ("p50", "p99"):
+            latency = by_name[f"{backend} at 1,000 msg/s, latency {metric}"]
+            assert latency["unit"] == "ms"
+            assert latency["value"] > 0  # type: ignore[operator]
+            assert latency["reference_name"] == peer
+    sqlite = by_name["sqlite raw write+read"]
+    assert sqlite["unit"] == "msg/s"
+    assert sqlite["value"] > 0  # type: ignore[operator]
+    assert "reference" not in sqlite

@@ -18,6 +18,13 @@ PUBLIC = {
     ],
     "meshkit.testing": ["FakeClock"],
     "meshkit.bus": [
+        "INBOX_RETENTION",
+        "OutboxEntry",
+        "OutboxRelay",
+        "OutboxStore",
+        "RelayStatistics",
+        "SqliteInbox",
+        "SqliteOutbox",
         "MAX_HEADERS",
         "MAX_PAYLOAD",
         "REPLAY_HEADER",

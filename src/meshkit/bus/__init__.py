@@ -25,11 +25,20 @@ from meshkit.bus._model import (
     encode_payload,
     outgoing,
 )
+from meshkit.bus._outbox import (
+    INBOX_RETENTION,
+    OutboxEntry,
+    OutboxRelay,
+    OutboxStore,
+    RelayStatistics,
+)
+from meshkit.bus._outbox_sqlite import SqliteInbox, SqliteOutbox
 from meshkit.bus._protocol import Bus, Consumer
 from meshkit.bus._remote import RemoteBus
 from meshkit.bus._subscription import Handler, Subscription, SubscriptionStatistics, subscribe
 
 __all__ = [
+    "INBOX_RETENTION",
     "MAX_HEADERS",
     "MAX_PAYLOAD",
     "REPLAY_HEADER",
@@ -40,9 +49,15 @@ __all__ = [
     "EmbeddedBus",
     "Handler",
     "Message",
+    "OutboxEntry",
+    "OutboxRelay",
+    "OutboxStore",
     "Outgoing",
     "Published",
+    "RelayStatistics",
     "RemoteBus",
+    "SqliteInbox",
+    "SqliteOutbox",
     "Subscription",
     "SubscriptionStatistics",
     "check_group",

@@ -27,8 +27,17 @@ from meshkit.policy import RateLimit
 from meshkit.ratelimit import LimitStore
 from meshkit.registry import Instance, Registration, Registry, Snapshot
 from meshkit.testing._bus import BusConformance
+from meshkit.testing._outbox import Event, OutboxConformance, OutboxDatabase, RecordingBus
 
-__all__ = ["BusConformance", "LimitStoreConformance", "RegistryConformance"]
+__all__ = [
+    "BusConformance",
+    "Event",
+    "LimitStoreConformance",
+    "OutboxConformance",
+    "OutboxDatabase",
+    "RecordingBus",
+    "RegistryConformance",
+]
 
 # Short enough for a quick suite, long enough for etcd (whose minimum is
 # about 1.5 s) and for a loaded CI machine to renew in time.

@@ -1,0 +1,339 @@
+"""The outbox and the inbox in a service's own SQLite database.
+
+Recording runs in the caller's transaction, on the caller's connection, in
+the caller's thread: a service's ``BEGIN IMMEDIATE ... COMMIT`` holds its
+change and its events together. The relay's store runs on a connection of
+its own, in a thread of its own, off the event loop.
+
+Two replicas of a service share its file, each with its relay. The claim
+that lets only one of them publish at a time is a row, written inside
+``BEGIN IMMEDIATE`` (which takes SQLite's one write lock, so two relays
+cannot both see the claim free and both take it) and kept after the
+commit, with an expiry. The write lock itself cannot be the claim: held
+while publishing, it would stop the service's own writes for as long as
+the bus takes to answer, or to time out.
+
+Sent events are deleted rather than marked: the outbox then holds only the
+backlog, so finding the oldest unsent events reads the first rows of the
+primary key, with no index on a flag and no pruning to schedule. The bus
+keeps what was published. ``AUTOINCREMENT`` keeps ``seq`` from being
+reused after the table empties, so a relay whose claim lapsed and that
+removes its batch late can only remove events that were published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import ClassVar, TypeVar
+
+import msgspec
+
+from meshkit._clock import Clock, SystemClock
+from meshkit.bus._model import Outgoing, check_limit, check_message_id, outgoing
+from meshkit.bus._outbox import INBOX_RETENTION, InboxRetention, OutboxEntry
+from meshkit.errors import EnvironmentFaultError, MeshkitError, UsageError
+from meshkit.policy import _check as check
+
+__all__ = ["SqliteInbox", "SqliteOutbox"]
+
+T = TypeVar("T")
+
+_log = logging.getLogger("meshkit.bus.outbox")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meshkit_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    key TEXT
+);
+-- At most one row: the relay publishing now, and when its claim lapses (Unix time).
+CREATE TABLE IF NOT EXISTS meshkit_outbox_claim (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    holder TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meshkit_inbox (
+    grp TEXT NOT NULL,
+    id TEXT NOT NULL,
+    seen REAL NOT NULL,
+    PRIMARY KEY (grp, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS meshkit_inbox_by_age ON meshkit_inbox (grp, seen);
+"""
+
+_INSERT = "INSERT INTO meshkit_outbox (id, topic, payload, headers, key) VALUES (?, ?, ?, ?, ?)"
+_OLDEST = "SELECT seq, id, topic, payload, headers, key FROM meshkit_outbox ORDER BY seq LIMIT ?"
+_CLAIM = """
+INSERT INTO meshkit_outbox_claim (one, holder, expires) VALUES (1, ?, ?)
+ON CONFLICT (one) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+"""
+_UNCLAIM = "DELETE FROM meshkit_outbox_claim WHERE holder = ?"
+
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+
+
+def _translate(error: sqlite3.Error, where: str) -> MeshkitError:
+    if isinstance(error, sqlite3.OperationalError) and "no such table" in str(error):
+        return UsageError(
+            f"{where} has no outbox tables: run SqliteOutbox.SCHEMA in it first ({error})"
+        )
+    return EnvironmentFaultError(f"{where} failed: {error}")
+
+
+def _in_transaction(db: sqlite3.Connection, what: str) -> None:
+    # The sqlite3 module's legacy mode (the default isolation level, and no
+    # Python 3.12 autocommit=True) begins a transaction itself before an
+    # INSERT, so a record() there is inside the transaction the caller then
+    # commits. In autocommit mode (isolation_level None, as db.py's) only an
+    # explicit BEGIN opens one.
+    implicit = getattr(db, "autocommit", -1) == -1 and db.isolation_level is not None
+    if not (db.in_transaction or implicit):
+        raise UsageError(
+            f"{what} needs the caller's open transaction (BEGIN IMMEDIATE ... COMMIT): "
+            "outside one it would commit on its own, whatever becomes of the change"
+        )
+
+
+class SqliteOutbox:
+    """An ``OutboxStore`` on the SQLite database at ``path``, and ``record()`` to fill it.
+
+    ``SCHEMA`` creates meshkit's tables (the outbox, its claim and the
+    inbox) if they are missing; run it with the service's own schema, or
+    ``await store.ensure_schema()``. ``timeout`` is how long a call waits
+    for the database's write lock before it counts as unreachable. The
+    claim's expiry is wall time on ``clock``: every relay of one file runs
+    on one machine, so they read one wall clock.
+    """
+
+    SCHEMA: ClassVar[str] = _SCHEMA
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout: float = 10.0, clock: Clock | None = None
+    ) -> None:
+        self.path = os.fspath(path)
+        self._timeout = check.seconds("timeout", timeout)
+        self._clock = clock or SystemClock()
+        # Claims are told apart by holder, so each store is a holder of its own.
+        self._holder = secrets.token_hex(8)
+        # One thread, not asyncio.to_thread's pool: the connection stays with
+        # the thread that made it, calls run in the order they were made even
+        # when the caller is cancelled mid-call, and aclose() runs after the
+        # call in flight instead of under it.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshkit-outbox")
+        self._db: sqlite3.Connection | None = None
+        self._holding = False  # whether the claim row may be this store's (the store's thread)
+        self._closed = False
+
+    @staticmethod
+    def record(
+        db: sqlite3.Connection,
+        topic: str,
+        payload: object,
+        *,
+        headers: Mapping[str, str] | None = None,
+        key: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Record an event in the caller's open transaction on ``db``: its message id.
+
+        The event is checked as ``outgoing()`` checks it (``ConfigError``
+        naming the bad field, before anything is written) and gets a random
+        id unless ``message_id`` is given. It is published after, and only
+        if, the transaction commits. Raises ``UsageError`` outside a
+        transaction or without the tables, ``EnvironmentFaultError`` if the
+        insert fails.
+        """
+        _in_transaction(db, "SqliteOutbox.record()")
+        message = outgoing(topic, payload, headers=headers, key=key, message_id=message_id)
+        row = (
+            message.id,
+            message.topic,
+            message.payload,
+            msgspec.json.encode(message.headers).decode(),
+            message.key,
+        )
+        try:
+            db.execute(_INSERT, row)
+        except sqlite3.Error as error:
+            raise _translate(error, "recording an event") from error
+        return message.id
+
+    async def ensure_schema(self) -> None:
+        """Create meshkit's tables if they are missing (``SCHEMA``)."""
+        await self._call(lambda db: db.executescript(_SCHEMA))
+
+    async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
+        check_limit(limit)
+        check.seconds("hold", hold)
+        now = self._clock.time()
+        return await self._call(lambda db: self._claim(db, limit, now, now + hold))
+
+    async def sent(self, entries: Sequence[OutboxEntry]) -> None:
+        seqs = [(entry.seq,) for entry in entries]
+        await self._call(lambda db: self._sent(db, seqs))
+
+    async def release(self) -> None:
+        await self._call(self._release)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    # -- in the store's thread ---------------------------------------------------
+
+    def _claim(
+        self, db: sqlite3.Connection, limit: int, now: float, expires: float
+    ) -> list[OutboxEntry]:
+        # Idle polls only read, so they never wait for the service's writers.
+        if db.execute("SELECT 1 FROM meshkit_outbox LIMIT 1").fetchone() is None:
+            return []
+        with _immediate(db):
+            holder = db.execute("SELECT holder, expires FROM meshkit_outbox_claim").fetchone()
+            if holder is not None and holder[0] != self._holder and holder[1] > now:
+                return []  # another relay is publishing
+            rows = db.execute(_OLDEST, (limit,)).fetchall()
+            if rows:
+                db.execute(_CLAIM, (self._holder, expires))
+                self._holding = True  # if the commit fails, release() finds nothing to delete
+        return [_entry(*row) for row in rows]
+
+    def _sent(self, db: sqlite3.Connection, seqs: list[tuple[int]]) -> None:
+        with _immediate(db):
+            db.executemany("DELETE FROM meshkit_outbox WHERE seq = ?", seqs)
+            db.execute(_UNCLAIM, (self._holder,))
+        self._holding = False
+
+    def _release(self, db: sqlite3.Connection) -> None:
+        # Only when there may be a claim: a DELETE waits for the write lock
+        # even when it matches nothing, and a relay releases after every
+        # failure, a locked database's too.
+        if self._holding:
+            db.execute(_UNCLAIM, (self._holder,))
+            self._holding = False
+
+    def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            self._release(db)
+        except sqlite3.Error as error:  # the claim lapses on its own after its hold
+            _log.debug("outbox: could not release the claim on closing: %s", error)
+        finally:
+            db.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            # Autocommit (isolation_level None): transactions are the explicit
+            # BEGIN IMMEDIATE ones. The journal mode is the service's choice
+            # (WAL, for replicas sharing the file), left as it is.
+            self._db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        return self._db
+
+    async def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise UsageError("this SqliteOutbox is closed")
+
+        def run() -> T:
+            try:
+                return op(self._connection())
+            except sqlite3.Error as error:
+                raise _translate(error, f"the outbox database {self.path}") from error
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+
+@contextlib.contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:  # a COMMIT that failed (busy) leaves it open
+            db.execute("ROLLBACK")
+        raise
+
+
+def _entry(
+    seq: int, message_id: str, topic: str, payload: bytes, headers: str, key: str | None
+) -> OutboxEntry:
+    # Checked when it was recorded; read back as it was written.
+    message = Outgoing(
+        topic=topic,
+        id=message_id,
+        payload=payload,
+        headers=_decode_headers(headers),
+        key=key,
+        given_id=True,
+    )
+    return OutboxEntry(seq=seq, message=message)
+
+
+class SqliteInbox:
+    """The ids a consumer group has handled, kept in the group's own transactions.
+
+    In a handler, inside the transaction that makes the handler's change::
+
+        if inbox.record(db, message.id):
+            ...  # the change: done once per message id
+        # a repeat: already done, nothing to change
+
+    An id is remembered for ``retention`` seconds (default 7 days), then
+    forgotten (``prune``, which ``record`` also runs once an hour). The
+    tables are ``SqliteOutbox.SCHEMA``'s.
+    """
+
+    def __init__(
+        self, group: str, *, retention: float = INBOX_RETENTION, clock: Clock | None = None
+    ) -> None:
+        self._retention = InboxRetention(group, retention=retention, clock=clock)
+        self.group = self._retention.group
+
+    def record(self, db: sqlite3.Connection, message_id: str) -> bool:
+        """True the first time ``message_id`` comes for this group (now recorded), else False.
+
+        The record commits with the caller's transaction and rolls back
+        with it, so a handler that fails leaves the message new for its
+        next delivery. Raises ``UsageError`` outside a transaction.
+        """
+        _in_transaction(db, "SqliteInbox.record()")
+        check_message_id(message_id)
+        if self._retention.due():
+            self.prune(db)
+        try:
+            cursor = db.execute(
+                "INSERT INTO meshkit_inbox (grp, id, seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (self.group, message_id, self._retention.stamp()),
+            )
+        except sqlite3.Error as error:
+            raise _translate(error, "the inbox") from error
+        return cursor.rowcount == 1
+
+    def prune(self, db: sqlite3.Connection) -> int:
+        """Forget this group's ids older than the retention: how many were forgotten."""
+        try:
+            cursor = db.execute(
+                "DELETE FROM meshkit_inbox WHERE grp = ? AND seen < ?",
+                (self.group, self._retention.cutoff()),
+            )
+        except sqlite3.Error as error:
+            raise _translate(error, "the inbox") from error
+        return cursor.rowcount

@@ -1,0 +1,322 @@
+"""The outbox and the inbox in a service's PostgreSQL database, through asyncpg.
+
+Needs the ``postgres`` extra: ``pip install 'meshkit[postgres]'``. asyncpg
+is imported when first used, so importing this module never fails.
+
+Recording runs on the caller's connection, inside the caller's transaction.
+The relay's store (``PostgresOutbox``) has a connection of its own, and its
+claim is a transaction on it holding an advisory lock on the outbox table
+(``pg_try_advisory_xact_lock``), open from the claim until the batch is
+removed. The lock is the whole outbox's, not its rows': ``FOR UPDATE SKIP
+LOCKED`` would let a second relay take the next rows and publish them
+before the first relay's, out of order. A session lock would survive the
+batch, and needs unlocking by hand; a transaction's lock ends with the
+transaction, so a relay that crashes, or whose connection drops, frees the
+outbox at once. A relay that hangs is bounded too: the claim sets
+``idle_in_transaction_session_timeout`` to its hold, and PostgreSQL ends a
+session that sits in the transaction for longer.
+
+The open transaction takes no row locks and writes nothing until its
+``DELETE``, so the service's inserts never wait for it.
+
+Events are published in ``seq`` order, which is the order the recording
+transactions drew their numbers. Two concurrent transactions may commit in
+the other order; an event recorded after another's commit (one that causes
+it, say) always has the higher number, so causes go out before effects.
+Sent events are deleted, as in SQLite, and for the same reasons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
+
+import msgspec
+
+from meshkit._clock import Clock
+from meshkit.bus._model import Outgoing, check_limit, check_message_id, outgoing
+from meshkit.bus._outbox import INBOX_RETENTION, InboxRetention, OutboxEntry
+from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.policy import _check as check
+
+__all__ = ["PostgresConnection", "PostgresInbox", "PostgresOutbox"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meshkit_outbox (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text NOT NULL,
+    topic text NOT NULL,
+    payload bytea NOT NULL,
+    headers text NOT NULL,
+    key text
+);
+CREATE TABLE IF NOT EXISTS meshkit_inbox (
+    grp text NOT NULL,
+    id text NOT NULL,
+    seen double precision NOT NULL,
+    PRIMARY KEY (grp, id)
+);
+CREATE INDEX IF NOT EXISTS meshkit_inbox_by_age ON meshkit_inbox (grp, seen);
+"""
+
+# Advisory lock keys: "mkob" in the high half, and the table's oid (unique in
+# its database, whatever its schema) in the low half. "mksc" serialises
+# ensure_schema(): two replicas creating one table at once can collide.
+_CLAIM = """
+SELECT pg_try_advisory_xact_lock(7884518039339663360 | 'meshkit_outbox'::regclass::oid::bigint),
+       set_config('idle_in_transaction_session_timeout', $1, true)
+"""
+_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7884522441681141760)"
+_OLDEST = "SELECT seq, id, topic, payload, headers, key FROM meshkit_outbox ORDER BY seq LIMIT $1"
+_INSERT = (
+    "INSERT INTO meshkit_outbox (id, topic, payload, headers, key) VALUES ($1, $2, $3, $4, $5)"
+)
+_INBOX = """
+INSERT INTO meshkit_inbox (grp, id, seen) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true
+"""
+
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+
+
+class PostgresConnection(Protocol):
+    """What the outbox and the inbox use of an asyncpg connection (a pool's connection too)."""
+
+    def is_in_transaction(self) -> bool: ...
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+
+
+def _asyncpg() -> Any:
+    try:
+        return importlib.import_module("asyncpg")
+    except ImportError as error:
+        raise UsageError(
+            "the outbox and inbox in PostgreSQL need the postgres extra: "
+            "pip install 'meshkit[postgres]'"
+        ) from error
+
+
+@contextlib.contextmanager
+def _translated(where: str) -> Iterator[None]:
+    """asyncpg's and the network's errors as meshkit's, from the original."""
+    asyncpg = _asyncpg()
+    try:
+        yield
+    except asyncpg.UndefinedTableError as error:
+        raise UsageError(
+            f"{where}: meshkit's tables are missing; run PostgresOutbox.SCHEMA first ({error})"
+        ) from error
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        TimeoutError,
+    ) as error:
+        raise EnvironmentFaultError(f"{where} failed: {type(error).__name__}: {error}") from error
+
+
+def _in_transaction(connection: PostgresConnection, what: str) -> None:
+    if not connection.is_in_transaction():
+        raise UsageError(
+            f"{what} needs the caller's open transaction (async with connection.transaction()): "
+            "outside one it would commit on its own, whatever becomes of the change"
+        )
+
+
+def _check_dsn(dsn: object) -> str:
+    if isinstance(dsn, str) and urlsplit(dsn).scheme in ("postgresql", "postgres"):
+        return dsn
+    raise ConfigError("dsn", f"must look like postgresql://user@127.0.0.1:5432/db, got {dsn!r}")
+
+
+class PostgresOutbox:
+    """An ``OutboxStore`` on the PostgreSQL database at ``dsn``, and ``record()`` to fill it.
+
+    ``SCHEMA`` creates meshkit's tables (the outbox and the inbox) if they
+    are missing; run it with the service's own schema, or ``await
+    store.ensure_schema()``. The tables are found on the connection's
+    ``search_path``. ``timeout`` bounds connecting and each statement. The
+    store connects on first use, and again after any error.
+    """
+
+    SCHEMA: ClassVar[str] = _SCHEMA
+
+    def __init__(self, dsn: str, *, timeout: float = 10.0) -> None:
+        self._dsn = _check_dsn(dsn)
+        parts = urlsplit(dsn)
+        # Named in errors without its password.
+        self.where = f"PostgreSQL at {parts.hostname or 'localhost'}:{parts.port or 5432}"
+        self._timeout = check.seconds("timeout", timeout)
+        self._asyncpg = _asyncpg()
+        self._connection: Any = None
+        self._claim: Any = None  # the open transaction that holds the claim
+
+    @staticmethod
+    async def record(
+        connection: PostgresConnection,
+        topic: str,
+        payload: object,
+        *,
+        headers: Mapping[str, str] | None = None,
+        key: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """Record an event in the caller's open transaction on ``connection``: its message id.
+
+        Checked as ``outgoing()`` checks it (``ConfigError`` naming the bad
+        field, before anything is written), with a random id unless
+        ``message_id`` is given; published after, and only if, the
+        transaction commits. Raises ``UsageError`` outside a transaction or
+        without the tables, ``EnvironmentFaultError`` if the insert fails.
+        """
+        _in_transaction(connection, "PostgresOutbox.record()")
+        message = outgoing(topic, payload, headers=headers, key=key, message_id=message_id)
+        headers_json = msgspec.json.encode(message.headers).decode()
+        with _translated("recording an event"):
+            await connection.execute(
+                _INSERT, message.id, message.topic, message.payload, headers_json, message.key
+            )
+        return message.id
+
+    async def ensure_schema(self) -> None:
+        """Create meshkit's tables if they are missing (``SCHEMA``)."""
+        with self._errors():
+            connection = await self._connect()
+            async with connection.transaction():
+                await connection.execute(_SCHEMA_LOCK)
+                await connection.execute(_SCHEMA)
+
+    async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
+        check_limit(limit)
+        idle = str(math.ceil(check.seconds("hold", hold) * 1000))  # milliseconds
+        await self.release()  # a claim not ended (a caller that skipped release)
+        with self._errors():
+            connection = await self._connect()
+            transaction = connection.transaction()
+            await transaction.start()
+            self._claim = transaction
+            locked = await connection.fetchval(_CLAIM, idle)
+            rows = await connection.fetch(_OLDEST, limit) if locked else []
+            if not rows:
+                self._claim = None
+                await transaction.rollback()
+                return []
+        return [_entry(row) for row in rows]
+
+    async def sent(self, entries: Sequence[OutboxEntry]) -> None:
+        transaction, self._claim = self._claim, None
+        if transaction is None:
+            raise UsageError("sent() without a claim: claim() the entries first")
+        with self._errors():
+            await self._connection.execute(
+                "DELETE FROM meshkit_outbox WHERE seq = ANY($1::bigint[])",
+                [entry.seq for entry in entries],
+            )
+            await transaction.commit()
+
+    async def release(self) -> None:
+        transaction, self._claim = self._claim, None
+        if transaction is not None:
+            with self._errors():
+                await transaction.rollback()
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        self._claim = None
+        if connection is not None:
+            # Closing ends the claim's transaction too; a connection that is
+            # already broken is simply dropped.
+            try:
+                with self._errors():
+                    await connection.close(timeout=self._timeout)
+            except EnvironmentFaultError:
+                connection.terminate()
+
+    # -- the connection ----------------------------------------------------------
+
+    async def _connect(self) -> Any:
+        if self._connection is None:
+            self._connection = await self._asyncpg.connect(
+                self._dsn, timeout=self._timeout, command_timeout=self._timeout
+            )
+        return self._connection
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """Translated errors; after any, the connection (and any claim on it) is dropped."""
+        try:
+            with _translated(self.where):
+                yield
+        except BaseException:
+            connection, self._connection = self._connection, None
+            self._claim = None
+            if connection is not None:
+                connection.terminate()  # in a state nobody can trust: start afresh
+            raise
+
+
+def _entry(row: Any) -> OutboxEntry:
+    # Checked when it was recorded; read back as it was written.
+    message = Outgoing(
+        topic=row["topic"],
+        id=row["id"],
+        payload=bytes(row["payload"]),
+        headers=_decode_headers(row["headers"]),
+        key=row["key"],
+        given_id=True,
+    )
+    return OutboxEntry(seq=row["seq"], message=message)
+
+
+class PostgresInbox:
+    """The ids a consumer group has handled, kept in the group's own transactions.
+
+    In a handler, inside the transaction that makes the handler's change::
+
+        async with connection.transaction():
+            if await inbox.record(connection, message.id):
+                ...  # the change: done once per message id
+
+    An id is remembered for ``retention`` seconds (default 7 days), then
+    forgotten (``prune``, which ``record`` also runs once an hour). Two
+    deliveries of one message handled at once are safe: the second insert
+    waits for the first transaction, then finds the id (or, if the first
+    rolled back, records it). The tables are ``PostgresOutbox.SCHEMA``'s.
+    """
+
+    def __init__(
+        self, group: str, *, retention: float = INBOX_RETENTION, clock: Clock | None = None
+    ) -> None:
+        self._retention = InboxRetention(group, retention=retention, clock=clock)
+        self.group = self._retention.group
+
+    async def record(self, connection: PostgresConnection, message_id: str) -> bool:
+        """True the first time ``message_id`` comes for this group (now recorded), else False.
+
+        The record commits and rolls back with the caller's transaction.
+        Raises ``UsageError`` outside a transaction.
+        """
+        _in_transaction(connection, "PostgresInbox.record()")
+        check_message_id(message_id)
+        if self._retention.due():
+            await self.prune(connection)
+        with _translated("the inbox"):
+            new = await connection.fetchval(_INBOX, self.group, message_id, self._retention.stamp())
+        return new is not None
+
+    async def prune(self, connection: PostgresConnection) -> int:
+        """Forget this group's ids older than the retention: how many were forgotten."""
+        with _translated("the inbox"):
+            status = await connection.execute(
+                "DELETE FROM meshkit_inbox WHERE grp = $1 AND seen < $2",
+                self.group,
+                self._retention.cutoff(),
+            )
+        return int(status.rsplit(" ", 1)[-1])  # "DELETE 12"

@@ -1,0 +1,409 @@
+"""The outbox conformance suite: what every outbox store and inbox must do, on the real engine.
+
+An engine takes part through an ``OutboxDatabase``: a fresh database with
+meshkit's tables, that can run one transaction recording events (with the
+engine's ``record``), one handling a message (with the engine's inbox), and
+make stores on itself, as each replica of a service makes its own. The
+suite brings the buses: an ``EmbeddedBus`` where a real one is needed, and
+a ``RecordingBus`` to take the bus down or to publish past its duplicate
+window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from meshkit._clock import Clock, SystemClock
+from meshkit.bus import Bus, Consumer, DeadLetter, EmbeddedBus, Message, Outgoing, Published
+from meshkit.bus._outbox import INBOX_RETENTION, OutboxEntry, OutboxRelay, OutboxStore
+from meshkit.bus._protocol import PublishOne
+from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.policy import Backoff, Redelivery
+from meshkit.testing._clock import FakeClock
+
+__all__ = ["Event", "OutboxConformance", "OutboxDatabase", "RecordingBus"]
+
+WITHIN = 20.0  # seconds any one expectation may take on a loaded machine
+_CLOCK = SystemClock()
+_QUICK = Backoff(initial=0.01, maximum=0.05)
+_REDELIVERY = Redelivery(max_deliveries=3, backoff=Backoff(initial=0.25, maximum=1.0), ack_wait=5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event for a transaction to record, as a service would pass it to ``record``."""
+
+    topic: str
+    payload: object
+    headers: dict[str, str] | None = None
+    key: str | None = None
+    message_id: str | None = None
+
+
+class OutboxDatabase(Protocol):
+    """One fresh database of one engine, with meshkit's tables, as the suite drives it."""
+
+    def store(self) -> OutboxStore:
+        """A new store on this database: each relay (each replica) has its own."""
+        ...
+
+    async def record(self, events: Sequence[Event], *, commit: bool = True) -> list[str]:
+        """One transaction recording ``events`` in order; committed, or rolled back.
+
+        Returns the ids ``record`` gave. An error from ``record`` rolls the
+        transaction back and propagates.
+        """
+        ...
+
+    async def receive(
+        self,
+        group: str,
+        message_id: str,
+        *,
+        clock: Clock | None = None,
+        retention: float = INBOX_RETENTION,
+        commit: bool = True,
+    ) -> bool:
+        """One transaction handling a message: the inbox's answer, committed or rolled back.
+
+        The inbox is a new one, on ``clock``, with this ``retention``.
+        """
+        ...
+
+    async def prune(self, group: str, *, clock: Clock, retention: float) -> int:
+        """The inbox's ``prune`` for ``group`` in a transaction of its own: how many it forgot."""
+        ...
+
+
+@dataclass
+class RecordingBus(PublishOne):
+    """A ``Bus`` that only records what is published: for relays under failure.
+
+    While ``down``, a publish raises ``EnvironmentFaultError`` (counted in
+    ``refused``). Otherwise it takes ``latency`` seconds on ``clock``, then
+    appends every message to ``sent``, repeats included. With ``dedup`` a
+    repeat of a given id is ``Published.duplicate``, as within a real bus's
+    window (here unbounded); without, it is new, as past the window.
+    """
+
+    dedup: bool = True
+    latency: float = 0.0
+    clock: Clock = field(default_factory=SystemClock)
+    down: bool = False
+    sent: list[Outgoing] = field(default_factory=list)
+    refused: int = 0
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    async def publish_batch(self, messages: Sequence[Outgoing]) -> list[Published]:
+        if self.down:
+            self.refused += 1
+            self._changed.set()
+            raise EnvironmentFaultError("the recording bus is down")
+        if self.latency:
+            await self.clock.sleep(self.latency)
+        seen = {m.id for m in self.sent if m.given_id} if self.dedup else set()
+        self.sent.extend(messages)
+        self._changed.set()
+        return [Published(id=m.id, duplicate=m.given_id and m.id in seen) for m in messages]
+
+    def ids(self) -> list[str]:
+        return [m.id for m in self.sent]
+
+    async def wait_for(self, condition: Callable[[RecordingBus], bool]) -> None:
+        """Until ``condition(self)`` holds, checked after every publish (unbounded: bound it)."""
+        while not condition(self):
+            self._changed.clear()
+            await self._changed.wait()
+
+    # The rest of the Bus interface: nothing to consume, no dead letters.
+
+    async def consumer(self, topic: str, group: str, *, redelivery: Redelivery) -> Consumer:  # noqa: ARG002
+        raise UsageError("a RecordingBus only records publishes")
+
+    async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:  # noqa: ARG002
+        return []
+
+    async def dead_letter(self, letter_id: str) -> DeadLetter:  # noqa: ARG002
+        raise UsageError("a RecordingBus only records publishes")
+
+    async def replay(self, letter_id: str) -> None:  # noqa: ARG002
+        raise UsageError("a RecordingBus only records publishes")
+
+    async def purge(self, ids: Sequence[str] | None = None) -> int:  # noqa: ARG002
+        return 0
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _ForgetsOnce:
+    """A store whose first ``sent`` fails before removing anything: a relay killed there."""
+
+    def __init__(self, inner: OutboxStore) -> None:
+        self.inner = inner
+        self.failed = False
+
+    async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
+        return await self.inner.claim(limit, hold=hold)
+
+    async def sent(self, entries: Sequence[OutboxEntry]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise EnvironmentFaultError("killed between publishing and removing")
+        await self.inner.sent(entries)
+
+    async def release(self) -> None:
+        await self.inner.release()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _relay(store: OutboxStore, bus: Bus, **options: object) -> OutboxRelay:
+    settings: dict[str, object] = {"interval": 0.05, "backoff": _QUICK}
+    settings.update(options)
+    return OutboxRelay(store, bus, **settings)  # type: ignore[arg-type]
+
+
+async def _eventually(condition: Callable[[], bool | Awaitable[bool]]) -> None:
+    """Until ``condition()`` holds, within ``WITHIN`` s: for state that signals no change."""
+    async with asyncio.timeout(WITHIN):
+        while True:
+            answer = condition()
+            if answer if isinstance(answer, bool) else await answer:
+                return
+            await _CLOCK.sleep(0.01)
+
+
+async def _messages(bus: Bus, topic: str, count: int) -> list[Message]:
+    """The first ``count`` messages on ``topic`` for a new group; fails on any more."""
+    consumer = await bus.consumer(topic, "check", redelivery=_REDELIVERY)
+    messages: list[Message] = []
+    try:
+        async with asyncio.timeout(WITHIN):
+            while len(messages) < count:
+                deliveries = await consumer.fetch(count - len(messages), wait=WITHIN)
+                messages += [d.message for d in deliveries]
+                await consumer.ack(deliveries)
+        extra = await consumer.fetch(10, wait=0.3)  # room for a wrong repeat to show
+        assert [d.message.id for d in extra] == []
+    finally:
+        await consumer.aclose()
+    return messages
+
+
+async def _another_refusal(bus: RecordingBus) -> None:
+    refusals = bus.refused + 1
+    await asyncio.wait_for(bus.wait_for(lambda b: b.refused >= refusals), WITHIN)
+
+
+async def _empty(store: OutboxStore) -> bool:
+    """Whether the outbox holds nothing (claiming it, and releasing)."""
+    entries = await store.claim(100, hold=5.0)
+    await store.release()
+    return entries == []
+
+
+class OutboxConformance:
+    """What every outbox store and inbox must do. Provide a ``database`` fixture.
+
+    ``database`` is an ``OutboxDatabase`` on a fresh database of the engine
+    with meshkit's tables; the suite closes every store it makes.
+    """
+
+    @pytest.fixture
+    def topic(self) -> str:
+        return f"conf.o{secrets.token_hex(5)}"
+
+    @pytest.fixture
+    async def bus(self, tmp_path: Path) -> AsyncIterator[Bus]:
+        bus = await EmbeddedBus.open(tmp_path / "bus.sqlite3")
+        yield bus
+        await bus.aclose()
+
+    # -- recording -----------------------------------------------------------------
+
+    async def test_a_rolled_back_transaction_leaves_no_event(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """Only the committed transaction's event is published; the outbox is empty after."""
+        await database.record([Event(topic, "rolled back")], commit=False)
+        [kept] = await database.record([Event(topic, "committed")])
+        bus = RecordingBus()
+        async with _relay(database.store(), bus) as relay:
+            await _eventually(lambda: relay.statistics.published == 1)
+        assert bus.ids() == [kept]
+        assert [m.payload for m in bus.sent] == [b'"committed"']
+        store = database.store()
+        try:
+            assert await _empty(store)
+        finally:
+            await store.aclose()
+
+    async def test_a_bad_event_is_refused_and_its_transaction_records_nothing(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """ConfigError names the field; the transaction's good event before it is not published."""
+        with pytest.raises(ConfigError) as caught:
+            await database.record([Event(topic, "fine"), Event("Bad Topic", "x")])
+        assert caught.value.key == "topic"
+        [later] = await database.record([Event(topic, "later")])
+        bus = RecordingBus()
+        async with _relay(database.store(), bus) as relay:
+            await _eventually(lambda: relay.statistics.published == 1)
+        assert bus.ids() == [later]
+
+    async def test_committed_events_are_published_once_in_commit_order_and_intact(
+        self, database: OutboxDatabase, bus: Bus, topic: str
+    ) -> None:
+        """Ids (given or made), payload, headers and key arrive as recorded, in order, once."""
+        first = await database.record([Event(topic, {"n": 1}), Event(topic, {"n": 2})])
+        second = await database.record(
+            [Event(topic, {"n": 3}, headers={"x-tenant": "t1"}, key="o3", message_id=f"{topic}-3")]
+        )
+        third = await database.record([Event(topic, [4, "four"])])
+        assert second == [f"{topic}-3"]
+        relay = _relay(database.store(), bus)
+        async with relay:
+            relay.notify()
+            messages = await _messages(bus, topic, 4)
+        assert [m.id for m in messages] == first + second + third
+        assert [m.json() for m in messages] == [{"n": 1}, {"n": 2}, {"n": 3}, [4, "four"]]
+        assert messages[2].headers["x-tenant"] == "t1"
+        assert [m.key for m in messages] == [None, None, "o3", None]
+        assert (relay.statistics.published, relay.statistics.duplicates) == (4, 0)
+
+    # -- the relay under failure -------------------------------------------------------
+
+    async def test_events_recorded_while_the_bus_is_down_go_out_in_order_once_it_is_back(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """Refused publishes lose nothing: after the outage every event goes out once, in order."""
+        bus = RecordingBus(down=True)
+        ids: list[str] = []
+        async with _relay(database.store(), bus) as relay:
+            for n in range(10):
+                ids += await database.record([Event(topic, n)])
+                relay.notify()
+                if n in (0, 5):  # some recorded before the first refusal, some between
+                    await _another_refusal(bus)
+            bus.down = False
+            await _eventually(lambda: relay.statistics.published == 10)
+        assert bus.ids() == ids
+        assert relay.statistics.failures >= 2
+        assert relay.statistics.failing == 0
+
+    async def test_a_relay_killed_between_publishing_and_removing_publishes_a_duplicate(
+        self, database: OutboxDatabase, bus: Bus, topic: str
+    ) -> None:
+        """The batch goes out again with its ids; the bus reports duplicates, consumers get one."""
+        ids = await database.record([Event(topic, n) for n in range(3)])
+        store = _ForgetsOnce(database.store())
+        async with _relay(store, bus) as relay:
+            await _eventually(lambda: relay.statistics.published == 3)
+            messages = await _messages(bus, topic, 3)
+        assert store.failed
+        assert relay.statistics.duplicates == 3
+        assert [m.id for m in messages] == ids
+
+    async def test_past_the_duplicate_window_the_inbox_drops_the_repeat(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """A bus that no longer knows the ids delivers them twice; the inbox admits each once."""
+        ids = await database.record([Event(topic, n) for n in range(3)])
+        bus = RecordingBus(dedup=False)
+        async with _relay(_ForgetsOnce(database.store()), bus) as relay:
+            await _eventually(lambda: relay.statistics.published == 3)
+        assert bus.ids() == ids + ids
+        admitted = [await database.receive("billing", m.id) for m in bus.sent]
+        assert admitted == [True] * 3 + [False] * 3
+
+    async def test_two_relays_on_one_database_publish_each_event_once_in_order(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """Two replicas' relays, nudged together, publish every event exactly once, in order."""
+        bus = RecordingBus(dedup=False, latency=0.005)  # every overlap would show as a repeat
+        ids: list[str] = []
+        async with (
+            _relay(database.store(), bus, batch=3) as first,
+            _relay(database.store(), bus, batch=3) as second,
+        ):
+            for n in range(30):
+                ids += await database.record([Event(topic, n)])
+                first.notify()
+                second.notify()
+            await _eventually(
+                lambda: first.statistics.published + second.statistics.published == 30
+            )
+        assert bus.ids() == ids
+
+    # -- the store's claim -------------------------------------------------------------
+
+    async def test_a_claim_excludes_other_stores_until_released_or_lapsed(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """Oldest first within the limit; others get nothing while it is held, until its hold."""
+        ids = await database.record([Event(topic, n) for n in range(3)])
+        one, other = database.store(), database.store()
+        try:
+            claimed = await one.claim(2, hold=30.0)
+            assert [e.message.id for e in claimed] == ids[:2]
+            assert all(e.message.given_id for e in claimed)
+            assert await other.claim(2, hold=30.0) == []
+            await one.release()
+            assert [e.message.id for e in await other.claim(5, hold=0.3)] == ids
+            # `other` neither sends nor releases, as if it hung: its claim lapses.
+            await _eventually(lambda: _claims(one, 5))
+            await one.sent(await one.claim(1, hold=30.0))
+            assert [e.message.id for e in await one.claim(5, hold=30.0)] == ids[1:]
+            await one.release()
+        finally:
+            await one.aclose()
+            await other.aclose()
+
+    # -- the inbox ---------------------------------------------------------------------
+
+    async def test_the_inbox_says_new_once_then_repeat_for_each_group(
+        self, database: OutboxDatabase
+    ) -> None:
+        """A second record of an id in a group is a repeat; another group is independent."""
+        assert await database.receive("billing", "m-1")
+        assert not await database.receive("billing", "m-1")
+        assert await database.receive("shipping", "m-1")
+        assert await database.receive("billing", "m-2")
+
+    async def test_a_rolled_back_handling_leaves_the_message_new(
+        self, database: OutboxDatabase
+    ) -> None:
+        """The inbox's record rolls back with the handler's transaction."""
+        assert await database.receive("billing", "m-1", commit=False)
+        assert await database.receive("billing", "m-1")
+        assert not await database.receive("billing", "m-1")
+
+    async def test_the_inbox_forgets_ids_past_its_retention(self, database: OutboxDatabase) -> None:
+        """prune() removes the group's ids older than the retention, and only those."""
+        clock = FakeClock(start=100.0)
+        assert await database.receive("billing", "old", clock=clock, retention=100)
+        assert await database.receive("audit", "old", clock=clock, retention=1000)
+        clock.advance(50)
+        assert await database.receive("billing", "recent", clock=clock, retention=100)
+        clock.advance(60)  # "old" is 110 s old, "recent" 60 s
+        assert await database.prune("billing", clock=clock, retention=100) == 1
+        assert await database.receive("billing", "old", clock=clock, retention=100)
+        assert not await database.receive("billing", "recent", clock=clock, retention=100)
+        assert not await database.receive("audit", "old", clock=clock, retention=1000)
+
+
+async def _claims(store: OutboxStore, limit: int) -> bool:
+    entries = await store.claim(limit, hold=30.0)
+    if not entries:
+        return False
+    await store.release()
+    return True
