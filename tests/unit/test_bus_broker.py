@@ -97,6 +97,8 @@ async def test_bad_arguments_are_refused_naming_them(tmp_path: Path) -> None:
             await broker.fetch("t", "g", limit=0, wait=0)
         with pytest.raises(ConfigError, match="receipt"):
             await broker.ack("t", "g", ["forged"])
+        with pytest.raises(ConfigError, match="receipt"):
+            await broker.fail("t", "g", "1.0", "a delivery numbered 0")
         with pytest.raises(ConfigError, match="id"):
             broker.dead_letter("1; DROP TABLE messages")
         with pytest.raises(ConfigError, match="group"):
@@ -150,3 +152,14 @@ def test_an_expired_lease_is_reported_once_and_only_if_it_is_still_out() -> None
     state.done(8)
     assert state.expired(10.0) == []
     assert state.next_deadline() is None
+
+
+async def test_an_ack_for_a_message_never_handed_out_does_not_drop_it(tmp_path: Path) -> None:
+    """A receipt from before a restart (or made up) cannot mark an undelivered message done."""
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=FakeClock())
+    await broker.join("t", "g", POLICY)
+    await broker.publish([outgoing("t", "x")])
+    await broker.ack("t", "g", ["1.1"])
+    [delivery] = await broker.fetch("t", "g", limit=1, wait=0)
+    assert delivery.receipt == "1.1"
+    await broker.aclose()

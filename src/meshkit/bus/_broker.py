@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from meshkit._clock import Clock, SystemClock
 from meshkit.bus._group import GroupState
 from meshkit.bus._log import BusLog, append_op
 from meshkit.bus._model import (
+    DUPLICATE_WINDOW,
     REPLAY_HEADER,
     DeadLetter,
     Delivery,
@@ -35,18 +36,16 @@ from meshkit.bus._model import (
     Outgoing,
     Published,
     check_group,
+    check_letter_number,
     check_limit,
     check_topic,
+    expired_error,
 )
 from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
 from meshkit.policy import Redelivery
 
-__all__ = ["DUPLICATE_WINDOW", "EmbeddedBroker"]
+__all__ = ["EmbeddedBroker"]
 
-# How long a given message id is remembered: JetStream's default duplicate window.
-DUPLICATE_WINDOW = 120.0
-# What a delivery whose ack deadline passed is recorded as having failed with.
-_EXPIRED = "not acked within ack_wait ({:g} s): its consumer stopped or was too slow"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -247,8 +246,7 @@ class EmbeddedBroker:
             found, skipped = self._take(member, limit)
             if skipped:
                 await self._record_done(member, skipped)
-            now = self._clock.monotonic()
-            if found or now >= deadline or self._groups.get((topic, group)) is not member:
+            if found or self._clock.monotonic() >= deadline:
                 return found
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), self._sleep(member, deadline))
@@ -270,7 +268,7 @@ class EmbeddedBroker:
         expired = member.state.expired(self._clock.monotonic())
         if expired:
             policy = member.redelivery
-            error = _EXPIRED.format(policy.ack_wait)
+            error = expired_error(policy.ack_wait)
             # Due again at once, unless that was the last delivery: the wait was the ack deadline.
             await asyncio.gather(
                 *(
@@ -284,12 +282,15 @@ class EmbeddedBroker:
     def _take(self, member: _Group, limit: int) -> tuple[list[Delivery], list[int]]:
         """Lease what is ready: the deliveries, and the sequences passed by as not for the group."""
         state = member.state
-        rows = self._rows(state.due(self._clock.time(), limit))
+        due = state.due(self._clock.time(), limit)
+        rows = self._rows(due)
+        skipped = sorted(set(due) - {row[0] for row in rows})  # gone from the log: nothing to do
+        for sequence in skipped:
+            state.done(sequence)
         if len(rows) < limit:
             rows += self._new_rows(member, limit - len(rows))
         now = self._clock.monotonic()
         found: list[Delivery] = []
-        skipped: list[int] = []
         for row in rows:
             message = _message(row, deliveries=1)
             if not message.for_group(member.name):
@@ -341,6 +342,10 @@ class EmbeddedBroker:
             await self._record_done(member, done)
 
     def _record_done(self, member: _Group, done: list[int]) -> asyncio.Future[None]:
+        return self.log.write(self._done_op(member, done))
+
+    def _done_op(self, member: _Group, done: list[int]) -> Callable[[sqlite3.Connection], None]:
+        """The write recording ``done`` and the new floor (made after the state changed)."""
         floor = member.state.advance_floor()
         topic, grp = member.topic, member.name
 
@@ -358,7 +363,7 @@ class EmbeddedBroker:
                 "DELETE FROM acks WHERE topic = ? AND grp = ? AND sequence < ?", (topic, grp, floor)
             )
 
-        return self.log.write(op)
+        return op
 
     async def fail(self, topic: str, group: str, receipt: str, error: str) -> None:
         """The delivery's handler failed: it is due again after the backoff, or a dead letter."""
@@ -385,7 +390,8 @@ class EmbeddedBroker:
             return
         rows = self._rows([sequence])
         failed = self._clock.time()
-        floor = member.state.advance_floor()
+        done = self._done_op(member, [sequence])
+        outcome = (deliveries, error, failed)
 
         def op(db: sqlite3.Connection) -> None:
             if rows:  # else it left the log: nothing to keep
@@ -393,28 +399,9 @@ class EmbeddedBroker:
                 db.execute(
                     "INSERT INTO dead_letters (grp, topic, message_id, key, headers, payload,"
                     " published, deliveries, error, failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        grp,
-                        topic,
-                        message_id,
-                        key,
-                        headers,
-                        payload,
-                        published,
-                        deliveries,
-                        error,
-                        failed,
-                    ),
+                    (grp, topic, message_id, key, headers, payload, published, *outcome),
                 )
-            db.execute(
-                "DELETE FROM failures WHERE topic = ? AND grp = ? AND sequence = ?",
-                (topic, grp, sequence),
-            )
-            if sequence >= floor:
-                db.execute("INSERT OR IGNORE INTO acks VALUES (?, ?, ?)", (topic, grp, sequence))
-            db.execute(
-                "UPDATE groups SET floor = ? WHERE topic = ? AND grp = ?", (floor, topic, grp)
-            )
+            done(db)
 
         await self.log.write(op)
 
@@ -431,7 +418,7 @@ class EmbeddedBroker:
     def dead_letter(self, letter_id: str) -> DeadLetter:
         rows = self.log.read(
             f"SELECT {_DEAD_COLUMNS} FROM dead_letters WHERE id = ?",  # noqa: S608 (constant columns)
-            (_dead_id(letter_id),),
+            (check_letter_number(letter_id),),
         )
         if not rows:
             raise NotFoundError(f"no dead letter has id {letter_id!r}")
@@ -464,7 +451,7 @@ class EmbeddedBroker:
             return int(
                 await self.log.write(lambda db: db.execute("DELETE FROM dead_letters").rowcount)
             )
-        numbers = [(_dead_id(letter_id),) for letter_id in ids]
+        numbers = [(check_letter_number(letter_id),) for letter_id in ids]
         return int(
             await self.log.write(
                 lambda db: db.executemany("DELETE FROM dead_letters WHERE id = ?", numbers).rowcount
@@ -515,15 +502,12 @@ def _dead_letter(row: tuple[Any, ...]) -> DeadLetter:
     )
 
 
-def _dead_id(letter_id: object) -> int:
-    if not isinstance(letter_id, str) or not letter_id.isdigit() or len(letter_id) > 18:
-        raise ConfigError("id", f"a dead letter id is a whole number, got {letter_id!r}")
-    return int(letter_id)
-
-
 def _parse(receipt: str) -> tuple[int, int]:
     """``(sequence, deliveries)`` from a receipt this broker gave."""
     sequence, dot, deliveries = receipt.partition(".")
-    if not (dot and sequence.isdigit() and deliveries.isdigit() and len(receipt) <= 40):
+    if (
+        not (dot and sequence.isdigit() and deliveries.isdigit() and len(receipt) <= 40)
+        or int(deliveries) < 1
+    ):
         raise ConfigError("receipt", f"is not one this broker gave: {receipt!r}")
     return int(sequence), int(deliveries)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from meshkit._clock import Clock
-from meshkit.bus._broker import DUPLICATE_WINDOW, EmbeddedBroker
-from meshkit.bus._model import DeadLetter, Delivery, Outgoing, Published
+from meshkit.bus._broker import EmbeddedBroker
+from meshkit.bus._model import DUPLICATE_WINDOW, DeadLetter, Delivery, Outgoing, Published
 from meshkit.bus._protocol import PublishOne
 from meshkit.policy import Redelivery
 

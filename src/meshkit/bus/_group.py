@@ -116,8 +116,9 @@ class GroupState:
     # -- outcomes ---------------------------------------------------------------
 
     def done(self, sequence: int) -> bool:
-        """Acked (or not for this group): True if it was out, False if it was done already."""
-        if sequence in self._done:
+        """Acked (or not for this group): True if it was out; False if it was done already,
+        or never handed out (an ack from before a restart: it is delivered again)."""
+        if sequence in self._done or sequence < self.floor or sequence >= self.cursor:
             return False
         self._leases.pop(sequence, None)
         self._waiting.pop(sequence, None)

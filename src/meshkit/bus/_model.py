@@ -19,6 +19,7 @@ from meshkit.bus import _trace
 from meshkit.errors import ConfigError
 
 __all__ = [
+    "DUPLICATE_WINDOW",
     "MAX_HEADERS",
     "MAX_PAYLOAD",
     "REPLAY_HEADER",
@@ -29,11 +30,13 @@ __all__ = [
     "Published",
     "check_group",
     "check_headers",
+    "check_letter_number",
     "check_limit",
     "check_message_id",
     "check_topic",
     "checked_outgoing",
     "encode_payload",
+    "expired_error",
     "outgoing",
 ]
 
@@ -50,6 +53,21 @@ _MESSAGE_ID = re.compile(r"[\x21-\x7e]+")  # visible ASCII: it becomes a NATS he
 # for: every backend hands it to that group only, and the others pass it by.
 _RESERVED = "meshkit-"
 REPLAY_HEADER = "meshkit-replay-group"
+
+# How long a given message id is remembered: JetStream's default duplicate window.
+DUPLICATE_WINDOW = 120.0
+
+
+def expired_error(ack_wait: float) -> str:
+    """The error a delivery whose ack deadline passed is recorded with, on every backend."""
+    return f"not acked within ack_wait ({ack_wait:g} s): its consumer stopped or was too slow"
+
+
+def check_letter_number(value: object) -> int:
+    """A dead letter id that is a sequence number (the embedded broker's and JetStream's)."""
+    if not isinstance(value, str) or not value.isdigit() or len(value) > 18:
+        raise ConfigError("id", f"a dead letter id is a whole number, got {value!r}")
+    return int(value)
 
 
 def check_topic(value: object) -> str:

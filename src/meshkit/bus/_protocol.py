@@ -106,14 +106,15 @@ class Bus(Protocol):
         ...
 
 
+class _Batches(Protocol):
+    async def publish_batch(self, messages: Sequence[Outgoing]) -> list[Published]: ...
+
+
 class PublishOne:
     """``publish`` for a backend that has ``publish_batch``: the one way every backend does it."""
 
-    async def publish_batch(self, messages: Sequence[Outgoing]) -> list[Published]:
-        raise NotImplementedError
-
     async def publish(
-        self,
+        self: _Batches,
         topic: str,
         payload: object,
         *,

@@ -20,6 +20,7 @@ from meshkit.bus._model import (
     Outgoing,
     Published,
     check_group,
+    check_letter_number,
     check_limit,
     check_topic,
 )
@@ -110,15 +111,15 @@ class RemoteBus(PublishOne):
         return [dead_letter_from_wire(w) for w in answer.dead_letters]
 
     async def dead_letter(self, letter_id: str) -> DeadLetter:
-        target = f"/v1/bus/dead-letters/{_letter(letter_id)}"
+        target = f"/v1/bus/dead-letters/{check_letter_number(letter_id)}"
         return dead_letter_from_wire(await self._plane.call("GET", target, kind=WireDeadLetter))
 
     async def replay(self, letter_id: str) -> None:
-        target = f"/v1/bus/dead-letters/{_letter(letter_id)}/replay"
+        target = f"/v1/bus/dead-letters/{check_letter_number(letter_id)}/replay"
         await self._plane.call("POST", target, expect=204)
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:
-        body = b"" if ids is None else _encode({"ids": [_letter(i) for i in ids]})
+        body = b"" if ids is None else _encode({"ids": [str(check_letter_number(i)) for i in ids]})
         answer = await self._plane.call("DELETE", "/v1/bus/dead-letters", body=body, kind=_Purged)
         return int(answer.purged)
 
@@ -129,12 +130,6 @@ class RemoteBus(PublishOne):
     @property
     def plane(self) -> PlaneClient:
         return self._plane
-
-
-def _letter(letter_id: object) -> str:
-    if not isinstance(letter_id, str) or not letter_id.isdigit() or len(letter_id) > 18:
-        raise ConfigError("id", f"a dead letter id is a whole number, got {letter_id!r}")
-    return letter_id
 
 
 class RemoteConsumer:

@@ -50,8 +50,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
-from meshkit.bus._broker import DUPLICATE_WINDOW
 from meshkit.bus._model import (
+    DUPLICATE_WINDOW,
     REPLAY_HEADER,
     DeadLetter,
     Delivery,
@@ -59,8 +59,10 @@ from meshkit.bus._model import (
     Outgoing,
     Published,
     check_group,
+    check_letter_number,
     check_limit,
     check_topic,
+    expired_error,
 )
 from meshkit.bus._protocol import PublishOne
 from meshkit.errors import (
@@ -87,7 +89,6 @@ _MSG_ID = "Nats-Msg-Id"
 # A dead letter keeps this much of its error, as the embedded broker does.
 _MAX_ERROR = 4096
 # The embedded broker's words for a delivery whose ack deadline passed.
-_EXPIRED = "not acked within ack_wait ({:g} s): its consumer stopped or was too slow"
 _PREFIX = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _SCHEMES = ("nats", "tls", "ws", "wss")
 # The shortest expiry a pull is given (a fetch with wait=0 has it): a pull
@@ -212,12 +213,6 @@ def _wire_size(payload: bytes, headers: Mapping[str, str] | None) -> int:
 
 def _durable(group: str, topic: str) -> str:
     return f"{group}_{hashlib.blake2b(topic.encode(), digest_size=8).hexdigest()}"
-
-
-def _letter_number(letter_id: object) -> int:
-    if not isinstance(letter_id, str) or not letter_id.isdigit() or len(letter_id) > 18:
-        raise ConfigError("id", f"a dead letter id is a whole number, got {letter_id!r}")
-    return int(letter_id)
 
 
 def _check_prefix(value: object) -> str:
@@ -629,7 +624,7 @@ class JetStreamBus(PublishOne):
         return letters
 
     async def dead_letter(self, letter_id: str) -> DeadLetter:
-        sequence = _letter_number(letter_id)
+        sequence = check_letter_number(letter_id)
         raw = await self._get(self.dead_letter_stream, sequence) if sequence else None
         if raw is None:
             raise NotFoundError(f"no dead letter has id {letter_id!r}")
@@ -661,7 +656,7 @@ class JetStreamBus(PublishOne):
                 raise EnvironmentFaultError(
                     f"JetStream at {self.url} answered a purge with {answer.data[:200]!r}"
                 ) from error
-        numbers = [_letter_number(letter_id) for letter_id in ids]
+        numbers = [check_letter_number(letter_id) for letter_id in ids]
         removed = await asyncio.gather(*(self._delete(number) for number in numbers))
         return sum(removed)
 
@@ -998,7 +993,7 @@ class _Consumer:
             if message is None or not message.for_group(self._group):
                 return  # gone from the stream (max_age), or not this group's
             message = msgspec.structs.replace(message, deliveries=deliveries)
-            error = _EXPIRED.format(self._redelivery.ack_wait)
+            error = expired_error(self._redelivery.ack_wait)
             await self._bus._bury(
                 message, group=self._group, deliveries=deliveries, error=error, sequence=sequence
             )

@@ -38,8 +38,8 @@ from typing import Any
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
-from meshkit.bus._broker import DUPLICATE_WINDOW
 from meshkit.bus._model import (
+    DUPLICATE_WINDOW,
     REPLAY_HEADER,
     DeadLetter,
     Delivery,
@@ -49,6 +49,7 @@ from meshkit.bus._model import (
     check_group,
     check_limit,
     check_topic,
+    expired_error,
 )
 from meshkit.bus._protocol import PublishOne
 from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
@@ -405,7 +406,7 @@ class RedisConsumer:
                 ],
             )
         )
-        error = f"not acked within ack_wait ({self._redelivery.ack_wait:g} s)"
+        error = expired_error(self._redelivery.ack_wait)
         for entry_id, flat, deliveries in last:
             await self._dead_letter(
                 _text(entry_id), _fields(flat), int(deliveries), error, check=False

@@ -24,6 +24,8 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from meshkit.control._answers import error as error_answer
+from meshkit.control._answers import field_of
 from meshkit.control._bus_api import BusAPI
 from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.http import Request, Response, json_response
@@ -46,13 +48,6 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode_register = msgspec.json.Decoder(RegisterBody).decode
 _NO_CONTENT = Response(204, [], b"")
-
-
-def _error(status: int, message: str, field: str | None = None) -> Response:
-    body: dict[str, str] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return json_response(status, body)
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
@@ -86,7 +81,7 @@ class RegistryAPI:
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
         if not self._authorized(request):
-            return _error(401, "a valid 'Authorization: Bearer <token>' header is required")
+            return error_answer(401, "a valid 'Authorization: Bearer <token>' header is required")
         method = request.method
         if path.startswith("/v1/bus/") and self._bus is not None:
             return self._bus.handle(request)
@@ -94,17 +89,17 @@ class RegistryAPI:
             return self._lease(method, path[len("/v1/registry/leases/") :])
         if path == "/v1/registry/instances":
             if method != "POST":
-                return _error(405, f"{method} is not allowed here; use POST")
+                return error_answer(405, f"{method} is not allowed here; use POST")
             return self._register(request.body)
         if path == "/v1/registry/services":
             if method != "GET":
-                return _error(405, f"{method} is not allowed here; use GET")
+                return error_answer(405, f"{method} is not allowed here; use GET")
             return self._services(request.query)
         if path.startswith("/v1/registry/services/"):
             if method != "GET":
-                return _error(405, f"{method} is not allowed here; use GET")
+                return error_answer(405, f"{method} is not allowed here; use GET")
             return self._service(path[len("/v1/registry/services/") :], request.query)
-        return _error(404, f"no such endpoint: {path}")
+        return error_answer(404, f"no such endpoint: {path}")
 
     def _authorized(self, request: Request) -> bool:
         for name, value in request.headers:
@@ -131,11 +126,11 @@ class RegistryAPI:
             )
             registration = self._registry.register_now(instance, ttl=data.ttl)
         except msgspec.ValidationError as error:
-            return _error(400, str(error), _field_of(error))
+            return error_answer(400, str(error), field_of(error))
         except msgspec.DecodeError as error:
-            return _error(400, f"the body is not valid JSON: {error}")
+            return error_answer(400, f"the body is not valid JSON: {error}")
         except ConfigError as error:
-            return _error(400, str(error), error.key)
+            return error_answer(400, str(error), error.key)
         snapshot = self._registry.snapshot(instance.service)
         return json_response(
             201,
@@ -149,7 +144,7 @@ class RegistryAPI:
 
     def _lease(self, method: str, lease: str) -> Response:
         if not lease.isdigit() or len(lease) > 19:
-            return _error(400, f"not a lease id: {lease!r}", "lease_id")
+            return error_answer(400, f"not a lease id: {lease!r}", "lease_id")
         lease_id = int(lease)
         try:
             if method == "PUT":
@@ -158,8 +153,8 @@ class RegistryAPI:
                 self._registry.deregister_now(lease_id)
                 return _NO_CONTENT
         except (LeaseNotFoundError, LeaseExpiredError) as error:
-            return _error(404, str(error))
-        return _error(405, f"{method} is not allowed here; use PUT to renew or DELETE")
+            return error_answer(404, str(error))
+        return error_answer(405, f"{method} is not allowed here; use PUT to renew or DELETE")
 
     # -- reads and watches -----------------------------------------------------
 
@@ -168,7 +163,7 @@ class RegistryAPI:
             check_name("service", name)
             position = _position(query)
         except ConfigError as error:
-            return _error(400, str(error), error.key)
+            return error_answer(400, str(error), error.key)
         if position is None:
             return json_response(200, _snapshot_json(self._registry.snapshot(name)))
         epoch, index, wait = position
@@ -184,7 +179,7 @@ class RegistryAPI:
         try:
             position = _position(query)
         except ConfigError as error:
-            return _error(400, str(error), error.key)
+            return error_answer(400, str(error), error.key)
         if position is None:
             return json_response(200, _services_json(self._registry.service_list()))
         epoch, index, wait = position
@@ -220,16 +215,3 @@ def _position(query: str) -> tuple[int, int, float] | None:
     if not 0 <= wait <= MAX_WAIT:
         raise ConfigError("wait", f"must be between 0 and {MAX_WAIT:g} seconds")
     return epoch, index, wait
-
-
-def _field_of(error: msgspec.ValidationError) -> str | None:
-    """The field a msgspec error is about (``... - at `$.port``` -> ``port``)."""
-    message = str(error)
-    marker = "at `$."
-    if marker in message:
-        return message.rsplit(marker, 1)[1].rstrip("`").split(".")[0].split("[")[0]
-    if "missing required field `" in message:
-        return message.split("missing required field `", 1)[1].split("`")[0]
-    if "unknown field `" in message:
-        return message.split("unknown field `", 1)[1].split("`")[0]
-    return None

@@ -40,8 +40,10 @@ from meshkit.bus._wire import (
     dead_letter_to_wire,
     delivery_to_wire,
 )
-from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
-from meshkit.http import Request, Response, json_response
+from meshkit.control._answers import error as error_answer
+from meshkit.control._answers import field_of
+from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
+from meshkit.http import Request, Response
 
 __all__ = ["MAX_FETCH_WAIT", "BusAPI"]
 
@@ -55,13 +57,6 @@ class _Purge(msgspec.Struct, forbid_unknown_fields=True):
     ids: list[str]
 
 
-def _error(status: int, message: str, field: str | None = None) -> Response:
-    body: dict[str, str] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return json_response(status, body)
-
-
 def _json(status: int, value: Any) -> Response:
     return Response(status, [(b"content-type", b"application/json")], _encode(value))
 
@@ -70,16 +65,9 @@ def _decode(kind: type[B], body: bytes) -> B:
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
-        raise ConfigError(_field_of(error), str(error)) from None
+        raise ConfigError(field_of(error) or "body", str(error)) from None
     except msgspec.DecodeError as error:
         raise ConfigError("body", f"is not valid JSON: {error}") from None
-
-
-def _field_of(error: msgspec.ValidationError) -> str:
-    message = str(error)
-    if "at `$." in message:
-        return message.rsplit("at `$.", 1)[1].rstrip("`").split(".")[0].split("[")[0]
-    return "body"
 
 
 class BusAPI:
@@ -99,18 +87,16 @@ class BusAPI:
                 return self._group(method, request, parts)
             if parts[:1] == ["dead-letters"]:
                 return self._dead_letters(method, request, parts[1:])
-        except ConfigError as error:
-            return _error(400, str(error), error.key)
-        except NotFoundError as error:
-            return _error(404, str(error))
-        return _error(404, f"no such endpoint: {request.path}")
+        except (UsageError, EnvironmentFaultError) as error:
+            return _refusal(error)
+        return error_answer(404, f"no such endpoint: {request.path}")
 
     @staticmethod
     def _post(
         method: str, request: Request, call: Callable[[bytes], Awaitable[Response]]
     ) -> Response | Awaitable[Response]:
         if method != "POST":
-            return _error(405, f"{method} is not allowed here; use POST")
+            return error_answer(405, f"{method} is not allowed here; use POST")
         return _answer(call(request.body))
 
     # -- publishing and groups ---------------------------------------------------------
@@ -142,7 +128,7 @@ class BusAPI:
             "fail": lambda body: self._fail(topic, group, body),
         }
         if action not in calls:
-            return _error(404, f"no such endpoint: {request.path}")
+            return error_answer(404, f"no such endpoint: {request.path}")
         return self._post(method, request, calls[action])
 
     async def _join(self, topic: str, group: str, body: bytes) -> Response:
@@ -179,7 +165,9 @@ class BusAPI:
             return _json(200, dead_letter_to_wire(self._broker.dead_letter(rest[0])))
         if len(rest) == 2 and rest[1] == "replay":
             return self._post(method, request, lambda _: self._replay(rest[0]))
-        return _error(405 if len(rest) <= 1 else 404, f"{method} {request.path} is not served")
+        return error_answer(
+            405 if len(rest) <= 1 else 404, f"{method} {request.path} is not served"
+        )
 
     async def _replay(self, letter_id: str) -> Response:
         await self._broker.replay(letter_id)
@@ -205,9 +193,14 @@ async def _answer(call: Awaitable[Response]) -> Response:
     """The call's response, with the bus's errors as HTTP answers."""
     try:
         return await call
-    except ConfigError as error:
-        return _error(400, str(error), error.key)
-    except NotFoundError as error:
-        return _error(404, str(error))
-    except EnvironmentFaultError as error:
-        return _error(503, str(error))
+    except (UsageError, EnvironmentFaultError) as error:
+        return _refusal(error)
+
+
+def _refusal(error: UsageError | EnvironmentFaultError) -> Response:
+    """404 for what is not there, 400 naming the field for other bad input, 503 for the disk."""
+    if isinstance(error, NotFoundError):
+        return error_answer(404, str(error))
+    if isinstance(error, UsageError):
+        return error_answer(400, str(error), getattr(error, "key", None))
+    return error_answer(503, str(error))
