@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
+from meshkit._tasks import stop
 from meshkit.bus._group import GroupState
 from meshkit.bus._log import BusLog, append_op
 from meshkit.bus._model import (
@@ -38,7 +39,9 @@ from meshkit.bus._model import (
     check_group,
     check_letter_number,
     check_limit,
+    check_redelivery,
     check_topic,
+    clip_error,
     expired_error,
 )
 from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
@@ -188,9 +191,7 @@ class EmbeddedBroker:
     async def aclose(self) -> None:
         upkeep, self._upkeep = self._upkeep, None
         if upkeep is not None:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+            await stop(upkeep)
         for group in self._groups.values():
             group.bell.ring()
         await self.log.aclose()
@@ -216,8 +217,7 @@ class EmbeddedBroker:
         """Create the group at the topic's earliest retained message, or set its policy."""
         check_topic(topic)
         check_group(group)
-        if not isinstance(redelivery, Redelivery):
-            raise ConfigError("redelivery", f"must be a Redelivery, got {redelivery!r}")
+        check_redelivery(redelivery)
         known = self._groups.get((topic, group))
         if known is not None:
             known.redelivery = redelivery
@@ -370,7 +370,7 @@ class EmbeddedBroker:
         member = self._group(topic, group)
         sequence, deliveries = _parse(receipt)
         wait = member.redelivery.after_failure(deliveries)
-        await self._failed(member, sequence, deliveries, error[:4096], wait)
+        await self._failed(member, sequence, deliveries, clip_error(error), wait)
 
     async def _failed(
         self, member: _Group, sequence: int, deliveries: int, error: str, wait: float | None

@@ -17,9 +17,11 @@ import msgspec
 
 from meshkit.bus import _trace
 from meshkit.errors import ConfigError
+from meshkit.policy import Redelivery
 
 __all__ = [
     "DUPLICATE_WINDOW",
+    "MAX_ERROR",
     "MAX_HEADERS",
     "MAX_PAYLOAD",
     "REPLAY_HEADER",
@@ -33,16 +35,21 @@ __all__ = [
     "check_letter_number",
     "check_limit",
     "check_message_id",
+    "check_redelivery",
     "check_topic",
     "checked_outgoing",
+    "clip_error",
     "encode_payload",
     "expired_error",
     "outgoing",
 ]
 
-# NATS's default max_payload is 1 MiB; the payload and its headers must fit in it.
+# NATS's default max_payload is 1 MiB. The payload and its headers must fit in
+# it, and so must a dead letter, which adds the bus's own headers and the error
+# (at most MAX_ERROR): 16 KiB of the 64 are kept for those.
 MAX_PAYLOAD = 1024 * 1024 - 64 * 1024
-MAX_HEADERS = 64 * 1024
+MAX_HEADERS = 48 * 1024
+MAX_ERROR = 4096
 
 _TOPIC = re.compile(r"[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*")
 _GROUP = re.compile(r"[a-z0-9][a-z0-9_-]*")
@@ -61,6 +68,17 @@ DUPLICATE_WINDOW = 120.0
 def expired_error(ack_wait: float) -> str:
     """The error a delivery whose ack deadline passed is recorded with, on every backend."""
     return f"not acked within ack_wait ({ack_wait:g} s): its consumer stopped or was too slow"
+
+
+def clip_error(error: str) -> str:
+    """A handler's error as a dead letter keeps it: at most ``MAX_ERROR`` characters."""
+    return error if len(error) <= MAX_ERROR else error[: MAX_ERROR - 1] + "…"
+
+
+def check_redelivery(value: object) -> Redelivery:
+    if not isinstance(value, Redelivery):
+        raise ConfigError("redelivery", f"must be a meshkit.policy.Redelivery, got {value!r}")
+    return value
 
 
 def check_letter_number(value: object) -> int:

@@ -22,6 +22,7 @@ from meshkit.bus._model import (
     check_group,
     check_letter_number,
     check_limit,
+    check_redelivery,
     check_topic,
 )
 from meshkit.bus._protocol import PublishOne
@@ -39,7 +40,6 @@ from meshkit.bus._wire import (
     dead_letter_from_wire,
     delivery_from_wire,
 )
-from meshkit.errors import ConfigError
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
@@ -100,8 +100,7 @@ class RemoteBus(PublishOne):
 
     async def consumer(self, topic: str, group: str, *, redelivery: Redelivery) -> RemoteConsumer:
         target = f"/v1/bus/groups/{check_topic(topic)}/{check_group(group)}"
-        if not isinstance(redelivery, Redelivery):
-            raise ConfigError("redelivery", f"must be a Redelivery, got {redelivery!r}")
+        check_redelivery(redelivery)
         await self._plane.call("POST", target, body=_encode(JoinBody(redelivery)), expect=204)
         return RemoteConsumer(self, target)
 

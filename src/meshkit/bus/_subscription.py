@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 
 from meshkit._clock import Clock, SystemClock
+from meshkit._tasks import stop
 from meshkit.bus import _trace
 from meshkit.bus._model import Delivery, Message, check_group, check_topic
 from meshkit.bus._protocol import Bus, Consumer
@@ -111,9 +112,7 @@ class Subscription:
         # library's call (redis-py's reads under Python 3.11's asyncio.timeout
         # turn one into a timeout), and the loop would then go on for ever.
         self._stopping = True
-        fetching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetching
+        await stop(fetching)
         if self._running:
             await asyncio.wait(set(self._running), timeout=grace)
         for task in set(self._running):

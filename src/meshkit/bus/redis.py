@@ -38,6 +38,7 @@ from typing import Any
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
+from meshkit._optional import require
 from meshkit.bus._model import (
     DUPLICATE_WINDOW,
     REPLAY_HEADER,
@@ -48,11 +49,13 @@ from meshkit.bus._model import (
     Published,
     check_group,
     check_limit,
+    check_redelivery,
     check_topic,
+    clip_error,
     expired_error,
 )
 from meshkit.bus._protocol import PublishOne
-from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
 from meshkit.policy import Redelivery
 from meshkit.ratelimit.redis import check_url
 
@@ -155,12 +158,7 @@ return 1
 
 
 def _redis() -> Any:
-    try:
-        return importlib.import_module("redis.asyncio")
-    except ImportError as error:
-        raise UsageError(
-            "the bus on Redis needs the redis extra: pip install 'meshkit[redis]'"
-        ) from error
+    return require("redis.asyncio", extra="redis", what="the bus on Redis")
 
 
 def _text(value: bytes | str) -> str:
@@ -283,8 +281,7 @@ class RedisBus(PublishOne):
     async def consumer(self, topic: str, group: str, *, redelivery: Redelivery) -> RedisConsumer:
         check_topic(topic)
         check_group(group)
-        if not isinstance(redelivery, Redelivery):
-            raise ConfigError("redelivery", f"must be a Redelivery, got {redelivery!r}")
+        check_redelivery(redelivery)
         try:
             await self._client.xgroup_create(self.stream(topic), group, id="0", mkstream=True)
         except self._errors as error:
@@ -468,7 +465,7 @@ class RedisConsumer:
     async def _dead_letter(
         self, entry_id: str, fields: dict[str, bytes], deliveries: int, error: str, *, check: bool
     ) -> None:
-        letter = ["g", self._group, "topic", self._topic, "n", deliveries, "e", error[:4096]]
+        letter = ["g", self._group, "topic", self._topic, "n", deliveries, "e", clip_error(error)]
         letter += ["f", repr(self._clock.time())]
         for name in ("id", "p", "h", "k", "t"):
             letter += [name, fields.get(name, b"")]

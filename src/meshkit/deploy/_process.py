@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from meshkit._clock import Clock
+from meshkit._tasks import ended
 from meshkit.deploy._config import runnable
 from meshkit.deploy._output import Output
 from meshkit.policy import Backoff
@@ -198,8 +199,7 @@ class Child:
         if self._task is not None:
             if between_runs:  # backing off, or starting: nothing to wait for
                 self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task  # it cleans up after the run it was watching
+            await ended(self._task)  # it cleans up after the run it was watching
         self.status = "stopped"
         self._on_change()
 

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit._optional import require
+from meshkit.errors import ConfigError, EnvironmentFaultError
 from meshkit.policy import RateDecision, RateLimit
 
 __all__ = ["RedisLimitStore", "check_url"]
@@ -88,12 +89,7 @@ return out
 
 
 def _redis() -> Any:
-    try:
-        return importlib.import_module("redis.asyncio")
-    except ImportError as error:
-        raise UsageError(
-            "global rate limits in Redis need the redis extra: pip install 'meshkit[redis]'"
-        ) from error
+    return require("redis.asyncio", extra="redis", what="global rate limits in Redis")
 
 
 class RedisLimitStore:

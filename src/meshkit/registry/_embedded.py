@@ -24,6 +24,7 @@ import random
 from pathlib import Path
 
 from meshkit._clock import Clock, SystemClock
+from meshkit._tasks import stop
 from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 from meshkit.policy import LeaseEvent, LeaseEventKind, LeaseTable, PolicyEvent
 from meshkit.policy import _check as check
@@ -101,9 +102,7 @@ class EmbeddedRegistry:
 
     async def aclose(self) -> None:
         if self._expiry_task is not None:
-            self._expiry_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._expiry_task
+            await stop(self._expiry_task)
             self._expiry_task = None
         if self._store is not None:
             self._store.close()

@@ -20,7 +20,6 @@ failing etcd ``EnvironmentFaultError``.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import math
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from meshkit._optional import require
 from meshkit.errors import ConfigError, EnvironmentFaultError, LeaseNotFoundError, UsageError
 from meshkit.policy import _check as check
 from meshkit.registry._embedded import MAX_TTL, MIN_TTL
@@ -48,12 +48,7 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _aetcd() -> Any:
-    try:
-        return importlib.import_module("aetcd")
-    except ImportError as error:
-        raise UsageError(
-            "the etcd registry needs the etcd extra: pip install 'meshkit[etcd]'"
-        ) from error
+    return require("aetcd", extra="etcd", what="the etcd registry")
 
 
 def _parse(url: str) -> tuple[str, int]:

@@ -11,12 +11,12 @@ reach the registry again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Callable
 
 from meshkit._clock import Clock, SystemClock
+from meshkit._tasks import stop
 from meshkit.policy import Backoff
 from meshkit.registry import Instance, Registry, Snapshot, check_name
 
@@ -80,11 +80,7 @@ class Directory:
         return self._snapshots[service].instances
 
     async def aclose(self) -> None:
-        for task in self._watchers.values():
-            task.cancel()
-        for task in self._watchers.values():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(*self._watchers.values())
         self._watchers.clear()
 
     async def _watch(self, service: str, first: asyncio.Future[None]) -> None:
