@@ -1,39 +1,143 @@
 """The bus conformance suite against Redis Streams on the machine's Redis."""
 
+import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator
 
 import pytest
 
-from meshkit.bus import Bus
-from meshkit.bus.redis import RedisBus
+from meshkit.bus import Bus, Delivery, Message, outgoing, subscribe
+from meshkit.bus.redis import RedisBus, RedisConsumer
 from meshkit.errors import ConfigError, EnvironmentFaultError
+from meshkit.policy import Backoff, Redelivery
 from meshkit.testing.conformance import BusConformance
 from meshkit.testing.servers import backend_missing, free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+@contextlib.asynccontextmanager
+async def redis_bus() -> AsyncIterator[RedisBus]:
+    """A bus under a prefix of its own, whose keys are deleted afterwards."""
+    prefix = f"meshkit-test:{secrets.token_hex(6)}:"
+    bus = RedisBus(REDIS_URL, prefix=prefix, timeout=2.0)
+    try:
+        await bus.dead_letters()
+    except EnvironmentFaultError:
+        await bus.aclose()
+        backend_missing("Redis at 127.0.0.1:6379", "install it with: apt-get install redis-server")
+    try:
+        yield bus
+    finally:
+        client = bus._client  # cleanup only: every key this test made
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await bus.aclose()
+
+
 class TestRedisBus(BusConformance):
     @pytest.fixture
     async def bus(self) -> AsyncIterator[Bus]:
-        prefix = f"meshkit-test:{secrets.token_hex(6)}:"
-        bus = RedisBus(REDIS_URL, prefix=prefix, timeout=2.0)
-        try:
-            await bus.dead_letters()
-        except EnvironmentFaultError:
-            await bus.aclose()
-            backend_missing(
-                "Redis at 127.0.0.1:6379", "install it with: apt-get install redis-server"
-            )
-        try:
+        async with redis_bus() as bus:
             yield bus
-        finally:
-            client = bus._client  # cleanup only: every key this test made
-            keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
-            if keys:
-                await client.delete(*keys)
-            await bus.aclose()
+
+
+QUICK = Redelivery(max_deliveries=2, backoff=Backoff(initial=0.3, maximum=60), ack_wait=1.0)
+LONG = Redelivery(max_deliveries=2, backoff=Backoff(initial=60, maximum=60), ack_wait=1.0)
+
+
+async def test_a_member_silent_on_the_last_delivery_makes_a_dead_letter() -> None:
+    """Two deliveries both left unanswered past ack_wait: a dead letter, deliveries = max."""
+    async with redis_bus() as bus:
+        await bus.publish("order.created", {"n": 1}, message_id="silent")
+        first = await bus.consumer("order.created", "g", redelivery=QUICK)
+        second = await bus.consumer("order.created", "g", redelivery=QUICK)
+        [one] = await first.fetch(1, wait=5)
+        [two] = await second.fetch(1, wait=5)  # claimed after ack_wait
+        assert (one.message.deliveries, two.message.deliveries) == (1, 2)
+        assert await first.fetch(1, wait=1.5) == []  # the last delivery runs out here
+        [letter] = await bus.dead_letters()
+        assert (letter.message.id, letter.deliveries, letter.group) == ("silent", 2, "g")
+        assert "not acked within ack_wait (1 s)" in letter.error
+
+
+async def test_entries_held_past_ack_wait_are_found_behind_many_parked_ones() -> None:
+    """1,100 failures waiting out a long backoff do not hide 10 abandoned deliveries."""
+    async with redis_bus() as bus:
+        await bus.publish_batch([outgoing("order.created", n) for n in range(1_110)])
+        member = await bus.consumer("order.created", "g", redelivery=LONG)
+        held = await member.fetch(1_110, wait=5)
+        assert len(held) == 1_110
+        for delivery in held[:1_100]:  # the oldest: a scan from the start meets them first
+            await member.fail(delivery, "later")  # parked for a minute
+        other = await bus.consumer("order.created", "g", redelivery=LONG)
+        got = await other.fetch(10, wait=5)
+        assert sorted(d.message.json() for d in got) == list(range(1_100, 1_110))  # type: ignore[type-var]
+
+
+async def test_a_malformed_entry_becomes_a_dead_letter_and_the_rest_go_on() -> None:
+    """An entry this bus did not write (no headers, no time) is dead-lettered, not retried."""
+    async with redis_bus() as bus:
+        await bus._client.xadd(bus._stream("order.created"), {"id": "odd", "p": b"{}"})
+        await bus.publish("order.created", "fine")
+        member = await bus.consumer("order.created", "g", redelivery=QUICK)
+        [delivery] = await member.fetch(10, wait=5)
+        assert delivery.message.json() == "fine"
+        [letter] = await bus.dead_letters()
+        assert letter.message.id == "odd"
+        assert "malformed" in letter.error
+        assert "'h'" in letter.error
+
+
+async def test_a_subscription_joins_again_when_redis_lost_the_group() -> None:
+    """The stream deleted (a flushed or restarted Redis): the member joins again and goes on."""
+    async with redis_bus() as bus:
+        seen: list[object] = []
+        got = asyncio.Event()
+
+        async def handle(message: Message) -> None:
+            seen.append(message.json())
+            got.set()
+
+        async with subscribe(bus, "order.created", "g", handle, redelivery=QUICK):
+            await bus._client.delete(bus._stream("order.created"))
+            await bus.publish("order.created", "after the loss")
+            await asyncio.wait_for(got.wait(), 20)
+        assert seen == ["after the loss"]
+
+
+async def test_a_member_that_leaves_holding_nothing_is_removed_from_the_group() -> None:
+    async with redis_bus() as bus:
+        member = await bus.consumer("order.created", "g", redelivery=QUICK)
+        assert await member.fetch(1, wait=0) == []
+        await member.aclose()
+        consumers = await bus._client.xinfo_consumers(bus._stream("order.created"), "g")
+        assert consumers == []
+
+
+async def test_bad_arguments_are_config_errors() -> None:
+    """A window of 0, a one-string purge, a receipt of another backend: ConfigError."""
+    with pytest.raises(ConfigError, match="window"):
+        RedisBus(REDIS_URL, window=0)
+    async with redis_bus() as bus:
+        with pytest.raises(ConfigError, match="ids"):
+            await bus.purge("5")  # type: ignore[arg-type]
+        member = await bus.consumer("order.created", "g", redelivery=QUICK)
+        message = Message(id="m", topic="order.created", payload=b"{}")
+        with pytest.raises(ConfigError, match="receipt"):
+            await member.ack([Delivery(message=message, receipt="7.1")])
+        with pytest.raises(ConfigError, match="wait"):
+            await member.fetch(1, wait=float("nan"))
+
+
+def test_a_retry_is_looked_for_as_often_as_the_shortest_backoff() -> None:
+    """With ack_wait 30 s, a failure due after 0.3 s is not found 5 s late."""
+    bus = RedisBus(REDIS_URL)
+    policy = Redelivery(backoff=Backoff(initial=0.3, maximum=60), ack_wait=30)
+    member = RedisConsumer(bus, "order.created", "g", "me", policy)
+    assert member._recheck == 0.3
 
 
 async def test_an_unreachable_redis_is_an_environment_fault_naming_it() -> None:

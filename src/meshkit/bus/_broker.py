@@ -37,15 +37,18 @@ from meshkit.bus._model import (
     Outgoing,
     Published,
     check_group,
+    check_letter_ids,
     check_letter_number,
     check_limit,
     check_redelivery,
     check_topic,
     clip_error,
+    decode_headers,
     expired_error,
 )
 from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
 from meshkit.policy import Redelivery
+from meshkit.policy import _check as check
 
 __all__ = ["EmbeddedBroker"]
 
@@ -91,7 +94,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 _log = logging.getLogger("meshkit.bus")
 _MESSAGE_COLUMNS = "sequence, id, topic, key, headers, payload, published"
-_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
 
 class _Bell:
@@ -238,6 +240,7 @@ class EmbeddedBroker:
     async def fetch(self, topic: str, group: str, *, limit: int, wait: float) -> list[Delivery]:
         """Up to ``limit`` deliveries for one member: at once if ready, else within ``wait`` s."""
         check_limit(limit)
+        check.seconds("wait", wait, allow_zero=True)
         member = self._group(topic, group)
         deadline = self._clock.monotonic() + wait
         while True:
@@ -451,7 +454,9 @@ class EmbeddedBroker:
             return int(
                 await self.log.write(lambda db: db.execute("DELETE FROM dead_letters").rowcount)
             )
-        numbers = [(check_letter_number(letter_id),) for letter_id in ids]
+        numbers = [(check_letter_number(letter_id),) for letter_id in check_letter_ids(ids)]
+        if not numbers:
+            return 0
         return int(
             await self.log.write(
                 lambda db: db.executemany("DELETE FROM dead_letters WHERE id = ?", numbers).rowcount
@@ -478,7 +483,7 @@ def _message(row: tuple[Any, ...], *, deliveries: int) -> Message:
         id=message_id,
         topic=topic,
         payload=payload,
-        headers=_decode_headers(headers),
+        headers=decode_headers(headers),
         key=key,
         published=published,
         deliveries=deliveries,

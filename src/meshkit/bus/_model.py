@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -32,6 +32,7 @@ __all__ = [
     "Published",
     "check_group",
     "check_headers",
+    "check_letter_ids",
     "check_letter_number",
     "check_limit",
     "check_message_id",
@@ -39,6 +40,7 @@ __all__ = [
     "check_topic",
     "checked_outgoing",
     "clip_error",
+    "decode_headers",
     "encode_payload",
     "expired_error",
     "outgoing",
@@ -81,11 +83,26 @@ def check_redelivery(value: object) -> Redelivery:
     return value
 
 
+def check_letter_ids(ids: object) -> list[str]:
+    """The ids given to ``purge``: a list of strings (one string alone is refused)."""
+    if (
+        isinstance(ids, str)
+        or not isinstance(ids, Sequence)
+        or not all(isinstance(i, str) for i in ids)
+    ):
+        raise ConfigError("ids", f"must be a list of dead letter ids, got {ids!r}")
+    return list(ids)
+
+
 def check_letter_number(value: object) -> int:
     """A dead letter id that is a sequence number (the embedded broker's and JetStream's)."""
     if not isinstance(value, str) or not value.isdigit() or len(value) > 18:
         raise ConfigError("id", f"a dead letter id is a whole number, got {value!r}")
     return int(value)
+
+
+# Headers as the backends store them: one JSON object of strings.
+decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
 
 def check_topic(value: object) -> str:

@@ -20,6 +20,7 @@ from meshkit.bus._model import (
     Outgoing,
     Published,
     check_group,
+    check_letter_ids,
     check_letter_number,
     check_limit,
     check_redelivery,
@@ -118,7 +119,11 @@ class RemoteBus(PublishOne):
         await self._plane.call("POST", target, expect=204)
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:
-        body = b"" if ids is None else _encode({"ids": [str(check_letter_number(i)) for i in ids]})
+        body = (
+            b""
+            if ids is None
+            else _encode({"ids": [str(check_letter_number(i)) for i in check_letter_ids(ids)]})
+        )
         answer = await self._plane.call("DELETE", "/v1/bus/dead-letters", body=body, kind=_Purged)
         return int(answer.purged)
 

@@ -89,8 +89,8 @@ class Subscription:
         self._consumer = await self._bus.consumer(
             self.topic, self.group, redelivery=self._redelivery
         )
-        self._fetching = asyncio.create_task(self._fetch_loop(self._consumer))
-        self._acking = asyncio.create_task(self._ack_loop(self._consumer))
+        self._fetching = asyncio.create_task(self._fetch_loop())
+        self._acking = asyncio.create_task(self._ack_loop())
 
     async def __aenter__(self) -> Subscription:
         await self.start()
@@ -128,41 +128,48 @@ class Subscription:
 
     # -- fetching and handling --------------------------------------------------------
 
-    async def _fetch_loop(self, consumer: Consumer) -> None:
-        unreachable = 0
+    async def _fetch_loop(self) -> None:
+        failures = 0
         while not self._stopping:
             room = self._concurrency - len(self._running)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
+            consumer = self._consumer
+            assert consumer is not None
             try:
                 deliveries = await consumer.fetch(room, wait=_POLL)
             except NotFoundError:
-                # The broker does not know the group: it lost the join (it was
-                # killed before writing it, or its data was reset). Join again.
-                _log.warning(
-                    "%s/%s: the broker lost the group; joining again", self.topic, self.group
-                )
-                with contextlib.suppress(MeshkitError):  # if that fails, the next fetch says so
-                    consumer = await self._bus.consumer(
-                        self.topic, self.group, redelivery=self._redelivery
-                    )
+                await self._rejoin(consumer)
                 continue
-            except MeshkitError as error:
-                unreachable += 1
-                wait = _UNREACHABLE.ceiling(unreachable)
+            except Exception as error:  # noqa: BLE001 (a dead loop would stop the group's work)
+                failures += 1
+                wait = _UNREACHABLE.ceiling(failures)
                 _log.warning(
-                    "%s/%s: cannot fetch (%s); again in %.1f s", self.topic, self.group, error, wait
+                    "%s/%s: cannot fetch (%r); again in %.1f s", self.topic, self.group, error, wait
                 )
                 await self._clock.sleep(wait)
                 continue
-            unreachable = 0
+            failures = 0
             for delivery in deliveries:
                 task = asyncio.create_task(self._handle(consumer, delivery))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
             self.statistics.running = len(self._running)
+
+    async def _rejoin(self, lost: Consumer) -> None:
+        """The broker does not know the group (it lost the join, or its data): join again."""
+        _log.warning("%s/%s: the broker lost the group; joining again", self.topic, self.group)
+        try:
+            self._consumer = await self._bus.consumer(
+                self.topic, self.group, redelivery=self._redelivery
+            )
+        except MeshkitError as error:  # the next fetch, on the old one, says so again
+            _log.warning("%s/%s: cannot join again: %s", self.topic, self.group, error)
+            return
+        with contextlib.suppress(MeshkitError):
+            await lost.aclose()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -186,7 +193,7 @@ class Subscription:
             )
             try:
                 await consumer.fail(delivery, f"{type(error).__name__}: {error}")
-            except MeshkitError as unsent:
+            except Exception as unsent:  # noqa: BLE001 (reported below; it comes back anyway)
                 # It comes back after the ack deadline and counts as failed then.
                 _log.warning(
                     "%s/%s: could not report the failure: %s", self.topic, self.group, unsent
@@ -198,19 +205,20 @@ class Subscription:
 
     # -- acks ------------------------------------------------------------------------
 
-    async def _ack_loop(self, consumer: Consumer) -> None:
+    async def _ack_loop(self) -> None:
         while self._acks or not self._handled_all:
             await self._acks_waiting.wait()
-            await self._send_acks(consumer)
+            await self._send_acks()
 
-    async def _send_acks(self, consumer: Consumer) -> None:
+    async def _send_acks(self) -> None:
         self._acks_waiting.clear()
         batch, self._acks = self._acks, []
         if not batch:
             return
+        assert self._consumer is not None
         try:
-            await consumer.ack(batch)
-        except MeshkitError as error:
+            await self._consumer.ack(batch)
+        except Exception as error:  # noqa: BLE001 (the loop must go on sending acks)
             # Not lost: they come back after the ack deadline, and are handled again.
             _log.warning(
                 "%s/%s: could not ack %d messages: %s", self.topic, self.group, len(batch), error

@@ -9,15 +9,20 @@ Layout, under ``prefix`` (default ``meshkit:bus:``):
 
 A group is created at ``0``, so it starts at the earliest entry the stream
 keeps. A member reads new entries with ``XREADGROUP``; they stay in the
-group's pending list until acked. A failed entry stays pending too, parked
-in the due set until its backoff ends, when whichever member fetches next
-claims it (``XCLAIM``, which counts the delivery). Entries whose member went
-silent for ``ack_wait`` are claimed from the pending list by a script that
-skips the parked ones: ``XAUTOCLAIM`` cannot skip them, and would take a
-parked entry as soon as its backoff outlasts ``ack_wait``, counting a
-delivery nobody made. The pending list's delivery count decides the
+group's pending list until acked. A failed entry stays pending too, moved to
+a consumer name of its own (``meshkit:parked``, with ``JUSTID``, which keeps
+its delivery count) and listed in the due set until its backoff ends; then
+whichever member fetches next claims it (``XCLAIM``, which counts the
+delivery). Entries a member held past ``ack_wait`` are claimed by a script
+that looks only at the members' own pending lists: ``XAUTOCLAIM`` cannot
+skip parked entries, and would take one as soon as its backoff outlasts
+``ack_wait``, counting a delivery nobody made. The delivery count decides the
 dead-letter move, so a member killed on a message's last delivery still
-sends it to the dead-letter queue, and every move is one atomic script.
+sends it to the dead-letter queue, in the same script that finds it.
+
+Streams are not trimmed: every entry is kept, and a new group starts at the
+first. Due times come from the members' clocks, so hosts should keep theirs
+in step (NTP); skew shifts a backoff by as much.
 
 Durability is the Redis server's: a publish returns once Redis has the entry
 in memory. For the embedded broker's guarantee (on disk before the
@@ -27,12 +32,12 @@ always``. Needs the ``redis`` extra (``pip install 'meshkit[redis]'``).
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 import os
 import re
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import msgspec
@@ -48,46 +53,51 @@ from meshkit.bus._model import (
     Outgoing,
     Published,
     check_group,
+    check_letter_ids,
     check_limit,
     check_redelivery,
     check_topic,
     clip_error,
+    decode_headers,
     expired_error,
 )
 from meshkit.bus._protocol import PublishOne
 from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
 from meshkit.policy import Redelivery
+from meshkit.policy import _check as check
 from meshkit.ratelimit.redis import check_url
 
 __all__ = ["RedisBus"]
 
 _encode = msgspec.json.encode
-_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 _ENTRY_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+_RECEIPT = re.compile(r"\d{1,20}-\d{1,20}")
 # The longest a fetch blocks in one XREADGROUP before it looks for due and
 # abandoned entries again; the client's socket timeout must exceed it.
 _MAX_BLOCK = 5.0
+# The consumer name that holds failed entries while they wait out their backoff.
+_PARKED = "meshkit:parked"
+# What a field missing from a malformed entry is kept as in its dead letter.
+_BLANK = {"p": b"null", "h": b"{}", "k": b"", "t": b"0"}
 
 # KEYS: stream, dedup key. ARGV: id, payload, headers, key ('' for none),
-# published, given ('1' or '0'), window (ms). Returns 1 if appended, 0 for a repeat.
-_PUBLISH = """
-if ARGV[6] == '1' and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[7]) then
-  return 0
-end
+# published, window (ms). Returns 1 if appended, 0 for a repeat of the id.
+_PUBLISH_ONCE = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[6]) then return 0 end
 redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'p', ARGV[2], 'h', ARGV[3], 'k', ARGV[4],
            't', ARGV[5])
 return 1
 """
 
-# KEYS: stream, due set. ARGV: group, consumer, now (ms), room, ack_wait (ms),
-# max_deliveries. Claims for this consumer, up to ``room`` entries: first the
-# parked ones now due, then those pending longer than ack_wait that are not
-# parked. Returns {claimed, last, next_due}: claimed is {id, fields, count}
-# per entry; last lists entries whose final delivery ran out (claimed too,
-# for the caller to dead-letter); next_due is the earliest due time left.
+# KEYS: stream, due set, dead-letter stream. ARGV: group, consumer, now (ms),
+# room, ack_wait (ms), max_deliveries, topic, expired error, now (s). Claims
+# for this consumer, up to ``room`` entries: first the parked ones now due,
+# then those a member has held past ack_wait. One held past ack_wait on its
+# last delivery becomes a dead letter here. Returns {claimed, next_due}:
+# claimed is {id, fields, count} per entry; next_due the earliest due time left.
 _CLAIM = """
-local group, me, now, room = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local claimed, last = {}, {}
+local group, me, room = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local claimed = {}
 local function take(ids, min_idle)
   if #ids == 0 then return end
   for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, min_idle, unpack(ids))) do
@@ -95,35 +105,36 @@ local function take(ids, min_idle)
     claimed[#claimed + 1] = {entry[1], entry[2], info[4]}
   end
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, room)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, room)
 if #due > 0 then
   redis.call('ZREM', KEYS[2], unpack(due))
   take(due, 0)
 end
 room = room - #claimed
 if room > 0 then
-  local abandoned, over = {}, {}
-  local start = '-'
-  for _ = 1, 10 do
-    local page = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[5], start, '+', 100)
-    for _, p in ipairs(page) do
-      if #abandoned < room and not redis.call('ZSCORE', KEYS[2], p[1]) then
-        if tonumber(p[4]) >= tonumber(ARGV[6]) then over[#over + 1] = p[1]
-        else abandoned[#abandoned + 1] = p[1] end
+  local abandoned = {}
+  for _, member in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
+    local name, pending = member[2], member[4]
+    if name ~= 'meshkit:parked' and pending > 0 and #abandoned < room then
+      local held = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[5], '-', '+', room, name)
+      for _, p in ipairs(held) do
+        if tonumber(p[4]) >= tonumber(ARGV[6]) then
+          for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, ARGV[5], p[1])) do
+            local letter = {'g', group, 'topic', ARGV[7], 'n', ARGV[6], 'e', ARGV[8], 'f', ARGV[9]}
+            for i = 1, #entry[2] do letter[#letter + 1] = entry[2][i] end
+            redis.call('XADD', KEYS[3], '*', unpack(letter))
+            redis.call('XACK', KEYS[1], group, p[1])
+          end
+        elseif #abandoned < room then
+          abandoned[#abandoned + 1] = p[1]
+        end
       end
     end
-    if #page < 100 or #abandoned >= room then break end
-    start = '(' .. page[#page][1]
   end
   take(abandoned, ARGV[5])
-  if #over > 0 then
-    for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, ARGV[5], unpack(over))) do
-      last[#last + 1] = {entry[1], entry[2], ARGV[6]}
-    end
-  end
 end
 local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or ''
-return {claimed, last, next_due}
+return {claimed, next_due}
 """
 
 # KEYS: stream, due set. ARGV: group, consumer, entry id, deliveries, due (ms).
@@ -131,17 +142,17 @@ return {claimed, last, next_due}
 _PARK = """
 local info = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
 if not info or info[2] ~= ARGV[2] or tostring(info[4]) ~= ARGV[4] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], 'meshkit:parked', 0, ARGV[3], 'JUSTID')
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
 return 1
 """
 
 # KEYS: stream, due set, dead-letter stream. ARGV: group, consumer, entry id,
-# deliveries ('' to skip the holder check), then the dead letter's fields.
+# deliveries, then the dead letter's fields. Only if this consumer still
+# holds that delivery.
 _DEAD = """
-if ARGV[4] ~= '' then
-  local info = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
-  if not info or info[2] ~= ARGV[2] or tostring(info[4]) ~= ARGV[4] then return 0 end
-end
+local info = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
+if not info or info[2] ~= ARGV[2] or tostring(info[4]) ~= ARGV[4] then return 0 end
 redis.call('XADD', KEYS[3], '*', unpack(ARGV, 5))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
@@ -153,6 +164,15 @@ return 1
 _REPLAY = """
 if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+return 1
+"""
+
+# KEYS: stream. ARGV: group, consumer. A member leaving removes its name,
+# unless it still holds entries (removing it would drop them from the group).
+_LEAVE = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
 return 1
 """
 
@@ -170,16 +190,32 @@ def _fields(flat: Sequence[bytes]) -> dict[str, bytes]:
 
 
 def _message(fields: dict[str, bytes], topic: str, deliveries: int) -> Message:
+    """The message an entry holds; ``KeyError`` or a decoding error if it is malformed."""
     key = fields.get("k", b"")
     return Message(
         id=_text(fields["id"]),
         topic=topic,
         payload=fields["p"],
-        headers=_decode_headers(fields["h"]),
+        headers=decode_headers(fields["h"]),
         key=_text(key) if key else None,
         published=float(fields["t"]),
         deliveries=deliveries,
     )
+
+
+def _entry_fields(message: Message) -> dict[str, Any]:
+    """A message as a stream entry's fields."""
+    return {
+        "id": message.id,
+        "p": message.payload,
+        "h": _encode(message.headers),
+        "k": message.key or "",
+        "t": repr(message.published),
+    }
+
+
+def _flat(fields: dict[str, Any]) -> list[Any]:
+    return [item for pair in fields.items() for item in pair]
 
 
 def _check_entry_id(letter_id: object) -> str:
@@ -191,12 +227,17 @@ def _check_entry_id(letter_id: object) -> str:
     return letter_id if "-" in letter_id else f"{letter_id}-0"
 
 
+def _check_receipt(receipt: object) -> str:
+    if not isinstance(receipt, str) or _RECEIPT.fullmatch(receipt) is None:
+        raise ConfigError("receipt", f"is not one this backend gave: {receipt!r}")
+    return receipt
+
+
 class RedisBus(PublishOne):
     """A ``Bus`` on the Redis at ``url`` (``redis://host:port/db``).
 
-    ``max_length`` caps each topic's stream (``XADD MAXLEN ~``); without it
-    streams keep every entry, and a new group can start at the first.
-    ``timeout`` bounds connecting and each call that does not block.
+    ``timeout`` bounds connecting and each call that does not block;
+    ``window`` is how long a given message id is remembered.
     """
 
     def __init__(
@@ -210,13 +251,12 @@ class RedisBus(PublishOne):
     ) -> None:
         self.url = check_url("url", url)
         self.prefix = prefix
-        self._window_ms = round(window * 1000)
+        self._window_ms = round(check.seconds("window", window) * 1000)
+        check.seconds("timeout", timeout)
         self._clock = clock or SystemClock()
         aioredis = _redis()
-        self._errors: tuple[type[BaseException], ...] = (
-            importlib.import_module("redis.exceptions").RedisError,
-            OSError,
-        )
+        self._exceptions = require("redis.exceptions", extra="redis", what="the bus on Redis")
+        self._errors: tuple[type[BaseException], ...] = (self._exceptions.RedisError, OSError)
         try:
             self._client = aioredis.Redis.from_url(
                 url,
@@ -226,51 +266,58 @@ class RedisBus(PublishOne):
             )
         except ValueError as error:
             raise ConfigError("url", f"{url!r}: {error}") from error
-        self._publish = self._client.register_script(_PUBLISH)
-        self.claim = self._client.register_script(_CLAIM)
-        self.park = self._client.register_script(_PARK)
-        self.dead = self._client.register_script(_DEAD)
+        self._publish_once = self._client.register_script(_PUBLISH_ONCE)
+        self._claim = self._client.register_script(_CLAIM)
+        self._park = self._client.register_script(_PARK)
+        self._dead = self._client.register_script(_DEAD)
         self._replay = self._client.register_script(_REPLAY)
-        self.dlq = f"{prefix}dlq"
+        self._leave = self._client.register_script(_LEAVE)
+        self._dlq = f"{prefix}dlq"
 
-    def stream(self, topic: str) -> str:
+    def _stream(self, topic: str) -> str:
         return f"{self.prefix}s:{topic}"
 
-    def due(self, topic: str, group: str) -> str:
-        return f"{self.prefix}due:{topic}:{group}"
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        """Await one Redis call, translating its failure.
 
-    def failed(self, error: BaseException) -> EnvironmentFaultError:
-        return EnvironmentFaultError(f"the bus's Redis at {self.url} failed: {error}")
-
-    async def call(self, command: Any) -> Any:
-        """Await one Redis call, translating its failure."""
+        A group or stream that is gone (``NOGROUP``: the data was flushed or
+        lost) is ``NotFoundError``, so a subscription joins again. On Python
+        3.11, redis-py's writes run under ``asyncio.wait_for``, which can drop
+        a cancel arriving as the write completes: a cancel asked for during
+        the call is raised after it, so that closing a subscription is prompt.
+        """
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
-            return await command
+            result = await command
         except self._errors as error:
-            raise self.failed(error) from error
+            if isinstance(error, self._exceptions.ResponseError) and "NOGROUP" in str(error):
+                raise NotFoundError(f"Redis at {self.url}: {error}") from error
+            raise EnvironmentFaultError(f"the bus's Redis at {self.url} failed: {error}") from error
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
+        return result
 
     # -- publishing ---------------------------------------------------------------
 
     async def publish_batch(self, messages: Sequence[Outgoing]) -> list[Published]:
+        """One pipeline; a given id costs a script (the check and the append are atomic),
+        any other message a plain ``XADD``."""
         if not messages:
             return []
         published = repr(self._clock.time())
         pipe = self._client.pipeline(transaction=False)
         for m in messages:
-            await self._publish(
-                keys=[self.stream(m.topic), f"{self.prefix}id:{m.topic}:{m.id}"],
-                args=[
-                    m.id,
-                    m.payload,
-                    _encode(m.headers),
-                    m.key or "",
-                    published,
-                    "1" if m.given_id else "0",
-                    self._window_ms,
-                ],
-                client=pipe,
-            )
-        appended = await self.call(pipe.execute())
+            fields = {"id": m.id, "p": m.payload, "h": _encode(m.headers), "k": m.key or ""}
+            if m.given_id:
+                await self._publish_once(
+                    keys=[self._stream(m.topic), f"{self.prefix}id:{m.topic}:{m.id}"],
+                    args=[*fields.values(), published, self._window_ms],
+                    client=pipe,
+                )
+            else:
+                pipe.xadd(self._stream(m.topic), {**fields, "t": published})
+        appended = await self._call(pipe.execute())
         return [
             Published(id=m.id, duplicate=added == 0)
             for m, added in zip(messages, appended, strict=True)
@@ -283,35 +330,41 @@ class RedisBus(PublishOne):
         check_group(group)
         check_redelivery(redelivery)
         try:
-            await self._client.xgroup_create(self.stream(topic), group, id="0", mkstream=True)
-        except self._errors as error:
+            await self._call(
+                self._client.xgroup_create(self._stream(topic), group, id="0", mkstream=True)
+            )
+        except EnvironmentFaultError as error:
             if "BUSYGROUP" not in str(error):  # the group exists: join it
-                raise self.failed(error) from error
+                raise
         name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        return RedisConsumer(self, topic, group, name, redelivery, self._clock)
+        return RedisConsumer(self, topic, group, name, redelivery)
 
     # -- dead letters -----------------------------------------------------------------
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         check_limit(limit)
-        entries = await self.call(self._client.xrange(self.dlq, count=limit))
+        entries = await self._call(self._client.xrange(self._dlq, count=limit))
         return [_dead_letter(entry_id, fields) for entry_id, fields in entries]
 
     async def dead_letter(self, letter_id: str) -> DeadLetter:
         entry_id = _check_entry_id(letter_id)
-        entries = await self.call(self._client.xrange(self.dlq, entry_id, entry_id))
+        entries = await self._call(self._client.xrange(self._dlq, entry_id, entry_id))
         if not entries:
             raise NotFoundError(f"no dead letter has id {letter_id!r}")
         return _dead_letter(*entries[0])
 
     async def replay(self, letter_id: str) -> None:
         letter = await self.dead_letter(letter_id)
-        message = letter.message
-        headers = {**message.headers, REPLAY_HEADER: letter.group}
-        fields = ["id", message.id, "p", message.payload, "h", _encode(headers)]
-        fields += ["k", message.key or "", "t", repr(self._clock.time())]
-        replayed = await self.call(
-            self._replay(keys=[self.dlq, self.stream(message.topic)], args=[letter.id, *fields])
+        message = msgspec.structs.replace(
+            letter.message,
+            headers={**letter.message.headers, REPLAY_HEADER: letter.group},
+            published=self._clock.time(),
+        )
+        replayed = await self._call(
+            self._replay(
+                keys=[self._dlq, self._stream(message.topic)],
+                args=[letter.id, *_flat(_entry_fields(message))],
+            )
         )
         if not replayed:
             raise NotFoundError(f"no dead letter has id {letter_id!r}")  # replayed meanwhile
@@ -319,14 +372,14 @@ class RedisBus(PublishOne):
     async def purge(self, ids: Sequence[str] | None = None) -> int:
         if ids is None:
             pipe = self._client.pipeline(transaction=True)
-            pipe.xlen(self.dlq)
-            pipe.delete(self.dlq)
-            held, _ = await self.call(pipe.execute())
+            pipe.xlen(self._dlq)
+            pipe.delete(self._dlq)
+            held, _ = await self._call(pipe.execute())
             return int(held)
-        checked = [_check_entry_id(letter_id) for letter_id in ids]
+        checked = [_check_entry_id(letter_id) for letter_id in check_letter_ids(ids)]
         if not checked:
             return 0
-        return int(await self.call(self._client.xdel(self.dlq, *checked)))
+        return int(await self._call(self._client.xdel(self._dlq, *checked)))
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -349,33 +402,30 @@ class RedisConsumer:
     """One member of a group: a Redis consumer name of its own in the topic's consumer group."""
 
     def __init__(
-        self,
-        bus: RedisBus,
-        topic: str,
-        group: str,
-        name: str,
-        redelivery: Redelivery,
-        clock: Clock,
+        self, bus: RedisBus, topic: str, group: str, name: str, redelivery: Redelivery
     ) -> None:
         self._bus = bus
         self._topic = topic
         self._group = group
         self._name = name
         self._redelivery = redelivery
-        self._clock = clock
-        self._stream = bus.stream(topic)
-        self._due = bus.due(topic, group)
+        self._clock = bus._clock
+        self._stream = bus._stream(topic)
+        self._due = f"{bus.prefix}due:{topic}:{group}"
         self._client = bus._client
         self._ack_wait_ms = round(redelivery.ack_wait * 1000)
-        # How often a waiting fetch looks for entries abandoned by silent members.
-        self._recheck = min(max(redelivery.ack_wait / 4, 0.05), _MAX_BLOCK)
-        self._held: dict[str, tuple[dict[str, bytes], int]] = {}
+        # How often a waiting fetch looks for due and abandoned entries. A
+        # failure parked while it blocks is due no sooner than the shortest
+        # wait of the backoff, so looking that often keeps retries on time.
+        self._recheck = max(
+            min(redelivery.ack_wait / 4, redelivery.backoff.ceiling(1), _MAX_BLOCK), 0.05
+        )
 
     async def fetch(self, limit: int, *, wait: float) -> list[Delivery]:
         check_limit(limit)
-        deadline = self._clock.monotonic() + wait
+        deadline = self._clock.monotonic() + check.seconds("wait", wait, allow_zero=True)
         while True:
-            found, next_due = await self._claim(limit)
+            found, next_due = await self._claimed(limit)
             room = limit - len(found)
             block = 0.0
             if not found:
@@ -387,33 +437,28 @@ class RedisConsumer:
             if found or self._clock.monotonic() >= deadline:
                 return await self._deliver(found)
 
-    async def _claim(
+    async def _claimed(
         self, room: int
     ) -> tuple[list[tuple[str, dict[str, bytes], int]], float | None]:
-        claimed, last, next_due = await self._bus.call(
-            self._bus.claim(
-                keys=[self._stream, self._due],
+        now = self._clock.time()
+        claimed, next_due = await self._bus._call(
+            self._bus._claim(
+                keys=[self._stream, self._due, self._bus._dlq],
                 args=[
-                    self._group,
-                    self._name,
-                    int(self._clock.time() * 1000),
-                    room,
-                    self._ack_wait_ms,
+                    *(self._group, self._name, int(now * 1000), room, self._ack_wait_ms),
                     self._redelivery.max_deliveries,
+                    self._topic,
+                    expired_error(self._redelivery.ack_wait),
+                    repr(now),
                 ],
             )
         )
-        error = expired_error(self._redelivery.ack_wait)
-        for entry_id, flat, deliveries in last:
-            await self._dead_letter(
-                _text(entry_id), _fields(flat), int(deliveries), error, check=False
-            )
         entries = [(_text(e), _fields(flat), int(n)) for e, flat, n in claimed]
         return entries, float(next_due) / 1000 if next_due else None
 
     async def _read(self, room: int, block: float) -> list[tuple[str, dict[str, bytes], int]]:
         block_ms = max(round(block * 1000), 0)
-        answer = await self._bus.call(
+        answer = await self._bus._call(
             self._client.xreadgroup(
                 self._group, self._name, {self._stream: ">"}, count=room, block=block_ms or None
             )
@@ -427,54 +472,56 @@ class RedisConsumer:
         deliveries: list[Delivery] = []
         passed: list[str] = []
         for entry_id, fields, count in found:
-            message = _message(fields, self._topic, count)
-            if not message.for_group(self._group):
-                passed.append(entry_id)
+            try:
+                message = _message(fields, self._topic, count)
+            except (KeyError, ValueError, msgspec.DecodeError) as error:
+                # Not written by this bus: kept as a dead letter, not retried for ever.
+                await self._bury(entry_id, fields, count, f"a malformed stream entry: {error!r}")
                 continue
-            self._held[entry_id] = (fields, count)
-            deliveries.append(Delivery(message=message, receipt=entry_id))
+            if message.for_group(self._group):
+                deliveries.append(Delivery(message=message, receipt=entry_id))
+            else:
+                passed.append(entry_id)
         if passed:
-            await self._bus.call(self._client.xack(self._stream, self._group, *passed))
+            await self._bus._call(self._client.xack(self._stream, self._group, *passed))
         return deliveries
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        ids = [d.receipt for d in deliveries]
+        ids = [_check_receipt(d.receipt) for d in deliveries]
         if ids:
-            await self._bus.call(self._client.xack(self._stream, self._group, *ids))
-        for entry_id in ids:
-            self._held.pop(entry_id, None)
+            await self._bus._call(self._client.xack(self._stream, self._group, *ids))
 
     async def fail(self, delivery: Delivery, error: str) -> None:
-        entry_id = delivery.receipt
-        deliveries = delivery.message.deliveries
-        held = self._held.pop(entry_id, None)
-        if held is None:
-            raise ConfigError("receipt", f"{entry_id!r} is not a delivery this consumer holds")
-        wait = self._redelivery.after_failure(deliveries)
+        """Park it until its backoff ends, or dead-letter it: only if this member still holds
+        that delivery (after ack_wait it went to another, and this answer is late)."""
+        entry_id = _check_receipt(delivery.receipt)
+        message = delivery.message
+        wait = self._redelivery.after_failure(message.deliveries)
         if wait is None:
-            await self._dead_letter(entry_id, held[0], deliveries, error, check=True)
+            await self._bury(entry_id, _entry_fields(message), message.deliveries, error)
             return
         due_ms = int((self._clock.time() + wait) * 1000)
-        await self._bus.call(
-            self._bus.park(
+        await self._bus._call(
+            self._bus._park(
                 keys=[self._stream, self._due],
-                args=[self._group, self._name, entry_id, deliveries, due_ms],
+                args=[self._group, self._name, entry_id, message.deliveries, due_ms],
             )
         )
 
-    async def _dead_letter(
-        self, entry_id: str, fields: dict[str, bytes], deliveries: int, error: str, *, check: bool
+    async def _bury(
+        self, entry_id: str, fields: dict[str, Any], deliveries: int, error: str
     ) -> None:
         letter = ["g", self._group, "topic", self._topic, "n", deliveries, "e", clip_error(error)]
-        letter += ["f", repr(self._clock.time())]
-        for name in ("id", "p", "h", "k", "t"):
-            letter += [name, fields.get(name, b"")]
-        await self._bus.call(
-            self._bus.dead(
-                keys=[self._stream, self._due, self._bus.dlq],
-                args=[self._group, self._name, entry_id, deliveries if check else "", *letter],
+        letter += ["f", repr(self._clock.time()), "id", fields.get("id", entry_id)]
+        for name, blank in _BLANK.items():
+            letter += [name, fields.get(name, blank)]
+        await self._bus._call(
+            self._bus._dead(
+                keys=[self._stream, self._due, self._bus._dlq],
+                args=[self._group, self._name, entry_id, deliveries, *letter],
             )
         )
 
     async def aclose(self) -> None:
-        self._held.clear()  # what it held goes to other members after ack_wait
+        """Leave the group; what it still holds goes to other members after ack_wait."""
+        await self._bus._call(self._bus._leave(keys=[self._stream], args=[self._group, self._name]))
