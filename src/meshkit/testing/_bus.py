@@ -173,6 +173,13 @@ class BusConformance:
             await seen.until(2)  # in order: a second "same" would come before "after"
         assert [(m.id, m.json()) for m in seen.messages] == [("same", 1), ("after", 3)]
 
+    async def test_a_message_id_is_a_repeat_only_on_its_own_topic(
+        self, bus: Bus, topic: str
+    ) -> None:
+        """The duplicate window is per topic: one id on two topics publishes twice."""
+        assert not (await bus.publish(topic, 1, message_id="shared-id")).duplicate
+        assert not (await bus.publish(f"{topic}.other", 2, message_id="shared-id")).duplicate
+
     async def test_a_malformed_publish_is_refused_and_changes_nothing(
         self, bus: Bus, topic: str
     ) -> None:
