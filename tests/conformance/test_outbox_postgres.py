@@ -1,5 +1,6 @@
 """The outbox conformance suite on PostgreSQL, in a database of its own per test, dropped after."""
 
+import asyncio
 import contextlib
 import importlib
 import secrets
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from meshkit._clock import Clock
-from meshkit.bus._outbox import INBOX_RETENTION, OutboxStore
+from meshkit.bus import INBOX_RETENTION, OutboxStore
 from meshkit.bus.postgres import PostgresInbox, PostgresOutbox
 from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 from meshkit.testing.conformance import Event, OutboxConformance
@@ -165,6 +166,81 @@ async def test_an_unreachable_server_is_an_environment_fault_naming_it() -> None
         assert "secret" not in str(caught.value)
     finally:
         await store.aclose()
+
+
+async def test_the_callers_aborted_transaction_reaches_it_unchanged(connection: Any) -> None:
+    """After a failed statement of the caller's, record() and the inbox raise asyncpg's
+    InFailedSQLTransactionError, as the caller's own next statement would: not an outage."""
+    asyncpg = importlib.import_module("asyncpg")
+    transaction = connection.transaction()
+    await transaction.start()
+    try:
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await connection.execute("SELECT 1 / 0")
+        with pytest.raises(asyncpg.InFailedSQLTransactionError):
+            await PostgresOutbox.record(connection, "order.created", {})
+        with pytest.raises(asyncpg.InFailedSQLTransactionError):
+            await PostgresInbox("billing").record(connection, "m-1")
+    finally:
+        await transaction.rollback()
+
+
+async def test_a_deadlock_between_handlers_reaches_the_caller_unchanged(
+    empty_database: str, connection: Any
+) -> None:
+    """Two handlers recording two ids in opposite orders: one gets asyncpg's
+    DeadlockDetectedError (a TransactionRollbackError, to retry), not EnvironmentFaultError."""
+    asyncpg = importlib.import_module("asyncpg")
+    other = await asyncpg.connect(empty_database)
+    inbox = PostgresInbox("billing")
+    try:
+        for handler in (connection, other):
+            await handler.execute("SET deadlock_timeout = '50ms'")
+        first, second = connection.transaction(), other.transaction()
+        await first.start()
+        await second.start()
+        assert await inbox.record(connection, "a")
+        assert await inbox.record(other, "b")
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                inbox.record(connection, "b"), inbox.record(other, "a"), return_exceptions=True
+            ),
+            10,
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(errors) == 1
+        assert isinstance(errors[0], asyncpg.DeadlockDetectedError)
+        assert isinstance(errors[0], asyncpg.TransactionRollbackError)
+        await first.rollback()
+        await second.rollback()
+    finally:
+        await other.close()
+
+
+async def test_a_connection_lost_mid_record_is_an_environment_fault(
+    empty_database: str, connection: Any
+) -> None:
+    """The server ends the caller's session while record() waits: EnvironmentFaultError."""
+    asyncpg = importlib.import_module("asyncpg")
+    doomed = await asyncpg.connect(empty_database)
+    blocker = connection.transaction()
+    await blocker.start()
+    try:
+        await connection.execute("LOCK TABLE meshkit_outbox IN ACCESS EXCLUSIVE MODE")
+        pid = await doomed.fetchval("SELECT pg_backend_pid()")
+        transaction = doomed.transaction()
+        await transaction.start()
+        recording = asyncio.create_task(PostgresOutbox.record(doomed, "order.created", {}))
+        waiting = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1"
+        async with asyncio.timeout(10):
+            while not await connection.fetchval(waiting, pid):
+                await asyncio.wait({recording}, timeout=0.01)  # polls, or ends early on an error
+        assert await connection.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(EnvironmentFaultError, match="recording an event"):
+            await asyncio.wait_for(recording, 10)
+    finally:
+        await blocker.rollback()
+        doomed.terminate()
 
 
 def test_a_dsn_that_is_not_postgresql_is_refused() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshkit._clock import Clock
-from meshkit.bus._outbox import INBOX_RETENTION, OutboxStore
+from meshkit.bus import INBOX_RETENTION, OutboxStore
 from meshkit.bus._outbox_sqlite import SqliteInbox, SqliteOutbox
 from meshkit.testing.conformance import Event, OutboxConformance
 

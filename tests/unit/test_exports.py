@@ -22,6 +22,7 @@ PUBLIC = {
         "OutboxEntry",
         "OutboxRelay",
         "OutboxStore",
+        "ParkedEntry",
         "RelayStatistics",
         "SqliteInbox",
         "SqliteOutbox",

@@ -1,11 +1,13 @@
 """The SQLite outbox and inbox's own promises: transactions required, checks first, the claim."""
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from meshkit import SystemClock
 from meshkit.bus._outbox_sqlite import SqliteInbox, SqliteOutbox
 from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 from meshkit.testing import FakeClock
@@ -109,6 +111,49 @@ async def test_a_claim_lapses_after_its_hold_on_the_store_clock(
             await store.aclose()
 
 
+async def test_a_claim_that_waited_for_the_lock_is_held_for_its_whole_hold(
+    path: Path, db: sqlite3.Connection
+) -> None:
+    """The hold counts from when the lock was taken: a claim that waited 8 s for a writer
+    still excludes others 9 s after it was taken (17 s after it was asked for)."""
+    clock = FakeClock(start=0.0)
+    first, second = SqliteOutbox(path, clock=clock), SqliteOutbox(path, clock=clock)
+    ids = commit(db, "a")
+    try:
+        db.execute("BEGIN IMMEDIATE")  # a service's writer holds the lock
+        claiming = asyncio.create_task(first.claim(10, hold=10))
+        await SystemClock().sleep(0)  # the claim is asked for, and waits for the lock
+        clock.advance(8)
+        db.execute("ROLLBACK")
+        assert [e.message.id for e in await claiming] == ids
+        clock.advance(9)
+        assert await second.claim(10, hold=10) == []
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_closing_after_a_failed_release_does_not_wait_for_the_lock_again(
+    path: Path, db: sqlite3.Connection
+) -> None:
+    """A release that timed out on a locked file is not tried again by aclose(): the claim
+    lapses on its own, and closing a relay takes one timeout, not two."""
+    commit(db, "a")
+    store, clock = SqliteOutbox(path, timeout=1.0), SystemClock()
+    try:
+        assert len(await store.claim(10, hold=60)) == 1
+        db.execute("BEGIN IMMEDIATE")
+        with pytest.raises(EnvironmentFaultError, match="locked"):
+            await store.release()
+        started = clock.monotonic()
+        await store.aclose()
+        assert clock.monotonic() - started < 0.5
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        await store.aclose()
+
+
 async def test_closing_a_store_releases_its_claim(path: Path, db: sqlite3.Connection) -> None:
     """Another relay need not wait for the hold of one that shut down cleanly."""
     ids = commit(db, "a")
@@ -177,6 +222,45 @@ def test_the_inbox_prunes_on_its_own_at_most_once_an_hour(db: sqlite3.Connection
     assert record("b")  # the hourly prune ran first: "a" is forgotten
     assert record("a")
     assert count(db, "meshkit_inbox") == 2
+
+
+def test_a_prune_that_failed_is_tried_again_at_the_next_record(tmp_path: Path) -> None:
+    """A failed prune does not count as done: the next record prunes, not an hour later."""
+    clock = FakeClock(start=0.0)
+    inbox = SqliteInbox("billing", retention=100, clock=clock)
+    db = sqlite3.connect(tmp_path / "late.sqlite3", isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        with pytest.raises(UsageError, match=r"SqliteOutbox\.SCHEMA"):
+            inbox.record(db, "a")  # no tables yet: the prune, first, fails
+        db.execute("ROLLBACK")
+        db.executescript(SqliteOutbox.SCHEMA)
+        db.execute("INSERT INTO meshkit_inbox VALUES ('billing', 'old', ?)", (clock.time() - 200,))
+        db.execute("BEGIN IMMEDIATE")
+        assert inbox.record(db, "b")
+        db.execute("COMMIT")
+        assert [row[0] for row in db.execute("SELECT id FROM meshkit_inbox")] == ["b"]
+    finally:
+        db.close()
+
+
+def test_recording_on_something_not_a_connection_is_a_usage_error_naming_it() -> None:
+    """A path, or an asyncpg connection, passed as ``db``: ConfigError (a UsageError) on db."""
+    with pytest.raises(UsageError) as caught:
+        SqliteOutbox.record("orders.sqlite3", TOPIC, {})  # type: ignore[arg-type]
+    assert isinstance(caught.value, ConfigError)
+    assert caught.value.key == "db"
+    assert "sqlite3.Connection" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        SqliteInbox("billing").record(None, "m-1")  # type: ignore[arg-type]
+    assert caught.value.key == "db"
+
+
+@pytest.mark.parametrize("timeout", [0, 3601, float("nan")])
+def test_a_bad_timeout_is_a_config_error(tmp_path: Path, timeout: float) -> None:
+    with pytest.raises(ConfigError) as caught:
+        SqliteOutbox(tmp_path / "x.sqlite3", timeout=timeout)
+    assert caught.value.key == "timeout"
 
 
 def test_an_inbox_group_must_be_a_group_name() -> None:

@@ -9,6 +9,7 @@ of them.
 """
 
 from meshkit.bus._embedded import EmbeddedBus
+from meshkit.bus._inbox import INBOX_RETENTION
 from meshkit.bus._model import (
     MAX_HEADERS,
     MAX_PAYLOAD,
@@ -26,10 +27,10 @@ from meshkit.bus._model import (
     outgoing,
 )
 from meshkit.bus._outbox import (
-    INBOX_RETENTION,
     OutboxEntry,
     OutboxRelay,
     OutboxStore,
+    ParkedEntry,
     RelayStatistics,
 )
 from meshkit.bus._outbox_sqlite import SqliteInbox, SqliteOutbox
@@ -53,6 +54,7 @@ __all__ = [
     "OutboxRelay",
     "OutboxStore",
     "Outgoing",
+    "ParkedEntry",
     "Published",
     "RelayStatistics",
     "RemoteBus",

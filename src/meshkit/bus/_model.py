@@ -17,7 +17,7 @@ import msgspec
 
 from meshkit.bus import _trace
 from meshkit.errors import ConfigError
-from meshkit.policy import Redelivery
+from meshkit.policy import Backoff, Redelivery
 
 __all__ = [
     "DUPLICATE_WINDOW",
@@ -25,6 +25,7 @@ __all__ = [
     "MAX_HEADERS",
     "MAX_PAYLOAD",
     "REPLAY_HEADER",
+    "UNREACHABLE",
     "DeadLetter",
     "Delivery",
     "Message",
@@ -65,6 +66,12 @@ REPLAY_HEADER = "meshkit-replay-group"
 
 # How long a given message id is remembered: JetStream's default duplicate window.
 DUPLICATE_WINDOW = 120.0
+
+
+# Waits while a broker (or a service's database) cannot be reached: 0.1 s
+# growing to 5 s, so an outage is retried promptly, then without flooding
+# the log. No jitter: one subscription or relay retries, not a herd.
+UNREACHABLE = Backoff(initial=0.1, maximum=5.0)
 
 
 def expired_error(ack_wait: float) -> str:

@@ -1,4 +1,4 @@
-"""The transactional outbox's relay, the interface of its stores, and the inbox's retention.
+"""The transactional outbox's relay and the interface of its stores.
 
 A service that changes its database and then publishes an event can do one
 without the other: the publish fails after the commit (the event is lost),
@@ -22,6 +22,12 @@ relay is done, so two replicas of a service, each with its relay, never
 publish overlapping or out-of-order batches. Claiming disjoint batches in
 parallel (``FOR UPDATE SKIP LOCKED`` alone) would be faster, and would let
 the second batch overtake the first.
+
+An event the bus refuses for good (a payload over a JetStream server's
+``max_payload``, say) would stop every later one, the relay trying the
+same oldest batch for ever. The relay publishes the events before it,
+then ``park``s it: the store moves it to the outbox's parked events
+(``parked()`` lists them, with the error) and the rest go on.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -37,39 +43,51 @@ from typing import Protocol
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
-from meshkit.bus._model import Outgoing, check_group
+from meshkit._tasks import stop
+from meshkit.bus._model import UNREACHABLE, Outgoing, Published, outgoing
 from meshkit.bus._protocol import Bus
 from meshkit.errors import ConfigError, MeshkitError, UsageError
 from meshkit.policy import Backoff
 from meshkit.policy import _check as check
 
 __all__ = [
-    "INBOX_RETENTION",
-    "InboxRetention",
+    "MAX_TIMEOUT",
     "OutboxEntry",
     "OutboxRelay",
     "OutboxStore",
+    "ParkedEntry",
     "RelayStatistics",
+    "check_timeout",
+    "outbox_entry",
+    "outbox_row",
+    "parked_entry",
 ]
 
 _log = logging.getLogger("meshkit.bus.outbox")
 
-# Waits after a failed pass: 0.1 s growing to 5 s, as a subscription waits
-# for an unreachable broker. No jitter: the relays of one database take turns
-# through the store's claim, so there is no herd to spread.
-_UNREACHABLE = Backoff(initial=0.1, maximum=5.0)
 
-# Seven days, Kafka's default log retention (log.retention.hours=168). A
-# repeat reaches a consumer when a relay publishes an event again after it
-# crashed between publishing and removing it (possibly only when the
-# service comes back, after a weekend), or when a broker redelivers a
-# message whose ack was lost (minutes). A week covers both with room to
-# spare, and at 10 events/s costs about 6 million rows of ~100 bytes.
-INBOX_RETENTION = 7 * 24 * 3600.0
-# An inbox prunes its group's old entries once an hour of its clock: the
-# table then holds at most retention + 1 h of ids, and a handler's
-# transaction pays for a prune once an hour per process.
-_PRUNE_EVERY = 3600.0
+# The longest publish, or wait for a database, the outbox allows. Longer is
+# a hang, not a wait; and it keeps a relay's hold, 2 x (publish_timeout +
+# 2 x the store's timeout), at most 6 h: PostgreSQL's timeout settings are
+# 32-bit milliseconds (24.8 days).
+MAX_TIMEOUT = 3600.0
+
+# The fields of a message a bus names (ConfigError.key) when it refuses that
+# message itself. Any other refusal (a bus not opened, a token refused) would
+# refuse every event alike: parking on it would empty the outbox into the
+# parked events, so it counts as a failed pass, tried again.
+_MESSAGE_FIELDS = frozenset({"topic", "payload", "headers", "key", "message_id"})
+
+_encode_headers = msgspec.json.encode
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+
+
+def check_timeout(key: str, value: object) -> float:
+    """A timeout of the outbox's: positive seconds, at most ``MAX_TIMEOUT``."""
+    seconds = check.seconds(key, value)
+    if seconds > MAX_TIMEOUT:
+        raise ConfigError(key, f"must be at most {MAX_TIMEOUT:g} seconds, got {value!r}")
+    return seconds
 
 
 class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,27 +102,109 @@ class OutboxEntry(msgspec.Struct, frozen=True, kw_only=True):
     message: Outgoing
 
 
+class ParkedEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """An event the bus refused for good, out of the outbox: ``error`` why, ``parked`` when.
+
+    ``parked`` is Unix time; ``error`` at most ``MAX_ERROR`` characters.
+    """
+
+    seq: int
+    message: Outgoing
+    error: str
+    parked: float
+
+
+def outbox_row(
+    topic: str,
+    payload: object,
+    *,
+    headers: Mapping[str, str] | None,
+    key: str | None,
+    message_id: str | None,
+) -> tuple[str, str, bytes, str, str | None]:
+    """What ``record()`` inserts: ``(id, topic, payload, headers, key)``, checked first.
+
+    Raises ``ConfigError`` naming the first bad field, as ``outgoing()``.
+    """
+    message = outgoing(topic, payload, headers=headers, key=key, message_id=message_id)
+    headers_json = _encode_headers(message.headers).decode()
+    return message.id, message.topic, message.payload, headers_json, message.key
+
+
+def outbox_entry(
+    seq: int, message_id: str, topic: str, payload: bytes, headers: str, key: str | None
+) -> OutboxEntry:
+    """An entry read back from an outbox row, as ``outbox_row`` wrote it."""
+    # Checked when it was recorded; read back as it was written.
+    message = Outgoing(
+        topic=topic,
+        id=message_id,
+        payload=payload,
+        headers=_decode_headers(headers),
+        key=key,
+        given_id=True,
+    )
+    return OutboxEntry(seq=seq, message=message)
+
+
+def parked_entry(
+    seq: int,
+    message_id: str,
+    topic: str,
+    payload: bytes,
+    headers: str,
+    key: str | None,
+    error: str,
+    parked: float,
+) -> ParkedEntry:
+    """A parked entry read back from its row: the outbox row's columns, then why and when."""
+    entry = outbox_entry(seq, message_id, topic, payload, headers, key)
+    return ParkedEntry(seq=seq, message=entry.message, error=error, parked=parked)
+
+
 class OutboxStore(Protocol):
     """Where a relay finds the events recorded in one database, and removes them.
 
+    A store holds at most one claim at a time: ``claim`` while it holds
+    one, and ``sent`` or ``park`` without one, raise ``UsageError``.
+
     Errors: ``EnvironmentFaultError`` when the database cannot be reached
-    (or is locked past its timeout); ``UsageError`` when meshkit's tables
+    (or is locked past ``timeout``); ``UsageError`` when meshkit's tables
     are missing (run the engine's ``SCHEMA`` or ``ensure_schema()``).
     """
+
+    @property
+    def timeout(self) -> float:
+        """The longest one call waits for its database (a lock, a statement) before it fails."""
+        ...
 
     async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
         """The oldest ``limit`` events, oldest first, claimed for this store.
 
-        Empty when there are none, or when another store holds the claim.
-        While this store holds it, no other store's ``claim`` returns
-        events. The claim ends with ``sent`` or ``release``; one that this
-        store does not end lapses after at most ``hold`` seconds (the relay
-        crashed or hangs), so another relay can take over.
+        Empty (and no claim held) when there are none, or when another
+        store holds the claim. While this store holds it, no other store's
+        ``claim`` returns events. The claim ends with ``sent`` or
+        ``release``; one that this store does not end lapses ``hold``
+        seconds after it was taken (the relay crashed or hangs), so another
+        relay can take over.
         """
         ...
 
     async def sent(self, entries: Sequence[OutboxEntry]) -> None:
-        """These were published: remove them, and end the claim."""
+        """These claimed entries were published: remove them, and end the claim."""
+        ...
+
+    async def park(self, entry: OutboxEntry, error: str) -> None:
+        """Move this claimed entry out of the outbox, into its parked events, with ``error``.
+
+        For an event the bus refuses for good. The claim stays, to be ended
+        with ``sent`` or ``release``; ``error`` is kept clipped to
+        ``MAX_ERROR`` characters.
+        """
+        ...
+
+    async def parked(self, *, limit: int = 100) -> list[ParkedEntry]:
+        """The parked events, oldest first: at most ``limit`` (1 to 10,000)."""
         ...
 
     async def release(self) -> None:
@@ -122,13 +222,15 @@ class RelayStatistics:
 
     ``published`` counts events the bus accepted, including the repeats it
     recognised (``duplicates``); ``failures`` counts passes that failed,
-    and ``failing`` is how many of the latest ones did (0 when healthy).
+    and ``failing`` is how many of the latest ones did (0 when healthy);
+    ``parked`` counts the events the bus refused for good.
     """
 
     published: int = 0
     duplicates: int = 0
     failures: int = 0
     failing: int = 0
+    parked: int = 0
 
 
 class OutboxRelay:
@@ -144,9 +246,19 @@ class OutboxRelay:
     longer than ``publish_timeout``) is logged and tried again after the
     ``backoff``, from the same oldest event: however long the outage,
     nothing is lost or reordered, and ``notify()`` does not cut the wait
-    short. A claim the relay does not end lapses after three publish
-    timeouts (enough for claiming, publishing and removing, each bounded
-    by about that long), when another relay may take over.
+    short. An event the bus refuses for good (a ``ConfigError`` naming a
+    field of the message) is not an outage: the events before it are
+    published, it is parked in the store (logged as an ERROR naming it),
+    and the next pass starts at once with the events after it.
+
+    ``publish_timeout`` is at most an hour (``MAX_TIMEOUT``), as is the
+    store's timeout. The claim's hold is 2 x (``publish_timeout`` + 2 x
+    ``store.timeout``): after the claim is taken, a pass publishes (all of
+    it within ``publish_timeout``) and makes at most two store calls
+    (``park``, ``sent``), each waiting at most the store's timeout for its
+    database; twice that leaves room for a loaded machine. The hold thus
+    always exceeds the store's timeout. A claim the relay does not end
+    lapses after it, when another relay may take over.
 
     The relay owns ``store`` and closes it; ``bus`` is only borrowed.
     ``aclose()`` stops at once: events not yet published stay in the
@@ -161,19 +273,16 @@ class OutboxRelay:
         batch: int = 100,
         interval: float = 1.0,
         publish_timeout: float = 10.0,
-        backoff: Backoff = _UNREACHABLE,
+        backoff: Backoff = UNREACHABLE,
         clock: Clock | None = None,
     ) -> None:
         # At most the stores' bound on one claim, as on one fetch (check_limit).
-        if check.whole("batch", batch, minimum=1) > 10_000:
-            raise ConfigError("batch", f"must be at most 10000, got {batch!r}")
-        self._batch = batch
+        self._batch = check.whole("batch", batch, minimum=1, maximum=10_000)
         self._interval = check.seconds("interval", interval)
-        self._publish_timeout = check.seconds("publish_timeout", publish_timeout)
-        if not isinstance(backoff, Backoff):
-            raise ConfigError("backoff", f"must be a Backoff, got {type(backoff).__name__}")
-        self._backoff = backoff
-        self._hold = 3 * self._publish_timeout
+        self._publish_timeout = check_timeout("publish_timeout", publish_timeout)
+        self._backoff = check.instance("backoff", backoff, Backoff)
+        store_timeout = check_timeout("store.timeout", store.timeout)
+        self._hold = 2 * (self._publish_timeout + 2 * store_timeout)
         self._store = store
         self._bus = bus
         self._clock = clock or SystemClock()
@@ -182,7 +291,6 @@ class OutboxRelay:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._unpublished: Sequence[OutboxEntry] = []  # claimed, not yet removed: for the log
 
     async def start(self) -> None:
         """Start publishing, with a first pass at once."""
@@ -196,15 +304,8 @@ class OutboxRelay:
         loop = self._loop
         if loop is None:
             return  # not started: the first pass will find the event anyway
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._nudged.set()
-        else:  # a service committing in a worker thread (a sync handler)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
-                loop.call_soon_threadsafe(self._nudged.set)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
+            loop.call_soon_threadsafe(self._nudged.set)
 
     async def aclose(self) -> None:
         """Stop, release any claim, and close the store."""
@@ -214,11 +315,11 @@ class OutboxRelay:
         # may swallow a cancellation, and the loop would then go on.
         self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._store.aclose()
+        try:
+            if task is not None:
+                await stop(task)
+        finally:
+            await self._store.aclose()
 
     async def __aenter__(self) -> OutboxRelay:
         await self.start()
@@ -238,39 +339,79 @@ class OutboxRelay:
         while not self._stopping:
             self._nudged.clear()  # a notify() from here on asks for another pass
             try:
-                count = await self._pass()
-            except (MeshkitError, TimeoutError) as error:
-                await self._failed(error, traceback=False)
-                continue
-            except Exception as error:  # noqa: BLE001 (a dead relay would strand every later event)
-                await self._failed(error, traceback=True)
+                again = await self._pass()
+            except Exception:  # noqa: BLE001 (logged by the pass; a dead relay would strand every later event)
+                await self._clock.sleep(self._backoff.ceiling(self.statistics.failing))
                 continue
             if self.statistics.failing:
                 _log.info("outbox: publishing again after %d failures", self.statistics.failing)
                 self.statistics.failing = 0
-            if count < self._batch:
+            if not again:
                 await self._pause(self._interval)
 
-    async def _pass(self) -> int:
-        """Claim, publish and remove one batch: how many events it held."""
-        self._unpublished = []
+    async def _pass(self) -> bool:
+        """Claim, publish and remove one batch: whether the next pass should start at once.
+
+        On an error, logs it (with the events it concerns) and raises it.
+        """
+        entries: Sequence[OutboxEntry] = []
+        published: Sequence[OutboxEntry] = []
         try:
             entries = await self._store.claim(self._batch, hold=self._hold)
             if not entries:
-                return 0
-            self._unpublished = entries
+                return False
             async with asyncio.timeout(self._publish_timeout):
-                published = await self._bus.publish_batch([entry.message for entry in entries])
-            await self._store.sent(entries)
-        except BaseException:
+                answers, refusal = await self._publish(entries)
+            published = entries[: len(answers)]
+            if refusal is not None:
+                await self._park(*refusal)
+            await self._store.sent(published)
+        except BaseException as error:
             # Whatever went wrong (cancellation too), the events stay, and the
             # next pass, this relay's or another's, starts from the oldest.
             await self._release()
+            if isinstance(error, Exception):
+                self._failed(error, entries, published)
             raise
-        self._unpublished = []
-        self.statistics.published += len(entries)
-        self.statistics.duplicates += sum(p.duplicate for p in published)
-        return len(entries)
+        self.statistics.published += len(answers)
+        self.statistics.duplicates += sum(answer.duplicate for answer in answers)
+        return refusal is not None or len(entries) == self._batch
+
+    async def _publish(
+        self, entries: Sequence[OutboxEntry]
+    ) -> tuple[list[Published], tuple[OutboxEntry, ConfigError] | None]:
+        """Publish in order, up to the first entry the bus refuses for good.
+
+        Returns the bus's answers for the entries before that one (all of
+        them when none is refused), and the refused entry with its error.
+        The refused one is found by halves, each accepted half published
+        once: about 2 x log2(batch) publishes, whatever its place.
+        """
+        try:
+            return await self._bus.publish_batch([entry.message for entry in entries]), None
+        except ConfigError as error:
+            if error.key not in _MESSAGE_FIELDS:
+                raise
+            if len(entries) == 1:
+                return [], (entries[0], error)
+        half = len(entries) // 2
+        first, refusal = await self._publish(entries[:half])
+        if refusal is not None:
+            return first, refusal
+        second, refusal = await self._publish(entries[half:])
+        return first + second, refusal
+
+    async def _park(self, entry: OutboxEntry, error: ConfigError) -> None:
+        await self._store.park(entry, f"{type(error).__name__}: {error}")
+        self.statistics.parked += 1
+        _log.error(
+            "outbox: the bus refuses event %s (%s) for good (%s: %s); parked it"
+            " (the store's parked() lists it), the events after it go on",
+            entry.message.id,
+            entry.message.topic,
+            type(error).__name__,
+            error,
+        )
 
     async def _release(self) -> None:
         try:
@@ -278,19 +419,37 @@ class OutboxRelay:
         except MeshkitError as error:  # the claim lapses on its own after its hold
             _log.debug("outbox: could not release the claim: %s", error)
 
-    async def _failed(self, error: BaseException, *, traceback: bool) -> None:
+    def _failed(
+        self,
+        error: Exception,
+        entries: Sequence[OutboxEntry],
+        published: Sequence[OutboxEntry],
+    ) -> None:
         self.statistics.failures += 1
         self.statistics.failing += 1
         wait = self._backoff.ceiling(self.statistics.failing)
-        _log.warning(
-            "outbox: cannot publish %s (%s: %s); they stay in the outbox, trying again in %.2f s",
-            _describe(self._unpublished),
-            type(error).__name__,
-            error,
+        if published:
+            what = (
+                f"published {_describe(published)} but cannot remove them from the outbox"
+                f" ({type(error).__name__}: {error}); they will be published again"
+                " (the bus, or past its window the consumers' inbox, drops the repeats)"
+            )
+        else:
+            what = (
+                f"cannot publish {_describe(entries)} ({type(error).__name__}: {error});"
+                " they stay in the outbox"
+            )
+        # A refusal that is not about one message (a bus not opened, a token
+        # refused) does not pass with waiting: someone must fix it.
+        level = logging.ERROR if isinstance(error, UsageError) else logging.WARNING
+        unexpected = not isinstance(error, MeshkitError | TimeoutError)
+        _log.log(
+            level,
+            "outbox: %s, trying again in %.2f s",
+            what,
             wait,
-            exc_info=error if traceback else None,
+            exc_info=error if unexpected else None,
         )
-        await self._clock.sleep(wait)
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or until ``notify()``."""
@@ -312,32 +471,3 @@ def _describe(entries: Sequence[OutboxEntry]) -> str:
     if len(entries) == 1:
         return f"event {first.id} ({first.topic})"
     return f"{len(entries)} events, {first.id} ({first.topic}) to {last.id} ({last.topic})"
-
-
-class InboxRetention:
-    """The part of an inbox that does not touch a database: its group, stamps and prune times.
-
-    ``stamp()`` is the wall time an entry records (wall, not monotonic:
-    entries outlive the process, and other processes prune them);
-    ``cutoff()`` the stamp before which entries are forgotten; ``due()``
-    whether a prune is due now, once per hour of the clock.
-    """
-
-    def __init__(self, group: str, *, retention: float, clock: Clock | None) -> None:
-        self.group = check_group(group)
-        self.retention = check.seconds("retention", retention)
-        self.clock = clock or SystemClock()
-        self._next_prune: float | None = None
-
-    def stamp(self) -> float:
-        return self.clock.time()
-
-    def cutoff(self) -> float:
-        return self.clock.time() - self.retention
-
-    def due(self) -> bool:
-        now = self.clock.monotonic()
-        if self._next_prune is not None and now < self._next_prune:
-            return False
-        self._next_prune = now + _PRUNE_EVERY
-        return True

@@ -19,6 +19,8 @@ primary key, with no index on a flag and no pruning to schedule. The bus
 keeps what was published. ``AUTOINCREMENT`` keeps ``seq`` from being
 reused after the table empties, so a relay whose claim lapsed and that
 removes its batch late can only remove events that were published.
+Events the bus refuses for good move, with their ``seq``, to
+``meshkit_outbox_parked``.
 """
 
 from __future__ import annotations
@@ -33,11 +35,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, TypeVar
 
-import msgspec
-
 from meshkit._clock import Clock, SystemClock
-from meshkit.bus._model import Outgoing, check_limit, check_message_id, outgoing
-from meshkit.bus._outbox import INBOX_RETENTION, InboxRetention, OutboxEntry
+from meshkit.bus._inbox import InboxRetention
+from meshkit.bus._model import check_limit, check_message_id, clip_error
+from meshkit.bus._outbox import (
+    OutboxEntry,
+    ParkedEntry,
+    check_timeout,
+    outbox_entry,
+    outbox_row,
+    parked_entry,
+)
 from meshkit.errors import EnvironmentFaultError, MeshkitError, UsageError
 from meshkit.policy import _check as check
 
@@ -55,6 +63,17 @@ CREATE TABLE IF NOT EXISTS meshkit_outbox (
     payload BLOB NOT NULL,
     headers TEXT NOT NULL,
     key TEXT
+);
+-- Events the bus refused for good: the outbox's row, the error, and when (Unix time).
+CREATE TABLE IF NOT EXISTS meshkit_outbox_parked (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    key TEXT,
+    error TEXT NOT NULL,
+    parked REAL NOT NULL
 );
 -- At most one row: the relay publishing now, and when its claim lapses (Unix time).
 CREATE TABLE IF NOT EXISTS meshkit_outbox_claim (
@@ -78,8 +97,14 @@ INSERT INTO meshkit_outbox_claim (one, holder, expires) VALUES (1, ?, ?)
 ON CONFLICT (one) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
 """
 _UNCLAIM = "DELETE FROM meshkit_outbox_claim WHERE holder = ?"
-
-_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+_PARK = """
+INSERT INTO meshkit_outbox_parked (seq, id, topic, payload, headers, key, error, parked)
+SELECT seq, id, topic, payload, headers, key, ?, ? FROM meshkit_outbox WHERE seq = ?
+"""
+_PARKED = """
+SELECT seq, id, topic, payload, headers, key, error, parked FROM meshkit_outbox_parked
+ORDER BY seq LIMIT ?
+"""
 
 
 def _translate(error: sqlite3.Error, where: str) -> MeshkitError:
@@ -91,6 +116,7 @@ def _translate(error: sqlite3.Error, where: str) -> MeshkitError:
 
 
 def _in_transaction(db: sqlite3.Connection, what: str) -> None:
+    check.instance("db", db, sqlite3.Connection, what="sqlite3.Connection")
     # The sqlite3 module's legacy mode (the default isolation level, and no
     # Python 3.12 autocommit=True) begins a transaction itself before an
     # INSERT, so a record() there is inside the transaction the caller then
@@ -109,10 +135,11 @@ class SqliteOutbox:
 
     ``SCHEMA`` creates meshkit's tables (the outbox, its claim and the
     inbox) if they are missing; run it with the service's own schema, or
-    ``await store.ensure_schema()``. ``timeout`` is how long a call waits
-    for the database's write lock before it counts as unreachable. The
-    claim's expiry is wall time on ``clock``: every relay of one file runs
-    on one machine, so they read one wall clock.
+    ``await store.ensure_schema()``. ``timeout`` (at most an hour) is how
+    long a call waits for the database's write lock before it counts as
+    unreachable. The claim's expiry is wall time on ``clock``, read once
+    the claim holds the write lock: every relay of one file runs on one
+    machine, so they read one wall clock.
     """
 
     SCHEMA: ClassVar[str] = _SCHEMA
@@ -121,7 +148,7 @@ class SqliteOutbox:
         self, path: str | os.PathLike[str], *, timeout: float = 10.0, clock: Clock | None = None
     ) -> None:
         self.path = os.fspath(path)
-        self._timeout = check.seconds("timeout", timeout)
+        self._timeout = check_timeout("timeout", timeout)
         self._clock = clock or SystemClock()
         # Claims are told apart by holder, so each store is a holder of its own.
         self._holder = secrets.token_hex(8)
@@ -131,8 +158,16 @@ class SqliteOutbox:
         # call in flight instead of under it.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshkit-outbox")
         self._db: sqlite3.Connection | None = None
-        self._holding = False  # whether the claim row may be this store's (the store's thread)
+        # Whether this store holds a claim, as its caller sees it (claim()
+        # returned events, not yet followed by sent() or release()) ...
+        self._claimed = False
+        # ... and whether the claim row may be this store's (the store's thread).
+        self._holding = False
         self._closed = False
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
     @staticmethod
     def record(
@@ -150,23 +185,17 @@ class SqliteOutbox:
         naming the bad field, before anything is written) and gets a random
         id unless ``message_id`` is given. It is published after, and only
         if, the transaction commits. Raises ``UsageError`` outside a
-        transaction or without the tables, ``EnvironmentFaultError`` if the
+        transaction or without the tables (``ConfigError`` on ``db`` if it
+        is not a ``sqlite3.Connection``), ``EnvironmentFaultError`` if the
         insert fails.
         """
         _in_transaction(db, "SqliteOutbox.record()")
-        message = outgoing(topic, payload, headers=headers, key=key, message_id=message_id)
-        row = (
-            message.id,
-            message.topic,
-            message.payload,
-            msgspec.json.encode(message.headers).decode(),
-            message.key,
-        )
+        row = outbox_row(topic, payload, headers=headers, key=key, message_id=message_id)
         try:
             db.execute(_INSERT, row)
         except sqlite3.Error as error:
             raise _translate(error, "recording an event") from error
-        return message.id
+        return row[0]
 
     async def ensure_schema(self) -> None:
         """Create meshkit's tables if they are missing (``SCHEMA``)."""
@@ -175,43 +204,66 @@ class SqliteOutbox:
     async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
         check_limit(limit)
         check.seconds("hold", hold)
-        now = self._clock.time()
-        return await self._call(lambda db: self._claim(db, limit, now, now + hold))
+        if self._claimed:
+            raise UsageError("claim() while holding a claim: end it with sent() or release()")
+        entries = await self._call(lambda db: self._claim(db, limit, hold))
+        self._claimed = bool(entries)
+        return entries
 
     async def sent(self, entries: Sequence[OutboxEntry]) -> None:
+        self._check_claimed("sent")
+        self._claimed = False
         seqs = [(entry.seq,) for entry in entries]
         await self._call(lambda db: self._sent(db, seqs))
 
+    async def park(self, entry: OutboxEntry, error: str) -> None:
+        self._check_claimed("park")
+        row = (clip_error(error), self._clock.time(), entry.seq)
+        await self._call(lambda db: self._park(db, row))
+
+    async def parked(self, *, limit: int = 100) -> list[ParkedEntry]:
+        check_limit(limit)
+        rows = await self._call(lambda db: db.execute(_PARKED, (limit,)).fetchall())
+        return [parked_entry(*row) for row in rows]
+
     async def release(self) -> None:
+        self._claimed = False
         await self._call(self._release)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._claimed = False
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self._close)
         finally:
             self._executor.shutdown(wait=False)
 
+    def _check_claimed(self, what: str) -> None:
+        if not self._claimed:
+            raise UsageError(f"{what}() without a claim: claim() the entries first")
+
     # -- in the store's thread ---------------------------------------------------
 
-    def _claim(
-        self, db: sqlite3.Connection, limit: int, now: float, expires: float
-    ) -> list[OutboxEntry]:
+    def _claim(self, db: sqlite3.Connection, limit: int, hold: float) -> list[OutboxEntry]:
         # Idle polls only read, so they never wait for the service's writers.
         if db.execute("SELECT 1 FROM meshkit_outbox LIMIT 1").fetchone() is None:
             return []
         with _immediate(db):
+            # The time is read once the lock is held: BEGIN IMMEDIATE may wait
+            # up to the timeout for it, and a claim stamped before that wait
+            # would lapse early, letting another relay take over mid-publish.
+            now = self._clock.time()
             holder = db.execute("SELECT holder, expires FROM meshkit_outbox_claim").fetchone()
             if holder is not None and holder[0] != self._holder and holder[1] > now:
                 return []  # another relay is publishing
             rows = db.execute(_OLDEST, (limit,)).fetchall()
             if rows:
-                db.execute(_CLAIM, (self._holder, expires))
+                db.execute(_CLAIM, (self._holder, now + hold))
                 self._holding = True  # if the commit fails, release() finds nothing to delete
-        return [_entry(*row) for row in rows]
+        return [outbox_entry(*row) for row in rows]
 
     def _sent(self, db: sqlite3.Connection, seqs: list[tuple[int]]) -> None:
         with _immediate(db):
@@ -219,13 +271,21 @@ class SqliteOutbox:
             db.execute(_UNCLAIM, (self._holder,))
         self._holding = False
 
+    def _park(self, db: sqlite3.Connection, row: tuple[str, float, int]) -> None:
+        # Copied, then deleted, in one transaction. An entry already gone (a
+        # relay that took over after this claim lapsed parked it) copies nothing.
+        with _immediate(db):
+            db.execute(_PARK, row)
+            db.execute("DELETE FROM meshkit_outbox WHERE seq = ?", (row[2],))
+
     def _release(self, db: sqlite3.Connection) -> None:
         # Only when there may be a claim: a DELETE waits for the write lock
         # even when it matches nothing, and a relay releases after every
-        # failure, a locked database's too.
+        # failure, a locked database's too. Tried once: after a failure the
+        # claim lapses on its own, and closing does not wait for the lock again.
         if self._holding:
-            db.execute(_UNCLAIM, (self._holder,))
             self._holding = False
+            db.execute(_UNCLAIM, (self._holder,))
 
     def _close(self) -> None:
         db, self._db = self._db, None
@@ -272,22 +332,7 @@ def _immediate(db: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
-def _entry(
-    seq: int, message_id: str, topic: str, payload: bytes, headers: str, key: str | None
-) -> OutboxEntry:
-    # Checked when it was recorded; read back as it was written.
-    message = Outgoing(
-        topic=topic,
-        id=message_id,
-        payload=payload,
-        headers=_decode_headers(headers),
-        key=key,
-        given_id=True,
-    )
-    return OutboxEntry(seq=seq, message=message)
-
-
-class SqliteInbox:
+class SqliteInbox(InboxRetention):
     """The ids a consumer group has handled, kept in the group's own transactions.
 
     In a handler, inside the transaction that makes the handler's change::
@@ -297,31 +342,27 @@ class SqliteInbox:
         # a repeat: already done, nothing to change
 
     An id is remembered for ``retention`` seconds (default 7 days), then
-    forgotten (``prune``, which ``record`` also runs once an hour). The
-    tables are ``SqliteOutbox.SCHEMA``'s.
+    forgotten (``prune``, which ``record`` also runs once an hour, and
+    again at the next record after one that failed). The tables are
+    ``SqliteOutbox.SCHEMA``'s.
     """
-
-    def __init__(
-        self, group: str, *, retention: float = INBOX_RETENTION, clock: Clock | None = None
-    ) -> None:
-        self._retention = InboxRetention(group, retention=retention, clock=clock)
-        self.group = self._retention.group
 
     def record(self, db: sqlite3.Connection, message_id: str) -> bool:
         """True the first time ``message_id`` comes for this group (now recorded), else False.
 
         The record commits with the caller's transaction and rolls back
         with it, so a handler that fails leaves the message new for its
-        next delivery. Raises ``UsageError`` outside a transaction.
+        next delivery. Raises ``UsageError`` outside a transaction
+        (``ConfigError`` on ``db`` if it is not a ``sqlite3.Connection``).
         """
         _in_transaction(db, "SqliteInbox.record()")
         check_message_id(message_id)
-        if self._retention.due():
+        if self._prune_due():
             self.prune(db)
         try:
             cursor = db.execute(
                 "INSERT INTO meshkit_inbox (grp, id, seen) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-                (self.group, message_id, self._retention.stamp()),
+                (self.group, message_id, self._stamp()),
             )
         except sqlite3.Error as error:
             raise _translate(error, "the inbox") from error
@@ -332,8 +373,9 @@ class SqliteInbox:
         try:
             cursor = db.execute(
                 "DELETE FROM meshkit_inbox WHERE grp = ? AND seen < ?",
-                (self.group, self._retention.cutoff()),
+                (self.group, self._cutoff()),
             )
         except sqlite3.Error as error:
             raise _translate(error, "the inbox") from error
+        self._pruned()
         return cursor.rowcount

@@ -19,10 +19,10 @@ from types import TracebackType
 from meshkit._clock import Clock, SystemClock
 from meshkit._tasks import stop
 from meshkit.bus import _trace
-from meshkit.bus._model import Delivery, Message, check_group, check_topic
+from meshkit.bus._model import UNREACHABLE, Delivery, Message, check_group, check_topic
 from meshkit.bus._protocol import Bus, Consumer
 from meshkit.errors import MeshkitError, NotFoundError
-from meshkit.policy import Backoff, Redelivery
+from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 
 __all__ = ["Handler", "Subscription", "SubscriptionStatistics", "subscribe"]
@@ -32,8 +32,6 @@ Handler = Callable[[Message], Awaitable[None]]
 _log = logging.getLogger("meshkit.bus")
 # How long one fetch waits for messages before asking again.
 _POLL = 5.0
-# Waits after the broker cannot be reached, growing to 5 s while it stays so.
-_UNREACHABLE = Backoff(initial=0.1, maximum=5.0)
 
 
 @dataclass(slots=True)
@@ -145,7 +143,7 @@ class Subscription:
                 continue
             except Exception as error:  # noqa: BLE001 (a dead loop would stop the group's work)
                 failures += 1
-                wait = _UNREACHABLE.ceiling(failures)
+                wait = UNREACHABLE.ceiling(failures)
                 _log.warning(
                     "%s/%s: cannot fetch (%r); again in %.1f s", self.topic, self.group, error, wait
                 )

@@ -23,23 +23,31 @@ Events are published in ``seq`` order, which is the order the recording
 transactions drew their numbers. Two concurrent transactions may commit in
 the other order; an event recorded after another's commit (one that causes
 it, say) always has the higher number, so causes go out before effects.
-Sent events are deleted, as in SQLite, and for the same reasons.
+Sent events are deleted, as in SQLite, and for the same reasons; events the
+bus refuses for good move to ``meshkit_outbox_parked``, in the claim's
+transaction.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
-import msgspec
-
-from meshkit._clock import Clock
-from meshkit.bus._model import Outgoing, check_limit, check_message_id, outgoing
-from meshkit.bus._outbox import INBOX_RETENTION, InboxRetention, OutboxEntry
+from meshkit._clock import Clock, SystemClock
+from meshkit._optional import require
+from meshkit.bus._inbox import InboxRetention
+from meshkit.bus._model import check_limit, check_message_id, clip_error
+from meshkit.bus._outbox import (
+    OutboxEntry,
+    ParkedEntry,
+    check_timeout,
+    outbox_entry,
+    outbox_row,
+    parked_entry,
+)
 from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 from meshkit.policy import _check as check
 
@@ -53,6 +61,16 @@ CREATE TABLE IF NOT EXISTS meshkit_outbox (
     payload bytea NOT NULL,
     headers text NOT NULL,
     key text
+);
+CREATE TABLE IF NOT EXISTS meshkit_outbox_parked (
+    seq bigint PRIMARY KEY,
+    id text NOT NULL,
+    topic text NOT NULL,
+    payload bytea NOT NULL,
+    headers text NOT NULL,
+    key text,
+    error text NOT NULL,
+    parked double precision NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meshkit_inbox (
     grp text NOT NULL,
@@ -75,11 +93,23 @@ _OLDEST = "SELECT seq, id, topic, payload, headers, key FROM meshkit_outbox ORDE
 _INSERT = (
     "INSERT INTO meshkit_outbox (id, topic, payload, headers, key) VALUES ($1, $2, $3, $4, $5)"
 )
+_PARK = """
+WITH moved AS (
+    DELETE FROM meshkit_outbox WHERE seq = $1 RETURNING seq, id, topic, payload, headers, key
+)
+INSERT INTO meshkit_outbox_parked (seq, id, topic, payload, headers, key, error, parked)
+SELECT seq, id, topic, payload, headers, key, $2, $3 FROM moved
+"""
+_PARKED = """
+SELECT seq, id, topic, payload, headers, key, error, parked FROM meshkit_outbox_parked
+ORDER BY seq LIMIT $1
+"""
 _INBOX = """
 INSERT INTO meshkit_inbox (grp, id, seen) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true
 """
-
-_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+# The claim's hold becomes idle_in_transaction_session_timeout, an integer
+# of milliseconds (at most 2**31 - 1: 24.8 days).
+_MAX_HOLD = (2**31 - 1) / 1000
 
 
 class PostgresConnection(Protocol):
@@ -93,31 +123,56 @@ class PostgresConnection(Protocol):
 
 
 def _asyncpg() -> Any:
-    try:
-        return importlib.import_module("asyncpg")
-    except ImportError as error:
-        raise UsageError(
-            "the outbox and inbox in PostgreSQL need the postgres extra: "
-            "pip install 'meshkit[postgres]'"
-        ) from error
+    return require("asyncpg", extra="postgres", what="meshkit.bus.postgres")
+
+
+def _missing_tables(where: str, error: Exception) -> UsageError:
+    return UsageError(
+        f"{where}: meshkit's tables are missing; run PostgresOutbox.SCHEMA first ({error})"
+    )
 
 
 @contextlib.contextmanager
 def _translated(where: str) -> Iterator[None]:
-    """asyncpg's and the network's errors as meshkit's, from the original."""
+    """asyncpg's and the network's errors as meshkit's, from the original: on the store's own."""
     asyncpg = _asyncpg()
     try:
         yield
     except asyncpg.UndefinedTableError as error:
-        raise UsageError(
-            f"{where}: meshkit's tables are missing; run PostgresOutbox.SCHEMA first ({error})"
-        ) from error
+        raise _missing_tables(where, error) from error
     except (
         asyncpg.PostgresError,
         asyncpg.InterfaceError,
         asyncpg.InternalClientError,
         OSError,
         TimeoutError,
+    ) as error:
+        raise EnvironmentFaultError(f"{where} failed: {type(error).__name__}: {error}") from error
+
+
+@contextlib.contextmanager
+def _in_callers_transaction(where: str) -> Iterator[None]:
+    """Only meshkit's tables missing, and the connection lost, as meshkit's errors.
+
+    This departs from translating every library error, on purpose. The
+    statement runs in the caller's transaction, among the caller's own
+    statements, and its other failures are that transaction's: a
+    serialization failure or a deadlock (``TransactionRollbackError``),
+    which the caller retries whole, a transaction an earlier statement
+    already aborted (``InFailedSQLTransactionError``), a statement timeout
+    the caller set. Code that handles those for its own statements must
+    see them from ours unchanged, not as an outage.
+    """
+    asyncpg = _asyncpg()
+    try:
+        yield
+    except asyncpg.UndefinedTableError as error:
+        raise _missing_tables(where, error) from error
+    except (
+        asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and the connection dropped
+        asyncpg.AdminShutdownError,  # the server ended the session (57P01, 57P02)
+        asyncpg.CrashShutdownError,
+        OSError,
     ) as error:
         raise EnvironmentFaultError(f"{where} failed: {type(error).__name__}: {error}") from error
 
@@ -130,10 +185,25 @@ def _in_transaction(connection: PostgresConnection, what: str) -> None:
         )
 
 
-def _check_dsn(dsn: object) -> str:
-    if isinstance(dsn, str) and urlsplit(dsn).scheme in ("postgresql", "postgres"):
-        return dsn
-    raise ConfigError("dsn", f"must look like postgresql://user@127.0.0.1:5432/db, got {dsn!r}")
+def _where(dsn: object) -> str:
+    """Where ``dsn`` points, to name in errors without its password; else ``ConfigError``."""
+    expected = "must look like postgresql://user@127.0.0.1:5432/db"
+    if not isinstance(dsn, str):
+        raise ConfigError("dsn", f"{expected}, got {type(dsn).__name__}")
+    try:
+        parts = urlsplit(dsn)
+        host, port = parts.hostname, parts.port
+    except ValueError as error:  # a bad port, an unclosed [IPv6 address
+        # Not chained: some of urllib's messages quote the netloc, password and all.
+        raise ConfigError("dsn", f"{expected}: {_without_password(str(error), dsn)}") from None
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError("dsn", f"{expected}, got a {parts.scheme or 'scheme-less'} URL")
+    return f"PostgreSQL at {host or 'localhost'}:{port or 5432}"
+
+
+def _without_password(text: str, dsn: str) -> str:
+    userinfo = dsn.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
+    return text.replace(userinfo, "***") if userinfo else text
 
 
 class PostgresOutbox:
@@ -142,21 +212,25 @@ class PostgresOutbox:
     ``SCHEMA`` creates meshkit's tables (the outbox and the inbox) if they
     are missing; run it with the service's own schema, or ``await
     store.ensure_schema()``. The tables are found on the connection's
-    ``search_path``. ``timeout`` bounds connecting and each statement. The
-    store connects on first use, and again after any error.
+    ``search_path``. ``timeout`` (at most an hour) bounds connecting and
+    each statement. The store connects on first use, and again after any
+    error. ``clock`` stamps parked events (wall time).
     """
 
     SCHEMA: ClassVar[str] = _SCHEMA
 
-    def __init__(self, dsn: str, *, timeout: float = 10.0) -> None:
-        self._dsn = _check_dsn(dsn)
-        parts = urlsplit(dsn)
-        # Named in errors without its password.
-        self.where = f"PostgreSQL at {parts.hostname or 'localhost'}:{parts.port or 5432}"
-        self._timeout = check.seconds("timeout", timeout)
+    def __init__(self, dsn: str, *, timeout: float = 10.0, clock: Clock | None = None) -> None:
+        self.where = _where(dsn)  # named in errors, without the password
+        self._dsn = dsn
+        self._timeout = check_timeout("timeout", timeout)
+        self._clock = clock or SystemClock()
         self._asyncpg = _asyncpg()
         self._connection: Any = None
         self._claim: Any = None  # the open transaction that holds the claim
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
     @staticmethod
     async def record(
@@ -174,16 +248,15 @@ class PostgresOutbox:
         field, before anything is written), with a random id unless
         ``message_id`` is given; published after, and only if, the
         transaction commits. Raises ``UsageError`` outside a transaction or
-        without the tables, ``EnvironmentFaultError`` if the insert fails.
+        without the tables, ``EnvironmentFaultError`` if the connection is
+        lost; the transaction's own failures (a serialization failure, a
+        deadlock, an aborted transaction) are asyncpg's, unchanged.
         """
         _in_transaction(connection, "PostgresOutbox.record()")
-        message = outgoing(topic, payload, headers=headers, key=key, message_id=message_id)
-        headers_json = msgspec.json.encode(message.headers).decode()
-        with _translated("recording an event"):
-            await connection.execute(
-                _INSERT, message.id, message.topic, message.payload, headers_json, message.key
-            )
-        return message.id
+        row = outbox_row(topic, payload, headers=headers, key=key, message_id=message_id)
+        with _in_callers_transaction("recording an event"):
+            await connection.execute(_INSERT, *row)
+        return row[0]
 
     async def ensure_schema(self) -> None:
         """Create meshkit's tables if they are missing (``SCHEMA``)."""
@@ -195,8 +268,11 @@ class PostgresOutbox:
 
     async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
         check_limit(limit)
-        idle = str(math.ceil(check.seconds("hold", hold) * 1000))  # milliseconds
-        await self.release()  # a claim not ended (a caller that skipped release)
+        if check.seconds("hold", hold) > _MAX_HOLD:
+            raise ConfigError("hold", f"must be at most {_MAX_HOLD:.0f} seconds, got {hold!r}")
+        idle = str(math.ceil(hold * 1000))  # milliseconds
+        if self._claim is not None:
+            raise UsageError("claim() while holding a claim: end it with sent() or release()")
         with self._errors():
             connection = await self._connect()
             transaction = connection.transaction()
@@ -208,7 +284,7 @@ class PostgresOutbox:
                 self._claim = None
                 await transaction.rollback()
                 return []
-        return [_entry(row) for row in rows]
+        return [outbox_entry(*row) for row in rows]
 
     async def sent(self, entries: Sequence[OutboxEntry]) -> None:
         transaction, self._claim = self._claim, None
@@ -221,6 +297,19 @@ class PostgresOutbox:
             )
             await transaction.commit()
 
+    async def park(self, entry: OutboxEntry, error: str) -> None:
+        if self._claim is None:
+            raise UsageError("park() without a claim: claim() the entry first")
+        with self._errors():
+            await self._connection.execute(_PARK, entry.seq, clip_error(error), self._clock.time())
+
+    async def parked(self, *, limit: int = 100) -> list[ParkedEntry]:
+        check_limit(limit)
+        with self._errors():
+            connection = await self._connect()
+            rows = await connection.fetch(_PARKED, limit)
+        return [parked_entry(*row) for row in rows]
+
     async def release(self) -> None:
         transaction, self._claim = self._claim, None
         if transaction is not None:
@@ -231,13 +320,11 @@ class PostgresOutbox:
         connection, self._connection = self._connection, None
         self._claim = None
         if connection is not None:
-            # Closing ends the claim's transaction too; a connection that is
-            # already broken is simply dropped.
-            try:
-                with self._errors():
-                    await connection.close(timeout=self._timeout)
-            except EnvironmentFaultError:
-                connection.terminate()
+            # Closing ends the claim's transaction too. A connection that
+            # cannot close cleanly (broken, or past the timeout) is aborted by
+            # close() itself: nothing is left to do about it.
+            with contextlib.suppress(Exception):
+                await connection.close(timeout=self._timeout)
 
     # -- the connection ----------------------------------------------------------
 
@@ -262,20 +349,7 @@ class PostgresOutbox:
             raise
 
 
-def _entry(row: Any) -> OutboxEntry:
-    # Checked when it was recorded; read back as it was written.
-    message = Outgoing(
-        topic=row["topic"],
-        id=row["id"],
-        payload=bytes(row["payload"]),
-        headers=_decode_headers(row["headers"]),
-        key=row["key"],
-        given_id=True,
-    )
-    return OutboxEntry(seq=row["seq"], message=message)
-
-
-class PostgresInbox:
+class PostgresInbox(InboxRetention):
     """The ids a consumer group has handled, kept in the group's own transactions.
 
     In a handler, inside the transaction that makes the handler's change::
@@ -285,38 +359,37 @@ class PostgresInbox:
                 ...  # the change: done once per message id
 
     An id is remembered for ``retention`` seconds (default 7 days), then
-    forgotten (``prune``, which ``record`` also runs once an hour). Two
-    deliveries of one message handled at once are safe: the second insert
-    waits for the first transaction, then finds the id (or, if the first
-    rolled back, records it). The tables are ``PostgresOutbox.SCHEMA``'s.
+    forgotten (``prune``, which ``record`` also runs once an hour, and
+    again at the next record after one that failed). Two deliveries of one
+    message handled at once are safe: the second insert waits for the
+    first transaction, then finds the id (or, if the first rolled back,
+    records it). The tables are ``PostgresOutbox.SCHEMA``'s.
     """
-
-    def __init__(
-        self, group: str, *, retention: float = INBOX_RETENTION, clock: Clock | None = None
-    ) -> None:
-        self._retention = InboxRetention(group, retention=retention, clock=clock)
-        self.group = self._retention.group
 
     async def record(self, connection: PostgresConnection, message_id: str) -> bool:
         """True the first time ``message_id`` comes for this group (now recorded), else False.
 
         The record commits and rolls back with the caller's transaction.
-        Raises ``UsageError`` outside a transaction.
+        Raises ``UsageError`` outside a transaction or without the tables,
+        ``EnvironmentFaultError`` if the connection is lost; the
+        transaction's own failures are asyncpg's, unchanged (as ``record``'s
+        of ``PostgresOutbox``).
         """
         _in_transaction(connection, "PostgresInbox.record()")
         check_message_id(message_id)
-        if self._retention.due():
+        if self._prune_due():
             await self.prune(connection)
-        with _translated("the inbox"):
-            new = await connection.fetchval(_INBOX, self.group, message_id, self._retention.stamp())
+        with _in_callers_transaction("the inbox"):
+            new = await connection.fetchval(_INBOX, self.group, message_id, self._stamp())
         return new is not None
 
     async def prune(self, connection: PostgresConnection) -> int:
         """Forget this group's ids older than the retention: how many were forgotten."""
-        with _translated("the inbox"):
+        with _in_callers_transaction("the inbox"):
             status = await connection.execute(
                 "DELETE FROM meshkit_inbox WHERE grp = $1 AND seen < $2",
                 self.group,
-                self._retention.cutoff(),
+                self._cutoff(),
             )
+        self._pruned()
         return int(status.rsplit(" ", 1)[-1])  # "DELETE 12"

@@ -5,13 +5,14 @@ meshkit's tables, that can run one transaction recording events (with the
 engine's ``record``), one handling a message (with the engine's inbox), and
 make stores on itself, as each replica of a service makes its own. The
 suite brings the buses: an ``EmbeddedBus`` where a real one is needed, and
-a ``RecordingBus`` to take the bus down or to publish past its duplicate
-window.
+a ``RecordingBus`` to take the bus down, to refuse an event for good, or to
+publish past its duplicate window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,18 @@ from typing import Protocol
 import pytest
 
 from meshkit._clock import Clock, SystemClock
-from meshkit.bus import Bus, Consumer, DeadLetter, EmbeddedBus, Message, Outgoing, Published
-from meshkit.bus._outbox import INBOX_RETENTION, OutboxEntry, OutboxRelay, OutboxStore
+from meshkit.bus import (
+    INBOX_RETENTION,
+    Bus,
+    Consumer,
+    DeadLetter,
+    EmbeddedBus,
+    Message,
+    Outgoing,
+    Published,
+)
+from meshkit.bus._model import MAX_ERROR, clip_error
+from meshkit.bus._outbox import OutboxEntry, OutboxRelay, OutboxStore, ParkedEntry
 from meshkit.bus._protocol import PublishOne
 from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 from meshkit.policy import Backoff, Redelivery
@@ -87,16 +98,20 @@ class RecordingBus(PublishOne):
     """A ``Bus`` that only records what is published: for relays under failure.
 
     While ``down``, a publish raises ``EnvironmentFaultError`` (counted in
-    ``refused``). Otherwise it takes ``latency`` seconds on ``clock``, then
-    appends every message to ``sent``, repeats included. With ``dedup`` a
-    repeat of a given id is ``Published.duplicate``, as within a real bus's
-    window (here unbounded); without, it is new, as past the window.
+    ``refused``). A batch holding a message whose id is in ``oversized`` is
+    refused for good, as JetStream refuses a payload over its server's
+    ``max_payload``: ``ConfigError`` on ``payload``, nothing published.
+    Otherwise it takes ``latency`` seconds on ``clock``, then appends every
+    message to ``sent``, repeats included. With ``dedup`` a repeat of a
+    given id is ``Published.duplicate``, as within a real bus's window (here
+    unbounded); without, it is new, as past the window.
     """
 
     dedup: bool = True
     latency: float = 0.0
     clock: Clock = field(default_factory=SystemClock)
     down: bool = False
+    oversized: set[str] = field(default_factory=set)
     sent: list[Outgoing] = field(default_factory=list)
     refused: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
@@ -106,6 +121,9 @@ class RecordingBus(PublishOne):
             self.refused += 1
             self._changed.set()
             raise EnvironmentFaultError("the recording bus is down")
+        for m in messages:
+            if m.id in self.oversized:
+                raise ConfigError("payload", f"of {m.id} is more than the recording bus takes")
         if self.latency:
             await self.clock.sleep(self.latency)
         seen = {m.id for m in self.sent if m.given_id} if self.dedup else set()
@@ -150,6 +168,10 @@ class _ForgetsOnce:
         self.inner = inner
         self.failed = False
 
+    @property
+    def timeout(self) -> float:
+        return self.inner.timeout
+
     async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
         return await self.inner.claim(limit, hold=hold)
 
@@ -158,6 +180,12 @@ class _ForgetsOnce:
             self.failed = True
             raise EnvironmentFaultError("killed between publishing and removing")
         await self.inner.sent(entries)
+
+    async def park(self, entry: OutboxEntry, error: str) -> None:
+        await self.inner.park(entry, error)
+
+    async def parked(self, *, limit: int = 100) -> list[ParkedEntry]:
+        return await self.inner.parked(limit=limit)
 
     async def release(self) -> None:
         await self.inner.release()
@@ -183,19 +211,25 @@ async def _eventually(condition: Callable[[], bool | Awaitable[bool]]) -> None:
 
 
 async def _messages(bus: Bus, topic: str, count: int) -> list[Message]:
-    """The first ``count`` messages on ``topic`` for a new group; fails on any more."""
+    """Every message published on ``topic`` so far, for a new group; fails unless ``count``.
+
+    A sentinel published now comes after all of them, in order: reading up
+    to it shows every repeat already published, without waiting to see
+    whether one comes. Call it once the relay has published what it will.
+    """
+    sentinel = await bus.publish(topic, "sentinel")
     consumer = await bus.consumer(topic, "check", redelivery=_REDELIVERY)
     messages: list[Message] = []
     try:
         async with asyncio.timeout(WITHIN):
-            while len(messages) < count:
-                deliveries = await consumer.fetch(count - len(messages), wait=WITHIN)
+            while not messages or messages[-1].id != sentinel.id:
+                deliveries = await consumer.fetch(100, wait=WITHIN)
                 messages += [d.message for d in deliveries]
                 await consumer.ack(deliveries)
-        extra = await consumer.fetch(10, wait=0.3)  # room for a wrong repeat to show
-        assert [d.message.id for d in extra] == []
     finally:
         await consumer.aclose()
+    messages.pop()
+    assert len(messages) == count, [m.id for m in messages]
     return messages
 
 
@@ -204,11 +238,32 @@ async def _another_refusal(bus: RecordingBus) -> None:
     await asyncio.wait_for(bus.wait_for(lambda b: b.refused >= refusals), WITHIN)
 
 
-async def _empty(store: OutboxStore) -> bool:
-    """Whether the outbox holds nothing (claiming it, and releasing)."""
-    entries = await store.claim(100, hold=5.0)
-    await store.release()
-    return entries == []
+async def _backlog(database: OutboxDatabase) -> list[str]:
+    """The ids the outbox holds, oldest first; fails if a store holds the claim.
+
+    A claim returns nothing both when the outbox is empty and when another
+    store holds the claim: a sentinel recorded now tells them apart, as it
+    must come back, last. It stays in the outbox: call this at the end.
+    """
+    [sentinel] = await database.record([Event("conf.sentinel", "end")])
+    store = database.store()
+    try:
+        ids = [entry.message.id for entry in await store.claim(10_000, hold=30.0)]
+        if ids:
+            await store.release()
+    finally:
+        await store.aclose()
+    assert ids, "another store holds the outbox's claim"
+    assert ids[-1] == sentinel, ids
+    return ids[:-1]
+
+
+def _errors_naming(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and text in r.getMessage()
+    ]
 
 
 class OutboxConformance:
@@ -241,16 +296,12 @@ class OutboxConformance:
             await _eventually(lambda: relay.statistics.published == 1)
         assert bus.ids() == [kept]
         assert [m.payload for m in bus.sent] == [b'"committed"']
-        store = database.store()
-        try:
-            assert await _empty(store)
-        finally:
-            await store.aclose()
+        assert await _backlog(database) == []
 
-    async def test_a_bad_event_is_refused_and_its_transaction_records_nothing(
+    async def test_record_refuses_a_bad_event_with_a_config_error_naming_the_field(
         self, database: OutboxDatabase, topic: str
     ) -> None:
-        """ConfigError names the field; the transaction's good event before it is not published."""
+        """ConfigError names the field; rolled back on it, the transaction publishes nothing."""
         with pytest.raises(ConfigError) as caught:
             await database.record([Event(topic, "fine"), Event("Bad Topic", "x")])
         assert caught.value.key == "topic"
@@ -273,6 +324,7 @@ class OutboxConformance:
         relay = _relay(database.store(), bus)
         async with relay:
             relay.notify()
+            await _eventually(lambda: relay.statistics.published == 4)
             messages = await _messages(bus, topic, 4)
         assert [m.id for m in messages] == first + second + third
         assert [m.json() for m in messages] == [{"n": 1}, {"n": 2}, {"n": 3}, [4, "four"]]
@@ -299,6 +351,29 @@ class OutboxConformance:
         assert bus.ids() == ids
         assert relay.statistics.failures >= 2
         assert relay.statistics.failing == 0
+
+    async def test_an_event_the_bus_refuses_for_good_is_parked_and_the_rest_go_on(
+        self, database: OutboxDatabase, topic: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The events around two refused ones go out once, in order; those two are parked."""
+        caplog.set_level(logging.ERROR, logger="meshkit.bus.outbox")
+        ids = await database.record([Event(topic, n) for n in range(7)])
+        refused = [ids[1], ids[5]]
+        bus = RecordingBus(dedup=False, oversized=set(refused))  # a repeat would show
+        async with _relay(database.store(), bus) as relay:
+            await _eventually(lambda: relay.statistics.parked == 2)
+            await _eventually(lambda: relay.statistics.published == 5)
+        assert bus.ids() == [i for i in ids if i not in refused]
+        store = database.store()
+        try:
+            parked = await store.parked()
+        finally:
+            await store.aclose()
+        assert [p.message.id for p in parked] == refused
+        assert [p.message.payload for p in parked] == [b"1", b"5"]
+        assert all(p.error.startswith("ConfigError: payload: ") for p in parked)
+        assert all(_errors_naming(caplog, event) for event in refused)
+        assert await _backlog(database) == []
 
     async def test_a_relay_killed_between_publishing_and_removing_publishes_a_duplicate(
         self, database: OutboxDatabase, bus: Bus, topic: str
@@ -367,6 +442,53 @@ class OutboxConformance:
         finally:
             await one.aclose()
             await other.aclose()
+
+    async def test_a_store_holds_one_claim_and_ends_it_with_sent_or_release(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """claim() while holding a claim, and sent() or park() without one, are UsageErrors."""
+        await database.record([Event(topic, 1)])
+        store = database.store()
+        try:
+            with pytest.raises(UsageError, match="without a claim"):
+                await store.sent([])
+            [entry] = await store.claim(10, hold=30.0)
+            with pytest.raises(UsageError, match="while holding a claim"):
+                await store.claim(10, hold=30.0)
+            await store.release()
+            await store.release()  # without a claim: nothing
+            with pytest.raises(UsageError, match="without a claim"):
+                await store.park(entry, "refused")
+            assert [e.message.id for e in await store.claim(10, hold=30.0)] == [entry.message.id]
+            await store.sent([entry])
+        finally:
+            await store.aclose()
+
+    async def test_parked_entries_leave_the_outbox_with_their_errors(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """park() moves claimed entries out, intact, with the error clipped; parked() lists them."""
+        await database.record(
+            [Event(topic, {"n": n}, headers={"x-n": str(n)}, key=f"k{n}") for n in range(3)]
+        )
+        store = database.store()
+        try:
+            entries = await store.claim(10, hold=30.0)
+            await store.park(entries[1], "ConfigError: payload: too large")
+            await store.park(entries[0], "x" * (MAX_ERROR + 10))
+            await store.sent(entries[2:])
+            parked = await store.parked()
+            assert await store.parked(limit=1) == parked[:1]
+        finally:
+            await store.aclose()
+        assert [p.seq for p in parked] == [entries[0].seq, entries[1].seq]
+        assert [p.message for p in parked] == [entries[0].message, entries[1].message]
+        assert [p.error for p in parked] == [
+            clip_error("x" * (MAX_ERROR + 10)),
+            "ConfigError: payload: too large",
+        ]
+        assert all(abs(p.parked - _CLOCK.time()) < WITHIN for p in parked)
+        assert await _backlog(database) == []
 
     # -- the inbox ---------------------------------------------------------------------
 
