@@ -6,20 +6,65 @@ import asyncio
 import gc
 import os
 import re
+import shutil
+import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import uvloop
 
 from meshkit.http import HTTPClient, Limits
+from meshkit.testing.servers import spawn_control_plane
 
-__all__ = ["paced", "percentile", "pinned", "wait_answering", "wrk"]
+__all__ = [
+    "median_run",
+    "paced",
+    "percentile",
+    "pinned",
+    "start_control_plane",
+    "stop",
+    "tied",
+    "wait_answering",
+    "wrk",
+]
 
 
 def pinned(command: list[str], core: int) -> list[str]:
     """``command`` run on one core (with taskset), when the machine has two or more."""
     return ["taskset", "-c", str(core), *command] if (os.cpu_count() or 1) >= 2 else command
+
+
+def tied(command: list[str]) -> list[str]:
+    """``command`` sent SIGTERM should its parent die, where util-linux's setpriv is at hand.
+
+    For servers a benchmark starts: killed with ``kill -9``, the benchmark
+    can stop nothing itself. (The setting survives ``taskset``'s exec.)
+    """
+    return (
+        ["setpriv", "--pdeathsig", "TERM", "--", *command] if shutil.which("setpriv") else command
+    )
+
+
+def start_control_plane(data_dir: Path, token: str, port: int) -> subprocess.Popen[bytes]:
+    """``meshkit control-plane`` on core 1, in ``data_dir``; the caller awaits it and stops it."""
+    return spawn_control_plane(data_dir, token=token, port=port, prefix=tied(pinned([], 1)))
+
+
+def stop(process: subprocess.Popen[bytes], how: signal.Signals = signal.SIGTERM) -> None:
+    """Ask ``process`` to end with ``how``; killed if it has not within 10 s."""
+    process.send_signal(how)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def median_run(runs: list[dict[str, float]], by: str = "rps") -> dict[str, float]:
+    """Of several runs of one thing, the one with the median ``by`` (its other figures with it)."""
+    return sorted(runs, key=lambda run: run[by])[len(runs) // 2]
 
 
 def wait_answering(url: str, *, timeout: float = 60, headers: dict[str, str] | None = None) -> None:

@@ -38,7 +38,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from benchmarks._gateway_process import API_KEY
-from benchmarks._load import paced, pinned, wait_answering, wrk
+from benchmarks._load import median_run, paced, pinned, stop, wait_answering, wrk
 from benchmarks._report import Row, arguments, report
 from meshkit._net import free_port
 
@@ -96,12 +96,7 @@ def running(
         wait_answering(f"http://127.0.0.1:{port}{path}", headers=headers)
         yield process
     finally:
-        process.send_signal(signal.SIGTERM if command[0] != "nginx" else signal.SIGQUIT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, signal.SIGTERM if command[0] != "nginx" else signal.SIGQUIT)
 
 
 def config(directory: Path, name: str, text: str) -> str:
@@ -127,11 +122,6 @@ def worker(process: subprocess.Popen[bytes]) -> int:
     """The pid that serves: nginx's one worker, else the process itself."""
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     return int(children[0]) if children else process.pid
-
-
-def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
-    """The run with the median requests/s (its latencies with it)."""
-    return sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
 
 
 # The meshkit processes measured: the bare engine, and the gateway with its filters.

@@ -30,20 +30,15 @@ from pathlib import Path
 import msgspec
 import uvloop
 
-from benchmarks._load import pinned
+from benchmarks._load import pinned, start_control_plane
 from benchmarks._report import Row, arguments, report
 from meshkit._net import free_port
 from meshkit.errors import DeadlineExceededError, PeerError
 from meshkit.http import HTTPClient
 from meshkit.registry import Instance, RemoteRegistry, Snapshot
 from meshkit.service import Directory
-from meshkit.testing.servers import spawn_control_plane
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def start_control_plane(data_dir: Path, token: str, port: int) -> subprocess.Popen[bytes]:
-    return spawn_control_plane(data_dir, token=token, port=port, prefix=pinned([], 1))
 
 
 async def until_up(port: int) -> None:
