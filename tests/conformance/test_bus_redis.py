@@ -151,6 +151,18 @@ async def test_an_unreachable_redis_is_an_environment_fault_naming_it() -> None:
         await bus.aclose()
 
 
+async def test_a_password_in_the_url_is_never_in_a_message() -> None:
+    url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    bus = RedisBus(url, timeout=0.5)
+    try:
+        with pytest.raises(EnvironmentFaultError) as caught:
+            await bus.publish("order.created", {})
+        assert "s3cret" not in str(caught.value)
+        assert "127.0.0.1" in str(caught.value)
+    finally:
+        await bus.aclose()
+
+
 async def test_dead_letter_ids_must_look_like_stream_ids() -> None:
     bus = RedisBus(REDIS_URL)
     try:

@@ -43,6 +43,7 @@ from typing import Any
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
+from meshkit._net import redacted
 from meshkit._optional import require
 from meshkit.bus._model import (
     DUPLICATE_WINDOW,
@@ -250,6 +251,7 @@ class RedisBus(PublishOne):
         clock: Clock | None = None,
     ) -> None:
         self.url = check_url("url", url)
+        self._shown = redacted(url)  # for messages: never a password
         self.prefix = prefix
         self._window_ms = round(check.seconds("window", window) * 1000)
         check.seconds("timeout", timeout)
@@ -265,7 +267,7 @@ class RedisBus(PublishOne):
                 socket_timeout=timeout + _MAX_BLOCK,
             )
         except ValueError as error:
-            raise ConfigError("url", f"{url!r}: {error}") from error
+            raise ConfigError("url", f"{self._shown!r}: {error}") from error
         self._publish_once = self._client.register_script(_PUBLISH_ONCE)
         self._claim = self._client.register_script(_CLAIM)
         self._park = self._client.register_script(_PARK)
@@ -292,8 +294,10 @@ class RedisBus(PublishOne):
             result = await command
         except self._errors as error:
             if isinstance(error, self._exceptions.ResponseError) and "NOGROUP" in str(error):
-                raise NotFoundError(f"Redis at {self.url}: {error}") from error
-            raise EnvironmentFaultError(f"the bus's Redis at {self.url} failed: {error}") from error
+                raise NotFoundError(f"Redis at {self._shown}: {error}") from error
+            raise EnvironmentFaultError(
+                f"the bus's Redis at {self._shown} failed: {error}"
+            ) from error
         if task is not None and task.cancelling() > cancels:
             raise asyncio.CancelledError
         return result

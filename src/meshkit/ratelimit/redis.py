@@ -23,8 +23,9 @@ import importlib
 import math
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
+from meshkit import _net
+from meshkit._net import redacted
 from meshkit._optional import require
 from meshkit.errors import ConfigError, EnvironmentFaultError
 from meshkit.policy import RateDecision, RateLimit
@@ -36,18 +37,9 @@ _US = 1_000_000
 
 def check_url(key: str, url: object) -> str:
     """A Redis URL: ``redis://`` or ``rediss://`` with a host (and a numeric port), or ``unix://``."""
-    if isinstance(url, str):
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 (raises for a port that is not a number)
-        except ValueError:
-            pass
-        else:
-            if (parts.scheme == "unix" and parts.path) or (
-                parts.scheme in ("redis", "rediss") and parts.hostname
-            ):
-                return url
-    raise ConfigError(key, f"must look like redis://127.0.0.1:6379/0, got {url!r}")
+    return _net.check_url(
+        key, url, schemes=("redis", "rediss", "unix"), example="redis://127.0.0.1:6379/0"
+    )
 
 
 # KEYS: one per limit. ARGV[1]: the cost; then, per key, its interval and its
@@ -110,6 +102,7 @@ class RedisLimitStore:
         connections: int = 32,
     ) -> None:
         self.url = check_url("url", url)
+        self._shown = redacted(url)  # for messages: never a password
         self.prefix = prefix
         aioredis = _redis()
         retry = importlib.import_module("redis.asyncio.retry")
@@ -135,7 +128,7 @@ class RedisLimitStore:
                 retry=retry.Retry(backoff.NoBackoff(), 1),
             )
         except ValueError as error:  # a port that is not a number, a bad db
-            raise ConfigError("url", f"{url!r}: {error}") from error
+            raise ConfigError("url", f"{self._shown!r}: {error}") from error
         self._client = aioredis.Redis(connection_pool=pool)
         self._script = self._client.register_script(_GCRA)
 
@@ -150,7 +143,7 @@ class RedisLimitStore:
             flat = await self._script(keys=[self.prefix + key for key, _ in keys], args=args)
         except self._errors as error:
             raise EnvironmentFaultError(
-                f"the rate limit store at {self.url} failed: {error}"
+                f"the rate limit store at {self._shown} failed: {error}"
             ) from error
         return [
             RateDecision(
