@@ -60,7 +60,8 @@ class DeadLetters:
         sequence, so the same message buried twice within the window (a
         failure reported and, its ack lost, the server's max-deliveries
         advisory) is one letter. The error is clipped to ``MAX_ERROR``
-        characters, and further to what the server's ``max_payload`` leaves.
+        characters, and further to what the server's ``max_payload`` and its
+        limit on headers leave.
         """
         headers = wire.wire_headers(message.headers, message.id, message.key)
         headers |= {
@@ -70,11 +71,13 @@ class DeadLetters:
             wire.PUBLISHED: repr(message.published),
             wire.MSG_ID: f"{durable}/{sequence}",
         }
+        line = len(wire.ERROR) + 4  # the error's own header line: ": " and "\r\n"
         room = (
-            self._connection.client.max_payload
-            - wire.wire_size(message.payload, headers)
-            - len(wire.ERROR)
-            - 4  # ": " and "\r\n"
+            min(
+                self._connection.client.max_payload - wire.wire_size(message.payload, headers),
+                wire.MAX_HEADER_BYTES - wire.wire_size(b"", headers),
+            )
+            - line
         )
         headers[wire.ERROR] = wire.fit_text(clip_error(error), room)
         subject = f"{self._settings.prefix}.dlq.{group}.{message.topic}"

@@ -171,6 +171,11 @@ def wire_headers(headers: Mapping[str, str], message_id: str, key: str | None) -
     return wire
 
 
+# nats-server refuses a message whose headers pass 64 KiB, whatever its
+# max_payload (JetStream's err_code 10097, "header size exceeds maximum").
+MAX_HEADER_BYTES = 64 * 1024
+
+
 def wire_size(payload: bytes, headers: Mapping[str, str] | None) -> int:
     """Bytes of a message as the server counts them: "NATS/1.0\\r\\n", lines, "\\r\\n"."""
     lines = sum(len(k) + len(v.encode()) + 4 for k, v in (headers or {}).items())
