@@ -20,6 +20,7 @@ __all__ = ["ENV", "MeshEnvironment", "read_environment"]
 
 ENV = {
     "registry": "MESHKIT_REGISTRY",
+    "bus": "MESHKIT_BUS",
     "token": "MESHKIT_TOKEN",
     "service": "MESHKIT_SERVICE",
     "instance_id": "MESHKIT_INSTANCE_ID",
@@ -36,6 +37,7 @@ class MeshEnvironment(msgspec.Struct, frozen=True, kw_only=True):
     """What the ``MESHKIT_*`` variables say; ``None`` where a variable is unset."""
 
     registry: str | None = None
+    bus: str | None = None  # default: the registry's control plane, when it is one
     token: str | None = None
     service: str | None = None
     instance_id: str | None = None

@@ -5,6 +5,7 @@ The tests share one running shop and run in this order; the last one stops it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import ROOT, Shop, http
+from tests.e2e.conftest import ROOT, Shop, http, wait_until
 
 from meshkit.deploy._state import read_table
 
@@ -56,12 +57,101 @@ def test_an_order_is_placed_over_http(shop: Shop) -> None:
     assert status == 200
     assert isinstance(stored, dict)
     assert stored["status"] == "confirmed"
-    status, sent = http(
-        "GET", f"http://127.0.0.1:{shop.notifications_port}/notifications?user_id=1"
+    wait_until(
+        lambda: any(n["order_id"] == order["id"] for n in notified(shop, 1)),
+        20,
+        "the confirmation sent, from the order.created event",
     )
+
+
+def notified(shop: Shop, user_id: int) -> list[dict[str, object]]:
+    url = f"http://127.0.0.1:{shop.notifications_port}/notifications?user_id={user_id}"
+    status, sent = http("GET", url)
     assert status == 200
     assert isinstance(sent, list)
-    assert any(n["order_id"] == order["id"] for n in sent)
+    return sent
+
+
+def sold(shop: Shop, product_id: int) -> int:
+    status, answer = http("GET", shop.service_url("inventory", f"/stock/{product_id}"))
+    assert status == 200
+    return int(answer["sold"])  # type: ignore[index]
+
+
+def meshkit(shop: Shop, *args: str) -> str:
+    """A ``meshkit`` command against the running shop; its standard output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "meshkit", *args, "--project", str(shop.directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_order_created_is_counted_by_inventory_and_confirmed_once(shop: Shop) -> None:
+    """The event goes out through orders' outbox; each group acts on it once; rejects send none."""
+    restock(shop, product_id=3, quantity=40)
+    before = {product: sold(shop, product) for product in (2, 3)}
+    status, rejected = http(
+        "POST", shop.orders(), {"user_id": 1, "items": [{"product_id": 2, "quantity": 500}]}
+    )
+    assert status == 409, rejected
+    status, order = http(
+        "POST", shop.orders(), {"user_id": 1, "items": [{"product_id": 3, "quantity": 2}]}
+    )
+    assert status == 201, order
+    assert isinstance(order, dict)
+    wait_until(lambda: sold(shop, 3) == before[3] + 2, 20, "inventory counting the sale")
+    wait_until(
+        lambda: any(n["order_id"] == order["id"] for n in notified(shop, 1)),
+        20,
+        "notifications confirming the order",
+    )
+    # One relay publishes in order: the rejected order, first, published nothing.
+    assert sold(shop, 2) == before[2]
+    confirmations = [n for n in notified(shop, 1) if n["order_id"] == order["id"]]
+    assert len(confirmations) == 1
+
+
+def test_a_poison_event_is_dead_lettered_and_replayed_once_its_cause_is_fixed(
+    shop: Shop,
+) -> None:
+    """An order for an unknown user fails 3 times in notifications, waits in `meshkit dlq`,
+    and once the user exists `meshkit dlq replay` delivers it to notifications alone."""
+    users = shop.service_url("users", "/users")
+    user_id = next(n for n in range(2, 100) if http("GET", f"{users}/{n}")[0] == 404)
+    counted = sold(shop, 3)
+    event = {"order_id": 900_001, "user_id": user_id, "total_cents": 500}
+    event["items"] = [{"product_id": 3, "quantity": 1}]
+    message_id = meshkit(shop, "bus", "publish", "order.created", json.dumps(event)).strip()
+
+    def dead() -> list[dict[str, object]]:
+        letters = json.loads(meshkit(shop, "dlq", "list", "--json"))
+        return [letter for letter in letters if letter["message_id"] == message_id]
+
+    wait_until(dead, 30, "the event in the dead-letter queue")
+    [letter] = dead()
+    assert (letter["topic"], letter["group"], letter["deliveries"]) == (
+        "order.created",
+        "notifications",
+        3,
+    )
+    assert f"no user {user_id} to confirm order 900001" in str(letter["error"])
+    assert message_id[:12] in meshkit(shop, "dlq", "list")  # the table shows it too
+    assert sold(shop, 3) == counted + 1  # inventory's group took it at once
+    status, user = http("POST", users, {"name": "Grace Hopper", "email": "grace@example.com"})
+    assert (status, user["id"]) == (201, user_id)  # type: ignore[index]
+    assert "replayed 1" in meshkit(shop, "dlq", "replay", str(letter["id"]))
+    wait_until(
+        lambda: any(n["order_id"] == 900_001 for n in notified(shop, user_id)),
+        20,
+        "the replayed event confirmed to the new user",
+    )
+    assert dead() == []
+    assert sold(shop, 3) == counted + 1  # the replay went to notifications only
 
 
 DEMO_KEY = {"x-api-key": "shop-demo"}

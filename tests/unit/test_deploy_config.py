@@ -202,6 +202,41 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
             "got 'https://a.example/path' (",  # msgspec's ' - at $.cors' cut
             9,
         ),
+        (
+            '[services.n]\napp = "n:app"\n'
+            'subscribe = [{ topic = "order.created", path = "/events" }]\n',
+            "services.n.subscribe",
+            "is for an app beside a sidecar",
+            3,
+        ),
+        (
+            '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+            'subscribe = [{ topic = "order.created", path = "events" }]\n',
+            "services.n.subscribe[0].path",
+            "must be a path starting with '/'",
+            5,
+        ),
+        (
+            '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+            'subscribe = [{ topic = "Order", path = "/events" }]\n',
+            "services.n.subscribe[0].topic",
+            "Order",
+            5,
+        ),
+        (
+            '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+            'subscribe = [{ topic = "a", path = "/events", grp = "x" }]\n',
+            "services.n.subscribe[0].grp",
+            "not a known key",
+            5,
+        ),
+        (
+            '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+            "max_deliveries = 0\n",
+            "services.n.max_deliveries",
+            "between 1 and 100",
+            5,
+        ),
     ],
 )
 def test_each_problem_names_key_line_and_file(
@@ -213,6 +248,22 @@ def test_each_problem_names_key_line_and_file(
     assert caught.value.key == key
     assert problem in str(caught.value)
     assert f"meshkit.toml:{line})" in str(caught.value)
+
+
+def test_a_sidecar_subscription_defaults_to_the_service_group(tmp_path: Path) -> None:
+    """subscribe entries become the sidecar's routes; the group is the service's unless named."""
+    text = (
+        '[services.notifications]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+        'subscribe = [{ topic = "order.created", path = "/a" },'
+        ' { topic = "order.paid", path = "/b", group = "audit" }]\n'
+    )
+    project = load_project(write(tmp_path, text), check_ports=False)
+    routes = project.services["notifications"].events("notifications")
+    assert [(r.topic, r.group, r.path) for r in routes] == [
+        ("order.created", "notifications", "/a"),
+        ("order.paid", "audit", "/b"),
+    ]
+    assert project.services["notifications"].max_deliveries == 5
 
 
 def test_invalid_toml_and_a_missing_file_are_config_errors(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ PUBLIC = {
         "check_message_id",
         "check_topic",
         "encode_payload",
+        "open_bus",
         "outgoing",
         "subscribe",
     ],
@@ -66,6 +67,7 @@ PUBLIC = {
     "meshkit.sidecar": [
         "METRICS_PATH",
         "READY_PATH",
+        "EventRoute",
         "HealthGate",
         "Sidecar",
         "SidecarConfig",

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from meshkit.bus import Bus
 from meshkit.errors import ConfigError
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.registry import EmbeddedRegistry, Instance
@@ -124,6 +125,7 @@ class App:
 
     def __init__(self) -> None:
         self.healthy = True
+        self.status = 200  # what it answers to anything but its health check
         self.seen: list[Request] = []
         self.server = HTTPServer(self.handle)
 
@@ -131,12 +133,12 @@ class App:
         if request.path == "/health":
             return json_response(200 if self.healthy else 503, {})
         self.seen.append(request)
-        return json_response(200, {"app": request.path})
+        return json_response(self.status, {"app": request.path})
 
 
 @asynccontextmanager
 async def sidecar_beside(
-    app: App, **options: object
+    app: App, *, bus: Bus | None = None, **options: object
 ) -> AsyncIterator[tuple[Sidecar, EmbeddedRegistry, list[Span]]]:
     registry = EmbeddedRegistry()
     registry.start()
@@ -152,7 +154,7 @@ async def sidecar_beside(
         rise=1,
         **options,  # type: ignore[arg-type]
     )
-    sidecar = Sidecar(config, registry, record_span=spans.append)
+    sidecar = Sidecar(config, registry, bus=bus, record_span=spans.append)
     await sidecar.start()
     try:
         yield sidecar, registry, spans

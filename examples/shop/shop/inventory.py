@@ -1,7 +1,13 @@
-"""inventory: stock on hand, and reservations for orders (all or nothing)."""
+"""inventory: stock on hand, reservations for orders (all or nothing), and units sold.
+
+Units sold are counted from the ``order.created`` events orders publishes,
+in the group ``inventory``: every replica joins it, and each event is
+counted by one of them, once (the inbox drops a repeat by its message id).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections import Counter
 
@@ -10,6 +16,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import meshkit
+from meshkit.bus import Message, SqliteInbox, SqliteOutbox
 from shop.db import Database
 
 app = FastAPI(title="inventory")
@@ -26,6 +33,10 @@ CREATE TABLE IF NOT EXISTS reservations (
     quantity INTEGER NOT NULL,
     PRIMARY KEY (order_id, product_id)
 );
+CREATE TABLE IF NOT EXISTS sold (
+    product_id INTEGER PRIMARY KEY,
+    quantity INTEGER NOT NULL
+);
 """
 
 
@@ -33,7 +44,8 @@ def seed(db: sqlite3.Connection) -> None:
     db.executemany("INSERT OR IGNORE INTO stock VALUES (?, ?)", [(1, 25), (2, 10), (3, 40)])
 
 
-db = Database("inventory", SCHEMA, seed)
+db = Database("inventory", SCHEMA + SqliteOutbox.SCHEMA, seed)  # the outbox's for its inbox
+inbox = SqliteInbox("inventory")
 
 
 class Stock(BaseModel):
@@ -59,10 +71,14 @@ def set_stock(product_id: int, stock: Stock) -> dict[str, int]:
 
 @app.get("/stock/{product_id}")
 def get_stock(product_id: int) -> dict[str, int]:
-    rows = db.read("SELECT quantity FROM stock WHERE product_id = ?", (product_id,))
+    rows = db.read(
+        "SELECT stock.quantity, coalesce(sold.quantity, 0) AS sold FROM stock"
+        " LEFT JOIN sold USING (product_id) WHERE product_id = ?",
+        (product_id,),
+    )
     if not rows:
         raise HTTPException(404, f"no stock record for product {product_id}")
-    return {"product_id": product_id, "quantity": rows[0]["quantity"]}
+    return {"product_id": product_id, "quantity": rows[0]["quantity"], "sold": rows[0]["sold"]}
 
 
 @app.post("/reservations", status_code=201, response_model=None)
@@ -122,3 +138,29 @@ def _reserved(tx: sqlite3.Connection, order_id: int) -> list[dict[str, int]]:
         (order_id,),
     ).fetchall()
     return [dict(row) for row in rows]
+
+
+class Sale(BaseModel):
+    """What inventory reads of an ``order.created`` event."""
+
+    order_id: int = Field(ge=1)
+    items: list[Item] = Field(min_length=1, max_length=100)
+
+
+@service.subscribe("order.created", group="inventory")
+async def count_sale(message: Message) -> None:
+    """Add an order's items to the units sold; a malformed event raises (and is dead-lettered)."""
+    sale = Sale.model_validate_json(message.payload)
+    await asyncio.to_thread(_count, message.id, sale)
+
+
+def _count(message_id: str, sale: Sale) -> None:
+    with db.transaction() as tx:
+        if not inbox.record(tx, message_id):
+            return  # counted already
+        for item in sale.items:
+            tx.execute(
+                "INSERT INTO sold VALUES (?, ?)"
+                " ON CONFLICT (product_id) DO UPDATE SET quantity = quantity + excluded.quantity",
+                (item.product_id, item.quantity),
+            )

@@ -5,16 +5,25 @@ other language would not. Its sidecar (``sidecar = true`` in meshkit.toml)
 registers it while ``/health`` answers and proxies its traffic; the app
 reaches other services through the sidecar's outbound port, given in
 ``$MESHKIT_OUTBOUND``, as ``$MESHKIT_OUTBOUND/<service>/<path>``.
+
+Events reach it the same way: the sidecar takes the group
+``notifications``'s ``order.created`` messages from the bus and POSTs each
+to ``/events/order-created`` (``subscribe`` in meshkit.toml). A 2xx answer
+acks it. An order for a user that users does not know is answered 422: the
+bus tries again after its backoff, then keeps it as a dead letter, to be
+replayed (``meshkit dlq replay``) once the user exists. A message id seen
+before is acknowledged without sending the confirmation again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import urllib.error
 import urllib.request
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from shop.db import Database
@@ -31,6 +40,11 @@ CREATE TABLE IF NOT EXISTS notifications (
     sent_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS notifications_by_user ON notifications (user_id);
+-- The bus delivers at least once: the message ids already acted on.
+CREATE TABLE IF NOT EXISTS handled_events (
+    message_id TEXT PRIMARY KEY,
+    notification_id INTEGER NOT NULL
+);
 """
 
 db = Database("notifications", SCHEMA)
@@ -64,17 +78,52 @@ def _user_exists(user_id: int) -> bool:
         raise HTTPException(503, f"users could not be reached: {error}") from None
 
 
+class OrderCreated(BaseModel):
+    """What notifications reads of an ``order.created`` event."""
+
+    order_id: int = Field(ge=1)
+    user_id: int = Field(ge=1)
+    total_cents: int = Field(ge=0)
+
+
 @app.post("/notifications", status_code=201)
 def send(notification: Notification) -> dict[str, object]:
     if not _user_exists(notification.user_id):
         raise HTTPException(422, f"no user {notification.user_id} to notify")
     with db.transaction() as tx:
-        cursor = tx.execute(
-            "INSERT INTO notifications (user_id, order_id, message) VALUES (?, ?, ?)",
-            (notification.user_id, notification.order_id, notification.message),
-        )
-        row = tx.execute("SELECT * FROM notifications WHERE id = ?", (cursor.lastrowid,)).fetchone()
-    return dict(row)
+        return _insert(tx, notification)
+
+
+@app.post("/events/order-created")
+def order_created(
+    event: OrderCreated, message_id: str = Header(alias="meshkit-message-id", max_length=200)
+) -> dict[str, object]:
+    """Confirm an order to its user, once per message id."""
+    done = db.read("SELECT notification_id FROM handled_events WHERE message_id = ?", (message_id,))
+    if done:
+        return {"id": done[0]["notification_id"], "repeat": True}
+    if not _user_exists(event.user_id):
+        raise HTTPException(422, f"no user {event.user_id} to confirm order {event.order_id} to")
+    message = f"Order {event.order_id} is confirmed: {event.total_cents / 100:.2f} charged."
+    notification = Notification(user_id=event.user_id, order_id=event.order_id, message=message)
+    with db.transaction() as tx:
+        if tx.execute(
+            "SELECT 1 FROM handled_events WHERE message_id = ?", (message_id,)
+        ).fetchone():
+            return {"repeat": True}  # a concurrent delivery of the same message won
+        row = _insert(tx, notification)
+        tx.execute("INSERT INTO handled_events VALUES (?, ?)", (message_id, row["id"]))
+    return row
+
+
+def _insert(tx: sqlite3.Connection, notification: Notification) -> dict[str, object]:
+    cursor = tx.execute(
+        "INSERT INTO notifications (user_id, order_id, message) VALUES (?, ?, ?)",
+        (notification.user_id, notification.order_id, notification.message),
+    )
+    return dict(
+        tx.execute("SELECT * FROM notifications WHERE id = ?", (cursor.lastrowid,)).fetchone()
+    )
 
 
 @app.get("/notifications")

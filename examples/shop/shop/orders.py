@@ -1,7 +1,11 @@
-"""orders: places orders by calling users, products, inventory, payments and notifications.
+"""orders: places orders by calling users, products, inventory and payments.
 
 Placing an order checks the user and the products, records the order as
-pending, reserves the stock, charges the payment, and confirms. If the
+pending, reserves the stock, charges the payment, and confirms. Confirming
+records the event ``order.created`` in the same transaction, in the
+service's outbox: the relay publishes it once the order is confirmed for
+good, and never for an order that is not (inventory counts the sale,
+notifications tells the user). If the
 stock is short the order is rejected (409); if the payment is declined the
 reservation is released and the order ends declined (402); if a service
 cannot be reached, what was done is undone as far as possible and the order
@@ -27,6 +31,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import meshkit
+from meshkit.bus import SqliteOutbox
 from meshkit.errors import MeshkitError
 from meshkit.http import Response
 from meshkit.service import without_deadline
@@ -60,7 +65,8 @@ CREATE TABLE IF NOT EXISTS order_items (
 );
 """
 
-db = Database("orders", SCHEMA)
+db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA)
+service.add_outbox(SqliteOutbox(db.path))
 
 
 class Item(BaseModel):
@@ -154,8 +160,7 @@ async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, objec
         if isinstance(error, MeshkitError | HTTPException):
             raise HTTPException(503, f"order {order_id} {status}: {error}") from error
         raise
-    _finish(order_id, "confirmed", payment_id=int(payment.json()["id"]))
-    await _notify(order.user_id, order_id, total)
+    _confirm(order_id, order, total, payment_id=int(payment.json()["id"]))
     return {"id": order_id, "status": "confirmed", "total_cents": total}
 
 
@@ -192,6 +197,23 @@ def _finish(
             "UPDATE orders SET status = ?, reason = ?, payment_id = ? WHERE id = ?",
             (status, reason, payment_id, order_id),
         )
+
+
+def _confirm(order_id: int, order: NewOrder, total: int, *, payment_id: int) -> None:
+    """Confirm the order and record ``order.created`` in one transaction: both or neither."""
+    with db.transaction() as tx:
+        tx.execute(
+            "UPDATE orders SET status = 'confirmed', payment_id = ? WHERE id = ?",
+            (payment_id, order_id),
+        )
+        event = {
+            "order_id": order_id,
+            "user_id": order.user_id,
+            "total_cents": total,
+            "items": [item.model_dump() for item in order.items],
+        }
+        SqliteOutbox.record(tx, "order.created", event, key=str(order.user_id))
+    service.notify_outbox()
 
 
 async def _undo(order_id: int, error: BaseException, *, charging: bool, reserved: bool) -> str:
@@ -235,15 +257,3 @@ async def _release(order_id: int) -> None:
         await service.client.delete("inventory", f"/reservations/{order_id}", timeout=_UNDO_TIMEOUT)
     except MeshkitError as error:
         log.warning("could not release the reservation of order %d: %s", order_id, error)
-
-
-async def _notify(user_id: int, order_id: int, total: int) -> None:
-    message = f"Order {order_id} is confirmed: {total / 100:.2f} charged."
-    try:
-        await service.client.post(
-            "notifications",
-            "/notifications",
-            json={"user_id": user_id, "order_id": order_id, "message": message},
-        )
-    except MeshkitError as error:  # the order stands; the notice is best effort for now
-        log.warning("could not notify user %d of order %d: %s", user_id, order_id, error)

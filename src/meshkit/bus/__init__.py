@@ -26,6 +26,7 @@ from meshkit.bus._model import (
     encode_payload,
     outgoing,
 )
+from meshkit.bus._open import open_bus
 from meshkit.bus._outbox import (
     OutboxEntry,
     OutboxRelay,
@@ -67,6 +68,7 @@ __all__ = [
     "check_message_id",
     "check_topic",
     "encode_payload",
+    "open_bus",
     "outgoing",
     "subscribe",
 ]

@@ -138,6 +138,9 @@ def dlq_list(
     if json:
         sys.stdout.write(msgspec.json.encode([_letter_json(x) for x in letters]).decode() + "\n")
         return
+    if not letters:
+        typer.echo("no dead letters")
+        return
     table = Table("id", "topic", "group", "deliveries", "failed", "error", "message id")
     for letter in letters:
         failed = datetime.fromtimestamp(letter.failed, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -151,8 +154,6 @@ def dlq_list(
             letter.message.id,
         )
     Console(width=max(120, Console().width)).print(table)
-    if not letters:
-        typer.echo("no dead letters")
 
 
 @dlq_app.command("show")

@@ -10,14 +10,18 @@ from typing import Annotated
 import typer
 
 from meshkit._signals import until_stopped
+from meshkit.bus import Bus, open_bus
+from meshkit.bus._open import bus_url
 from meshkit.cli._app import app, fail
 from meshkit.control import TOKEN_ENV
 from meshkit.errors import MeshkitError
 from meshkit.gateway import AccessLog
 from meshkit.registry import Registry, open_registry
 from meshkit.sidecar import Sidecar, SidecarConfig
+from meshkit.sidecar._events import parse_route
 
 REGISTRY_ENV = "MESHKIT_REGISTRY"
+BUS_ENV = "MESHKIT_BUS"
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -27,10 +31,14 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _run(config: SidecarConfig, registry: Registry) -> None:
+async def _run(config: SidecarConfig, registry: Registry, bus: Bus | None) -> None:
     spans = AccessLog()
-    sidecar = Sidecar(config, registry, record_span=spans)
-    inbound, outbound = await sidecar.start()
+    sidecar = Sidecar(config, registry, bus=bus, record_span=spans)
+    try:
+        inbound, outbound = await sidecar.start()
+    except BaseException:
+        await _close(registry, bus)
+        raise
     typer.echo(
         f"sidecar for {config.service}: inbound http://{config.host}:{inbound}"
         f" -> {config.app_host}:{config.app_port}, outbound http://{config.outbound_host}:{outbound}",
@@ -41,6 +49,14 @@ async def _run(config: SidecarConfig, registry: Registry) -> None:
     finally:
         await sidecar.aclose()
         spans.flush()
+        await _close(registry, bus)
+
+
+async def _close(registry: Registry, bus: Bus | None) -> None:
+    try:
+        if bus is not None:
+            await bus.aclose()
+    finally:
         await registry.aclose()
 
 
@@ -71,11 +87,22 @@ def sidecar(
     interval: Annotated[float, typer.Option(help="Seconds between health checks.")] = 1.0,
     fall: Annotated[int, typer.Option(help="Failed checks in a row that deregister.")] = 3,
     rise: Annotated[int, typer.Option(help="Passing checks in a row that register again.")] = 2,
+    subscribe: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TOPIC:GROUP:PATH: POST the group's messages to the app's PATH (repeatable)."
+        ),
+    ] = None,
+    max_deliveries: Annotated[
+        int, typer.Option(help="Deliveries of a subscribed message before it is a dead letter.")
+    ] = 5,
 ) -> None:
     """Register an app while its health check passes, and proxy its traffic both ways.
 
     Needs MESHKIT_REGISTRY (the control plane's URL, or etcd://) and
-    MESHKIT_TOKEN. Spans are written to standard output, one JSON line each.
+    MESHKIT_TOKEN; subscriptions take messages from MESHKIT_BUS, by default
+    the control plane's. A 2xx answer acks a message. Spans are written to
+    standard output, one JSON line each.
     """
     app_host, app_port = _address(app_address)
     url = os.environ.get(REGISTRY_ENV)
@@ -99,13 +126,20 @@ def sidecar(
             interval=interval,
             fall=fall,
             rise=rise,
+            events=tuple(parse_route(spec) for spec in subscribe or ()),
+            max_deliveries=max_deliveries,
         )
-        registry = open_registry(url, token=os.environ.get(TOKEN_ENV))
+        token = os.environ.get(TOKEN_ENV)
+        where = bus_url(os.environ.get(BUS_ENV), url)
+        if config.events and not where:
+            fail(f"--subscribe needs a bus: set {BUS_ENV} (the registry is not a control plane)")
+        bus = open_bus(where, token=token) if config.events and where else None
+        registry = open_registry(url, token=token)
     except MeshkitError as error:
         fail(str(error))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        asyncio.run(_run(config, registry))
+        asyncio.run(_run(config, registry, bus))
     except MeshkitError as error:
         fail(str(error))
     except OSError as error:

@@ -16,6 +16,10 @@
     # command = ["./server", "--port", "{port}"]   # or any program (one of the two);
     # {python} is the interpreter running meshkit
     # sidecar = true               # a command joined to the mesh by `meshkit sidecar`
+    # subscribe = [{ topic = "order.created", path = "/events/order-created" }]
+    #                              # with a sidecar: the bus's messages POSTed to the app,
+    #                              # in the group named by the service (or group = "...")
+    # max_deliveries = 5           # of each such message, before the dead-letter queue
     replicas = 1
     port = 8104                    # or ports = [...], one per replica; else free ports
     ttl = 5
@@ -47,6 +51,7 @@ from meshkit.errors import ConfigError
 from meshkit.gateway._config import GatewayConfig
 from meshkit.registry import MAX_TTL, MIN_TTL, check_name
 from meshkit.registry._model import check_host
+from meshkit.sidecar import EventRoute
 
 __all__ = ["ControlPlaneConfig", "Project", "ProjectConfig", "ServiceConfig", "load_project"]
 
@@ -60,6 +65,15 @@ class ProjectConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7700
+
+
+class SubscribeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    topic: str
+    path: str
+    group: str | None = None  # default: the service's name
+
+    def route(self, service: str) -> EventRoute:
+        return EventRoute(topic=self.topic, group=self.group or service, path=self.path)
 
 
 class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -76,6 +90,12 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # A command's app joins the mesh through `meshkit sidecar` (registration
     # by health, inbound and outbound proxying), as an app in any language would.
     sidecar: bool = False
+    subscribe: list[SubscribeConfig] = msgspec.field(default_factory=list)
+    max_deliveries: int = 5
+
+    def events(self, name: str) -> list[EventRoute]:
+        """What the sidecar of service ``name`` delivers to its app (checked at load)."""
+        return [entry.route(name) for entry in self.subscribe]
 
     def health_path(self) -> str:
         """The readiness path: ``/-/ready`` for an app, none for a command unless given."""
@@ -214,6 +234,7 @@ def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> 
         )
     if service.sidecar and not service.health:
         raise _problem(path, text, f"{key}.health", "a sidecar needs the app's health path")
+    _check_events(path, text, name, service)
     if service.command is not None:
         if not service.command:
             raise _problem(path, text, f"{key}.command", "must not be empty")
@@ -253,6 +274,26 @@ def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> 
             f"{key}.health",
             f"must be a path starting with '/', printable ASCII without spaces, got {health!r}",
         )
+
+
+def _check_events(path: Path, text: str, name: str, service: ServiceConfig) -> None:
+    key = f"services.{name}"
+    if service.subscribe and not service.sidecar:
+        raise _problem(
+            path,
+            text,
+            f"{key}.subscribe",
+            "is for an app beside a sidecar: an app = ... uses @service.subscribe",
+        )
+    for index, entry in enumerate(service.subscribe):
+        try:
+            entry.route(name)
+        except ConfigError as error:
+            raise _problem(
+                path, text, f"{key}.subscribe[{index}].{error.key}", error.problem
+            ) from None
+    if not 1 <= service.max_deliveries <= 100:
+        raise _problem(path, text, f"{key}.max_deliveries", "must be between 1 and 100")
 
 
 _PATH = re.compile(r"/[!-~]*")

@@ -21,7 +21,11 @@ Lifecycle:
    server, which finishes requests in flight, for at most ``drain_timeout``
    seconds, and exit.
 
-Inside request handlers, ``service.client`` calls other services by name.
+Inside request handlers, ``service.client`` calls other services by name
+and ``service.bus`` publishes. Handlers declared with ``@service.subscribe``
+join their consumer groups once the application is live, and leave first
+when it drains; outboxes given to ``service.add_outbox`` are relayed to the
+bus for as long as the service runs.
 """
 
 from __future__ import annotations
@@ -33,11 +37,23 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from meshkit._clock import Clock, SystemClock
 from meshkit._env import read_environment
 from meshkit._net import probe_listen
+from meshkit.bus import (
+    Bus,
+    Handler,
+    OutboxRelay,
+    OutboxStore,
+    Subscription,
+    check_group,
+    check_topic,
+    open_bus,
+)
+from meshkit.bus import subscribe as subscription
+from meshkit.bus._open import bus_url
 from meshkit.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -46,6 +62,7 @@ from meshkit.errors import (
     UsageError,
 )
 from meshkit.http import HTTPClient, Timeouts
+from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name, open_registry
 from meshkit.service._asgi import ASGIApp, MeshASGI
@@ -60,6 +77,21 @@ log = logging.getLogger("meshkit.service")
 _DEFAULT_TTL = 10.0  # seconds; a dead instance leaves discovery within this
 
 
+class _Wanted:
+    """A ``@service.subscribe`` handler, joined to its group while the service runs."""
+
+    __slots__ = ("concurrency", "group", "handler", "redelivery", "topic")
+
+    def __init__(
+        self, topic: str, group: str, handler: Handler, concurrency: int, redelivery: Redelivery
+    ) -> None:
+        self.topic = check_topic(topic)
+        self.group = check_group(group)
+        self.handler = handler
+        self.concurrency = check.whole("concurrency", concurrency, minimum=1)
+        self.redelivery = redelivery
+
+
 class Service:
     """Serve ``app`` as an instance of service ``name``, registered and discoverable.
 
@@ -67,7 +99,8 @@ class Service:
     ``meshkit up`` provides (see ``meshkit._env``), then from defaults:
     host 127.0.0.1, a free port, a 10 s TTL. ``registry`` is a URL:
     ``http://host:port`` for a control plane (with ``token``) or
-    ``etcd://host:port``.
+    ``etcd://host:port``. ``bus`` is a URL for ``open_bus`` (default:
+    ``MESHKIT_BUS``, else the registry's control plane).
     """
 
     def __init__(
@@ -81,6 +114,7 @@ class Service:
         ttl: float | None = None,
         registry: str | None = None,
         token: str | None = None,
+        bus: str | None = None,
         instance_id: str | None = None,
         metadata: Mapping[str, str] | None = None,
         drain_timeout: float = 5.0,
@@ -100,6 +134,7 @@ class Service:
         # import cleanly outside the mesh too (tests, tools).
         self.registry_url = registry or env.registry
         self._token = token or env.token
+        self.bus_url = bus_url(bus or env.bus, self.registry_url)
         self.version = version or env.version or ""
         self.instance_id = instance_id or env.instance_id
         self.metadata = dict(metadata or {})
@@ -110,6 +145,10 @@ class Service:
         self._clock = clock or SystemClock()
         self._asgi = MeshASGI(app, clock=self._clock)
         self._client: ServiceClient | None = None
+        self._bus: Bus | None = None
+        self._wanted: list[_Wanted] = []
+        self._outboxes: list[OutboxStore] = []
+        self._relays: list[OutboxRelay] = []
         self._stop: asyncio.Event | None = None
         self.instance: Instance | None = None
 
@@ -119,6 +158,52 @@ class Service:
         if self._client is None:
             raise UsageError(f"{self.name}: service.client exists only while the service runs")
         return self._client
+
+    @property
+    def bus(self) -> Bus:
+        """The bus (see ``bus=``); available while the service runs."""
+        if self._bus is None:
+            raise UsageError(f"{self.name}: service.bus exists only while the service runs")
+        return self._bus
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        concurrency: int = 10,
+        redelivery: Redelivery | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Decorate a handler of ``topic``'s messages in ``group`` (default: the service's name).
+
+        Every instance of the service joins the group, so they share its
+        messages. A handler that returns acks; one that raises is
+        redelivered after ``redelivery``'s backoff, then dead-lettered.
+        Raises ``ConfigError`` for a bad topic, group or concurrency.
+        """
+
+        def register(handler: Handler) -> Handler:
+            wanted = _Wanted(
+                topic, group or self.name, handler, concurrency, redelivery or Redelivery()
+            )
+            self._wanted.append(wanted)
+            return handler
+
+        return register
+
+    def add_outbox(self, store: OutboxStore) -> None:
+        """Relay ``store``'s events to the bus while the service runs (an ``OutboxRelay``).
+
+        The relay owns the store and closes it. Call ``notify_outbox()``
+        after committing an event, so that it goes out without waiting for
+        the relay's next poll.
+        """
+        self._outboxes.append(store)
+
+    def notify_outbox(self) -> None:
+        """An event was committed to an outbox: relay it now."""
+        for relay in self._relays:
+            relay.notify()
 
     @property
     def ready(self) -> bool:
@@ -146,6 +231,7 @@ class Service:
         Raises ``ConfigError`` if no registry is configured.
         """
         registry = self._open_registry()  # fails now on a missing or bad registry
+        bus = self._open_bus()
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -166,6 +252,12 @@ class Service:
         )
         directory = Directory(registry, clock=self._clock)
         self._client = ServiceClient(directory, policy=self.policy, clock=self._clock)
+        self._bus = bus
+        # Before the application starts, so that its lifespan may publish.
+        self._relays = [OutboxRelay(store, bus) for store in self._outboxes] if bus else []
+        for relay in self._relays:
+            await relay.start()
+        subscriptions: list[Subscription] = []
         server = _GranianServer(self._asgi, self.host, self.port)
         heartbeat = Heartbeat(self._open_registry, self.instance, ttl=self.ttl)
         serving = loop.create_task(server.serve())
@@ -173,6 +265,7 @@ class Service:
         self._asgi.is_ready = lambda: heartbeat.registered and not draining
         try:
             await self._wait_live(serving)
+            subscriptions = await self._join(bus)
             heartbeat.start()
             registered = await asyncio.to_thread(heartbeat.wait_registered, 5.0)
             log.info(
@@ -189,7 +282,13 @@ class Service:
                 serving.result()  # the server died on its own: raise why
         finally:
             draining = True
-            await self._drain(server, serving, heartbeat)
+            # Handlers finish while requests drain; then the relays, whose
+            # events may come from the last requests, and the bus.
+            await asyncio.gather(
+                self._drain(server, serving, heartbeat),
+                *(s.aclose(grace=self.drain_timeout) for s in subscriptions),
+            )
+            await self._close_bus()
             await self._client.aclose()
             await directory.aclose()
             await registry.aclose()
@@ -213,6 +312,49 @@ class Service:
         except Exception:
             log.exception("%s: the server failed while stopping", self.name)
         log.info("%s stopped", self.instance.key if self.instance else self.name)
+
+    def _open_bus(self) -> Bus | None:
+        """The bus, if it is configured; ``ConfigError`` if handlers or outboxes need it."""
+        if self.bus_url:
+            return open_bus(self.bus_url, token=self._token)
+        if self._wanted or self._outboxes:
+            raise ConfigError(
+                "bus",
+                f"{self.name} subscribes or has an outbox, but no bus is given: "
+                "pass bus= or set MESHKIT_BUS (a control plane's registry is its bus too)",
+            )
+        return None
+
+    async def _join(self, bus: Bus | None) -> list[Subscription]:
+        """Every ``@subscribe`` handler, joined to its group; none if one fails to join."""
+        joined: list[Subscription] = []
+        try:
+            for wanted in self._wanted:
+                assert bus is not None  # _open_bus saw to it
+                member = subscription(
+                    bus,
+                    wanted.topic,
+                    wanted.group,
+                    wanted.handler,
+                    concurrency=wanted.concurrency,
+                    redelivery=wanted.redelivery,
+                    clock=self._clock,
+                )
+                await member.start()
+                joined.append(member)
+        except BaseException:
+            await asyncio.gather(*(member.aclose(grace=0) for member in joined))
+            raise
+        return joined
+
+    async def _close_bus(self) -> None:
+        relays, self._relays = self._relays, []
+        bus, self._bus = self._bus, None
+        try:
+            await asyncio.gather(*(relay.aclose() for relay in relays))
+        finally:
+            if bus is not None:
+                await bus.aclose()
 
     def _open_registry(self) -> Registry:
         if not self.registry_url:

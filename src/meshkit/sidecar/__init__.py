@@ -3,11 +3,22 @@
 ``meshkit sidecar --service NAME --app HOST:PORT --health PATH`` registers
 the app while its health check passes, proxies inbound traffic to it with
 metrics and trace spans, and gives it an outbound port where
-``/<service>/<path>`` reaches any service by name.
+``/<service>/<path>`` reaches any service by name. With ``--subscribe``
+it also takes a consumer group's messages from the bus and POSTs them to
+the app.
 """
 
+from meshkit.sidecar._events import EventRoute
 from meshkit.sidecar._filters import METRICS_PATH, READY_PATH, Span
 from meshkit.sidecar._health import HealthGate
 from meshkit.sidecar._sidecar import Sidecar, SidecarConfig
 
-__all__ = ["METRICS_PATH", "READY_PATH", "HealthGate", "Sidecar", "SidecarConfig", "Span"]
+__all__ = [
+    "METRICS_PATH",
+    "READY_PATH",
+    "EventRoute",
+    "HealthGate",
+    "Sidecar",
+    "SidecarConfig",
+    "Span",
+]

@@ -92,6 +92,7 @@ class Registrar:
         self.instance = instance
         self.gate = gate or HealthGate()
         self.registration: Registration | None = None
+        self.present = asyncio.Event()  # set while the app is in the registry
         self.last_problem = ""  # why the last check failed, for the logs
         self._registry = registry
         self._app = app
@@ -166,11 +167,13 @@ class Registrar:
                 self.registration = None  # it lapsed: register again, below
         if self.registration is None:
             self.registration = await self._registry.register(self.instance, ttl=self._ttl)
+            self.present.set()
             log.info("%s registered as %s", self.instance.service, self.instance.id)
         self._renew_at = now + self._ttl / 3
 
     async def _leave(self, why: str) -> None:
         registration, self.registration = self.registration, None
+        self.present.clear()
         if registration is not None:
             with contextlib.suppress(LeaseError):  # gone already (it lapsed): as good
                 await self._registry.deregister(registration)

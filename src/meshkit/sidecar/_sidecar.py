@@ -5,7 +5,9 @@ proxied to the app, with a span each and metrics. Outbound
 (``outbound_port``): the app calls ``http://127.0.0.1:PORT/<service>/<path>``
 and the sidecar finds an instance of the service in the registry, balances,
 ejects failing instances, retries with exponential backoff within a budget,
-and opens a breaker per service, as the gateway does.
+and opens a breaker per service, as the gateway does. Events: for each of
+``events``, the sidecar joins a consumer group on the bus and POSTs the
+group's messages to the app (see ``_events``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from collections.abc import Callable
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
+from meshkit.bus import Bus, Subscription, subscribe
 from meshkit.errors import ConfigError
 from meshkit.gateway._filters import Ready
 from meshkit.gateway._metrics import GatewayMetrics
 from meshkit.gateway._upstreams import Upstreams
-from meshkit.http import Timeouts
-from meshkit.policy import BreakerConfig
+from meshkit.http import HTTPClient, Timeouts
+from meshkit.policy import BreakerConfig, Redelivery
 from meshkit.proxy import Forwarder, Forwarding, ProxyServer
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
 from meshkit.service._directory import Directory
+from meshkit.sidecar._events import AppDelivery, EventRoute
 from meshkit.sidecar._filters import READY_PATH, ByName, Metrics, Span, ToApp, Tracing
 from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
 
@@ -62,6 +66,8 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float = 30.0  # an outbound request, retries included
     connect_timeout: float = 2.0
     try_timeout: float = 10.0
+    events: tuple[EventRoute, ...] = ()  # bus messages POSTed to the app
+    max_deliveries: int = 5  # of each such message, before the dead-letter queue
 
     def __post_init__(self) -> None:
         check_name("service", self.service)
@@ -81,6 +87,10 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
         if not 0 < self.interval <= 3600:
             raise ConfigError(
                 "interval", f"must be between 0 and 3600 seconds, got {self.interval}"
+            )
+        if not 1 <= self.max_deliveries <= 100:
+            raise ConfigError(
+                "max_deliveries", f"must be between 1 and 100, got {self.max_deliveries}"
             )
         for key, value in (("fall", self.fall), ("rise", self.rise)):
             if not 1 <= value <= 100:
@@ -103,12 +113,20 @@ class Sidecar:
         config: SidecarConfig,
         registry: Registry,
         *,
+        bus: Bus | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
         record_span: Callable[[Span], None] | None = None,
     ) -> None:
+        if config.events and bus is None:
+            raise ConfigError(
+                "bus", "the sidecar has events to deliver but no bus to take them from"
+            )
         self.config = config
         self._clock = clock = clock or SystemClock()
+        self._bus = bus
+        self._subscriptions: list[Subscription] = []
+        self._events_http = HTTPClient()
         self._registry = registry
         self.directory = Directory(registry, clock=clock, rng=rng)
         self.upstreams = Upstreams(self.directory, clock, rng=rng)
@@ -187,11 +205,42 @@ class Sidecar:
         )
         self._task = asyncio.get_running_loop().create_task(self.registrar.run())
         self.ports = (inbound, outbound)
+        try:
+            await self._subscribe(self.registrar)
+        except BaseException:
+            await self.aclose(grace=0)
+            raise
         return self.ports
 
+    async def _subscribe(self, registrar: Registrar) -> None:
+        config = self.config
+        redelivery = Redelivery(max_deliveries=config.max_deliveries)
+        timeouts = Timeouts(connect=config.connect_timeout, read=config.timeout)
+        for route in config.events:
+            assert self._bus is not None  # checked in __init__
+            handler = AppDelivery(
+                route,
+                (config.app_host, config.app_port),
+                self._events_http,
+                registrar.present,
+                timeouts=timeouts,
+            )
+            member = subscribe(
+                self._bus,
+                route.topic,
+                route.group,
+                handler,
+                redelivery=redelivery,
+                clock=self._clock,
+            )
+            await member.start()
+            self._subscriptions.append(member)
+
     async def aclose(self, grace: float = 10.0) -> None:
-        """Deregister first, so no caller is sent here any more; then drain both ports."""
+        """Leave the groups and deregister, so nothing more is sent here; then drain both ports."""
+        subscriptions, self._subscriptions = self._subscriptions, []
         try:
+            await asyncio.gather(*(member.aclose(grace=grace) for member in subscriptions))
             if self._task is not None:
                 await cancel_and_wait(self._task)
         finally:
@@ -199,3 +248,4 @@ class Sidecar:
                 self.inbound.aclose(grace=grace), self.outbound.aclose(grace=grace)
             )
             await self.directory.aclose()
+            await self._events_http.aclose()

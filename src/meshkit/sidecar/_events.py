@@ -1,0 +1,108 @@
+"""Bus messages handed to the app beside the sidecar, as HTTP requests.
+
+An app in any language consumes events as it serves calls: the sidecar
+joins the consumer group and POSTs each message to a path of the app. The
+body is the message's JSON payload; ``meshkit-message-id``,
+``meshkit-topic`` and ``meshkit-deliveries`` say which message it is and
+how often it has come, and the message's own headers (trace context among
+them) follow. A 2xx answer acks the message. Anything else, or no answer
+within the timeout, fails it: the group's backoff brings it back, and after
+its last delivery it is a dead letter whose error is the app's answer.
+
+Messages wait while the app is out of the registry (starting, or failing
+its health check) instead of failing against an app that cannot answer:
+a restart of the app must not use up a message's deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import msgspec
+
+from meshkit.bus import Message, check_group, check_topic
+from meshkit.errors import ConfigError, PeerError
+from meshkit.http import HTTPClient, Timeouts
+
+__all__ = ["AppDelivery", "EventRoute", "parse_route"]
+
+_PATH = re.compile(r"/[!-~]*")
+# What the app is told of its answer when it refuses a message: enough to
+# see why in `meshkit dlq show`, no more (the bus keeps errors to 4 KiB).
+_SHOWN_BODY = 500
+# Headers the sidecar sets itself; a message header of the same name is dropped.
+_OWN = frozenset({"content-type", "content-length", "host", "connection", "transfer-encoding"})
+
+
+class EventRoute(msgspec.Struct, frozen=True, kw_only=True):
+    """Messages of ``topic`` in ``group``, POSTed to the app's ``path``."""
+
+    topic: str
+    group: str
+    path: str
+
+    def __post_init__(self) -> None:
+        check_topic(self.topic)
+        check_group(self.group)
+        if not _PATH.fullmatch(self.path):
+            raise ConfigError("path", f"must be a path starting with '/', got {self.path!r}")
+
+
+def parse_route(spec: str) -> EventRoute:
+    """``TOPIC:GROUP:PATH`` (the command line's form) as a route; ``ConfigError`` if malformed."""
+    topic, _, rest = spec.partition(":")
+    group, _, path = rest.partition(":")
+    if not (topic and group and path):
+        raise ConfigError("subscribe", f"must be TOPIC:GROUP:PATH, got {spec!r}")
+    return EventRoute(topic=topic, group=group, path=path)
+
+
+class AppDelivery:
+    """A bus handler that delivers each message to the app at ``(host, port)`` + ``route.path``.
+
+    ``present`` is set while the app is in the registry; a message waits
+    for it. ``timeouts`` bound the connection and the wait for the answer.
+    """
+
+    def __init__(
+        self,
+        route: EventRoute,
+        app: tuple[str, int],
+        http: HTTPClient,
+        present: asyncio.Event,
+        *,
+        timeouts: Timeouts,
+    ) -> None:
+        self.route = route
+        self._app = app
+        self._http = http
+        self._present = present
+        self._timeouts = timeouts
+
+    async def __call__(self, message: Message) -> None:
+        await self._present.wait()
+        host, port = self._app
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"meshkit-message-id", message.id.encode()),
+            (b"meshkit-topic", message.topic.encode()),
+            (b"meshkit-deliveries", str(message.deliveries).encode()),
+        ]
+        headers += [
+            (name.encode(), value.encode("latin-1", "replace"))
+            for name, value in message.headers.items()
+            if name.lower() not in _OWN
+        ]
+        answer = await self._http.request(
+            "POST",
+            host,
+            port,
+            self.route.path,
+            headers=headers,
+            body=message.payload,
+            timeouts=self._timeouts,
+        )
+        if not 200 <= answer.status < 300:
+            said = answer.body[:_SHOWN_BODY].decode("utf-8", "replace")
+            raise PeerError(f"the app answered {answer.status} at {self.route.path}: {said}")

@@ -1,0 +1,124 @@
+"""The sidecar's subscriptions: bus messages POSTed to the app beside it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from tests.unit.test_sidecar import App, sidecar_beside, wait_for
+
+from meshkit.bus import EmbeddedBus
+from meshkit.errors import ConfigError
+from meshkit.registry import EmbeddedRegistry
+from meshkit.sidecar import EventRoute, Sidecar, SidecarConfig
+from meshkit.sidecar._events import parse_route
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+ROUTE = EventRoute(topic="order.created", group="notifications", path="/events/order-created")
+
+
+@pytest.fixture
+async def bus(tmp_path: Path) -> AsyncIterator[EmbeddedBus]:
+    opened = await EmbeddedBus.open(tmp_path / "bus.sqlite3")
+    yield opened
+    await opened.aclose()
+
+
+async def test_a_message_is_posted_to_the_app_and_a_2xx_acks_it(bus: EmbeddedBus) -> None:
+    """The payload is the body; id, topic, deliveries and the message's headers come along."""
+    app = App()
+    async with sidecar_beside(app, bus=bus, events=(ROUTE,)):
+        published = await bus.publish(
+            "order.created", b'{"order_id": 7}', headers={"traceparent": TRACEPARENT}
+        )
+        await wait_for(lambda: _true(bool(app.seen)))
+        [request] = app.seen
+        assert (request.method, request.path) == ("POST", "/events/order-created")
+        assert request.body == b'{"order_id": 7}'
+        assert request.header("content-type") == "application/json"
+        assert request.header("meshkit-message-id") == published.id
+        assert request.header("meshkit-topic") == "order.created"
+        assert request.header("meshkit-deliveries") == "1"
+        assert request.header("traceparent") == TRACEPARENT
+        # Acked: a second message arrives, the first never again.
+        await bus.publish("order.created", b'{"order_id": 8}')
+        await wait_for(lambda: _true(len(app.seen) == 2))
+        assert app.seen[1].body == b'{"order_id": 8}'
+    assert await bus.dead_letters() == []
+
+
+async def test_a_refused_message_is_redelivered_then_dead_lettered_with_the_answer(
+    bus: EmbeddedBus,
+) -> None:
+    """A 422 fails the delivery; after max_deliveries the letter's error is the app's answer."""
+    app = App()
+    app.status = 422
+    async with sidecar_beside(app, bus=bus, events=(ROUTE,), max_deliveries=2):
+        published = await bus.publish("order.created", b"{}")
+        await wait_for(lambda: _nonempty_letters(bus), within=10)
+    assert [r.header("meshkit-deliveries") for r in app.seen] == ["1", "2"]
+    [letter] = await bus.dead_letters()
+    assert (letter.group, letter.deliveries, letter.message.id) == (
+        "notifications",
+        2,
+        published.id,
+    )
+    assert "answered 422 at /events/order-created" in letter.error
+    assert '"app":"/events/order-created"' in letter.error.replace(" ", "")
+
+
+async def test_messages_wait_while_the_app_is_out_of_the_registry(bus: EmbeddedBus) -> None:
+    """An app failing its health check gets nothing; once it passes, the first delivery."""
+    app = App()
+    app.healthy = False
+    async with sidecar_beside(app, bus=bus, events=(ROUTE,)) as (sidecar, _, _spans):
+        await bus.publish("order.created", b"{}")
+        [subscription] = sidecar._subscriptions
+        await wait_for(lambda: _true(subscription.statistics.running == 1))  # handed out
+        assert app.seen == []
+        app.healthy = True
+        await wait_for(lambda: _true(bool(app.seen)))
+        assert app.seen[0].header("meshkit-deliveries") == "1"
+
+
+@pytest.mark.parametrize(
+    ("spec", "key"),
+    [
+        ("order.created:notifications", "subscribe"),
+        ("order.created::/x", "subscribe"),
+        ("Order:notifications:/x", "topic"),
+        ("order.created:Bad Group:/x", "group"),
+        ("order.created:notifications:x", "path"),
+    ],
+)
+def test_a_malformed_subscription_names_its_part(spec: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_route(spec)
+    assert caught.value.key == key
+
+
+def test_the_command_line_form_keeps_colons_in_the_path() -> None:
+    assert parse_route("a.b:g:/x:y") == EventRoute(topic="a.b", group="g", path="/x:y")
+
+
+async def test_subscriptions_without_a_bus_are_refused() -> None:
+    """A sidecar told to deliver events needs a bus, and says so before listening."""
+    config = SidecarConfig(
+        service="a", app_host="127.0.0.1", app_port=1, health="/", events=(ROUTE,)
+    )
+    registry = EmbeddedRegistry()
+    with pytest.raises(ConfigError) as caught:
+        Sidecar(config, registry)
+    assert caught.value.key == "bus"
+    with pytest.raises(ConfigError) as caught:
+        SidecarConfig(service="a", app_host="127.0.0.1", app_port=1, health="/", max_deliveries=0)
+    assert caught.value.key == "max_deliveries"
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _nonempty_letters(bus: EmbeddedBus) -> bool:
+    return bool(await bus.dead_letters())
