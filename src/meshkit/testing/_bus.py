@@ -173,6 +173,36 @@ class BusConformance:
             await seen.until(2)  # in order: a second "same" would come before "after"
         assert [(m.id, m.json()) for m in seen.messages] == [("same", 1), ("after", 3)]
 
+    async def test_a_mixed_batch_keeps_each_topics_order_and_flags_the_repeat(
+        self, bus: Bus, topic: str
+    ) -> None:
+        """One batch over two topics, with and without ids, keys and headers, as published."""
+        other = f"{topic}.other"
+        batch = [
+            outgoing(topic, 1),
+            outgoing(topic, 2, message_id="x"),
+            outgoing(other, 3, key="k3"),
+            outgoing(topic, 4, headers={"x-h": "v4"}),
+            outgoing(topic, 5, message_id="x"),
+            outgoing(other, 6),
+            outgoing(topic, "end"),
+            outgoing(other, "end"),
+        ]
+        published = await bus.publish_batch(batch)
+        assert [p.id for p in published] == [m.id for m in batch]
+        assert [p.duplicate for p in published] == [False] * 4 + [True] + [False] * 3
+        received: dict[str, list[Message]] = {}
+        for name in (topic, other):
+            seen = _Seen()
+            handler = seen.handler()
+            async with subscribe(bus, name, "mixed", handler, concurrency=1, redelivery=QUICK):
+                received[name] = await seen.until(4 if name == topic else 3)
+        assert [m.json() for m in received[topic]] == [1, 2, 4, "end"]
+        assert [m.json() for m in received[other]] == [3, 6, "end"]
+        assert received[other][0].key == "k3"
+        assert received[topic][2].headers["x-h"] == "v4"
+        assert received[topic][0].key is None
+
     async def test_a_message_id_is_a_repeat_only_on_its_own_topic(
         self, bus: Bus, topic: str
     ) -> None:
