@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from meshkit._clock import Clock, SystemClock
 from meshkit.bus import Bus, Delivery, Message, outgoing, subscribe
 from meshkit.bus.redis import RedisBus, RedisConsumer
 from meshkit.errors import ConfigError, EnvironmentFaultError
@@ -17,11 +18,22 @@ from meshkit.testing.servers import backend_missing, free_port
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+class SkewedClock(SystemClock):
+    """The real clock, its wall time a day ahead: a member on a host whose clock is wrong."""
+
+    __slots__ = ()
+
+    def time(self) -> float:
+        return super().time() + 86_400
+
+
 @contextlib.asynccontextmanager
-async def redis_bus() -> AsyncIterator[RedisBus]:
+async def redis_bus(
+    prefix: str | None = None, clock: Clock | None = None
+) -> AsyncIterator[RedisBus]:
     """A bus under a prefix of its own, whose keys are deleted afterwards."""
-    prefix = f"meshkit-test:{secrets.token_hex(6)}:"
-    bus = RedisBus(REDIS_URL, prefix=prefix, timeout=2.0)
+    prefix = prefix or f"meshkit-test:{secrets.token_hex(6)}:"
+    bus = RedisBus(REDIS_URL, prefix=prefix, timeout=2.0, clock=clock)
     try:
         await bus.dead_letters()
     except EnvironmentFaultError:
@@ -89,6 +101,24 @@ async def test_a_malformed_entry_becomes_a_dead_letter_and_the_rest_go_on() -> N
         assert letter.message.id == "odd"
         assert "malformed" in letter.error
         assert "no field 't'" in letter.error
+
+
+async def test_backoffs_are_timed_by_the_server_not_by_a_members_wrong_clock() -> None:
+    """A member a day ahead fails a message; a member on time gets it back after the backoff."""
+    redelivery = Redelivery(max_deliveries=3, backoff=Backoff(initial=0.2, maximum=0.2))
+    async with redis_bus() as on_time, redis_bus(on_time.prefix, SkewedClock()) as ahead:
+        await on_time.publish("order.created", "x")
+        wrong = await ahead.consumer("order.created", "g", redelivery=redelivery)
+        right = await on_time.consumer("order.created", "g", redelivery=redelivery)
+        try:
+            [delivery] = await wrong.fetch(10, wait=5)
+            await wrong.fail(delivery, "ValueError: no")
+            async with asyncio.timeout(5):
+                [again] = await right.fetch(10, wait=5)
+            assert (again.message.id, again.message.deliveries) == (delivery.message.id, 2)
+        finally:
+            await wrong.aclose()
+            await right.aclose()
 
 
 async def test_a_subscription_joins_again_when_redis_lost_the_group() -> None:

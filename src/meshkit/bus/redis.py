@@ -21,8 +21,8 @@ dead-letter move, so a member killed on a message's last delivery still
 sends it to the dead-letter queue, in the same script that finds it.
 
 Streams are not trimmed: every entry is kept, and a new group starts at the
-first. Due times come from the members' clocks, so hosts should keep theirs
-in step (NTP); skew shifts a backoff by as much.
+first. Due times are read from the Redis server's clock, so members on hosts
+whose clocks disagree still wait out each backoff exactly.
 
 Durability is the Redis server's: a publish returns once Redis has the entry
 in memory. For the embedded broker's guarantee (on disk before the
@@ -106,14 +106,28 @@ return 1
 # meanwhile, and 1,000 appends take about a millisecond.
 _RUN = 1000
 
-# KEYS: stream, due set, dead-letter stream. ARGV: group, consumer, now (ms),
-# room, ack_wait (ms), max_deliveries, topic, expired error, now (s). Claims
-# for this consumer, up to ``room`` entries: first the parked ones now due,
-# then those a member has held past ack_wait. One held past ack_wait on its
-# last delivery becomes a dead letter here. Returns {claimed, next_due}:
-# claimed is {id, fields, count} per entry; next_due the earliest due time left.
-_CLAIM = """
-local group, me, room = ARGV[1], ARGV[2], tonumber(ARGV[4])
+# Due times are the Redis server's clock (TIME, in ms), never a member's:
+# members on several hosts then agree on them whatever their clocks say.
+_NOW_MS = """
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+"""
+
+# KEYS: stream, due set, dead-letter stream. ARGV: group, consumer, room,
+# ack_wait (ms), max_deliveries, topic, expired error, failed (s, for the
+# letters). Claims for this consumer, up to ``room`` entries: first the
+# parked ones now due, then those a member has held past ack_wait. One held
+# past ack_wait on its last delivery becomes a dead letter here. Returns
+# {claimed, next_due}: claimed is {id, fields, count} per entry; next_due
+# how many ms until the earliest due time left ('' if none).
+_CLAIM = (
+    _NOW_MS
+    + """
+local group, me, room = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ack_wait, max_deliveries = ARGV[4], tonumber(ARGV[5])
+local now = now_ms()
 local claimed = {}
 local function take(ids, min_idle)
   if #ids == 0 then return end
@@ -122,7 +136,7 @@ local function take(ids, min_idle)
     claimed[#claimed + 1] = {entry[1], entry[2], info[4]}
   end
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, room)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, room)
 if #due > 0 then
   redis.call('ZREM', KEYS[2], unpack(due))
   take(due, 0)
@@ -133,11 +147,11 @@ if room > 0 then
   for _, member in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
     local name, pending = member[2], member[4]
     if name ~= 'meshkit:parked' and pending > 0 and #abandoned < room then
-      local held = redis.call('XPENDING', KEYS[1], group, 'IDLE', ARGV[5], '-', '+', room, name)
+      local held = redis.call('XPENDING', KEYS[1], group, 'IDLE', ack_wait, '-', '+', room, name)
       for _, p in ipairs(held) do
-        if tonumber(p[4]) >= tonumber(ARGV[6]) then
-          for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, ARGV[5], p[1])) do
-            local letter = {'g', group, 'topic', ARGV[7], 'n', ARGV[6], 'e', ARGV[8], 'f', ARGV[9]}
+        if tonumber(p[4]) >= max_deliveries then
+          for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, ack_wait, p[1])) do
+            local letter = {'g', group, 'topic', ARGV[6], 'n', ARGV[5], 'e', ARGV[7], 'f', ARGV[8]}
             for i = 1, #entry[2] do letter[#letter + 1] = entry[2][i] end
             redis.call('XADD', KEYS[3], '*', unpack(letter))
             redis.call('XACK', KEYS[1], group, p[1])
@@ -148,21 +162,25 @@ if room > 0 then
       end
     end
   end
-  take(abandoned, ARGV[5])
+  take(abandoned, ack_wait)
 end
-local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2] or ''
-return {claimed, next_due}
+local next_due = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')[2]
+return {claimed, next_due and tostring(tonumber(next_due) - now) or ''}
 """
+)
 
-# KEYS: stream, due set. ARGV: group, consumer, entry id, deliveries, due (ms).
-# Parks a failed entry until ``due``, if this consumer still holds that delivery.
-_PARK = """
+# KEYS: stream, due set. ARGV: group, consumer, entry id, deliveries, wait (ms).
+# Parks a failed entry for ``wait``, if this consumer still holds that delivery.
+_PARK = (
+    _NOW_MS
+    + """
 local info = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)[1]
 if not info or info[2] ~= ARGV[2] or tostring(info[4]) ~= ARGV[4] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], 'meshkit:parked', 0, ARGV[3], 'JUSTID')
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[3])
+redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[5]), ARGV[3])
 return 1
 """
+)
 
 # KEYS: stream, due set, dead-letter stream. ARGV: group, consumer, entry id,
 # deliveries, then the dead letter's fields. Only if this consumer still
@@ -357,31 +375,40 @@ class RedisBus(PublishOne):
     # -- publishing ---------------------------------------------------------------
 
     async def publish_batch(self, messages: Sequence[Outgoing]) -> list[Published]:
-        """One pipeline: a given id costs a script of its own (the check and the append
-        are atomic); consecutive messages of one topic without one share a script."""
+        """A script per run of messages: a given id costs one of its own (the check and
+        the append are atomic); consecutive messages of one topic without one share one.
+        Several runs go in one pipeline; a single run is one call, which saves the
+        round trip a pipeline of scripts begins with (``SCRIPT EXISTS``)."""
         if not messages:
             return []
         published = repr(self._clock.time())
-        pipe = self._client.pipeline(transaction=False)
-        # Per script of the pipeline: the messages it publishes, and whether
-        # its reply says if the one message was a repeat.
-        calls: list[tuple[Sequence[Outgoing], bool]] = []
-        for run in _runs(messages):
-            first = run[0]
-            keys = [self._stream(first.topic)]
-            if first.given_id:  # a run of its own
-                keys.append(f"{self.prefix}id:{first.topic}:{first.id}")
-            args: list[Any] = [published, self._window_ms]
-            for m in run:
-                args += (m.id, m.payload, _encode(m.headers) if m.headers else "", m.key or "")
-            await self._publish(keys=keys, args=args, client=pipe)
-            calls.append((run, first.given_id))
-        replies = await self._call(pipe.execute())
+        runs = _runs(messages)
+        calls = [self._script_call(run, published) for run in runs]
+        if len(calls) == 1:
+            keys, args = calls[0]
+            replies = [await self._call(self._publish(keys=keys, args=args))]
+        else:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                await self._publish(keys=keys, args=args, client=pipe)
+            replies = await self._call(pipe.execute())
         return [
-            Published(id=m.id, duplicate=once and reply == 0)
-            for (run, once), reply in zip(calls, replies, strict=True)
+            # Only a run with a given id (a run of one) can be a repeat.
+            Published(id=m.id, duplicate=run[0].given_id and reply == 0)
+            for run, reply in zip(runs, replies, strict=True)
             for m in run
         ]
+
+    def _script_call(self, run: Sequence[Outgoing], published: str) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of the ``_PUBLISH`` that appends ``run``."""
+        first = run[0]
+        keys = [self._stream(first.topic)]
+        if first.given_id:
+            keys.append(f"{self.prefix}id:{first.topic}:{first.id}")
+        args: list[Any] = [published, self._window_ms]
+        for m in run:
+            args += (m.id, m.payload, _encode(m.headers) if m.headers else "", m.key or "")
+        return keys, args
 
     # -- groups ---------------------------------------------------------------------
 
@@ -496,7 +523,7 @@ class RedisConsumer:
             if not found:
                 block = min(deadline - self._clock.monotonic(), self._recheck)
                 if next_due is not None:
-                    block = min(block, next_due - self._clock.time())
+                    block = min(block, next_due)
             if room > 0:
                 found += await self._read(room, block)
             if found or self._clock.monotonic() >= deadline:
@@ -505,16 +532,16 @@ class RedisConsumer:
     async def _claimed(
         self, room: int
     ) -> tuple[list[tuple[str, dict[bytes, bytes], int]], float | None]:
-        now = self._clock.time()
+        """What this member claimed, and in how many seconds the next parked entry is due."""
         claimed, next_due = await self._bus._call(
             self._bus._claim(
                 keys=[self._stream, self._due, self._bus._dlq],
                 args=[
-                    *(self._group, self._name, int(now * 1000), room, self._ack_wait_ms),
+                    *(self._group, self._name, room, self._ack_wait_ms),
                     self._redelivery.max_deliveries,
                     self._topic,
                     expired_error(self._redelivery.ack_wait),
-                    repr(now),
+                    repr(self._clock.time()),
                 ],
             )
         )
@@ -565,11 +592,10 @@ class RedisConsumer:
         if wait is None:
             await self._bury(entry_id, _fields_of(message), message.deliveries, error)
             return
-        due_ms = int((self._clock.time() + wait) * 1000)
         await self._bus._call(
             self._bus._park(
                 keys=[self._stream, self._due],
-                args=[self._group, self._name, entry_id, message.deliveries, due_ms],
+                args=[self._group, self._name, entry_id, message.deliveries, round(wait * 1000)],
             )
         )
 
