@@ -121,6 +121,27 @@ async def test_backoffs_are_timed_by_the_server_not_by_a_members_wrong_clock() -
             await right.aclose()
 
 
+async def test_a_publish_trims_entries_past_their_age_and_keeps_the_rest() -> None:
+    """Entries from 1970 go at the next publish; without a max_age they would all stay."""
+    async with redis_bus() as bus:
+        stream = bus._stream("order.created")
+        for ms in range(1, 301):  # three of Redis's 100-entry nodes, all ancient
+            await bus._client.xadd(stream, {"id": f"old{ms}", "p": b"1", "t": "0"}, id=f"{ms}-0")
+        keep = RedisBus(REDIS_URL, prefix=bus.prefix, max_age=None)
+        try:
+            await keep.publish("order.created", "kept")
+        finally:
+            await keep.aclose()
+        assert await bus._client.xlen(stream) == 301
+        await bus.publish("order.created", "young")
+        entries = await bus._client.xrange(stream)
+        assert len(entries) <= 100  # '~' trims whole nodes: what is left is the newest
+        assert [e[1][b"p"] for e in entries[-2:]] == [b'"kept"', b'"young"']
+    with pytest.raises(ConfigError) as caught:
+        RedisBus(REDIS_URL, max_age=0)
+    assert caught.value.key == "max_age"
+
+
 async def test_a_subscription_joins_again_when_redis_lost_the_group() -> None:
     """The stream deleted (a flushed or restarted Redis): the member joins again and goes on."""
     async with redis_bus() as bus:

@@ -163,3 +163,64 @@ async def test_an_ack_for_a_message_never_handed_out_does_not_drop_it(tmp_path: 
     [delivery] = await broker.fetch("t", "g", limit=1, wait=0)
     assert delivery.receipt == "1.1"
     await broker.aclose()
+
+
+async def test_messages_past_their_age_are_dropped_and_groups_go_on(tmp_path: Path) -> None:
+    """A sweep drops what is older than max_age, had or not; every group resumes after it."""
+    clock = FakeClock()
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock, max_age=3600)
+    await broker.join("t", "slow", POLICY)
+    await broker.join("t", "failing", POLICY)
+    await broker.publish([outgoing("t", n) for n in range(5)])
+    [first] = await broker.fetch("t", "failing", limit=1, wait=0)
+    await broker.fail("t", "failing", first.receipt, "boom")  # due again in 10 s
+    clock.advance(1800)
+    await broker.publish([outgoing("t", "young")])
+    assert await broker.sweep() == 0  # nothing is an hour old yet
+    clock.advance(1801)
+    assert await broker.sweep() == 5
+    assert [r[0] for r in broker.log.read("SELECT count(*) FROM messages")] == [1]
+    for group in ("slow", "failing", "new"):
+        await broker.join("t", group, POLICY)
+        got = await broker.fetch("t", group, limit=10, wait=0)
+        assert [d.message.json() for d in got] == ["young"], group
+        await broker.ack("t", group, [d.receipt for d in got])
+    assert await broker.sweep() == 0
+    await broker.aclose()
+
+
+class WallSetBack(FakeClock):
+    """A fake clock whose wall time can be set back by ``back`` seconds."""
+
+    back = 0.0
+
+    def time(self) -> float:
+        return super().time() - self.back
+
+
+async def test_a_sweep_stops_at_the_first_young_message(tmp_path: Path) -> None:
+    """Publish times out of order (a wall clock set back): nothing younger than max_age goes."""
+    clock = WallSetBack()
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock, max_age=100)
+    await broker.publish([outgoing("t", "old")])
+    clock.advance(500)
+    await broker.publish([outgoing("t", "young")])
+    clock.back = 500  # the wall clock set back: "after" looks as old as "old"
+    await broker.publish([outgoing("t", "after")])
+    clock.advance(150)  # by the wall: "old" and "after" are 150 s old, "young" -350 s
+    assert await broker.sweep() == 1
+    rows = broker.log.read("SELECT payload FROM messages ORDER BY sequence")
+    assert [bytes(r[0]) for r in rows] == [b'"young"', b'"after"']
+    await broker.aclose()
+
+
+async def test_without_a_max_age_nothing_is_dropped(tmp_path: Path) -> None:
+    clock = FakeClock()
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock, max_age=None)
+    await broker.publish([outgoing("t", 1)])
+    clock.advance(10**9)
+    assert await broker.sweep() == 0
+    await broker.aclose()
+    with pytest.raises(ConfigError) as caught:
+        await EmbeddedBroker.open(tmp_path / "other.db", max_age=0)
+    assert caught.value.key == "max_age"

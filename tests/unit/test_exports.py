@@ -19,6 +19,7 @@ PUBLIC = {
     "meshkit.testing": ["FakeClock"],
     "meshkit.bus": [
         "INBOX_RETENTION",
+        "MAX_AGE",
         "OutboxEntry",
         "OutboxRelay",
         "OutboxStore",

@@ -11,6 +11,7 @@ of them.
 from meshkit.bus._embedded import EmbeddedBus
 from meshkit.bus._inbox import INBOX_RETENTION
 from meshkit.bus._model import (
+    MAX_AGE,
     MAX_HEADERS,
     MAX_PAYLOAD,
     REPLAY_HEADER,
@@ -41,6 +42,7 @@ from meshkit.bus._subscription import Handler, Subscription, SubscriptionStatist
 
 __all__ = [
     "INBOX_RETENTION",
+    "MAX_AGE",
     "MAX_HEADERS",
     "MAX_PAYLOAD",
     "REPLAY_HEADER",

@@ -30,6 +30,7 @@ from meshkit.bus._group import GroupState
 from meshkit.bus._log import BusLog, append_op
 from meshkit.bus._model import (
     DUPLICATE_WINDOW,
+    MAX_AGE,
     REPLAY_HEADER,
     DeadLetter,
     Delivery,
@@ -51,6 +52,11 @@ from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 
 __all__ = ["EmbeddedBroker"]
+
+# How often upkeep looks for messages past their age; a sweep drops at most
+# _SWEEP of them per write, so that publishes wait behind it briefly.
+_SWEEP_EVERY = 60.0
+_SWEEP = 10_000
 
 
 _SCHEMA = """
@@ -132,20 +138,33 @@ class EmbeddedBroker:
     to another member is told apart.
     """
 
-    def __init__(self, log: BusLog, *, clock: Clock, window: float) -> None:
+    def __init__(
+        self, log: BusLog, *, clock: Clock, window: float, max_age: float | None = MAX_AGE
+    ) -> None:
         self.log = log
         self._clock = clock
         self._window = window
+        self.max_age = None if max_age is None else check.seconds("max_age", max_age)
         self._groups: dict[tuple[str, str], _Group] = {}
         self._by_topic: dict[str, list[_Group]] = {}
         self._upkeep: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
-        cls, path: Path, *, clock: Clock | None = None, window: float = DUPLICATE_WINDOW
+        cls,
+        path: Path,
+        *,
+        clock: Clock | None = None,
+        window: float = DUPLICATE_WINDOW,
+        max_age: float | None = MAX_AGE,
     ) -> EmbeddedBroker:
-        """Open (or create) the broker's file and resume every group recorded in it."""
-        broker = cls(BusLog.open(path, schema=_SCHEMA), clock=clock or SystemClock(), window=window)
+        """Open (or create) the broker's file and resume every group recorded in it.
+
+        Messages older than ``max_age`` seconds are dropped by upkeep
+        (``None``: kept for ever); dead letters stay until purged.
+        """
+        log = BusLog.open(path, schema=_SCHEMA)
+        broker = cls(log, clock=clock or SystemClock(), window=window, max_age=max_age)
         broker._restore()
         return broker
 
@@ -171,11 +190,24 @@ class EmbeddedBroker:
         self._by_topic.setdefault(group.topic, []).append(group)
 
     def start_upkeep(self, *, every: float = 1.0) -> None:
-        """Checkpoint the WAL and forget ids past the window, in the background, until closed."""
+        """In the background until closed: checkpoint the WAL, forget ids past the
+        window, and drop messages past their age."""
         self._upkeep = asyncio.create_task(self._keep_up(every))
 
+    async def sweep(self) -> int:
+        """Drop every message older than ``max_age`` now: how many went."""
+        if self.max_age is None:
+            return 0
+        before = self._clock.time() - self.max_age
+        dropped = 0
+        while True:
+            count = await self.log.forget_messages(before=before, batch=_SWEEP)
+            dropped += count
+            if count < _SWEEP:
+                return dropped
+
     async def _keep_up(self, every: float) -> None:
-        commits = forgotten = 0.0
+        commits = forgotten = swept = 0.0
         while True:
             await self._clock.sleep(every)
             try:
@@ -187,6 +219,12 @@ class EmbeddedBroker:
                 if now - forgotten >= self._window / 2:
                     forgotten = now
                     await self.log.forget_ids(before=now - self._window)
+                if now - swept >= _SWEEP_EVERY:
+                    swept = now
+                    if dropped := await self.sweep():
+                        _log.info(
+                            "bus log: dropped %d messages older than %gs", dropped, self.max_age
+                        )
             except EnvironmentFaultError as error:
                 _log.warning("bus log upkeep failed: %s", error)
 

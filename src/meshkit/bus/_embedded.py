@@ -7,7 +7,14 @@ from pathlib import Path
 
 from meshkit._clock import Clock
 from meshkit.bus._broker import EmbeddedBroker
-from meshkit.bus._model import DUPLICATE_WINDOW, DeadLetter, Delivery, Outgoing, Published
+from meshkit.bus._model import (
+    DUPLICATE_WINDOW,
+    MAX_AGE,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    Published,
+)
 from meshkit.bus._protocol import PublishOne
 from meshkit.policy import Redelivery
 
@@ -23,10 +30,16 @@ class EmbeddedBus(PublishOne):
 
     @classmethod
     async def open(
-        cls, path: Path, *, clock: Clock | None = None, window: float = DUPLICATE_WINDOW
+        cls,
+        path: Path,
+        *,
+        clock: Clock | None = None,
+        window: float = DUPLICATE_WINDOW,
+        max_age: float | None = MAX_AGE,
     ) -> EmbeddedBus:
-        """A bus on its own broker at ``path``, closed with the bus."""
-        return cls(await EmbeddedBroker.open(path, clock=clock, window=window), owned=True)
+        """A bus on its own broker at ``path``, closed with the bus (see ``EmbeddedBroker``)."""
+        broker = await EmbeddedBroker.open(path, clock=clock, window=window, max_age=max_age)
+        return cls(broker, owned=True)
 
     async def publish_batch(self, messages: Sequence[Outgoing]) -> list[Published]:
         return await self.broker.publish(messages)

@@ -246,6 +246,30 @@ class BusLog:
             lambda db: db.execute("DELETE FROM ids WHERE published < ?", (before,)).rowcount
         )
 
+    def forget_messages(self, *, before: float, batch: int = 10_000) -> asyncio.Future[int]:
+        """Drop up to ``batch`` of the oldest messages published before ``before``: how many.
+
+        Only a run from the start of the log goes, stopping at the first
+        message published since (sequences follow publish times, but a wall
+        clock set back could interleave them). One op holds the writer for a
+        bounded time; call again while it returns ``batch``.
+        """
+
+        def op(db: sqlite3.Connection) -> int:
+            oldest = db.execute(
+                "SELECT sequence, published FROM messages ORDER BY sequence LIMIT ?", (batch,)
+            ).fetchall()
+            last = None
+            for sequence, published in oldest:
+                if published >= before:
+                    break
+                last = sequence
+            if last is None:
+                return 0
+            return int(db.execute("DELETE FROM messages WHERE sequence <= ?", (last,)).rowcount)
+
+        return self.write(op)
+
     # -- reading and upkeep -------------------------------------------------------
 
     def read(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:

@@ -66,6 +66,12 @@ REPLAY_HEADER = "meshkit-replay-group"
 
 # How long a given message id is remembered: JetStream's default duplicate window.
 DUPLICATE_WINDOW = 120.0
+# How long the embedded broker and Redis keep a message: seven days, Kafka's
+# default retention (log.retention.hours=168), as long as an inbox remembers
+# ids. Kept whether or not every group has had it, as Kafka and JetStream's
+# max_age keep them: a group gone for good (a `bus tail`, a retired service)
+# must not keep the log growing.
+MAX_AGE = 7 * 24 * 3600.0
 
 
 # Waits while a broker (or a service's database) cannot be reached: 0.1 s

@@ -20,9 +20,11 @@ skip parked entries, and would take one as soon as its backoff outlasts
 dead-letter move, so a member killed on a message's last delivery still
 sends it to the dead-letter queue, in the same script that finds it.
 
-Streams are not trimmed: every entry is kept, and a new group starts at the
-first. Due times are read from the Redis server's clock, so members on hosts
-whose clocks disagree still wait out each backoff exactly.
+Each publish trims its stream of entries older than ``max_age`` (default
+seven days, ``MAX_AGE``), whether every group has had them or not; a new
+group starts at the first entry kept. Due times are read from the Redis
+server's clock, so members on hosts whose clocks disagree still wait out
+each backoff exactly.
 
 Durability is the Redis server's: a publish returns once Redis has the entry
 in memory. For the embedded broker's guarantee (on disk before the
@@ -48,6 +50,7 @@ from meshkit._optional import require
 from meshkit._redis import hiredis_packing
 from meshkit.bus._model import (
     DUPLICATE_WINDOW,
+    MAX_AGE,
     REPLAY_HEADER,
     DeadLetter,
     Delivery,
@@ -82,30 +85,6 @@ _PARKED = "meshkit:parked"
 # What a field missing from a malformed entry is kept as in its dead letter.
 _BLANK = {b"p": b"null", b"t": b"0"}
 
-# KEYS: stream, and a message id's key when one was given. ARGV: published,
-# the duplicate window (ms), then id, payload, headers, key of each message
-# ('' for no headers or no key, which leaves the field out). Appends them in
-# order and returns 1; returns 0 when the given id is a repeat. One script
-# for a run of messages instead of an XADD each: redis-py spends more per
-# pipelined command (building it, then parsing and matching its reply) than
-# Redis spends appending. A given id is checked and its message appended
-# atomically.
-_PUBLISH = """
-if #KEYS == 2 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 0 end
-for i = 3, #ARGV, 4 do
-  local fields = {'id', ARGV[i], 'p', ARGV[i + 1]}
-  if ARGV[i + 2] ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = ARGV[i + 2] end
-  if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = ARGV[i + 3] end
-  fields[#fields + 1] = 't'
-  fields[#fields + 1] = ARGV[1]
-  redis.call('XADD', KEYS[1], '*', unpack(fields))
-end
-return 1
-"""
-# The most messages one _PUBLISH appends: Redis runs nothing else
-# meanwhile, and 1,000 appends take about a millisecond.
-_RUN = 1000
-
 # Due times are the Redis server's clock (TIME, in ms), never a member's:
 # members on several hosts then agree on them whatever their clocks say.
 _NOW_MS = """
@@ -114,6 +93,38 @@ local function now_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 """
+
+# KEYS: stream, and a message id's key when one was given. ARGV: published,
+# the duplicate window (ms), the longest a message is kept (ms, '' for ever),
+# then id, payload, headers, key of each message ('' for no headers or no
+# key, which leaves the field out). Appends them in order, trims the stream
+# of entries past their age, and returns 1; returns 0 when the given id is a
+# repeat. One script for a run of messages instead of an XADD each:
+# redis-py spends more per pipelined command (building it, then parsing and
+# matching its reply) than Redis spends appending. A given id is checked and
+# its message appended atomically.
+_PUBLISH = (
+    _NOW_MS
+    + """
+if #KEYS == 2 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 0 end
+for i = 4, #ARGV, 4 do
+  local fields = {'id', ARGV[i], 'p', ARGV[i + 1]}
+  if ARGV[i + 2] ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = ARGV[i + 2] end
+  if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = ARGV[i + 3] end
+  fields[#fields + 1] = 't'
+  fields[#fields + 1] = ARGV[1]
+  redis.call('XADD', KEYS[1], '*', unpack(fields))
+end
+if ARGV[3] ~= '' then
+  -- Entry ids are the server's ms at XADD; '~' trims whole nodes only, cheaply.
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', now_ms() - tonumber(ARGV[3]))
+end
+return 1
+"""
+)
+# The most messages one _PUBLISH appends: Redis runs nothing else
+# meanwhile, and 1,000 appends take about a millisecond.
+_RUN = 1000
 
 # KEYS: stream, due set, dead-letter stream. ARGV: group, consumer, room,
 # ack_wait (ms), max_deliveries, topic, expired error, failed (s, for the
@@ -306,7 +317,8 @@ class RedisBus(PublishOne):
     """A ``Bus`` on the Redis at ``url`` (``redis://host:port/db``).
 
     ``timeout`` bounds connecting and each call that does not block;
-    ``window`` is how long a given message id is remembered.
+    ``window`` is how long a given message id is remembered; ``max_age``
+    how long a message is kept (``None``: for ever).
     """
 
     def __init__(
@@ -315,6 +327,7 @@ class RedisBus(PublishOne):
         *,
         prefix: str = "meshkit:bus:",
         window: float = DUPLICATE_WINDOW,
+        max_age: float | None = MAX_AGE,
         timeout: float = 5.0,
         clock: Clock | None = None,
     ) -> None:
@@ -322,6 +335,9 @@ class RedisBus(PublishOne):
         self._shown = redacted(url)  # for messages: never a password
         self.prefix = prefix
         self._window_ms = round(check.seconds("window", window) * 1000)
+        self._max_age_ms = (
+            "" if max_age is None else round(check.seconds("max_age", max_age) * 1000)
+        )
         check.seconds("timeout", timeout)
         self._clock = clock or SystemClock()
         aioredis = _redis()
@@ -405,7 +421,7 @@ class RedisBus(PublishOne):
         keys = [self._stream(first.topic)]
         if first.given_id:
             keys.append(f"{self.prefix}id:{first.topic}:{first.id}")
-        args: list[Any] = [published, self._window_ms]
+        args: list[Any] = [published, self._window_ms, self._max_age_ms]
         for m in run:
             args += (m.id, m.payload, _encode(m.headers) if m.headers else "", m.key or "")
         return keys, args
