@@ -232,9 +232,30 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
         ),
         (
             '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
-            "max_deliveries = 0\n",
+            'subscribe = [{ topic = "a", path = "/a" }]\nmax_deliveries = 0\n',
             "services.n.max_deliveries",
             "between 1 and 100",
+            6,
+        ),
+        (
+            '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+            "max_deliveries = 3\n",
+            "services.n.max_deliveries",
+            "is for the messages of subscribe",
+            5,
+        ),
+        (
+            '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+            'subscribe = [{ topic = "a", path = "/a", group = "" }]\n',
+            "services.n.subscribe[0].group",
+            "",
+            5,
+        ),
+        (
+            '[services.n]\ncommand = ["true"]\nsidecar = true\nhealth = "/health"\n'
+            'subscribe = [{ topic = "a", path = "/a" }, { topic = "a", path = "/b" }]\n',
+            "services.n.subscribe[1]",
+            "as subscribe[0] does",
             5,
         ),
     ],
@@ -263,7 +284,7 @@ def test_a_sidecar_subscription_defaults_to_the_service_group(tmp_path: Path) ->
         ("order.created", "notifications", "/a"),
         ("order.paid", "audit", "/b"),
     ]
-    assert project.services["notifications"].max_deliveries == 5
+    assert project.services["notifications"].max_deliveries is None  # the sidecar's default
 
 
 def test_invalid_toml_and_a_missing_file_are_config_errors(tmp_path: Path) -> None:

@@ -461,3 +461,50 @@ def test_bad_options_are_config_errors_naming_them(option: str, value: object) -
     with pytest.raises(ConfigError) as caught:
         OutboxRelay(MemoryStore(), RecordingBus(), **{option: value})  # type: ignore[arg-type]
     assert caught.value.key == option
+
+
+def test_closing_with_a_flush_publishes_what_the_outbox_holds() -> None:
+    """Events committed just before aclose(flush=...) go out; without a flush they stay."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        store, bus = MemoryStore(), RecordingBus(clock=clock)
+        relay = OutboxRelay(store, bus, interval=60, batch=2, clock=clock)
+        await relay.start()
+        await clock.sleep(1)  # the first pass found nothing; the next poll is at 61
+        ids = store.add("a", "b", "c")
+        await relay.aclose(flush=5)
+        assert bus.ids() == ids
+        assert store.entries == []
+        assert store.closed
+
+        kept, quiet = MemoryStore(), RecordingBus(clock=clock)
+        relay = OutboxRelay(kept, quiet, interval=60, clock=clock)
+        await relay.start()
+        await clock.sleep(1)
+        kept.add("d")
+        await relay.aclose()
+        assert quiet.ids() == []
+        assert len(kept.entries) == 1
+
+    clock.run(main())
+
+
+def test_a_flush_that_cannot_publish_gives_up(caplog: pytest.LogCaptureFixture) -> None:
+    """The database locked at closing: aclose(flush=2) stops at the failed pass, events kept."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        store, bus = MemoryStore(), RecordingBus(clock=clock)
+        relay = OutboxRelay(store, bus, interval=60, clock=clock)
+        await relay.start()
+        await clock.sleep(1)
+        store.add("a")
+        store.claim_errors = 1_000
+        started = clock.monotonic()
+        await relay.aclose(flush=2)
+        assert clock.monotonic() - started <= 2
+        assert len(store.entries) == 1
+
+    clock.run(main())
+    assert "not all events went out before stopping" in caplog.text

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from meshkit import Service
 from meshkit.bus import Message, RemoteBus, open_bus
 from meshkit.bus._open import bus_url
-from meshkit.bus.nats import JetStreamBus
 from meshkit.bus.redis import RedisBus
-from meshkit.errors import ConfigError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
 
 
 async def app(scope: object, receive: object, send: object) -> None:
@@ -28,23 +29,21 @@ def test_the_bus_is_the_one_named_else_a_control_plane_registry() -> None:
 
 
 async def test_open_bus_chooses_the_backend_by_scheme() -> None:
-    """Nothing connects: each is only made, then closed."""
-    for url, kind in (
-        ("http://127.0.0.1:7700", RemoteBus),
-        ("nats://127.0.0.1:4222", JetStreamBus),
-        ("redis://127.0.0.1:6379/0", RedisBus),
-    ):
-        bus = open_bus(url, token="t")
+    """HTTP and Redis connect at their first call; NATS is connected (here: tried) at once."""
+    for url, kind in (("http://127.0.0.1:7700", RemoteBus), ("redis://127.0.0.1:6379/0", RedisBus)):
+        bus = await open_bus(url, token="t")
         assert isinstance(bus, kind)
         await bus.aclose()
+    with pytest.raises(EnvironmentFaultError, match=r"127\.0\.0\.1:1\b"):
+        await open_bus("nats://127.0.0.1:1")  # nothing listens on port 1
 
 
-def test_open_bus_refuses_what_it_cannot_use_without_showing_a_password() -> None:
+async def test_open_bus_refuses_what_it_cannot_use_without_showing_a_password() -> None:
     with pytest.raises(ConfigError) as caught:
-        open_bus("http://127.0.0.1:7700")
+        await open_bus("http://127.0.0.1:7700")
     assert caught.value.key == "token"
     with pytest.raises(ConfigError) as caught:
-        open_bus("amqp://guest:secret@127.0.0.1:5672")
+        await open_bus("amqp://guest:secret@127.0.0.1:5672")
     assert caught.value.key == "bus"
     assert "secret" not in str(caught.value)
 
@@ -70,3 +69,36 @@ async def test_subscribing_with_no_bus_to_take_from_fails_at_start() -> None:
     assert caught.value.key == "bus"
     with pytest.raises(UsageError, match="only while the service runs"):
         service.bus  # noqa: B018
+
+
+class Closable:
+    """A stand-in registry or bus that notes its closing."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_service_that_cannot_start_closes_what_it_opened(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The port taken: serve() says so, and its registry and bus are closed."""
+    registry, bus = Closable(), Closable()
+
+    async def fake_open_bus(url: str, *, token: str | None = None) -> Closable:
+        return bus
+
+    monkeypatch.setattr("meshkit.service._service.open_registry", lambda *a, **k: registry)
+    monkeypatch.setattr("meshkit.service._service.open_bus", fake_open_bus)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = Service(app, name="a", registry="http://127.0.0.1:1", token="t", port=port)
+        with pytest.raises(ConfigError) as caught:
+            await service.serve()
+    assert caught.value.key == "port"
+    assert registry.closed
+    assert bus.closed

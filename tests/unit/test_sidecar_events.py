@@ -68,18 +68,33 @@ async def test_a_refused_message_is_redelivered_then_dead_lettered_with_the_answ
     assert '"app":"/events/order-created"' in letter.error.replace(" ", "")
 
 
-async def test_messages_wait_while_the_app_is_out_of_the_registry(bus: EmbeddedBus) -> None:
-    """An app failing its health check gets nothing; once it passes, the first delivery."""
+async def test_messages_stay_in_the_bus_while_the_app_is_out_of_the_registry(
+    bus: EmbeddedBus,
+) -> None:
+    """Nothing is taken (no ack deadline runs) while the app fails; then delivery 1."""
     app = App()
     app.healthy = False
     async with sidecar_beside(app, bus=bus, events=(ROUTE,)) as (sidecar, _, _spans):
         await bus.publish("order.created", b"{}")
+        registrar = sidecar.registrar
+        assert registrar is not None
+        await wait_for(
+            lambda: _true(registrar.gate.healthy is None and bool(registrar.last_problem))
+        )
+        await bus.publish("order.created", b"{}")  # a fetch under way would answer now
         [subscription] = sidecar._subscriptions
-        await wait_for(lambda: _true(subscription.statistics.running == 1))  # handed out
+        assert subscription.statistics.running == 0
+        assert _group(bus)["leased"] == 0
         assert app.seen == []
         app.healthy = True
-        await wait_for(lambda: _true(bool(app.seen)))
-        assert app.seen[0].header("meshkit-deliveries") == "1"
+        await wait_for(lambda: _true(len(app.seen) == 2))
+        assert [r.header("meshkit-deliveries") for r in app.seen] == ["1", "1"]
+
+
+def _group(bus: EmbeddedBus) -> dict[str, int]:
+    groups = bus.broker.statistics()["groups"]
+    assert isinstance(groups, dict)
+    return groups["order.created/notifications"]  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(

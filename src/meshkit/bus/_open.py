@@ -12,14 +12,16 @@ __all__ = ["bus_url", "open_bus"]
 _SCHEMES = "http://host:port (a control plane), nats://host:port or redis://host:port/db"
 
 
-def open_bus(url: str, *, token: str | None = None) -> Bus:
+async def open_bus(url: str, *, token: str | None = None) -> Bus:
     """The bus at ``url``: a control plane's embedded broker, NATS JetStream or Redis Streams.
 
     ``http://`` is a control plane and needs ``token``; ``nats://`` and
     ``tls://`` are NATS JetStream (``meshkit[nats]``); ``redis://``,
     ``rediss://`` and ``unix://`` are Redis Streams (``meshkit[redis]``).
-    Nothing connects yet. Raises ``ConfigError`` naming ``bus`` for any
-    other URL, ``token`` when a control plane has none.
+    NATS is connected and its streams set up before this returns; the
+    others connect at their first call. Raises ``ConfigError`` naming
+    ``bus`` for any other URL, ``token`` when a control plane has none, and
+    whatever connecting to NATS raises.
     """
     scheme = url.partition("://")[0] if "://" in url else ""
     if scheme == "http":
@@ -29,7 +31,7 @@ def open_bus(url: str, *, token: str | None = None) -> Bus:
     if scheme in ("nats", "tls"):
         from meshkit.bus.nats import JetStreamBus  # lazily: nats-py is an extra
 
-        return JetStreamBus(url)
+        return await JetStreamBus.open(url)
     if scheme in ("redis", "rediss", "unix"):
         from meshkit.bus.redis import RedisBus  # lazily: redis is an extra
 

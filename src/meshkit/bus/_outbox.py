@@ -307,8 +307,14 @@ class OutboxRelay:
         with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to wake
             loop.call_soon_threadsafe(self._nudged.set)
 
-    async def aclose(self) -> None:
-        """Stop, release any claim, and close the store."""
+    async def aclose(self, *, flush: float = 0.0) -> None:
+        """Stop, release any claim, and close the store.
+
+        With ``flush`` seconds, first publish what the outbox holds, for at
+        most that long and until a pass fails (a service stopping sends its
+        last requests' events); what is left stays in the outbox for the
+        next relay.
+        """
         if self._stopping:
             return
         # Flags as well as cancels, as a subscription does: a client library
@@ -318,8 +324,18 @@ class OutboxRelay:
         try:
             if task is not None:
                 await stop(task)
+            if flush > 0 and task is not None:
+                await self._flush(check.seconds("flush", flush))
         finally:
             await self._store.aclose()
+
+    async def _flush(self, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                while await self._pass():
+                    pass
+        except Exception as error:  # noqa: BLE001 (logged by the pass; the events stay in the outbox)
+            _log.warning("outbox: not all events went out before stopping: %r", error)
 
     async def __aenter__(self) -> OutboxRelay:
         await self.start()

@@ -62,6 +62,7 @@ class Subscription:
         concurrency: int,
         redelivery: Redelivery,
         clock: Clock,
+        gate: asyncio.Event | None = None,
     ) -> None:
         self.topic = check_topic(topic)
         self.group = check_group(group)
@@ -72,6 +73,7 @@ class Subscription:
         self._concurrency = concurrency
         self._redelivery = redelivery
         self._clock = clock
+        self._gate = gate
         self._consumer: Consumer | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
@@ -129,6 +131,9 @@ class Subscription:
     async def _fetch_loop(self) -> None:
         failures = 0
         while not self._stopping:
+            if self._gate is not None and not self._gate.is_set():
+                await self._gate.wait()
+                continue
             room = self._concurrency - len(self._running)
             if room <= 0:
                 self._room.clear()
@@ -232,11 +237,14 @@ def subscribe(
     concurrency: int = 10,
     redelivery: Redelivery | None = None,
     clock: Clock | None = None,
+    gate: asyncio.Event | None = None,
 ) -> Subscription:
     """A subscription of ``handler`` to ``topic`` in ``group``: use it as ``async with``.
 
     ``redelivery`` defaults to ``Redelivery()``: 5 deliveries with waits of
-    1, 2, 4 and 8 s, then the dead-letter queue.
+    1, 2, 4 and 8 s, then the dead-letter queue. With a ``gate``, messages
+    are fetched only while it is set: nothing is taken (and no ack deadline
+    runs) while the handler could not do anything with it.
     """
     return Subscription(
         bus,
@@ -246,4 +254,5 @@ def subscribe(
         concurrency=concurrency,
         redelivery=redelivery or Redelivery(),
         clock=clock or SystemClock(),
+        gate=gate,
     )

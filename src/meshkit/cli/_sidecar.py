@@ -31,10 +31,12 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _run(config: SidecarConfig, registry: Registry, bus: Bus | None) -> None:
+async def _run(config: SidecarConfig, registry: Registry, bus_at: str | None) -> None:
     spans = AccessLog()
-    sidecar = Sidecar(config, registry, bus=bus, record_span=spans)
+    bus = None
     try:
+        bus = None if bus_at is None else await open_bus(bus_at, token=os.environ.get(TOKEN_ENV))
+        sidecar = Sidecar(config, registry, bus=bus, record_span=spans)
         inbound, outbound = await sidecar.start()
     except BaseException:
         await _close(registry, bus)
@@ -133,13 +135,13 @@ def sidecar(
         where = bus_url(os.environ.get(BUS_ENV), url)
         if config.events and not where:
             fail(f"--subscribe needs a bus: set {BUS_ENV} (the registry is not a control plane)")
-        bus = open_bus(where, token=token) if config.events and where else None
+        bus_at = where if config.events else None
         registry = open_registry(url, token=token)
     except MeshkitError as error:
         fail(str(error))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        asyncio.run(_run(config, registry, bus))
+        asyncio.run(_run(config, registry, bus_at))
     except MeshkitError as error:
         fail(str(error))
     except OSError as error:

@@ -73,7 +73,8 @@ class SubscribeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     group: str | None = None  # default: the service's name
 
     def route(self, service: str) -> EventRoute:
-        return EventRoute(topic=self.topic, group=self.group or service, path=self.path)
+        group = service if self.group is None else self.group
+        return EventRoute(topic=self.topic, group=group, path=self.path)
 
 
 class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -91,7 +92,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     # by health, inbound and outbound proxying), as an app in any language would.
     sidecar: bool = False
     subscribe: list[SubscribeConfig] = msgspec.field(default_factory=list)
-    max_deliveries: int = 5
+    max_deliveries: int | None = None  # default: the sidecar's (5)
 
     def events(self, name: str) -> list[EventRoute]:
         """What the sidecar of service ``name`` delivers to its app (checked at load)."""
@@ -285,15 +286,31 @@ def _check_events(path: Path, text: str, name: str, service: ServiceConfig) -> N
             f"{key}.subscribe",
             "is for an app beside a sidecar: an app = ... uses @service.subscribe",
         )
+    joined: dict[tuple[str, str], int] = {}
     for index, entry in enumerate(service.subscribe):
         try:
-            entry.route(name)
+            route = entry.route(name)
         except ConfigError as error:
             raise _problem(
                 path, text, f"{key}.subscribe[{index}].{error.key}", error.problem
             ) from None
-    if not 1 <= service.max_deliveries <= 100:
-        raise _problem(path, text, f"{key}.max_deliveries", "must be between 1 and 100")
+        # Two paths in one group would split its messages between them.
+        first = joined.setdefault((route.topic, route.group), index)
+        if first != index:
+            raise _problem(
+                path,
+                text,
+                f"{key}.subscribe[{index}]",
+                f"subscribes to {route.topic} in group {route.group} as subscribe[{first}]"
+                " does: each would get only some of the messages (name another group)",
+            )
+    if service.max_deliveries is not None:
+        if not service.subscribe:
+            raise _problem(
+                path, text, f"{key}.max_deliveries", "is for the messages of subscribe = [...]"
+            )
+        if not 1 <= service.max_deliveries <= 100:
+            raise _problem(path, text, f"{key}.max_deliveries", "must be between 1 and 100")
 
 
 _PATH = re.compile(r"/[!-~]*")

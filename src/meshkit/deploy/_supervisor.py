@@ -221,10 +221,14 @@ class Supervisor:
                 *("--app", f"127.0.0.1:{app_port}", "--health", config.health_path()),
                 *("--port", str(port), "--outbound-port", str(outbound_port)),
                 *("--id", instance_id, "--ttl", f"{config.ttl:g}", "--version", config.version),
-                *("--max-deliveries", str(config.max_deliveries)),
                 *(
                     f"--subscribe={route.topic}:{route.group}:{route.path}"
                     for route in config.events(name)
+                ),
+                *(
+                    ("--max-deliveries", str(config.max_deliveries))
+                    if config.max_deliveries is not None
+                    else ()
                 ),
             ],
             {"MESHKIT_REGISTRY": self.registry_url, TOKEN_ENV: env[TOKEN_ENV]},

@@ -228,10 +228,21 @@ class Service:
     async def serve(self) -> None:
         """Serve, register, and drain on a signal or ``stop()``.
 
-        Raises ``ConfigError`` if no registry is configured.
+        Raises ``ConfigError`` if no registry is configured, or no bus when
+        handlers or outboxes need one. Whatever was opened is closed on the
+        way out, each part whether or not the one before it closed cleanly.
         """
         registry = self._open_registry()  # fails now on a missing or bad registry
-        bus = self._open_bus()
+        async with contextlib.AsyncExitStack() as opened:
+            opened.push_async_callback(registry.aclose)
+            bus = await self._open_bus()
+            if bus is not None:
+                opened.push_async_callback(bus.aclose)
+            await self._serve(registry, bus, opened)
+
+    async def _serve(
+        self, registry: Registry, bus: Bus | None, opened: contextlib.AsyncExitStack
+    ) -> None:
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -251,12 +262,18 @@ class Service:
             metadata=self.metadata,
         )
         directory = Directory(registry, clock=self._clock)
+        opened.push_async_callback(directory.aclose)
         self._client = ServiceClient(directory, policy=self.policy, clock=self._clock)
+        opened.push_async_callback(self._forget_client)
         self._bus = bus
-        # Before the application starts, so that its lifespan may publish.
-        self._relays = [OutboxRelay(store, bus) for store in self._outboxes] if bus else []
-        for relay in self._relays:
-            await relay.start()
+        # Before the application starts, so that its lifespan may publish;
+        # closed after the drain, so that the last requests' events go out.
+        if bus is not None:
+            for store in self._outboxes:
+                relay = OutboxRelay(store, bus)
+                self._relays.append(relay)
+                opened.push_async_callback(relay.aclose, flush=self.drain_timeout)
+                await relay.start()
         subscriptions: list[Subscription] = []
         server = _GranianServer(self._asgi, self.host, self.port)
         heartbeat = Heartbeat(self._open_registry, self.instance, ttl=self.ttl)
@@ -282,17 +299,22 @@ class Service:
                 serving.result()  # the server died on its own: raise why
         finally:
             draining = True
-            # Handlers finish while requests drain; then the relays, whose
-            # events may come from the last requests, and the bus.
-            await asyncio.gather(
+            # Handlers finish while requests drain.
+            ended = await asyncio.gather(
                 self._drain(server, serving, heartbeat),
                 *(s.aclose(grace=self.drain_timeout) for s in subscriptions),
+                return_exceptions=True,
             )
-            await self._close_bus()
-            await self._client.aclose()
-            await directory.aclose()
-            await registry.aclose()
-            self._client = None
+            for failure in ended:
+                if isinstance(failure, Exception):
+                    log.warning("%s: while stopping: %r", self.name, failure)
+
+    async def _forget_client(self) -> None:
+        client, self._client = self._client, None
+        self._bus = None
+        self._relays = []
+        if client is not None:
+            await client.aclose()
 
     async def _drain(
         self, server: _GranianServer, serving: asyncio.Task[None], heartbeat: Heartbeat
@@ -313,10 +335,10 @@ class Service:
             log.exception("%s: the server failed while stopping", self.name)
         log.info("%s stopped", self.instance.key if self.instance else self.name)
 
-    def _open_bus(self) -> Bus | None:
+    async def _open_bus(self) -> Bus | None:
         """The bus, if it is configured; ``ConfigError`` if handlers or outboxes need it."""
         if self.bus_url:
-            return open_bus(self.bus_url, token=self._token)
+            return await open_bus(self.bus_url, token=self._token)
         if self._wanted or self._outboxes:
             raise ConfigError(
                 "bus",
@@ -346,15 +368,6 @@ class Service:
             await asyncio.gather(*(member.aclose(grace=0) for member in joined))
             raise
         return joined
-
-    async def _close_bus(self) -> None:
-        relays, self._relays = self._relays, []
-        bus, self._bus = self._bus, None
-        try:
-            await asyncio.gather(*(relay.aclose() for relay in relays))
-        finally:
-            if bus is not None:
-                await bus.aclose()
 
     def _open_registry(self) -> Registry:
         if not self.registry_url:

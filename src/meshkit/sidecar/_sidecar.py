@@ -13,6 +13,7 @@ group's messages to the app (see ``_events``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
 from collections.abc import Callable
@@ -37,6 +38,9 @@ from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
 __all__ = ["Sidecar", "SidecarConfig"]
 
 _HEALTH_PATH = re.compile(r"/[!-~]*")
+# How much longer than a delivery's timeout its ack deadline is.
+_ACK_MARGIN = 30.0
+_log = logging.getLogger("meshkit.sidecar")
 
 
 class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -214,7 +218,11 @@ class Sidecar:
 
     async def _subscribe(self, registrar: Registrar) -> None:
         config = self.config
-        redelivery = Redelivery(max_deliveries=config.max_deliveries)
+        # The ack deadline outlasts a delivery's own timeout, so a slow answer
+        # is not taken for a dead member (and handed to another meanwhile).
+        redelivery = Redelivery(
+            max_deliveries=config.max_deliveries, ack_wait=config.timeout + _ACK_MARGIN
+        )
         timeouts = Timeouts(connect=config.connect_timeout, read=config.timeout)
         for route in config.events:
             assert self._bus is not None  # checked in __init__
@@ -225,6 +233,8 @@ class Sidecar:
                 registrar.present,
                 timeouts=timeouts,
             )
+            # Gated on the app's presence: a message taken while the app is
+            # away would wait out its ack deadline and count as a failure.
             member = subscribe(
                 self._bus,
                 route.topic,
@@ -232,20 +242,32 @@ class Sidecar:
                 handler,
                 redelivery=redelivery,
                 clock=self._clock,
+                gate=registrar.present,
             )
             await member.start()
             self._subscriptions.append(member)
 
     async def aclose(self, grace: float = 10.0) -> None:
-        """Leave the groups and deregister, so nothing more is sent here; then drain both ports."""
+        """Leave the groups and deregister, so nothing more is sent here; then drain both ports.
+
+        Each step runs whatever became of the one before: a group that
+        could not be left must not leave the app registered.
+        """
         subscriptions, self._subscriptions = self._subscriptions, []
         try:
-            await asyncio.gather(*(member.aclose(grace=grace) for member in subscriptions))
-            if self._task is not None:
-                await cancel_and_wait(self._task)
-        finally:
-            await asyncio.gather(
-                self.inbound.aclose(grace=grace), self.outbound.aclose(grace=grace)
+            closed = await asyncio.gather(
+                *(member.aclose(grace=grace) for member in subscriptions), return_exceptions=True
             )
-            await self.directory.aclose()
-            await self._events_http.aclose()
+            for failure in closed:
+                if isinstance(failure, Exception):
+                    _log.warning("could not leave a consumer group: %s", failure)
+        finally:
+            try:
+                if self._task is not None:
+                    await cancel_and_wait(self._task)
+            finally:
+                await asyncio.gather(
+                    self.inbound.aclose(grace=grace), self.outbound.aclose(grace=grace)
+                )
+                await self.directory.aclose()
+                await self._events_http.aclose()
