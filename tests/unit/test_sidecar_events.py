@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from meshkit.errors import ConfigError
 from meshkit.registry import EmbeddedRegistry
 from meshkit.sidecar import EventRoute, Sidecar, SidecarConfig
 from meshkit.sidecar._events import parse_route
+from meshkit.sidecar._health import cancel_and_wait
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ROUTE = EventRoute(topic="order.created", group="notifications", path="/events/order-created")
@@ -46,6 +48,41 @@ async def test_a_message_is_posted_to_the_app_and_a_2xx_acks_it(bus: EmbeddedBus
         await wait_for(lambda: _true(len(app.seen) == 2))
         assert app.seen[1].body == b'{"order_id": 8}'
     assert await bus.dead_letters() == []
+
+
+async def test_connection_headers_of_a_message_stay_out_of_the_request(bus: EmbeddedBus) -> None:
+    """Hop-by-hop fields and Expect describe a connection, not the message: not passed on."""
+    app = App()
+    async with sidecar_beside(app, bus=bus, events=(ROUTE,)):
+        headers = {"te": "trailers", "upgrade": "h2c", "expect": "100-continue", "x-tenant": "t1"}
+        await bus.publish("order.created", b"{}", headers=headers)
+        await wait_for(lambda: _true(bool(app.seen)))
+    [request] = app.seen
+    assert request.header("x-tenant") == "t1"
+    assert [request.header(name) for name in ("te", "upgrade", "expect")] == [None] * 3
+
+
+async def test_stopping_the_registrar_raises_the_callers_own_cancellation() -> None:
+    """A cancel aimed at the caller while the task cleans up is not swallowed."""
+    started, cleaning, finish = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def slow_cleanup() -> None:
+        try:
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            cleaning.set()
+            await asyncio.shield(finish.wait())
+
+    task = asyncio.create_task(slow_cleanup())
+    await started.wait()
+    caller = asyncio.create_task(cancel_and_wait(task))
+    await cleaning.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    finish.set()
+    await asyncio.wait({task})
 
 
 async def test_a_refused_message_is_redelivered_then_dead_lettered_with_the_answer(

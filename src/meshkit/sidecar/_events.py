@@ -31,8 +31,27 @@ _PATH = re.compile(r"/[!-~]*")
 # What the app is told of its answer when it refuses a message: enough to
 # see why in `meshkit dlq show`, no more (the bus keeps errors to 4 KiB).
 _SHOWN_BODY = 500
-# Headers the sidecar sets itself; a message header of the same name is dropped.
-_OWN = frozenset({"content-type", "content-length", "host", "connection", "transfer-encoding"})
+# Headers a message may not pass on to the app: those the sidecar sets
+# itself, and those that describe a connection or its framing rather than
+# the message (RFC 9110 7.6.1's hop-by-hop fields, and Expect, which would
+# make the app wait to be asked for the body).
+_OWN = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "host",
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "expect",
+    }
+)
 
 
 class EventRoute(msgspec.Struct, frozen=True, kw_only=True):

@@ -20,6 +20,7 @@ import contextlib
 import logging
 
 from meshkit._clock import Clock
+from meshkit._tasks import stop
 from meshkit.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -181,11 +182,12 @@ class Registrar:
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to finish its cleanup; its failure is logged, not raised."""
-    task.cancel()
+    """Cancel ``task`` and wait for it to finish its cleanup; its failure is logged, not raised.
+
+    A cancellation of the caller while it waits is raised (``stop``), not
+    taken for the task's own.
+    """
     try:
-        await task
-    except asyncio.CancelledError:
-        pass
+        await stop(task)
     except Exception:
         log.exception("the registration task had failed")
