@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from meshkit._clock import SystemClock
 from meshkit.bus import Message, RemoteBus, subscribe
+from meshkit.errors import NotFoundError
 from meshkit.policy import Backoff, Redelivery
 from meshkit.testing.servers import free_port
 
@@ -37,17 +42,22 @@ def meshkit(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def project_with_a_plane(directory: Path) -> tuple[int, subprocess.Popen[bytes]]:
+    """A project of no services in ``directory``, its control plane running: (port, process)."""
+    port = free_port()
+    (directory / "meshkit.toml").write_text(f"[control_plane]\nport = {port}\n")
+    data_dir = directory / ".meshkit"
+    data_dir.mkdir()
+    (data_dir / "token").write_text(TOKEN + "\n")
+    (data_dir / "token").chmod(0o600)
+    return port, start_control_plane(data_dir, port, token=TOKEN)
+
+
 async def test_a_poison_message_is_listed_shown_replayed_once_fixed_and_purged(
     tmp_path: Path,
 ) -> None:
     """The dead-letter path as an operator walks it, with the CLI."""
-    port = free_port()
-    (tmp_path / "meshkit.toml").write_text(f"[control_plane]\nport = {port}\n")
-    data_dir = tmp_path / ".meshkit"
-    data_dir.mkdir()
-    (data_dir / "token").write_text(TOKEN + "\n")
-    (data_dir / "token").chmod(0o600)
-    plane = start_control_plane(data_dir, port, token=TOKEN)
+    port, plane = project_with_a_plane(tmp_path)
     known_users = {1}
     handled: list[Message] = []
     done = asyncio.Event()
@@ -134,6 +144,44 @@ def test_bad_input_is_one_line_naming_the_problem(tmp_path: Path) -> None:
             assert result.returncode == 2, (args, result.stderr)
             assert expected in result.stderr
             assert "Traceback" not in result.stderr
+    finally:
+        plane.kill()
+        plane.wait()
+
+
+async def test_tail_prints_each_message_and_deletes_its_own_group_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    """`bus tail` shows the topic's messages as JSON lines; Ctrl-C leaves no group behind."""
+    port, plane = project_with_a_plane(tmp_path)
+    try:
+        async with RemoteBus(f"http://127.0.0.1:{port}", token=TOKEN) as bus:
+            await bus.publish("order.created", {"n": 1}, key="k1", message_id="m-1")
+            tail = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "meshkit", "bus", "tail", "order.created"),
+                *("--project", str(tmp_path)),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                assert tail.stdout is not None
+                first = await asyncio.wait_for(tail.stdout.readline(), 30)
+                await bus.publish("order.created", {"n": 2})
+                second = await asyncio.wait_for(tail.stdout.readline(), 30)
+                tail.send_signal(signal.SIGINT)
+                _, raw_errors = await asyncio.wait_for(tail.communicate(), 30)
+                errors = raw_errors.decode()
+            finally:
+                if tail.returncode is None:
+                    tail.kill()
+                    await tail.wait()
+            line = json.loads(first)
+            assert (line["id"], line["payload"], line["key"]) == ("m-1", {"n": 1}, "k1")
+            assert json.loads(second)["payload"] == {"n": 2}
+            assert tail.returncode == 0, errors
+            [group] = re.findall(r"in group (tail-[0-9a-f]+) \(deleted on exit\)", errors)
+            with pytest.raises(NotFoundError):
+                await bus.delete_group("order.created", group)
     finally:
         plane.kill()
         plane.wait()

@@ -224,3 +224,23 @@ async def test_without_a_max_age_nothing_is_dropped(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         await EmbeddedBroker.open(tmp_path / "other.db", max_age=0)
     assert caught.value.key == "max_age"
+
+
+async def test_a_deleted_group_stays_deleted_after_a_restart(tmp_path: Path) -> None:
+    """Its place, acks and failures leave the disk too: a restart does not bring it back."""
+    clock = FakeClock()
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock)
+    await broker.join("t", "g", POLICY)
+    await broker.publish([outgoing("t", n) for n in range(3)])
+    out = await broker.fetch("t", "g", limit=3, wait=0)
+    await broker.ack("t", "g", [out[1].receipt])
+    await broker.fail("t", "g", out[0].receipt, "boom")
+    await broker.delete_group("t", "g")
+    for table in ("groups", "acks", "failures"):
+        assert broker.log.read(f"SELECT count(*) FROM {table}") == [(0,)], table  # noqa: S608
+    await broker.aclose()
+
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock)
+    with pytest.raises(NotFoundError):
+        await broker.fetch("t", "g", limit=3, wait=0)
+    await broker.aclose()

@@ -269,6 +269,22 @@ class EmbeddedBroker:
             )
         )
 
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Forget the group, in memory and on disk (see ``Bus.delete_group``)."""
+        member = self._group(check_topic(topic), check_group(group))
+        del self._groups[(topic, group)]
+        self._by_topic[topic].remove(member)
+        member.bell.ring()  # a fetch waiting on it finds it gone
+
+        def op(db: sqlite3.Connection) -> None:
+            for table in ("groups", "acks", "failures"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE topic = ? AND grp = ?",  # noqa: S608 (constant names)
+                    (topic, group),
+                )
+
+        await self.log.write(op)
+
     def _group(self, topic: str, group: str) -> _Group:
         found = self._groups.get((topic, group))
         if found is None:
@@ -282,6 +298,8 @@ class EmbeddedBroker:
         member = self._group(topic, group)
         deadline = self._clock.monotonic() + wait
         while True:
+            if self._groups.get((topic, group)) is not member:
+                raise NotFoundError(f"group {group!r} on topic {topic!r} was deleted")
             waiter = member.bell.waiter()  # before looking, so a ring while we look is kept
             await self._expire(member)
             found, skipped = self._take(member, limit)

@@ -48,6 +48,9 @@ class EmbeddedBus(PublishOne):
         await self.broker.join(topic, group, redelivery)
         return _Consumer(self.broker, topic, group)
 
+    async def delete_group(self, topic: str, group: str) -> None:
+        await self.broker.delete_group(topic, group)
+
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         return self.broker.dead_letters(limit=limit)
 

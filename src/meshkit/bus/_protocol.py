@@ -81,6 +81,15 @@ class Bus(Protocol):
         """
         ...
 
+    async def delete_group(self, topic: str, group: str) -> None:
+        """Forget a consumer group: where it stands, what it holds, its waiting retries.
+
+        Its dead letters stay. A member still joined gets ``NotFoundError``
+        from its next call; joining again starts the group afresh, at the
+        earliest message kept. ``NotFoundError`` if there is no such group.
+        """
+        ...
+
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         """The oldest ``limit`` dead letters, oldest first."""
         ...

@@ -105,6 +105,10 @@ class RemoteBus(PublishOne):
         await self._plane.call("POST", target, body=_encode(JoinBody(redelivery)), expect=204)
         return RemoteConsumer(self, target)
 
+    async def delete_group(self, topic: str, group: str) -> None:
+        target = f"/v1/bus/groups/{check_topic(topic)}/{check_group(group)}"
+        await self._plane.call("DELETE", target, expect=204)
+
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         target = f"/v1/bus/dead-letters?limit={check_limit(limit)}"
         answer = await self._plane.call("GET", target, kind=DeadLetterList)

@@ -428,6 +428,18 @@ class RedisBus(PublishOne):
 
     # -- groups ---------------------------------------------------------------------
 
+    async def delete_group(self, topic: str, group: str) -> None:
+        stream = self._stream(check_topic(topic))
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xgroup_destroy(stream, check_group(group))
+        pipe.delete(f"{self.prefix}due:{topic}:{group}")
+        try:
+            destroyed, _ = await self._call(pipe.execute())
+        except NotFoundError:  # no stream at all
+            destroyed = 0
+        if not destroyed:
+            raise NotFoundError(f"no group {group!r} on topic {topic!r}")
+
     async def consumer(self, topic: str, group: str, *, redelivery: Redelivery) -> RedisConsumer:
         check_topic(topic)
         check_group(group)

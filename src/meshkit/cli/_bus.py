@@ -87,7 +87,10 @@ def tail(
     ] = None,
     project: Project = Path(),
 ) -> None:
-    """Print the topic's messages as JSON lines, oldest kept first, until Ctrl-C."""
+    """Print the topic's messages as JSON lines, oldest kept first, until Ctrl-C.
+
+    Without --group it reads in a group of its own, deleted when it stops.
+    """
     name = group or f"tail-{uuid.uuid4().hex[:12]}"
 
     async def follow(bus: RemoteBus) -> None:
@@ -103,8 +106,17 @@ def tail(
             sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
             sys.stdout.flush()
 
-        async with subscribe(bus, topic, name, show, concurrency=1):
-            await asyncio.Event().wait()
+        typer.echo(
+            f"following {topic} in group {name}" + ("" if group else " (deleted on exit)"),
+            err=True,
+        )
+        try:
+            async with subscribe(bus, topic, name, show, concurrency=1):
+                await asyncio.Event().wait()
+        finally:
+            if group is None:  # its own: nothing should keep its place
+                with contextlib.suppress(MeshkitError):
+                    await bus.delete_group(topic, name)
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(project, follow)

@@ -120,6 +120,8 @@ class BusAPI:
         self, method: str, request: Request, parts: list[str]
     ) -> Response | Awaitable[Response]:
         topic, group = parts[1], parts[2]
+        if len(parts) == 3 and method == "DELETE":
+            return _answer(self._delete(topic, group))
         action = parts[3] if len(parts) == 4 else "join"
         calls: dict[str, Callable[[bytes], Awaitable[Response]]] = {
             "join": lambda body: self._join(topic, group, body),
@@ -130,6 +132,10 @@ class BusAPI:
         if action not in calls:
             return error_answer(404, f"no such endpoint: {request.path}")
         return self._post(method, request, calls[action])
+
+    async def _delete(self, topic: str, group: str) -> Response:
+        await self._broker.delete_group(topic, group)
+        return _NO_CONTENT
 
     async def _join(self, topic: str, group: str, body: bytes) -> Response:
         await self._broker.join(topic, group, _decode(JoinBody, body).redelivery)

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from meshkit._clock import SystemClock
-from meshkit.bus import MAX_PAYLOAD, Bus, DeadLetter, Message, outgoing, subscribe
+from meshkit.bus import (
+    MAX_PAYLOAD,
+    Bus,
+    Consumer,
+    DeadLetter,
+    Delivery,
+    Message,
+    outgoing,
+    subscribe,
+)
 from meshkit.errors import ConfigError, NotFoundError
 from meshkit.policy import Backoff, Redelivery
 
@@ -50,6 +60,15 @@ class _Seen:
                 raise ValueError(f"cannot handle {message.id} (delivery {message.deliveries})")
 
         return handle
+
+
+async def _take(consumer: Consumer, count: int) -> list[Delivery]:
+    """Fetch until ``count`` deliveries came, in order."""
+    taken: list[Delivery] = []
+    async with asyncio.timeout(WITHIN):
+        while len(taken) < count:
+            taken += await consumer.fetch(count - len(taken), wait=1.0)
+    return taken
 
 
 async def _dead_letters(bus: Bus, count: int) -> list[DeadLetter]:
@@ -332,6 +351,41 @@ class BusConformance:
         assert message.id == held.message.id
         assert message.deliveries == 2
         assert seen.times[0] - fetched >= QUICK.ack_wait * 0.9
+
+    async def test_a_deleted_group_is_forgotten_and_its_member_told(
+        self, bus: Bus, topic: str
+    ) -> None:
+        """After delete_group its member's fetch is NotFoundError, joining again starts at the
+        earliest message, and other groups go on where they were."""
+        await bus.publish_batch([outgoing(topic, n) for n in range(3)])
+        member = await bus.consumer(topic, "doomed", redelivery=QUICK)
+        other = await bus.consumer(topic, "kept", redelivery=QUICK)
+        fresh: Consumer | None = None
+        try:
+            taken = await _take(member, 3)
+            await member.ack(taken[:2])  # the third is still held
+            await other.ack(await _take(other, 3))
+            await bus.delete_group(topic, "doomed")
+            with pytest.raises(NotFoundError):
+                await member.fetch(1, wait=1.0)
+            with pytest.raises(NotFoundError):
+                await bus.delete_group(topic, "doomed")
+            fresh = await bus.consumer(topic, "doomed", redelivery=QUICK)
+            again = await _take(fresh, 3)
+            assert [(d.message.json(), d.message.deliveries) for d in again] == [
+                (0, 1),
+                (1, 1),
+                (2, 1),
+            ]
+            await fresh.ack(again)
+            await bus.publish(topic, 3)
+            [after] = await _take(other, 1)
+            assert after.message.json() == 3
+        finally:
+            for consumer in (member, other, fresh):
+                if consumer is not None:
+                    with contextlib.suppress(NotFoundError):
+                        await consumer.aclose()
 
     async def test_unknown_dead_letters_are_not_found(self, bus: Bus) -> None:
         """Showing or replaying an id the queue does not hold raises NotFoundError."""

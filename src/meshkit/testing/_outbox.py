@@ -35,7 +35,7 @@ from meshkit.bus import (
 from meshkit.bus._model import MAX_ERROR, clip_error
 from meshkit.bus._outbox import OutboxEntry, OutboxRelay, OutboxStore, ParkedEntry
 from meshkit.bus._protocol import PublishOne
-from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
 from meshkit.policy import Backoff, Redelivery
 from meshkit.testing._clock import FakeClock
 
@@ -156,6 +156,9 @@ class RecordingBus(PublishOne):
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:  # noqa: ARG002
         return 0
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        raise NotFoundError(f"a RecordingBus has no groups (asked for {group!r} on {topic!r})")
 
     async def aclose(self) -> None:
         pass

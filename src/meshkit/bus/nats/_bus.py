@@ -29,7 +29,7 @@ from meshkit.bus.nats._connection import (
 )
 from meshkit.bus.nats._consumer import JetStreamConsumer
 from meshkit.bus.nats._letters import ROOM, DeadLetters
-from meshkit.errors import UsageError
+from meshkit.errors import EnvironmentFaultError, NotFoundError, UsageError
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 
@@ -166,6 +166,19 @@ class JetStreamBus(PublishOne):
             await consumer.aclose()
             raise
         return consumer
+
+    async def delete_group(self, topic: str, group: str) -> None:
+        connection = self._connected()
+        durable = wire.durable(check_group(group), check_topic(topic))
+        try:
+            await connection.guard(
+                f"deleting group {group!r} on {topic!r}",
+                connection.js.delete_consumer(self.stream, durable),
+            )
+        except EnvironmentFaultError as error:
+            if isinstance(error.__cause__, connection.nats.NotFoundError):
+                raise NotFoundError(f"no group {group!r} on topic {topic!r}") from error
+            raise
 
     # -- dead letters ---------------------------------------------------------------------
 
