@@ -57,6 +57,7 @@ __all__ = [
     "OutboxStore",
     "ParkedEntry",
     "RelayStatistics",
+    "check_seqs",
     "check_timeout",
     "outbox_entry",
     "outbox_row",
@@ -147,6 +148,16 @@ def outbox_entry(
     return OutboxEntry(seq=seq, message=message)
 
 
+def check_seqs(seqs: Sequence[int] | None) -> list[int] | None:
+    """Parked events named by seq for ``requeue`` or ``discard``: whole numbers from 1, at most
+    10,000 of them; ``ConfigError`` on ``seqs`` otherwise. ``None`` (all) stays ``None``."""
+    if seqs is None:
+        return None
+    if isinstance(seqs, str | bytes) or len(seqs) > 10_000:
+        raise ConfigError("seqs", "must be a list of at most 10,000 seqs, or None for all")
+    return [check.whole("seqs", seq, minimum=1) for seq in seqs]
+
+
 def parked_entry(
     seq: int,
     message_id: str,
@@ -205,6 +216,19 @@ class OutboxStore(Protocol):
 
     async def parked(self, *, limit: int = 100) -> list[ParkedEntry]:
         """The parked events, oldest first: at most ``limit`` (1 to 10,000)."""
+        ...
+
+    async def requeue(self, seqs: Sequence[int] | None = None) -> int:
+        """Put these parked events (all, with ``None``) back in the outbox: how many went.
+
+        For once what refused them is fixed: they go after the events the
+        outbox holds, in their order, with their message ids. Seqs not
+        parked are passed over. ``UsageError`` while this store holds a claim.
+        """
+        ...
+
+    async def discard(self, seqs: Sequence[int] | None = None) -> int:
+        """Drop these parked events (all, with ``None``) for good: how many went."""
         ...
 
     async def release(self) -> None:

@@ -41,6 +41,7 @@ from meshkit.bus._model import check_limit, check_message_id, clip_error
 from meshkit.bus._outbox import (
     OutboxEntry,
     ParkedEntry,
+    check_seqs,
     check_timeout,
     outbox_entry,
     outbox_row,
@@ -105,6 +106,9 @@ _PARKED = """
 SELECT seq, id, topic, payload, headers, key, error, parked FROM meshkit_outbox_parked
 ORDER BY seq LIMIT ?
 """
+_REQUEUE = """
+INSERT INTO meshkit_outbox (id, topic, payload, headers, key)
+SELECT id, topic, payload, headers, key FROM meshkit_outbox_parked"""
 
 
 def _translate(error: sqlite3.Error, where: str) -> MeshkitError:
@@ -226,6 +230,18 @@ class SqliteOutbox:
         rows = await self._call(lambda db: db.execute(_PARKED, (limit,)).fetchall())
         return [parked_entry(*row) for row in rows]
 
+    async def requeue(self, seqs: Sequence[int] | None = None) -> int:
+        if self._claimed:
+            raise UsageError("requeue() while holding a claim: sent() or release() it first")
+        chosen = check_seqs(seqs)
+        return await self._call(lambda db: _move_parked(db, chosen, back=True))
+
+    async def discard(self, seqs: Sequence[int] | None = None) -> int:
+        if self._claimed:
+            raise UsageError("discard() while holding a claim: sent() or release() it first")
+        chosen = check_seqs(seqs)
+        return await self._call(lambda db: _move_parked(db, chosen, back=False))
+
     async def release(self) -> None:
         self._claimed = False
         await self._call(self._release)
@@ -317,6 +333,20 @@ class SqliteOutbox:
                 raise _translate(error, f"the outbox database {self.path}") from error
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+
+def _move_parked(db: sqlite3.Connection, seqs: list[int] | None, *, back: bool) -> int:
+    """Parked events out of their table (all, or these seqs): into the outbox, after
+    what it holds, when ``back``; how many moved."""
+    moved = 0
+    with _immediate(db):
+        for seq in [None] if seqs is None else sorted(seqs):
+            where, one = ("", ()) if seq is None else (" WHERE seq = ?", (seq,))
+            if back:
+                db.execute(f"{_REQUEUE}{where} ORDER BY seq", one)
+            discard = f"DELETE FROM meshkit_outbox_parked{where}"  # noqa: S608 (constant, ? marks)
+            moved += db.execute(discard, one).rowcount
+    return moved
 
 
 @contextlib.contextmanager

@@ -43,6 +43,7 @@ from meshkit.bus._model import check_limit, check_message_id, clip_error
 from meshkit.bus._outbox import (
     OutboxEntry,
     ParkedEntry,
+    check_seqs,
     check_timeout,
     outbox_entry,
     outbox_row,
@@ -103,6 +104,18 @@ SELECT seq, id, topic, payload, headers, key, $2, $3 FROM moved
 _PARKED = """
 SELECT seq, id, topic, payload, headers, key, error, parked FROM meshkit_outbox_parked
 ORDER BY seq LIMIT $1
+"""
+# $1: the seqs, or NULL for all of them.
+_REQUEUE = """
+WITH moved AS (
+    DELETE FROM meshkit_outbox_parked WHERE $1::bigint[] IS NULL OR seq = ANY($1::bigint[])
+    RETURNING seq, id, topic, payload, headers, key
+)
+INSERT INTO meshkit_outbox (id, topic, payload, headers, key)
+SELECT id, topic, payload, headers, key FROM moved ORDER BY seq
+"""
+_DISCARD = """
+DELETE FROM meshkit_outbox_parked WHERE $1::bigint[] IS NULL OR seq = ANY($1::bigint[])
 """
 _INBOX = """
 INSERT INTO meshkit_inbox (grp, id, seen) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true
@@ -309,6 +322,22 @@ class PostgresOutbox:
             connection = await self._connect()
             rows = await connection.fetch(_PARKED, limit)
         return [parked_entry(*row) for row in rows]
+
+    async def requeue(self, seqs: Sequence[int] | None = None) -> int:
+        if self._claim is not None:
+            raise UsageError("requeue() while holding a claim: sent() or release() it first")
+        return await self._moved(_REQUEUE, check_seqs(seqs))
+
+    async def discard(self, seqs: Sequence[int] | None = None) -> int:
+        if self._claim is not None:
+            raise UsageError("discard() while holding a claim: sent() or release() it first")
+        return await self._moved(_DISCARD, check_seqs(seqs))
+
+    async def _moved(self, statement: str, seqs: list[int] | None) -> int:
+        with self._errors():
+            connection = await self._connect()
+            status = await connection.execute(statement, seqs)
+        return int(status.rsplit(" ", 1)[-1])  # "INSERT 0 n" or "DELETE n"
 
     async def release(self) -> None:
         transaction, self._claim = self._claim, None

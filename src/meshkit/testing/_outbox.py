@@ -193,6 +193,12 @@ class _ForgetsOnce:
     async def release(self) -> None:
         await self.inner.release()
 
+    async def requeue(self, seqs: Sequence[int] | None = None) -> int:
+        return await self.inner.requeue(seqs)
+
+    async def discard(self, seqs: Sequence[int] | None = None) -> int:
+        return await self.inner.discard(seqs)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -492,6 +498,34 @@ class OutboxConformance:
         ]
         assert all(abs(p.parked - _CLOCK.time()) < WITHIN for p in parked)
         assert await _backlog(database) == []
+
+    async def test_parked_events_are_requeued_after_the_outbox_or_discarded(
+        self, database: OutboxDatabase, topic: str
+    ) -> None:
+        """requeue() puts parked events back, last, with their ids; discard() drops them."""
+        await database.record([Event(topic, n) for n in range(4)])
+        store = database.store()
+        try:
+            entries = await store.claim(10, hold=30.0)
+            for entry in entries[:3]:
+                await store.park(entry, "ConfigError: payload: refused")
+            with pytest.raises(UsageError, match="while holding a claim"):
+                await store.requeue()
+            await store.sent(entries[3:])
+            [later] = await database.record([Event(topic, "later")])
+            assert await store.requeue([entries[1].seq, 999_999]) == 1
+            assert await store.discard([entries[0].seq]) == 1
+            assert [p.seq for p in await store.parked()] == [entries[2].seq]
+            assert await store.requeue() == 1
+            assert await store.parked() == []
+            assert await store.discard() == 0
+            with pytest.raises(ConfigError) as caught:
+                await store.requeue([0])
+            assert caught.value.key == "seqs"
+        finally:
+            await store.aclose()
+        expected = [later, entries[1].message.id, entries[2].message.id]
+        assert await _backlog(database) == expected
 
     # -- the inbox ---------------------------------------------------------------------
 
