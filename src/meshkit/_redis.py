@@ -44,13 +44,25 @@ def _packing(base: type[Any]) -> type[Any]:
 
         def pack_command(self, *args: Any) -> list[bytes]:
             # As redis-py's HiredisRespSerializer: a command given as one
-            # string with spaces ("XINFO CONSUMERS") is several arguments.
+            # string with spaces ("XINFO CONSUMERS") is several arguments,
+            # and buffers are bytes.
             head = args[0]
             if isinstance(head, str):
-                args = (*head.encode().split(), *args[1:])
+                packed = (*head.encode().split(), *args[1:])
             elif b" " in head:
-                args = (*head.split(), *args[1:])
-            return [hiredis.pack_command(args)]
+                packed = (*head.split(), *args[1:])
+            else:
+                packed = args
+            packed = tuple(
+                bytes(arg) if isinstance(arg, bytearray | memoryview) else arg for arg in packed
+            )
+            try:
+                return [hiredis.pack_command(packed)]
+            except TypeError:
+                # What hiredis does not take (an int subclass such as an
+                # IntEnum, which redis-py packs; None or a bool, which it
+                # refuses with its own DataError): redis-py's own packing.
+                return list(super().pack_command(*args))
 
     Packing.__name__ = Packing.__qualname__ = f"Hiredis{base.__name__}"
     return Packing

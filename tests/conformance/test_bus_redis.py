@@ -142,6 +142,52 @@ async def test_a_publish_trims_entries_past_their_age_and_keeps_the_rest() -> No
     assert caught.value.key == "max_age"
 
 
+async def test_a_century_of_retention_still_publishes() -> None:
+    """A max_age reaching before 1970 trims nothing, instead of failing after appending."""
+    async with redis_bus() as bus:
+        long = RedisBus(REDIS_URL, prefix=bus.prefix, max_age=100 * 365 * 86_400)
+        try:
+            assert not (await long.publish("order.created", 1, message_id="once")).duplicate
+        finally:
+            await long.aclose()
+        [(_, fields)] = await bus._client.xrange(bus._stream("order.created"))
+        assert fields[b"h"] == b"{}"  # always written: older consumers read it
+
+
+async def test_more_due_entries_than_lua_can_unpack_are_claimed(tmp_path: object) -> None:
+    """9,000 parked entries due at once: one fetch claims them all (unpack stops near 8,000)."""
+    async with redis_bus() as bus:
+        stream, due = bus._stream("order.created"), f"{bus.prefix}due:order.created:g"
+        member = await bus.consumer("order.created", "g", redelivery=QUICK)
+        try:
+            pipe = bus._client.pipeline(transaction=False)
+            for n in range(9_000):
+                pipe.xadd(stream, {"id": f"m{n}", "p": b"1", "h": b"{}", "t": "0"})
+            await pipe.execute()
+            parked = await bus._client.xreadgroup("g", "meshkit:parked", {stream: ">"})
+            [(_, entries)] = parked
+            await bus._client.zadd(due, {entry_id: 0 for entry_id, _ in entries})
+            got = await member.fetch(10_000, wait=5)
+            assert len(got) == 9_000
+            assert await bus._client.zcard(due) == 0
+        finally:
+            await member.aclose()
+
+
+async def test_a_malformed_entry_with_unreadable_headers_does_not_spoil_the_listing() -> None:
+    async with redis_bus() as bus:
+        await bus._client.xadd(
+            bus._stream("order.created"), {"id": "odd", "p": b"{}", "h": b"not json"}
+        )
+        member = await bus.consumer("order.created", "g", redelivery=QUICK)
+        try:
+            assert await member.fetch(10, wait=0.5) == []
+        finally:
+            await member.aclose()
+        [letter] = await bus.dead_letters()
+        assert (letter.message.id, letter.message.headers) == ("odd", {})
+
+
 async def test_a_subscription_joins_again_when_redis_lost_the_group() -> None:
     """The stream deleted (a flushed or restarted Redis): the member joins again and goes on."""
     async with redis_bus() as bus:

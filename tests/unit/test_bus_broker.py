@@ -244,3 +244,28 @@ async def test_a_deleted_group_stays_deleted_after_a_restart(tmp_path: Path) -> 
     with pytest.raises(NotFoundError):
         await broker.fetch("t", "g", limit=3, wait=0)
     await broker.aclose()
+
+
+async def test_a_sweep_keeps_the_newest_message_so_sequences_never_come_back(
+    tmp_path: Path,
+) -> None:
+    """All past its age but the newest goes; later messages reach the group, restart or not."""
+    clock = FakeClock()
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock, max_age=60)
+    await broker.join("t", "g", POLICY)
+    await broker.publish([outgoing("t", n) for n in range(5)])
+    out = await broker.fetch("t", "g", limit=5, wait=0)
+    await broker.ack("t", "g", [d.receipt for d in out])
+    clock.advance(120)
+    assert await broker.sweep() == 4
+    await broker.publish([outgoing("t", "a"), outgoing("t", "b")])
+    got = await broker.fetch("t", "g", limit=10, wait=0)
+    assert [d.message.json() for d in got] == ["a", "b"]
+    await broker.aclose()
+
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock, max_age=60)
+    await broker.join("t", "g", POLICY)
+    await broker.publish([outgoing("t", "c")])
+    again = await broker.fetch("t", "g", limit=10, wait=0)
+    assert [d.message.json() for d in again] == ["a", "b", "c"]  # a and b were not acked
+    await broker.aclose()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +13,13 @@ from meshkit.bus import Outgoing, outgoing
 from meshkit.bus.redis import _RUN, _runs
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
+DataError = pytest.importorskip("redis.exceptions").DataError
 pytest.importorskip("hiredis")
+
+
+class Answer(enum.IntEnum):
+    YES = 1
+
 
 COMMANDS = [
     ("XADD", "meshkit:bus:s:order.created", "*", "id", "m1", "p", b'{"a": 1}', "t", "1.5"),
@@ -19,6 +27,8 @@ COMMANDS = [
     (b"XINFO CONSUMERS", b"s", b"g"),
     ("EVALSHA", "abc", 1, "k", 2.5, 10**18, "\u00e9t\u00e9", b"\x00\xff"),
     ("PING",),
+    ("SET", bytearray(b"k"), memoryview(b"v")),
+    ("SELECT", Answer.YES),  # an int subclass
 ]
 
 
@@ -29,6 +39,13 @@ def test_hiredis_packs_each_command_as_redis_py_does(command: tuple[object, ...]
     packing = hiredis_packing(redis_asyncio.Redis()).connection_pool.connection_class()
     assert type(packing).__name__ == "HiredisConnection"
     assert b"".join(packing.pack_command(*command)) == b"".join(plain.pack_command(*command))
+
+
+@pytest.mark.parametrize("value", [None, True])
+def test_what_redis_py_refuses_is_refused_the_same_way(value: object) -> None:
+    packing = hiredis_packing(redis_asyncio.Redis()).connection_pool.connection_class()
+    with pytest.raises(DataError):
+        packing.pack_command("SET", "k", value)
 
 
 def test_every_new_connection_of_the_pool_packs_with_hiredis() -> None:

