@@ -44,8 +44,7 @@ def _packing(base: type[Any]) -> type[Any]:
 
         def pack_command(self, *args: Any) -> list[bytes]:
             # As redis-py's HiredisRespSerializer: a command given as one
-            # string with spaces ("XINFO CONSUMERS") is several arguments,
-            # and buffers are bytes.
+            # string with spaces ("XINFO CONSUMERS") is several arguments.
             head = args[0]
             if isinstance(head, str):
                 packed = (*head.encode().split(), *args[1:])
@@ -53,15 +52,13 @@ def _packing(base: type[Any]) -> type[Any]:
                 packed = (*head.split(), *args[1:])
             else:
                 packed = args
-            packed = tuple(
-                bytes(arg) if isinstance(arg, bytearray | memoryview) else arg for arg in packed
-            )
             try:
                 return [hiredis.pack_command(packed)]
             except TypeError:
-                # What hiredis does not take (an int subclass such as an
-                # IntEnum, which redis-py packs; None or a bool, which it
-                # refuses with its own DataError): redis-py's own packing.
+                # What hiredis does not take, redis-py's own packing does, or
+                # refuses with its DataError: buffers and int subclasses such
+                # as an IntEnum are packed, None and bools refused. Not looked
+                # for first: that would cost a scan of every argument.
                 return list(super().pack_command(*args))
 
     Packing.__name__ = Packing.__qualname__ = f"Hiredis{base.__name__}"

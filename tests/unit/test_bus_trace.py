@@ -22,7 +22,8 @@ def message(headers: dict[str, str]) -> Message:
 def test_without_a_provider_the_handler_runs_in_the_publishers_context_and_no_span_is_made() -> (
     None
 ):
-    with _trace.consuming(message({"traceparent": PARENT}), "billing"):
+    assert not _trace.recording()
+    with _trace.consuming(message({"traceparent": PARENT}), "billing", recording=False):
         current = trace.get_current_span()
         assert current.get_span_context().trace_id == TRACE_ID
         assert not current.is_recording()
@@ -37,7 +38,8 @@ def test_with_a_provider_each_message_gets_a_consumer_span_under_the_publishers(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
     monkeypatch.setattr(_trace, "_tracer", lambda: provider.get_tracer("meshkit.bus"))
-    with _trace.consuming(message({"traceparent": PARENT}), "billing"):
+    assert _trace.recording()
+    with _trace.consuming(message({"traceparent": PARENT}), "billing", recording=True):
         pass
     [span] = exporter.get_finished_spans()
     assert span.name == "process order.created"

@@ -155,8 +155,9 @@ class Subscription:
                 await self._clock.sleep(wait)
                 continue
             failures = 0
+            traced = _trace.recording()
             for delivery in deliveries:
-                task = asyncio.create_task(self._handle(consumer, delivery))
+                task = asyncio.create_task(self._handle(consumer, delivery, traced))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
             self.statistics.running = len(self._running)
@@ -179,10 +180,10 @@ class Subscription:
         self.statistics.running = len(self._running)
         self._room.set()
 
-    async def _handle(self, consumer: Consumer, delivery: Delivery) -> None:
+    async def _handle(self, consumer: Consumer, delivery: Delivery, traced: bool) -> None:  # noqa: FBT001
         message = delivery.message
         try:
-            with _trace.consuming(message, self.group):
+            with _trace.consuming(message, self.group, recording=traced):
                 await self._handler(message)
         except Exception as error:  # noqa: BLE001 (any handler failure fails the message)
             self.statistics.failed += 1

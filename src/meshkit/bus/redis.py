@@ -254,7 +254,7 @@ def _message(fields: dict[bytes, bytes], topic: str, deliveries: int) -> Message
         id=fields[b"id"].decode(),
         topic=topic,
         payload=fields[b"p"],
-        headers=decode_headers(headers) if headers else {},
+        headers=decode_headers(headers) if headers and headers != b"{}" else {},
         key=key.decode() if key else None,
         published=float(fields[b"t"]),
         deliveries=deliveries,
