@@ -154,7 +154,7 @@ async def test_a_century_of_retention_still_publishes() -> None:
         assert fields[b"h"] == b"{}"  # always written: older consumers read it
 
 
-async def test_more_due_entries_than_lua_can_unpack_are_claimed(tmp_path: object) -> None:
+async def test_more_due_entries_than_lua_can_unpack_are_claimed() -> None:
     """9,000 parked entries due at once: one fetch claims them all (unpack stops near 8,000)."""
     async with redis_bus() as bus:
         stream, due = bus._stream("order.created"), f"{bus.prefix}due:order.created:g"

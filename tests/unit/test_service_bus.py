@@ -54,6 +54,7 @@ def test_a_bad_subscription_is_refused_where_it_is_declared() -> None:
         ({"topic": "Order.Created"}, "topic"),
         ({"topic": "order.created", "group": "Bad Group"}, "group"),
         ({"topic": "order.created", "concurrency": 0}, "concurrency"),
+        ({"topic": "order.created", "redelivery": 5}, "redelivery"),
     ):
         with pytest.raises(ConfigError) as caught:
             service.subscribe(**options)(handler)  # type: ignore[arg-type]

@@ -99,6 +99,8 @@ def order_created(
     event: OrderCreated, message_id: str = Header(alias="meshkit-message-id", max_length=200)
 ) -> dict[str, object]:
     """Confirm an order to its user, once per message id."""
+    # A repeat is acked before anything else is asked: had the user gone
+    # since, a 422 would send a handled message to the dead-letter queue.
     done = db.read("SELECT notification_id FROM handled_events WHERE message_id = ?", (message_id,))
     if done:
         return {"id": done[0]["notification_id"], "repeat": True}

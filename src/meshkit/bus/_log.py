@@ -246,7 +246,7 @@ class BusLog:
             lambda db: db.execute("DELETE FROM ids WHERE published < ?", (before,)).rowcount
         )
 
-    def forget_messages(self, *, before: float, batch: int = 10_000) -> asyncio.Future[int]:
+    def forget_messages(self, *, before: float, batch: int) -> asyncio.Future[int]:
         """Drop up to ``batch`` of the oldest messages published before ``before``: how many.
 
         Only a run from the start of the log goes, stopping at the first

@@ -263,8 +263,11 @@ def _message(fields: dict[bytes, bytes], topic: str, deliveries: int) -> Message
 
 def _fields_of(message: Message) -> dict[bytes, Any]:
     """A message as a stream entry's fields, as ``_PUBLISH`` writes them."""
-    fields: dict[bytes, Any] = {b"id": message.id, b"p": message.payload}
-    fields[b"h"] = _encode(message.headers)
+    fields: dict[bytes, Any] = {
+        b"id": message.id,
+        b"p": message.payload,
+        b"h": _encode(message.headers),
+    }
     if message.key:
         fields[b"k"] = message.key
     fields[b"t"] = repr(message.published)
@@ -276,11 +279,9 @@ def _runs(messages: Sequence[Outgoing]) -> list[Sequence[Outgoing]]:
     a given id alone; else consecutive messages of one topic, at most ``_RUN``."""
     runs: list[Sequence[Outgoing]] = []
     start = 0
-    for index, m in enumerate(messages):
-        previous = messages[index - 1] if index > start else None
-        if previous is not None and (
-            m.given_id or previous.given_id or m.topic != previous.topic or index - start == _RUN
-        ):
+    for index in range(1, len(messages)):
+        m, previous = messages[index], messages[index - 1]
+        if m.given_id or previous.given_id or m.topic != previous.topic or index - start == _RUN:
             runs.append(messages[start:index])
             start = index
     if messages:
@@ -359,6 +360,9 @@ class RedisBus(PublishOne):
     def _stream(self, topic: str) -> str:
         return f"{self.prefix}s:{topic}"
 
+    def _due(self, topic: str, group: str) -> str:
+        return f"{self.prefix}due:{topic}:{group}"
+
     async def _call(self, command: Awaitable[Any]) -> Any:
         """Await one Redis call, translating its failure.
 
@@ -426,7 +430,7 @@ class RedisBus(PublishOne):
         stream = self._stream(check_topic(topic))
         pipe = self._client.pipeline(transaction=True)
         pipe.xgroup_destroy(stream, check_group(group))
-        pipe.delete(f"{self.prefix}due:{topic}:{group}")
+        pipe.delete(self._due(topic, group))
         try:
             destroyed, _ = await self._call(pipe.execute())
         except NotFoundError:  # no stream at all
@@ -535,7 +539,7 @@ class RedisConsumer:
         self._redelivery = redelivery
         self._clock = bus._clock
         self._stream = bus._stream(topic)
-        self._due = f"{bus.prefix}due:{topic}:{group}"
+        self._due = bus._due(topic, group)
         self._client = bus._client
         self._ack_wait_ms = round(redelivery.ack_wait * 1000)
         # How often a waiting fetch looks for due and abandoned entries. A

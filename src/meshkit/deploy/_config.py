@@ -52,6 +52,7 @@ from meshkit.gateway._config import GatewayConfig
 from meshkit.registry import MAX_TTL, MIN_TTL, check_name
 from meshkit.registry._model import check_host
 from meshkit.sidecar import EventRoute
+from meshkit.sidecar._events import check_max_deliveries
 
 __all__ = ["ControlPlaneConfig", "Project", "ProjectConfig", "ServiceConfig", "load_project"]
 
@@ -309,8 +310,10 @@ def _check_events(path: Path, text: str, name: str, service: ServiceConfig) -> N
             raise _problem(
                 path, text, f"{key}.max_deliveries", "is for the messages of subscribe = [...]"
             )
-        if not 1 <= service.max_deliveries <= 100:
-            raise _problem(path, text, f"{key}.max_deliveries", "must be between 1 and 100")
+        try:
+            check_max_deliveries(service.max_deliveries)
+        except ConfigError as error:
+            raise _problem(path, text, f"{key}.max_deliveries", error.problem) from None
 
 
 _PATH = re.compile(r"/[!-~]*")

@@ -89,7 +89,7 @@ class _Wanted:
         self.group = check_group(group)
         self.handler = handler
         self.concurrency = check.whole("concurrency", concurrency, minimum=1)
-        self.redelivery = redelivery
+        self.redelivery = check.instance("redelivery", redelivery, Redelivery)
 
 
 class Service:

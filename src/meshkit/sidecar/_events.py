@@ -25,9 +25,12 @@ from meshkit.bus import Message, check_group, check_topic
 from meshkit.errors import ConfigError, PeerError
 from meshkit.http import HTTPClient, Timeouts
 
-__all__ = ["AppDelivery", "EventRoute", "parse_route"]
+__all__ = ["AppDelivery", "EventRoute", "check_app_path", "check_max_deliveries", "parse_route"]
 
 _PATH = re.compile(r"/[!-~]*")
+# A message refused this often is not going to be handled: past it, a
+# setting is a mistake (Azure Service Bus stops at 10, RabbitMQ at 20).
+_MOST_DELIVERIES = 100
 # What the app is told of its answer when it refuses a message: enough to
 # see why in `meshkit dlq show`, no more (the bus keeps errors to 4 KiB).
 _SHOWN_BODY = 500
@@ -54,6 +57,20 @@ _OWN = frozenset(
 )
 
 
+def check_app_path(key: str, path: str) -> str:
+    """A path on the app (``/`` and printable ASCII); ``ConfigError`` on ``key`` otherwise."""
+    if not _PATH.fullmatch(path):
+        raise ConfigError(key, f"must be a path starting with '/', got {path!r}")
+    return path
+
+
+def check_max_deliveries(value: int) -> int:
+    """Deliveries of a message to the app before it is a dead letter: 1 to 100."""
+    if not 1 <= value <= _MOST_DELIVERIES:
+        raise ConfigError("max_deliveries", f"must be between 1 and 100, got {value}")
+    return value
+
+
 class EventRoute(msgspec.Struct, frozen=True, kw_only=True):
     """Messages of ``topic`` in ``group``, POSTed to the app's ``path``."""
 
@@ -64,8 +81,7 @@ class EventRoute(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         check_topic(self.topic)
         check_group(self.group)
-        if not _PATH.fullmatch(self.path):
-            raise ConfigError("path", f"must be a path starting with '/', got {self.path!r}")
+        check_app_path("path", self.path)
 
 
 def parse_route(spec: str) -> EventRoute:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Callable
 
 import msgspec
@@ -31,13 +30,17 @@ from meshkit.policy import BreakerConfig, Redelivery
 from meshkit.proxy import Forwarder, Forwarding, ProxyServer
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
 from meshkit.service._directory import Directory
-from meshkit.sidecar._events import AppDelivery, EventRoute
+from meshkit.sidecar._events import (
+    AppDelivery,
+    EventRoute,
+    check_app_path,
+    check_max_deliveries,
+)
 from meshkit.sidecar._filters import READY_PATH, ByName, Metrics, Span, ToApp, Tracing
 from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
 
 __all__ = ["Sidecar", "SidecarConfig"]
 
-_HEALTH_PATH = re.compile(r"/[!-~]*")
 # How much longer than a delivery's timeout its ack deadline is.
 _ACK_MARGIN = 30.0
 _log = logging.getLogger("meshkit.sidecar")
@@ -75,8 +78,7 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_name("service", self.service)
-        if not _HEALTH_PATH.fullmatch(self.health):
-            raise ConfigError("health", f"must be a path starting with '/', got {self.health!r}")
+        check_app_path("health", self.health)
         for key, port in (
             ("app", self.app_port),
             ("port", self.port),
@@ -92,10 +94,7 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError(
                 "interval", f"must be between 0 and 3600 seconds, got {self.interval}"
             )
-        if not 1 <= self.max_deliveries <= 100:
-            raise ConfigError(
-                "max_deliveries", f"must be between 1 and 100, got {self.max_deliveries}"
-            )
+        check_max_deliveries(self.max_deliveries)
         for key, value in (("fall", self.fall), ("rise", self.rise)):
             if not 1 <= value <= 100:
                 raise ConfigError(key, f"must be between 1 and 100, got {value}")
