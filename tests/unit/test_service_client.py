@@ -15,7 +15,7 @@ from meshkit.errors import (
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.policy import DeadlineBudget
 from meshkit.registry import EmbeddedRegistry, Instance, Registration
-from meshkit.service import Directory, ServiceClient, without_deadline
+from meshkit.service import CallPolicy, Directory, ServiceClient, without_deadline
 from meshkit.service._client import _retry_after
 from meshkit.service._deadline import use_deadline
 from meshkit.testing import FakeClock
@@ -68,14 +68,17 @@ class Fleet:
             await server.aclose(grace=0)
 
 
-def run(main: Callable[[EmbeddedRegistry, ServiceClient], Awaitable[None]]) -> None:
+def run(
+    main: Callable[[EmbeddedRegistry, ServiceClient], Awaitable[None]],
+    policy: CallPolicy | None = None,
+) -> None:
     clock = FakeClock(autojump_threshold=1.0)  # real loopback I/O must land first
 
     async def wrapper() -> None:
         registry = EmbeddedRegistry(clock=clock)
         registry.start()
         directory = Directory(registry, clock=clock)
-        client = ServiceClient(directory, clock=clock)
+        client = ServiceClient(directory, clock=clock, policy=policy)
         try:
             await main(registry, client)
         finally:
@@ -149,28 +152,70 @@ def test_a_503_is_retried_elsewhere_only_when_idempotent() -> None:
     run(main)
 
 
-def test_an_instance_that_keeps_failing_is_ejected() -> None:
-    """After three consecutive failures an instance gets no calls until its ejection ends."""
+async def _broken(request: Request) -> Response:
+    return json_response(502, {"error": "bad gateway"})
 
-    async def broken(request: Request) -> Response:
-        return json_response(502, {"error": "bad gateway"})
+
+def test_an_instance_that_keeps_failing_is_ejected() -> None:
+    """A failing instance beside a healthy one gets at most three calls, then none."""
 
     async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
         fleet = Fleet(registry)
-        sick = await fleet.add(broken)
-        for _ in range(3):
-            assert (await client.get("products", "/p")).status == 502
-        with pytest.raises(ServiceUnavailableError, match="ejected after repeated failures"):
-            await client.get("products", "/p")
-        assert fleet.hits[sick.port] == 3
-        await asyncio.sleep(6)  # noqa: TID251 (fake time: the 5 s ejection ends)
-        assert (await client.get("products", "/p")).status == 502  # one probe, which fails
-        with pytest.raises(ServiceUnavailableError, match="ejected"):
-            await client.get("products", "/p")
-        assert fleet.hits[sick.port] == 4
+        await fleet.add()
+        sick = await fleet.add(_broken)
+        for _ in range(30):  # a 502 is retried on the healthy instance
+            assert (await client.get("products", "/p")).status == 200
+        assert 1 <= fleet.hits[sick.port] <= 3
+        assert client._upstreams["products"].ejected == (fleet.hits[sick.port] == 3)
         await fleet.aclose()
 
     run(main)
+
+
+def test_the_last_instance_is_never_ejected() -> None:
+    """By default a lone instance that keeps failing still gets every call: ejection keeps one."""
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        sick = await fleet.add(_broken)
+        for _ in range(10):
+            assert (await client.post("products", "/p", json={})).status == 502
+        assert fleet.hits[sick.port] == 10
+        await fleet.aclose()
+
+    run(main)
+
+
+def test_ejection_takes_out_at_most_half_of_the_instances() -> None:
+    """Of two instances that both keep failing, one is ejected; the other still gets calls."""
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        first, second = await fleet.add(_broken), await fleet.add(_broken)
+        for _ in range(12):
+            assert (await client.post("products", "/p", json={})).status == 502
+        hits = sorted([fleet.hits[first.port], fleet.hits[second.port]])
+        assert hits[0] == 3  # ejected after its third failure in a row
+        assert hits[1] == 9  # kept: the cap allows one ejection of two
+        await fleet.aclose()
+
+    run(main)
+
+
+def test_below_the_panic_threshold_every_instance_takes_calls() -> None:
+    """With every instance ejectable, the last ones out put the service in panic: all get calls."""
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        first, second = await fleet.add(_broken), await fleet.add(_broken)
+        for _ in range(6):  # three each, in some order: both ejected
+            await client.post("products", "/p", json={})
+        for _ in range(4):
+            assert (await client.post("products", "/p", json={})).status == 502
+        assert fleet.hits[first.port] + fleet.hits[second.port] == 10
+        await fleet.aclose()
+
+    run(main, CallPolicy(max_ejection_percent=100, panic_threshold=50))
 
 
 def test_a_slow_service_hits_the_deadline() -> None:

@@ -21,8 +21,8 @@ import msgspec
 
 from meshkit.errors import MeshkitError
 from meshkit.gateway._config import GatewayConfig
-from meshkit.gateway._metrics import CONTENT_TYPE
 from meshkit.http import HTTPServer, Request, Response, json_response
+from meshkit.proxy import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from meshkit.gateway._gateway import Gateway

@@ -45,11 +45,13 @@ from typing import Literal
 
 import msgspec
 
+from meshkit.discovery import CallPolicy
 from meshkit.errors import ConfigError
 from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._jwt import JwtConfig
 from meshkit.http._grammar import TOKEN
-from meshkit.policy import BreakerConfig, RateLimit, Route, RouteTable, WeightedSplit
+from meshkit.policy import BreakerConfig, RateLimit, RetryPolicy, Route, RouteTable, WeightedSplit
+from meshkit.proxy import route_breaker
 from meshkit.ratelimit.redis import check_url
 from meshkit.registry._model import check_host
 
@@ -121,10 +123,15 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     redis: RedisConfig | None = None
     cors: CorsConfig | None = None
     admin: AdminConfig | None = None
-    # One breaker per service ([gateway.breaker]): 5 failures in a row, or half
-    # of at least 20 calls in 10 s, open it for 5 s (doubling to 60 s while
-    # probes fail); 2 successful probes close it (the policy core's defaults).
-    breaker: BreakerConfig = msgspec.field(default_factory=BreakerConfig)
+    # One breaker per route and method ([gateway.breaker]): 5 failures in a
+    # row, or half of at least 20 calls in 10 s, open it for 1 s at a time;
+    # 2 successful probes close it (see meshkit.proxy.route_breaker).
+    breaker: BreakerConfig = msgspec.field(default_factory=route_breaker)
+    # Ejection of failing instances never takes out more than this share of
+    # a service's instances, nor the last; below panic_threshold percent of
+    # instances available, every instance takes traffic (see meshkit.discovery).
+    max_ejection_percent: int = 50
+    panic_threshold: int = 50
     anonymous_rate: float = 20.0
     anonymous_burst: int = 40
     connect_timeout: float = 2.0
@@ -161,6 +168,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 )
         if not 1 <= self.attempts <= 10:
             raise ConfigError("gateway.attempts", f"must be between 1 and 10, got {self.attempts}")
+        try:
+            self.call_policy()
+        except ConfigError as error:
+            raise ConfigError(f"gateway.{error.key}", error.problem) from error
         if not self.routes:
             raise ConfigError("gateway.routes", "a gateway needs at least one route")
         for index, route in enumerate(self.routes):
@@ -211,6 +222,14 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                     "gateway.redis.timeout",
                     f"must be between 0 and 10 seconds, got {self.redis.timeout}",
                 )
+
+    def call_policy(self) -> CallPolicy:
+        """How the gateway calls instances: attempts, the overall timeout, ejection's bounds."""
+        return CallPolicy(
+            retry=RetryPolicy(attempts=self.attempts, timeout=self.timeout),
+            max_ejection_percent=self.max_ejection_percent,
+            panic_threshold=self.panic_threshold,
+        )
 
     def route_list(self) -> list[Route]:
         """The routes as policy ``Route`` values, in the file's order."""

@@ -102,11 +102,11 @@ class Cors:
         wanted = request.header(b"access-control-request-method")
         if request.method == "OPTIONS" and wanted is not None:
             return self._preflight(request, origin, wanted, allowed=allowed)
-        request.attributes["cors_origin"] = origin if allowed else b""
+        request.cors_origin = origin if allowed else b""
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        origin: bytes | None = request.attributes.get("cors_origin")
+        origin = request.cors_origin
         if origin is None:  # no Origin: not a cross-origin request from a browser
             return
         # The gateway alone decides which origins may read answers: an

@@ -1,12 +1,12 @@
 """The gateway's filters, in the order a request meets them.
 
-``Ready`` answers the gateway's own health check. ``Routes`` finds the
+``Ready`` (the engine's) answers the gateway's own health check. ``Routes`` finds the
 route (404, 405, or 400 for an ambiguous path) and rewrites the path.
 ``ApiKeys`` authenticates routes that need it (401 without a valid key,
 403 for a key not allowed that service). ``ClientLimits`` gives each
 client (API key, or address on public routes) a token bucket (429 with
-``Retry-After``). The last filter, ``Upstreams`` (its own module,
-shared with the sidecar), picks the instance.
+``Retry-After``). The last filter, the engine's ``Upstreams`` (shared
+with the sidecar), picks the instance.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from meshkit._clock import Clock
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
-from meshkit.gateway._upstreams import Split
 from meshkit.policy import (
     BadPath,
     NoRoute,
@@ -28,40 +27,11 @@ from meshkit.policy import (
     TokenBucket,
     WeightedSplit,
 )
-from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
+from meshkit.proxy import ProxyRequest, ProxyResponse, RouteSplit, error_response
 
-__all__ = ["READY_PATH", "ApiKeys", "ClientLimits", "Ready", "Routes"]
+__all__ = ["READY_PATH", "ApiKeys", "ClientLimits", "Routes"]
 
 READY_PATH = "/.meshkit/gateway/ready"
-
-
-class Ready:
-    """``path`` answers 200 while ``ready()`` says so, else 503 with ``why_not``.
-
-    What ``meshkit up`` waits on: by default ``/.meshkit/gateway/ready``,
-    ready as soon as the gateway listens; the sidecar's answers once its
-    app is registered.
-    """
-
-    def __init__(
-        self,
-        path: str = READY_PATH,
-        ready: Callable[[], bool] | None = None,
-        why_not: str = "not ready",
-    ) -> None:
-        self._path = path
-        self._ready = ready
-        self._why_not = why_not
-
-    def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        if request.path != self._path:
-            return None
-        if self._ready is None or self._ready():
-            return ProxyResponse(200, [(b"content-type", b"text/plain")], b"ready\n")
-        return error_response(503, self._why_not, request.request_id)
-
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
 
 
 class Routes:
@@ -72,8 +42,8 @@ class Routes:
         self.table = RouteTable(routes)
         # A matched Route leads back to its configuration (auth and the rest).
         self._configs: dict[Route, RouteConfig] = dict(zip(routes, config.routes, strict=True))
-        self._splits: dict[Route, Split] = {
-            route: (WeightedSplit(found.split), found.sticky_source())
+        self._splits: dict[Route, RouteSplit] = {
+            route: RouteSplit(WeightedSplit(found.split), found.sticky_source())
             for route, found in self._configs.items()
             if found.split is not None
         }
@@ -94,12 +64,10 @@ class Routes:
                 )
             return error_response(404, f"no route for {request.path}", request.request_id)
         route = self._configs[found.route]
-        request.attributes["route"] = route.path
-        request.attributes["route_config"] = route
-        request.attributes["service"] = route.service
-        split = self._splits.get(found.route)
-        if split is not None:
-            request.attributes["split"] = split
+        request.route = route.path
+        request.service = route.service
+        request.auth = route.auth
+        request.split = self._splits.get(found.route)
         request.path = found.path
         return None
 
@@ -120,8 +88,7 @@ class ApiKeys:
         self._keys = {_digest(key.key): key for key in keys}
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        route: RouteConfig = request.attributes["route_config"]
-        if route.auth != "api_key":
+        if request.auth != "api_key":
             return None
         presented = request.header(b"x-api-key")
         key = None if presented is None else self._keys.get(_digest(presented))
@@ -133,11 +100,11 @@ class ApiKeys:
                 request.request_id,
                 headers=[(b"www-authenticate", b'ApiKey header="X-API-Key"')],
             )
-        if key.services is not None and route.service not in key.services:
+        if key.services is not None and request.service not in key.services:
             return error_response(
-                403, f"the key {key.name!r} may not call {route.service}", request.request_id
+                403, f"the key {key.name!r} may not call {request.service}", request.request_id
             )
-        request.attributes["client"] = key.name
+        request.identity = key.name
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
@@ -187,7 +154,7 @@ class ClientLimits:
         return {name: bucket.tokens(now) for name, bucket in self._keyed.items()}
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        name: str | None = request.attributes.get("client")
+        name = request.identity
         if name is None:
             bucket = self._bucket(request.client, self._anonymous_limit)
         elif name.startswith("jwt:") and self._subject_limit is not None:
@@ -198,7 +165,7 @@ class ClientLimits:
         limit = bucket.limit
         fields = ratelimit_fields("client", limit, decision.remaining, decision.reset_after)
         if decision.allowed:
-            request.attributes["ratelimit"] = fields
+            request.rate_limit = fields
             return None
         retry = str(max(1, math.ceil(decision.retry_after))).encode("ascii")
         return error_response(
@@ -209,7 +176,7 @@ class ClientLimits:
         )
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        fields = request.attributes.get("ratelimit")
+        fields = request.rate_limit
         if fields is not None:
             response.headers.extend(fields)
 

@@ -12,20 +12,26 @@ from typing import IO
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
+from meshkit.discovery import Directory
 from meshkit.errors import ConfigError, EnvironmentFaultError
 from meshkit.gateway._admin import AdminApi
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._cors import Cors
-from meshkit.gateway._filters import ApiKeys, ClientLimits, Ready, Routes
+from meshkit.gateway._filters import READY_PATH, ApiKeys, ClientLimits, Routes
 from meshkit.gateway._global import GlobalLimits
 from meshkit.gateway._jwt import JwtAuth
-from meshkit.gateway._metrics import GatewayMetrics
-from meshkit.gateway._upstreams import Upstreams
 from meshkit.http import Timeouts
-from meshkit.proxy import Filter, Forwarder, Forwarding, ProxyServer
+from meshkit.proxy import (
+    Filter,
+    Forwarder,
+    Forwarding,
+    ProxyMetrics,
+    ProxyServer,
+    Ready,
+    Upstreams,
+)
 from meshkit.ratelimit import LimitStore, MemoryLimitStore
 from meshkit.registry import Registry
-from meshkit.service._directory import Directory
 
 __all__ = ["Gateway"]
 
@@ -97,7 +103,7 @@ class Gateway:
             timeouts=Timeouts(connect=config.connect_timeout, read=config.try_timeout),
         )
         self.server = ProxyServer(self._filters(config), forwarder, retrier=self.upstreams)
-        self.metrics = GatewayMetrics(self.upstreams.breakers)
+        self.metrics = ProxyMetrics(self.upstreams.breakers, prefix="meshkit_gateway")
         self.server.on_exchange.append(self.metrics.observe)
         self._access_log = access_log
         if access_log is not None:
@@ -116,7 +122,7 @@ class Gateway:
                 config.global_limits, self.limit_store, fail_open=fail_open, clock=self._clock
             )
         optional: list[Filter | None] = [
-            Ready(),
+            Ready(READY_PATH),
             Cors(config.cors) if config.cors else None,
             Routes(config),
             ApiKeys(config.api_keys),
@@ -127,7 +133,7 @@ class Gateway:
         ]
         # Built without error: only now does anything running change.
         self.upstreams.configure(
-            attempts=config.attempts, timeout=config.timeout, breaker=config.breaker
+            config.call_policy(), try_timeout=config.try_timeout, breaker=config.breaker
         )
         self.client_limits, self.global_limits = client_limits, global_limits
         return [layer for layer in optional if layer is not None]

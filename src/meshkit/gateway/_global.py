@@ -61,7 +61,7 @@ class GlobalLimits:
         return self._down_until is None
 
     def on_request(self, request: ProxyRequest) -> RequestDecision:
-        service: str = request.attributes["service"]
+        service = request.service or ""
         applying = self._applying.get(service)
         if applying is None:
             applying = self._applying[service] = [
@@ -73,7 +73,7 @@ class GlobalLimits:
             return None
         if self._down_until is not None and self._clock.monotonic() < self._down_until:
             return self._unreachable(request)  # known without asking: no task for it
-        client: str = request.attributes.get("client") or request.client
+        client = request.identity or request.client
         keys = [
             (f"{limit.name}:{client}" if limit.per == "client" else limit.name, rate)
             for limit, rate in applying

@@ -98,7 +98,7 @@ class JwtAuth:
         return by_id
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        if request.attributes["route_config"].auth != "jwt":
+        if request.auth != "jwt":
             return None
         value = request.header(b"authorization")
         if value is None or value[:7].lower() != b"bearer ":
@@ -110,7 +110,7 @@ class JwtAuth:
             return self._refuse(request, "invalid_token", "the token has expired")
         except self._jwt.PyJWTError as error:
             return self._refuse(request, "invalid_token", f"the token is not valid: {error}")
-        request.attributes["client"] = f"jwt:{claims['sub']}"
+        request.identity = f"jwt:{claims['sub']}"
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:

@@ -3,13 +3,15 @@
 The proxy engine and the control plane's server build on the same parser.
 """
 
-from meshkit.http._client import IDEMPOTENT_METHODS, HTTPClient
+from meshkit.http._client import HTTPClient
 from meshkit.http._config import Limits, Timeouts
 from meshkit.http._response import Response
+from meshkit.http._semantics import IDEMPOTENT_METHODS, RETRYABLE_STATUSES
 from meshkit.http._server import HTTPServer, Request, ServerLimits, json_response
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "RETRYABLE_STATUSES",
     "HTTPClient",
     "HTTPServer",
     "Limits",

@@ -29,11 +29,9 @@ from meshkit.http._connection import Connection
 from meshkit.http._grammar import TOKEN_BYTES
 from meshkit.http._pool import ConnectionPool
 from meshkit.http._response import Response
+from meshkit.http._semantics import IDEMPOTENT_METHODS
 
-__all__ = ["IDEMPOTENT_METHODS", "HTTPClient"]
-
-# RFC 9110, section 9.2.2.
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+__all__ = ["HTTPClient"]
 
 Headers = Iterable[tuple[bytes, bytes]]
 

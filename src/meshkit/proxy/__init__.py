@@ -3,7 +3,9 @@
 A ``ProxyServer`` parses requests from clients, runs each through its
 ``Filter`` layers (which choose ``request.upstream`` or answer), and the
 ``Forwarder``'s pooled connections carry it upstream; bodies stream both
-ways.
+ways. ``Upstreams`` finds each request's instance through
+``meshkit.discovery`` and retries failed attempts on another; ``Ready``
+and ``ProxyMetrics`` are the health check and the metrics every proxy has.
 """
 
 from meshkit.proxy._chain import Filter, RequestDecision, Retrier
@@ -11,9 +13,13 @@ from meshkit.proxy._config import ProxyLimits
 from meshkit.proxy._forward import PROXY_LIMITS, Forwarder
 from meshkit.proxy._headers import HOP_BY_HOP, Forwarding, request_headers, response_headers
 from meshkit.proxy._message import ProxyRequest, ProxyResponse, error_response
+from meshkit.proxy._metrics import CONTENT_TYPE, ProxyMetrics
+from meshkit.proxy._ready import Ready
 from meshkit.proxy._server import Exchange, ProxyServer
+from meshkit.proxy._upstreams import RouteSplit, UpstreamCall, Upstreams, route_breaker
 
 __all__ = [
+    "CONTENT_TYPE",
     "HOP_BY_HOP",
     "PROXY_LIMITS",
     "Exchange",
@@ -21,12 +27,18 @@ __all__ = [
     "Forwarder",
     "Forwarding",
     "ProxyLimits",
+    "ProxyMetrics",
     "ProxyRequest",
     "ProxyResponse",
     "ProxyServer",
+    "Ready",
     "RequestDecision",
     "Retrier",
+    "RouteSplit",
+    "UpstreamCall",
+    "Upstreams",
     "error_response",
     "request_headers",
     "response_headers",
+    "route_breaker",
 ]

@@ -2,8 +2,8 @@
 
 A filter has two methods. ``on_request(request)`` runs in order as the
 request arrives: it returns ``None`` to let the request go on (having
-changed it, perhaps: a rewritten path, a chosen upstream, an identity in
-``attributes``), a ``ProxyResponse`` to answer at once (a 401, a 429), or,
+changed it, perhaps: a rewritten path, a chosen upstream, the client's
+``identity``), a ``ProxyResponse`` to answer at once (a 401, a 429), or,
 when it must wait for I/O (a shared rate limit in Redis), an awaitable of
 either. ``on_response(request, response)`` runs in reverse order when the
 upstream's head arrives, or on the proxy's own answer, and may change the

@@ -6,9 +6,12 @@ import os
 from collections.abc import Callable
 from http import HTTPStatus
 from itertools import count
-from typing import Any
+from typing import TYPE_CHECKING
 
 import msgspec
+
+if TYPE_CHECKING:
+    from meshkit.proxy._upstreams import RouteSplit, UpstreamCall
 
 __all__ = ["ProxyRequest", "ProxyResponse", "RequestIds", "error_response", "reason"]
 
@@ -36,25 +39,51 @@ class ProxyRequest:
     Header names are lower-case, values as the client sent them. ``path``
     and ``query`` are the request target as sent (still percent-encoded);
     a filter that rewrites the path changes ``path``. ``upstream`` is where
-    the request goes, set by a filter (the gateway's router, the sidecar);
-    ``attributes`` carries what one filter tells later ones (the route,
-    the client's identity). ``deadline`` (event-loop time) bounds the
-    upstream exchange when set. The body is not here: it streams.
+    the request goes, set by a filter (the gateway's router, the sidecar).
+    ``deadline`` (event-loop time) bounds the upstream exchange when set.
+    The body is not here: it streams.
+
+    What one filter tells later ones has a field of its own, each written
+    by one kind of filter:
+
+    - ``route``, ``service``: the routing filter (the gateway's ``Routes``,
+      the sidecar's ``ToApp`` and ``ByName``); read by ``Upstreams``, the
+      breakers, metrics and logs. ``route`` names the route, ``service``
+      the service it goes to (``None`` when it goes to a fixed address).
+    - ``auth``, ``split``: the gateway's ``Routes``, from the route's
+      configuration: how the client must authenticate, and the weighted
+      split between versions, if any.
+    - ``identity``: authentication (``ApiKeys``, ``JwtAuth``): the API
+      key's name or ``jwt:<subject>``; read by the rate limits.
+    - ``rate_limit``: ``ClientLimits``: the ``RateLimit`` fields for the answer.
+    - ``cors_origin``: ``Cors``: the origin to allow on the answer (empty:
+      refused), ``None`` for a request that is not cross-origin.
+    - ``call``: ``Upstreams``: the attempts of the request and its route's
+      breaker ticket.
+    - ``status``: the engine, once the answer's status is known.
     """
 
     __slots__ = (
         "_finally",
-        "attributes",
+        "auth",
+        "call",
         "client",
+        "cors_origin",
         "deadline",
         "headers",
+        "identity",
         "keep_alive",
         "method",
         "path",
         "query",
+        "rate_limit",
         "request_id",
+        "route",
         "scheme",
+        "service",
+        "split",
         "started",
+        "status",
         "upstream",
         "version",
     )
@@ -85,7 +114,15 @@ class ProxyRequest:
         self.started = started
         self.upstream: tuple[str, int] | None = None
         self.deadline: float | None = None
-        self.attributes: dict[str, Any] = {}
+        self.route: str | None = None
+        self.service: str | None = None
+        self.auth = "api_key"  # until a route says otherwise: closed by default
+        self.split: RouteSplit | None = None
+        self.identity: str | None = None
+        self.rate_limit: Headers | None = None
+        self.cors_origin: bytes | None = None
+        self.call: UpstreamCall | None = None
+        self.status = 0
         self._finally: list[Callable[[], None]] | None = None
 
     def on_finish(self, callback: Callable[[], None]) -> None:

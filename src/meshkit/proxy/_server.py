@@ -49,7 +49,7 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     ``status`` is 0 when no complete answer could be written (the client
     left, or the upstream failed after the answer had begun); ``error``
     then says why. ``upstream`` is ``host:port`` when one was chosen;
-    ``route`` and ``service`` are what the filters set in ``attributes``.
+    ``route`` and ``service`` are what the routing filter set on the request.
     """
 
     request_id: str
@@ -121,8 +121,8 @@ class ProxyServer(Listener[ClientConnection]):
             received=stream.received,
             sent=stream.sent,
             upstream=f"{upstream[0]}:{upstream[1]}" if upstream else None,
-            route=request.attributes.get("route"),
-            service=request.attributes.get("service"),
+            route=request.route,
+            service=request.service,
             error=None if error is None else f"{type(error).__name__}: {error}",
         )
         for observer in self.on_exchange:

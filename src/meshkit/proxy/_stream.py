@@ -41,7 +41,7 @@ from meshkit.errors import (
     RequestRefusedError,
     UsageError,
 )
-from meshkit.http._client import IDEMPOTENT_METHODS
+from meshkit.http import IDEMPOTENT_METHODS, RETRYABLE_STATUSES
 from meshkit.proxy._headers import response_headers
 from meshkit.proxy._message import ProxyRequest, ProxyResponse, reason
 from meshkit.proxy._upstream import Headers, UpstreamConnection
@@ -58,7 +58,6 @@ HIGH_WATER = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _BODYLESS = frozenset({204, 304})
 _LAST_CHUNK = b"0\r\n\r\n"
-_RETRIED = frozenset({502, 503, 504})  # answers a retrier may replace with another attempt
 
 
 class Stream:
@@ -281,12 +280,13 @@ class Stream:
 
     def upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
         request = self.request
-        if status in _RETRIED and self._try_again(status):
+        if status in RETRYABLE_STATUSES and self._try_again(status):
             return
         response = ProxyResponse(
             status, response_headers(headers, self._server.forwarder.forwarding), upstream=True
         )
         self.response = response
+        request.status = status
         try:
             for layer in reversed(self._filters):
                 layer.on_response(request, response)
@@ -417,6 +417,7 @@ class Stream:
             return
         request = self.request
         self.response = response
+        request.status = response.status
         for layer in reversed(self._filters):
             try:
                 layer.on_response(request, response)

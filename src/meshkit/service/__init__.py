@@ -1,8 +1,8 @@
 """The service SDK: serve an ASGI application in the mesh and call other services by name."""
 
+from meshkit.discovery import Directory
 from meshkit.service._client import CallPolicy, ServiceClient
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline, without_deadline
-from meshkit.service._directory import Directory
 from meshkit.service._service import Service
 
 __all__ = [

@@ -4,8 +4,8 @@
 
 1. instances come from the ``Directory`` cache (no registry round trip);
 2. power-of-two-choices picks one, skipping instances already tried in this
-   call and instances ejected after consecutive failures (a circuit breaker
-   per instance, as Envoy's outlier detection does it);
+   call and instances ejected after consecutive failures (see
+   ``meshkit.discovery``: never more than a share of them, never the last);
 3. the attempt gets whatever is left of the deadline: the call's own timeout,
    or less if the request being served has a shorter one, and the time left
    is sent on in ``x-meshkit-timeout-ms``;
@@ -24,67 +24,28 @@ import asyncio
 import random
 import re
 from collections.abc import Iterable
-from typing import Any
 
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
+from meshkit.discovery import Attempts, CallPolicy, Directory, InstanceSet
 from meshkit.errors import (
     ConfigError,
-    ConnectError,
-    ConnectTimeoutError,
     DeadlineExceededError,
     MeshkitError,
     PeerError,
-    ReadTimeoutError,
     ServiceUnavailableError,
     UsageError,
 )
 from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response
-from meshkit.policy import (
-    BreakerConfig,
-    RetryPolicy,
-)
 from meshkit.policy import _check as check
 from meshkit.registry import Instance
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
-from meshkit.service._directory import Directory
-from meshkit.service._instances import InstanceSet
 
 __all__ = ["CallPolicy", "ServiceClient"]
 
-_RETRYABLE_STATUS = frozenset({502, 503, 504})
 _JSON = (b"content-type", b"application/json")
-
-
-class CallPolicy(msgspec.Struct, frozen=True, kw_only=True):
-    """How calls to other services behave.
-
-    ``timeout`` is a call's default deadline. ``ejection`` configures the
-    per-instance breaker: by default 3 consecutive failures eject an
-    instance for 5 s, growing to 60 s while it keeps failing (Envoy ejects
-    after 5 for 30 s; a mesh on one machine recovers faster, and the
-    registry drops a dead instance within its TTL anyway).
-    """
-
-    timeout: float = 10.0
-    connect_timeout: float = 2.0
-    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
-    ejection: BreakerConfig = msgspec.field(
-        default_factory=lambda: BreakerConfig(
-            consecutive_failures=3,
-            failure_rate=None,
-            open_for=5.0,
-            open_for_max=60.0,
-            half_open_successes=1,
-        )
-    )
-    retry_ratio: float = 0.2
-    retry_min_concurrency: int = 3
-
-    def __post_init__(self) -> None:
-        check.seconds("timeout", self.timeout)
-        check.seconds("connect_timeout", self.connect_timeout)
+Headers = Iterable[tuple[bytes, bytes]]
 
 
 class ServiceClient:
@@ -108,17 +69,61 @@ class ServiceClient:
         self._upstreams: dict[str, InstanceSet] = {}
         directory.listen(self._on_change)
 
-    async def get(self, service: str, path: str, **options: Any) -> Response:
-        return await self.request(service, "GET", path, **options)
+    async def get(
+        self,
+        service: str,
+        path: str,
+        *,
+        headers: Headers = (),
+        timeout: float | None = None,  # noqa: ASYNC109 (see request)
+    ) -> Response:
+        return await self.request(service, "GET", path, headers=headers, timeout=timeout)
 
-    async def post(self, service: str, path: str, **options: Any) -> Response:
-        return await self.request(service, "POST", path, **options)
+    async def post(
+        self,
+        service: str,
+        path: str,
+        *,
+        json: object = None,
+        body: bytes = b"",
+        headers: Headers = (),
+        timeout: float | None = None,  # noqa: ASYNC109 (see request)
+        idempotent: bool | None = None,
+    ) -> Response:
+        return await self.request(
+            service,
+            "POST",
+            path,
+            json=json,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            idempotent=idempotent,
+        )
 
-    async def put(self, service: str, path: str, **options: Any) -> Response:
-        return await self.request(service, "PUT", path, **options)
+    async def put(
+        self,
+        service: str,
+        path: str,
+        *,
+        json: object = None,
+        body: bytes = b"",
+        headers: Headers = (),
+        timeout: float | None = None,  # noqa: ASYNC109 (see request)
+    ) -> Response:
+        return await self.request(
+            service, "PUT", path, json=json, body=body, headers=headers, timeout=timeout
+        )
 
-    async def delete(self, service: str, path: str, **options: Any) -> Response:
-        return await self.request(service, "DELETE", path, **options)
+    async def delete(
+        self,
+        service: str,
+        path: str,
+        *,
+        headers: Headers = (),
+        timeout: float | None = None,  # noqa: ASYNC109 (see request)
+    ) -> Response:
+        return await self.request(service, "DELETE", path, headers=headers, timeout=timeout)
 
     async def request(
         self,
@@ -128,7 +133,7 @@ class ServiceClient:
         *,
         json: object = None,
         body: bytes = b"",
-        headers: Iterable[tuple[bytes, bytes]] = (),
+        headers: Headers = (),
         # Not an asyncio.timeout's job: the deadline is split across retries
         # and sent on to the callee.
         timeout: float | None = None,  # noqa: ASYNC109
@@ -147,65 +152,59 @@ class ServiceClient:
         if idempotent is None:
             idempotent = method in IDEMPOTENT_METHODS
         upstream = self._upstreams.get(service) or await self._find(service, expires_at - now)
-        run = self.policy.retry.start(now, rng=self._rng, budget=upstream.budget)
-        tried: set[str] = set()
-        last_error = ""
-        last_response: Response | None = None
+        now = self._clock.monotonic()
+        attempts = Attempts(upstream, self.policy.retry, now, rng=self._rng, idempotent=idempotent)
+        full = self.policy.timeout
         try:
+            pick = attempts.next(now, short_budget=expires_at - now < full)
+            if pick is None:
+                raise ServiceUnavailableError(service, upstream.why_nothing((), ""))
             while True:
-                now = self._clock.monotonic()
-                remaining = expires_at - now
+                remaining = expires_at - self._clock.monotonic()
                 if remaining <= 0:
+                    last = attempts.last_error
                     raise DeadlineExceededError(
-                        f"{method} {service}{path}: the deadline passed after {run.attempts}"
-                        f" attempt(s){'; the last said: ' + last_error if last_error else ''}"
+                        f"{method} {service}{path}: the deadline passed after"
+                        f" {attempts.count - 1} attempt(s)"
+                        f"{'; the last said: ' + last if last else ''}"
                     )
-                chosen = upstream.pick(now, tried)
-                if chosen is None:
-                    if last_response is not None:
-                        return last_response  # nowhere else to try: the answer we have
-                    raise ServiceUnavailableError(service, upstream.why_nothing(tried, last_error))
-                key, ticket = chosen
-                tried.add(key)
                 outcome = await self._attempt(
-                    upstream,
-                    key,
-                    ticket,
-                    method,
-                    path,
-                    headers,
-                    body,
-                    remaining,
-                    idempotent=idempotent,
+                    pick.instance, method, path, headers, body, remaining, idempotent=idempotent
                 )
-                if isinstance(outcome, Response):
-                    if outcome.status not in _RETRYABLE_STATUS:
-                        run.succeeded(self._clock.monotonic())
-                        return outcome
-                    last_error, last_response = f"{outcome.status} from {key}", outcome
-                    retryable, retry_after = idempotent, _retry_after(outcome)
-                else:
-                    last_error = str(outcome)
-                    # No connection means nothing was sent: any call may go elsewhere.
-                    unsent = isinstance(outcome, ConnectError | ConnectTimeoutError)
-                    retryable, retry_after = idempotent or unsent, None
                 now = self._clock.monotonic()
-                decision = run.failed(now, retryable=retryable, retry_after=retry_after)
-                if decision.retry and now + decision.delay < expires_at:
-                    await self._clock.sleep(decision.delay)
+                retry_after = None
+                if isinstance(outcome, Response):
+                    if attempts.answered(now, outcome.status):
+                        return outcome
+                    failure: BaseException | int = outcome.status
+                    retry_after = _retry_after(outcome)
+                else:
+                    attempts.failed(now, outcome)
+                    failure = outcome
+                delay = attempts.retry(
+                    now,
+                    failure,
+                    time_left=expires_at - now,
+                    retry_after=retry_after,
+                    short_budget=True,  # a retry never has the call's whole time
+                )
+                if delay is not None and attempts.current is not None:
+                    pick = attempts.current
+                    await self._clock.sleep(delay)
                     continue
                 if isinstance(outcome, Response):
                     return outcome  # the answer we have, since no retry can follow
                 if now >= expires_at:
                     raise DeadlineExceededError(
                         f"{method} {service}{path}: the deadline passed;"
-                        f" the last said: {last_error}"
+                        f" the last said: {attempts.last_error}"
                     ) from outcome
                 raise ServiceUnavailableError(
-                    service, f"{run.attempts} attempt(s) failed; the last said: {last_error}"
+                    service,
+                    f"{attempts.count} attempt(s) failed; the last said: {attempts.last_error}",
                 ) from outcome
         finally:
-            run.close(self._clock.monotonic())
+            attempts.close(self._clock.monotonic())
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -215,25 +214,20 @@ class ServiceClient:
 
     async def _attempt(
         self,
-        upstream: InstanceSet,
-        key: str,
-        ticket: int,
+        instance: Instance,
         method: str,
         path: str,
-        headers: Iterable[tuple[bytes, bytes]],
+        headers: Headers,
         body: bytes,
         remaining: float,
         *,
         idempotent: bool,
     ) -> Response | PeerError | DeadlineExceededError:
         """Send once to one instance, within ``remaining`` seconds; the response, or the error."""
-        instance = upstream.instances[key]
-        breaker = upstream.breakers[key]
         sent = [*headers, (TIMEOUT_HEADER, b"%d" % max(1, int(remaining * 1000)))]
         connect = self.policy.connect_timeout
-        start = self._clock.monotonic()
         try:
-            response = await self._http.send(
+            return await self._http.send(
                 method,
                 instance.host,
                 instance.port,
@@ -247,25 +241,7 @@ class ServiceClient:
                 idempotent=idempotent,
             )
         except (PeerError, DeadlineExceededError) as error:
-            end = self._clock.monotonic()
-            if isinstance(error, ReadTimeoutError) and remaining < self.policy.timeout:
-                # The caller's short budget ran out, not the instance's patience:
-                # counting it would let impatient callers eject healthy instances.
-                breaker.release(ticket)
-                upstream.balancer.cancel(key)
-            else:
-                breaker.record(ticket, end, success=False, duration=end - start)
-                upstream.balancer.complete(key, end, end - start, success=False)
             return error
-        except BaseException:
-            breaker.release(ticket)
-            upstream.balancer.cancel(key)
-            raise
-        end = self._clock.monotonic()
-        ok = response.status not in _RETRYABLE_STATUS
-        breaker.record(ticket, end, success=ok, duration=end - start)
-        upstream.balancer.complete(key, end, end - start, success=ok)
-        return response
 
     # -- per-service state ----------------------------------------------------
 
@@ -302,13 +278,13 @@ class ServiceClient:
         upstream = self._upstreams.get(service)
         if upstream is None:
             upstream = self._upstreams[service] = InstanceSet(service, self.policy, self._rng)
-            upstream.update(instances, self.policy.ejection)
+            upstream.update(instances)
         return upstream
 
     def _on_change(self, service: str, instances: tuple[Instance, ...]) -> None:
         upstream = self._upstreams.get(service)
         if upstream is not None:
-            upstream.update(instances, self.policy.ejection)
+            upstream.update(instances)
 
 
 def _retry_after(response: Response) -> float | None:

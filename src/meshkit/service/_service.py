@@ -54,6 +54,7 @@ from meshkit.bus import (
 )
 from meshkit.bus import subscribe as subscription
 from meshkit.bus._open import bus_url
+from meshkit.discovery import Directory
 from meshkit.errors import (
     ConfigError,
     DeadlineExceededError,
@@ -67,7 +68,6 @@ from meshkit.policy import _check as check
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name, open_registry
 from meshkit.service._asgi import ASGIApp, MeshASGI
 from meshkit.service._client import CallPolicy, ServiceClient
-from meshkit.service._directory import Directory
 from meshkit.service._heartbeat import Heartbeat
 
 __all__ = ["Service"]

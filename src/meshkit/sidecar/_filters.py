@@ -9,8 +9,7 @@ import msgspec
 
 from meshkit._clock import Clock
 from meshkit.errors import ConfigError
-from meshkit.gateway._metrics import CONTENT_TYPE
-from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
+from meshkit.proxy import CONTENT_TYPE, ProxyRequest, ProxyResponse, error_response
 from meshkit.registry import check_name
 
 __all__ = ["METRICS_PATH", "READY_PATH", "ByName", "Metrics", "Span", "ToApp", "Tracing"]
@@ -29,7 +28,7 @@ class ToApp:
 
     def on_request(self, request: ProxyRequest) -> None:
         request.upstream = self._app
-        request.attributes["route"] = "inbound"
+        request.route = "inbound"
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
@@ -48,8 +47,8 @@ class ByName:
                 f"outbound requests go to /<service>/<path>; {error.problem}, got {service!r}",
                 request.request_id,
             )
-        request.attributes["service"] = service
-        request.attributes["route"] = service
+        request.service = service
+        request.route = service
         request.path = slash + rest if slash else "/"
         return None
 
@@ -130,7 +129,7 @@ class Tracing:
             )
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        request.attributes["status"] = response.status
+        pass
 
     def _span(
         self,
@@ -145,10 +144,10 @@ class Tracing:
             span_id=span_id,
             parent_id=parent_id,
             kind=self._kind,
-            name=f"{request.method} {request.attributes.get('route', '')}",
+            name=f"{request.method} {request.route or ''}",
             start=started[0],
             duration=self._clock.monotonic() - started[1],
-            status=request.attributes.get("status", 0),
+            status=request.status,
             request_id=request.request_id,
         )
 

@@ -21,15 +21,20 @@ import msgspec
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.bus import Bus, Subscription, subscribe
+from meshkit.discovery import CallPolicy, Directory
 from meshkit.errors import ConfigError
-from meshkit.gateway._filters import Ready
-from meshkit.gateway._metrics import GatewayMetrics
-from meshkit.gateway._upstreams import Upstreams
 from meshkit.http import HTTPClient, Timeouts
-from meshkit.policy import BreakerConfig, Redelivery
-from meshkit.proxy import Forwarder, Forwarding, ProxyServer
+from meshkit.policy import Redelivery, RetryPolicy
+from meshkit.proxy import (
+    Forwarder,
+    Forwarding,
+    ProxyMetrics,
+    ProxyServer,
+    Ready,
+    Upstreams,
+    route_breaker,
+)
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
-from meshkit.service._directory import Directory
 from meshkit.sidecar._events import (
     AppDelivery,
     EventRoute,
@@ -73,6 +78,8 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float = 30.0  # an outbound request, retries included
     connect_timeout: float = 2.0
     try_timeout: float = 10.0
+    max_ejection_percent: int = 50  # see meshkit.discovery.CallPolicy
+    panic_threshold: int = 50
     events: tuple[EventRoute, ...] = ()  # bus messages POSTed to the app
     max_deliveries: int = 5  # of each such message, before the dead-letter queue
 
@@ -95,6 +102,7 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "interval", f"must be between 0 and 3600 seconds, got {self.interval}"
             )
         check_max_deliveries(self.max_deliveries)
+        self.call_policy()  # ejection's bounds checked
         for key, value in (("fall", self.fall), ("rise", self.rise)):
             if not 1 <= value <= 100:
                 raise ConfigError(key, f"must be between 1 and 100, got {value}")
@@ -105,6 +113,14 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
             host=self.advertise or self.host,
             port=1,
             version=self.version,
+        )
+
+    def call_policy(self) -> CallPolicy:
+        """How outbound calls reach instances: attempts, the overall timeout, ejection's bounds."""
+        return CallPolicy(
+            retry=RetryPolicy(attempts=self.attempts, timeout=self.timeout),
+            max_ejection_percent=self.max_ejection_percent,
+            panic_threshold=self.panic_threshold,
         )
 
 
@@ -134,12 +150,12 @@ class Sidecar:
         self.directory = Directory(registry, clock=clock, rng=rng)
         self.upstreams = Upstreams(self.directory, clock, rng=rng)
         self.upstreams.configure(
-            attempts=config.attempts, timeout=config.timeout, breaker=BreakerConfig()
+            config.call_policy(), try_timeout=config.try_timeout, breaker=route_breaker()
         )
         timeouts = Timeouts(connect=config.connect_timeout, read=config.try_timeout)
         app = (config.app_host, config.app_port)
-        inbound_metrics = GatewayMetrics(None, prefix="meshkit_sidecar_inbound")
-        outbound_metrics = GatewayMetrics(
+        inbound_metrics = ProxyMetrics(None, prefix="meshkit_sidecar_inbound")
+        outbound_metrics = ProxyMetrics(
             self.upstreams.breakers,
             prefix="meshkit_sidecar_outbound",
             registry=inbound_metrics.registry,  # one scrape for both

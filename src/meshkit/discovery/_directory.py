@@ -23,7 +23,7 @@ from meshkit.registry import Instance, Registry, Snapshot, check_name
 __all__ = ["Directory"]
 
 Listener = Callable[[str, tuple[Instance, ...]], None]
-log = logging.getLogger("meshkit.service")
+log = logging.getLogger("meshkit.discovery")
 
 # How long one long poll may wait. Shorter than the control plane's 300 s
 # limit, and short enough that a watcher notices a dead registry reasonably soon.

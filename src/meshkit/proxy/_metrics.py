@@ -1,9 +1,9 @@
-"""The gateway's Prometheus metrics, fed by the engine's exchange records.
+"""A proxy's Prometheus metrics (gateway, sidecar), fed by the engine's exchange records.
 
 Counting happens in an observer of ``Exchange`` records (the engine's
 instrumentation hook), not in a filter, so a metric can never change how a
 request is handled. Each gateway has a registry of its own, so two gateways
-in one process (tests, the sidecar beside one) do not share counters.
+in one process (tests, a sidecar beside one) do not share counters.
 """
 
 from __future__ import annotations
@@ -15,25 +15,25 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from meshkit.policy import BreakerState
-from meshkit.proxy import Exchange
+from meshkit.proxy._server import Exchange
 
-__all__ = ["CONTENT_TYPE", "GatewayMetrics"]
+__all__ = ["CONTENT_TYPE", "ProxyMetrics"]
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format 0.0.4
 
-# From half a millisecond (the gateway's own overhead) to the default overall
+# From half a millisecond (the proxy's own overhead) to the default overall
 # timeout of 30 s.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class GatewayMetrics:
+class ProxyMetrics:
     """``observe(record)`` per request; ``exposition()`` for a scrape."""
 
     def __init__(
         self,
         breakers: Callable[[], dict[str, str]] | None,
         *,
-        prefix: str = "meshkit_gateway",
+        prefix: str,
         registry: CollectorRegistry | None = None,
     ) -> None:
         """``prefix`` names the metrics; several sets may share one ``registry``."""
@@ -75,7 +75,7 @@ class GatewayMetrics:
 
 
 class _Breakers(Collector):
-    """``<prefix>_breaker_state``: 1 for each service's current state, read at scrape."""
+    """``<prefix>_breaker_state``: 1 for each route's current state, read at scrape."""
 
     def __init__(self, breakers: Callable[[], dict[str, str]], name: str) -> None:
         self._breakers = breakers
@@ -84,10 +84,10 @@ class _Breakers(Collector):
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
             self._name,
-            "1 for the state each service's circuit breaker is in, 0 for the others.",
-            labels=["service", "state"],
+            "1 for the state each route's circuit breaker is in, 0 for the others.",
+            labels=["route", "state"],
         )
-        for service, current in sorted(self._breakers().items()):
+        for route, current in sorted(self._breakers().items()):
             for state in BreakerState:
-                family.add_metric([service, state.value], 1.0 if state.value == current else 0.0)
+                family.add_metric([route, state.value], 1.0 if state.value == current else 0.0)
         yield family

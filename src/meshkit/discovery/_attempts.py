@@ -1,0 +1,117 @@
+"""One call's attempts across a service's instances: retrying on another instance.
+
+The SDK's client, the gateway and the sidecar drive a call the same way:
+pick an instance, send, report the outcome, and after a failure ask
+``retry`` whether another instance may be tried and after how long. The
+I/O (sending, sleeping) stays with the caller.
+"""
+
+from __future__ import annotations
+
+import random
+
+from meshkit.discovery._instances import InstanceSet, Pick
+from meshkit.discovery._policy import failed_status, may_retry
+from meshkit.policy import RetryPolicy
+
+__all__ = ["Attempts"]
+
+
+class Attempts:
+    """The attempts of one call: ``next``, then ``answered`` or ``failed``, then ``retry``.
+
+    ``current`` is the attempt under way, if any. Call ``close`` however the
+    call ends: an attempt without an outcome gives back what it took, and
+    the retry budget gets its slots back.
+    """
+
+    __slots__ = ("_run", "_tried", "current", "idempotent", "instances", "last_error")
+
+    def __init__(
+        self,
+        instances: InstanceSet,
+        policy: RetryPolicy,
+        now: float,
+        *,
+        rng: random.Random,
+        idempotent: bool,
+    ) -> None:
+        self.instances = instances
+        self.idempotent = idempotent
+        self.current: Pick | None = None
+        self.last_error = ""
+        self._tried: set[str] = set()
+        self._run = policy.start(now, rng=rng, budget=instances.budget)
+
+    @property
+    def count(self) -> int:
+        """Attempts made so far, the one under way included."""
+        return self._run.attempts
+
+    def next(self, now: float, *, short_budget: bool = False) -> Pick | None:
+        """An instance not tried yet for the next attempt; ``None`` if ejection leaves none."""
+        pick = self.instances.pick(now, self._tried, short_budget=short_budget)
+        self.current = pick
+        if pick is not None:
+            self._tried.add(pick.key)
+        return pick
+
+    def answered(self, now: float, status: int) -> bool:
+        """The current attempt was answered with ``status``; whether that is a success.
+
+        A 502, 503 or 504 counts against the instance; anything else is an
+        answer the caller takes, and ends the call's retries.
+        """
+        pick, self.current = self.current, None
+        if failed_status(status):
+            if pick is not None:
+                self.instances.failed(pick, now, status)
+                self.last_error = f"{status} from {pick.key}"
+            return False
+        if pick is not None:
+            self.instances.succeeded(pick, now)
+        self._run.succeeded(now)
+        return True
+
+    def failed(self, now: float, error: BaseException) -> None:
+        """The current attempt failed with ``error`` before an answer came."""
+        pick, self.current = self.current, None
+        self.last_error = str(error)
+        if pick is not None:
+            self.instances.failed(pick, now, error)
+
+    def retry(
+        self,
+        now: float,
+        failure: BaseException | int,
+        *,
+        time_left: float | None,
+        retry_after: float | None = None,
+        short_budget: bool = False,
+    ) -> float | None:
+        """After a failed attempt: the seconds to wait before the next, whose instance is
+        ``current``; ``None`` when no other attempt may follow.
+
+        Another attempt may follow when the failure allows it (``may_retry``),
+        the retry policy and the service's retry budget do, the wait ends
+        before ``time_left`` runs out, and an instance not tried yet is there.
+        """
+        decision = self._run.failed(
+            now, retryable=may_retry(failure, idempotent=self.idempotent), retry_after=retry_after
+        )
+        if not decision.retry:
+            return None
+        starts = now + decision.delay
+        if (time_left is not None and decision.delay >= time_left) or self.next(
+            starts, short_budget=short_budget
+        ) is None:
+            self._run.close(now)  # the retry slot it took goes back
+            return None
+        return decision.delay
+
+    def close(self, now: float) -> None:
+        """The call is over: release an attempt left without an outcome, end the run."""
+        pick, self.current = self.current, None
+        if pick is not None:
+            self.instances.release(pick)
+        self._run.close(now)

@@ -1,0 +1,156 @@
+"""The instances of one service as callers see them: balanced, ejected when failing.
+
+Ejection is Envoy's outlier detection with a breaker per instance: an
+instance that keeps failing is taken out of rotation for a while. Two rules
+keep it from turning a blip into an outage. It never takes out more than
+``max_ejection_percent`` of the instances, nor the last one: when every
+instance fails alike, the fault is most likely behind them, and ejecting
+them all would only add refusals of our own. And below ``panic_threshold``
+percent of instances available (possible when the cap allows it, or when
+instances leave while others are ejected), every instance takes traffic.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Iterable
+
+from meshkit.discovery._policy import CallPolicy, caller_ran_out
+from meshkit.policy import BreakerState, CircuitBreaker, PowerOfTwoChoices, RetryBudget
+from meshkit.registry import Instance
+
+__all__ = ["InstanceSet", "Pick"]
+
+_CLOSED = BreakerState.CLOSED
+
+
+class Pick:
+    """One attempt's instance, and what its outcome is recorded with.
+
+    ``ticket`` is the instance's breaker ticket; ``None`` when the instance
+    was taken in panic, past its ejection, so its outcome does not move the
+    breaker. ``short_budget`` says the attempt had less time than the
+    instance's usual patience (see ``caller_ran_out``).
+    """
+
+    __slots__ = ("instance", "key", "short_budget", "started", "ticket")
+
+    def __init__(
+        self, instance: Instance, ticket: int | None, started: float, *, short_budget: bool
+    ) -> None:
+        self.instance = instance
+        self.key = instance.key
+        self.ticket = ticket
+        self.started = started
+        self.short_budget = short_budget
+
+
+class InstanceSet:
+    """Per service: its instances, a balancer, ejection (a breaker per instance), a retry budget.
+
+    Shared by the service client, the gateway and the sidecar, so all three
+    balance and eject alike.
+    """
+
+    __slots__ = ("_ejected", "_policy", "balancer", "breakers", "budget", "instances", "name")
+
+    def __init__(self, name: str, policy: CallPolicy, rng: random.Random) -> None:
+        self.name = name
+        self._policy = policy
+        self.instances: dict[str, Instance] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._ejected = 0  # breakers not closed
+        self.balancer: PowerOfTwoChoices[str] = PowerOfTwoChoices(rng=rng, name=name)
+        self.budget = RetryBudget(
+            ratio=policy.retry_ratio, min_concurrency=policy.retry_min_concurrency, name=name
+        )
+
+    def update(self, instances: Iterable[Instance]) -> None:
+        self.instances = {instance.key: instance for instance in instances}
+        # Breakers of instances that stay keep their state; newcomers start closed.
+        ejection = self._policy.ejection
+        self.breakers = {
+            key: self.breakers.get(key) or CircuitBreaker(ejection, name=key)
+            for key in self.instances
+        }
+        self._ejected = sum(1 for breaker in self.breakers.values() if breaker.state is not _CLOSED)
+        self.balancer.update(self.instances)
+
+    @property
+    def ejected(self) -> int:
+        """How many instances are out of rotation (or on probation) now."""
+        return self._ejected
+
+    def max_ejected(self) -> int:
+        """How many instances ejection may take out at most: a share, and never the last."""
+        count = len(self.instances)
+        return min(count - 1, count * self._policy.max_ejection_percent // 100)
+
+    def panicking(self) -> bool:
+        """Whether too few instances are available for ejection to be honoured."""
+        count = len(self.instances)
+        available = count - self._ejected
+        return available * 100 < self._policy.panic_threshold * count
+
+    def pick(
+        self, now: float, tried: Collection[str], *, short_budget: bool = False
+    ) -> Pick | None:
+        """An instance not tried yet that ejection lets through (any, in panic), or ``None``."""
+        panic = self._ejected > 0 and self.panicking()
+        excluded = set(tried)
+        while True:
+            key = self.balancer.pick(now, excluded)
+            if key is None:
+                return None
+            ticket = self.breakers[key].allow(now)
+            if ticket is not None or panic:
+                return Pick(self.instances[key], ticket, now, short_budget=short_budget)
+            self.balancer.cancel(key)  # not sent after all
+            excluded.add(key)
+
+    def succeeded(self, pick: Pick, now: float) -> None:
+        self._record(pick, now, success=True)
+
+    def failed(self, pick: Pick, now: float, failure: BaseException | int) -> None:
+        """The attempt failed with ``failure`` (an error, or a failed status)."""
+        if isinstance(failure, BaseException) and caller_ran_out(
+            failure, short_budget=pick.short_budget
+        ):
+            self.release(pick)
+        else:
+            self._record(pick, now, success=False)
+
+    def release(self, pick: Pick) -> None:
+        """The attempt ended without an outcome (cancelled): nothing is counted."""
+        breaker = self.breakers.get(pick.key)
+        if breaker is None:  # the instance left meanwhile
+            return
+        if pick.ticket is not None:
+            breaker.release(pick.ticket)
+        self.balancer.cancel(pick.key)
+
+    def why_nothing(self, tried: Collection[str], last_error: str) -> str:
+        if not self.instances:
+            return "no instances are registered"
+        if tried:
+            return f"all {len(tried)} instance(s) tried failed; the last said: {last_error}"
+        return f"all {len(self.instances)} instance(s) are ejected after repeated failures"
+
+    def _record(self, pick: Pick, now: float, *, success: bool) -> None:
+        key = pick.key
+        breaker = self.breakers.get(key)
+        if breaker is None:  # the instance left meanwhile
+            return
+        duration = now - pick.started
+        self.balancer.complete(key, now, duration, success=success)
+        ticket = pick.ticket
+        if ticket is None:
+            return
+        closed = breaker.state is _CLOSED
+        if closed and not success and self._ejected >= self.max_ejected():
+            # Ejecting this one too would pass the cap: its failure does not count.
+            breaker.release(ticket)
+            return
+        breaker.record(ticket, now, success=success, duration=duration)
+        if closed != (breaker.state is _CLOSED):
+            self._ejected += 1 if closed else -1

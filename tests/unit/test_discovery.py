@@ -1,0 +1,145 @@
+"""Discovery's rules, without I/O: ejection and its cap, panic, and retrying elsewhere."""
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshkit.discovery import Attempts, CallPolicy, InstanceSet
+from meshkit.errors import ConnectError, PeerClosedError, ReadTimeoutError
+from meshkit.policy import RetryPolicy
+from meshkit.registry import Instance
+
+
+def _set(count: int, policy: CallPolicy | None = None) -> InstanceSet:
+    instances = InstanceSet("orders", policy or CallPolicy(), random.Random(7))
+    instances.update(
+        Instance(service="orders", id=f"o{n}", host="127.0.0.1", port=9000 + n)
+        for n in range(count)
+    )
+    return instances
+
+
+def _fail(instances: InstanceSet, key: str, now: float, times: int = 3) -> None:
+    for _ in range(times):
+        pick = instances.pick(now, set(instances.instances) - {key})
+        assert pick is not None
+        assert pick.key == key
+        instances.failed(pick, now, 502)
+
+
+def test_a_failing_instance_is_ejected_until_its_period_ends() -> None:
+    """Three failures in a row take an instance out for 5 s; then it is tried again."""
+    instances = _set(2)
+    sick = next(iter(instances.instances))
+    _fail(instances, sick, 0.0)
+    assert instances.ejected == 1
+    assert instances.pick(1.0, set(instances.instances) - {sick}) is None
+    assert instances.pick(5.5, set(instances.instances) - {sick}) is not None
+
+
+def test_the_last_instance_is_never_ejected() -> None:
+    """A lone instance keeps taking calls however often it fails."""
+    instances = _set(1)
+    [only] = instances.instances
+    _fail(instances, only, 0.0, times=10)
+    assert instances.ejected == 0
+
+
+@given(count=st.integers(1, 12), percent=st.integers(0, 100))
+def test_ejection_never_passes_its_cap(count: int, percent: int) -> None:
+    """However many instances fail, at most the cap's share (never all) is ejected."""
+    instances = _set(count, CallPolicy(max_ejection_percent=percent, panic_threshold=0))
+    for key in list(instances.instances):
+        _fail(instances, key, 0.0)
+    assert instances.ejected == min(count - 1, count * percent // 100)
+
+
+def test_below_the_panic_threshold_ejected_instances_take_calls() -> None:
+    """In panic an ejected instance is picked anyway, without moving its breaker."""
+    instances = _set(2, CallPolicy(max_ejection_percent=100, panic_threshold=50))
+    first, second = instances.instances
+    _fail(instances, first, 0.0)
+    assert not instances.panicking()  # one of two available: 50% is not below 50%
+    assert instances.pick(0.0, {second}) is None
+    instances.update([instances.instances[first]])  # the healthy one leaves
+    assert instances.panicking()
+    pick = instances.pick(0.0, ())
+    assert pick is not None
+    assert pick.key == first
+    assert pick.ticket is None
+
+
+def test_a_short_budget_running_out_does_not_count_against_the_instance() -> None:
+    """A read timeout of an attempt with less than the usual time is not a failure."""
+    instances = _set(2)
+    key = next(iter(instances.instances))
+    for _ in range(5):
+        pick = instances.pick(0.0, set(instances.instances) - {key}, short_budget=True)
+        assert pick is not None
+        instances.failed(pick, 0.0, ReadTimeoutError("read timed out"))
+    assert instances.ejected == 0
+    for _ in range(3):
+        pick = instances.pick(0.0, set(instances.instances) - {key})
+        assert pick is not None
+        instances.failed(pick, 0.0, ReadTimeoutError("read timed out"))
+    assert instances.ejected == 1
+
+
+def _attempts(*, idempotent: bool, count: int = 3) -> Attempts:
+    return Attempts(
+        _set(count),
+        RetryPolicy(attempts=3),
+        0.0,
+        rng=random.Random(1),
+        idempotent=idempotent,
+    )
+
+
+@pytest.mark.parametrize(
+    ("idempotent", "failure", "retried"),
+    [
+        (True, 503, True),
+        (False, 503, False),
+        (True, PeerClosedError("closed"), True),
+        (False, PeerClosedError("closed"), False),
+        (False, ConnectError("refused"), True),  # nothing was sent
+    ],
+)
+def test_which_failures_go_to_another_instance(
+    *, idempotent: bool, failure: BaseException | int, retried: bool
+) -> None:
+    """An unsent request always may be retried; a sent one only when idempotent."""
+    attempts = _attempts(idempotent=idempotent)
+    first = attempts.next(0.0)
+    assert first is not None
+    if isinstance(failure, int):
+        assert not attempts.answered(0.0, failure)
+    else:
+        attempts.failed(0.0, failure)
+    delay = attempts.retry(0.0, failure, time_left=None)
+    assert (delay is not None) is retried
+    if retried:
+        assert attempts.current is not None
+        assert attempts.current.key != first.key
+
+
+def test_no_retry_without_another_instance_or_time() -> None:
+    """A retry needs an instance not tried yet and a wait shorter than the time left."""
+    alone = _attempts(idempotent=True, count=1)
+    assert alone.next(0.0) is not None
+    alone.answered(0.0, 503)
+    assert alone.retry(0.0, 503, time_left=None) is None
+    hurried = _attempts(idempotent=True)
+    assert hurried.next(0.0) is not None
+    hurried.answered(0.0, 503)
+    assert hurried.retry(0.0, 503, time_left=0.0) is None
+
+
+def test_ejection_bounds_are_checked() -> None:
+    """A share outside 0-100 is refused, naming the option."""
+    with pytest.raises(ValueError, match="max_ejection_percent"):
+        CallPolicy(max_ejection_percent=101)
+    with pytest.raises(ValueError, match="panic_threshold"):
+        CallPolicy(panic_threshold=-5)
