@@ -3,7 +3,7 @@
 ``Ready`` answers the gateway's own health check. ``Routes`` finds the
 route (404, 405, or 400 for an ambiguous path) and rewrites the path.
 ``ApiKeys`` authenticates routes that need it (401 without a valid key,
-403 for a key not allowed that service). ``ClientLimits`` gives each
+403 for a key not allowed that service or route). ``ClientLimits`` gives each
 client (API key, or address on public routes) a token bucket (429 with
 ``Retry-After``). The last filter, ``Upstreams`` (its own module,
 shared with the sidecar), picks the instance.
@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 
 from meshkit._clock import Clock
+from meshkit.errors import ConfigError
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
 from meshkit.gateway._upstreams import Split
 from meshkit.policy import (
@@ -33,6 +36,8 @@ from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 __all__ = ["READY_PATH", "ApiKeys", "ClientLimits", "Ready", "Routes"]
 
 READY_PATH = "/.meshkit/gateway/ready"
+
+log = logging.getLogger("meshkit.gateway")
 
 
 class Ready:
@@ -114,10 +119,31 @@ def _digest(key: str | bytes) -> bytes:
 
 
 class ApiKeys:
-    """``X-API-Key`` on every route that does not say ``auth = "none"``."""
+    """``X-API-Key`` on every route that does not say ``auth = "none"``.
 
-    def __init__(self, keys: Sequence[ApiKey]) -> None:
-        self._keys = {_digest(key.key): key for key in keys}
+    A key given by ``key_env`` is read from ``environ`` (the process's
+    environment by default) when the filter is made, at start and on each
+    reload. Unset, that key is disabled, with a warning: an operator who
+    did not set it has no key to present anyway. Set, it must be 8
+    characters or more and no other key's, else ``ConfigError``.
+    """
+
+    def __init__(self, keys: Sequence[ApiKey], environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        self._keys: dict[bytes, ApiKey] = {}
+        for index, key in enumerate(keys):
+            secret = key.key
+            if key.key_env is not None:
+                secret = environ.get(key.key_env, "")
+                where = f"gateway.api_keys[{index}].key_env"
+                if not secret:
+                    log.warning("the API key %r is disabled: $%s is not set", key.name, key.key_env)
+                    continue
+                if len(secret) < 8:
+                    raise ConfigError(where, f"${key.key_env} must hold 8 characters or more")
+                if _digest(secret) in self._keys:
+                    raise ConfigError(where, f"${key.key_env} holds another API key's key")
+            self._keys[_digest(secret)] = key
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
         route: RouteConfig = request.attributes["route_config"]
@@ -136,6 +162,12 @@ class ApiKeys:
         if key.services is not None and route.service not in key.services:
             return error_response(
                 403, f"the key {key.name!r} may not call {route.service}", request.request_id
+            )
+        if route.keys is not None and key.name not in route.keys:
+            return error_response(
+                403,
+                f"the key {key.name!r} may not call {request.method} {route.path}",
+                request.request_id,
             )
         request.attributes["client"] = key.name
         return None
