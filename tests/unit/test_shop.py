@@ -2,6 +2,9 @@
 
 import importlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,14 +61,29 @@ def test_every_route_documents_its_answer(name: str, monkeypatch: pytest.MonkeyP
             assert body, f"{route} {code} has an empty schema"
 
 
-async def test_importing_the_apps_opens_no_database(
+def test_importing_the_apps_touches_no_file(tmp_path: Path) -> None:
+    """In a fresh process, importing every app leaves the data directory as it was."""
+    data = tmp_path / "data"
+    code = "; ".join(f"import shop.{name}" for name in APPS)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=SHOP,
+        env={**environ, "MESHKIT_DATA_DIR": str(data)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not data.exists()
+
+
+async def test_the_lifespan_opens_the_database_with_its_demo_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Databases are opened by the lifespan: before it, the data directory is untouched."""
-    for name in APPS:
-        module = load(name, monkeypatch, tmp_path)
-        assert not module.db.path.exists()
+    """Serving an app creates its file and seeds it."""
     users = load("users", monkeypatch, tmp_path)
+    assert not users.db.path.exists()
     async with serving(users.app) as client:
         assert users.db.path.exists()
         assert (await client.get("/users/1")).json()["name"] == "Ada Lovelace"

@@ -12,9 +12,8 @@ cannot be reached, what was done is undone as far as possible and the order
 ends failed (503). A charge whose answer is lost may or may not have been
 captured, so it is voided: refunded if it was, refused if it comes late;
 if even the void fails, the order ends 'uncertain', for a person to settle.
-Undoing runs whatever stopped the order, a cancelled request included.
-(A later issue makes this a saga that survives a crash of this service in
-the middle.)
+Undoing runs whatever stopped the order, a cancelled request included,
+but not a crash of this service in the middle: that order stays 'pending'.
 
 Reservations and payments are sent as idempotent: both services answer a
 repeated request for the same order with what they did the first time, so
@@ -296,7 +295,7 @@ async def _undo(
     status, reason = "failed", str(error) or type(error).__name__
     with without_deadline():
         if charging and not await _void(client, order_id, error):
-            # Left for a person (and, later, the saga) to settle.
+            # Left for a person to settle.
             status, reason = "uncertain", f"{reason}; the charge could not be voided"
         if reserved:
             await _release(client, order_id)
