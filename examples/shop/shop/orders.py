@@ -13,7 +13,8 @@ ends failed (503). A charge whose answer is lost may or may not have been
 captured, so it is voided: refunded if it was, refused if it comes late;
 if even the void fails, the order ends 'uncertain', for a person to settle.
 Undoing runs whatever stopped the order, a cancelled request included,
-but not a crash of this service in the middle: that order stays 'pending'.
+but not a crash of this service in the middle: that order stays 'pending',
+with whatever it had reserved or charged.
 
 Reservations and payments are sent as idempotent: both services answer a
 repeated request for the same order with what they did the first time, so
