@@ -365,6 +365,15 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
         ),
         ({"routes": [RouteConfig(path="/a", service="a", keys=[])]}, "gateway.routes[0].keys"),
         (
+            {
+                "routes": [
+                    RouteConfig(path="/a", service="a", keys=["tests"]),
+                    RouteConfig(path="/a", service="a"),
+                ]
+            },
+            "gateway.routes[1]",
+        ),
+        (
             {"routes": [RouteConfig(path="/a", service="a", auth="none", keys=["tests"])]},
             "gateway.routes[0].keys",
         ),

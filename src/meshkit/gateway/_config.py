@@ -180,6 +180,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             _check_split(f"gateway.routes[{index}]", route)
             self._check_route_keys(f"gateway.routes[{index}].keys", route)
         self.table()  # every route checked now, with its index in the message
+        self._check_duplicates()
 
     def _check_api_keys(self) -> None:
         names = [key.name for key in self.api_keys]
@@ -205,6 +206,19 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 # The second would silently replace the first, and its services with it.
                 raise ConfigError(f"{where}.key", f"is also api_keys[{keys.index(key.key)}]'s key")
             _limit(where, key.rate, key.burst)
+
+    def _check_duplicates(self) -> None:
+        # The gateway finds a matched route's settings (auth, keys) by its
+        # Route: of two alike, the second would never match, yet lend the
+        # first its settings.
+        seen: dict[Route, int] = {}
+        for index, route in enumerate(self.route_list()):
+            if route in seen:
+                raise ConfigError(
+                    f"gateway.routes[{index}]",
+                    f"takes the same requests as routes[{seen[route]}]: merge them",
+                )
+            seen[route] = index
 
     def _check_route_keys(self, where: str, route: RouteConfig) -> None:
         if route.keys is None:
