@@ -227,7 +227,7 @@ async def test_a_key_from_an_unset_variable_is_disabled(
 
 @pytest.mark.parametrize(
     ("value", "problem"),
-    [("short", "must hold 8 characters or more"), (KEY, "holds another API key's key")],
+    [("short", "must hold 8 characters or more"), (KEY, "is also the key of 'tests'")],
 )
 def test_a_key_variable_holding_a_bad_key_stops_the_gateway(
     monkeypatch: pytest.MonkeyPatch, value: str, problem: str
@@ -237,6 +237,17 @@ def test_a_key_variable_holding_a_bad_key_stops_the_gateway(
     with pytest.raises(ConfigError, match=problem) as caught:
         Gateway(keyed_config(), EmbeddedRegistry())
     assert caught.value.key == "gateway.api_keys[1].key_env"
+
+
+def test_a_literal_key_equal_to_an_earlier_variable_s_key_stops_the_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whichever comes first, a variable's key may not be another key's: ConfigError."""
+    monkeypatch.setenv("TEST_ADMIN_KEY", ADMIN_KEY)
+    keys = [ApiKey(name="admin", key_env="TEST_ADMIN_KEY"), ApiKey(name="tests", key=ADMIN_KEY)]
+    with pytest.raises(ConfigError, match="is also the key of 'admin'") as caught:
+        Gateway(config(api_keys=keys), EmbeddedRegistry())
+    assert caught.value.key == "gateway.api_keys[1].key"
 
 
 async def test_a_public_route_needs_no_key() -> None:

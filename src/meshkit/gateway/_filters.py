@@ -132,18 +132,15 @@ class ApiKeys:
         environ = os.environ if environ is None else environ
         self._keys: dict[bytes, ApiKey] = {}
         for index, key in enumerate(keys):
-            secret = key.key
-            if key.key_env is not None:
-                secret = environ.get(key.key_env, "")
-                where = f"gateway.api_keys[{index}].key_env"
-                if not secret:
-                    log.warning("the API key %r is disabled: $%s is not set", key.name, key.key_env)
-                    continue
-                if len(secret) < 8:
-                    raise ConfigError(where, f"${key.key_env} must hold 8 characters or more")
-                if _digest(secret) in self._keys:
-                    raise ConfigError(where, f"${key.key_env} holds another API key's key")
-            self._keys[_digest(secret)] = key
+            secret = _secret(index, key, environ)
+            if secret is None:
+                continue
+            digest = _digest(secret)
+            other = self._keys.get(digest)
+            if other is not None:  # one would take the other's place, and its rights
+                where = f"gateway.api_keys[{index}].{'key' if key.key_env is None else 'key_env'}"
+                raise ConfigError(where, f"is also the key of {other.name!r}")
+            self._keys[digest] = key
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
         route: RouteConfig = request.attributes["route_config"]
@@ -174,6 +171,21 @@ class ApiKeys:
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
+
+
+def _secret(index: int, key: ApiKey, environ: Mapping[str, str]) -> str | None:
+    """The key itself, or its variable's value; None (with a warning) if that is unset."""
+    if key.key_env is None:
+        return key.key
+    secret = environ.get(key.key_env, "")
+    if not secret:
+        log.warning("the API key %r is disabled: $%s is not set", key.name, key.key_env)
+        return None
+    if len(secret) < 8:
+        raise ConfigError(
+            f"gateway.api_keys[{index}].key_env", f"${key.key_env} must hold 8 characters or more"
+        )
+    return secret
 
 
 class ClientLimits:
