@@ -100,6 +100,7 @@ PUBLIC = {
         "Ready",
         "RequestDecision",
         "Retrier",
+        "RoutePolicy",
         "RouteSplit",
         "UpstreamCall",
         "Upstreams",

@@ -176,6 +176,80 @@ async def test_a_key_limited_to_some_services_gets_403_elsewhere() -> None:
         assert refused.json()["error"] == "the key 'items-only' may not call orders"
 
 
+ADMIN_KEY = "admin-key-for-tests"
+
+
+def keyed_config() -> GatewayConfig:
+    """Reading /api/stock takes any key; changing it, the admin's alone (from $TEST_ADMIN_KEY)."""
+    return config(
+        api_keys=[
+            ApiKey(name="tests", key=KEY),
+            ApiKey(name="admin", key_env="TEST_ADMIN_KEY"),
+        ],
+        routes=[
+            RouteConfig(path="/api/stock", service="stock", strip="/api", methods=["GET"]),
+            RouteConfig(
+                path="/api/stock", service="stock", strip="/api", methods=["PUT"], keys=["admin"]
+            ),
+        ],
+    )
+
+
+async def test_a_route_naming_its_keys_refuses_the_others_with_403(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A key missing from a route's keys gets 403 there, and nothing is forwarded."""
+    monkeypatch.setenv("TEST_ADMIN_KEY", ADMIN_KEY)
+    async with running(keyed_config()) as (fleet, call):
+        await fleet.add("stock")
+        assert (await call("GET", "/api/stock/1")).status == 200
+        refused = await call("PUT", "/api/stock/1")
+        assert refused.status == 403
+        assert "the key 'tests' may not call PUT /api/stock" in refused.text
+        assert fleet.paths == ["/stock/1"]
+        assert (await call("PUT", "/api/stock/1", key=ADMIN_KEY)).status == 200
+        assert (await call("GET", "/api/stock/1", key=ADMIN_KEY)).status == 200
+        assert fleet.paths == ["/stock/1"] * 3
+
+
+async def test_a_key_from_an_unset_variable_is_disabled(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without its variable the admin key is unknown (401), and the gateway says why."""
+    monkeypatch.delenv("TEST_ADMIN_KEY", raising=False)
+    async with running(keyed_config()) as (fleet, call):
+        await fleet.add("stock")
+        assert (await call("PUT", "/api/stock/1", key=ADMIN_KEY)).status == 401
+        assert (await call("PUT", "/api/stock/1", key="")).status == 401
+        assert not fleet.hits
+    assert "the API key 'admin' is disabled: $TEST_ADMIN_KEY is not set" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("short", "must hold 8 characters or more"), (KEY, "is also the key of 'tests'")],
+)
+def test_a_key_variable_holding_a_bad_key_stops_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    """A short key, or one that would stand in for another key, is a ConfigError naming key_env."""
+    monkeypatch.setenv("TEST_ADMIN_KEY", value)
+    with pytest.raises(ConfigError, match=problem) as caught:
+        Gateway(keyed_config(), EmbeddedRegistry())
+    assert caught.value.key == "gateway.api_keys[1].key_env"
+
+
+def test_a_literal_key_equal_to_an_earlier_variable_s_key_stops_the_gateway(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whichever comes first, a variable's key may not be another key's: ConfigError."""
+    monkeypatch.setenv("TEST_ADMIN_KEY", ADMIN_KEY)
+    keys = [ApiKey(name="admin", key_env="TEST_ADMIN_KEY"), ApiKey(name="tests", key=ADMIN_KEY)]
+    with pytest.raises(ConfigError, match="is also the key of 'admin'") as caught:
+        Gateway(config(api_keys=keys), EmbeddedRegistry())
+    assert caught.value.key == "gateway.api_keys[1].key"
+
+
 async def test_a_public_route_needs_no_key() -> None:
     async with running() as (fleet, call):
         await fleet.add("items")
@@ -316,6 +390,27 @@ async def test_a_failing_write_route_leaves_the_read_route_open() -> None:
         (
             {"api_keys": [ApiKey(name="a", key=KEY), ApiKey(name="b", key=KEY)]},
             "gateway.api_keys[1].key",
+        ),
+        ({"api_keys": [ApiKey(name="a")]}, "gateway.api_keys[0].key"),
+        ({"api_keys": [ApiKey(name="a", key=KEY, key_env="K")]}, "gateway.api_keys[0].key"),
+        ({"api_keys": [ApiKey(name="a", key_env="NOT A NAME")]}, "gateway.api_keys[0].key_env"),
+        (
+            {"routes": [RouteConfig(path="/a", service="a", keys=["nobody"])]},
+            "gateway.routes[0].keys",
+        ),
+        ({"routes": [RouteConfig(path="/a", service="a", keys=[])]}, "gateway.routes[0].keys"),
+        (
+            {
+                "routes": [
+                    RouteConfig(path="/a", service="a", keys=["tests"]),
+                    RouteConfig(path="/a", service="a"),
+                ]
+            },
+            "gateway.routes[1]",
+        ),
+        (
+            {"routes": [RouteConfig(path="/a", service="a", auth="none", keys=["tests"])]},
+            "gateway.routes[0].keys",
         ),
         ({"jwt": JwtConfig(secret_env="S", rate=0)}, "gateway.jwt.rate"),
         ({"jwt": JwtConfig(secret_env="S", burst=0)}, "gateway.jwt.burst"),

@@ -2,7 +2,13 @@
 
 Units sold are counted from the ``order.created`` events orders publishes,
 in the group ``inventory``: every replica joins it, and each event is
-counted by one of them, once (the inbox drops a repeat by its message id).
+counted by one of them. The bus delivers at least once, and an event can be
+published again under a new message id (a replay, or a fix-up by hand), so
+a sale is counted once per order id, the business key, in the same
+transaction as the count; a message id inbox would let the second copy in.
+
+Changing stock (``PUT /stock/{id}``) is for the shop's staff: the gateway
+lets only the admin API key reach it (``keys`` in meshkit.toml).
 """
 
 from __future__ import annotations
@@ -16,11 +22,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import meshkit
-from meshkit.bus import Message, SqliteInbox, SqliteOutbox
+from meshkit.bus import Message
 from shop.db import Database
-
-app = FastAPI(title="inventory")
-service = meshkit.Service(app, name="inventory", version="1.0.0")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
@@ -37,6 +40,10 @@ CREATE TABLE IF NOT EXISTS sold (
     product_id INTEGER PRIMARY KEY,
     quantity INTEGER NOT NULL
 );
+-- The orders whose sale is in 'sold' already.
+CREATE TABLE IF NOT EXISTS counted_orders (
+    order_id INTEGER PRIMARY KEY
+);
 """
 
 
@@ -44,12 +51,22 @@ def seed(db: sqlite3.Connection) -> None:
     db.executemany("INSERT OR IGNORE INTO stock VALUES (?, ?)", [(1, 25), (2, 10), (3, 40)])
 
 
-db = Database("inventory", SCHEMA + SqliteOutbox.SCHEMA, seed)  # the outbox's for its inbox
-inbox = SqliteInbox("inventory")
+db = Database("inventory", SCHEMA, seed)
+app = FastAPI(title="inventory", lifespan=db.lifespan)
+service = meshkit.Service(app, name="inventory", version="1.0.0")
 
 
 class Stock(BaseModel):
     quantity: int = Field(ge=0, le=10_000_000)
+
+
+class StockLevel(BaseModel):
+    product_id: int
+    quantity: int
+
+
+class StockRecord(StockLevel):
+    sold: int
 
 
 class Item(BaseModel):
@@ -62,15 +79,28 @@ class Reservation(BaseModel):
     items: list[Item] = Field(min_length=1, max_length=100)
 
 
+class Short(BaseModel):
+    product_id: int
+    requested: int
+    available: int
+
+
+class Shortage(BaseModel):
+    """The 409 of a reservation: what is short, for orders to tell its caller."""
+
+    detail: str
+    short: list[Short]
+
+
 @app.put("/stock/{product_id}")
-def set_stock(product_id: int, stock: Stock) -> dict[str, int]:
+def set_stock(product_id: int, stock: Stock) -> StockLevel:
     with db.transaction() as tx:
         tx.execute("INSERT OR REPLACE INTO stock VALUES (?, ?)", (product_id, stock.quantity))
-    return {"product_id": product_id, "quantity": stock.quantity}
+    return StockLevel(product_id=product_id, quantity=stock.quantity)
 
 
 @app.get("/stock/{product_id}")
-def get_stock(product_id: int) -> dict[str, int]:
+def get_stock(product_id: int) -> StockRecord:
     rows = db.read(
         "SELECT stock.quantity, coalesce(sold.quantity, 0) AS sold FROM stock"
         " LEFT JOIN sold USING (product_id) WHERE product_id = ?",
@@ -78,31 +108,32 @@ def get_stock(product_id: int) -> dict[str, int]:
     )
     if not rows:
         raise HTTPException(404, f"no stock record for product {product_id}")
-    return {"product_id": product_id, "quantity": rows[0]["quantity"], "sold": rows[0]["sold"]}
+    return StockRecord(product_id=product_id, quantity=rows[0]["quantity"], sold=rows[0]["sold"])
 
 
-@app.post("/reservations", status_code=201, response_model=None)
-def reserve(reservation: Reservation) -> dict[str, object] | JSONResponse:
-    """Reserve every item or none. Reserving an order again returns its reservation."""
+@app.post(
+    "/reservations",
+    status_code=201,
+    response_model=Reservation,
+    responses={200: {"model": Reservation}, 409: {"model": Shortage}},
+)
+def reserve(reservation: Reservation) -> Reservation | JSONResponse:
+    """Reserve every item or none: 201. Reserving an order again returns its reservation: 200."""
     wanted = Counter[int]()
     for item in reservation.items:
         wanted[item.product_id] += item.quantity
     with db.transaction() as tx:
         existing = _reserved(tx, reservation.order_id)
         if existing:
-            return JSONResponse({"order_id": reservation.order_id, "items": existing}, 200)
-        short = []
-        for product_id, quantity in sorted(wanted.items()):
-            row = tx.execute(
-                "SELECT quantity FROM stock WHERE product_id = ?", (product_id,)
-            ).fetchone()
-            available = row["quantity"] if row else 0
-            if available < quantity:
-                short.append(
-                    {"product_id": product_id, "requested": quantity, "available": available}
-                )
+            return JSONResponse(existing.model_dump(), 200)
+        short = [
+            Short(product_id=product_id, requested=quantity, available=available)
+            for product_id, quantity in sorted(wanted.items())
+            if (available := _available(tx, product_id)) < quantity
+        ]
         if short:
-            return JSONResponse({"error": "insufficient stock", "short": short}, 409)
+            shortage = Shortage(detail="insufficient stock", short=short)
+            return JSONResponse(shortage.model_dump(), 409)
         for product_id, quantity in wanted.items():
             tx.execute(
                 "UPDATE stock SET quantity = quantity - ? WHERE product_id = ?",
@@ -112,32 +143,39 @@ def reserve(reservation: Reservation) -> dict[str, object] | JSONResponse:
                 "INSERT INTO reservations VALUES (?, ?, ?)",
                 (reservation.order_id, product_id, quantity),
             )
-        items = _reserved(tx, reservation.order_id)
-    return {"order_id": reservation.order_id, "items": items}
+    items = [Item(product_id=p, quantity=q) for p, q in sorted(wanted.items())]
+    return Reservation(order_id=reservation.order_id, items=items)
 
 
 @app.delete("/reservations/{order_id}", status_code=204)
 def release(order_id: int) -> Response:
     """Put a reservation's items back in stock."""
     with db.transaction() as tx:
-        items = _reserved(tx, order_id)
-        if not items:
+        reservation = _reserved(tx, order_id)
+        if reservation is None:
             raise HTTPException(404, f"no reservation for order {order_id}")
-        for item in items:
+        for item in reservation.items:
             tx.execute(
                 "UPDATE stock SET quantity = quantity + ? WHERE product_id = ?",
-                (item["quantity"], item["product_id"]),
+                (item.quantity, item.product_id),
             )
         tx.execute("DELETE FROM reservations WHERE order_id = ?", (order_id,))
     return Response(status_code=204)
 
 
-def _reserved(tx: sqlite3.Connection, order_id: int) -> list[dict[str, int]]:
+def _available(tx: sqlite3.Connection, product_id: int) -> int:
+    row = tx.execute("SELECT quantity FROM stock WHERE product_id = ?", (product_id,)).fetchone()
+    return int(row["quantity"]) if row else 0
+
+
+def _reserved(tx: sqlite3.Connection, order_id: int) -> Reservation | None:
     rows = tx.execute(
         "SELECT product_id, quantity FROM reservations WHERE order_id = ? ORDER BY product_id",
         (order_id,),
     ).fetchall()
-    return [dict(row) for row in rows]
+    if not rows:
+        return None
+    return Reservation(order_id=order_id, items=[Item(**row) for row in rows])
 
 
 class Sale(BaseModel):
@@ -151,16 +189,21 @@ class Sale(BaseModel):
 async def count_sale(message: Message) -> None:
     """Add an order's items to the units sold; a malformed event raises (and is dead-lettered)."""
     sale = Sale.model_validate_json(message.payload)
-    await asyncio.to_thread(_count, message.id, sale)
+    await asyncio.to_thread(count, sale)
 
 
-def _count(message_id: str, sale: Sale) -> None:
+def count(sale: Sale) -> bool:
+    """Add ``sale`` to the units sold unless its order was counted: whether it was added."""
     with db.transaction() as tx:
-        if not inbox.record(tx, message_id):
-            return  # counted already
+        added = tx.execute(
+            "INSERT INTO counted_orders VALUES (?) ON CONFLICT DO NOTHING", (sale.order_id,)
+        )
+        if added.rowcount == 0:
+            return False
         for item in sale.items:
             tx.execute(
                 "INSERT INTO sold VALUES (?, ?)"
                 " ON CONFLICT (product_id) DO UPDATE SET quantity = quantity + excluded.quantity",
                 (item.product_id, item.quantity),
             )
+    return True

@@ -11,8 +11,10 @@ Events reach it the same way: the sidecar takes the group
 to ``/events/order-created`` (``subscribe`` in meshkit.toml). A 2xx answer
 acks it. An order for a user that users does not know is answered 422: the
 bus tries again after its backoff, then keeps it as a dead letter, to be
-replayed (``meshkit dlq replay``) once the user exists. A message id seen
-before is acknowledged without sending the confirmation again.
+replayed (``meshkit dlq replay``) once the user exists. An order confirmed
+before is acknowledged without sending the confirmation again: the bus
+delivers at least once, and the same order may be published again under a
+new message id, so the order id, not the message id, says what was done.
 """
 
 from __future__ import annotations
@@ -22,13 +24,13 @@ import os
 import sqlite3
 import urllib.error
 import urllib.request
+from typing import Literal
 
-from fastapi import FastAPI, Header, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from shop.db import Database
 
-app = FastAPI(title="notifications")
 OUTBOUND = os.environ.get("MESHKIT_OUTBOUND", "")
 
 SCHEMA = """
@@ -40,14 +42,15 @@ CREATE TABLE IF NOT EXISTS notifications (
     sent_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS notifications_by_user ON notifications (user_id);
--- The bus delivers at least once: the message ids already acted on.
-CREATE TABLE IF NOT EXISTS handled_events (
-    message_id TEXT PRIMARY KEY,
+-- The orders confirmed already, and the notification that did it.
+CREATE TABLE IF NOT EXISTS confirmed_orders (
+    order_id INTEGER PRIMARY KEY,
     notification_id INTEGER NOT NULL
 );
 """
 
 db = Database("notifications", SCHEMA)
+app = FastAPI(title="notifications", lifespan=db.lifespan)
 
 
 class Notification(BaseModel):
@@ -56,10 +59,26 @@ class Notification(BaseModel):
     message: str = Field(min_length=1, max_length=1000)
 
 
+class SentNotification(Notification):
+    id: int
+    sent_at: str
+
+
+class Confirmation(BaseModel):
+    """The answer to an event: the confirmation, and whether it was sent before."""
+
+    notification_id: int
+    repeat: bool
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
 @app.get("/health")
-def health() -> dict[str, str]:
+def health() -> Health:
     db.read("SELECT 1", ())  # healthy means the database answers too
-    return {"status": "ok"}
+    return Health(status="ok")
 
 
 def _user_exists(user_id: int) -> bool:
@@ -87,7 +106,7 @@ class OrderCreated(BaseModel):
 
 
 @app.post("/notifications", status_code=201)
-def send(notification: Notification) -> dict[str, object]:
+def send(notification: Notification) -> SentNotification:
     if not _user_exists(notification.user_id):
         raise HTTPException(422, f"no user {notification.user_id} to notify")
     with db.transaction() as tx:
@@ -95,40 +114,46 @@ def send(notification: Notification) -> dict[str, object]:
 
 
 @app.post("/events/order-created")
-def order_created(
-    event: OrderCreated, message_id: str = Header(alias="meshkit-message-id", max_length=200)
-) -> dict[str, object]:
-    """Confirm an order to its user, once per message id."""
+def order_created(event: OrderCreated) -> Confirmation:
+    """Confirm an order to its user, once per order."""
     # A repeat is acked before anything else is asked: had the user gone
-    # since, a 422 would send a handled message to the dead-letter queue.
-    done = db.read("SELECT notification_id FROM handled_events WHERE message_id = ?", (message_id,))
-    if done:
-        return {"id": done[0]["notification_id"], "repeat": True}
+    # since, a 422 would send a handled order to the dead-letter queue.
+    done = _confirmed(event.order_id)
+    if done is not None:
+        return done
     if not _user_exists(event.user_id):
         raise HTTPException(422, f"no user {event.user_id} to confirm order {event.order_id} to")
     message = f"Order {event.order_id} is confirmed: {event.total_cents / 100:.2f} charged."
     notification = Notification(user_id=event.user_id, order_id=event.order_id, message=message)
     with db.transaction() as tx:
-        if tx.execute(
-            "SELECT 1 FROM handled_events WHERE message_id = ?", (message_id,)
-        ).fetchone():
-            return {"repeat": True}  # a concurrent delivery of the same message won
-        row = _insert(tx, notification)
-        tx.execute("INSERT INTO handled_events VALUES (?, ?)", (message_id, row["id"]))
-    return row
+        # Asked again under the write lock: a concurrent delivery may have won.
+        row = tx.execute(
+            "SELECT notification_id FROM confirmed_orders WHERE order_id = ?", (event.order_id,)
+        ).fetchone()
+        if row is not None:
+            return Confirmation(notification_id=row["notification_id"], repeat=True)
+        sent = _insert(tx, notification)
+        tx.execute("INSERT INTO confirmed_orders VALUES (?, ?)", (event.order_id, sent.id))
+    return Confirmation(notification_id=sent.id, repeat=False)
 
 
-def _insert(tx: sqlite3.Connection, notification: Notification) -> dict[str, object]:
+def _confirmed(order_id: int) -> Confirmation | None:
+    rows = db.read("SELECT notification_id FROM confirmed_orders WHERE order_id = ?", (order_id,))
+    if not rows:
+        return None
+    return Confirmation(notification_id=rows[0]["notification_id"], repeat=True)
+
+
+def _insert(tx: sqlite3.Connection, notification: Notification) -> SentNotification:
     cursor = tx.execute(
         "INSERT INTO notifications (user_id, order_id, message) VALUES (?, ?, ?)",
         (notification.user_id, notification.order_id, notification.message),
     )
-    return dict(
-        tx.execute("SELECT * FROM notifications WHERE id = ?", (cursor.lastrowid,)).fetchone()
-    )
+    row = tx.execute("SELECT * FROM notifications WHERE id = ?", (cursor.lastrowid,)).fetchone()
+    return SentNotification(**row)
 
 
 @app.get("/notifications")
-def sent_to(user_id: int = Query(ge=1)) -> list[dict[str, object]]:
+def sent_to(user_id: int = Query(ge=1)) -> list[SentNotification]:
     rows = db.read("SELECT * FROM notifications WHERE user_id = ? ORDER BY id", (user_id,))
-    return [dict(row) for row in rows]
+    return [SentNotification(**row) for row in rows]

@@ -12,33 +12,37 @@ cannot be reached, what was done is undone as far as possible and the order
 ends failed (503). A charge whose answer is lost may or may not have been
 captured, so it is voided: refunded if it was, refused if it comes late;
 if even the void fails, the order ends 'uncertain', for a person to settle.
-Undoing runs whatever stopped the order, a cancelled request included.
-(A later issue makes this a saga that survives a crash of this service in
-the middle.)
+Undoing runs whatever stopped the order, a cancelled request included,
+but not a crash of this service in the middle: that order stays 'pending',
+with whatever it had reserved or charged.
 
 Reservations and payments are sent as idempotent: both services answer a
 repeated request for the same order with what they did the first time, so
 a retry after a lost answer cannot reserve or charge twice.
+
+The handlers reach other services through ``service.client``, given by the
+``mesh`` dependency, so a test can put a fake in its place with
+``app.dependency_overrides[mesh]``. The database is blocking: the async
+handler runs its queries in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import meshkit
-from meshkit.bus import SqliteOutbox
+from meshkit.bus import OutboxEntry, SqliteOutbox
 from meshkit.errors import MeshkitError
 from meshkit.http import Response
 from meshkit.service import without_deadline
 from shop.db import Database
 
-app = FastAPI(title="orders")
-service = meshkit.Service(app, name="orders", version="1.0.0")
 log = logging.getLogger("shop.orders")
 
 # Charging has a deadline of its own, shorter than a call's default (10 s):
@@ -66,7 +70,32 @@ CREATE TABLE IF NOT EXISTS order_items (
 """
 
 db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA)
-service.add_outbox(SqliteOutbox(db.path))
+app = FastAPI(title="orders", lifespan=db.lifespan)
+service = meshkit.Service(app, name="orders", version="1.0.0")
+
+
+class Outbox(SqliteOutbox):
+    """The orders database's outbox, which opens the database if the app has not yet.
+
+    The service starts relaying before the app's lifespan runs (so that a
+    lifespan may record events): the relay's first claim can come first.
+    """
+
+    async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
+        if not db.opened:
+            await asyncio.to_thread(db.open)
+        return await super().claim(limit, hold=hold)
+
+
+service.add_outbox(Outbox(db.path))
+
+
+def mesh() -> meshkit.ServiceClient:
+    """The client that calls other services by name (a dependency, so tests can replace it)."""
+    return service.client
+
+
+Mesh = Annotated[meshkit.ServiceClient, Depends(mesh)]
 
 
 class Item(BaseModel):
@@ -79,18 +108,57 @@ class NewOrder(BaseModel):
     items: list[Item] = Field(min_length=1, max_length=50)
 
 
+class Placed(BaseModel):
+    """What placing an order ended in: confirmed (201), declined (402) or rejected (409)."""
+
+    id: int
+    status: Literal["confirmed", "declined", "rejected"]
+    total_cents: int
+
+
+class Short(BaseModel):
+    product_id: int
+    requested: int
+    available: int
+
+
+class Rejected(Placed):
+    short: list[Short]
+
+
+class OrderLine(BaseModel):
+    product_id: int
+    quantity: int
+    price_cents: int
+
+
+class Order(BaseModel):
+    id: int
+    user_id: int
+    status: Literal["pending", "confirmed", "declined", "rejected", "failed", "uncertain"]
+    total_cents: int
+    payment_id: int | None
+    reason: str | None
+    created_at: str
+    items: list[OrderLine]
+
+
 def _unavailable(what: str, response: Response) -> HTTPException:
-    return HTTPException(503, f"{what} answered {response.status}")
+    return HTTPException(503, f"{what} answered {response.status_code}")
 
 
-@app.post("/orders", status_code=201, response_model=None)
-async def place_order(order: NewOrder) -> dict[str, object] | JSONResponse:
-    client = service.client
+@app.post(
+    "/orders",
+    status_code=201,
+    response_model=Placed,
+    responses={402: {"model": Placed}, 409: {"model": Rejected}},
+)
+async def place_order(order: NewOrder, client: Mesh) -> Placed | JSONResponse:
     try:
         user = await client.get("users", f"/users/{order.user_id}")
-        if user.status == 404:
-            raise HTTPException(422, {"error": f"no user {order.user_id}", "field": "user_id"})
-        if not user.ok:
+        if user.status_code == 404:
+            raise HTTPException(422, f"user_id: no user {order.user_id}")
+        if not user.is_success:
             raise _unavailable("users", user)
         product_ids = sorted({item.product_id for item in order.items})
         answers = await asyncio.gather(
@@ -100,20 +168,19 @@ async def place_order(order: NewOrder) -> dict[str, object] | JSONResponse:
         raise HTTPException(503, f"cannot check the order: {error}") from error
     prices = {}
     for product_id, answer in zip(product_ids, answers, strict=True):
-        if answer.status == 404:
-            raise HTTPException(
-                422, {"error": f"no product {product_id}", "field": "items.product_id"}
-            )
-        if not answer.ok:
+        if answer.status_code == 404:
+            raise HTTPException(422, f"items.product_id: no product {product_id}")
+        if not answer.is_success:
             raise _unavailable("products", answer)
         prices[product_id] = int(answer.json()["price_cents"])
     total = sum(prices[item.product_id] * item.quantity for item in order.items)
-    order_id = _record(order, prices, total)
-    return await _fulfil(order_id, order, total)
+    order_id = await asyncio.to_thread(_record, order, prices, total)
+    return await _fulfil(client, order_id, order, total)
 
 
-async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, object] | JSONResponse:
-    client = service.client
+async def _fulfil(
+    client: meshkit.ServiceClient, order_id: int, order: NewOrder, total: int
+) -> Placed | JSONResponse:
     items = [item.model_dump() for item in order.items]
     reserved = charging = False
     try:
@@ -123,18 +190,12 @@ async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, objec
             json={"order_id": order_id, "items": items},
             idempotent=True,
         )
-        if reservation.status == 409:
-            _finish(order_id, "rejected", reason="insufficient stock")
-            return JSONResponse(
-                {
-                    "id": order_id,
-                    "status": "rejected",
-                    "total_cents": total,
-                    "short": reservation.json().get("short", []),
-                },
-                409,
-            )
-        if not reservation.ok:
+        if reservation.status_code == 409:
+            await asyncio.to_thread(_finish, order_id, "rejected", reason="insufficient stock")
+            short = reservation.json().get("short", [])
+            rejected = Rejected(id=order_id, status="rejected", total_cents=total, short=short)
+            return JSONResponse(rejected.model_dump(), 409)
+        if not reservation.is_success:
             raise _unavailable("inventory", reservation)
         reserved = charging = True
         payment = await client.post(
@@ -144,35 +205,38 @@ async def _fulfil(order_id: int, order: NewOrder, total: int) -> dict[str, objec
             idempotent=True,
             timeout=_CHARGE_TIMEOUT,
         )
-        if payment.status == 402:
-            await _release(order_id)
-            _finish(order_id, "declined", reason="payment declined")
-            return JSONResponse({"id": order_id, "status": "declined", "total_cents": total}, 402)
-        if not payment.ok:
+        if payment.status_code == 402:
+            await _release(client, order_id)
+            await asyncio.to_thread(_finish, order_id, "declined", reason="payment declined")
+            declined = Placed(id=order_id, status="declined", total_cents=total)
+            return JSONResponse(declined.model_dump(), 402)
+        if not payment.is_success:
             raise _unavailable("payments", payment)
         if payment.json()["status"] != "captured":  # voided before it arrived
             raise HTTPException(503, f"the payment of order {order_id} was voided")
     except BaseException as error:
         # Anything, a cancelled request included, undoes what was done;
         # shielded, so a cancellation cannot stop the undoing half-way.
-        undo = _undo(order_id, error, charging=charging, reserved=reserved)
+        undo = _undo(client, order_id, error, charging=charging, reserved=reserved)
         status = await asyncio.shield(undo)
         if isinstance(error, MeshkitError | HTTPException):
-            raise HTTPException(503, f"order {order_id} {status}: {error}") from error
+            reason = error.detail if isinstance(error, HTTPException) else error
+            raise HTTPException(503, f"order {order_id} {status}: {reason}") from error
         raise
-    _confirm(order_id, order, total, payment_id=int(payment.json()["id"]))
-    return {"id": order_id, "status": "confirmed", "total_cents": total}
+    payment_id = int(payment.json()["id"])
+    await asyncio.to_thread(_confirm, order_id, order, total, payment_id=payment_id)
+    return Placed(id=order_id, status="confirmed", total_cents=total)
 
 
 @app.get("/orders/{order_id}")
-def get_order(order_id: int) -> dict[str, object]:
+def get_order(order_id: int) -> Order:
     rows = db.read("SELECT * FROM orders WHERE id = ?", (order_id,))
     if not rows:
         raise HTTPException(404, f"no order {order_id}")
     items = db.read(
         "SELECT product_id, quantity, price_cents FROM order_items WHERE order_id = ?", (order_id,)
     )
-    return {**dict(rows[0]), "items": [dict(item) for item in items]}
+    return Order(**rows[0], items=[OrderLine(**item) for item in items])
 
 
 def _record(order: NewOrder, prices: dict[int, int], total: int) -> int:
@@ -216,7 +280,14 @@ def _confirm(order_id: int, order: NewOrder, total: int, *, payment_id: int) -> 
     service.notify_outbox()
 
 
-async def _undo(order_id: int, error: BaseException, *, charging: bool, reserved: bool) -> str:
+async def _undo(
+    client: meshkit.ServiceClient,
+    order_id: int,
+    error: BaseException,
+    *,
+    charging: bool,
+    reserved: bool,
+) -> str:
     """Void the charge and release the stock; record the order's end, and return it.
 
     The order that called us may have had its deadline spent by the step that
@@ -224,19 +295,19 @@ async def _undo(order_id: int, error: BaseException, *, charging: bool, reserved
     """
     status, reason = "failed", str(error) or type(error).__name__
     with without_deadline():
-        if charging and not await _void(order_id, error):
-            # Left for a person (and, later, the saga) to settle.
+        if charging and not await _void(client, order_id, error):
+            # Left for a person to settle.
             status, reason = "uncertain", f"{reason}; the charge could not be voided"
         if reserved:
-            await _release(order_id)
-    _finish(order_id, status, reason=reason)
+            await _release(client, order_id)
+    await asyncio.to_thread(_finish, order_id, status, reason=reason)
     return status
 
 
-async def _void(order_id: int, error: BaseException) -> bool:
+async def _void(client: meshkit.ServiceClient, order_id: int, error: BaseException) -> bool:
     log.warning("the charge for order %d is uncertain (%r); voiding it", order_id, error)
     try:
-        voided = await service.client.post(
+        voided = await client.post(
             "payments",
             f"/payments/by-order/{order_id}/void",
             idempotent=True,
@@ -245,15 +316,15 @@ async def _void(order_id: int, error: BaseException) -> bool:
     except MeshkitError as failure:
         log.error("could not void the payment of order %d: %s", order_id, failure)
         return False
-    if not voided.ok:
-        log.error("could not void the payment of order %d: %d", order_id, voided.status)
+    if not voided.is_success:
+        log.error("could not void the payment of order %d: %d", order_id, voided.status_code)
         return False
     log.warning("order %d: payment %s", order_id, voided.json()["status"])
     return True
 
 
-async def _release(order_id: int) -> None:
+async def _release(client: meshkit.ServiceClient, order_id: int) -> None:
     try:
-        await service.client.delete("inventory", f"/reservations/{order_id}", timeout=_UNDO_TIMEOUT)
+        await client.delete("inventory", f"/reservations/{order_id}", timeout=_UNDO_TIMEOUT)
     except MeshkitError as error:
         log.warning("could not release the reservation of order %d: %s", order_id, error)

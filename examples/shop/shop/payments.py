@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
@@ -16,9 +17,6 @@ from pydantic import BaseModel, Field
 
 import meshkit
 from shop.db import Database
-
-app = FastAPI(title="payments")
-service = meshkit.Service(app, name="payments", version="1.0.0")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payments (
@@ -31,6 +29,8 @@ CREATE TABLE IF NOT EXISTS payments (
 """
 
 db = Database("payments", SCHEMA)
+app = FastAPI(title="payments", lifespan=db.lifespan)
+service = meshkit.Service(app, name="payments", version="1.0.0")
 
 
 def _failure_rate() -> float:
@@ -56,12 +56,25 @@ class Charge(BaseModel):
     amount_cents: int = Field(gt=0, le=100_000_000)
 
 
-def _payment(row: sqlite3.Row) -> dict[str, object]:
-    return dict(row)
+class Payment(BaseModel):
+    id: int
+    order_id: int
+    user_id: int  # 0 for a void that took a charge's place
+    amount_cents: int
+    status: Literal["captured", "refunded", "voided"]
 
 
-@app.post("/payments", status_code=201, response_model=None)
-def charge(charge: Charge) -> dict[str, object] | JSONResponse:
+def _payment(row: sqlite3.Row) -> Payment:
+    return Payment(**row)
+
+
+@app.post(
+    "/payments",
+    status_code=201,
+    response_model=Payment,
+    responses={200: {"model": Payment, "description": "The order was charged (or voided) before"}},
+)
+def charge(charge: Charge) -> Payment | JSONResponse:
     """Charge for an order once: charging the same order again returns the first payment.
 
     (Or the void that took its place: see ``void``.)
@@ -69,9 +82,9 @@ def charge(charge: Charge) -> dict[str, object] | JSONResponse:
     with db.transaction() as tx:
         row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (charge.order_id,)).fetchone()
         if row is not None:
-            return JSONResponse(_payment(row), 200)
+            return JSONResponse(_payment(row).model_dump(), 200)
         if _chance.random() < FAILURE_RATE:
-            return JSONResponse({"error": "card declined", "order_id": charge.order_id}, 402)
+            raise HTTPException(402, f"the card was declined for order {charge.order_id}")
         cursor = tx.execute(
             "INSERT INTO payments (order_id, user_id, amount_cents, status)"
             " VALUES (?, ?, ?, 'captured')",
@@ -82,7 +95,7 @@ def charge(charge: Charge) -> dict[str, object] | JSONResponse:
 
 
 @app.post("/payments/{payment_id}/refund")
-def refund(payment_id: int) -> dict[str, object]:
+def refund(payment_id: int) -> Payment:
     """Refund a payment; refunding it again changes nothing."""
     with db.transaction() as tx:
         row = tx.execute("SELECT * FROM payments WHERE id = ?", (payment_id,)).fetchone()
@@ -94,7 +107,7 @@ def refund(payment_id: int) -> dict[str, object]:
 
 
 @app.get("/payments/by-order/{order_id}")
-def payment_of_order(order_id: int) -> dict[str, object]:
+def payment_of_order(order_id: int) -> Payment:
     rows = db.read("SELECT * FROM payments WHERE order_id = ?", (order_id,))
     if not rows:
         raise HTTPException(404, f"no payment for order {order_id}")
@@ -102,7 +115,7 @@ def payment_of_order(order_id: int) -> dict[str, object]:
 
 
 @app.post("/payments/by-order/{order_id}/void")
-def void(order_id: int) -> dict[str, object]:
+def void(order_id: int) -> Payment:
     """Make sure an order is not charged: a capture is refunded, a late charge refused.
 
     The orders service calls this when a charge's answer was lost (a timeout,
@@ -126,7 +139,7 @@ def void(order_id: int) -> dict[str, object]:
 
 
 @app.get("/payments/{payment_id}")
-def get_payment(payment_id: int) -> dict[str, object]:
+def get_payment(payment_id: int) -> Payment:
     rows = db.read("SELECT * FROM payments WHERE id = ?", (payment_id,))
     if not rows:
         raise HTTPException(404, f"no payment {payment_id}")

@@ -10,9 +10,6 @@ from pydantic import BaseModel, Field
 import meshkit
 from shop.db import Database
 
-app = FastAPI(title="products")
-service = meshkit.Service(app, name="products", version="1.0.0")
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS products (
     id INTEGER PRIMARY KEY,
@@ -33,6 +30,8 @@ def seed(db: sqlite3.Connection) -> None:
 
 
 db = Database("products", SCHEMA, seed)
+app = FastAPI(title="products", lifespan=db.lifespan)
+service = meshkit.Service(app, name="products", version="1.0.0")
 
 
 class NewProduct(BaseModel):
@@ -40,24 +39,31 @@ class NewProduct(BaseModel):
     price_cents: int = Field(gt=0, le=100_000_000)
 
 
+class Product(BaseModel):
+    id: int
+    name: str
+    price_cents: int
+
+
 @app.post("/products", status_code=201)
-def create_product(product: NewProduct) -> dict[str, object]:
+def create_product(product: NewProduct) -> Product:
     with db.transaction() as tx:
         cursor = tx.execute(
             "INSERT INTO products (name, price_cents) VALUES (?, ?)",
             (product.name, product.price_cents),
         )
-    return {"id": cursor.lastrowid, "name": product.name, "price_cents": product.price_cents}
+    return Product(id=cursor.lastrowid or 0, name=product.name, price_cents=product.price_cents)
 
 
 @app.get("/products")
-def list_products() -> list[dict[str, object]]:
-    return [dict(row) for row in db.read("SELECT id, name, price_cents FROM products ORDER BY id")]
+def list_products() -> list[Product]:
+    rows = db.read("SELECT id, name, price_cents FROM products ORDER BY id")
+    return [Product(**row) for row in rows]
 
 
 @app.get("/products/{product_id}")
-def get_product(product_id: int) -> dict[str, object]:
+def get_product(product_id: int) -> Product:
     rows = db.read("SELECT id, name, price_cents FROM products WHERE id = ?", (product_id,))
     if not rows:
         raise HTTPException(404, f"no product {product_id}")
-    return dict(rows[0])
+    return Product(**rows[0])

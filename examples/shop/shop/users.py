@@ -10,9 +10,6 @@ from pydantic import BaseModel, Field
 import meshkit
 from shop.db import Database
 
-app = FastAPI(title="users")
-service = meshkit.Service(app, name="users", version="1.0.0")
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
@@ -27,6 +24,8 @@ def seed(db: sqlite3.Connection) -> None:
 
 
 db = Database("users", SCHEMA, seed)
+app = FastAPI(title="users", lifespan=db.lifespan)
+service = meshkit.Service(app, name="users", version="1.0.0")
 
 
 class NewUser(BaseModel):
@@ -34,21 +33,26 @@ class NewUser(BaseModel):
     email: str = Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)
 
 
+class User(BaseModel):
+    id: int
+    name: str
+    email: str
+
+
 @app.post("/users", status_code=201)
-def create_user(user: NewUser) -> dict[str, object]:
+def create_user(user: NewUser) -> User:
+    email = user.email.lower()
     try:
         with db.transaction() as tx:
-            cursor = tx.execute(
-                "INSERT INTO users (name, email) VALUES (?, ?)", (user.name, user.email.lower())
-            )
+            cursor = tx.execute("INSERT INTO users (name, email) VALUES (?, ?)", (user.name, email))
     except sqlite3.IntegrityError:
-        raise HTTPException(409, f"a user with email {user.email} exists already") from None
-    return {"id": cursor.lastrowid, "name": user.name, "email": user.email.lower()}
+        raise HTTPException(409, f"a user with email {email} exists already") from None
+    return User(id=cursor.lastrowid or 0, name=user.name, email=email)
 
 
 @app.get("/users/{user_id}")
-def get_user(user_id: int) -> dict[str, object]:
+def get_user(user_id: int) -> User:
     rows = db.read("SELECT id, name, email FROM users WHERE id = ?", (user_id,))
     if not rows:
         raise HTTPException(404, f"no user {user_id}")
-    return dict(rows[0])
+    return User(**rows[0])

@@ -9,12 +9,18 @@
     rate = 100                        # requests per second, refilled continuously
     burst = 100                       # at most this many at once
 
+    [[gateway.api_keys]]
+    name = "shop-admin"
+    key_env = "SHOP_ADMIN_KEY"        # or the key from this variable, read at start;
+                                      # unset, the key is disabled (with a warning)
+
     [[gateway.routes]]
     path = "/api/orders"              # a prefix, or a pattern with {name} segments
     service = "orders"
     strip = "/api"                    # removed before the request goes upstream
     methods = ["GET", "POST"]         # optional: any method when absent
     auth = "api_key"                  # the default; "jwt" (see _jwt.py); "none": public
+    keys = ["shop-admin"]             # optional: only these API keys (by name), others 403
     split = { "1.1.0" = 10, "1.0.0" = 90 }   # optional: weights by instance version
     sticky = "header:X-User-Id"       # optional: or "cookie:NAME"; one version per client
 
@@ -58,12 +64,14 @@ from meshkit.registry._model import check_host
 __all__ = ["AdminConfig", "ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_WINDOW = 10 * 365 * 86_400.0  # seconds a global limit may take to refill
 
 
 class ApiKey(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
-    key: str
+    key: str = ""  # the key itself, or ...
+    key_env: str | None = None  # ... the environment variable holding it
     rate: float = 100.0
     burst: int = 100
     services: list[str] | None = None  # the services this key may call; None: all
@@ -102,6 +110,7 @@ class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # (see meshkit.policy.WeightedSplit); None: every instance alike.
     split: dict[str, int] | None = None
     sticky: str | None = None  # "header:NAME" or "cookie:NAME": one version per client
+    keys: list[str] | None = None  # the API keys (by name) allowed here; None: every key
 
     def sticky_source(self) -> tuple[Literal["header", "cookie"], bytes] | None:
         """Where the sticky key comes from, and the header's or cookie's name."""
@@ -180,7 +189,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                     f"gateway.routes[{index}].auth", "jwt needs a [gateway.jwt] section"
                 )
             _check_split(f"gateway.routes[{index}]", route)
+            self._check_route_keys(f"gateway.routes[{index}].keys", route)
         self.table()  # every route checked now, with its index in the message
+        self._check_duplicates()
 
     def _check_api_keys(self) -> None:
         names = [key.name for key in self.api_keys]
@@ -192,12 +203,48 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             _check_name(f"{where}.name", key.name)
             if key.name in names[:index]:
                 raise ConfigError(f"{where}.name", f"{key.name!r} is used twice")
+            if (key.key == "") == (key.key_env is None):
+                raise ConfigError(f"{where}.key", "give the key, or key_env naming its variable")
+            if key.key_env is not None:
+                if not _ENV_NAME.fullmatch(key.key_env):
+                    raise ConfigError(
+                        f"{where}.key_env", f"is not a variable's name: {key.key_env!r}"
+                    )
+                continue
             if len(key.key) < 8:
                 raise ConfigError(f"{where}.key", "must be 8 characters or more")
             if key.key in keys[:index]:
                 # The second would silently replace the first, and its services with it.
                 raise ConfigError(f"{where}.key", f"is also api_keys[{keys.index(key.key)}]'s key")
             _limit(where, key.rate, key.burst)
+
+    def _check_duplicates(self) -> None:
+        # The gateway finds a matched route's settings (auth, keys) by its
+        # Route: of two alike, the second would never match, yet lend the
+        # first its settings.
+        seen: dict[Route, int] = {}
+        for index, route in enumerate(self.route_list()):
+            if route in seen:
+                raise ConfigError(
+                    f"gateway.routes[{index}]",
+                    f"takes the same requests as routes[{seen[route]}]: merge them",
+                )
+            seen[route] = index
+
+    def _check_route_keys(self, where: str, route: RouteConfig) -> None:
+        if route.keys is None:
+            return
+        if route.auth != "api_key":
+            raise ConfigError(
+                where, f'names API keys, so it needs auth = "api_key", not {route.auth!r}'
+            )
+        if not route.keys:
+            # An empty list would refuse every key: drop the route instead.
+            raise ConfigError(where, "must name at least one API key")
+        names = {key.name for key in self.api_keys}
+        for name in route.keys:
+            if name not in names:
+                raise ConfigError(where, f"{name!r} is not the name of an API key")
 
     def _check_global_limits(self) -> None:
         names = [limit.name for limit in self.global_limits]

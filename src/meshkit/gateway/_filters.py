@@ -3,7 +3,7 @@
 ``Ready`` (the engine's) answers the gateway's own health check. ``Routes`` finds the
 route (404, 405, or 400 for an ambiguous path) and rewrites the path.
 ``ApiKeys`` authenticates routes that need it (401 without a valid key,
-403 for a key not allowed that service). ``ClientLimits`` gives each
+403 for a key not allowed that service or route). ``ClientLimits`` gives each
 client (API key, or address on public routes) a token bucket (429 with
 ``Retry-After``). The last filter, the engine's ``Upstreams`` (shared
 with the sidecar), picks the instance.
@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 from meshkit._clock import Clock
+from meshkit.errors import ConfigError
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
 from meshkit.policy import (
     BadPath,
@@ -27,11 +30,13 @@ from meshkit.policy import (
     TokenBucket,
     WeightedSplit,
 )
-from meshkit.proxy import ProxyRequest, ProxyResponse, RouteSplit, error_response
+from meshkit.proxy import ProxyRequest, ProxyResponse, RoutePolicy, RouteSplit, error_response
 
 __all__ = ["READY_PATH", "ApiKeys", "ClientLimits", "Routes"]
 
 READY_PATH = "/.meshkit/gateway/ready"
+
+log = logging.getLogger("meshkit.gateway")
 
 
 class Routes:
@@ -40,12 +45,11 @@ class Routes:
     def __init__(self, config: GatewayConfig) -> None:
         routes = config.route_list()
         self.table = RouteTable(routes)
-        # A matched Route leads back to its configuration (auth and the rest).
+        # A matched Route leads back to its configuration, and the settings
+        # later filters act on, made once.
         self._configs: dict[Route, RouteConfig] = dict(zip(routes, config.routes, strict=True))
-        self._splits: dict[Route, RouteSplit] = {
-            route: RouteSplit(WeightedSplit(found.split), found.sticky_source())
-            for route, found in self._configs.items()
-            if found.split is not None
+        self._policies: dict[Route, RoutePolicy] = {
+            route: _policy(found) for route, found in self._configs.items()
         }
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
@@ -66,13 +70,21 @@ class Routes:
         route = self._configs[found.route]
         request.route = route.path
         request.service = route.service
-        request.auth = route.auth
-        request.split = self._splits.get(found.route)
+        request.policy = self._policies[found.route]
         request.path = found.path
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
+
+
+def _policy(route: RouteConfig) -> RoutePolicy:
+    split = route.split
+    return RoutePolicy(
+        auth=route.auth,
+        keys=None if route.keys is None else frozenset(route.keys),
+        split=None if split is None else RouteSplit(WeightedSplit(split), route.sticky_source()),
+    )
 
 
 def _digest(key: str | bytes) -> bytes:
@@ -82,13 +94,32 @@ def _digest(key: str | bytes) -> bytes:
 
 
 class ApiKeys:
-    """``X-API-Key`` on every route that does not say ``auth = "none"``."""
+    """``X-API-Key`` on every route that does not say ``auth = "none"``.
 
-    def __init__(self, keys: Sequence[ApiKey]) -> None:
-        self._keys = {_digest(key.key): key for key in keys}
+    A key given by ``key_env`` is read from ``environ`` (the process's
+    environment by default) when the filter is made, at start and on each
+    reload. Unset, that key is disabled, with a warning: an operator who
+    did not set it has no key to present anyway. Set, it must be 8
+    characters or more and no other key's, else ``ConfigError``.
+    """
+
+    def __init__(self, keys: Sequence[ApiKey], environ: Mapping[str, str] | None = None) -> None:
+        environ = os.environ if environ is None else environ
+        self._keys: dict[bytes, ApiKey] = {}
+        for index, key in enumerate(keys):
+            secret = _secret(index, key, environ)
+            if secret is None:
+                continue
+            digest = _digest(secret)
+            other = self._keys.get(digest)
+            if other is not None:  # one would take the other's place, and its rights
+                where = f"gateway.api_keys[{index}].{'key' if key.key_env is None else 'key_env'}"
+                raise ConfigError(where, f"is also the key of {other.name!r}")
+            self._keys[digest] = key
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        if request.auth != "api_key":
+        policy = request.policy
+        if policy.auth != "api_key":
             return None
         presented = request.header(b"x-api-key")
         key = None if presented is None else self._keys.get(_digest(presented))
@@ -104,11 +135,32 @@ class ApiKeys:
             return error_response(
                 403, f"the key {key.name!r} may not call {request.service}", request.request_id
             )
+        if policy.keys is not None and key.name not in policy.keys:
+            return error_response(
+                403,
+                f"the key {key.name!r} may not call {request.method} {request.route}",
+                request.request_id,
+            )
         request.identity = key.name
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
+
+
+def _secret(index: int, key: ApiKey, environ: Mapping[str, str]) -> str | None:
+    """The key itself, or its variable's value; None (with a warning) if that is unset."""
+    if key.key_env is None:
+        return key.key
+    secret = environ.get(key.key_env, "")
+    if not secret:
+        log.warning("the API key %r is disabled: $%s is not set", key.name, key.key_env)
+        return None
+    if len(secret) < 8:
+        raise ConfigError(
+            f"gateway.api_keys[{index}].key_env", f"${key.key_env} must hold 8 characters or more"
+        )
+    return secret
 
 
 class ClientLimits:

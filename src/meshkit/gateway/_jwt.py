@@ -98,7 +98,7 @@ class JwtAuth:
         return by_id
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
-        if request.auth != "jwt":
+        if request.policy.auth != "jwt":
             return None
         value = request.header(b"authorization")
         if value is None or value[:7].lower() != b"bearer ":

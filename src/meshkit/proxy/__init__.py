@@ -15,8 +15,9 @@ from meshkit.proxy._headers import HOP_BY_HOP, Forwarding, request_headers, resp
 from meshkit.proxy._message import ProxyRequest, ProxyResponse, error_response
 from meshkit.proxy._metrics import CONTENT_TYPE, ProxyMetrics
 from meshkit.proxy._ready import Ready
+from meshkit.proxy._route import RoutePolicy, RouteSplit
 from meshkit.proxy._server import Exchange, ProxyServer
-from meshkit.proxy._upstreams import RouteSplit, UpstreamCall, Upstreams, route_breaker
+from meshkit.proxy._upstreams import UpstreamCall, Upstreams, route_breaker
 
 __all__ = [
     "CONTENT_TYPE",
@@ -34,6 +35,7 @@ __all__ = [
     "Ready",
     "RequestDecision",
     "Retrier",
+    "RoutePolicy",
     "RouteSplit",
     "UpstreamCall",
     "Upstreams",

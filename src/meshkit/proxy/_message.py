@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from meshkit.proxy._route import RoutePolicy
+
 if TYPE_CHECKING:
-    from meshkit.proxy._upstreams import RouteSplit, UpstreamCall
+    from meshkit.proxy._upstreams import UpstreamCall
 
 __all__ = ["ProxyRequest", "ProxyResponse", "RequestIds", "error_response", "reason"]
 
@@ -33,6 +35,9 @@ def reason(status: int) -> bytes:
     return _REASONS.get(status, b"")
 
 
+_CLOSED = RoutePolicy()
+
+
 class ProxyRequest:
     """One request on its way through the filters.
 
@@ -50,9 +55,10 @@ class ProxyRequest:
       the sidecar's ``ToApp`` and ``ByName``); read by ``Upstreams``, the
       breakers, metrics and logs. ``route`` names the route, ``service``
       the service it goes to (``None`` when it goes to a fixed address).
-    - ``auth``, ``split``: the gateway's ``Routes``, from the route's
-      configuration: how the client must authenticate, and the weighted
-      split between versions, if any.
+    - ``policy``: the gateway's ``Routes``, from the route's configuration
+      (how the client authenticates, which keys may, the split between
+      versions); read by authentication and ``Upstreams``. Until a route
+      says otherwise an API key is required: closed by default.
     - ``identity``: authentication (``ApiKeys``, ``JwtAuth``): the API
       key's name or ``jwt:<subject>``; read by the rate limits.
     - ``rate_limit``: ``ClientLimits``: the ``RateLimit`` fields for the answer.
@@ -65,7 +71,6 @@ class ProxyRequest:
 
     __slots__ = (
         "_finally",
-        "auth",
         "call",
         "client",
         "cors_origin",
@@ -75,13 +80,13 @@ class ProxyRequest:
         "keep_alive",
         "method",
         "path",
+        "policy",
         "query",
         "rate_limit",
         "request_id",
         "route",
         "scheme",
         "service",
-        "split",
         "started",
         "status",
         "upstream",
@@ -116,8 +121,7 @@ class ProxyRequest:
         self.deadline: float | None = None
         self.route: str | None = None
         self.service: str | None = None
-        self.auth = "api_key"  # until a route says otherwise: closed by default
-        self.split: RouteSplit | None = None
+        self.policy = _CLOSED
         self.identity: str | None = None
         self.rate_limit: Headers | None = None
         self.cors_origin: bytes | None = None

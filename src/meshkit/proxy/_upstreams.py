@@ -12,17 +12,15 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Iterable
 
-import msgspec
-
 from meshkit._clock import Clock
 from meshkit.discovery import Attempts, CallPolicy, Directory, InstanceSet, failed_status
 from meshkit.errors import ServiceUnavailableError
 from meshkit.http import IDEMPOTENT_METHODS
-from meshkit.policy import BreakerConfig, CircuitBreaker, WeightedSplit, sticky_points
+from meshkit.policy import BreakerConfig, CircuitBreaker, sticky_points
 from meshkit.proxy._message import ProxyRequest, ProxyResponse
 from meshkit.registry import Instance
 
-__all__ = ["RouteSplit", "UpstreamCall", "Upstreams", "route_breaker"]
+__all__ = ["UpstreamCall", "Upstreams", "route_breaker"]
 
 
 def route_breaker() -> BreakerConfig:
@@ -35,13 +33,6 @@ def route_breaker() -> BreakerConfig:
     protect the instances themselves.
     """
     return BreakerConfig(open_for=1.0, open_for_max=1.0)
-
-
-class RouteSplit(msgspec.Struct, frozen=True):
-    """A route's weighted split between versions, and where its sticky key comes from."""
-
-    weights: WeightedSplit
-    sticky: tuple[str, bytes] | None  # ("header" or "cookie", its name)
 
 
 class UpstreamCall:
@@ -228,7 +219,7 @@ class Upstreams:
 
     def _narrowed(self, request: ProxyRequest, instances: InstanceSet) -> InstanceSet:
         """The instances of the version the route's split chooses, or all of them."""
-        split = request.split
+        split = request.policy.split
         if split is None:
             return instances
         available = self._versions.get(instances.name, frozenset())
