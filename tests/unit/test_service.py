@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -106,6 +107,7 @@ async def test_a_service_serves_registers_and_drains_with_objects_it_leaves_open
         await received.put(message)
 
     empty = await registry.lookup("greeter")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     serving = asyncio.get_running_loop().create_task(service.serve())
     try:
         listed = await until_membership_changes(registry, empty)
@@ -123,6 +125,7 @@ async def test_a_service_serves_registers_and_drains_with_objects_it_leaves_open
         async with asyncio.timeout(10):
             await serving
     assert (await registry.lookup("greeter")).instances == ()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the service's handler is gone
     assert not registry.closed
     assert not bus.closed
     await bus.publish("greeting.sent", {"path": "after"})  # still usable by its owner

@@ -26,7 +26,7 @@ _DEREGISTER_TIMEOUT = 3.0  # seconds; the heartbeat's own deregistration gives u
 
 @contextlib.contextmanager
 def stop_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """Call ``stop`` on SIGTERM or SIGINT while inside; the earlier handling is back after.
+    """Call ``stop`` on SIGTERM or SIGINT while inside; their default handling is back after.
 
     Where the loop cannot take signal handlers (not the main thread, or
     Windows) the service is stopped by ``Service.stop()`` only.
@@ -34,7 +34,7 @@ def stop_signals(stop: Callable[[], None]) -> Iterator[None]:
     loop = asyncio.get_running_loop()
     installed = []
     for signum in STOP_SIGNALS:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop)
             installed.append(signum)
     try:

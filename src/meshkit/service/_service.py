@@ -102,9 +102,9 @@ class Service:
         self.ttl = check.seconds("ttl", ttl or env.ttl or _DEFAULT_TTL)
         if not MIN_TTL <= self.ttl <= MAX_TTL:
             raise ConfigError("ttl", f"must be between {MIN_TTL:g} and {MAX_TTL:g} seconds")
-        self._registry = check_registry(registry, env.registry)
-        self._bus_given = check_bus(bus, env.bus, self._registry)
-        self.registry_url = self._registry if isinstance(self._registry, str) else None
+        self._registry_given = check_registry(registry, env.registry)
+        self._bus_given = check_bus(bus, env.bus, self._registry_given)
+        self.registry_url = self._registry_given if isinstance(self._registry_given, str) else None
         self.bus_url = self._bus_given if isinstance(self._bus_given, str) else None
         self._token = token or env.token
         self.version = version or env.version or ""
@@ -206,7 +206,7 @@ class Service:
         not the one before it closed cleanly; objects passed in stay open.
         """
         async with contextlib.AsyncExitStack() as opened:
-            registry = use_registry(self._registry, token=self._token, opened=opened)
+            registry = use_registry(self._registry_given, token=self._token, opened=opened)
             needs_bus = self.name if self._wanted or self._outboxes else None
             bus = await use_bus(
                 self._bus_given, token=self._token, opened=opened, needed_by=needs_bus
@@ -269,7 +269,7 @@ class Service:
     async def _register(self, heartbeat: Heartbeat, instance: Instance) -> None:
         heartbeat.start()
         registered = await asyncio.to_thread(heartbeat.wait_registered, _FIRST_REGISTRATION)
-        where = self.registry_url or type(self._registry).__name__
+        where = self.registry_url or type(self._registry_given).__name__
         log.info(
             "%s serving on %s:%d%s",
             instance.key,
