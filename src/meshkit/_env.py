@@ -1,9 +1,15 @@
-"""The environment a supervised process is started with: read here and nowhere else.
+"""The process environment: read here and nowhere else.
 
 ``meshkit up`` hands each child what it needs through ``MESHKIT_*``
 variables. A service started by hand can set the same variables, or pass the
-values to ``Service`` directly. A bad value is a ``ConfigError`` naming the
-variable.
+values to ``Service`` directly. Every other variable meshkit looks at has a
+function of its own below, so that one file answers "what does meshkit read
+from the environment, and what does a bad value do". A bad value is a
+``ConfigError`` naming the variable; an empty value counts as unset, as a
+shell's ``VAR= command`` means it to.
+
+``tests/unit/test_env.py`` fails if another module of ``src/meshkit`` reads
+the environment.
 """
 
 from __future__ import annotations
@@ -16,12 +22,27 @@ import msgspec
 
 from meshkit.errors import ConfigError
 
-__all__ = ["ENV", "MeshEnvironment", "read_environment"]
+__all__ = [
+    "ENV",
+    "REQUIRE_BACKENDS",
+    "TOKEN",
+    "MeshEnvironment",
+    "child_environment",
+    "force_colour",
+    "python_path",
+    "read_environment",
+    "require_backends",
+    "secret",
+    "token",
+]
+
+TOKEN = "MESHKIT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+REQUIRE_BACKENDS = "MESHKIT_REQUIRE_BACKENDS"
 
 ENV = {
     "registry": "MESHKIT_REGISTRY",
     "bus": "MESHKIT_BUS",
-    "token": "MESHKIT_TOKEN",
+    "token": TOKEN,
     "service": "MESHKIT_SERVICE",
     "instance_id": "MESHKIT_INSTANCE_ID",
     "host": "MESHKIT_HOST",
@@ -49,6 +70,11 @@ class MeshEnvironment(msgspec.Struct, frozen=True, kw_only=True):
     restarts: int = 0
 
 
+def _get(name: str) -> str | None:
+    """``$name``, or ``None`` when it is unset or empty."""
+    return os.environ.get(name) or None
+
+
 def _number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
     try:
         return kind(raw)
@@ -57,7 +83,12 @@ def _number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> MeshEnvironment:
-    """The ``MESHKIT_*`` settings of ``environ`` (the process environment by default)."""
+    """The ``MESHKIT_*`` settings of ``environ`` (the process environment by default).
+
+    ``MESHKIT_PORT`` and ``MESHKIT_RESTARTS`` must be whole numbers and
+    ``MESHKIT_TTL`` a number, or this raises ``ConfigError`` naming the
+    variable; the others are taken as they are (``Service`` checks them).
+    """
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
     for field, name in ENV.items():
@@ -73,3 +104,60 @@ def read_environment(environ: Mapping[str, str] | None = None) -> MeshEnvironmen
         else:
             values[field] = raw
     return MeshEnvironment(**values)  # type: ignore[arg-type]
+
+
+def token() -> str | None:
+    """``$MESHKIT_TOKEN``: the control plane's shared secret; ``None`` when unset.
+
+    Its length is checked where it is used (``meshkit.control.load_token``).
+    """
+    return _get(TOKEN)
+
+
+def secret(variable: str) -> str | None:
+    """The secret held in ``$variable``, a name the project's configuration chose.
+
+    For example the HS256 key named by ``[gateway.jwt] secret_env``.
+    ``None`` when unset; the caller judges the value (length, format).
+    """
+    return _get(variable)
+
+
+def force_colour() -> bool:
+    """``$FORCE_COLOR``: any non-empty value asks for colour even off a terminal.
+
+    The convention of force-color.org, which CI systems set. Default: off,
+    and colour then follows whether the output is a terminal. No value is bad.
+    """
+    return _get("FORCE_COLOR") is not None
+
+
+def python_path() -> str | None:
+    """``$PYTHONPATH`` as this process was given it; ``None`` when unset.
+
+    The supervisor puts a project's directory in front of it for its children.
+    """
+    return _get("PYTHONPATH")
+
+
+def child_environment(overrides: Mapping[str, str]) -> dict[str, str]:
+    """This process's whole environment with ``overrides`` on top, for a child process.
+
+    A child inherits what its parent was started with (``PATH``, a virtual
+    environment, locale), as a shell would pass it on.
+    """
+    return {**os.environ, **overrides}
+
+
+def require_backends() -> bool:
+    """``$MESHKIT_REQUIRE_BACKENDS``: ``1`` turns a test's skip for a missing server into a failure.
+
+    CI sets it so that a backend it should have installed cannot go
+    untested. Default (unset, empty or ``0``): missing servers skip.
+    Raises ``ConfigError`` for any other value, rather than guessing what
+    ``true`` or ``yes`` meant.
+    """
+    raw = _get(REQUIRE_BACKENDS)
+    if raw not in (None, "0", "1"):
+        raise ConfigError(REQUIRE_BACKENDS, f"must be 1 or 0, got {raw!r}")
+    return raw == "1"

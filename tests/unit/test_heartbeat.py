@@ -8,6 +8,7 @@ import time
 from meshkit.errors import LeaseNotFoundError
 from meshkit.registry import Instance, Registration, ServiceList, Snapshot
 from meshkit.service._heartbeat import Heartbeat
+from meshkit.service._registration import heartbeat_for
 
 INSTANCE = Instance(service="beat", id="beat-1", host="127.0.0.1", port=9001)
 
@@ -20,22 +21,31 @@ class ScriptedRegistry:
         self.registers = 0
         self.renews = 0
         self.deregisters = 0
+        self.cancelled = 0  # hung renewals that were cancelled
+        self.loops: set[asyncio.AbstractEventLoop] = set()  # the loops that called
 
     async def register(self, instance: Instance, *, ttl: float) -> Registration:
+        self.loops.add(asyncio.get_running_loop())
         self.registers += 1
         return Registration(instance=instance, lease_id=self.registers, ttl=ttl)
 
     async def renew(self, registration: Registration) -> None:
+        self.loops.add(asyncio.get_running_loop())
         action = self.script.pop(0) if self.script else "ok"
         if action == "lost":
             raise LeaseNotFoundError(registration.lease_id, "gone")
         if action == "bug":
             raise RuntimeError("an unexpected bug in a registry client")
         if action == "hang":
-            await asyncio.Event().wait()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         self.renews += 1
 
     async def deregister(self, registration: Registration) -> None:
+        self.loops.add(asyncio.get_running_loop())
         self.deregisters += 1
 
     async def lookup(self, service: str) -> Snapshot:
@@ -61,7 +71,7 @@ def until(condition: object, timeout: float) -> bool:
 
 
 def start(registry: ScriptedRegistry, ttl: float) -> Heartbeat:
-    heartbeat = Heartbeat(lambda: registry, INSTANCE, ttl=ttl)  # type: ignore[arg-type,return-value]
+    heartbeat = Heartbeat(lambda: registry, INSTANCE, ttl=ttl)
     heartbeat.start()
     assert heartbeat.wait_registered(5)
     return heartbeat
@@ -113,3 +123,16 @@ def test_stopping_deregisters_and_ends_the_thread() -> None:
     assert registry.deregisters == 1
     assert not heartbeat._thread.is_alive()
     assert not heartbeat.registered
+
+
+async def test_a_registry_object_is_called_on_its_own_loop() -> None:
+    """Every call of a registry object runs on its loop; a beat given up is cancelled there."""
+    registry = ScriptedRegistry(["hang"])
+    heartbeat = heartbeat_for(registry, token=None, instance=INSTANCE, ttl=1.2)
+    heartbeat.start()
+    assert await asyncio.to_thread(heartbeat.wait_registered, 5)
+    assert await asyncio.to_thread(until, lambda: registry.cancelled == 1, 3)
+    assert await asyncio.to_thread(until, lambda: registry.renews >= 1, 3)
+    await asyncio.to_thread(heartbeat.stop, timeout=3)
+    assert registry.deregisters == 1
+    assert registry.loops == {asyncio.get_running_loop()}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from meshkit import Service
@@ -70,36 +68,3 @@ async def test_subscribing_with_no_bus_to_take_from_fails_at_start() -> None:
     assert caught.value.key == "bus"
     with pytest.raises(UsageError, match="only while the service runs"):
         service.bus  # noqa: B018
-
-
-class Closable:
-    """A stand-in registry or bus that notes its closing."""
-
-    def __init__(self) -> None:
-        self.closed = False
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-async def test_a_service_that_cannot_start_closes_what_it_opened(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The port taken: serve() says so, and its registry and bus are closed."""
-    registry, bus = Closable(), Closable()
-
-    async def fake_open_bus(url: str, *, token: str | None = None) -> Closable:
-        return bus
-
-    monkeypatch.setattr("meshkit.service._service.open_registry", lambda *a, **k: registry)
-    monkeypatch.setattr("meshkit.service._service.open_bus", fake_open_bus)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        service = Service(app, name="a", registry="http://127.0.0.1:1", token="t", port=port)
-        with pytest.raises(ConfigError) as caught:
-            await service.serve()
-    assert caught.value.key == "port"
-    assert registry.closed
-    assert bus.closed

@@ -6,11 +6,12 @@ import os
 import secrets
 from pathlib import Path
 
+from meshkit import _env
 from meshkit.errors import ConfigError, EnvironmentFaultError
 
 __all__ = ["TOKEN_ENV", "load_token", "token_path"]
 
-TOKEN_ENV = "MESHKIT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
+TOKEN_ENV = _env.TOKEN
 
 
 def _checked(token: str, source: str) -> str:
@@ -29,7 +30,7 @@ def load_token(data_dir: Path, *, create: bool) -> str:
     With ``create``, a missing file is made with a new random token, readable
     by its owner only. Raises ``ConfigError`` if there is no token to be had.
     """
-    token = os.environ.get(TOKEN_ENV)
+    token = _env.token()
     if token:
         return _checked(token, TOKEN_ENV)
     path = token_path(data_dir)

@@ -7,9 +7,10 @@ brackets that markup would try to interpret.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TextIO
+
+from meshkit import _env
 
 __all__ = ["Output"]
 
@@ -23,7 +24,7 @@ class Output:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
-        self.colour = bool(os.environ.get("FORCE_COLOR")) or self.stream.isatty()
+        self.colour = _env.force_colour() or self.stream.isatty()
         self._colours: dict[str, str] = {}
         self.width = 12
 

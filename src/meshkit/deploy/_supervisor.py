@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 
+from meshkit import _env
 from meshkit._clock import Clock, SystemClock
 from meshkit._net import free_port
 from meshkit.control import TOKEN_ENV, load_token
@@ -241,13 +242,14 @@ class Supervisor:
         self, name: str, argv: list[str], env: dict[str, str], *, give_up_after: int | None = None
     ) -> Child:
         project_dir = str(self.project.directory)
-        path = os.environ.get("PYTHONPATH")
-        full_env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",  # lines reach us as they are printed
-            "PYTHONPATH": f"{project_dir}{os.pathsep}{path}" if path else project_dir,
-            **env,
-        }
+        path = _env.python_path()
+        full_env = _env.child_environment(
+            {
+                "PYTHONUNBUFFERED": "1",  # lines reach us as they are printed
+                "PYTHONPATH": f"{project_dir}{os.pathsep}{path}" if path else project_dir,
+                **env,
+            }
+        )
         return Child(
             name,
             argv,

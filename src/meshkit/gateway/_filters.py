@@ -15,9 +15,9 @@ import functools
 import hashlib
 import logging
 import math
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
+from meshkit import _env
 from meshkit._clock import Clock
 from meshkit.errors import ConfigError
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
@@ -96,18 +96,17 @@ def _digest(key: str | bytes) -> bytes:
 class ApiKeys:
     """``X-API-Key`` on every route that does not say ``auth = "none"``.
 
-    A key given by ``key_env`` is read from ``environ`` (the process's
-    environment by default) when the filter is made, at start and on each
+    A key given by ``key_env`` is read from the environment (through
+    ``meshkit._env``) when the filter is made, at start and on each
     reload. Unset, that key is disabled, with a warning: an operator who
     did not set it has no key to present anyway. Set, it must be 8
     characters or more and no other key's, else ``ConfigError``.
     """
 
-    def __init__(self, keys: Sequence[ApiKey], environ: Mapping[str, str] | None = None) -> None:
-        environ = os.environ if environ is None else environ
+    def __init__(self, keys: Sequence[ApiKey]) -> None:
         self._keys: dict[bytes, ApiKey] = {}
         for index, key in enumerate(keys):
-            secret = _secret(index, key, environ)
+            secret = _secret(index, key)
             if secret is None:
                 continue
             digest = _digest(secret)
@@ -148,11 +147,11 @@ class ApiKeys:
         pass
 
 
-def _secret(index: int, key: ApiKey, environ: Mapping[str, str]) -> str | None:
+def _secret(index: int, key: ApiKey) -> str | None:
     """The key itself, or its variable's value; None (with a warning) if that is unset."""
     if key.key_env is None:
         return key.key
-    secret = environ.get(key.key_env, "")
+    secret = _env.secret(key.key_env) or ""
     if not secret:
         log.warning("the API key %r is disabled: $%s is not set", key.name, key.key_env)
         return None

@@ -19,12 +19,12 @@ are exactly what a well-kept library should do, not this module.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+from meshkit import _env
 from meshkit.errors import ConfigError
 from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
 
@@ -74,7 +74,7 @@ class JwtAuth:
         self._keys: dict[str | None, Any] = {}
         if "HS256" in config.algorithms:
             assert config.secret_env is not None  # checked by JwtConfig
-            secret = os.environ.get(config.secret_env)
+            secret = _env.secret(config.secret_env)
             if not secret or len(secret) < 32:
                 raise ConfigError(
                     "gateway.jwt.secret_env",

@@ -21,7 +21,7 @@ from typing import Any
 from meshkit._clock import Clock
 from meshkit.service._deadline import TIMEOUT_HEADER, deadline_from_header, use_deadline
 
-__all__ = ["ASGIApp", "MeshASGI"]
+__all__ = ["ASGIApp", "MeshASGI", "serving_app"]
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -67,6 +67,15 @@ class MeshASGI:
                 await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+
+
+def serving_app(app: ASGIApp, *, clock: Clock) -> MeshASGI:
+    """``app`` as a Service serves it: the one place where an application is prepared.
+
+    What every Service application gets, around it or configured on it,
+    is applied here, when the Service is built.
+    """
+    return MeshASGI(app, clock=clock)
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

@@ -3,7 +3,9 @@
 The lease is renewed every third of its TTL by a thread with its own event
 loop and its own registry client. A handler hogging the application's event
 loop with Python code therefore cannot starve renewals: the interpreter
-switches threads every 5 ms however busy the other one is. (A native call
+switches threads every 5 ms however busy the other one is. (A registry
+passed to a Service as an object has no client of the thread's own: its
+calls run on the application's loop; see ``_registration``.) (A native call
 that holds the GIL for longer than the TTL, such as a huge regular
 expression, stops every thread, this one included; the instance then leaves
 discovery, which for its callers is the truth.) So an instance that is alive
@@ -36,7 +38,11 @@ _RETRY = 1.0  # seconds between attempts while the registry is unreachable
 
 
 class Heartbeat:
-    """Registers ``instance`` and renews its lease until ``stop()``."""
+    """Registers ``instance`` and renews its lease until ``stop()``.
+
+    ``registry`` is called in the thread, on its loop, for the registry it
+    uses; the thread closes that registry when it ends.
+    """
 
     def __init__(self, registry: Callable[[], Registry], instance: Instance, *, ttl: float) -> None:
         self._open_registry = registry

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NoReturn, Self
 
+from meshkit import _env
 from meshkit._net import free_port
 
 __all__ = [
@@ -32,7 +33,7 @@ __all__ = [
     "spawn_control_plane",
 ]
 
-REQUIRE_BACKENDS_ENV = "MESHKIT_REQUIRE_BACKENDS"
+REQUIRE_BACKENDS_ENV = _env.REQUIRE_BACKENDS
 
 
 def spawn_control_plane(
@@ -55,7 +56,7 @@ def spawn_control_plane(
     ]
     return subprocess.Popen(  # noqa: S603 (our own program; the prefix is the caller's)
         [*prefix, *command],
-        env={**os.environ, "MESHKIT_TOKEN": token},
+        env=_env.child_environment({_env.TOKEN: token}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -66,7 +67,7 @@ def backend_missing(name: str, how_to_install: str) -> NoReturn:
     import pytest  # only tests call this, and only they have pytest
 
     message = f"{name} is not available; {how_to_install}"
-    if os.environ.get(REQUIRE_BACKENDS_ENV) == "1":
+    if _env.require_backends():
         pytest.fail(f"{message} ({REQUIRE_BACKENDS_ENV}=1 requires every backend)")
     pytest.skip(message)
 
