@@ -1,6 +1,6 @@
 """The gateway and its engine beside nginx and HAProxy as reverse proxies.
 
-    python -m benchmarks.gateway [--json FILE] [--quick]
+    python -m benchmarks.gateway [--json FILE] [--quick] [--baseline REV]
 
 One backend (nginx, one worker, a 12-byte answer) is reached (a) directly,
 (b) through nginx as a one-worker reverse proxy with upstream keep-alive,
@@ -21,6 +21,10 @@ pair (the caller's outbound sidecar, then the callee's inbound one, each a
 process of its own on core 1) takes its turn too, its added latency being
 what a call between two services pays for the mesh.
 Last, the peak resident memory of (d), (e) and the larger sidecar.
+With ``--baseline REV`` the gateway as it was at git revision REV (its
+``src`` and ``benchmarks`` taken with ``git archive``) is one more target in
+the same rounds, so a change's cost per request is read beside the current
+code's, under the same load and noise.
 
 Needs wrk, nginx and haproxy (Debian: apt-get install wrk nginx haproxy).
 """
@@ -88,9 +92,10 @@ def running(
     *,
     headers: dict[str, str] | None = None,
     path: str = "/",
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        pinned(command, core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        pinned(command, core), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
     try:
         wait_answering(f"http://127.0.0.1:{port}{path}", headers=headers)
@@ -131,9 +136,25 @@ MESHKIT = {
 }
 
 
+def baseline_tree(revision: str, directory: Path) -> dict[str, str]:
+    """The code of ``revision`` unpacked under ``directory``; the environment to run it with."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision, "src", "benchmarks"],  # noqa: S607
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--baseline {revision}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)  # noqa: S607
+    return {**os.environ, "PYTHONPATH": f"{directory}:{directory / 'src'}"}
+
+
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0] if __doc__ else "gateway benchmark")
     parser.add_argument("--quick", action="store_true", help="one second each, to check it runs")
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also run the gateway as it was at this git revision"
+    )
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "nginx", "haproxy") if shutil.which(tool) is None]
     if missing:
@@ -177,6 +198,25 @@ def main() -> None:
                 )
                 for name, (_, module) in MESHKIT.items()
             }
+            if args.baseline:
+                old = directory / "baseline"
+                old.mkdir()
+                ports["baseline"] = free_port()
+                processes["baseline"] = stack.enter_context(
+                    running(
+                        [
+                            sys.executable,
+                            "-m",
+                            MESHKIT["gateway"][1],
+                            str(ports["baseline"]),
+                            str(backend),
+                        ],
+                        ports["baseline"],
+                        1,
+                        headers=headers,
+                        env=baseline_tree(args.baseline, old),
+                    )
+                )
             # The sidecar pair: the caller's sidecar (outbound) to the callee's (inbound).
             inbound, outbound = free_port(), free_port()
             pair = [
@@ -229,6 +269,7 @@ def main() -> None:
             ):
                 results[f"{name} paced"] = found
             rss = {name: peak_rss_mb(process.pid) for name, process in processes.items()}
+            baseline = results.get("baseline")
             rss["sidecar pair"] = max(peak_rss_mb(process.pid) for process in pair)
     rows = [Row("direct to the backend: requests/s", results["direct"]["rps"], "req/s")]
     peer_labels = (("nginx", "nginx (1 worker)"), ("haproxy", "HAProxy (1 thread)"))
@@ -290,6 +331,22 @@ def main() -> None:
             )
         )
     rows.append(Row(f"{pair_label}: peak RSS of the larger", rss["sidecar pair"], "MB"))
+    if baseline is not None:
+        label, old = MESHKIT["gateway"][0], f"the gateway at {args.baseline}"
+        for metric, unit, what in (
+            ("cpu", "us", "CPU per request"),
+            ("rps", "req/s", "requests/s"),
+        ):
+            rows.append(Row(f"{old}: {what}", baseline[metric], unit))
+            rows.append(
+                Row(
+                    f"{label} {what} vs {old}",
+                    results["gateway"][metric],
+                    unit,
+                    baseline[metric],
+                    old,
+                )
+            )
     report("Reverse proxies in front of one nginx backend", rows, args.json)
 
 
