@@ -11,8 +11,9 @@ Every other request needs ``Authorization: Bearer <token>``; without it the
 answer is 401. The two GETs take ``?epoch=E&index=I&wait=S`` to long-poll
 as Consul's blocking queries do: the answer comes as soon as the listing
 differs from ``(E, I)``, or after ``S`` seconds (at most 300) with the same
-listing. Errors are JSON ``{"error": message}``, with ``"field"`` naming
-the bad field of a 400. Lease ids are decimal strings: they are 63-bit
+listing. Errors are problem details (RFC 9457, ``application/problem+json``);
+a 400's ``errors`` name the bad field (``[{"field": "ttl", "detail": ...}]``).
+Lease ids are decimal strings: they are 63-bit
 numbers, which JavaScript clients would round.
 """
 
@@ -24,8 +25,8 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
-from meshkit.control._answers import field_of
 from meshkit.control._bus_api import BusAPI
 from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.http import Request, Response, json_response
@@ -126,11 +127,11 @@ class RegistryAPI:
             )
             registration = self._registry.register_now(instance, ttl=data.ttl)
         except msgspec.ValidationError as error:
-            return error_answer(400, str(error), field_of(error))
+            return invalid(body_error(error))
         except msgspec.DecodeError as error:
-            return error_answer(400, f"the body is not valid JSON: {error}")
+            return invalid(ConfigError("body", f"is not valid JSON: {error}"))
         except ConfigError as error:
-            return error_answer(400, str(error), error.key)
+            return invalid(error)
         snapshot = self._registry.snapshot(instance.service)
         return json_response(
             201,
@@ -144,7 +145,7 @@ class RegistryAPI:
 
     def _lease(self, method: str, lease: str) -> Response:
         if not lease.isdigit() or len(lease) > 19:
-            return error_answer(400, f"not a lease id: {lease!r}", "lease_id")
+            return invalid(ConfigError("lease_id", f"must be a decimal lease id, got {lease!r}"))
         lease_id = int(lease)
         try:
             if method == "PUT":
@@ -163,7 +164,7 @@ class RegistryAPI:
             check_name("service", name)
             position = _position(query)
         except ConfigError as error:
-            return error_answer(400, str(error), error.key)
+            return invalid(error)
         if position is None:
             return json_response(200, _snapshot_json(self._registry.snapshot(name)))
         epoch, index, wait = position
@@ -179,7 +180,7 @@ class RegistryAPI:
         try:
             position = _position(query)
         except ConfigError as error:
-            return error_answer(400, str(error), error.key)
+            return invalid(error)
         if position is None:
             return json_response(200, _services_json(self._registry.service_list()))
         epoch, index, wait = position

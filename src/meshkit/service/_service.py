@@ -69,6 +69,7 @@ from meshkit.service._asgi import ASGIApp, MeshASGI
 from meshkit.service._client import CallPolicy, ServiceClient
 from meshkit.service._directory import Directory
 from meshkit.service._heartbeat import Heartbeat
+from meshkit.service._problems import install_if_starlette
 
 __all__ = ["Service"]
 
@@ -100,7 +101,9 @@ class Service:
     host 127.0.0.1, a free port, a 10 s TTL. ``registry`` is a URL:
     ``http://host:port`` for a control plane (with ``token``) or
     ``etcd://host:port``. ``bus`` is a URL for ``open_bus`` (default:
-    ``MESHKIT_BUS``, else the registry's control plane).
+    ``MESHKIT_BUS``, else the registry's control plane). A Starlette or
+    FastAPI ``app`` answers its errors as problem details (RFC 9457) unless
+    ``problem_details=False`` (see ``install_problem_handlers``).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class Service:
         drain_timeout: float = 5.0,
         policy: CallPolicy | None = None,
         clock: Clock | None = None,
+        problem_details: bool = True,
     ) -> None:
         env = read_environment()
         if not (name or env.service):
@@ -143,6 +147,8 @@ class Service:
         self.drain_timeout = check.seconds("drain_timeout", drain_timeout)
         self.policy = policy or CallPolicy()
         self._clock = clock or SystemClock()
+        if problem_details:
+            install_if_starlette(app)
         self._asgi = MeshASGI(app, clock=self._clock)
         self._client: ServiceClient | None = None
         self._bus: Bus | None = None
