@@ -203,9 +203,8 @@ async def test_no_instance_is_a_503_naming_the_service() -> None:
     async with running() as (_, call):
         answer = await call("GET", "/api/orders")
         assert answer.status == 503
-        assert (
-            answer.json()["detail"] == "service 'orders' is unavailable: no instances are registered"
-        )
+        detail = answer.json()["detail"]
+        assert detail == "service 'orders' is unavailable: no instances are registered"
 
 
 async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -> None:

@@ -58,7 +58,7 @@ class Problem:
     """An error answer: ``Problem(404, "no route for /x", instance=request_id)``.
 
     ``status`` must be an error status (400-599); ``title`` defaults to its
-    reason phrase, as RFC 9457 asks of ``about:blank`` problems, and
+    reason phrase in RFC 9110, as RFC 9457 asks of ``about:blank`` problems, and
     ``detail`` to the title. ``extensions`` are further members; they may
     not take a name in ``MEMBERS``. Raises ``ConfigError`` naming the member
     that is wrong.
@@ -174,7 +174,19 @@ def problem_response(problem: Problem, headers: Iterable[tuple[bytes, bytes]] = 
     return Response(problem.status, *encode_problem(problem, headers))
 
 
+# RFC 9110 renamed these; Python's HTTPStatus has the new names only from
+# 3.13, and a title must not change with the Python that serves it.
+_RENAMED = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
 def _phrase(status: int) -> str:
+    if status in _RENAMED:
+        return _RENAMED[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
