@@ -19,6 +19,7 @@ import pytest
 from meshkit import Service
 from meshkit._plane import PlaneClient
 from meshkit.control import ControlPlane
+from meshkit.control._answers import body_error
 from meshkit.errors import ConfigError, NotFoundError
 from meshkit.gateway import AdminConfig, ApiKey, Gateway, GatewayConfig, RouteConfig
 from meshkit.http import (
@@ -332,6 +333,8 @@ async def test_every_error_answer_is_a_problem(case: Case) -> None:
         assert body[name] == value, body
     assert [e["field"] for e in body.get("errors", [])] == list(case.fields), body
     assert all(isinstance(e["detail"], str) and e["detail"] for e in body.get("errors", []))
+    if case.status == 401:  # RFC 9110, 11.6.1
+        assert answer.headers["www-authenticate"]
     assert "Traceback" not in str(body)
     assert "hunter2" not in str(body)
 
@@ -515,3 +518,32 @@ def test_only_starlette_applications_take_the_handlers() -> None:
     with pytest.raises(ConfigError) as caught:
         install_problem_handlers(app)  # type: ignore[arg-type]
     assert caught.value.key == "app"
+
+
+class Item(msgspec.Struct, forbid_unknown_fields=True):
+    q: int
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True):
+    items: list[Item]
+    meta: dict[str, str] = {}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"items": [{"q": "x"}]}', "items.0.q"),
+        (b'{"items": [{}]}', "items.0.q"),
+        (b'{"items": [], "meta": {"k": 1}}', "meta"),
+        (b'{"items": [], "colour": 1}', "colour"),
+        (b"{}", "items"),
+        (b"[]", "body"),
+    ],
+)
+def test_a_refused_body_names_the_dotted_path_of_its_field(body: bytes, field: str) -> None:
+    """msgspec's `$.items[0].q` is the field items.0.q; a message without a path is the body."""
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.json.decode(body, type=Body)
+    error = body_error(caught.value)
+    assert error.key == field
+    assert " - at " not in error.problem

@@ -20,9 +20,9 @@ _NAMED = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
 _PATH_PARTS = re.compile(r"[.\[\]]+")
 
 
-def error(status: int, message: str) -> Response:
-    """An answer of ``status`` whose detail is ``message``."""
-    return problem_response(Problem(status, message))
+def error(status: int, message: str, *headers: tuple[bytes, bytes]) -> Response:
+    """An answer of ``status`` whose detail is ``message``, with any further ``headers``."""
+    return problem_response(Problem(status, message), headers)
 
 
 def invalid(error: ConfigError) -> Response:

@@ -13,8 +13,8 @@ as Consul's blocking queries do: the answer comes as soon as the listing
 differs from ``(E, I)``, or after ``S`` seconds (at most 300) with the same
 listing. Errors are problem details (RFC 9457, ``application/problem+json``);
 a 400's ``errors`` name the bad field (``[{"field": "ttl", "detail": ...}]``).
-Lease ids are decimal strings: they are 63-bit
-numbers, which JavaScript clients would round.
+Lease ids are decimal strings: they are 63-bit numbers, which JavaScript
+clients would round.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode_register = msgspec.json.Decoder(RegisterBody).decode
 _NO_CONTENT = Response(204, [], b"")
+_CHALLENGE = (b"www-authenticate", b'Bearer realm="meshkit"')
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
@@ -82,7 +83,11 @@ class RegistryAPI:
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
         if not self._authorized(request):
-            return error_answer(401, "a valid 'Authorization: Bearer <token>' header is required")
+            return error_answer(
+                401,
+                "a valid 'Authorization: Bearer <token>' header is required",
+                _CHALLENGE,  # RFC 9110, 11.6.1: a 401 says how to authenticate
+            )
         method = request.method
         if path.startswith("/v1/bus/") and self._bus is not None:
             return self._bus.handle(request)
