@@ -332,19 +332,19 @@ def main() -> None:
         )
     rows.append(Row(f"{pair_label}: peak RSS of the larger", rss["sidecar pair"], "MB"))
     if baseline is not None:
-        label, old = MESHKIT["gateway"][0], f"the gateway at {args.baseline}"
+        label, then = MESHKIT["gateway"][0], f"the gateway at {args.baseline}"
         for metric, unit, what in (
             ("cpu", "us", "CPU per request"),
             ("rps", "req/s", "requests/s"),
         ):
-            rows.append(Row(f"{old}: {what}", baseline[metric], unit))
+            rows.append(Row(f"{then}: {what}", baseline[metric], unit))
             rows.append(
                 Row(
-                    f"{label} {what} vs {old}",
+                    f"{label} {what} vs {then}",
                     results["gateway"][metric],
                     unit,
                     baseline[metric],
-                    old,
+                    then,
                 )
             )
     report("Reverse proxies in front of one nginx backend", rows, args.json)

@@ -11,7 +11,14 @@ from importlib.metadata import version as _version
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.errors import MeshkitError
-from meshkit.service import CallPolicy, Service, ServiceClient
+from meshkit.http import FieldError, Problem
+from meshkit.service import (
+    CallPolicy,
+    Service,
+    ServiceClient,
+    install_problem_handlers,
+    problem_handlers,
+)
 
 try:
     __version__ = _version("meshkit")
@@ -21,9 +28,13 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 __all__ = [
     "CallPolicy",
     "Clock",
+    "FieldError",
     "MeshkitError",
+    "Problem",
     "Service",
     "ServiceClient",
     "SystemClock",
     "__version__",
+    "install_problem_handlers",
+    "problem_handlers",
 ]

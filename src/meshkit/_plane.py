@@ -2,8 +2,9 @@
 
 Failures are translated here, once: an unreachable or failing control plane
 is ``EnvironmentFaultError``, a refused token ``ConfigError`` on ``token``,
-a 400 ``ConfigError`` on the field the plane names, a 404 what the caller
-says it means (``NotFoundError`` unless told otherwise).
+a 400 ``ConfigError`` on the field the plane's problem details name (their
+``errors``), a 404 what the caller says it means (``NotFoundError`` unless
+told otherwise), with the problem's ``detail`` as the message.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from meshkit.errors import (
     NotFoundError,
     PeerError,
 )
-from meshkit.http import HTTPClient, Response, Timeouts
+from meshkit.http import PROBLEM_JSON, HTTPClient, Problem, Response, Timeouts
 from meshkit.policy import _check as check
 
 __all__ = ["PlaneClient", "parse_http_url"]
@@ -116,21 +117,21 @@ class PlaneClient:
         target: str,
         not_found: Callable[[str], Exception],
     ) -> Exception:
-        try:
-            data = response.json()
-            message = data.get("error", "") if isinstance(data, dict) else ""
-        except PeerError:
-            data, message = {}, response.body[:200].decode("latin-1")
+        problem = Problem.read(response.status, response.body)
+        # Only the plane's own answers are problems: a 404 from something
+        # else at this address (a wrong URL) is no proof that a thing is gone.
+        from_plane = (response.header("content-type") or "").startswith(PROBLEM_JSON)
         if response.status == 401:
             return ConfigError("token", f"the control plane at {self.url} refused it")
-        if response.status == 404 and message:
-            return not_found(message)
+        if response.status == 404 and from_plane:
+            return not_found(problem.detail)
+        if response.status == 400 and problem.errors:
+            return ConfigError(problem.errors[0].field, problem.errors[0].detail)
         if response.status == 400:
-            field = data.get("field") if isinstance(data, dict) else None
-            return ConfigError(field or "request", message)
+            return ConfigError("request", problem.summary())
         return EnvironmentFaultError(
             f"the control plane at {self.url} answered {method} {target}"
-            f" with {response.status}: {message}"
+            f" with {response.status}: {problem.summary()}"
         )
 
     def garbled(self, error: Exception) -> EnvironmentFaultError:

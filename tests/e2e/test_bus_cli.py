@@ -143,6 +143,7 @@ def test_bad_input_is_one_line_naming_the_problem(tmp_path: Path) -> None:
             result = meshkit(tmp_path, *args)
             assert result.returncode == 2, (args, result.stderr)
             assert expected in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
             assert "Traceback" not in result.stderr
     finally:
         plane.kill()

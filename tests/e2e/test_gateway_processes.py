@@ -130,7 +130,7 @@ def test_two_gateways_share_one_limit_and_fail_as_configured(
         statuses = Counter(status for status, _ in answers)
         assert statuses == {200: BURST, 429: 10}
         refused = next(body for status, body in answers if status == 429)
-        assert "global rate limit 'shared'" in refused["error"]  # type: ignore[index]
+        assert "global rate limit 'shared'" in refused["detail"]  # type: ignore[index]
         # Both gateways took part in spending the one shared burst.
         assert {status for status, _ in answers[0::2]} == {200, 429}
         assert 200 in {status for status, _ in answers[1::2]}
@@ -140,7 +140,7 @@ def test_two_gateways_share_one_limit_and_fail_as_configured(
             assert _hello(ports["open"])[0] == 200
             status, body = _hello(ports["closed"])
             assert status == 503
-            assert "unreachable" in body["error"]  # type: ignore[index]
+            assert "unreachable" in body["detail"]  # type: ignore[index]
 
         redis.start()  # empty again: a full bucket once the gateways try it
         wait_until(lambda: _hello(ports["closed"])[0] == 200, 10, "Redis used again")
@@ -192,7 +192,7 @@ def test_sighup_and_the_admin_api_reload_the_file(tmp_path: Path, processes: Pro
     token = {"authorization": f"Bearer {TOKEN}"}
     status, body = http("POST", f"http://127.0.0.1:{admin}/admin/reload", headers=token)
     assert status == 400
-    assert "gateway.routes[0].path" in body["error"]  # type: ignore[index]
+    assert "gateway.routes[0].path" in body["detail"]  # type: ignore[index]
     assert http("GET", hello)[0] == 200
     unauthorized = http("POST", f"http://127.0.0.1:{admin}/admin/reload")
     assert unauthorized[0] == 401

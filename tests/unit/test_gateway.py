@@ -161,7 +161,7 @@ async def test_without_a_valid_key_the_answer_is_401_and_nothing_is_forwarded() 
         assert missing.header("www-authenticate") == 'ApiKey header="X-API-Key"'
         wrong = await call("GET", "/api/orders", key="not-a-key-at-all")
         assert wrong.status == 401
-        assert "unknown API key" in wrong.json()["error"]
+        assert "unknown API key" in wrong.json()["detail"]
         assert not fleet.hits
 
 
@@ -173,7 +173,7 @@ async def test_a_key_limited_to_some_services_gets_403_elsewhere() -> None:
         assert (await call("GET", "/api/items/1")).status == 200
         refused = await call("GET", "/api/orders")
         assert refused.status == 403
-        assert refused.json()["error"] == "the key 'items-only' may not call orders"
+        assert refused.json()["detail"] == "the key 'items-only' may not call orders"
 
 
 ADMIN_KEY = "admin-key-for-tests"
@@ -277,9 +277,8 @@ async def test_no_instance_is_a_503_naming_the_service() -> None:
     async with running() as (_, call):
         answer = await call("GET", "/api/orders")
         assert answer.status == 503
-        assert (
-            answer.json()["error"] == "service 'orders' is unavailable: no instances are registered"
-        )
+        detail = answer.json()["detail"]
+        assert detail == "service 'orders' is unavailable: no instances are registered"
 
 
 async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -> None:
@@ -483,7 +482,7 @@ async def test_a_slow_upstream_is_a_504_once_the_tries_are_spent() -> None:
         await fleet.add("orders", slow)
         answer = await call("GET", "/api/orders")
         assert answer.status == 504
-        assert "sent nothing for 0.3s" in answer.json()["error"]
+        assert "sent nothing for 0.3s" in answer.json()["detail"]
 
 
 async def test_a_post_answered_502_counts_once_against_its_instance() -> None:
@@ -560,7 +559,7 @@ async def test_a_valid_hs256_token_passes_and_bad_ones_get_401(
         assert missing.header("www-authenticate") == 'Bearer realm="meshkit"'
         expired = await call("GET", "/api/orders", key=None, headers=bearer(token({"exp": 1})))
         assert expired.status == 401
-        assert expired.json()["error"] == "the token has expired"
+        assert expired.json()["detail"] == "the token has expired"
         forged = token({}, key="another-secret-of-thirty-two-characters")
         refused = await call("GET", "/api/orders", key=None, headers=bearer(forged))
         assert refused.status == 401
@@ -627,7 +626,7 @@ async def test_the_route_breaker_opens_then_recovers_through_half_open() -> None
         assert [(await call("GET", "/api/orders")).status for _ in range(2)] == [502, 502]
         refused = await call("GET", "/api/orders")
         assert refused.status == 503
-        assert "circuit breaker of GET /api/orders is open" in refused.json()["error"]
+        assert "circuit breaker of GET /api/orders is open" in refused.json()["detail"]
         assert gateway.upstreams.breakers() == {"GET /api/orders": "open"}
         hits = fleet.hits[port]
         healthy["now"] = True
@@ -651,7 +650,7 @@ async def test_a_global_limit_applies_to_its_services_and_names_itself() -> None
         statuses = [(await call("GET", "/api/orders")).status for _ in range(4)]
         assert statuses == [200, 200, 200, 429]
         refused = await call("GET", "/api/orders")
-        assert "global rate limit 'orders-all'" in refused.json()["error"]
+        assert "global rate limit 'orders-all'" in refused.json()["detail"]
         assert refused.header("retry-after") is not None
         assert refused.header("ratelimit-policy") == '"orders-all";q=3;w=300'
         assert (await call("GET", "/api/items/1")).status == 200
@@ -718,7 +717,7 @@ async def test_a_split_version_without_instances_gives_way() -> None:
         await fleet.add("orders", version="3")
         answer = await call("GET", "/api/orders")
         assert answer.status == 503
-        assert "no instance runs a version of the route's split" in answer.json()["error"]
+        assert "no instance runs a version of the route's split" in answer.json()["detail"]
 
 
 CORS = CorsConfig(allow_origins=["https://shop.example"], expose_headers=["x-request-id"])
@@ -759,7 +758,7 @@ async def test_a_cors_preflight_outside_the_rules_is_403(
             preflight.append((b"access-control-request-headers", headers))
         answer = await call("OPTIONS", "/api/orders", key=None, headers=preflight)
         assert answer.status == 403
-        assert reason in answer.json()["error"]
+        assert reason in answer.json()["detail"]
         assert answer.header("access-control-allow-origin") is None
 
 
@@ -930,7 +929,7 @@ async def test_a_reload_changes_routes_and_lets_requests_in_flight_finish() -> N
         wanted.append(msgspec.structs.replace(gateway.config, port=free_port()))
         refused = await admin("POST", "/admin/reload")  # a new port needs a restart
         assert refused.status == 400
-        assert "gateway.port" in refused.json()["error"]
+        assert "gateway.port" in refused.json()["detail"]
         assert (await call("GET", "/v2/orders")).status == 200  # the running one stays
 
 

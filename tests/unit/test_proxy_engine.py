@@ -256,15 +256,16 @@ def json_body(raw: bytes) -> dict[str, object]:
 
 
 async def test_an_unreachable_upstream_is_a_502_with_a_request_id() -> None:
-    """Connection refused answers 502 in JSON that names the request."""
+    """Connection refused answers a 502 problem whose instance is the request id."""
     async with proxy(filters=[To(1)]) as (port, _, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(GET)
         status, fields, body = await response(reader)
         assert status == 502
         answer = msgspec.json.decode(body)
-        assert answer["request_id"] == fields[b"x-request-id"].decode()
-        assert "could not connect" in answer["error"]
+        assert fields[b"content-type"] == b"application/problem+json"
+        assert answer["instance"] == fields[b"x-request-id"].decode()
+        assert "could not connect" in answer["detail"]
         writer.close()
 
 
@@ -304,7 +305,8 @@ async def test_a_filter_raising_service_unavailable_is_a_503() -> None:
     async with proxy(filters=[NoInstances()]) as (port, _, _):
         raw = await exchange(port, GET, until_close=False)
         assert raw.startswith(b"HTTP/1.1 503 Service Unavailable")
-        assert json_body(raw)["error"] == "service 'orders' is unavailable: no instances registered"
+        detail = json_body(raw)["detail"]
+        assert detail == "service 'orders' is unavailable: no instances registered"
 
 
 async def test_a_kept_alive_connection_closed_by_the_upstream_is_retried_once() -> None:

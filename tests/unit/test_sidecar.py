@@ -356,7 +356,7 @@ async def test_outbound_reaches_services_by_name_with_retries() -> None:
                 await server.aclose(grace=0)
         assert len(calls) == 20
         assert missing.status == 503
-        assert "nothing" in missing.json()["error"]
+        assert "nothing" in missing.json()["detail"]
         assert bad.status == 400
         text = metrics.body.decode()
         assert (

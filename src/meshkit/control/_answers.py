@@ -1,29 +1,46 @@
-"""Error answers shared by the control plane's APIs: JSON ``{"error": ..., "field": ...}``."""
+"""Error answers shared by the control plane's APIs: problem details (RFC 9457).
+
+A refusal of bad input is a 400 whose ``errors`` name the field, so the
+client (``meshkit._plane``) raises ``ConfigError`` on that same field.
+"""
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
-from meshkit.http import Response, json_response
+from meshkit.errors import ConfigError
+from meshkit.http import FieldError, Problem, Response, problem_response
 
-__all__ = ["error", "field_of"]
+__all__ = ["body_error", "error", "invalid"]
 
-
-def error(status: int, message: str, field: str | None = None) -> Response:
-    body: dict[str, str] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return json_response(status, body)
+# What names a field in msgspec's messages, beside the path after " - at `$".
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
+_PATH_PARTS = re.compile(r"[.\[\]]+")
 
 
-def field_of(error: msgspec.ValidationError) -> str | None:
-    """The field a msgspec error is about (``... - at `$.port``` -> ``port``)."""
-    message = str(error)
-    marker = "at `$."
-    if marker in message:
-        return message.rsplit(marker, 1)[1].rstrip("`").split(".")[0].split("[")[0]
-    if "missing required field `" in message:
-        return message.split("missing required field `", 1)[1].split("`")[0]
-    if "unknown field `" in message:
-        return message.split("unknown field `", 1)[1].split("`")[0]
-    return None
+def error(status: int, message: str, *headers: tuple[bytes, bytes]) -> Response:
+    """An answer of ``status`` whose detail is ``message``, with any further ``headers``."""
+    return problem_response(Problem(status, message), headers)
+
+
+def invalid(error: ConfigError) -> Response:
+    """A 400 for ``error``, its key and problem in ``errors``."""
+    field = FieldError(error.key, error.problem)
+    return problem_response(Problem(400, str(error), errors=(field,)))
+
+
+def body_error(error: msgspec.ValidationError) -> ConfigError:
+    """``error`` as a ``ConfigError`` on the dotted path of the field it is about.
+
+    ``Expected `int`, got `str` - at `$.items[0].quantity``` is about
+    ``items.0.quantity``; a missing or unknown field is named in the message.
+    The key is ``body`` when msgspec names no field.
+    """
+    problem, _, at = str(error).partition(" - at `$")
+    parts = [part for part in _PATH_PARTS.split(at.rstrip("`")) if part]
+    named = _NAMED.search(problem)
+    if named is not None:
+        parts.append(named.group(1))
+    return ConfigError(".".join(parts) or "body", problem)

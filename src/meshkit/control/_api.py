@@ -11,9 +11,10 @@ Every other request needs ``Authorization: Bearer <token>``; without it the
 answer is 401. The two GETs take ``?epoch=E&index=I&wait=S`` to long-poll
 as Consul's blocking queries do: the answer comes as soon as the listing
 differs from ``(E, I)``, or after ``S`` seconds (at most 300) with the same
-listing. Errors are JSON ``{"error": message}``, with ``"field"`` naming
-the bad field of a 400. Lease ids are decimal strings: they are 63-bit
-numbers, which JavaScript clients would round.
+listing. Errors are problem details (RFC 9457, ``application/problem+json``);
+a 400's ``errors`` name the bad field (``[{"field": "ttl", "detail": ...}]``).
+Lease ids are decimal strings: they are 63-bit numbers, which JavaScript
+clients would round.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
-from meshkit.control._answers import field_of
 from meshkit.control._bus_api import BusAPI
 from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.http import Request, Response, json_response
@@ -48,6 +49,7 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode_register = msgspec.json.Decoder(RegisterBody).decode
 _NO_CONTENT = Response(204, [], b"")
+_CHALLENGE = (b"www-authenticate", b'Bearer realm="meshkit"')
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
@@ -81,7 +83,11 @@ class RegistryAPI:
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
         if not self._authorized(request):
-            return error_answer(401, "a valid 'Authorization: Bearer <token>' header is required")
+            return error_answer(
+                401,
+                "a valid 'Authorization: Bearer <token>' header is required",
+                _CHALLENGE,  # RFC 9110, 11.6.1: a 401 says how to authenticate
+            )
         method = request.method
         if path.startswith("/v1/bus/") and self._bus is not None:
             return self._bus.handle(request)
@@ -126,11 +132,11 @@ class RegistryAPI:
             )
             registration = self._registry.register_now(instance, ttl=data.ttl)
         except msgspec.ValidationError as error:
-            return error_answer(400, str(error), field_of(error))
+            return invalid(body_error(error))
         except msgspec.DecodeError as error:
-            return error_answer(400, f"the body is not valid JSON: {error}")
+            return invalid(ConfigError("body", f"is not valid JSON: {error}"))
         except ConfigError as error:
-            return error_answer(400, str(error), error.key)
+            return invalid(error)
         snapshot = self._registry.snapshot(instance.service)
         return json_response(
             201,
@@ -144,7 +150,7 @@ class RegistryAPI:
 
     def _lease(self, method: str, lease: str) -> Response:
         if not lease.isdigit() or len(lease) > 19:
-            return error_answer(400, f"not a lease id: {lease!r}", "lease_id")
+            return invalid(ConfigError("lease_id", f"must be a decimal lease id, got {lease!r}"))
         lease_id = int(lease)
         try:
             if method == "PUT":
@@ -163,7 +169,7 @@ class RegistryAPI:
             check_name("service", name)
             position = _position(query)
         except ConfigError as error:
-            return error_answer(400, str(error), error.key)
+            return invalid(error)
         if position is None:
             return json_response(200, _snapshot_json(self._registry.snapshot(name)))
         epoch, index, wait = position
@@ -179,7 +185,7 @@ class RegistryAPI:
         try:
             position = _position(query)
         except ConfigError as error:
-            return error_answer(400, str(error), error.key)
+            return invalid(error)
         if position is None:
             return json_response(200, _services_json(self._registry.service_list()))
         epoch, index, wait = position

@@ -15,7 +15,7 @@ messages, an ack many receipts, and a fetch waits up to ``wait`` seconds
 (at most 300) for the first message instead of being asked again and
 again. A fetch that is given up on by its client still leases what it
 found: those deliveries come back after the group's ack deadline. The
-token check and the error bodies are the registry API's.
+token check and the error answers (problem details) are the registry API's.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from meshkit.bus._wire import (
     dead_letter_to_wire,
     delivery_to_wire,
 )
+from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
-from meshkit.control._answers import field_of
 from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
 from meshkit.http import Request, Response
 
@@ -65,7 +65,7 @@ def _decode(kind: type[B], body: bytes) -> B:
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as error:
-        raise ConfigError(field_of(error) or "body", str(error)) from None
+        raise body_error(error) from None
     except msgspec.DecodeError as error:
         raise ConfigError("body", f"is not valid JSON: {error}") from None
 
@@ -207,6 +207,8 @@ def _refusal(error: UsageError | EnvironmentFaultError) -> Response:
     """404 for what is not there, 400 naming the field for other bad input, 503 for the disk."""
     if isinstance(error, NotFoundError):
         return error_answer(404, str(error))
+    if isinstance(error, ConfigError):
+        return invalid(error)
     if isinstance(error, UsageError):
-        return error_answer(400, str(error), getattr(error, "key", None))
+        return error_answer(400, str(error))
     return error_answer(503, str(error))

@@ -8,7 +8,8 @@
     GET  /metrics           Prometheus metrics (no token: scrapers seldom carry one)
 
 Every ``/admin`` path needs ``Authorization: Bearer <token>``, the
-project's token: the API reveals the configuration and changes it.
+project's token: the API reveals the configuration and changes it. Errors
+are problem details (RFC 9457), as everywhere in meshkit.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import msgspec
 
 from meshkit.errors import MeshkitError
 from meshkit.gateway._config import GatewayConfig
-from meshkit.http import HTTPServer, Request, Response, json_response
+from meshkit.http import HTTPServer, Problem, Request, Response, json_response, problem_response
 from meshkit.proxy import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -68,17 +69,18 @@ class AdminApi:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             presented.strip().encode("latin-1"), self._token
         ):
-            answer = _error(401, "the admin API needs Authorization: Bearer <the project's token>")
-            answer.headers = [*answer.headers, (b"www-authenticate", b'Bearer realm="meshkit"')]
-            return answer
+            return _error(
+                401,
+                "the admin API needs Authorization: Bearer <the project's token>",
+                (b"www-authenticate", b'Bearer realm="meshkit"'),
+            )
         methods = sorted(method for method, path in self._endpoints if path == request.path)
         if not methods:
             return _error(404, f"no admin endpoint at {request.path}")
         endpoint = self._endpoints.get((request.method, request.path))
         if endpoint is None:
-            answer = _error(405, f"{request.method} is not allowed here")
-            answer.headers = [*answer.headers, (b"allow", ", ".join(methods).encode())]
-            return answer
+            allow = (b"allow", ", ".join(methods).encode())
+            return _error(405, f"{request.method} is not allowed here", allow)
         return endpoint()
 
     def _routes(self) -> Response:
@@ -119,5 +121,5 @@ class AdminApi:
         return json_response(200, {"reloaded": True, "routes": len(config.routes)})
 
 
-def _error(status: int, message: str) -> Response:
-    return json_response(status, {"error": message})
+def _error(status: int, message: str, *headers: tuple[bytes, bytes]) -> Response:
+    return problem_response(Problem(status, message), headers)

@@ -1,23 +1,36 @@
 """HTTP/1.1 on asyncio protocols and httptools: the client meshkit calls services with.
 
-The proxy engine and the control plane's server build on the same parser.
+The proxy engine and the control plane's server build on the same parser,
+and every error any of them answers is a ``Problem`` (RFC 9457).
 """
 
 from meshkit.http._client import HTTPClient
 from meshkit.http._config import Limits, Timeouts
+from meshkit.http._problem import (
+    PROBLEM_JSON,
+    FieldError,
+    Problem,
+    encode_problem,
+    problem_response,
+)
 from meshkit.http._response import Response
 from meshkit.http._semantics import IDEMPOTENT_METHODS, RETRYABLE_STATUSES
 from meshkit.http._server import HTTPServer, Request, ServerLimits, json_response
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "PROBLEM_JSON",
     "RETRYABLE_STATUSES",
+    "FieldError",
     "HTTPClient",
     "HTTPServer",
     "Limits",
+    "Problem",
     "Request",
     "Response",
     "ServerLimits",
     "Timeouts",
+    "encode_problem",
     "json_response",
+    "problem_response",
 ]

@@ -19,7 +19,8 @@ the reads alone would come too late).
 
 The server refuses what it cannot handle safely and closes the connection
 after answering: a malformed request (400), a body over the limit (413),
-headers over the limit (431). A client that takes longer than
+headers over the limit (431); these answers, and the 500 of a handler that
+raised, are problem details (``meshkit.http.Problem``). A client that takes longer than
 ``request_timeout`` to send a request, or leaves a connection idle for
 ``idle_timeout``, is disconnected, so slow clients cannot hold connections
 forever. Each connection has one ``LazyDeadline`` for this: its timer is
@@ -42,6 +43,7 @@ import httptools
 import msgspec
 
 from meshkit.http._listener import Listener
+from meshkit.http._problem import Problem, problem_response
 from meshkit.http._response import Response, first_header
 from meshkit.http._timer import LazyDeadline
 from meshkit.policy import _check as check
@@ -131,7 +133,7 @@ def json_response(status: int, data: object) -> Response:
 
 
 def _error(status: int, message: str) -> Response:
-    return json_response(status, {"error": message})
+    return problem_response(Problem(status, message))
 
 
 class _HTTPConnection(asyncio.Protocol):

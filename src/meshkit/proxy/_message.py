@@ -8,8 +8,7 @@ from http import HTTPStatus
 from itertools import count
 from typing import TYPE_CHECKING
 
-import msgspec
-
+from meshkit.http import Problem, encode_problem
 from meshkit.proxy._route import RoutePolicy
 
 if TYPE_CHECKING:
@@ -181,16 +180,13 @@ class ProxyResponse:
         return f"<ProxyResponse {self.status}>"
 
 
-_JSON = b"application/json"
-
-
 def error_response(
     status: int, message: str, request_id: str, *, headers: Headers | None = None
 ) -> ProxyResponse:
-    """An answer from the proxy itself: JSON naming the problem and the request id."""
-    body = msgspec.json.encode({"error": message, "status": status, "request_id": request_id})
-    extra = headers or []
-    return ProxyResponse(status, [(b"content-type", _JSON), *extra], body)
+    """An answer from the proxy itself: a problem (RFC 9457) whose ``instance`` is the
+    request id, with ``retry_after`` when ``headers`` carry a Retry-After."""
+    problem = Problem(status, message, instance=request_id)
+    return ProxyResponse(status, *encode_problem(problem, headers or ()))
 
 
 class RequestIds:

@@ -3,6 +3,13 @@
 from meshkit.discovery import Directory
 from meshkit.service._client import CallPolicy, ServiceClient
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline, without_deadline
+from meshkit.service._problems import (
+    http_exception_handler,
+    install_problem_handlers,
+    problem_handlers,
+    unhandled_exception_handler,
+    validation_exception_handler,
+)
 from meshkit.service._service import Service
 
 __all__ = [
@@ -12,5 +19,10 @@ __all__ = [
     "Service",
     "ServiceClient",
     "current_deadline",
+    "http_exception_handler",
+    "install_problem_handlers",
+    "problem_handlers",
+    "unhandled_exception_handler",
+    "validation_exception_handler",
     "without_deadline",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from meshkit._clock import Clock
 from meshkit.service._deadline import TIMEOUT_HEADER, deadline_from_header, use_deadline
+from meshkit.service._problems import install_if_starlette
 
 __all__ = ["ASGIApp", "MeshASGI", "serving_app"]
 
@@ -69,12 +70,15 @@ class MeshASGI:
             self.in_flight -= 1
 
 
-def serving_app(app: ASGIApp, *, clock: Clock) -> MeshASGI:
+def serving_app(app: ASGIApp, *, clock: Clock, problem_details: bool = True) -> MeshASGI:
     """``app`` as a Service serves it: the one place where an application is prepared.
 
     What every Service application gets, around it or configured on it,
-    is applied here, when the Service is built.
+    is applied here, when the Service is built: a Starlette or FastAPI
+    app's errors become problem details unless ``problem_details`` is false.
     """
+    if problem_details:
+        install_if_starlette(app)
     return MeshASGI(app, clock=clock)
 
 

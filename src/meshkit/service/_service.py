@@ -68,6 +68,9 @@ class Service:
     closed when it ends. An object is used as it is and left open: its
     owner, who made it, closes it, after ``serve()`` has returned. A
     registry object is called on the event loop that runs ``serve()``.
+    A Starlette or FastAPI ``app`` answers its errors as problem details
+    (RFC 9457) unless ``problem_details=False`` (see
+    ``install_problem_handlers``).
 
     Raises ``ConfigError`` for a bad name, TTL or drain timeout, or an
     object that is not a ``Registry`` or a ``Bus``; a bad URL is reported
@@ -92,6 +95,7 @@ class Service:
         drain_timeout: float = 5.0,
         policy: CallPolicy | None = None,
         clock: Clock | None = None,
+        problem_details: bool = True,
     ) -> None:
         env = read_environment()
         if not (name or env.service):
@@ -115,7 +119,7 @@ class Service:
         self.drain_timeout = check.seconds("drain_timeout", drain_timeout)
         self.policy = policy or CallPolicy()
         self._clock = clock or SystemClock()
-        self._asgi = serving_app(app, clock=self._clock)
+        self._asgi = serving_app(app, clock=self._clock, problem_details=problem_details)
         self._client: ServiceClient | None = None
         self._bus: Bus | None = None
         self._wanted: list[Wanted] = []
