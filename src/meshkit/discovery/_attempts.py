@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 
 from meshkit.discovery._instances import InstanceSet, Pick
-from meshkit.discovery._policy import failed_status, may_retry
+from meshkit.discovery._policy import may_retry
+from meshkit.http import RETRYABLE_STATUSES
 from meshkit.policy import RetryPolicy
 
 __all__ = ["Attempts"]
@@ -63,7 +64,7 @@ class Attempts:
         answer the caller takes, and ends the call's retries.
         """
         pick, self.current = self.current, None
-        if failed_status(status):
+        if status in RETRYABLE_STATUSES:  # failed_status(), inline: once per request
             if pick is not None:
                 self.instances.failed(pick, now, status)
                 self.last_error = f"{status} from {pick.key}"

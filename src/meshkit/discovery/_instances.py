@@ -97,7 +97,7 @@ class InstanceSet:
     ) -> Pick | None:
         """An instance not tried yet that ejection lets through (any, in panic), or ``None``."""
         panic = self._ejected > 0 and self.panicking()
-        excluded = set(tried)
+        excluded = tried
         while True:
             key = self.balancer.pick(now, excluded)
             if key is None:
@@ -106,7 +106,7 @@ class InstanceSet:
             if ticket is not None or panic:
                 return Pick(self.instances[key], ticket, now, short_budget=short_budget)
             self.balancer.cancel(key)  # not sent after all
-            excluded.add(key)
+            excluded = {*excluded, key}  # a copy: ``tried`` is the caller's
 
     def succeeded(self, pick: Pick, now: float) -> None:
         self._record(pick, now, success=True)

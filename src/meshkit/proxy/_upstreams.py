@@ -76,7 +76,7 @@ class Upstreams:
         self._clock = clock
         self._rng = rng or random.Random()
         self._breaker_config = route_breaker()
-        self._breakers: dict[str, CircuitBreaker] = {}  # by "METHOD route"
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}  # by method and route
         self._policy = CallPolicy()
         self._try_timeout = 10.0
         self._timeout = 30.0
@@ -113,10 +113,11 @@ class Upstreams:
         if call is None:
             return
         now = self._clock.monotonic()
-        success = not failed_status(response.status)
-        if call.attempts.current is not None:
+        if call.attempts.current is None:
             # No attempt is under way when a retry was declined: it was recorded then.
-            call.attempts.answered(now, response.status)
+            success = not failed_status(response.status)
+        else:
+            success = call.attempts.answered(now, response.status)
         call.record(now, success=success)
 
     # -- the retrier ------------------------------------------------------------
@@ -167,7 +168,7 @@ class Upstreams:
 
     def breakers(self) -> dict[str, str]:
         """Each route's breaker state, by ``"METHOD route"``."""
-        return {route: breaker.state.value for route, breaker in self._breakers.items()}
+        return {breaker.name: breaker.state.value for breaker in self._breakers.values()}
 
     # -- per request ------------------------------------------------------------
 
@@ -183,17 +184,18 @@ class Upstreams:
     def _start(self, request: ProxyRequest, instances: InstanceSet) -> None:
         """The route's breaker, then the first attempt's instance; a 503 if either refuses."""
         now = self._clock.monotonic()
-        route = f"{request.method} {request.route or request.service}"
-        breaker = self._breakers.get(route)
+        key = (request.method, request.route or instances.name)
+        breaker = self._breakers.get(key)
         if breaker is None:
-            breaker = self._breakers[route] = CircuitBreaker(self._breaker_config, name=route)
+            route = f"{key[0]} {key[1]}"
+            breaker = self._breakers[key] = CircuitBreaker(self._breaker_config, name=route)
         ticket = breaker.allow(now)
         if ticket is None:
             until = breaker.statistics(now).open_until
             wait = "" if until is None else f"; it is tried again in {max(0.0, until - now):.1f}s"
             raise ServiceUnavailableError(
                 instances.name,
-                f"the circuit breaker of {route} is open after repeated failures{wait}",
+                f"the circuit breaker of {breaker.name} is open after repeated failures{wait}",
             )
         attempts = Attempts(
             instances,
