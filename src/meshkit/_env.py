@@ -16,7 +16,16 @@ import msgspec
 
 from meshkit.errors import ConfigError
 
-__all__ = ["ENV", "MeshEnvironment", "read_environment"]
+__all__ = [
+    "ENV",
+    "PROJECT_ENV",
+    "MeshEnvironment",
+    "read_bus",
+    "read_environment",
+    "read_project",
+    "read_registry",
+    "read_token",
+]
 
 ENV = {
     "registry": "MESHKIT_REGISTRY",
@@ -73,3 +82,35 @@ def read_environment(environ: Mapping[str, str] | None = None) -> MeshEnvironmen
         else:
             values[field] = raw
     return MeshEnvironment(**values)  # type: ignore[arg-type]
+
+
+# -- what the command line reads ---------------------------------------------------
+
+PROJECT_ENV = "MESHKIT_PROJECT"
+
+
+def _variable(name: str, environ: Mapping[str, str] | None) -> str | None:
+    """``name``'s value, ``None`` when unset or empty (as ``read_environment`` treats them)."""
+    value = (os.environ if environ is None else environ).get(name)
+    return value or None
+
+
+def read_project(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The project directory ``MESHKIT_PROJECT`` names, for commands given no ``--project``."""
+    value = _variable(PROJECT_ENV, environ)
+    return None if value is None else Path(value)
+
+
+def read_registry(environ: Mapping[str, str] | None = None) -> str | None:
+    """``MESHKIT_REGISTRY``: the registry's URL (a control plane's, or ``etcd://``)."""
+    return _variable(ENV["registry"], environ)
+
+
+def read_bus(environ: Mapping[str, str] | None = None) -> str | None:
+    """``MESHKIT_BUS``: the bus's URL, when it is not the registry's control plane."""
+    return _variable(ENV["bus"], environ)
+
+
+def read_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """``MESHKIT_TOKEN``: the project's token, for a process ``meshkit up`` did not start."""
+    return _variable(ENV["token"], environ)

@@ -114,7 +114,11 @@ async def test_a_poison_message_is_listed_shown_replayed_once_fixed_and_purged(
             known_users.discard(7)
             await bus.publish("order.created", {"user_id": 7})
             await dead_letter_appears(bus)
-            purged = await asyncio.to_thread(meshkit, tmp_path, "dlq", "purge")
+            refused = await asyncio.to_thread(meshkit, tmp_path, "dlq", "purge")
+            assert refused.returncode == 2
+            assert "give the dead letters' IDs, or --all" in refused.stderr
+            assert len(await bus.dead_letters()) == 1  # nothing purged without ids or --all
+            purged = await asyncio.to_thread(meshkit, tmp_path, "dlq", "purge", "--all")
             assert purged.stdout.strip() == "purged 1 dead letter"
     finally:
         plane.kill()

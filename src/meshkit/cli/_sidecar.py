@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Annotated
 
 import typer
 
+from meshkit._env import ENV, read_bus, read_registry, read_token
 from meshkit._signals import until_stopped
 from meshkit.bus import Bus, open_bus
 from meshkit.bus._open import bus_url
 from meshkit.cli._app import app, fail
-from meshkit.control import TOKEN_ENV
 from meshkit.errors import MeshkitError
 from meshkit.gateway import AccessLog
 from meshkit.registry import Registry, open_registry
 from meshkit.sidecar import Sidecar, SidecarConfig
 from meshkit.sidecar._events import parse_route
 
-REGISTRY_ENV = "MESHKIT_REGISTRY"
-BUS_ENV = "MESHKIT_BUS"
+REGISTRY_ENV = ENV["registry"]
+BUS_ENV = ENV["bus"]
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -35,7 +34,7 @@ async def _run(config: SidecarConfig, registry: Registry, bus_at: str | None) ->
     spans = AccessLog()
     bus = None
     try:
-        bus = None if bus_at is None else await open_bus(bus_at, token=os.environ.get(TOKEN_ENV))
+        bus = None if bus_at is None else await open_bus(bus_at, token=read_token())
         sidecar = Sidecar(config, registry, bus=bus, record_span=spans)
         inbound, outbound = await sidecar.start()
     except BaseException:
@@ -107,7 +106,7 @@ def sidecar(
     standard output, one JSON line each.
     """
     app_host, app_port = _address(app_address)
-    url = os.environ.get(REGISTRY_ENV)
+    url = read_registry()
     if not url:
         fail(f"{REGISTRY_ENV} is not set: where is the registry? (http://127.0.0.1:7700)")
     try:
@@ -131,8 +130,8 @@ def sidecar(
             events=tuple(parse_route(spec) for spec in subscribe or ()),
             max_deliveries=max_deliveries,
         )
-        token = os.environ.get(TOKEN_ENV)
-        where = bus_url(os.environ.get(BUS_ENV), url)
+        token = read_token()
+        where = bus_url(read_bus(), url)
         if config.events and not where:
             fail(f"--subscribe needs a bus: set {BUS_ENV} (the registry is not a control plane)")
         bus_at = where if config.events else None
