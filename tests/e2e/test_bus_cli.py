@@ -153,10 +153,11 @@ def test_bad_input_is_one_line_naming_the_problem(tmp_path: Path) -> None:
         plane.wait()
 
 
-async def test_tail_prints_each_message_and_deletes_its_own_group_on_ctrl_c(
-    tmp_path: Path,
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_tail_prints_each_message_and_deletes_its_own_group_when_stopped(
+    tmp_path: Path, stop: signal.Signals
 ) -> None:
-    """`bus tail` shows the topic's messages as JSON lines; Ctrl-C leaves no group behind."""
+    """`bus tail` shows the topic's messages as JSON lines; Ctrl-C or SIGTERM leaves no group."""
     port, plane = project_with_a_plane(tmp_path)
     try:
         async with RemoteBus(f"http://127.0.0.1:{port}", token=TOKEN) as bus:
@@ -172,7 +173,7 @@ async def test_tail_prints_each_message_and_deletes_its_own_group_on_ctrl_c(
                 first = await asyncio.wait_for(tail.stdout.readline(), 30)
                 await bus.publish("order.created", {"n": 2})
                 second = await asyncio.wait_for(tail.stdout.readline(), 30)
-                tail.send_signal(signal.SIGINT)
+                tail.send_signal(stop)
                 _, raw_errors = await asyncio.wait_for(tail.communicate(), 30)
                 errors = raw_errors.decode()
             finally:
