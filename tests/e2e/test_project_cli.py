@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
-from meshkit.bus import RemoteBus, outgoing
+from meshkit.bus import RemoteBus, SqliteOutbox, outgoing
 from meshkit.deploy._state import alive
 from meshkit.policy import Redelivery
 from meshkit.testing.servers import free_port
@@ -214,3 +215,45 @@ def test_gateway_help_shows_the_section_and_flags_take_no_value(tmp_path: Path) 
         text = meshkit(*command, "--help", cwd=tmp_path).stdout
         assert "<bool>" not in text, command
         assert "Usage: meshkit" in text
+
+
+async def test_outbox_service_finds_the_one_database_with_an_outbox(tmp_path: Path) -> None:
+    """--service NAME reads the service's SQLite file with an outbox, passing over other files."""
+    directory = project(tmp_path / "shop", '[services.orders]\napp = "orders:app"\n')
+    files = directory / ".meshkit" / "services" / "orders"
+    files.mkdir(parents=True)
+    (files / "notes.txt").write_text("not a database")
+    plain = sqlite3.connect(files / "cache.sqlite3")
+    plain.execute("CREATE TABLE cache (k TEXT)")
+    plain.close()
+    path = files / "data" / "orders.sqlite3"
+    path.parent.mkdir()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(SqliteOutbox.SCHEMA)
+    db.execute("BEGIN IMMEDIATE")
+    SqliteOutbox.record(db, "order.created", {"n": 1}, message_id="m1")
+    db.execute("COMMIT")
+    db.close()
+    store = SqliteOutbox(path)
+    try:
+        [entry] = await store.claim(10, hold=30)
+        await store.park(entry, "refused for good")
+        await store.release()
+    finally:
+        await store.aclose()
+
+    listed = meshkit("outbox", "parked", "--service", "orders", "--json", cwd=directory)
+    assert listed.returncode == 0, listed.stderr
+    assert [(e["id"], e["error"]) for e in json.loads(listed.stdout)] == [
+        ("m1", "refused for good")
+    ]
+    unknown = meshkit("outbox", "parked", "--service", "users", cwd=directory)
+    assert unknown.returncode == 2
+    assert "has no service 'users' (it has: orders)" in unknown.stderr
+    both = meshkit("outbox", "parked", "--service", "orders", "--sqlite", str(path), cwd=directory)
+    assert both.returncode == 2
+    assert "--service NAME, --sqlite PATH or --postgres DSN" in both.stderr
+    (files / "second.sqlite3").write_bytes(path.read_bytes())
+    several = meshkit("outbox", "parked", "--service", "orders", cwd=directory)
+    assert several.returncode == 2
+    assert "several outboxes, choose with --sqlite" in several.stderr

@@ -35,6 +35,7 @@ PUBLIC = {
         "DeadLetter",
         "Delivery",
         "EmbeddedBus",
+        "GroupInfo",
         "Handler",
         "Message",
         "Outgoing",
