@@ -109,5 +109,5 @@ async def test_a_service_removed_from_meshkit_toml_is_still_reported(tmp_path: P
                     }
                 ],
             },
-        ]
+        ],
     }
