@@ -63,6 +63,7 @@ def test_the_flag_then_the_variable_then_the_nearest_meshkit_toml(tmp_path: Path
     assert found(meshkit("down", "-p", str(outer), cwd=deep, env=variable)) == str(outer)
     assert found(meshkit("down", cwd=deep, env=variable)) == str(other)
     assert found(meshkit("down", cwd=deep)) == str(inner)
+    assert found(meshkit("down", cwd=inner)) == str(inner)  # the working directory's own first
     assert found(meshkit("down", cwd=outer / "services")) == str(outer)
     relative = meshkit("down", "--project", "other", cwd=tmp_path)
     assert found(relative) == str(other)
@@ -81,7 +82,10 @@ def test_no_project_found_says_how_to_name_one(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
     missing = meshkit("status", "-p", str(nowhere), cwd=tmp_path)
     assert missing.returncode == 2
-    assert "no meshkit.toml here" in missing.stderr
+    assert "no meshkit.toml here (named by -p)" in missing.stderr
+    variable = meshkit("status", cwd=tmp_path, env={"MESHKIT_PROJECT": str(nowhere)})
+    assert variable.returncode == 2
+    assert "no meshkit.toml here (named by MESHKIT_PROJECT)" in variable.stderr
 
 
 def test_down_stops_what_up_runs_elsewhere_and_reset_then_deletes_its_data(tmp_path: Path) -> None:
@@ -183,7 +187,12 @@ async def test_bus_groups_lists_lag_and_deletes_a_group(tmp_path: Path) -> None:
             ]
             table = meshkit("bus", "groups", cwd=inside)
             assert "billing" in table.stdout
-            deleted = meshkit("bus", "groups", "delete", "order.created", "billing", cwd=inside)
+            # -p given to `groups` holds for `delete` too; here, from outside the project.
+            deleted = meshkit(
+                *("bus", "groups", "-p", str(tmp_path)),
+                *("delete", "order.created", "billing"),
+                cwd=tmp_path.parent,
+            )
             assert deleted.stdout.strip() == "deleted group billing on order.created"
             assert await bus.groups() == []
             assert meshkit("bus", "groups", cwd=inside).stdout.strip() == "no consumer groups"

@@ -237,6 +237,7 @@ def groups(context: typer.Context, *, json: Json = False, project: ProjectOption
     """Every consumer group on the bus: its topic, lag (messages it was not handed yet)
     and pending (handed out, neither acked nor dead-lettered yet)."""
     if context.invoked_subcommand is not None:
+        context.obj = project  # `bus groups -p DIR delete ...` names it here
         return
     found = _run(project, lambda bus: bus.groups())
     if json:
@@ -254,6 +255,7 @@ def groups(context: typer.Context, *, json: Json = False, project: ProjectOption
 
 @groups_app.command("delete")
 def delete_group(
+    context: typer.Context,
     topic: Annotated[str, typer.Argument(metavar="TOPIC", help="The group's topic.")],
     group: Annotated[str, typer.Argument(metavar="GROUP", help="The group.")],
     *,
@@ -264,5 +266,6 @@ def delete_group(
     A member still running gets an error on its next fetch; one that joins
     again starts at the earliest message kept.
     """
-    _run(project, lambda bus: bus.delete_group(topic, group))
+    given = project if project is not None else context.obj
+    _run(given, lambda bus: bus.delete_group(topic, group))
     typer.echo(f"deleted group {group} on {topic}")

@@ -50,29 +50,31 @@ ProjectOption = Annotated[
 ]
 
 
-def find_project(given: Path | None, *, cwd: Path | None = None) -> Path:
-    """The project's directory: ``given``, else ``$MESHKIT_PROJECT``, else the nearest one up.
+def find_project(given: Path | None, *, cwd: Path | None = None) -> tuple[Path, str]:
+    """The project's directory, and what named it: ``given`` ("-p"), else
+    ``$MESHKIT_PROJECT``, else the nearest directory up with a meshkit.toml ("").
 
     A path to the file itself stands for its directory. Ends the command
     with a message saying how to name a project when none is found.
     """
-    chosen = given if given is not None else read_project()
+    env = None if given is not None else read_project()
+    chosen, source = (given, "-p") if given is not None else (env, PROJECT_ENV)
     if chosen is not None:
-        return chosen.parent if chosen.name == FILE and chosen.is_file() else chosen
+        return (chosen.parent if chosen.name == FILE and chosen.is_file() else chosen), source
     here = (cwd or Path.cwd()).resolve()
     for directory in (here, *here.parents):
         if (directory / FILE).is_file():
-            return directory
+            return directory, ""
     return fail(f"no {FILE} in {here} or any directory above it: {_HOW}")
 
 
 def open_project(given: Path | None, *, check_ports: bool = False) -> Project:
     """The checked project ``find_project`` finds; a bad one ends the command naming the problem."""
-    directory = find_project(given)
+    directory, source = find_project(given)
     try:
         return load_project(directory, check_ports=check_ports)
     except MeshkitError as error:
-        hint = "" if (directory / FILE).is_file() else f" ({_HOW})"
+        hint = "" if (directory / FILE).is_file() else f" (named by {source})"
         fail(f"{error}{hint}")
 
 
