@@ -64,9 +64,9 @@ def publish(
         str, typer.Argument(metavar="PAYLOAD", help="The message: one JSON document.")
     ],
     *,
-    key: Annotated[str | None, typer.Option(help="Ordering key.")] = None,
+    key: Annotated[str | None, typer.Option(metavar="KEY", help="Ordering key.")] = None,
     message_id: Annotated[
-        str | None, typer.Option("--id", help="Message id (repeats are dropped).")
+        str | None, typer.Option("--id", metavar="ID", help="Message id (repeats are dropped).")
     ] = None,
     project: ProjectOption = None,
 ) -> None:
@@ -86,7 +86,10 @@ def tail(
     *,
     group: Annotated[
         str | None,
-        typer.Option(help="Group to read in (default: a new one, from the earliest message)."),
+        typer.Option(
+            metavar="GROUP",
+            help="Group to read in (default: a new one, from the earliest message).",
+        ),
     ] = None,
     project: ProjectOption = None,
 ) -> None:

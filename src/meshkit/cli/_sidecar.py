@@ -63,9 +63,15 @@ async def _close(registry: Registry, bus: Bus | None) -> None:
 
 @app.command()
 def sidecar(
-    service: Annotated[str, typer.Option(help="The service the app is an instance of.")],
-    app_address: Annotated[str, typer.Option("--app", help="Where the app listens: HOST:PORT.")],
-    health: Annotated[str, typer.Option(help="The app's health path (2xx or 3xx passes).")],
+    service: Annotated[
+        str, typer.Option(metavar="NAME", help="The service the app is an instance of.")
+    ],
+    app_address: Annotated[
+        str, typer.Option("--app", metavar="HOST:PORT", help="Where the app listens.")
+    ],
+    health: Annotated[
+        str, typer.Option(metavar="PATH", help="The app's health path (2xx or 3xx passes).")
+    ],
     port: Annotated[int, typer.Option(help="Inbound port, what the registry lists (0: free).")] = 0,
     outbound_port: Annotated[
         int, typer.Option(help="Where the app calls /<service>/<path> (0: free).")
@@ -77,7 +83,10 @@ def sidecar(
         str, typer.Option(help="The outbound port's address: it reaches every service.")
     ] = "127.0.0.1",
     trust_forwarded: Annotated[  # noqa: FBT002 (a command-line flag, named by typer)
-        bool, typer.Option(help="Keep callers' X-Forwarded-* (only trusted peers reach it).")
+        bool,
+        typer.Option(
+            "--trust-forwarded", help="Keep callers' X-Forwarded-* (only trusted peers reach it)."
+        ),
     ] = False,
     advertise: Annotated[
         str | None, typer.Option(help="The host others reach the inbound port at.")
@@ -91,7 +100,8 @@ def sidecar(
     subscribe: Annotated[
         list[str] | None,
         typer.Option(
-            help="TOPIC:GROUP:PATH: POST the group's messages to the app's PATH (repeatable)."
+            metavar="TOPIC:GROUP:PATH",
+            help="POST the group's messages on TOPIC to the app's PATH (repeatable).",
         ),
     ] = None,
     max_deliveries: Annotated[
