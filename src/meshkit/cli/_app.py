@@ -42,6 +42,9 @@ def root(
     """meshkit: a microservices platform for Python."""
 
 
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
 def commands(name: str, help_text: str) -> typer.Typer:
     """A group of subcommands under ``meshkit NAME``, with the root's help settings."""
     group = typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)

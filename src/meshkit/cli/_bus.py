@@ -22,7 +22,7 @@ from rich.table import Table
 
 from meshkit._signals import until_stopped
 from meshkit.bus import DeadLetter, GroupInfo, Message, RemoteBus, subscribe
-from meshkit.cli._app import commands, fail
+from meshkit.cli._app import Json, commands, fail
 from meshkit.cli._project import ProjectOption, open_project, project_token, running_hint
 from meshkit.errors import EnvironmentFaultError, MeshkitError
 
@@ -36,7 +36,6 @@ groups_app = typer.Typer(
     invoke_without_command=True,
 )
 bus_app.add_typer(groups_app, name="groups")
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _run(given: Path | None, work: Callable[[RemoteBus], Awaitable[T]]) -> T:
@@ -146,7 +145,7 @@ def _letter_json(letter: DeadLetter) -> dict[str, object]:
 @dlq_app.command("list")
 def dlq_list(
     *,
-    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    json: Json = False,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
     project: ProjectOption = None,
 ) -> None:

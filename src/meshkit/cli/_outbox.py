@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meshkit.bus import OutboxStore, ParkedEntry, SqliteOutbox
-from meshkit.cli._app import commands, fail
+from meshkit.cli._app import Json, commands, fail
 from meshkit.cli._project import ProjectOption, open_project
 from meshkit.deploy._state import service_data_dir
 from meshkit.errors import EnvironmentFaultError, MeshkitError
@@ -140,7 +140,7 @@ def parked(
     sqlite: Sqlite = None,
     postgres: Postgres = None,
     project: ProjectOption = None,
-    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    json: Json = False,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
 ) -> None:
     """The parked events, oldest first: seq, topic, message id, when, and why."""

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from meshkit.cli._app import app, fail
+from meshkit.cli._app import Json, app, fail
 from meshkit.cli._project import (
     OLD_FORM,
     ProjectOption,
@@ -27,8 +27,6 @@ from meshkit.deploy._status import InstanceStatus, StatusReport, collect_status,
 from meshkit.deploy._stop import DEFAULT_TIMEOUT, stop_project
 from meshkit.deploy._supervisor import Supervisor
 from meshkit.errors import EnvironmentFaultError, MeshkitError
-
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @app.command(context_settings=OLD_FORM)
