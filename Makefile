@@ -13,7 +13,7 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 .PHONY: demo test lint typecheck unit bench clean
 
 demo: $(VENV)/.installed-run
-	$(BIN)/meshkit up examples/shop
+	$(BIN)/meshkit up -p examples/shop
 
 test: lint typecheck unit
 

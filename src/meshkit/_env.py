@@ -24,13 +24,17 @@ from meshkit.errors import ConfigError
 
 __all__ = [
     "ENV",
+    "PROJECT_ENV",
     "REQUIRE_BACKENDS",
     "TOKEN",
     "MeshEnvironment",
     "child_environment",
     "force_colour",
     "python_path",
+    "read_bus",
     "read_environment",
+    "read_project",
+    "read_registry",
     "require_backends",
     "secret",
     "token",
@@ -38,6 +42,7 @@ __all__ = [
 
 TOKEN = "MESHKIT_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 REQUIRE_BACKENDS = "MESHKIT_REQUIRE_BACKENDS"
+PROJECT_ENV = "MESHKIT_PROJECT"
 
 ENV = {
     "registry": "MESHKIT_REGISTRY",
@@ -161,3 +166,22 @@ def require_backends() -> bool:
     if raw not in (None, "0", "1"):
         raise ConfigError(REQUIRE_BACKENDS, f"must be 1 or 0, got {raw!r}")
     return raw == "1"
+
+
+# -- what the command line reads ---------------------------------------------------
+
+
+def read_project() -> Path | None:
+    """``$MESHKIT_PROJECT``: the project directory for commands given no ``--project``."""
+    value = _get(PROJECT_ENV)
+    return None if value is None else Path(value)
+
+
+def read_registry() -> str | None:
+    """``$MESHKIT_REGISTRY``: the registry's URL (a control plane's, or ``etcd://``)."""
+    return _get(ENV["registry"])
+
+
+def read_bus() -> str | None:
+    """``$MESHKIT_BUS``: the bus's URL, when it is not the registry's control plane."""
+    return _get(ENV["bus"])

@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Up:
-    """``meshkit up DIRECTORY`` in a process of its own; its output is kept line by line."""
+    """``meshkit up -p DIRECTORY`` in a process of its own; its output is kept line by line."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESHKIT_")}
         env.pop("FORCE_COLOR", None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "meshkit", "up", str(directory)],
+            [sys.executable, "-m", "meshkit", "up", "-p", str(directory)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -85,9 +85,9 @@ class Up:
                 self.process.stdout.close()
 
     def status(self) -> dict[str, object]:
-        """``meshkit status DIRECTORY --json``, parsed."""
+        """``meshkit status -p DIRECTORY --json``, parsed."""
         result = subprocess.run(
-            [sys.executable, "-m", "meshkit", "status", str(self.directory), "--json"],
+            [sys.executable, "-m", "meshkit", "status", "-p", str(self.directory), "--json"],
             capture_output=True,
             text=True,
             timeout=30,

@@ -114,7 +114,11 @@ async def test_a_poison_message_is_listed_shown_replayed_once_fixed_and_purged(
             known_users.discard(7)
             await bus.publish("order.created", {"user_id": 7})
             await dead_letter_appears(bus)
-            purged = await asyncio.to_thread(meshkit, tmp_path, "dlq", "purge")
+            refused = await asyncio.to_thread(meshkit, tmp_path, "dlq", "purge")
+            assert refused.returncode == 2
+            assert "give the dead letters' IDs, or --all" in refused.stderr
+            assert len(await bus.dead_letters()) == 1  # nothing purged without ids or --all
+            purged = await asyncio.to_thread(meshkit, tmp_path, "dlq", "purge", "--all")
             assert purged.stdout.strip() == "purged 1 dead letter"
     finally:
         plane.kill()
@@ -150,10 +154,11 @@ def test_bad_input_is_one_line_naming_the_problem(tmp_path: Path) -> None:
         plane.wait()
 
 
-async def test_tail_prints_each_message_and_deletes_its_own_group_on_ctrl_c(
-    tmp_path: Path,
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+async def test_tail_prints_each_message_and_deletes_its_own_group_when_stopped(
+    tmp_path: Path, stop: signal.Signals
 ) -> None:
-    """`bus tail` shows the topic's messages as JSON lines; Ctrl-C leaves no group behind."""
+    """`bus tail` shows the topic's messages as JSON lines; Ctrl-C or SIGTERM leaves no group."""
     port, plane = project_with_a_plane(tmp_path)
     try:
         async with RemoteBus(f"http://127.0.0.1:{port}", token=TOKEN) as bus:
@@ -169,7 +174,7 @@ async def test_tail_prints_each_message_and_deletes_its_own_group_on_ctrl_c(
                 first = await asyncio.wait_for(tail.stdout.readline(), 30)
                 await bus.publish("order.created", {"n": 2})
                 second = await asyncio.wait_for(tail.stdout.readline(), 30)
-                tail.send_signal(signal.SIGINT)
+                tail.send_signal(stop)
                 _, raw_errors = await asyncio.wait_for(tail.communicate(), 30)
                 errors = raw_errors.decode()
             finally:

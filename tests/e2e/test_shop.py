@@ -385,8 +385,14 @@ def test_a_killed_instance_leaves_discovery_and_comes_back(shop: Shop) -> None:
 
 
 def test_status_lists_every_instance(shop: Shop) -> None:
-    """meshkit status --json has each instance with the documented fields, all healthy."""
+    """meshkit status --json has the control plane, the gateway and each instance with the
+    documented fields, all healthy and running."""
     report = shop.up.status()
+    fields = {"id", "host", "port", "pid", "version", "healthy", "restarts", "uptime"}
+    for own in (report["control_plane"], report["gateway"]):  # type: ignore[index]
+        assert set(own) == fields  # type: ignore[arg-type]
+        assert own["healthy"] is True  # type: ignore[index]
+        assert own["uptime"] > 0  # type: ignore[index, operator]
     services = {s["name"]: s["instances"] for s in report["services"]}  # type: ignore[index, union-attr]
     assert {name: len(instances) for name, instances in services.items()} == {
         "inventory": 2,
@@ -398,8 +404,9 @@ def test_status_lists_every_instance(shop: Shop) -> None:
     }
     for instances in services.values():
         for instance in instances:
-            assert set(instance) == {"id", "host", "port", "pid", "version", "healthy", "restarts"}
+            assert set(instance) == fields
             assert instance["healthy"] is True
+            assert instance["uptime"] > 0
             assert instance["version"] == "1.0.0"
 
 

@@ -57,6 +57,17 @@ async def test_a_service_removed_from_meshkit_toml_is_still_reported(tmp_path: P
     finally:
         await plane.aclose()
     assert report == {
+        "control_plane": {
+            "id": "control-plane",
+            "host": "127.0.0.1",
+            "port": port,
+            "pid": None,
+            "version": "",
+            "healthy": True,
+            "restarts": 0,
+            "uptime": None,
+        },
+        "gateway": None,
         "services": [
             {
                 "name": "legacy",
@@ -69,6 +80,7 @@ async def test_a_service_removed_from_meshkit_toml_is_still_reported(tmp_path: P
                         "version": "",
                         "healthy": False,
                         "restarts": 2,
+                        "uptime": None,
                     },
                     {
                         "id": "legacy-9",
@@ -78,6 +90,7 @@ async def test_a_service_removed_from_meshkit_toml_is_still_reported(tmp_path: P
                         "version": "",
                         "healthy": True,
                         "restarts": 0,
+                        "uptime": None,
                     },
                 ],
             },
@@ -92,8 +105,9 @@ async def test_a_service_removed_from_meshkit_toml_is_still_reported(tmp_path: P
                         "version": "2.0",
                         "healthy": False,
                         "restarts": 2,
+                        "uptime": None,
                     }
                 ],
             },
-        ]
+        ],
     }

@@ -39,6 +39,7 @@ PUBLIC = {
         "DeadLetter",
         "Delivery",
         "EmbeddedBus",
+        "GroupInfo",
         "Handler",
         "Message",
         "Outgoing",

@@ -34,6 +34,7 @@ from meshkit.bus._model import (
     REPLAY_HEADER,
     DeadLetter,
     Delivery,
+    GroupInfo,
     Message,
     Outgoing,
     Published,
@@ -286,6 +287,20 @@ class EmbeddedBroker:
                 )
 
         await self.log.write(op)
+
+    def groups(self) -> list[GroupInfo]:
+        """Every group, by topic then name (see ``Bus.groups``); the lag counts the topic's
+        messages at or past the group's cursor."""
+        found = []
+        for (topic, name), member in sorted(self._groups.items()):
+            [(lag,)] = self.log.read(
+                "SELECT count(*) FROM messages WHERE topic = ? AND sequence >= ?",
+                (topic, member.state.cursor),
+            )
+            counts = member.state.statistics()
+            pending = counts["leased"] + counts["waiting"]
+            found.append(GroupInfo(topic=topic, group=name, lag=lag, pending=pending))
+        return found
 
     def _group(self, topic: str, group: str) -> _Group:
         found = self._groups.get((topic, group))

@@ -12,6 +12,7 @@ from meshkit.bus._model import (
     MAX_AGE,
     DeadLetter,
     Delivery,
+    GroupInfo,
     Outgoing,
     Published,
 )
@@ -50,6 +51,9 @@ class EmbeddedBus(PublishOne):
 
     async def delete_group(self, topic: str, group: str) -> None:
         await self.broker.delete_group(topic, group)
+
+    async def groups(self) -> list[GroupInfo]:
+        return self.broker.groups()
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         return self.broker.dead_letters(limit=limit)

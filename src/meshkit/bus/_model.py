@@ -28,6 +28,7 @@ __all__ = [
     "UNREACHABLE",
     "DeadLetter",
     "Delivery",
+    "GroupInfo",
     "Message",
     "Outgoing",
     "Published",
@@ -319,3 +320,18 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def topic(self) -> str:
         return self.message.topic
+
+
+class GroupInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One consumer group on one topic, as ``Bus.groups`` lists it.
+
+    ``lag``: messages of the topic the group has not been handed yet
+    (``None`` where the backend cannot tell, as Redis after a trim).
+    ``pending``: messages handed to a member and neither acked nor given up
+    on: in flight, or waiting to be delivered again.
+    """
+
+    topic: str
+    group: str
+    lag: int | None
+    pending: int

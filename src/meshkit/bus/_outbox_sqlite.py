@@ -174,6 +174,25 @@ class SqliteOutbox:
         return self._timeout
 
     @staticmethod
+    def holds_outbox(path: str | os.PathLike[str]) -> bool:
+        """Whether the file at ``path`` is a SQLite database with an outbox's tables.
+
+        Opened read-only, so a file that is not one is neither changed nor created.
+        """
+        try:
+            with open(path, "rb") as file:  # noqa: PTH123 (str or PathLike alike)
+                if file.read(16) != b"SQLite format 3\x00":
+                    return False
+            uri = f"file:{os.fspath(path)}?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1.0)) as db:
+                found = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meshkit_outbox'"
+                ).fetchone()
+        except (OSError, sqlite3.Error):
+            return False
+        return found is not None
+
+    @staticmethod
     def record(
         db: sqlite3.Connection,
         topic: str,

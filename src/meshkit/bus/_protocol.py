@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from meshkit.bus._model import DeadLetter, Delivery, Outgoing, Published, outgoing
+from meshkit.bus._model import DeadLetter, Delivery, GroupInfo, Outgoing, Published, outgoing
 from meshkit.policy import Redelivery
 
 __all__ = ["Bus", "Consumer", "PublishOne"]
@@ -88,6 +88,10 @@ class Bus(Protocol):
         from its next call; joining again starts the group afresh, at the
         earliest message kept. ``NotFoundError`` if there is no such group.
         """
+        ...
+
+    async def groups(self) -> list[GroupInfo]:
+        """Every consumer group of every topic, sorted by topic then group, with its lag."""
         ...
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:

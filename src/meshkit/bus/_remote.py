@@ -17,6 +17,7 @@ from meshkit._plane import PlaneClient
 from meshkit.bus._model import (
     DeadLetter,
     Delivery,
+    GroupInfo,
     Outgoing,
     Published,
     check_group,
@@ -32,6 +33,7 @@ from meshkit.bus._wire import (
     DeadLetterList,
     FailBody,
     FetchBody,
+    GroupList,
     JoinBody,
     PublishBody,
     PublishedList,
@@ -108,6 +110,10 @@ class RemoteBus(PublishOne):
     async def delete_group(self, topic: str, group: str) -> None:
         target = f"/v1/bus/groups/{check_topic(topic)}/{check_group(group)}"
         await self._plane.call("DELETE", target, expect=204)
+
+    async def groups(self) -> list[GroupInfo]:
+        answer: GroupList = await self._plane.call("GET", "/v1/bus/groups", kind=GroupList)
+        return answer.groups
 
     async def dead_letters(self, *, limit: int = 100) -> list[DeadLetter]:
         target = f"/v1/bus/dead-letters?limit={check_limit(limit)}"

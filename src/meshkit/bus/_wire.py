@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-from meshkit.bus._model import DeadLetter, Delivery, Message, Published
+from meshkit.bus._model import DeadLetter, Delivery, GroupInfo, Message, Published
 from meshkit.policy import Redelivery
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "DeadLetterList",
     "FailBody",
     "FetchBody",
+    "GroupList",
     "JoinBody",
     "PublishBody",
     "PublishedList",
@@ -92,6 +93,10 @@ class WireDeadLetter(msgspec.Struct):
     deliveries: int
     error: str
     failed: float
+
+
+class GroupList(msgspec.Struct):
+    groups: list[GroupInfo]
 
 
 class DeadLetterList(msgspec.Struct):

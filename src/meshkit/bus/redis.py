@@ -54,6 +54,7 @@ from meshkit.bus._model import (
     REPLAY_HEADER,
     DeadLetter,
     Delivery,
+    GroupInfo,
     Message,
     Outgoing,
     Published,
@@ -437,6 +438,35 @@ class RedisBus(PublishOne):
             destroyed = 0
         if not destroyed:
             raise NotFoundError(f"no group {group!r} on topic {topic!r}")
+
+    async def groups(self) -> list[GroupInfo]:
+        """Each stream's groups from ``XINFO GROUPS``: its ``lag`` (Redis 7; unknown on 6.2,
+        or after a trim removed entries the group had not read) and its ``pending``."""
+        head = f"{self.prefix}s:"
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", head) + "*"  # the prefix, glob-escaped
+        streams = await self._call(self._streams(pattern))
+        found: list[GroupInfo] = []
+        for stream in sorted(streams):
+            topic = stream.decode()[len(head) :]
+            try:
+                rows = await self._call(self._client.xinfo_groups(stream))
+            except EnvironmentFaultError as error:
+                if "no such key" in str(error):
+                    continue  # deleted since the scan
+                raise
+            found += (
+                GroupInfo(
+                    topic=topic,
+                    group=row["name"].decode(),
+                    lag=row.get("lag"),
+                    pending=int(row["pending"]),
+                )
+                for row in rows
+            )
+        return sorted(found, key=lambda g: (g.topic, g.group))
+
+    async def _streams(self, pattern: str) -> list[bytes]:
+        return [key async for key in self._client.scan_iter(match=pattern, _type="stream")]
 
     async def consumer(self, topic: str, group: str, *, redelivery: Redelivery) -> RedisConsumer:
         check_topic(topic)

@@ -1,6 +1,6 @@
-"""``meshkit bus`` and ``meshkit dlq``: publish, watch, and handle the dead-letter queue.
+"""``meshkit bus`` and ``meshkit dlq``: publish, watch, see the groups, handle dead letters.
 
-They talk to the bus of a running project (``meshkit up DIR``): its control
+They talk to the bus of a running project (``meshkit up``): its control
 plane's embedded broker, with the project's token.
 """
 
@@ -20,30 +20,30 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from meshkit.bus import DeadLetter, Message, RemoteBus, subscribe
-from meshkit.cli._app import app, fail
-from meshkit.control import load_token
-from meshkit.deploy import load_project
+from meshkit._signals import until_stopped
+from meshkit.bus import DeadLetter, GroupInfo, Message, RemoteBus, subscribe
+from meshkit.cli._app import Json, commands, fail
+from meshkit.cli._project import ProjectOption, open_project, project_token, running_hint
 from meshkit.errors import EnvironmentFaultError, MeshkitError
 
 T = TypeVar("T")
 
-bus_app = typer.Typer(help="Publish to and watch the project's event bus.", no_args_is_help=True)
-dlq_app = typer.Typer(help="List, inspect, replay and purge dead letters.", no_args_is_help=True)
-app.add_typer(bus_app, name="bus")
-app.add_typer(dlq_app, name="dlq")
+bus_app = commands("bus", "Publish to and watch the project's event bus, and see its groups.")
+dlq_app = commands("dlq", "List, inspect, replay and purge dead letters.")
+groups_app = typer.Typer(
+    help="Consumer groups: `meshkit bus groups` lists them, `delete` forgets one.",
+    rich_markup_mode=None,
+    invoke_without_command=True,
+)
+bus_app.add_typer(groups_app, name="groups")
 
-Project = Annotated[
-    Path, typer.Option("--project", "-p", help="The project directory, holding meshkit.toml.")
-]
 
-
-def _run(directory: Path, work: Callable[[RemoteBus], Awaitable[T]]) -> T:
+def _run(given: Path | None, work: Callable[[RemoteBus], Awaitable[T]]) -> T:
     """Run ``work`` against the project's bus; a failure is one line and exit code 1 or 2."""
+    project = open_project(given)
+    token = project_token(project)
 
     async def main() -> T:
-        project = load_project(directory, check_ports=False)
-        token = load_token(project.data_dir, create=False)
         cp = project.control_plane
         async with RemoteBus(f"http://{cp.host}:{cp.port}", token=token) as bus:
             return await work(bus)
@@ -51,21 +51,23 @@ def _run(directory: Path, work: Callable[[RemoteBus], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except EnvironmentFaultError as error:
-        fail(f"{error} (is `meshkit up {directory}` running?)", code=1)
+        fail(f"{error} (is `{running_hint(project)}` running?)", code=1)
     except MeshkitError as error:
         fail(str(error))
 
 
 @bus_app.command("publish")
 def publish(
-    topic: Annotated[str, typer.Argument(help="Topic, like order.created.")],
-    payload: Annotated[str, typer.Argument(help="The message: one JSON document.")],
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic, like order.created.")],
+    payload: Annotated[
+        str, typer.Argument(metavar="PAYLOAD", help="The message: one JSON document.")
+    ],
     *,
-    key: Annotated[str | None, typer.Option(help="Ordering key.")] = None,
+    key: Annotated[str | None, typer.Option(metavar="KEY", help="Ordering key.")] = None,
     message_id: Annotated[
-        str | None, typer.Option("--id", help="Message id (repeats are dropped).")
+        str | None, typer.Option("--id", metavar="ID", help="Message id (repeats are dropped).")
     ] = None,
-    project: Project = Path(),
+    project: ProjectOption = None,
 ) -> None:
     """Publish one message; prints its id once it is durable."""
     published = _run(
@@ -79,15 +81,18 @@ def publish(
 
 @bus_app.command("tail")
 def tail(
-    topic: Annotated[str, typer.Argument(help="Topic to follow.")],
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="Topic to follow.")],
     *,
     group: Annotated[
         str | None,
-        typer.Option(help="Group to read in (default: a new one, from the earliest message)."),
+        typer.Option(
+            metavar="GROUP",
+            help="Group to read in (default: a new one, from the earliest message).",
+        ),
     ] = None,
-    project: Project = Path(),
+    project: ProjectOption = None,
 ) -> None:
-    """Print the topic's messages as JSON lines, oldest kept first, until Ctrl-C.
+    """Print the topic's messages as JSON lines, oldest kept first, until Ctrl-C or SIGTERM.
 
     Without --group it reads in a group of its own, deleted when it stops.
     """
@@ -112,14 +117,13 @@ def tail(
         )
         try:
             async with subscribe(bus, topic, name, show, concurrency=1):
-                await asyncio.Event().wait()
+                await until_stopped()
         finally:
             if group is None:  # its own: nothing should keep its place
                 with contextlib.suppress(MeshkitError):
                     await bus.delete_group(topic, name)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        _run(project, follow)
+    _run(project, follow)
 
 
 def _letter_json(letter: DeadLetter) -> dict[str, object]:
@@ -141,9 +145,9 @@ def _letter_json(letter: DeadLetter) -> dict[str, object]:
 @dlq_app.command("list")
 def dlq_list(
     *,
-    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    json: Json = False,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
-    project: Project = Path(),
+    project: ProjectOption = None,
 ) -> None:
     """The dead letters, oldest first: id, topic, group, deliveries and the last error."""
     letters = _run(project, lambda bus: bus.dead_letters(limit=limit))
@@ -172,7 +176,7 @@ def dlq_list(
 def dlq_show(
     letter_id: Annotated[str, typer.Argument(metavar="ID", help="A dead letter's id.")],
     *,
-    project: Project = Path(),
+    project: ProjectOption = None,
 ) -> None:
     """One dead letter as JSON, with its message's payload and headers."""
     letter = _run(project, lambda bus: bus.dead_letter(letter_id))
@@ -186,7 +190,7 @@ def dlq_replay(
     ] = None,
     *,
     every: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
-    project: Project = Path(),
+    project: ProjectOption = None,
 ) -> None:
     """Deliver a dead letter (or all) again to the group that gave up on it."""
     if (letter_id is None) == (not every):
@@ -210,11 +214,60 @@ def dlq_replay(
 def dlq_purge(
     letter_ids: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[ID]...", help="Dead letters to remove (default: all)."),
+        typer.Argument(metavar="ID", help="Dead letters to remove."),
     ] = None,
     *,
-    project: Project = Path(),
+    every: Annotated[bool, typer.Option("--all", help="Remove every dead letter.")] = False,
+    project: ProjectOption = None,
 ) -> None:
-    """Remove dead letters for good: the ones named, or all of them."""
-    purged = _run(project, lambda bus: bus.purge(letter_ids or None))
+    """Remove dead letters for good: the ones named, or all of them with --all."""
+    if bool(letter_ids) == every:
+        fail("give the dead letters' IDs, or --all")
+    purged = _run(project, lambda bus: bus.purge(None if every else letter_ids))
     typer.echo(f"purged {purged} dead letter{'s' if purged != 1 else ''}")
+
+
+# -- groups ---------------------------------------------------------------------------
+
+
+def _group_json(group: GroupInfo) -> dict[str, object]:
+    return {"topic": group.topic, "group": group.group, "lag": group.lag, "pending": group.pending}
+
+
+@groups_app.callback()
+def groups(context: typer.Context, *, json: Json = False, project: ProjectOption = None) -> None:
+    """Every consumer group on the bus: its topic, lag (messages it was not handed yet)
+    and pending (handed out, neither acked nor dead-lettered yet)."""
+    if context.invoked_subcommand is not None:
+        context.obj = project  # `bus groups -p DIR delete ...` names it here
+        return
+    found = _run(project, lambda bus: bus.groups())
+    if json:
+        sys.stdout.write(msgspec.json.encode([_group_json(g) for g in found]).decode() + "\n")
+        return
+    if not found:
+        typer.echo("no consumer groups")
+        return
+    table = Table("topic", "group", "lag", "pending")
+    for group in found:
+        lag = "?" if group.lag is None else str(group.lag)
+        table.add_row(group.topic, group.group, lag, str(group.pending))
+    Console(width=max(100, Console().width)).print(table)
+
+
+@groups_app.command("delete")
+def delete_group(
+    context: typer.Context,
+    topic: Annotated[str, typer.Argument(metavar="TOPIC", help="The group's topic.")],
+    group: Annotated[str, typer.Argument(metavar="GROUP", help="The group.")],
+    *,
+    project: ProjectOption = None,
+) -> None:
+    """Forget a group: where it stands and what it holds (its dead letters stay).
+
+    A member still running gets an error on its next fetch; one that joins
+    again starts at the earliest message kept.
+    """
+    given = project if project is not None else context.obj
+    _run(given, lambda bus: bus.delete_group(topic, group))
+    typer.echo(f"deleted group {group} on {topic}")

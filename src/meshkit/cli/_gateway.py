@@ -1,17 +1,22 @@
-"""``meshkit gateway DIR``: the API gateway described by ``DIR/meshkit.toml``."""
+"""``meshkit gateway``: the API gateway of a project's ``[gateway]`` section."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from meshkit._env import read_registry
 from meshkit._signals import until_stopped
 from meshkit.cli._app import app, fail
+from meshkit.cli._project import (
+    OLD_FORM,
+    ProjectOption,
+    open_project,
+    positional_alias,
+)
 from meshkit.control import load_token
 from meshkit.deploy import load_project
 from meshkit.errors import ConfigError, MeshkitError
@@ -58,32 +63,27 @@ async def _serve(config: GatewayConfig, registry: Registry, directory: Path, tok
         await registry.aclose()
 
 
-@app.command()
-def gateway(
-    directory: Annotated[
-        Path, typer.Argument(help="The project directory, holding meshkit.toml.")
-    ] = Path(),
-) -> None:
+@app.command(context_settings=OLD_FORM)
+def gateway(context: typer.Context, *, project: ProjectOption = None) -> None:
     """Run the API gateway of a project's [gateway] section, finding services in the registry.
 
-    SIGHUP (or POST /admin/reload) reads the section again and uses it
-    without dropping connections; a section with an error is refused and
-    the running configuration stays.
+    `meshkit up` runs it when meshkit.toml has a [gateway] section; run it
+    alone to serve a registry that is running already (MESHKIT_REGISTRY,
+    default: the project's control plane). SIGHUP (or POST /admin/reload)
+    reads the section again and uses it without dropping connections; a
+    section with an error is refused and the running configuration stays.
     """
+    found = open_project(positional_alias(context, project, "gateway"))
+    if found.gateway is None:
+        fail(f"{found.path} has no [gateway] section")
+    cp = found.control_plane
+    url = read_registry() or f"http://{cp.host}:{cp.port}"
     try:
-        project = load_project(directory, check_ports=False)
-    except MeshkitError as error:
-        fail(str(error))
-    if project.gateway is None:
-        fail(f"{project.path} has no [gateway] section")
-    cp = project.control_plane
-    url = os.environ.get("MESHKIT_REGISTRY") or f"http://{cp.host}:{cp.port}"
-    try:
-        token = load_token(project.data_dir, create=False)
+        token = load_token(found.data_dir, create=False)
         registry = open_registry(url, token=token)
     except MeshkitError as error:
         fail(str(error))
     try:
-        asyncio.run(_serve(project.gateway, registry, project.directory, token))
+        asyncio.run(_serve(found.gateway, registry, found.directory, token))
     except MeshkitError as error:  # a JWT secret or key file, an address that cannot be used
         fail(str(error))

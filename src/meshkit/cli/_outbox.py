@@ -1,8 +1,10 @@
 """``meshkit outbox``: the events a service's outbox parked, because the bus refused them.
 
-They work on the service's own database, not on the bus: ``--sqlite PATH``
-or ``--postgres DSN``. Once what refused an event is fixed (a stream's size
-limit raised, say), ``requeue`` hands it back to the service's relay.
+They work on the service's own database, not on the bus: ``--sqlite PATH``,
+``--postgres DSN``, or ``--service NAME`` for the SQLite database of a
+service ``meshkit up`` runs (found in its data directory). Once what
+refused an event is fixed (a stream's size limit raised, say), ``requeue``
+hands it back to the service's relay.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -20,44 +23,83 @@ from rich.console import Console
 from rich.table import Table
 
 from meshkit.bus import OutboxStore, ParkedEntry, SqliteOutbox
-from meshkit.cli._app import app, fail
+from meshkit.cli._app import Json, commands, fail
+from meshkit.cli._project import ProjectOption, open_project
+from meshkit.deploy._state import service_data_dir
 from meshkit.errors import EnvironmentFaultError, MeshkitError
 
 T = TypeVar("T")
 
-outbox_app = typer.Typer(
-    help="List, requeue and discard the events a service's outbox parked.", no_args_is_help=True
-)
-app.add_typer(outbox_app, name="outbox")
+outbox_app = commands("outbox", "List, requeue and discard the events a service's outbox parked.")
 
-Sqlite = Annotated[str | None, typer.Option("--sqlite", help="The service's SQLite database file.")]
-Postgres = Annotated[
-    str | None, typer.Option("--postgres", help="The service's PostgreSQL DSN (postgresql://...).")
+Sqlite = Annotated[
+    str | None, typer.Option("--sqlite", metavar="PATH", help="The service's SQLite database file.")
 ]
-Seqs = Annotated[list[int] | None, typer.Argument(metavar="[SEQ]...", help="Parked events' seqs.")]
-Every = Annotated[bool, typer.Option("--all", help="Every parked event.")]
+Postgres = Annotated[
+    str | None,
+    typer.Option(
+        "--postgres", metavar="DSN", help="The service's PostgreSQL DSN (postgresql://...)."
+    ),
+]
+Service = Annotated[
+    str | None,
+    typer.Option(
+        "--service",
+        metavar="NAME",
+        help="A service of the project: its SQLite database with an outbox, in its data directory.",
+    ),
+]
 
 
-def _store(sqlite: str | None, postgres: str | None) -> OutboxStore:
-    if (sqlite is None) == (postgres is None):
-        fail("give the service's database: --sqlite PATH or --postgres DSN")
-    if sqlite is not None:
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Where the outbox is, as the options name it: exactly one of the three."""
+
+    sqlite: str | None
+    postgres: str | None
+    service: str | None
+    project: Path | None
+
+    def store(self) -> OutboxStore:
+        given = [x for x in (self.sqlite, self.postgres, self.service) if x is not None]
+        if len(given) != 1:
+            fail("give the service's database: --service NAME, --sqlite PATH or --postgres DSN")
+        if self.postgres is not None:
+            from meshkit.bus.postgres import PostgresOutbox  # lazily: asyncpg is an extra
+
+            return PostgresOutbox(self.postgres)
+        sqlite = self.sqlite if self.sqlite is not None else str(self._service_file())
         if not Path(sqlite).is_file():  # sqlite3 would make an empty one
             fail(f"--sqlite: no database file at {sqlite}")
         return SqliteOutbox(sqlite)
-    from meshkit.bus.postgres import PostgresOutbox  # lazily: asyncpg is an extra
 
-    assert postgres is not None
-    return PostgresOutbox(postgres)
+    def _service_file(self) -> Path:
+        """The one SQLite file with an outbox in the service's data directory."""
+        project = open_project(self.project)
+        name = self.service
+        assert name is not None
+        if name not in project.services:
+            known = ", ".join(sorted(project.services)) or "none"
+            fail(f"--service: {project.path} has no service {name!r} (it has: {known})")
+        directory = service_data_dir(project.data_dir, name)
+        found = sorted(p for p in directory.rglob("*") if SqliteOutbox.holds_outbox(p))
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            fail(f"--service: no SQLite database with an outbox under {directory}")
+        listed = ", ".join(str(p) for p in found)
+        return fail(f"--service: {name} has several outboxes, choose with --sqlite: {listed}")
 
 
-def _run(
-    sqlite: str | None, postgres: str | None, work: Callable[[OutboxStore], Awaitable[T]]
-) -> T:
+Seqs = Annotated[list[int] | None, typer.Argument(metavar="SEQ", help="Parked events' seqs.")]
+Every = Annotated[bool, typer.Option("--all", help="Every parked event.")]
+
+
+def _run(where: Database, work: Callable[[OutboxStore], Awaitable[T]]) -> T:
     """Run ``work`` on the database's outbox; a failure is one line and exit code 1 or 2."""
 
     async def main() -> T:
-        store = _store(sqlite, postgres)
+        store = where.store()
         try:
             return await work(store)
         finally:
@@ -94,13 +136,17 @@ def _entry_json(entry: ParkedEntry) -> dict[str, object]:
 @outbox_app.command("parked")
 def parked(
     *,
+    service: Service = None,
     sqlite: Sqlite = None,
     postgres: Postgres = None,
-    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    project: ProjectOption = None,
+    json: Json = False,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
 ) -> None:
     """The parked events, oldest first: seq, topic, message id, when, and why."""
-    entries = _run(sqlite, postgres, lambda store: store.parked(limit=limit))
+    entries = _run(
+        Database(sqlite, postgres, service, project), lambda store: store.parked(limit=limit)
+    )
     if json:
         sys.stdout.write(msgspec.json.encode([_entry_json(e) for e in entries]).decode() + "\n")
         return
@@ -123,12 +169,17 @@ def requeue(
     seqs: Seqs = None,
     *,
     every: Every = False,
+    service: Service = None,
     sqlite: Sqlite = None,
     postgres: Postgres = None,
+    project: ProjectOption = None,
 ) -> None:
     """Put parked events back in the outbox, after what it holds, for the relay to publish."""
     chosen = _chosen(seqs, every)
-    _say("requeued", _run(sqlite, postgres, lambda store: store.requeue(chosen)))
+    _say(
+        "requeued",
+        _run(Database(sqlite, postgres, service, project), lambda store: store.requeue(chosen)),
+    )
 
 
 @outbox_app.command("discard")
@@ -136,9 +187,14 @@ def discard(
     seqs: Seqs = None,
     *,
     every: Every = False,
+    service: Service = None,
     sqlite: Sqlite = None,
     postgres: Postgres = None,
+    project: ProjectOption = None,
 ) -> None:
     """Drop parked events for good."""
     chosen = _chosen(seqs, every)
-    _say("discarded", _run(sqlite, postgres, lambda store: store.discard(chosen)))
+    _say(
+        "discarded",
+        _run(Database(sqlite, postgres, service, project), lambda store: store.discard(chosen)),
+    )

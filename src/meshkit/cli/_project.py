@@ -1,76 +1,117 @@
-"""``meshkit up`` and ``meshkit status``: run a project and see how it is doing."""
+"""How every command finds its project: ``--project/-p DIR``, else ``$MESHKIT_PROJECT``,
+else the nearest ``meshkit.toml`` in the working directory or its parents.
+
+Git and Cargo look for their roots the same way, so a command run anywhere
+inside a project needs no flag.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from meshkit.cli._app import app, fail
-from meshkit.deploy import load_project
-from meshkit.deploy._status import StatusReport, collect_status, report_json
-from meshkit.deploy._supervisor import Supervisor
-from meshkit.errors import ConfigError, EnvironmentFaultError, MeshkitError
+from meshkit._env import PROJECT_ENV, read_project
+from meshkit.cli._app import fail
+from meshkit.control import load_token
+from meshkit.deploy import Project, load_project
+from meshkit.errors import ConfigError, MeshkitError
 
-Directory = Annotated[Path, typer.Argument(help="The project directory, holding meshkit.toml.")]
+__all__ = [
+    "FILE",
+    "OLD_FORM",
+    "ProjectOption",
+    "find_project",
+    "open_project",
+    "positional_alias",
+    "project_token",
+    "running_hint",
+]
+
+FILE = "meshkit.toml"
+_HOW = (
+    f"give the project with -p DIR (from the repository root: -p examples/shop),"
+    f" or set {PROJECT_ENV}"
+)
+
+ProjectOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        "-p",
+        metavar="DIR",
+        show_default=False,
+        help=(
+            f"The project directory, holding {FILE}"
+            f" (default: ${PROJECT_ENV}, else the nearest {FILE} here or above)."
+        ),
+    ),
+]
 
 
-@app.command()
-def up(directory: Directory = Path()) -> None:
-    """Start the control plane and every service of DIRECTORY/meshkit.toml, supervised."""
+def find_project(given: Path | None, *, cwd: Path | None = None) -> tuple[Path, str]:
+    """The project's directory, and what named it: ``given`` ("-p"), else
+    ``$MESHKIT_PROJECT``, else the nearest directory up with a meshkit.toml ("").
+
+    A path to the file itself stands for its directory. Ends the command
+    with a message saying how to name a project when none is found.
+    """
+    env = None if given is not None else read_project()
+    chosen, source = (given, "-p") if given is not None else (env, PROJECT_ENV)
+    if chosen is not None:
+        return (chosen.parent if chosen.name == FILE and chosen.is_file() else chosen), source
+    here = (cwd or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        if (directory / FILE).is_file():
+            return directory, ""
+    return fail(f"no {FILE} in {here} or any directory above it: {_HOW}")
+
+
+def open_project(given: Path | None, *, check_ports: bool = False) -> Project:
+    """The checked project ``find_project`` finds; a bad one ends the command naming the problem."""
+    directory, source = find_project(given)
     try:
-        project = load_project(directory)
-    except ConfigError as error:
-        fail(f"{error}")
-    code = asyncio.run(Supervisor(project).run())
-    raise typer.Exit(code)
-
-
-@app.command()
-def status(
-    directory: Directory = Path(),
-    *,
-    json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
-) -> None:
-    """Show every service instance: address, version, health, uptime, restarts."""
-    try:
-        project = load_project(directory, check_ports=False)
-        report = asyncio.run(collect_status(project))
-    except EnvironmentFaultError as error:
-        fail(f"{error} (is `meshkit up {directory}` running?)", code=1)
+        return load_project(directory, check_ports=check_ports)
     except MeshkitError as error:
-        fail(str(error))
-    if json:
-        sys.stdout.write(report_json(report).decode() + "\n")
-        return
-    _print_table(report)
+        hint = "" if (directory / FILE).is_file() else f" (named by {source})"
+        fail(f"{error}{hint}")
 
 
-def _print_table(report: StatusReport) -> None:
-    table = Table("service", "instance", "address", "version", "health", "uptime", "restarts")
-    for service in report.services:
-        for row in service.instances:
-            table.add_row(
-                service.name,
-                row.id,
-                f"{row.host}:{row.port}",
-                row.version or "-",
-                "[green]healthy" if row.healthy else "[red]down",
-                _duration(row.uptime),
-                str(row.restarts),
-            )
-    # Wide enough for instance ids and addresses even when not on a terminal.
-    Console(width=max(110, Console().width)).print(table)
+def project_token(project: Project) -> str:
+    """The token of ``project``, which its first ``meshkit up`` made; says so if there is none."""
+    try:
+        return load_token(project.data_dir, create=False)
+    except ConfigError as error:
+        fail(f"{error} (has `{running_hint(project)}` run yet?)", code=1)
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+def running_hint(project: Project) -> str:
+    """The command that runs ``project``, as the user would type it from here."""
+    try:
+        where = project.directory.relative_to(Path.cwd().resolve())
+    except ValueError:
+        where = project.directory
+    return "meshkit up" if where == Path() else f"meshkit up -p {where}"
+
+
+# ``meshkit up DIR`` was the form before -p: still taken, unlisted in the help.
+OLD_FORM = {"allow_extra_args": True}
+
+
+def positional_alias(context: typer.Context, project: Path | None, command: str) -> Path | None:
+    """The project of ``meshkit COMMAND DIR``, the old form, with a note to use ``-p``;
+    else ``project``."""
+    if not context.args:
+        return project
+    if len(context.args) > 1:
+        fail(f"unexpected arguments: {' '.join(context.args[1:])}")
+    directory = Path(context.args[0])
+    if project is not None:
+        fail(f"give the project once: -p {project} or the old positional {directory}, not both")
+    typer.secho(
+        f"meshkit: `meshkit {command} DIR` is deprecated; use `meshkit {command} -p {directory}`",
+        err=True,
+        fg=typer.colors.YELLOW,
+    )
+    return directory

@@ -37,7 +37,10 @@ def load_target(target: str) -> Any:
 @app.command()
 def serve(
     target: Annotated[
-        str, typer.Argument(help="MODULE:ATTRIBUTE of a meshkit.Service or an ASGI app.")
+        str,
+        typer.Argument(
+            metavar="MODULE:ATTRIBUTE", help="A meshkit.Service or an ASGI app, like orders:app."
+        ),
     ],
     name: Annotated[
         str | None, typer.Option(help="Service name (default: $MESHKIT_SERVICE).")
@@ -70,7 +73,7 @@ def control_plane(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
 ) -> None:
-    """Run the control plane: the registry, over HTTP."""
+    """Run the control plane: the registry and the event bus's broker, over HTTP."""
     try:
         token = load_token(data_dir, create=True)
         plane = ControlPlane(data_dir=data_dir, token=token, host=host, port=port)

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Annotated
 
 import typer
 
+from meshkit import _env
+from meshkit._env import ENV, read_bus, read_registry
 from meshkit._signals import until_stopped
 from meshkit.bus import Bus, open_bus
 from meshkit.bus._open import bus_url
 from meshkit.cli._app import app, fail
-from meshkit.control import TOKEN_ENV
 from meshkit.errors import MeshkitError
 from meshkit.gateway import AccessLog
 from meshkit.registry import Registry, open_registry
 from meshkit.sidecar import Sidecar, SidecarConfig
 from meshkit.sidecar._events import parse_route
 
-REGISTRY_ENV = "MESHKIT_REGISTRY"
-BUS_ENV = "MESHKIT_BUS"
+REGISTRY_ENV = ENV["registry"]
+BUS_ENV = ENV["bus"]
 
 
 def _address(value: str) -> tuple[str, int]:
@@ -35,7 +35,7 @@ async def _run(config: SidecarConfig, registry: Registry, bus_at: str | None) ->
     spans = AccessLog()
     bus = None
     try:
-        bus = None if bus_at is None else await open_bus(bus_at, token=os.environ.get(TOKEN_ENV))
+        bus = None if bus_at is None else await open_bus(bus_at, token=_env.token())
         sidecar = Sidecar(config, registry, bus=bus, record_span=spans)
         inbound, outbound = await sidecar.start()
     except BaseException:
@@ -64,9 +64,15 @@ async def _close(registry: Registry, bus: Bus | None) -> None:
 
 @app.command()
 def sidecar(
-    service: Annotated[str, typer.Option(help="The service the app is an instance of.")],
-    app_address: Annotated[str, typer.Option("--app", help="Where the app listens: HOST:PORT.")],
-    health: Annotated[str, typer.Option(help="The app's health path (2xx or 3xx passes).")],
+    service: Annotated[
+        str, typer.Option(metavar="NAME", help="The service the app is an instance of.")
+    ],
+    app_address: Annotated[
+        str, typer.Option("--app", metavar="HOST:PORT", help="Where the app listens.")
+    ],
+    health: Annotated[
+        str, typer.Option(metavar="PATH", help="The app's health path (2xx or 3xx passes).")
+    ],
     port: Annotated[int, typer.Option(help="Inbound port, what the registry lists (0: free).")] = 0,
     outbound_port: Annotated[
         int, typer.Option(help="Where the app calls /<service>/<path> (0: free).")
@@ -78,7 +84,10 @@ def sidecar(
         str, typer.Option(help="The outbound port's address: it reaches every service.")
     ] = "127.0.0.1",
     trust_forwarded: Annotated[  # noqa: FBT002 (a command-line flag, named by typer)
-        bool, typer.Option(help="Keep callers' X-Forwarded-* (only trusted peers reach it).")
+        bool,
+        typer.Option(
+            "--trust-forwarded", help="Keep callers' X-Forwarded-* (only trusted peers reach it)."
+        ),
     ] = False,
     advertise: Annotated[
         str | None, typer.Option(help="The host others reach the inbound port at.")
@@ -92,7 +101,8 @@ def sidecar(
     subscribe: Annotated[
         list[str] | None,
         typer.Option(
-            help="TOPIC:GROUP:PATH: POST the group's messages to the app's PATH (repeatable)."
+            metavar="TOPIC:GROUP:PATH",
+            help="POST the group's messages on TOPIC to the app's PATH (repeatable).",
         ),
     ] = None,
     max_deliveries: Annotated[
@@ -107,7 +117,7 @@ def sidecar(
     standard output, one JSON line each.
     """
     app_host, app_port = _address(app_address)
-    url = os.environ.get(REGISTRY_ENV)
+    url = read_registry()
     if not url:
         fail(f"{REGISTRY_ENV} is not set: where is the registry? (http://127.0.0.1:7700)")
     try:
@@ -131,12 +141,11 @@ def sidecar(
             events=tuple(parse_route(spec) for spec in subscribe or ()),
             max_deliveries=max_deliveries,
         )
-        token = os.environ.get(TOKEN_ENV)
-        where = bus_url(os.environ.get(BUS_ENV), url)
+        where = bus_url(read_bus(), url)
         if config.events and not where:
             fail(f"--subscribe needs a bus: set {BUS_ENV} (the registry is not a control plane)")
         bus_at = where if config.events else None
-        registry = open_registry(url, token=token)
+        registry = open_registry(url, token=_env.token())
     except MeshkitError as error:
         fail(str(error))
     logging.basicConfig(level=logging.INFO, format="%(message)s")

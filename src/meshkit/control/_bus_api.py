@@ -1,7 +1,9 @@
 """The control plane's event bus API over HTTP/JSON, served by the embedded broker.
 
     POST   /v1/bus/publish                        {messages} -> {published: [{id, duplicate}]}
+    GET    /v1/bus/groups                         -> {groups: [{topic, group, lag, pending}]}
     POST   /v1/bus/groups/{topic}/{group}         join: {redelivery} -> 204
+    DELETE /v1/bus/groups/{topic}/{group}         -> 204
     POST   /v1/bus/groups/{topic}/{group}/fetch   {limit, wait} -> {deliveries: [...]}
     POST   /v1/bus/groups/{topic}/{group}/ack     {receipts: [...]} -> 204
     POST   /v1/bus/groups/{topic}/{group}/fail    {receipt, error} -> 204
@@ -33,6 +35,7 @@ from meshkit.bus._wire import (
     DeadLetterList,
     FailBody,
     FetchBody,
+    GroupList,
     JoinBody,
     PublishBody,
     PublishedList,
@@ -83,6 +86,10 @@ class BusAPI:
         try:
             if parts == ["publish"]:
                 return self._post(method, request, self._publish)
+            if parts == ["groups"]:
+                if method != "GET":
+                    return error_answer(405, f"{method} is not allowed here; use GET")
+                return _json(200, GroupList(self._broker.groups()))
             if parts[:1] == ["groups"] and len(parts) in (3, 4):
                 return self._group(method, request, parts)
             if parts[:1] == ["dead-letters"]:

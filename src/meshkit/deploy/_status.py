@@ -3,20 +3,29 @@
 An instance is healthy when the registry lists it (its lease is live), and,
 if the supervisor runs it, its process is running. Instances the registry
 lists that the supervisor does not run (registered from elsewhere) are shown
-too, without a pid.
+too, without a pid. The control plane is healthy when it answered; the
+gateway when its readiness path answers 200.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.control import load_token
 from meshkit.deploy._config import Project
-from meshkit.deploy._state import read_table
+from meshkit.deploy._state import ProcessState, read_table
+from meshkit.errors import DeadlineExceededError, PeerError
+from meshkit.gateway import READY_PATH
+from meshkit.http import HTTPClient, Timeouts
 from meshkit.registry import Instance, RemoteRegistry
 
 __all__ = ["InstanceStatus", "ServiceStatus", "StatusReport", "collect_status"]
+
+CONTROL_PLANE = "control-plane"
+GATEWAY = "gateway"
 
 
 class InstanceStatus(msgspec.Struct, kw_only=True):
@@ -27,7 +36,7 @@ class InstanceStatus(msgspec.Struct, kw_only=True):
     version: str
     healthy: bool
     restarts: int
-    uptime: float | None = msgspec.field(default=None)  # seconds; shown in the table only
+    uptime: float | None = None  # seconds since its current run started, if it runs
 
 
 class ServiceStatus(msgspec.Struct, kw_only=True):
@@ -36,6 +45,8 @@ class ServiceStatus(msgspec.Struct, kw_only=True):
 
 
 class StatusReport(msgspec.Struct, kw_only=True):
+    control_plane: InstanceStatus
+    gateway: InstanceStatus | None  # None when meshkit.toml has no [gateway]
     services: list[ServiceStatus]
 
 
@@ -56,11 +67,19 @@ async def collect_status(project: Project, *, clock: Clock | None = None) -> Sta
     table = read_table(project.data_dir)
     processes = {p.id: p for p in table.processes} if table is not None else {}
     now = clock.time()
+    control_plane = _own(
+        CONTROL_PLANE, processes.get(CONTROL_PLANE), cp.host, cp.port, now, answered=True
+    )
+    gateway = None
+    if project.gateway is not None:
+        host, port = project.gateway.host, project.gateway.port
+        ready = await _ready(host, port)
+        gateway = _own(GATEWAY, processes.get(GATEWAY), host, port, now, answered=ready)
     services = []
     for name in sorted(listed):
         rows: dict[str, InstanceStatus] = {}
         for process in processes.values():
-            if process.service != name:
+            if process.service != name or process.id in (CONTROL_PLANE, GATEWAY):
                 continue
             registered = listed[name].get(process.id)
             running = process.pid is not None
@@ -89,7 +108,33 @@ async def collect_status(project: Project, *, clock: Clock | None = None) -> Sta
                     restarts=0,
                 )
         services.append(ServiceStatus(name=name, instances=sorted(rows.values(), key=_by_id)))
-    return StatusReport(services=services)
+    return StatusReport(control_plane=control_plane, gateway=gateway, services=services)
+
+
+def _own(
+    name: str, process: ProcessState | None, host: str, port: int, now: float, *, answered: bool
+) -> InstanceStatus:
+    """The row of the control plane or the gateway: ``answered`` is whether it answered now."""
+    running = process is not None and process.pid is not None
+    started = process.started_at if process is not None else None
+    return InstanceStatus(
+        id=name,
+        host=host,
+        port=port,
+        pid=process.pid if process is not None else None,
+        version="",
+        healthy=answered,
+        restarts=process.restarts if process is not None else 0,
+        uptime=now - started if running and started else None,
+    )
+
+
+async def _ready(host: str, port: int) -> bool:
+    """Whether the gateway at ``host:port`` answers its readiness path with 200."""
+    async with HTTPClient(timeouts=Timeouts(connect=1.0, read=2.0)) as http:
+        with contextlib.suppress(PeerError, DeadlineExceededError):
+            return (await http.request("GET", host, port, READY_PATH)).status == 200
+    return False
 
 
 def _by_id(row: InstanceStatus) -> tuple[str, int]:
@@ -98,27 +143,30 @@ def _by_id(row: InstanceStatus) -> tuple[str, int]:
     return (stem, int(number)) if number.isdigit() else (row.id, 0)
 
 
+def _row(i: InstanceStatus) -> dict[str, object]:
+    return {
+        "id": i.id,
+        "host": i.host,
+        "port": i.port,
+        "pid": i.pid,
+        "version": i.version,
+        "healthy": i.healthy,
+        "restarts": i.restarts,
+        "uptime": None if i.uptime is None else round(i.uptime, 3),
+    }
+
+
 def report_json(report: StatusReport) -> bytes:
-    """The documented JSON: each instance's id, host, port, pid, version, healthy, restarts."""
+    """The documented JSON: the control plane, the gateway (or null) and each service's
+    instances, each with id, host, port, pid, version, healthy, restarts and uptime
+    (seconds, or null when it is not running under ``meshkit up``)."""
     return msgspec.json.encode(
         {
+            "control_plane": _row(report.control_plane),
+            "gateway": None if report.gateway is None else _row(report.gateway),
             "services": [
-                {
-                    "name": service.name,
-                    "instances": [
-                        {
-                            "id": i.id,
-                            "host": i.host,
-                            "port": i.port,
-                            "pid": i.pid,
-                            "version": i.version,
-                            "healthy": i.healthy,
-                            "restarts": i.restarts,
-                        }
-                        for i in service.instances
-                    ],
-                }
+                {"name": service.name, "instances": [_row(i) for i in service.instances]}
                 for service in report.services
-            ]
+            ],
         }
     )

@@ -30,7 +30,7 @@ from meshkit.control import TOKEN_ENV, load_token
 from meshkit.deploy._config import Project
 from meshkit.deploy._output import Output
 from meshkit.deploy._process import Child
-from meshkit.deploy._state import ProcessState, ProcessTable, write_table
+from meshkit.deploy._state import ProcessState, ProcessTable, service_data_dir, write_table
 from meshkit.errors import DeadlineExceededError, PeerError
 from meshkit.gateway import READY_PATH
 from meshkit.http import HTTPClient, Timeouts
@@ -65,6 +65,7 @@ class Supervisor:
         self.clock = clock or SystemClock()
         self.python = python
         self._stop = asyncio.Event()
+        self._finished = False  # everything stopped: the table says so, for `meshkit down`
         self._control_plane: Child | None = None
         self._gateway: Child | None = None
         self._children: dict[str, list[Child]] = {}
@@ -148,7 +149,7 @@ class Supervisor:
         assert gateway is not None
         self._gateway = self._child(
             "gateway",
-            [self.python, "-m", "meshkit", "gateway", str(self.project.directory)],
+            [self.python, "-m", "meshkit", "gateway", "-p", str(self.project.directory)],
             {"MESHKIT_REGISTRY": self.registry_url, TOKEN_ENV: token},
             give_up_after=_OWN_STARTS,
         )
@@ -162,7 +163,7 @@ class Supervisor:
 
     def _start_service(self, name: str, token: str) -> None:
         config = self.project.services[name]
-        data_dir = self.project.data_dir / "services" / name
+        data_dir = service_data_dir(self.project.data_dir, name)
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         children = self._children[name] = []
         for replica, port in enumerate(self._ports[name], start=1):
@@ -317,6 +318,7 @@ class Supervisor:
         await self._stop_all(children)
         if self._control_plane is not None:
             await self._control_plane.stop(grace=_GRACE)
+        self._finished = True
         self._save_state()
         self.output.say("stopped")
 
@@ -329,7 +331,7 @@ class Supervisor:
             if isinstance(result, BaseException):
                 self.output.say(f"stopping {child.name} failed: {result!r}")
 
-    # -- state for `meshkit status` --------------------------------------------
+    # -- state for `meshkit status` and `meshkit down` --------------------------------------------
 
     def _save_state(self) -> None:
         processes = []
@@ -343,7 +345,10 @@ class Supervisor:
         if self._gateway is not None and self.project.gateway is not None:
             processes.append(self._state("gateway", self._gateway, self.project.gateway.port))
         table = ProcessTable(
-            supervisor_pid=os.getpid(), control_plane=self.registry_url, processes=processes
+            supervisor_pid=os.getpid(),
+            control_plane=self.registry_url,
+            processes=processes,
+            running=not self._finished,
         )
         with contextlib.suppress(OSError):
             write_table(self.project.data_dir, table)

@@ -16,6 +16,7 @@ from meshkit.bus import (
     Consumer,
     DeadLetter,
     Delivery,
+    GroupInfo,
     Message,
     outgoing,
     subscribe,
@@ -386,6 +387,32 @@ class BusConformance:
                 if consumer is not None:
                     with contextlib.suppress(NotFoundError):
                         await consumer.aclose()
+
+    async def test_groups_are_listed_with_their_lag_and_what_is_held(
+        self, bus: Bus, topic: str
+    ) -> None:
+        """A group's lag counts what it was not handed yet, pending what a member holds;
+        a deleted group is no longer listed."""
+        await bus.publish_batch([outgoing(topic, n) for n in range(5)])
+        slow = await bus.consumer(topic, "slow", redelivery=QUICK)
+        idle = await bus.consumer(topic, "idle", redelivery=QUICK)
+        try:
+            held = await _take(slow, 2)
+            await slow.ack(held[:1])
+
+            def mine(groups: list[GroupInfo]) -> list[GroupInfo]:
+                return [g for g in groups if g.topic == topic]
+
+            assert mine(await bus.groups()) == [
+                GroupInfo(topic=topic, group="idle", lag=5, pending=0),
+                GroupInfo(topic=topic, group="slow", lag=3, pending=1),
+            ]
+            await bus.delete_group(topic, "idle")
+            assert [g.group for g in mine(await bus.groups())] == ["slow"]
+        finally:
+            for consumer in (slow, idle):
+                with contextlib.suppress(NotFoundError):
+                    await consumer.aclose()
 
     async def test_unknown_dead_letters_are_not_found(self, bus: Bus) -> None:
         """Showing or replaying an id the queue does not hold raises NotFoundError."""

@@ -28,6 +28,7 @@ from meshkit.bus import (
     Consumer,
     DeadLetter,
     EmbeddedBus,
+    GroupInfo,
     Message,
     Outgoing,
     Published,
@@ -156,6 +157,9 @@ class RecordingBus(PublishOne):
 
     async def purge(self, ids: Sequence[str] | None = None) -> int:  # noqa: ARG002
         return 0
+
+    async def groups(self) -> list[GroupInfo]:
+        return []
 
     async def delete_group(self, topic: str, group: str) -> None:
         raise NotFoundError(f"a RecordingBus has no groups (asked for {group!r} on {topic!r})")

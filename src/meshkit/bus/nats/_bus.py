@@ -11,6 +11,7 @@ from meshkit import _net
 from meshkit._clock import Clock, SystemClock
 from meshkit.bus._model import (
     DeadLetter,
+    GroupInfo,
     Outgoing,
     Published,
     check_group,
@@ -179,6 +180,36 @@ class JetStreamBus(PublishOne):
             if isinstance(error.__cause__, connection.nats.NotFoundError):
                 raise NotFoundError(f"no group {group!r} on topic {topic!r}") from error
             raise
+
+    async def groups(self) -> list[GroupInfo]:
+        """The stream's consumers that are meshkit groups: ``num_pending`` is the lag,
+        ``num_ack_pending`` what members hold or will be given again."""
+        connection = self._connected()
+        found: list[GroupInfo] = []
+        offset = 0
+        while True:  # the server answers at most 256 consumers a request
+            page = await connection.guard(
+                "listing groups", connection.js.consumers_info(self.stream, offset or None)
+            )
+            found += (g for info in page if (g := self._group_info(info)) is not None)
+            if not page:
+                return sorted(found, key=lambda g: (g.topic, g.group))
+            offset += len(page)
+
+    def _group_info(self, info: Any) -> GroupInfo | None:
+        """``info`` (a nats-py ``ConsumerInfo``) as a group, or ``None`` if meshkit did not
+        make it: its subject and durable name must be the ones ``consumer`` gives."""
+        config = info.config
+        topic = wire.topic_of(self.prefix, config.filter_subject or "")
+        group = (config.durable_name or "").rpartition("_")[0]
+        if topic is None or not group or config.durable_name != wire.durable(group, topic):
+            return None
+        return GroupInfo(
+            topic=topic,
+            group=group,
+            lag=info.num_pending or 0,
+            pending=info.num_ack_pending or 0,
+        )
 
     # -- dead letters ---------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ __all__ = [
     "parse_ack_subject",
     "read_pub_ack",
     "subject",
+    "topic_of",
     "wire_headers",
     "wire_size",
 ]
@@ -187,6 +188,14 @@ def wire_size(payload: bytes, headers: Mapping[str, str] | None) -> int:
 
 def subject(prefix: str, topic: str) -> str:
     return f"{prefix}.msg.{topic}"
+
+
+def topic_of(prefix: str, subject_: str) -> str | None:
+    """The topic of a message subject ``subject()`` made, or ``None`` for another subject."""
+    head = f"{prefix}.msg."
+    if subject_.startswith(head) and len(subject_) > len(head):
+        return subject_[len(head) :]
+    return None
 
 
 def outgoing_request(prefix: str, message: Outgoing) -> Request:
