@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from meshkit import Service
-from meshkit._plane import PlaneClient
+from meshkit._plane_client import PlaneClient
 from meshkit.control import ControlPlane
 from meshkit.control._answers import body_error
 from meshkit.errors import ConfigError, NotFoundError

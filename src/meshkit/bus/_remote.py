@@ -4,7 +4,7 @@ This is the bus services use by default: ``meshkit up`` starts the control
 plane and hands its children the address and token. Publishes go in batches
 of up to 8 MiB a request; fetches are long polls; the subscription driver
 sends acks in batches. Failures are translated as the registry client's
-are (``meshkit._plane``).
+are (``meshkit._plane_client``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from meshkit._plane import PlaneClient
+from meshkit._plane_client import PlaneClient
 from meshkit.bus._model import (
     DeadLetter,
     Delivery,

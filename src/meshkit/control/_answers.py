@@ -1,7 +1,7 @@
 """Error answers shared by the control plane's APIs: problem details (RFC 9457).
 
 A refusal of bad input is a 400 whose ``errors`` name the field, so the
-client (``meshkit._plane``) raises ``ConfigError`` on that same field.
+client (``meshkit._plane_client``) raises ``ConfigError`` on that same field.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from typing import Any
 import msgspec
 
 from meshkit.errors import ConfigError
-from meshkit.gateway._config import GatewayConfig
+from meshkit.gateway import GatewayConfig
 from meshkit.registry import MAX_TTL, MIN_TTL, check_name
 from meshkit.registry._model import check_host
 from meshkit.sidecar import EventRoute

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from meshkit._plane import PlaneClient, parse_http_url
+from meshkit._plane_client import PlaneClient, parse_http_url
 from meshkit.errors import EnvironmentFaultError, LeaseNotFoundError, NotFoundError
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import _check as check
