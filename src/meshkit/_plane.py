@@ -2,8 +2,8 @@
 
 Failures are translated here, once: an unreachable or failing control plane
 is ``EnvironmentFaultError``, a refused token ``ConfigError`` on ``token``,
-a 400 ``ConfigError`` on the field the plane names, a 404 what the caller
-says it means (``NotFoundError`` unless told otherwise).
+a 400 and a 404 what the caller says they mean (``InvalidArgumentError`` on
+the field the plane names, and ``NotFoundError``, unless told otherwise).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from meshkit.errors import (
     ConfigError,
     DeadlineExceededError,
     EnvironmentFaultError,
+    InvalidArgumentError,
     NotFoundError,
     PeerError,
 )
@@ -70,6 +71,7 @@ class PlaneClient:
         expect: int = 200,
         wait: float = 0.0,
         not_found: Callable[[str], Exception] = NotFoundError,
+        invalid: Callable[[str, str], Exception] = InvalidArgumentError,
         kind: Any = None,
     ) -> Any:
         """The JSON answer of a call answered ``expect``: as ``kind`` if given, else as Python
@@ -107,7 +109,7 @@ class PlaneClient:
                 raise EnvironmentFaultError(
                     f"the control plane at {self.url} answered {method} {target} with non-JSON"
                 ) from error
-        raise self._refusal(response, method, target, not_found)
+        raise self._refusal(response, method, target, not_found, invalid)
 
     def _refusal(
         self,
@@ -115,6 +117,7 @@ class PlaneClient:
         method: str,
         target: str,
         not_found: Callable[[str], Exception],
+        invalid: Callable[[str, str], Exception],
     ) -> Exception:
         try:
             data = response.json()
@@ -127,7 +130,7 @@ class PlaneClient:
             return not_found(message)
         if response.status == 400:
             field = data.get("field") if isinstance(data, dict) else None
-            return ConfigError(field or "request", message)
+            return invalid(field or "request", message)
         return EnvironmentFaultError(
             f"the control plane at {self.url} answered {method} {target}"
             f" with {response.status}: {message}"

@@ -9,7 +9,7 @@ import pytest
 
 from meshkit import SystemClock
 from meshkit.bus._outbox_sqlite import SqliteInbox, SqliteOutbox
-from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, MessageRefusedError, UsageError
 from meshkit.testing import FakeClock
 
 TOPIC = "order.created"
@@ -57,13 +57,13 @@ def test_recording_outside_a_transaction_is_refused(db: sqlite3.Connection) -> N
 
 
 def test_a_bad_event_raises_before_anything_is_written(db: sqlite3.Connection) -> None:
-    """ConfigError names the field; the transaction holds only the good event."""
+    """MessageRefusedError names the field; the transaction holds only the good event."""
     db.execute("BEGIN IMMEDIATE")
     SqliteOutbox.record(db, TOPIC, {"n": 1})
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(MessageRefusedError) as caught:
         SqliteOutbox.record(db, TOPIC, {}, message_id="has space")
     assert caught.value.key == "message_id"
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(MessageRefusedError) as caught:
         SqliteOutbox.record(db, TOPIC, object())  # not JSON
     assert caught.value.key == "payload"
     assert count(db, "meshkit_outbox") == 1
