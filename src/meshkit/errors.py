@@ -38,10 +38,9 @@ which an outbox sets aside (parks) instead of publishing it again for ever.
 Other bad values of one call (a receipt, a dead letter's id, a field of an
 HTTP request) are ``InvalidArgumentError`` itself.
 
-Where a stdlib type describes
-the failure too, the class also derives from it (``ConfigError`` is a
-``ValueError``, ``DeadlineExceededError`` a ``TimeoutError``), so code that
-already catches those keeps working.
+Where a stdlib type describes the failure too, the class also derives from
+it (``ConfigError`` is a ``ValueError``, ``DeadlineExceededError`` a
+``TimeoutError``), so code that already catches those keeps working.
 """
 
 from __future__ import annotations
