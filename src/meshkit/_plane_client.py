@@ -2,9 +2,10 @@
 
 Failures are translated here, once: an unreachable or failing control plane
 is ``EnvironmentFaultError``, a refused token ``ConfigError`` on ``token``,
-a 400 ``ConfigError`` on the field the plane's problem details name (their
-``errors``), a 404 what the caller says it means (``NotFoundError`` unless
-told otherwise), with the problem's ``detail`` as the message.
+a 400 and a 404 what the caller says they mean (``InvalidArgumentError`` on
+the field the plane's problem details name in their ``errors``, and
+``NotFoundError``, unless told otherwise), with the problem's ``detail`` as
+the message.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from meshkit.errors import (
     ConfigError,
     DeadlineExceededError,
     EnvironmentFaultError,
+    InvalidArgumentError,
     NotFoundError,
     PeerError,
 )
@@ -71,6 +73,7 @@ class PlaneClient:
         expect: int = 200,
         wait: float = 0.0,
         not_found: Callable[[str], Exception] = NotFoundError,
+        invalid: Callable[[str, str], Exception] = InvalidArgumentError,
         kind: Any = None,
     ) -> Any:
         """The JSON answer of a call answered ``expect``: as ``kind`` if given, else as Python
@@ -108,7 +111,7 @@ class PlaneClient:
                 raise EnvironmentFaultError(
                     f"the control plane at {self.url} answered {method} {target} with non-JSON"
                 ) from error
-        raise self._refusal(response, method, target, not_found)
+        raise self._refusal(response, method, target, not_found, invalid)
 
     def _refusal(
         self,
@@ -116,6 +119,7 @@ class PlaneClient:
         method: str,
         target: str,
         not_found: Callable[[str], Exception],
+        invalid: Callable[[str, str], Exception],
     ) -> Exception:
         problem = Problem.read(response.status, response.body)
         # Only the plane's own answers are problems: a 404 from something
@@ -126,9 +130,9 @@ class PlaneClient:
         if response.status == 404 and from_plane:
             return not_found(problem.detail)
         if response.status == 400 and problem.errors:
-            return ConfigError(problem.errors[0].field, problem.errors[0].detail)
+            return invalid(problem.errors[0].field, problem.errors[0].detail)
         if response.status == 400:
-            return ConfigError("request", problem.summary())
+            return invalid("request", problem.summary())
         return EnvironmentFaultError(
             f"the control plane at {self.url} answered {method} {target}"
             f" with {response.status}: {problem.summary()}"

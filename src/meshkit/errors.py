@@ -6,7 +6,9 @@ next: fix its input, try another peer, or wait for the environment.
 
     MeshkitError
     ├── UsageError                  the caller's fault: fix the input, do not retry
-    │   ├── ConfigError             an option or a configuration key is invalid
+    │   ├── InvalidArgumentError    a value passed in is invalid; ``key`` names it
+    │   │   ├── ConfigError         an option or a configuration key is invalid
+    │   │   └── MessageRefusedError the bus will never take this message as it is
     │   ├── NotFoundError           the thing asked for by id is not there
     │   └── RequestRefusedError     a proxy will not forward a client's request
     ├── PeerError                   the other side failed: another peer may do
@@ -16,6 +18,7 @@ next: fix its input, try another peer, or wait for the environment.
     │   ├── ResponseTooLargeError   the peer's answer exceeded the configured limit
     │   └── ServiceUnavailableError no instance of a service could serve a call
     ├── EnvironmentFaultError       a broker, store or network is unreachable: wait
+    │   └── GroupLostError          the broker no longer has a group a member joined
     ├── DeadlineExceededError       the time allowed ran out (also TimeoutError)
     │   ├── ConnectTimeoutError     connecting took longer than allowed
     │   └── ReadTimeoutError        the answer took longer than allowed
@@ -25,10 +28,19 @@ next: fix its input, try another peer, or wait for the environment.
 
 Adapters for other libraries (NATS, Redis, etcd, databases) never let those
 libraries' exceptions escape: they raise the meshkit error ``from`` the
-original, so the cause stays in the traceback. Where a stdlib type describes
-the failure too, the class also derives from it (``ConfigError`` is a
-``ValueError``, ``DeadlineExceededError`` a ``TimeoutError``), so code that
-already catches those keeps working.
+original, so the cause stays in the traceback.
+
+``InvalidArgumentError`` is gRPC's INVALID_ARGUMENT: the value is wrong
+whatever the state of the system. Its two specific kinds say where the value
+came from: ``ConfigError`` for how a thing was set up (an option, a key of
+``meshkit.toml``), ``MessageRefusedError`` for a message handed to the bus,
+which an outbox sets aside (parks) instead of publishing it again for ever.
+Other bad values of one call (a receipt, a dead letter's id, a field of an
+HTTP request) are ``InvalidArgumentError`` itself.
+
+Where a stdlib type describes the failure too, the class also derives from
+it (``ConfigError`` is a ``ValueError``, ``DeadlineExceededError`` a
+``TimeoutError``), so code that already catches those keeps working.
 """
 
 from __future__ import annotations
@@ -39,10 +51,13 @@ __all__ = [
     "ConnectTimeoutError",
     "DeadlineExceededError",
     "EnvironmentFaultError",
+    "GroupLostError",
+    "InvalidArgumentError",
     "LeaseError",
     "LeaseExpiredError",
     "LeaseNotFoundError",
     "MeshkitError",
+    "MessageRefusedError",
     "NotFoundError",
     "PeerClosedError",
     "PeerError",
@@ -63,11 +78,12 @@ class UsageError(MeshkitError, ValueError):
     """The caller passed something meshkit cannot use; retrying will not help."""
 
 
-class ConfigError(UsageError):
-    """An option or configuration key has an invalid value.
+class InvalidArgumentError(UsageError):
+    """A value passed in is invalid: ``key`` names it, ``problem`` says what is wrong.
 
-    ``key`` names the option (``"capacity"``, ``"gateway.routes[2].prefix"``)
-    so the message can point at it.
+    ``key`` is a field or parameter (``"receipt"``, ``"ids"``), or a path to
+    one (``"gateway.routes[2].prefix"``), so a message or an HTTP answer can
+    point at it.
     """
 
     def __init__(self, key: str, problem: str) -> None:
@@ -75,10 +91,26 @@ class ConfigError(UsageError):
         self.key = key
         self.problem = problem
 
-    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str]]:
+    def __reduce__(self) -> tuple[type[InvalidArgumentError], tuple[str, str]]:
         # Rebuild from the constructor's arguments, so the error survives
         # pickling (process pools, multiprocessing logging).
         return type(self), (self.key, self.problem)
+
+
+class ConfigError(InvalidArgumentError):
+    """An option or configuration key has an invalid value.
+
+    ``key`` names the option (``"capacity"``, ``"gateway.routes[2].prefix"``).
+    """
+
+
+class MessageRefusedError(InvalidArgumentError):
+    """The bus refuses this message for good; ``key`` names the field at fault.
+
+    A bad topic, header, message id or partition key, a payload that is not
+    JSON or larger than the bus (or the broker behind it) takes: publishing
+    it again unchanged would be refused again, so an outbox parks it.
+    """
 
 
 class NotFoundError(UsageError, LookupError):
@@ -135,6 +167,16 @@ class ServiceUnavailableError(PeerError):
 
 class EnvironmentFaultError(MeshkitError):
     """Infrastructure meshkit depends on (a broker, a store, the network) failed."""
+
+
+class GroupLostError(EnvironmentFaultError):
+    """The broker no longer has a consumer group that a member joined: join it again.
+
+    Its state changed under the member (the group was deleted, or the
+    broker's data was flushed or lost), which no input of the member's
+    caused. Joining again creates the group anew, at the earliest message
+    the broker keeps.
+    """
 
 
 class DeadlineExceededError(MeshkitError, TimeoutError):

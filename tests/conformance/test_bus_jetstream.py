@@ -18,7 +18,14 @@ from meshkit._clock import SystemClock
 from meshkit.bus import MAX_HEADERS, MAX_PAYLOAD, Delivery, Message, outgoing, subscribe
 from meshkit.bus.nats import JetStreamBus
 from meshkit.bus.nats._wire import read_pub_ack
-from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
+from meshkit.errors import (
+    ConfigError,
+    EnvironmentFaultError,
+    GroupLostError,
+    InvalidArgumentError,
+    MessageRefusedError,
+    UsageError,
+)
 from meshkit.policy import Backoff, Redelivery
 from meshkit.testing import FakeClock
 from meshkit.testing.conformance import BusConformance
@@ -480,14 +487,14 @@ async def _delete_group(bus: JetStreamBus) -> None:
 async def test_a_group_deleted_under_a_waiting_fetch_is_not_found(
     bus: JetStreamBus, topic: str
 ) -> None:
-    """The server ends the open pull with 409 Consumer Deleted: fetch raises NotFoundError."""
+    """The server ends the open pull with 409 Consumer Deleted: fetch raises GroupLostError."""
     consumer = await bus.consumer(topic, "deleted", redelivery=Redelivery())
     try:
         fetching = asyncio.create_task(consumer.fetch(1, wait=60))
         done, _ = await asyncio.wait({fetching}, timeout=0.2)
         assert not done
         await _delete_group(bus)
-        with pytest.raises(NotFoundError, match="no longer has group"):
+        with pytest.raises(GroupLostError, match="no longer has group"):
             async with asyncio.timeout(WITHIN):
                 await fetching
     finally:
@@ -500,7 +507,7 @@ async def test_a_group_deleted_between_fetches_is_not_found(prefix: str, topic: 
         consumer = await bus.consumer(topic, "deleted", redelivery=Redelivery())
         try:
             await _delete_group(bus)
-            with pytest.raises(NotFoundError):
+            with pytest.raises(GroupLostError):
                 await consumer.fetch(1, wait=0.2)
         finally:
             await consumer.aclose()
@@ -609,18 +616,18 @@ async def test_a_message_at_both_size_limits_becomes_a_dead_letter(
     assert letter.error.endswith("…")
 
 
-async def test_a_bad_dead_letter_id_is_a_config_error(bus: JetStreamBus) -> None:
+async def test_a_bad_dead_letter_id_is_an_invalid_argument(bus: JetStreamBus) -> None:
     """Ids are stream sequences, checked before the server is asked."""
-    with pytest.raises(ConfigError, match="id"):
+    with pytest.raises(InvalidArgumentError, match="id"):
         await bus.purge(["1", "one"])
 
 
 def test_a_message_the_stream_finds_too_large_is_the_messages_fault() -> None:
-    """JetStream's 10054 (over the stream's max_msg_size) is a ConfigError on the payload, which
+    """JetStream's 10054 (over the stream's max_msg_size) refuses the message (payload), which
     an outbox parks; other refusals stay environment faults (answers as NATS 2.9 sends them)."""
     too_large = b'{"error":{"code":400,"err_code":10054,"description":"message size exceeds maximum allowed"},"stream":"S","seq":0}'  # noqa: E501
     other = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"S","seq":0}'  # noqa: E501
-    with pytest.raises(ConfigError, match="payload"):
+    with pytest.raises(MessageRefusedError, match="payload"):
         read_pub_ack(
             SimpleNamespace(headers=None, data=too_large), "x.msg.t", where="nats://h", stream="S"
         )

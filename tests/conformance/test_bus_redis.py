@@ -10,7 +10,14 @@ import pytest
 from meshkit._clock import Clock, SystemClock
 from meshkit.bus import Bus, Delivery, Message, outgoing, subscribe
 from meshkit.bus.redis import RedisBus, RedisConsumer
-from meshkit.errors import ConfigError, EnvironmentFaultError
+from meshkit.errors import (
+    ConfigError,
+    EnvironmentFaultError,
+    GroupLostError,
+    InvalidArgumentError,
+    NotFoundError,
+    UsageError,
+)
 from meshkit.policy import Backoff, Redelivery
 from meshkit.testing.conformance import BusConformance
 from meshkit.testing.servers import backend_missing, free_port
@@ -205,6 +212,28 @@ async def test_a_subscription_joins_again_when_redis_lost_the_group() -> None:
         assert seen == ["after the loss"]
 
 
+async def test_a_group_redis_no_longer_has_is_lost_not_the_callers_fault() -> None:
+    """NOGROUP (the group destroyed, or its stream deleted as by FLUSHDB) is GroupLostError, an
+    environment fault and no UsageError; deleting a group of a topic without a stream is
+    NotFoundError, not a Redis failure."""
+    async with redis_bus() as bus:
+        member = await bus.consumer("order.created", "g", redelivery=QUICK)
+        try:
+            await bus._client.xgroup_destroy(bus._stream("order.created"), "g")
+            with pytest.raises(GroupLostError, match="NOGROUP") as caught:
+                await member.fetch(1, wait=0)
+            assert isinstance(caught.value, EnvironmentFaultError)
+            assert not isinstance(caught.value, UsageError)
+            await bus._client.delete(bus._stream("order.created"))
+            with pytest.raises(GroupLostError, match="NOGROUP"):
+                await member.fetch(1, wait=0)
+            with pytest.raises(NotFoundError, match="no group"):
+                await bus.delete_group("order.created", "g")
+        finally:
+            with contextlib.suppress(GroupLostError):
+                await member.aclose()
+
+
 async def test_a_member_that_leaves_holding_nothing_is_removed_from_the_group() -> None:
     async with redis_bus() as bus:
         member = await bus.consumer("order.created", "g", redelivery=QUICK)
@@ -214,17 +243,20 @@ async def test_a_member_that_leaves_holding_nothing_is_removed_from_the_group() 
         assert consumers == []
 
 
-async def test_bad_arguments_are_config_errors() -> None:
-    """A window of 0, a one-string purge, a receipt of another backend: ConfigError."""
+async def test_bad_options_and_arguments_are_refused_naming_them() -> None:
+    """A window of 0 or a NaN wait: ConfigError; a one-string purge, a receipt of another
+    backend: InvalidArgumentError (not configuration)."""
     with pytest.raises(ConfigError, match="window"):
         RedisBus(REDIS_URL, window=0)
     async with redis_bus() as bus:
-        with pytest.raises(ConfigError, match="ids"):
+        with pytest.raises(InvalidArgumentError, match="ids") as caught:
             await bus.purge("5")  # type: ignore[arg-type]
+        assert not isinstance(caught.value, ConfigError)
         member = await bus.consumer("order.created", "g", redelivery=QUICK)
         message = Message(id="m", topic="order.created", payload=b"{}")
-        with pytest.raises(ConfigError, match="receipt"):
+        with pytest.raises(InvalidArgumentError, match="receipt") as caught:
             await member.ack([Delivery(message=message, receipt="7.1")])
+        assert not isinstance(caught.value, ConfigError)
         with pytest.raises(ConfigError, match="wait"):
             await member.fetch(1, wait=float("nan"))
 
@@ -263,7 +295,7 @@ async def test_a_password_in_the_url_is_never_in_a_message() -> None:
 async def test_dead_letter_ids_must_look_like_stream_ids() -> None:
     bus = RedisBus(REDIS_URL)
     try:
-        with pytest.raises(ConfigError, match="1700000000000-0"):
+        with pytest.raises(InvalidArgumentError, match="1700000000000-0"):
             await bus.dead_letter("12; FLUSHALL")
     finally:
         await bus.aclose()

@@ -12,7 +12,7 @@ import pytest
 from meshkit._clock import Clock
 from meshkit.bus import INBOX_RETENTION, OutboxStore
 from meshkit.bus.postgres import PostgresInbox, PostgresOutbox
-from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, MessageRefusedError, UsageError
 from meshkit.testing.conformance import Event, OutboxConformance
 from meshkit.testing.servers import backend_missing, free_port
 
@@ -128,10 +128,10 @@ async def test_recording_outside_a_transaction_is_refused(connection: Any) -> No
 
 
 async def test_a_bad_event_raises_before_anything_is_written(connection: Any) -> None:
-    """ConfigError names the field, and the transaction can go on without the event."""
+    """MessageRefusedError names the field, and the transaction can go on without the event."""
     async with connection.transaction():
         await PostgresOutbox.record(connection, "order.created", {"n": 1})
-        with pytest.raises(ConfigError) as caught:
+        with pytest.raises(MessageRefusedError) as caught:
             await PostgresOutbox.record(connection, "order.created", {}, headers={"a b": "x"})
         assert caught.value.key == "headers"
     assert await connection.fetchval("SELECT count(*) FROM meshkit_outbox") == 1

@@ -37,8 +37,8 @@ async def database(tmp_path: Path) -> Path:
     store = SqliteOutbox(path)
     try:
         entries = await store.claim(10, hold=30)
-        await store.park(entries[0], "ConfigError: payload: too large for the stream")
-        await store.park(entries[1], "ConfigError: payload: too large for the stream")
+        await store.park(entries[0], "MessageRefusedError: payload: too large for the stream")
+        await store.park(entries[1], "MessageRefusedError: payload: too large for the stream")
         await store.release()
     finally:
         await store.aclose()
@@ -59,7 +59,7 @@ async def test_parked_events_are_listed_requeued_and_discarded(database: Path) -
     assert listed.returncode == 0, listed.stderr
     entries = json.loads(listed.stdout)
     assert [(e["id"], e["payload"]) for e in entries] == [("m0", {"n": 0}), ("m1", {"n": 1})]
-    assert entries[0]["error"] == "ConfigError: payload: too large for the stream"
+    assert entries[0]["error"] == "MessageRefusedError: payload: too large for the stream"
     table = meshkit("parked", "--sqlite", str(database))
     assert "too large for the stream" in table.stdout
     assert "m1" in table.stdout

@@ -7,7 +7,7 @@ import pytest
 from meshkit.bus import outgoing
 from meshkit.bus._broker import EmbeddedBroker
 from meshkit.bus._group import GroupState
-from meshkit.errors import ConfigError, NotFoundError
+from meshkit.errors import ConfigError, GroupLostError, InvalidArgumentError, NotFoundError
 from meshkit.policy import Backoff, Redelivery
 from meshkit.testing import FakeClock
 
@@ -90,16 +90,18 @@ async def test_a_late_failure_for_a_delivery_that_moved_on_changes_nothing(tmp_p
 async def test_bad_arguments_are_refused_naming_them(tmp_path: Path) -> None:
     broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=FakeClock())
     try:
-        with pytest.raises(NotFoundError, match="has not joined"):
+        with pytest.raises(GroupLostError, match="has not joined"):
             await broker.fetch("t", "nobody", limit=1, wait=0)
+        with pytest.raises(NotFoundError, match="no group"):
+            await broker.delete_group("t", "nobody")
         await broker.join("t", "g", POLICY)
         with pytest.raises(ConfigError, match="limit"):
             await broker.fetch("t", "g", limit=0, wait=0)
-        with pytest.raises(ConfigError, match="receipt"):
+        with pytest.raises(InvalidArgumentError, match="receipt"):
             await broker.ack("t", "g", ["forged"])
-        with pytest.raises(ConfigError, match="receipt"):
+        with pytest.raises(InvalidArgumentError, match="receipt"):
             await broker.fail("t", "g", "1.0", "a delivery numbered 0")
-        with pytest.raises(ConfigError, match="id"):
+        with pytest.raises(InvalidArgumentError, match="id"):
             broker.dead_letter("1; DROP TABLE messages")
         with pytest.raises(ConfigError, match="group"):
             await broker.join("t", "a.b", POLICY)
@@ -241,7 +243,7 @@ async def test_a_deleted_group_stays_deleted_after_a_restart(tmp_path: Path) -> 
     await broker.aclose()
 
     broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=clock)
-    with pytest.raises(NotFoundError):
+    with pytest.raises(GroupLostError):
         await broker.fetch("t", "g", limit=3, wait=0)
     await broker.aclose()
 

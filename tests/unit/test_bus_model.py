@@ -1,5 +1,7 @@
 """Bus names, headers and payloads: what every backend accepts, and clear refusals for the rest."""
 
+from typing import Any
+
 import pytest
 
 from meshkit.bus import (
@@ -10,8 +12,10 @@ from meshkit.bus import (
     check_message_id,
     check_topic,
     encode_payload,
+    outgoing,
 )
-from meshkit.errors import ConfigError
+from meshkit.bus._model import check_letter_ids, check_letter_number, checked_outgoing
+from meshkit.errors import ConfigError, InvalidArgumentError, MessageRefusedError
 
 
 @pytest.mark.parametrize("topic", ["order.created", "orders", "a-b_c.d1.e2", "x" * 200])
@@ -50,7 +54,7 @@ def test_groups_cannot_hold_dots_wildcards_or_capitals(group: object) -> None:
 def test_message_ids_are_visible_ascii() -> None:
     assert check_message_id("order-17/created") == "order-17/created"
     for bad in ("", "with space", "é", "x" * 129):
-        with pytest.raises(ConfigError, match="message_id"):
+        with pytest.raises(InvalidArgumentError, match="message_id"):
             check_message_id(bad)
 
 
@@ -68,7 +72,7 @@ def test_headers_are_checked_and_copied() -> None:
         {"Nats-Msg-Id": "1"},
     )
     for bad in bad_ones:
-        with pytest.raises(ConfigError, match="headers"):
+        with pytest.raises(InvalidArgumentError, match="headers"):
             check_headers(bad)
 
 
@@ -88,6 +92,53 @@ def test_payloads_are_json_encoded_or_checked_to_be_json() -> None:
     ],
 )
 def test_bad_payloads_are_refused_with_the_reason(data: object, problem: str) -> None:
-    with pytest.raises(ConfigError, match=problem) as caught:
+    with pytest.raises(InvalidArgumentError, match=problem) as caught:
         encode_payload(data)
     assert caught.value.key == "payload"
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("topic", {"topic": "Bad Topic", "payload": 1}),
+        ("payload", {"topic": "t", "payload": b"{not json"}),
+        ("payload", {"topic": "t", "payload": b"1" * (MAX_PAYLOAD + 1)}),
+        ("headers", {"topic": "t", "payload": 1, "headers": {"meshkit-x": "y"}}),
+        ("message_id", {"topic": "t", "payload": 1, "message_id": "has space"}),
+        ("key", {"topic": "t", "payload": 1, "key": ""}),
+    ],
+)
+def test_a_bad_field_refuses_the_message_not_the_configuration(
+    field: str, message: dict[str, Any]
+) -> None:
+    """outgoing() and checked_outgoing() raise MessageRefusedError naming the field, never
+    ConfigError, even for a topic (which check_topic alone calls configuration)."""
+    with pytest.raises(MessageRefusedError) as caught:
+        outgoing(**message)
+    assert caught.value.key == field
+    assert not isinstance(caught.value, ConfigError)
+    payload = message["payload"]
+    if payload == b"{not json":
+        return  # checked_outgoing takes the payload as JSON already: only its size is checked
+    with pytest.raises(MessageRefusedError) as caught:
+        checked_outgoing(
+            topic=message["topic"],
+            id=message.get("message_id", "m-1"),
+            payload=payload if isinstance(payload, bytes) else b"1",
+            headers=message.get("headers", {}),
+            key=message.get("key"),
+            given_id=True,
+        )
+    assert caught.value.key == field
+
+
+def test_dead_letter_ids_are_arguments_not_configuration() -> None:
+    """A malformed dead letter id or id list is InvalidArgumentError, not ConfigError."""
+    for call, key in (
+        (lambda: check_letter_number("one"), "id"),
+        (lambda: check_letter_ids("1"), "ids"),
+    ):
+        with pytest.raises(InvalidArgumentError) as caught:
+            call()
+        assert caught.value.key == key
+        assert not isinstance(caught.value, ConfigError)

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshkit.errors import ConfigError, DeadlineExceededError
+from meshkit.errors import ConfigError, DeadlineExceededError, InvalidArgumentError
 from meshkit.policy import DeadlineBudget
 
 
@@ -75,7 +75,9 @@ def test_a_spent_budget_raises() -> None:
     ],
 )
 def test_bad_arguments_name_the_field(build: object, key: str) -> None:
-    """Invalid budgets and splits raise ConfigError naming the argument."""
-    with pytest.raises(ConfigError) as caught:
+    """Invalid budgets raise ConfigError, invalid splits InvalidArgumentError (a value of one
+    call, not configuration), each naming the argument."""
+    with pytest.raises(InvalidArgumentError) as caught:
         build()  # type: ignore[operator]
     assert caught.value.key == key
+    assert isinstance(caught.value, ConfigError) == (key != "calls")

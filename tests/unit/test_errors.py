@@ -52,7 +52,7 @@ def test_stdlib_bases_for_existing_handlers() -> None:
 def test_every_error_survives_pickling(name: str) -> None:
     """Errors cross process boundaries intact (pools, multiprocessing logging)."""
     cls = getattr(errors, name)
-    if issubclass(cls, errors.ConfigError):
+    if issubclass(cls, errors.InvalidArgumentError):
         error = cls("gateway.port", "must be between 1 and 65535")
     elif issubclass(cls, errors.LeaseError):
         error = cls(7, "expired")
@@ -75,3 +75,20 @@ def test_config_error_names_the_key() -> None:
     assert error.key == "gateway.port"
     with pytest.raises(ValueError, match=r"gateway\.port"):
         raise error
+
+
+def test_each_branch_says_whose_fault_it_is() -> None:
+    """A refused message and a bad argument are the caller's; a lost group is the environment's."""
+    assert issubclass(errors.ConfigError, errors.InvalidArgumentError)
+    assert issubclass(errors.MessageRefusedError, errors.InvalidArgumentError)
+    assert not issubclass(errors.MessageRefusedError, errors.ConfigError)
+    assert issubclass(errors.InvalidArgumentError, errors.UsageError)
+    assert issubclass(errors.GroupLostError, errors.EnvironmentFaultError)
+    assert not issubclass(errors.GroupLostError, errors.UsageError | errors.NotFoundError)
+
+
+def test_an_invalid_argument_names_its_key() -> None:
+    """Every InvalidArgumentError, ConfigError or not, carries the key and the problem apart."""
+    error = errors.MessageRefusedError("payload", "is 2000000 bytes, more than 983040")
+    assert (error.key, error.problem) == ("payload", "is 2000000 bytes, more than 983040")
+    assert str(error) == "payload: is 2000000 bytes, more than 983040"

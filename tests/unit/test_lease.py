@@ -4,7 +4,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
+from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError, UsageError
 from meshkit.policy import LeaseEvent, LeaseEventKind, LeaseTable
 
 REGISTERED, RENEWED, EXPIRED, REMOVED = (
@@ -122,6 +122,36 @@ def test_a_restored_table_gives_every_lease_one_more_ttl() -> None:
     assert table.index == 10
 
 
+def test_a_stall_renews_every_lease_live_when_it_began() -> None:
+    """After resume(since, now), a lease live at ``since`` lives a full TTL from ``now``, keeps
+    its id and can be renewed; one that ran out before the stall stays expired."""
+    events: list[LeaseEvent[str]] = []
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1), hook=events.append)  # type: ignore[arg-type]
+    kept = table.register("orders/1", "a", ttl=5, now=0.0)
+    table.renew(kept.id, 3.0)  # due at 8
+    lapsed = table.register("orders/2", "b", ttl=1, now=0.0)  # due at 1, before the stall
+    index = table.index
+    assert table.resume(since=4.0, now=11.0) == 1  # seven seconds not heard
+    assert [lease.id for lease in table.live(15.9)] == [kept.id]
+    assert table.renew(kept.id, 15.9).expires_at == 20.9
+    assert table.get("orders/2", 11.0) is None
+    with pytest.raises(LeaseExpiredError):
+        table.renew(lapsed.id, 11.0)
+    assert table.index == index + 1  # the lapsed one's expiry; the resume changed no membership
+    assert [e.kind for e in events[-3:]] == [RENEWED, RENEWED, EXPIRED]
+    assert table.next_expiry() == 20.9
+
+
+def test_a_resume_never_shortens_a_lease_nor_runs_backwards() -> None:
+    """A lease due later than now + TTL keeps its expiry; ``since`` after ``now`` is refused."""
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
+    lease = table.register("a", "a", ttl=5, now=10.0)
+    assert table.resume(since=5.0, now=6.0) == 0
+    assert table.get("a", 14.9) == lease
+    with pytest.raises(UsageError):
+        table.resume(since=11.0, now=10.0)
+
+
 def test_next_expiry_tracks_renewals() -> None:
     """next_expiry is the earliest live expiry, skipping superseded entries."""
     table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
@@ -157,6 +187,7 @@ class LeaseMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.expires: dict[int, float] = {}  # model: lease id -> expiry, while not removed
         self.key_of: dict[int, str] = {}
+        self.ttl_of: dict[int, float] = {}
         self.last_index = 0
 
     @rule(target=leases, key=st.sampled_from("abcde"), ttl=st.floats(0.1, 10))
@@ -167,6 +198,7 @@ class LeaseMachine(RuleBasedStateMachine):
                 self.expires.pop(lease_id, None)
         lease = self.table.register(key, 0, ttl=ttl, now=self.now)
         self.expires[lease.id] = self.now + ttl
+        self.ttl_of[lease.id] = ttl
         self.key_of[lease.id] = key
         return lease.id
 
@@ -192,6 +224,16 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(seconds=st.floats(0, 4))
     def time_passes(self, seconds: float) -> None:
         self.now += seconds
+
+    @rule(seconds=st.floats(0, 20))
+    def stalled(self, seconds: float) -> None:
+        """The driver did not run for ``seconds``: every lease live before gets a fresh TTL."""
+        since, self.now = self.now, self.now + seconds
+        renewed = self.table.resume(since=since, now=self.now)
+        fresh = {i: self.now + self.ttl_of[i] for i, e in self.expires.items() if since < e}
+        assert renewed == sum(self.expires[i] < fresh[i] for i in fresh)
+        for lease_id, expires in fresh.items():
+            self.expires[lease_id] = max(self.expires[lease_id], expires)
 
     @rule()
     def sweep(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 from meshkit import SystemClock
 from meshkit.bus import Outgoing, Published, outgoing
 from meshkit.bus._outbox import OutboxEntry, OutboxRelay, ParkedEntry
-from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, InvalidArgumentError, UsageError
 from meshkit.policy import Backoff
 from meshkit.testing import FakeClock
 from meshkit.testing._outbox import RecordingBus
@@ -301,7 +301,7 @@ def test_an_event_refused_for_good_is_parked_after_the_events_before_it(
         # 0-7 refused, 0-3 taken, 4-7 refused, 4-5 refused, 4 taken, 5 refused; then 6-7.
         assert bus.times == [0] * 7
         assert [p.message.id for p in store.parked_entries] == [ids[5]]
-        assert store.parked_entries[0].error.startswith("ConfigError: payload: ")
+        assert store.parked_entries[0].error.startswith("MessageRefusedError: payload: ")
         assert store.entries == []
         assert (relay.statistics.published, relay.statistics.parked) == (7, 1)
         assert relay.statistics.failures == 0
@@ -319,6 +319,10 @@ def test_an_event_refused_for_good_is_parked_after_the_events_before_it(
     [
         ConfigError("token", "the control plane refused it"),
         UsageError("the JetStreamBus is not connected: open() it first"),
+        # Parking goes by the type alone: a field of a message named by another
+        # error is no refusal of that message.
+        ConfigError("payload", "a bus option about payloads is wrong"),
+        InvalidArgumentError("topic", "not this message's fault"),
     ],
 )
 def test_a_refusal_not_about_one_message_parks_nothing(

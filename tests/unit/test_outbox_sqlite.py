@@ -9,7 +9,13 @@ import pytest
 
 from meshkit import SystemClock
 from meshkit.bus._outbox_sqlite import SqliteInbox, SqliteOutbox
-from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.errors import (
+    ConfigError,
+    EnvironmentFaultError,
+    InvalidArgumentError,
+    MessageRefusedError,
+    UsageError,
+)
 from meshkit.testing import FakeClock
 
 TOPIC = "order.created"
@@ -57,13 +63,13 @@ def test_recording_outside_a_transaction_is_refused(db: sqlite3.Connection) -> N
 
 
 def test_a_bad_event_raises_before_anything_is_written(db: sqlite3.Connection) -> None:
-    """ConfigError names the field; the transaction holds only the good event."""
+    """MessageRefusedError names the field; the transaction holds only the good event."""
     db.execute("BEGIN IMMEDIATE")
     SqliteOutbox.record(db, TOPIC, {"n": 1})
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(MessageRefusedError) as caught:
         SqliteOutbox.record(db, TOPIC, {}, message_id="has space")
     assert caught.value.key == "message_id"
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(MessageRefusedError) as caught:
         SqliteOutbox.record(db, TOPIC, object())  # not JSON
     assert caught.value.key == "payload"
     assert count(db, "meshkit_outbox") == 1
@@ -245,13 +251,15 @@ def test_a_prune_that_failed_is_tried_again_at_the_next_record(tmp_path: Path) -
 
 
 def test_recording_on_something_not_a_connection_is_a_usage_error_naming_it() -> None:
-    """A path, or an asyncpg connection, passed as ``db``: ConfigError (a UsageError) on db."""
+    """A path, or an asyncpg connection, passed as ``db``: InvalidArgumentError (a UsageError,
+    not configuration) on db."""
     with pytest.raises(UsageError) as caught:
         SqliteOutbox.record("orders.sqlite3", TOPIC, {})  # type: ignore[arg-type]
-    assert isinstance(caught.value, ConfigError)
+    assert isinstance(caught.value, InvalidArgumentError)
+    assert not isinstance(caught.value, ConfigError)
     assert caught.value.key == "db"
     assert "sqlite3.Connection" in str(caught.value)
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(InvalidArgumentError) as caught:
         SqliteInbox("billing").record(None, "m-1")  # type: ignore[arg-type]
     assert caught.value.key == "db"
 

@@ -20,7 +20,7 @@ from meshkit import Service
 from meshkit._plane_client import PlaneClient
 from meshkit.control import ControlPlane
 from meshkit.control._answers import body_error
-from meshkit.errors import ConfigError, NotFoundError
+from meshkit.errors import ConfigError, InvalidArgumentError, NotFoundError
 from meshkit.gateway import AdminConfig, ApiKey, Gateway, GatewayConfig, RouteConfig
 from meshkit.http import (
     PROBLEM_JSON,
@@ -405,18 +405,18 @@ def test_retry_after_repeats_the_header_when_it_gives_seconds() -> None:
 
 
 async def test_the_plane_client_turns_problems_into_errors_of_one_line() -> None:
-    """A 400 is a ConfigError on the field the problem names; a 404 a NotFoundError."""
+    """A 400 is an InvalidArgumentError on the field the problem names; a 404 a NotFoundError."""
     with tempfile.TemporaryDirectory() as data_dir:
         plane = ControlPlane(data_dir=Path(data_dir), token=TOKEN, port=0)
         host, port = await plane.start()
         client = PlaneClient(f"http://{host}:{port}", token=TOKEN)
         try:
-            with pytest.raises(ConfigError) as bad:
+            with pytest.raises(InvalidArgumentError) as bad:
                 await client.call("POST", "/v1/registry/instances", body=REGISTRATION, expect=201)
             with pytest.raises(NotFoundError) as missing:
                 await client.call("PUT", "/v1/registry/leases/12345")
             fetch = b'{"limit": "ten", "wait": 0}'
-            with pytest.raises(ConfigError) as limit:
+            with pytest.raises(InvalidArgumentError) as limit:
                 await client.call("POST", "/v1/bus/groups/t/g/fetch", body=fetch)
         finally:
             await client.aclose()

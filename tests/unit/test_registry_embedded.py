@@ -88,6 +88,93 @@ def test_a_failing_disk_stops_neither_expiry_nor_watchers(tmp_path: Path) -> Non
     clock.run(main())
 
 
+def test_a_stalled_registry_does_not_expire_leases_for_the_time_it_could_not_hear() -> None:
+    """A 7 s stall with a 5 s TTL: the lease keeps its id, the renewal queued during the stall
+    is heard late and accepted, and nobody's view changes; without renewals it expires a TTL on."""
+    clock = FakeClock(start=100.0)
+
+    async def main() -> None:
+        async with EmbeddedRegistry(clock=clock) as registry:
+            registration = await registry.register(instance(1), ttl=5)
+            await asyncio.sleep(3)  # noqa: TID251 (fake time)
+            await registry.renew(registration)  # due at 108
+            before = await registry.lookup("orders")
+            clock.advance(7)  # the process is stopped: nothing runs, the loop included
+            await asyncio.sleep(0.01)  # noqa: TID251 (fake time: the overdue expiry task runs first)
+            after = await registry.lookup("orders")
+            assert [i.id for i in after.instances] == ["orders-1"]
+            assert after.index == before.index  # no expiry, no registration
+            await registry.renew(registration)  # the same lease
+            assert registry.stalls == 1
+            await asyncio.sleep(5.1)  # noqa: TID251 (fake time: a TTL with no renewal)
+            assert (await registry.lookup("orders")).instances == ()
+
+    clock.run(main())
+
+
+def test_a_stall_does_not_bring_back_a_lease_that_had_run_out_before_it() -> None:
+    """A lease already expired when the stall began stays expired after it."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        async with EmbeddedRegistry(clock=clock) as registry:
+            lapsed = await registry.register(instance(1), ttl=1)
+            await asyncio.sleep(2)  # noqa: TID251 (fake time: it expires, heard)
+            clock.advance(7)
+            with pytest.raises(LeaseError):
+                await registry.renew(lapsed)
+            assert (await registry.lookup("orders")).instances == ()
+
+    clock.run(main())
+
+
+def test_a_gap_under_half_the_shortest_ttl_is_no_stall() -> None:
+    """Such a gap cannot make a holder renewing every TTL/3 late: nothing is renewed for it,
+    and an instance that stopped renewing still expires on time."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        async with EmbeddedRegistry(clock=clock) as registry:
+            await registry.register(instance(1), ttl=5)
+            await asyncio.sleep(0.01)  # noqa: TID251 (fake time)
+            clock.advance(2.4)  # the loop blocked for less than half the TTL
+            await asyncio.sleep(2.7)  # noqa: TID251 (fake time: past the TTL)
+            assert (await registry.lookup("orders")).instances == ()
+            assert registry.stalls == 0
+
+    clock.run(main())
+
+
+def test_without_start_liveness_is_the_clocks_alone() -> None:
+    """A registry used without start() has no watch on its loop: time past the TTL expires."""
+    clock = FakeClock(autojump_threshold=None)
+    registry = EmbeddedRegistry(clock=clock)
+    registration = registry.register_now(instance(1), ttl=5)
+    clock.advance(7)
+    with pytest.raises(LeaseError):
+        registry.renew_now(registration.lease_id)
+    assert registry.stalls == 0
+
+
+def test_saved_leases_live_a_full_ttl_from_the_start_not_from_the_load(tmp_path: Path) -> None:
+    """A control plane that takes long to start after loading its registry (a large bus log to
+    open, say) does not expire the saved leases meanwhile."""
+    clock = FakeClock(start=1000.0)
+    path = tmp_path / "registry.sqlite3"
+
+    async def main() -> None:
+        async with EmbeddedRegistry.open(path, clock=clock) as first:
+            kept = await first.register(instance(1), ttl=5)
+        second = EmbeddedRegistry.open(path, clock=clock)
+        clock.advance(30)  # loaded, not yet started
+        async with second:
+            await asyncio.sleep(4)  # noqa: TID251 (fake time: within a TTL of the start)
+            assert [i.id for i in (await second.lookup("orders")).instances] == ["orders-1"]
+            await second.renew(kept)
+
+    clock.run(main())
+
+
 def test_ttl_outside_the_allowed_range_is_refused(tmp_path: Path) -> None:
     """A TTL under 1 s or over an hour is a ConfigError naming ttl."""
 

@@ -48,7 +48,12 @@ from meshkit.bus._model import (
     decode_headers,
     expired_error,
 )
-from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
+from meshkit.errors import (
+    EnvironmentFaultError,
+    GroupLostError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 
@@ -274,7 +279,9 @@ class EmbeddedBroker:
 
     async def delete_group(self, topic: str, group: str) -> None:
         """Forget the group, in memory and on disk (see ``Bus.delete_group``)."""
-        member = self._group(check_topic(topic), check_group(group))
+        member = self._groups.get((check_topic(topic), check_group(group)))
+        if member is None:
+            raise NotFoundError(f"no group {group!r} on topic {topic!r}")
         del self._groups[(topic, group)]
         self._by_topic[topic].remove(member)
         member.bell.ring()  # a fetch waiting on it finds it gone
@@ -303,9 +310,10 @@ class EmbeddedBroker:
         return found
 
     def _group(self, topic: str, group: str) -> _Group:
+        """The group a member joined; ``GroupLostError`` if it is gone (deleted meanwhile)."""
         found = self._groups.get((topic, group))
         if found is None:
-            raise NotFoundError(f"group {group!r} has not joined topic {topic!r}")
+            raise GroupLostError(f"group {group!r} has not joined topic {topic!r}")
         return found
 
     async def fetch(self, topic: str, group: str, *, limit: int, wait: float) -> list[Delivery]:
@@ -316,7 +324,7 @@ class EmbeddedBroker:
         deadline = self._clock.monotonic() + wait
         while True:
             if self._groups.get((topic, group)) is not member:
-                raise NotFoundError(f"group {group!r} on topic {topic!r} was deleted")
+                raise GroupLostError(f"group {group!r} on topic {topic!r} was deleted")
             waiter = member.bell.waiter()  # before looking, so a ring while we look is kept
             await self._expire(member)
             found, skipped = self._take(member, limit)
@@ -587,5 +595,5 @@ def _parse(receipt: str) -> tuple[int, int]:
         not (dot and sequence.isdigit() and deliveries.isdigit() and len(receipt) <= 40)
         or int(deliveries) < 1
     ):
-        raise ConfigError("receipt", f"is not one this broker gave: {receipt!r}")
+        raise InvalidArgumentError("receipt", f"is not one this broker gave: {receipt!r}")
     return int(sequence), int(deliveries)

@@ -9,14 +9,15 @@ receives one it cannot parse.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import msgspec
 
 from meshkit.bus import _trace
-from meshkit.errors import ConfigError
+from meshkit.errors import ConfigError, InvalidArgumentError, MessageRefusedError
 from meshkit.policy import Backoff, Redelivery
 
 __all__ = [
@@ -104,14 +105,14 @@ def check_letter_ids(ids: object) -> list[str]:
         or not isinstance(ids, Sequence)
         or not all(isinstance(i, str) for i in ids)
     ):
-        raise ConfigError("ids", f"must be a list of dead letter ids, got {ids!r}")
+        raise InvalidArgumentError("ids", f"must be a list of dead letter ids, got {ids!r}")
     return list(ids)
 
 
 def check_letter_number(value: object) -> int:
     """A dead letter id that is a sequence number (the embedded broker's and JetStream's)."""
     if not isinstance(value, str) or not value.isdigit() or len(value) > 18:
-        raise ConfigError("id", f"a dead letter id is a whole number, got {value!r}")
+        raise InvalidArgumentError("id", f"a dead letter id is a whole number, got {value!r}")
     return int(value)
 
 
@@ -120,7 +121,13 @@ decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
 
 def check_topic(value: object) -> str:
-    """A topic: dot-separated words of lower-case letters, digits, ``-`` and ``_``, ≤ 200."""
+    """A topic: dot-separated words of lower-case letters, digits, ``-`` and ``_``, ≤ 200.
+
+    ``ConfigError`` otherwise: the topics a service subscribes to are part of
+    its configuration (``meshkit.toml``, ``@service.subscribe``, a sidecar's
+    ``--subscribe``). A message's topic is checked by ``outgoing()``, which
+    refuses the message instead.
+    """
     if not isinstance(value, str) or len(value) > 200 or _TOPIC.fullmatch(value) is None:
         raise ConfigError(
             "topic",
@@ -131,7 +138,8 @@ def check_topic(value: object) -> str:
 
 
 def check_group(value: object) -> str:
-    """A consumer group: lower-case letters, digits, ``-`` and ``_``, at most 64."""
+    """A consumer group: lower-case letters, digits, ``-`` and ``_``, at most 64; else
+    ``ConfigError`` (a group is configured, as a subscription's topic is)."""
     if not isinstance(value, str) or len(value) > 64 or _GROUP.fullmatch(value) is None:
         raise ConfigError(
             "group",
@@ -142,27 +150,33 @@ def check_group(value: object) -> str:
 
 def check_message_id(value: object) -> str:
     if not isinstance(value, str) or len(value) > 128 or _MESSAGE_ID.fullmatch(value) is None:
-        raise ConfigError("message_id", f"must be 1 to 128 visible ASCII characters, got {value!r}")
+        raise InvalidArgumentError(
+            "message_id", f"must be 1 to 128 visible ASCII characters, got {value!r}"
+        )
     return value
 
 
 def check_headers(value: object) -> dict[str, str]:
     """Headers: names of letters, digits, ``-``, ``_``; printable values; 64 KiB in all (UTF-8)."""
     if not isinstance(value, Mapping):
-        raise ConfigError("headers", f"must map names to strings, got {value!r}")
+        raise InvalidArgumentError("headers", f"must map names to strings, got {value!r}")
     size = 0
     for name, text in value.items():
         if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
-            raise ConfigError("headers", f"a name must be letters, digits, '-', '_': {name!r}")
+            raise InvalidArgumentError(
+                "headers", f"a name must be letters, digits, '-', '_': {name!r}"
+            )
         if name.lower().startswith(_RESERVED):
-            raise ConfigError("headers", f"names starting {_RESERVED!r} are the bus's: {name!r}")
+            raise InvalidArgumentError(
+                "headers", f"names starting {_RESERVED!r} are the bus's: {name!r}"
+            )
         if name.lower().startswith("nats-"):  # JetStream acts on these: refused on every backend
-            raise ConfigError("headers", f"names starting 'nats-' are NATS's: {name!r}")
+            raise InvalidArgumentError("headers", f"names starting 'nats-' are NATS's: {name!r}")
         if not isinstance(text, str) or not text.isprintable():
-            raise ConfigError("headers", f"{name!r} must be printable text, got {text!r}")
+            raise InvalidArgumentError("headers", f"{name!r} must be printable text, got {text!r}")
         size += len(name) + len(text.encode())
     if size > MAX_HEADERS:
-        raise ConfigError("headers", f"are {size} bytes, more than {MAX_HEADERS}")
+        raise InvalidArgumentError("headers", f"are {size} bytes, more than {MAX_HEADERS}")
     return dict(value)
 
 
@@ -176,22 +190,21 @@ def check_limit(value: object) -> int:
 def encode_payload(data: object) -> bytes:
     """The payload as JSON bytes: ``bytes`` are checked to be one JSON document, else encoded.
 
-    Raises ``ConfigError`` for bytes that are not JSON, a value JSON cannot
-    hold, or a payload over ``MAX_PAYLOAD``.
+    Raises ``InvalidArgumentError`` on ``payload`` for bytes that are not
+    JSON, a value JSON cannot hold, or a payload over ``MAX_PAYLOAD``.
     """
     if isinstance(data, bytes | bytearray | memoryview):
         payload = bytes(data)
         try:
             msgspec.json.decode(payload)
         except msgspec.DecodeError as error:
-            raise ConfigError("payload", f"is not valid JSON: {error}") from None
+            raise InvalidArgumentError("payload", f"is not valid JSON: {error}") from None
     else:
         try:
             payload = msgspec.json.encode(data)
         except (TypeError, msgspec.EncodeError) as error:
-            raise ConfigError("payload", f"cannot be encoded as JSON: {error}") from None
-    if len(payload) > MAX_PAYLOAD:
-        raise ConfigError("payload", f"is {len(payload)} bytes, more than {MAX_PAYLOAD}")
+            raise InvalidArgumentError("payload", f"cannot be encoded as JSON: {error}") from None
+    _check_size(payload)
     return payload
 
 
@@ -218,17 +231,19 @@ def outgoing(
     key: str | None = None,
     message_id: str | None = None,
 ) -> Outgoing:
-    """Check a message to publish; raises ``ConfigError`` naming the first bad field.
+    """Check a message to publish; raises ``MessageRefusedError`` naming the first bad field.
 
     Without ``message_id`` the message gets a random one, and is never taken
     for a repeat. The current trace context, if any, goes into the headers.
     """
-    checked = {} if headers is None else check_headers(headers)
+    with _refusing():
+        checked = {} if headers is None else check_headers(headers)
+        encoded = encode_payload(payload)
     _trace.inject(checked)
     return checked_outgoing(
         topic=topic,
         id=uuid.uuid4().hex if message_id is None else message_id,
-        payload=encode_payload(payload),
+        payload=encoded,
         headers=checked,
         key=key,
         given_id=message_id is not None,
@@ -246,23 +261,38 @@ def checked_outgoing(
 ) -> Outgoing:
     """An ``Outgoing`` from parts that may come from anywhere (a client over HTTP): all checked.
 
-    ``payload`` must already be one JSON document; only its size is checked here.
+    ``payload`` must already be one JSON document; only its size is checked
+    here. Raises ``MessageRefusedError`` naming the first bad field.
     """
+    with _refusing():
+        _check_size(payload)
+        return Outgoing(
+            topic=check_topic(topic),
+            id=check_message_id(id),
+            payload=payload,
+            headers=check_headers(headers),
+            key=None if key is None else _check_key(key),
+            given_id=given_id,
+        )
+
+
+@contextlib.contextmanager
+def _refusing() -> Iterator[None]:
+    """A bad field of a message refuses the message: ``MessageRefusedError``, same key."""
+    try:
+        yield
+    except InvalidArgumentError as error:
+        raise MessageRefusedError(error.key, error.problem) from None
+
+
+def _check_size(payload: bytes) -> None:
     if len(payload) > MAX_PAYLOAD:
-        raise ConfigError("payload", f"is {len(payload)} bytes, more than {MAX_PAYLOAD}")
-    return Outgoing(
-        topic=check_topic(topic),
-        id=check_message_id(id),
-        payload=payload,
-        headers=check_headers(headers),
-        key=None if key is None else _check_key(key),
-        given_id=given_id,
-    )
+        raise InvalidArgumentError("payload", f"is {len(payload)} bytes, more than {MAX_PAYLOAD}")
 
 
 def _check_key(value: object) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 256:
-        raise ConfigError("key", f"must be 1 to 256 characters, got {value!r}")
+        raise InvalidArgumentError("key", f"must be 1 to 256 characters, got {value!r}")
     return value
 
 

@@ -46,7 +46,13 @@ from meshkit._clock import Clock, SystemClock
 from meshkit._tasks import stop
 from meshkit.bus._model import UNREACHABLE, Outgoing, Published, outgoing
 from meshkit.bus._protocol import Bus
-from meshkit.errors import ConfigError, MeshkitError, UsageError
+from meshkit.errors import (
+    ConfigError,
+    InvalidArgumentError,
+    MeshkitError,
+    MessageRefusedError,
+    UsageError,
+)
 from meshkit.policy import Backoff
 from meshkit.policy import _check as check
 
@@ -72,12 +78,6 @@ _log = logging.getLogger("meshkit.bus.outbox")
 # 2 x the store's timeout), at most 6 h: PostgreSQL's timeout settings are
 # 32-bit milliseconds (24.8 days).
 MAX_TIMEOUT = 3600.0
-
-# The fields of a message a bus names (ConfigError.key) when it refuses that
-# message itself. Any other refusal (a bus not opened, a token refused) would
-# refuse every event alike: parking on it would empty the outbox into the
-# parked events, so it counts as a failed pass, tried again.
-_MESSAGE_FIELDS = frozenset({"topic", "payload", "headers", "key", "message_id"})
 
 _encode_headers = msgspec.json.encode
 _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
@@ -125,7 +125,7 @@ def outbox_row(
 ) -> tuple[str, str, bytes, str, str | None]:
     """What ``record()`` inserts: ``(id, topic, payload, headers, key)``, checked first.
 
-    Raises ``ConfigError`` naming the first bad field, as ``outgoing()``.
+    Raises ``MessageRefusedError`` naming the first bad field, as ``outgoing()``.
     """
     message = outgoing(topic, payload, headers=headers, key=key, message_id=message_id)
     headers_json = _encode_headers(message.headers).decode()
@@ -148,14 +148,19 @@ def outbox_entry(
     return OutboxEntry(seq=seq, message=message)
 
 
-def check_seqs(seqs: Sequence[int] | None) -> list[int] | None:
-    """Parked events named by seq for ``requeue`` or ``discard``: whole numbers from 1, at most
-    10,000 of them; ``ConfigError`` on ``seqs`` otherwise. ``None`` (all) stays ``None``."""
+def check_seqs(seqs: object) -> list[int] | None:
+    """Parked events named by seq for ``requeue`` or ``discard``: whole numbers from 1, at
+    most 10,000 of them; ``InvalidArgumentError`` on ``seqs`` otherwise. ``None`` (all)
+    stays ``None``."""
     if seqs is None:
         return None
-    if isinstance(seqs, str | bytes) or len(seqs) > 10_000:
-        raise ConfigError("seqs", "must be a list of at most 10,000 seqs, or None for all")
-    return [check.whole("seqs", seq, minimum=1) for seq in seqs]
+    if isinstance(seqs, Sequence) and not isinstance(seqs, str | bytes) and len(seqs) <= 10_000:
+        whole = [s for s in seqs if isinstance(s, int) and not isinstance(s, bool) and s >= 1]
+        if len(whole) == len(seqs):
+            return whole
+    raise InvalidArgumentError(
+        "seqs", f"must be a list of at most 10,000 seqs (from 1), or None for all; got {seqs!r}"
+    )
 
 
 def parked_entry(
@@ -270,8 +275,8 @@ class OutboxRelay:
     longer than ``publish_timeout``) is logged and tried again after the
     ``backoff``, from the same oldest event: however long the outage,
     nothing is lost or reordered, and ``notify()`` does not cut the wait
-    short. An event the bus refuses for good (a ``ConfigError`` naming a
-    field of the message) is not an outage: the events before it are
+    short. An event the bus refuses for good (``MessageRefusedError``)
+    is not an outage: the events before it are
     published, it is parked in the store (logged as an ERROR naming it),
     and the next pass starts at once with the events after it.
 
@@ -419,19 +424,21 @@ class OutboxRelay:
 
     async def _publish(
         self, entries: Sequence[OutboxEntry]
-    ) -> tuple[list[Published], tuple[OutboxEntry, ConfigError] | None]:
+    ) -> tuple[list[Published], tuple[OutboxEntry, MessageRefusedError] | None]:
         """Publish in order, up to the first entry the bus refuses for good.
 
         Returns the bus's answers for the entries before that one (all of
         them when none is refused), and the refused entry with its error.
         The refused one is found by halves, each accepted half published
-        once: about 2 x log2(batch) publishes, whatever its place.
+        once: about 2 x log2(batch) publishes, whatever its place. Only a
+        ``MessageRefusedError`` is about one message: any other refusal (a
+        bus not opened, a token refused) would refuse every event alike, and
+        parking on it would empty the outbox into the parked events, so it
+        fails the pass, which is tried again.
         """
         try:
             return await self._bus.publish_batch([entry.message for entry in entries]), None
-        except ConfigError as error:
-            if error.key not in _MESSAGE_FIELDS:
-                raise
+        except MessageRefusedError as error:
             if len(entries) == 1:
                 return [], (entries[0], error)
         half = len(entries) // 2
@@ -441,7 +448,7 @@ class OutboxRelay:
         second, refusal = await self._publish(entries[half:])
         return first + second, refusal
 
-    async def _park(self, entry: OutboxEntry, error: ConfigError) -> None:
+    async def _park(self, entry: OutboxEntry, error: MessageRefusedError) -> None:
         await self._store.park(entry, f"{type(error).__name__}: {error}")
         self.statistics.parked += 1
         _log.error(

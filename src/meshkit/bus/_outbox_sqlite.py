@@ -47,7 +47,7 @@ from meshkit.bus._outbox import (
     outbox_row,
     parked_entry,
 )
-from meshkit.errors import EnvironmentFaultError, MeshkitError, UsageError
+from meshkit.errors import EnvironmentFaultError, InvalidArgumentError, MeshkitError, UsageError
 from meshkit.policy import _check as check
 
 __all__ = ["SqliteInbox", "SqliteOutbox"]
@@ -120,7 +120,8 @@ def _translate(error: sqlite3.Error, where: str) -> MeshkitError:
 
 
 def _in_transaction(db: sqlite3.Connection, what: str) -> None:
-    check.instance("db", db, sqlite3.Connection, what="sqlite3.Connection")
+    if not isinstance(db, sqlite3.Connection):
+        raise InvalidArgumentError("db", f"must be a sqlite3.Connection, got {type(db).__name__}")
     # The sqlite3 module's legacy mode (the default isolation level, and no
     # Python 3.12 autocommit=True) begins a transaction itself before an
     # INSERT, so a record() there is inside the transaction the caller then
@@ -204,13 +205,14 @@ class SqliteOutbox:
     ) -> str:
         """Record an event in the caller's open transaction on ``db``: its message id.
 
-        The event is checked as ``outgoing()`` checks it (``ConfigError``
-        naming the bad field, before anything is written) and gets a random
-        id unless ``message_id`` is given. It is published after, and only
-        if, the transaction commits. Raises ``UsageError`` outside a
-        transaction or without the tables (``ConfigError`` on ``db`` if it
-        is not a ``sqlite3.Connection``), ``EnvironmentFaultError`` if the
-        insert fails.
+        The event is checked as ``outgoing()`` checks it
+        (``MessageRefusedError`` naming the bad field, before anything is
+        written) and gets a random id unless ``message_id`` is given. It is
+        published after, and only if, the transaction commits. Raises
+        ``UsageError`` outside a transaction or without the tables
+        (``InvalidArgumentError`` on ``db`` if it is not a
+        ``sqlite3.Connection``), ``EnvironmentFaultError`` if the insert
+        fails.
         """
         _in_transaction(db, "SqliteOutbox.record()")
         row = outbox_row(topic, payload, headers=headers, key=key, message_id=message_id)
@@ -402,7 +404,7 @@ class SqliteInbox(InboxRetention):
         The record commits with the caller's transaction and rolls back
         with it, so a handler that fails leaves the message new for its
         next delivery. Raises ``UsageError`` outside a transaction
-        (``ConfigError`` on ``db`` if it is not a ``sqlite3.Connection``).
+        (``InvalidArgumentError`` on ``db`` if it is not a ``sqlite3.Connection``).
         """
         _in_transaction(db, "SqliteInbox.record()")
         check_message_id(message_id)

@@ -21,7 +21,10 @@ class Consumer(Protocol):
     message is a dead letter. ``meshkit.bus.subscribe`` drives a consumer
     with a handler; use this interface directly only to build such a driver.
 
-    Errors: ``EnvironmentFaultError`` when the backend cannot be reached.
+    Errors: ``EnvironmentFaultError`` when the backend cannot be reached;
+    ``GroupLostError`` (one of those) when the backend no longer has the
+    group (deleted, or its data lost): join it again; ``InvalidArgumentError``
+    for a receipt this consumer did not give.
     """
 
     async def fetch(self, limit: int, *, wait: float) -> list[Delivery]:
@@ -47,10 +50,12 @@ class Consumer(Protocol):
 class Bus(Protocol):
     """Topics, consumer groups, at-least-once delivery and a dead-letter queue.
 
-    Errors: ``ConfigError`` for a bad topic, group, header or payload (the
-    message is not published); ``EnvironmentFaultError`` when the backend
-    cannot be reached; ``NotFoundError`` for a dead letter that is not
-    there.
+    Errors: ``MessageRefusedError`` for a message the backend will never
+    take (a bad topic, header, id or key, a payload that is not JSON or too
+    large: nothing of the batch is published); ``ConfigError`` for a bad
+    topic or group to join, or a bad option; ``InvalidArgumentError`` for a
+    malformed dead letter id; ``EnvironmentFaultError`` when the backend
+    cannot be reached; ``NotFoundError`` for a dead letter that is not there.
     """
 
     async def publish(
@@ -84,8 +89,8 @@ class Bus(Protocol):
     async def delete_group(self, topic: str, group: str) -> None:
         """Forget a consumer group: where it stands, what it holds, its waiting retries.
 
-        Its dead letters stay. A member still joined gets ``NotFoundError``
-        from its next call; joining again starts the group afresh, at the
+        Its dead letters stay. A member still joined gets ``GroupLostError``
+        from its next fetch; joining again starts the group afresh, at the
         earliest message kept. ``NotFoundError`` if there is no such group.
         """
         ...

@@ -4,7 +4,10 @@ This is the bus services use by default: ``meshkit up`` starts the control
 plane and hands its children the address and token. Publishes go in batches
 of up to 8 MiB a request; fetches are long polls; the subscription driver
 sends acks in batches. Failures are translated as the registry client's
-are (``meshkit._plane_client``).
+are (``meshkit._plane_client``), with two of the bus's own: the plane refusing a
+publish (400) refuses its messages (``MessageRefusedError``; the client
+builds the request itself, so only a message can be at fault), and a group
+it does not know at a fetch, ack or fail (404) is ``GroupLostError``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from meshkit.bus._wire import (
     dead_letter_from_wire,
     delivery_from_wire,
 )
+from meshkit.errors import GroupLostError, MessageRefusedError
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
@@ -96,7 +100,11 @@ class RemoteBus(PublishOne):
         published: list[Published] = []
         for batch in _batches(messages):
             answer = await self._plane.call(
-                "POST", "/v1/bus/publish", body=_encode(PublishBody(batch)), kind=PublishedList
+                "POST",
+                "/v1/bus/publish",
+                body=_encode(PublishBody(batch)),
+                invalid=MessageRefusedError,
+                kind=PublishedList,
             )
             published += answer.published
         return published
@@ -156,17 +164,23 @@ class RemoteConsumer:
     async def fetch(self, limit: int, *, wait: float) -> list[Delivery]:
         body = _encode(FetchBody(check_limit(limit), check.seconds("wait", wait, allow_zero=True)))
         target = f"{self._target}/fetch"
-        wire = await self._bus.plane.call("POST", target, body=body, wait=wait, kind=WireDeliveries)
+        wire = await self._bus.plane.call(
+            "POST", target, body=body, wait=wait, not_found=GroupLostError, kind=WireDeliveries
+        )
         return [delivery_from_wire(w) for w in wire.deliveries]
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
             body = _encode(AckBody([d.receipt for d in deliveries]))
-            await self._bus.plane.call("POST", f"{self._target}/ack", body=body, expect=204)
+            await self._bus.plane.call(
+                "POST", f"{self._target}/ack", body=body, expect=204, not_found=GroupLostError
+            )
 
     async def fail(self, delivery: Delivery, error: str) -> None:
         body = _encode(FailBody(delivery.receipt, error))
-        await self._bus.plane.call("POST", f"{self._target}/fail", body=body, expect=204)
+        await self._bus.plane.call(
+            "POST", f"{self._target}/fail", body=body, expect=204, not_found=GroupLostError
+        )
 
     async def aclose(self) -> None:
         pass  # holds nothing: its leases run out on the broker

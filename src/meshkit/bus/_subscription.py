@@ -21,7 +21,7 @@ from meshkit._tasks import stop
 from meshkit.bus import _trace
 from meshkit.bus._model import UNREACHABLE, Delivery, Message, check_group, check_topic
 from meshkit.bus._protocol import Bus, Consumer
-from meshkit.errors import MeshkitError, NotFoundError
+from meshkit.errors import GroupLostError, MeshkitError
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 
@@ -143,7 +143,7 @@ class Subscription:
             assert consumer is not None
             try:
                 deliveries = await consumer.fetch(room, wait=_POLL)
-            except NotFoundError:
+            except GroupLostError:
                 await self._rejoin(consumer)
                 continue
             except Exception as error:  # noqa: BLE001 (a dead loop would stop the group's work)

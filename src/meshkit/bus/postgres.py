@@ -257,8 +257,8 @@ class PostgresOutbox:
     ) -> str:
         """Record an event in the caller's open transaction on ``connection``: its message id.
 
-        Checked as ``outgoing()`` checks it (``ConfigError`` naming the bad
-        field, before anything is written), with a random id unless
+        Checked as ``outgoing()`` checks it (``MessageRefusedError`` naming
+        the bad field, before anything is written), with a random id unless
         ``message_id`` is given; published after, and only if, the
         transaction commits. Raises ``UsageError`` outside a transaction or
         without the tables, ``EnvironmentFaultError`` if the connection is

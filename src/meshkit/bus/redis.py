@@ -68,7 +68,13 @@ from meshkit.bus._model import (
     expired_error,
 )
 from meshkit.bus._protocol import PublishOne
-from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError
+from meshkit.errors import (
+    ConfigError,
+    EnvironmentFaultError,
+    GroupLostError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 from meshkit.ratelimit.redis import check_url
@@ -134,10 +140,15 @@ _RUN = 1000
 # parked ones now due, then those a member has held past ack_wait. One held
 # past ack_wait on its last delivery becomes a dead letter here. Returns
 # {claimed, next_due}: claimed is {id, fields, count} per entry; next_due
-# how many ms until the earliest due time left ('' if none).
+# how many ms until the earliest due time left ('' if none). A stream that is
+# gone (flushed, deleted) is a NOGROUP error, as XREADGROUP answers then:
+# XINFO's own answer, "no such key", would not say the group went with it.
 _CLAIM = (
     _NOW_MS
     + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOGROUP No such key ' .. KEYS[1] .. ' or consumer group ' .. ARGV[1])
+end
 local group, me, room = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local ack_wait, max_deliveries = ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
@@ -297,7 +308,7 @@ def _flat(fields: dict[bytes, Any]) -> list[Any]:
 def _check_entry_id(letter_id: object) -> str:
     """A stream entry id, ``ms-seq``; a bare ``ms`` is ``ms-0``, as Redis reads it."""
     if not isinstance(letter_id, str) or _ENTRY_ID.fullmatch(letter_id) is None:
-        raise ConfigError(
+        raise InvalidArgumentError(
             "id", f"a dead letter id on Redis looks like 1700000000000-0, got {letter_id!r}"
         )
     return letter_id if "-" in letter_id else f"{letter_id}-0"
@@ -305,7 +316,7 @@ def _check_entry_id(letter_id: object) -> str:
 
 def _check_receipt(receipt: object) -> str:
     if not isinstance(receipt, str) or _RECEIPT.fullmatch(receipt) is None:
-        raise ConfigError("receipt", f"is not one this backend gave: {receipt!r}")
+        raise InvalidArgumentError("receipt", f"is not one this backend gave: {receipt!r}")
     return receipt
 
 
@@ -367,8 +378,9 @@ class RedisBus(PublishOne):
     async def _call(self, command: Awaitable[Any]) -> Any:
         """Await one Redis call, translating its failure.
 
-        A group or stream that is gone (``NOGROUP``: the data was flushed or
-        lost) is ``NotFoundError``, so a subscription joins again. On Python
+        A group or stream that is gone (``NOGROUP``: the group was deleted,
+        the data flushed or lost) is ``GroupLostError``: the broker's state
+        changed under the caller, who joins again. On Python
         3.11, redis-py's writes run under ``asyncio.wait_for``, which can drop
         a cancel arriving as the write completes: a cancel asked for during
         the call is raised after it, so that closing a subscription is prompt.
@@ -379,7 +391,7 @@ class RedisBus(PublishOne):
             result = await command
         except self._errors as error:
             if isinstance(error, self._exceptions.ResponseError) and "NOGROUP" in str(error):
-                raise NotFoundError(f"Redis at {self._shown}: {error}") from error
+                raise GroupLostError(f"the bus's Redis at {self._shown}: {error}") from error
             raise EnvironmentFaultError(
                 f"the bus's Redis at {self._shown} failed: {error}"
             ) from error
@@ -434,7 +446,9 @@ class RedisBus(PublishOne):
         pipe.delete(self._due(topic, group))
         try:
             destroyed, _ = await self._call(pipe.execute())
-        except NotFoundError:  # no stream at all
+        except EnvironmentFaultError as error:
+            if "requires the key to exist" not in str(error.__cause__):  # no stream at all
+                raise
             destroyed = 0
         if not destroyed:
             raise NotFoundError(f"no group {group!r} on topic {topic!r}")

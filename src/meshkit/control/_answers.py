@@ -1,7 +1,8 @@
 """Error answers shared by the control plane's APIs: problem details (RFC 9457).
 
 A refusal of bad input is a 400 whose ``errors`` name the field, so the
-client (``meshkit._plane_client``) raises ``ConfigError`` on that same field.
+client (``meshkit._plane_client``) raises ``InvalidArgumentError`` (or what
+its caller asks for) on that same field.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 
 import msgspec
 
-from meshkit.errors import ConfigError
+from meshkit.errors import InvalidArgumentError
 from meshkit.http import FieldError, Problem, Response, problem_response
 
 __all__ = ["body_error", "error", "invalid"]
@@ -25,14 +26,14 @@ def error(status: int, message: str, *headers: tuple[bytes, bytes]) -> Response:
     return problem_response(Problem(status, message), headers)
 
 
-def invalid(error: ConfigError) -> Response:
+def invalid(error: InvalidArgumentError) -> Response:
     """A 400 for ``error``, its key and problem in ``errors``."""
     field = FieldError(error.key, error.problem)
     return problem_response(Problem(400, str(error), errors=(field,)))
 
 
-def body_error(error: msgspec.ValidationError) -> ConfigError:
-    """``error`` as a ``ConfigError`` on the dotted path of the field it is about.
+def body_error(error: msgspec.ValidationError) -> InvalidArgumentError:
+    """``error`` as an ``InvalidArgumentError`` on the dotted path of the field it is about.
 
     ``Expected `int`, got `str` - at `$.items[0].quantity``` is about
     ``items.0.quantity``; a missing or unknown field is named in the message.
@@ -43,4 +44,4 @@ def body_error(error: msgspec.ValidationError) -> ConfigError:
     named = _NAMED.search(problem)
     if named is not None:
         parts.append(named.group(1))
-    return ConfigError(".".join(parts) or "body", problem)
+    return InvalidArgumentError(".".join(parts) or "body", problem)

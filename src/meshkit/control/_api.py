@@ -28,7 +28,7 @@ import msgspec
 from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
 from meshkit.control._bus_api import BusAPI
-from meshkit.errors import ConfigError, LeaseExpiredError, LeaseNotFoundError
+from meshkit.errors import ConfigError, InvalidArgumentError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.http import Request, Response, json_response
 from meshkit.registry import EmbeddedRegistry, Instance, ServiceList, Snapshot, check_name
 
@@ -134,8 +134,8 @@ class RegistryAPI:
         except msgspec.ValidationError as error:
             return invalid(body_error(error))
         except msgspec.DecodeError as error:
-            return invalid(ConfigError("body", f"is not valid JSON: {error}"))
-        except ConfigError as error:
+            return invalid(InvalidArgumentError("body", f"is not valid JSON: {error}"))
+        except InvalidArgumentError as error:
             return invalid(error)
         snapshot = self._registry.snapshot(instance.service)
         return json_response(
@@ -150,7 +150,9 @@ class RegistryAPI:
 
     def _lease(self, method: str, lease: str) -> Response:
         if not lease.isdigit() or len(lease) > 19:
-            return invalid(ConfigError("lease_id", f"must be a decimal lease id, got {lease!r}"))
+            return invalid(
+                InvalidArgumentError("lease_id", f"must be a decimal lease id, got {lease!r}")
+            )
         lease_id = int(lease)
         try:
             if method == "PUT":
@@ -168,7 +170,7 @@ class RegistryAPI:
         try:
             check_name("service", name)
             position = _position(query)
-        except ConfigError as error:
+        except InvalidArgumentError as error:
             return invalid(error)
         if position is None:
             return json_response(200, _snapshot_json(self._registry.snapshot(name)))
@@ -184,7 +186,7 @@ class RegistryAPI:
     def _services(self, query: str) -> Response | Awaitable[Response]:
         try:
             position = _position(query)
-        except ConfigError as error:
+        except InvalidArgumentError as error:
             return invalid(error)
         if position is None:
             return json_response(200, _services_json(self._registry.service_list()))
@@ -203,21 +205,27 @@ def _position(query: str) -> tuple[int, int, float] | None:
     params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
     unknown = set(params) - {"epoch", "index", "wait"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "is not a parameter here (epoch, index, wait)")
+        raise InvalidArgumentError(
+            sorted(unknown)[0], "is not a parameter here (epoch, index, wait)"
+        )
     if "index" not in params:
-        raise ConfigError("index", "is required to wait for a change")
+        raise InvalidArgumentError("index", "is required to wait for a change")
     try:
         epoch = int(params.get("epoch", "0"))
     except ValueError as error:
-        raise ConfigError("epoch", f"must be a whole number, got {params['epoch']!r}") from error
+        raise InvalidArgumentError(
+            "epoch", f"must be a whole number, got {params['epoch']!r}"
+        ) from error
     try:
         index = int(params["index"])
     except ValueError as error:
-        raise ConfigError("index", f"must be a whole number, got {params['index']!r}") from error
+        raise InvalidArgumentError(
+            "index", f"must be a whole number, got {params['index']!r}"
+        ) from error
     try:
         wait = float(params.get("wait", "60"))
     except ValueError as error:
-        raise ConfigError("wait", f"must be seconds, got {params['wait']!r}") from error
+        raise InvalidArgumentError("wait", f"must be seconds, got {params['wait']!r}") from error
     if not 0 <= wait <= MAX_WAIT:
-        raise ConfigError("wait", f"must be between 0 and {MAX_WAIT:g} seconds")
+        raise InvalidArgumentError("wait", f"must be between 0 and {MAX_WAIT:g} seconds")
     return epoch, index, wait

@@ -45,7 +45,13 @@ from meshkit.bus._wire import (
 )
 from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
-from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
+from meshkit.errors import (
+    EnvironmentFaultError,
+    GroupLostError,
+    InvalidArgumentError,
+    NotFoundError,
+    UsageError,
+)
 from meshkit.http import Request, Response
 
 __all__ = ["MAX_FETCH_WAIT", "BusAPI"]
@@ -70,7 +76,7 @@ def _decode(kind: type[B], body: bytes) -> B:
     except msgspec.ValidationError as error:
         raise body_error(error) from None
     except msgspec.DecodeError as error:
-        raise ConfigError("body", f"is not valid JSON: {error}") from None
+        raise InvalidArgumentError("body", f"is not valid JSON: {error}") from None
 
 
 class BusAPI:
@@ -151,7 +157,9 @@ class BusAPI:
     async def _fetch(self, topic: str, group: str, body: bytes) -> Response:
         asked = _decode(FetchBody, body)
         if not 0 <= asked.wait <= MAX_FETCH_WAIT:
-            raise ConfigError("wait", f"must be 0 to {MAX_FETCH_WAIT:g} seconds, got {asked.wait}")
+            raise InvalidArgumentError(
+                "wait", f"must be 0 to {MAX_FETCH_WAIT:g} seconds, got {asked.wait}"
+            )
         found = await self._broker.fetch(topic, group, limit=asked.limit, wait=asked.wait)
         return _json(200, WireDeliveries([delivery_to_wire(d) for d in found]))
 
@@ -195,10 +203,10 @@ def _limit(query: str) -> int:
     params = parse_qs(query)
     unknown = set(params) - {"limit"}
     if unknown:
-        raise ConfigError(sorted(unknown)[0], "is not a parameter here (limit)")
+        raise InvalidArgumentError(sorted(unknown)[0], "is not a parameter here (limit)")
     value = params.get("limit", ["100"])[-1]
     if not value.isdigit():
-        raise ConfigError("limit", f"must be a whole number, got {value!r}")
+        raise InvalidArgumentError("limit", f"must be a whole number, got {value!r}")
     return int(value)
 
 
@@ -211,10 +219,11 @@ async def _answer(call: Awaitable[Response]) -> Response:
 
 
 def _refusal(error: UsageError | EnvironmentFaultError) -> Response:
-    """404 for what is not there, 400 naming the field for other bad input, 503 for the disk."""
-    if isinstance(error, NotFoundError):
+    """404 for what is not there (a group a member lost too), 400 naming the field for other
+    bad input, 503 for the disk."""
+    if isinstance(error, NotFoundError | GroupLostError):
         return error_answer(404, str(error))
-    if isinstance(error, ConfigError):
+    if isinstance(error, InvalidArgumentError):
         return invalid(error)
     if isinstance(error, UsageError):
         return error_answer(400, str(error))

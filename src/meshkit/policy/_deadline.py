@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from meshkit.errors import ConfigError, DeadlineExceededError
+from meshkit.errors import ConfigError, DeadlineExceededError, InvalidArgumentError
 from meshkit.policy import _check as check
 
 __all__ = ["DeadlineBudget"]
@@ -58,19 +58,19 @@ class DeadlineBudget(msgspec.Struct, frozen=True):
 
         ``calls`` is how many calls are left (this one included), or their
         relative weights, this call's first: ``(2, 1, 1)`` gives it half.
-        Raises ``DeadlineExceededError`` if no time is left for it.
+        Raises ``DeadlineExceededError`` if no time is left for it, and
+        ``InvalidArgumentError`` on ``calls`` (a value of this call, not
+        configuration) if it is neither.
         """
         value: object = calls  # checked as it arrives, whatever the annotation says
-        if isinstance(value, int) and not isinstance(value, bool):
-            share = 1.0 / check.whole("calls", value, minimum=1)
-        elif isinstance(value, list | tuple) and value:
-            weights = [check.number("calls", w, low=0, high=math.inf) for w in value]
-            if min(weights) <= 0:
-                raise ConfigError("calls", f"weights must be positive, got {weights!r}")
-            share = weights[0] / math.fsum(weights)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            share = 1.0 / value
+        elif isinstance(value, list | tuple) and value and all(_weight(w) for w in value):
+            share = value[0] / math.fsum(value)
         else:
-            raise ConfigError(
-                "calls", f"must be a whole number or a list of weights, got {calls!r}"
+            raise InvalidArgumentError(
+                "calls",
+                f"must be a whole number from 1 or a list of positive weights, got {calls!r}",
             )
         return self._usable(now) * share
 
@@ -89,3 +89,8 @@ class DeadlineBudget(msgspec.Struct, frozen=True):
                 f" with {self.reserve:.3f}s reserved"
             )
         return usable
+
+
+def _weight(value: object) -> bool:
+    """Whether ``value`` is a positive, finite weight (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf

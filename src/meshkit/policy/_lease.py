@@ -14,6 +14,14 @@ instances are live, and with every instance renewing every few seconds they
 would wake every watcher constantly (Consul's blocking queries likewise
 advance their index only when the result changes).
 
+Time the table could not hear: a holder can only renew while the table's
+driver runs. When the driver was stalled (its process stopped, its event
+loop blocked) or restarted, it calls ``resume(since, now)``, and every lease
+live at ``since`` gets a fresh TTL from ``now``, as etcd gives every lease a
+fresh TTL when a new leader takes over (its lessor's ``Promote``): a lease
+must not expire for renewals that were sent but could not be heard. A
+restored table does the same for the leases it loads.
+
 Identity across restarts: lease ids are random 63-bit numbers, like etcd's,
 so an id held from before a restart names no lease in a new table instead of
 someone else's. A watcher's position is the pair ``(epoch, index)``; a table
@@ -32,7 +40,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from meshkit.errors import LeaseExpiredError, LeaseNotFoundError
+from meshkit.errors import LeaseExpiredError, LeaseNotFoundError, UsageError
 from meshkit.policy import _check as check
 from meshkit.policy._events import Hook, LeaseEvent, LeaseEventKind
 
@@ -119,6 +127,25 @@ class LeaseTable(Generic[V]):
             check.text("key", key)
             check.seconds("ttl", ttl)
             self._store(Lease(id=lease_id, key=key, value=value, ttl=ttl, expires_at=now + ttl))
+
+    def resume(self, *, since: float, now: float) -> int:
+        """Renewals could not be heard from ``since`` to ``now``: renew every lease live at
+        ``since`` for its full TTL from ``now``. Returns how many were renewed.
+
+        A lease that ran out before ``since`` is left to ``expire()``: its
+        holder had a whole TTL to renew while the table was listening.
+        Each renewal is reported as ``RENEWED``, as ``renew`` reports one.
+        """
+        if not since <= now:
+            raise UsageError(f"resume(since={since!r}, now={now!r}): since is after now")
+        renewed = 0
+        for lease in list(self._by_id.values()):
+            if lease.live(since) and lease.expires_at < now + lease.ttl:
+                lease = msgspec.structs.replace(lease, expires_at=now + lease.ttl)
+                self._store(lease)
+                self._record(LeaseEventKind.RENEWED, lease, now)
+                renewed += 1
+        return renewed
 
     def __len__(self) -> int:
         """Leases held, including expired ones not yet swept by ``expire()``."""

@@ -7,6 +7,18 @@ changes to others. A background task expires leases at their TTL; reads
 check liveness against the clock too, so an expired instance is never listed
 even in the moment before the sweep.
 
+Time the registry could not hear does not count against a lease. A holder
+renewing every third of its TTL, as meshkit's heartbeat does, loses its
+lease only if the registry stops hearing it for more than two thirds of the
+TTL. So while it holds leases the expiry task wakes every quarter of the
+shortest TTL, and whenever the registry reads its clock (that task, or a
+request) and finds it has not run for more than half of it (its process was
+stopped, its event loop blocked), it tells the lease table, which gives
+every lease live before the gap a fresh TTL from now: renewals queued in its
+sockets, or retried by their holders, keep their leases, as etcd's do when
+a new leader takes over. Leases loaded at a restart get a fresh TTL from the
+moment the registry starts.
+
 Every membership change goes through one hook on the lease table, including
 an expiry found by a late ``renew``, so each one advances the service's
 index, wakes its watchers and is persisted the same way. Memory comes first:
@@ -20,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from pathlib import Path
 
@@ -74,8 +87,11 @@ class EmbeddedRegistry:
         self._wakeup = asyncio.Event()  # the expiry task re-reads the next expiry
         self._expiry_task: asyncio.Task[None] | None = None
         self.store_errors = 0
+        self.stalls = 0  # times the registry found it had not run for half the shortest TTL
+        self._stall = math.inf  # a gap this long is a stall: half the shortest TTL held
         if store is not None:
             self._load(store)
+        self._heard = self._clock.monotonic()  # when the registry last ran, as far as it knows
 
     @classmethod
     def open(
@@ -96,9 +112,18 @@ class EmbeddedRegistry:
         await self.aclose()
 
     def start(self) -> None:
-        """Start expiring leases on time (needs a running event loop)."""
+        """Start expiring leases on time (needs a running event loop).
+
+        Every lease held gets a full TTL from now: saved leases loaded at a
+        restart live a TTL from the start, however long the control plane
+        took to get there. From here on, a gap in the registry's running
+        renews the leases it held (see the module's docstring).
+        """
         if self._expiry_task is None:
             self._expiry_task = asyncio.get_running_loop().create_task(self._expire_forever())
+            now = self._clock.monotonic()
+            self._table.resume(since=min(self._heard, now), now=now)
+            self._heard = now
 
     async def aclose(self) -> None:
         if self._expiry_task is not None:
@@ -113,10 +138,10 @@ class EmbeddedRegistry:
         return self.register_now(instance, ttl=ttl)
 
     async def renew(self, registration: Registration) -> None:
-        self._table.renew(registration.lease_id, self._clock.monotonic())
+        self._table.renew(registration.lease_id, self._now())
 
     async def deregister(self, registration: Registration) -> None:
-        self._table.remove(registration.lease_id, self._clock.monotonic())
+        self._table.remove(registration.lease_id, self._now())
 
     async def lookup(self, service: str) -> Snapshot:
         return self.snapshot(check_name("service", service))
@@ -126,7 +151,7 @@ class EmbeddedRegistry:
 
     def service_list(self) -> ServiceList:
         """``services()`` without the await, for the control plane's handlers."""
-        now = self._clock.monotonic()
+        now = self._now()
         counts = {}
         for service, members in self._members.items():
             live = sum(1 for key in members if self._table.get(key, now) is not None)
@@ -168,19 +193,20 @@ class EmbeddedRegistry:
         ttl = check.seconds("ttl", ttl)
         if not MIN_TTL <= ttl <= MAX_TTL:
             raise ConfigError("ttl", f"must be between {MIN_TTL:g} and {MAX_TTL:g} seconds")
-        lease = self._table.register(instance.key, instance, ttl, self._clock.monotonic())
+        lease = self._table.register(instance.key, instance, ttl, self._now())
+        self._stall = min(self._stall, ttl / 2)
         self._wakeup.set()
         return Registration(instance=instance, lease_id=lease.id, ttl=ttl)
 
     def renew_now(self, lease_id: int) -> float:
         """Renew by lease id; returns the TTL. Raises like ``LeaseTable.renew``."""
-        return self._table.renew(lease_id, self._clock.monotonic()).ttl
+        return self._table.renew(lease_id, self._now()).ttl
 
     def deregister_now(self, lease_id: int) -> None:
-        self._table.remove(lease_id, self._clock.monotonic())
+        self._table.remove(lease_id, self._now())
 
     def snapshot(self, service: str) -> Snapshot:
-        now = self._clock.monotonic()
+        now = self._now()
         instances = []
         for key in self._members.get(service, {}):
             lease = self._table.get(key, now)
@@ -252,16 +278,44 @@ class EmbeddedRegistry:
             self._members.setdefault(instance.service, {})[key] = lease_id
             self._index[instance.service] = index
 
+    def _now(self) -> float:
+        """The time, for the lease table: after a stall, every lease live before it is renewed.
+
+        Only while the expiry task runs, which is what guarantees the
+        registry a look at the clock every quarter of the shortest TTL: a
+        registry used without ``start()`` reads liveness at each call,
+        however far apart.
+        """
+        now = self._clock.monotonic()
+        if self._expiry_task is not None and now - self._heard > self._stall:
+            renewed = self._table.resume(since=self._heard, now=now)
+            self.stalls += 1
+            log.warning(
+                "the registry did not run for %.1f s (its process was stopped, or its event loop"
+                " blocked): %d leases get a fresh TTL instead of expiring unheard",
+                now - self._heard,
+                renewed,
+            )
+            self._wakeup.set()  # the expiry task re-reads the next expiry
+        self._heard = now
+        return now
+
     async def _expire_forever(self) -> None:
         while True:
+            now = self._now()
+            shortest = min((lease.ttl for lease in self._table.live(now)), default=None)
+            self._stall = math.inf if shortest is None else shortest / 2
             next_expiry = self._table.next_expiry()
             self._wakeup.clear()
-            delay = None if next_expiry is None else max(0.0, next_expiry - self._clock.monotonic())
+            # A quarter of the shortest TTL: gaps stay under half of it while all is well.
+            delay = math.inf if shortest is None else shortest / 4
+            if next_expiry is not None:
+                delay = min(delay, max(0.0, next_expiry - now))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(None if delay == math.inf else delay):
                     await self._wakeup.wait()
             try:
-                self._table.expire(self._clock.monotonic())
+                self._table.expire(self._now())
             except Exception:  # a bug here must not stop every later expiry
                 log.exception("expiring leases failed; trying again at the next expiry")
                 await self._clock.sleep(1.0)

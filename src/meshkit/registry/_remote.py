@@ -15,7 +15,13 @@ from typing import Any
 import msgspec
 
 from meshkit._plane_client import PlaneClient, parse_http_url
-from meshkit.errors import EnvironmentFaultError, LeaseNotFoundError, NotFoundError
+from meshkit.errors import (
+    ConfigError,
+    EnvironmentFaultError,
+    InvalidArgumentError,
+    LeaseNotFoundError,
+    NotFoundError,
+)
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import _check as check
 from meshkit.registry._model import (
@@ -62,7 +68,12 @@ class RemoteRegistry:
                 "ttl": ttl,
             }
         )
-        data = await self._call("POST", "/v1/registry/instances", body=body, expect=201)
+        # A registration's fields are the instance's configuration (a Service's
+        # options, a sidecar's flags): the plane refusing one is a ConfigError,
+        # as the embedded registry raises it.
+        data = await self._call(
+            "POST", "/v1/registry/instances", body=body, expect=201, invalid=ConfigError
+        )
         try:
             return Registration(
                 instance=instance, lease_id=int(data["lease_id"]), ttl=float(data["ttl"])
@@ -106,10 +117,23 @@ class RemoteRegistry:
     # -- internals -------------------------------------------------------------
 
     async def _call(
-        self, method: str, target: str, *, body: bytes = b"", expect: int = 200, wait: float = 0.0
+        self,
+        method: str,
+        target: str,
+        *,
+        body: bytes = b"",
+        expect: int = 200,
+        wait: float = 0.0,
+        invalid: Callable[[str, str], Exception] = InvalidArgumentError,
     ) -> Any:
         return await self._plane.call(
-            method, target, body=body, expect=expect, wait=wait, not_found=_lease_not_found(target)
+            method,
+            target,
+            body=body,
+            expect=expect,
+            wait=wait,
+            not_found=_lease_not_found(target),
+            invalid=invalid,
         )
 
     def _snapshot(self, data: Any) -> Snapshot:

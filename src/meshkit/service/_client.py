@@ -30,16 +30,14 @@ import msgspec
 from meshkit._clock import Clock, SystemClock
 from meshkit.discovery import Attempts, CallPolicy, Directory, InstanceSet
 from meshkit.errors import (
-    ConfigError,
     DeadlineExceededError,
     MeshkitError,
     PeerError,
     ServiceUnavailableError,
-    UsageError,
 )
 from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response
 from meshkit.policy import _check as check
-from meshkit.registry import Instance
+from meshkit.registry import Instance, check_name
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
 
 __all__ = ["CallPolicy", "ServiceClient"]
@@ -258,7 +256,13 @@ class ServiceClient:
         return expires_at
 
     async def _find(self, service: str, remaining: float) -> InstanceSet:
-        """The service's state, fetching its instances the first time, within the deadline."""
+        """The service's state, fetching its instances the first time, within the deadline.
+
+        A bad name is the caller's ``ConfigError``; whatever else keeps the
+        registry from answering (unreachable, refusing the token) makes the
+        service unavailable to this call.
+        """
+        check_name("service", service)
         try:
             async with asyncio.timeout(remaining):
                 return await self._upstream(service)
@@ -267,8 +271,6 @@ class ServiceClient:
                 f"looking up {service!r} in the registry outlasted the call's deadline"
             ) from error
         except MeshkitError as error:
-            if isinstance(error, UsageError) and not isinstance(error, ConfigError):
-                raise
             raise ServiceUnavailableError(
                 service, f"the registry cannot be reached to find it: {error}"
             ) from error

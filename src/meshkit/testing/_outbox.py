@@ -36,7 +36,13 @@ from meshkit.bus import (
 from meshkit.bus._model import MAX_ERROR, clip_error
 from meshkit.bus._outbox import OutboxEntry, OutboxRelay, OutboxStore, ParkedEntry
 from meshkit.bus._protocol import PublishOne
-from meshkit.errors import ConfigError, EnvironmentFaultError, NotFoundError, UsageError
+from meshkit.errors import (
+    EnvironmentFaultError,
+    InvalidArgumentError,
+    MessageRefusedError,
+    NotFoundError,
+    UsageError,
+)
 from meshkit.policy import Backoff, Redelivery
 from meshkit.testing._clock import FakeClock
 
@@ -101,7 +107,7 @@ class RecordingBus(PublishOne):
     While ``down``, a publish raises ``EnvironmentFaultError`` (counted in
     ``refused``). A batch holding a message whose id is in ``oversized`` is
     refused for good, as JetStream refuses a payload over its server's
-    ``max_payload``: ``ConfigError`` on ``payload``, nothing published.
+    ``max_payload``: ``MessageRefusedError`` on ``payload``, nothing published.
     Otherwise it takes ``latency`` seconds on ``clock``, then appends every
     message to ``sent``, repeats included. With ``dedup`` a repeat of a
     given id is ``Published.duplicate``, as within a real bus's window (here
@@ -124,7 +130,9 @@ class RecordingBus(PublishOne):
             raise EnvironmentFaultError("the recording bus is down")
         for m in messages:
             if m.id in self.oversized:
-                raise ConfigError("payload", f"of {m.id} is more than the recording bus takes")
+                raise MessageRefusedError(
+                    "payload", f"of {m.id} is more than the recording bus takes"
+                )
         if self.latency:
             await self.clock.sleep(self.latency)
         seen = {m.id for m in self.sent if m.given_id} if self.dedup else set()
@@ -311,11 +319,12 @@ class OutboxConformance:
         assert [m.payload for m in bus.sent] == [b'"committed"']
         assert await _backlog(database) == []
 
-    async def test_record_refuses_a_bad_event_with_a_config_error_naming_the_field(
+    async def test_record_refuses_a_bad_event_naming_the_field(
         self, database: OutboxDatabase, topic: str
     ) -> None:
-        """ConfigError names the field; rolled back on it, the transaction publishes nothing."""
-        with pytest.raises(ConfigError) as caught:
+        """MessageRefusedError names the field; rolled back on it, the transaction publishes
+        nothing."""
+        with pytest.raises(MessageRefusedError) as caught:
             await database.record([Event(topic, "fine"), Event("Bad Topic", "x")])
         assert caught.value.key == "topic"
         [later] = await database.record([Event(topic, "later")])
@@ -384,7 +393,7 @@ class OutboxConformance:
             await store.aclose()
         assert [p.message.id for p in parked] == refused
         assert [p.message.payload for p in parked] == [b"1", b"5"]
-        assert all(p.error.startswith("ConfigError: payload: ") for p in parked)
+        assert all(p.error.startswith("MessageRefusedError: payload: ") for p in parked)
         assert all(_errors_naming(caplog, event) for event in refused)
         assert await _backlog(database) == []
 
@@ -487,7 +496,7 @@ class OutboxConformance:
         store = database.store()
         try:
             entries = await store.claim(10, hold=30.0)
-            await store.park(entries[1], "ConfigError: payload: too large")
+            await store.park(entries[1], "MessageRefusedError: payload: too large")
             await store.park(entries[0], "x" * (MAX_ERROR + 10))
             await store.sent(entries[2:])
             parked = await store.parked()
@@ -498,7 +507,7 @@ class OutboxConformance:
         assert [p.message for p in parked] == [entries[0].message, entries[1].message]
         assert [p.error for p in parked] == [
             clip_error("x" * (MAX_ERROR + 10)),
-            "ConfigError: payload: too large",
+            "MessageRefusedError: payload: too large",
         ]
         assert all(abs(p.parked - _CLOCK.time()) < WITHIN for p in parked)
         assert await _backlog(database) == []
@@ -512,7 +521,7 @@ class OutboxConformance:
         try:
             entries = await store.claim(10, hold=30.0)
             for entry in entries[:3]:
-                await store.park(entry, "ConfigError: payload: refused")
+                await store.park(entry, "MessageRefusedError: payload: refused")
             with pytest.raises(UsageError, match="while holding a claim"):
                 await store.requeue()
             await store.sent(entries[3:])
@@ -523,7 +532,7 @@ class OutboxConformance:
             assert await store.requeue() == 1
             assert await store.parked() == []
             assert await store.discard() == 0
-            with pytest.raises(ConfigError) as caught:
+            with pytest.raises(InvalidArgumentError) as caught:
                 await store.requeue([0])
             assert caught.value.key == "seqs"
         finally:

@@ -17,7 +17,7 @@ Layout on the server, for a bus with ``prefix="meshkit"``:
   waits between deliveries are each member's own, so members of a group
   should share one). A group holds at most 1,000 deliveries unanswered at
   once, those waiting out a backoff included (JetStream's MaxAckPending).
-  A consumer deleted on the server makes fetches raise ``NotFoundError``,
+  A consumer deleted on the server makes fetches raise ``GroupLostError``,
   on which a subscription joins again, creating it anew.
 - stream ``MESHKIT_DLQ``, subjects ``meshkit.dlq.{group}.{topic}``: dead
   letters, one message each; a letter's id is its sequence there.

@@ -124,7 +124,7 @@ class JetStreamBus(PublishOne):
         When it raises ``EnvironmentFaultError``, some of the messages may
         have been stored: publish them again with their ids (``given_id``)
         to have each once. A message must leave room in the server's
-        ``max_payload`` for its dead letter's own headers (``ConfigError``).
+        ``max_payload`` for its dead letter's own headers (``MessageRefusedError``).
         """
         requests = [wire.outgoing_request(self.prefix, message) for message in messages]
         duplicates = await self._connected().store("publishing", requests, room=ROOM)

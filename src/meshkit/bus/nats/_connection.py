@@ -18,7 +18,7 @@ from meshkit._optional import require
 from meshkit.bus._model import DUPLICATE_WINDOW
 from meshkit.bus.nats import _wire as wire
 from meshkit.bus.nats._wire import Request
-from meshkit.errors import ConfigError, EnvironmentFaultError, UsageError
+from meshkit.errors import ConfigError, EnvironmentFaultError, MessageRefusedError, UsageError
 
 __all__ = ["Connection", "Inbox", "Nats", "Settings", "check_prefix", "check_url", "connect"]
 
@@ -343,7 +343,7 @@ class Connection:
             size = wire.wire_size(payload, headers)
             if size > largest:
                 kept = ", keeping room for its dead letter" if room else ""
-                raise ConfigError(
+                raise MessageRefusedError(
                     "payload",
                     f"is {size} bytes with its headers, more than NATS at"
                     f" {self.settings.where} takes ({largest}{kept})",

@@ -14,10 +14,10 @@ from meshkit.bus.nats import _wire as wire
 from meshkit.bus.nats._connection import Connection
 from meshkit.bus.nats._letters import DeadLetters
 from meshkit.errors import (
-    ConfigError,
     EnvironmentFaultError,
+    GroupLostError,
+    InvalidArgumentError,
     MeshkitError,
-    NotFoundError,
     UsageError,
 )
 from meshkit.policy import Redelivery
@@ -122,7 +122,7 @@ class JetStreamConsumer:
     async def fetch(self, limit: int, *, wait: float) -> list[Delivery]:
         """See ``Consumer.fetch``; ``[]`` once this member leaves, also for a fetch under way.
 
-        ``NotFoundError`` when the server no longer has the group (it was deleted).
+        ``GroupLostError`` when the server no longer has the group (it was deleted).
         """
         self._check_open()
         check_limit(limit)
@@ -258,8 +258,8 @@ class JetStreamConsumer:
             + ("" if self._client.is_connected else " (not connected)")
         )
 
-    def _gone(self, why: object) -> NotFoundError:
-        return NotFoundError(
+    def _gone(self, why: object) -> GroupLostError:
+        return GroupLostError(
             f"JetStream at {self._settings.where} no longer has group {self._group!r} on"
             f" {self._topic!r}: {why}"
         )
@@ -326,7 +326,9 @@ class JetStreamConsumer:
             self._settings.stream,
             self._durable,
         ):
-            raise ConfigError("receipt", f"is not one this consumer gave: {delivery.receipt!r}")
+            raise InvalidArgumentError(
+                "receipt", f"is not one this consumer gave: {delivery.receipt!r}"
+            )
         return subject, deadline_at, fields
 
     async def _answer(self, subjects: Sequence[str], verb: bytes, what: str) -> None:

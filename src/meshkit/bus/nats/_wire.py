@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from meshkit.bus._model import REPLAY_HEADER, Message, Outgoing
-from meshkit.errors import ConfigError, EnvironmentFaultError
+from meshkit.errors import EnvironmentFaultError, MessageRefusedError
 
 __all__ = [
     "DELIVERIES",
@@ -92,7 +92,7 @@ decode_advisory = msgspec.json.Decoder(Advisory).decode
 def read_pub_ack(answer: Any, subject: str, *, where: str, stream: str) -> bool:
     """Whether JetStream took a message to ``subject`` for a duplicate, from its ``answer``.
 
-    Raises ``ConfigError`` on ``payload`` if the stream refused it for its size, else
+    Raises ``MessageRefusedError`` on ``payload`` if the stream refused it for its size, else
     ``EnvironmentFaultError`` (naming ``where`` and ``stream``) if it did not store it.
     """
     status = (answer.headers or {}).get("Status")
@@ -110,7 +110,7 @@ def read_pub_ack(answer: Any, subject: str, *, where: str, stream: str) -> bool:
     if ack.error is not None and ack.error.get("err_code") == _MESSAGE_TOO_LARGE:
         # The message's fault, not the server's: an outbox parks it rather than
         # retrying it for ever.
-        raise ConfigError("payload", f"is larger than stream {stream} takes: {ack.error}")
+        raise MessageRefusedError("payload", f"is larger than stream {stream} takes: {ack.error}")
     if ack.error is not None:
         raise EnvironmentFaultError(
             f"JetStream at {where} refused a message to {subject}: {ack.error}"
