@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import meshkit
-from meshkit.bus import OutboxEntry, SqliteOutbox
+from meshkit.bus import SqliteOutbox
 from meshkit.errors import MeshkitError
 from meshkit.http import Response
 from meshkit.service import without_deadline
@@ -73,21 +73,8 @@ db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA)
 app = FastAPI(title="orders", lifespan=db.lifespan)
 service = meshkit.Service(app, name="orders", version="1.0.0")
 
-
-class Outbox(SqliteOutbox):
-    """The orders database's outbox, which opens the database if the app has not yet.
-
-    The service starts relaying before the app's lifespan runs (so that a
-    lifespan may record events): the relay's first claim can come first.
-    """
-
-    async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
-        if not db.opened:
-            await asyncio.to_thread(db.open)
-        return await super().claim(limit, hold=hold)
-
-
-service.add_outbox(Outbox(db.path))
+# The relay starts once the app is live: its lifespan has made the tables.
+service.add_outbox(SqliteOutbox(db.path))
 
 
 def mesh() -> meshkit.ServiceClient:
