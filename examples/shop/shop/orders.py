@@ -5,19 +5,20 @@ pending, reserves the stock, charges the payment, and confirms. Confirming
 records the event ``order.created`` in the same transaction, in the
 service's outbox: the relay publishes it once the order is confirmed for
 good, and never for an order that is not (inventory counts the sale,
-notifications tells the user). If the
-stock is short the order is rejected (409); if the payment is declined the
-reservation is released and the order ends declined (402); if a service
-cannot be reached, what was done is undone as far as possible and the order
-ends failed (503). Every error is a problem (RFC 9457,
-``application/problem+json``, from meshkit's handlers): a 402 or 409 names
-the order it recorded in its ``order`` member, and a 409 lists the products
-short of stock in ``short``. A charge whose answer is lost may or may not have been
-captured, so it is voided: refunded if it was, refused if it comes late;
-if even the void fails, the order ends 'uncertain', for a person to settle.
-Undoing runs whatever stopped the order, a cancelled request included,
-but not a crash of this service in the middle: that order stays 'pending',
-with whatever it had reserved or charged.
+notifications tells the user). If the stock is short the order is rejected
+(409); if the payment is declined the reservation is released and the
+order ends declined (402); if a service cannot be reached, what was done is
+undone as far as possible and the order ends failed (503). Every error is
+a problem (RFC 9457, ``application/problem+json``, from meshkit's
+handlers): a 402 or 409 names the order it recorded in its ``order``
+member, and a 409 lists the products short of stock in ``short``.
+
+A charge whose answer is lost may or may not have been captured, so it is
+voided: refunded if it was, refused if it comes late; if even the void
+fails, the order ends 'uncertain', for a person to settle. Undoing runs
+whatever stopped the order, a cancelled request included, but not a crash
+of this service in the middle: that order stays 'pending', with whatever it
+had reserved or charged.
 
 Reservations and payments are sent as idempotent: both services answer a
 repeated request for the same order with what they did the first time, so
