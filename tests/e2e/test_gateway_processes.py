@@ -119,7 +119,7 @@ def test_two_gateways_share_one_limit_and_fail_as_configured(
                 PROJECT.format(port=port, key=KEY, burst=BURST, redis=redis.url, mode=mode)
             )
             processes.start(
-                [sys.executable, "-m", "meshkit", "gateway", str(directory)],
+                [sys.executable, "-m", "meshkit", "gateway", "-p", str(directory)],
                 meshkit_env(registry_port, TOKEN),
                 directory,
             )
@@ -176,7 +176,7 @@ def test_sighup_and_the_admin_api_reload_the_file(tmp_path: Path, processes: Pro
     config = directory / "meshkit.toml"
     config.write_text(RELOADABLE.format(port=port, admin=admin, path="/old"))
     processes.start(
-        [sys.executable, "-m", "meshkit", "gateway", str(directory)],
+        [sys.executable, "-m", "meshkit", "gateway", "-p", str(directory)],
         meshkit_env(registry_port, TOKEN),
         directory,
     )

@@ -37,9 +37,10 @@ def admin_key() -> Iterator[None]:
 
 
 def problem(body: object) -> str:
-    """What an error answer says: its ``detail`` (RFC 9457, FastAPI), else its ``error``."""
+    """What an error answer says: its problem's ``detail`` (RFC 9457)."""
     assert isinstance(body, dict), body
-    said = body.get("detail", body.get("error"))
+    assert body.get("type") == "about:blank", body
+    said = body["detail"]
     assert isinstance(said, str), body
     return said
 
@@ -157,8 +158,15 @@ def test_a_poison_event_is_dead_lettered_and_replayed_once_its_cause_is_fixed(
         "notifications",
         3,
     )
-    assert f"no user {user_id} to confirm order 900001" in str(letter["error"])
-    assert message_id[:12] in meshkit(shop, "dlq", "list")  # the table shows it too
+    # The app's problem, read: its detail, not its JSON.
+    assert letter["error"] == (
+        "PeerError: the app answered 422 at /events/order-created:"
+        f" no user {user_id} to confirm order 900001 to"
+    )
+    table = meshkit(shop, "dlq", "list")
+    assert message_id[:12] in table  # the table shows it too, with why (wrapped in its cell)
+    assert "900001" in table
+    assert "{" not in table
     assert sold(shop, 3) == counted + 1  # inventory's group took it at once
     status, user = http("POST", users, {"name": "Grace Hopper", "email": "grace@example.com"})
     assert (status, user["id"]) == (201, user_id)  # type: ignore[index]
@@ -245,7 +253,14 @@ def test_bad_orders_are_refused_naming_the_problem(shop: Shop) -> None:
         "POST", shop.orders(), {"user_id": 1, "items": [{"product_id": 2, "quantity": 500}]}
     )
     assert status == 409
-    assert body["status"] == "rejected"  # type: ignore[index]
+    assert re.fullmatch(
+        r"order \d+ rejected: not enough stock of product 2 \(500 requested, \d+ available\)",
+        problem(body),
+    )
+    assert body["order"]["status"] == "rejected"  # type: ignore[index]
+    assert [s["product_id"] for s in body["short"]] == [2]  # type: ignore[index]
+    stored = http("GET", shop.orders(f"/orders/{body['order']['id']}"))[1]  # type: ignore[index]
+    assert stored["status"] == "rejected"  # type: ignore[index]
 
 
 def test_registering_without_the_token_is_refused(shop: Shop) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from meshkit import Service
-from meshkit.bus import EmbeddedBus, Message
+from meshkit.bus import EmbeddedBus, Message, OutboxEntry, SqliteOutbox
 from meshkit.errors import ConfigError, UsageError
 from meshkit.http import HTTPClient
 from meshkit.registry import EmbeddedRegistry, Snapshot
@@ -131,6 +132,78 @@ async def test_a_service_serves_registers_and_drains_with_objects_it_leaves_open
     await bus.publish("greeting.sent", {"path": "after"})  # still usable by its owner
     with pytest.raises(UsageError, match="only while the service runs"):
         service.bus  # noqa: B018
+
+
+class LateTables:
+    """An ASGI app whose lifespan makes its outbox's tables and records an event in them.
+
+    Its startup waits (at most 1 s) for a first claim, so that a relay started
+    before the lifespan is caught claiming from a database with no tables.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.claimed = asyncio.Event()
+        self.started = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()  # lifespan.startup
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.claimed.wait(), 1.0)
+            with contextlib.closing(sqlite3.connect(self.path, isolation_level=None)) as db:
+                db.executescript(SqliteOutbox.SCHEMA)
+                db.execute("BEGIN")
+                SqliteOutbox.record(db, "tables.made", {"by": "lifespan"})
+                db.execute("COMMIT")
+            self.started = True
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+class WatchedOutbox(SqliteOutbox):
+    """Notes, at each claim, whether the app's lifespan had started."""
+
+    def __init__(self, app: LateTables) -> None:
+        super().__init__(app.path)
+        self.app = app
+        self.claims: list[bool] = []
+
+    async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
+        self.claims.append(self.app.started)
+        self.app.claimed.set()
+        return await super().claim(limit, hold=hold)
+
+
+async def test_outbox_relays_start_once_the_lifespan_has_made_their_tables(
+    registry: NotedRegistry, bus: NotedBus, tmp_path: Path
+) -> None:
+    """The relay's first claim comes after the lifespan, and relays what the lifespan recorded."""
+    app = LateTables(tmp_path / "app.sqlite3")
+    service = Service(app, name="tables", registry=registry, bus=bus, ttl=2, drain_timeout=1)
+    store = WatchedOutbox(app)
+    service.add_outbox(store)
+    received: asyncio.Queue[Message] = asyncio.Queue()
+
+    @service.subscribe("tables.made")
+    async def note(message: Message) -> None:
+        await received.put(message)
+
+    serving = asyncio.get_running_loop().create_task(service.serve())
+    try:
+        async with asyncio.timeout(10):
+            message = await received.get()
+        assert message.json() == {"by": "lifespan"}
+    finally:
+        service.stop()
+        async with asyncio.timeout(10):
+            await serving
+    assert store.claims
+    assert all(store.claims), store.claims
 
 
 async def test_a_service_that_cannot_start_leaves_what_it_was_given_open(

@@ -7,15 +7,17 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
 from meshkit.bus import Message
-from meshkit.http import Response
+from meshkit.http import PROBLEM_JSON, Problem, Response
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
 APPS = ["users", "products", "inventory", "payments", "orders", "notifications"]
@@ -111,26 +113,45 @@ class FakeMesh:
         return await self._call(service, "DELETE", path)
 
 
-@pytest.fixture
-async def orders(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# What orders' fake mesh answers unless a test says otherwise.
+MESH: dict[tuple[str, str, str], tuple[int, object]] = {
+    ("users", "GET", "/users/1"): (200, {"id": 1}),
+    ("users", "GET", "/users/404"): (404, {"detail": "no user 404"}),
+    ("products", "GET", "/products/3"): (200, {"id": 3, "price_cents": 3400}),
+    ("inventory", "POST", "/reservations"): (201, {}),
+    ("inventory", "DELETE", "/reservations/1"): (204, None),
+    ("payments", "POST", "/payments"): (201, {"id": 70, "status": "captured"}),
+}
+SHORT = [{"product_id": 3, "requested": 500, "available": 40}]
+OUT_OF_STOCK = Problem(
+    409, "not enough stock of product 3 (500 requested, 40 available)", extensions={"short": SHORT}
+).to_dict()
+DECLINED = Problem(402, "the card was declined").to_dict()
+
+
+@asynccontextmanager
+async def orders_with(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    answers: dict[tuple[str, str, str], tuple[int, object]],
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeMesh]]:
+    """Orders in-process, its ``mesh`` dependency answering ``answers`` over ``MESH``."""
     module = load("orders", monkeypatch, tmp_path)
-    mesh = FakeMesh(
-        {
-            ("users", "GET", "/users/1"): (200, {"id": 1}),
-            ("users", "GET", "/users/404"): (404, {"detail": "no user 404"}),
-            ("products", "GET", "/products/3"): (200, {"id": 3, "price_cents": 3400}),
-            ("inventory", "POST", "/reservations"): (201, {}),
-            ("payments", "POST", "/payments"): (201, {"id": 70, "status": "captured"}),
-        }
-    )
+    mesh = FakeMesh(MESH | answers)
     module.app.dependency_overrides[module.mesh] = lambda: mesh
     try:
         async with serving(module.app) as client:
             yield client, mesh
     finally:
         module.app.dependency_overrides.clear()
+
+
+@pytest.fixture
+async def orders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, FakeMesh]]:
+    async with orders_with(tmp_path, monkeypatch, {}) as served:
+        yield served
 
 
 async def test_orders_calls_other_services_through_its_dependency(
@@ -172,3 +193,153 @@ async def test_an_order_published_twice_is_counted_once(
             await inventory.count_sale(message)
         stock = (await client.get("/stock/3")).json()
         assert stock == {"product_id": 3, "quantity": 40, "sold": 2}
+
+
+async def test_a_declined_order_releases_its_stock_and_is_recorded_declined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Payments' 402 problem: orders releases the reservation and answers a problem of its own."""
+    declined = {("payments", "POST", "/payments"): (402, DECLINED)}
+    async with orders_with(tmp_path, monkeypatch, declined) as (client, mesh):
+        order = {"user_id": 1, "items": [{"product_id": 3, "quantity": 2}]}
+        refused = await client.post("/orders", json=order)
+        assert refused.status_code == 402
+        assert refused.json()["detail"] == "order 1 declined: the card was declined"
+        assert mesh.calls[-1] == ("inventory", "DELETE", "/reservations/1")
+        stored = (await client.get("/orders/1")).json()
+        assert (stored["status"], stored["reason"]) == ("declined", "the card was declined")
+
+
+# -- every error the shop answers is a problem (RFC 9457) --------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A request an app refuses, and what its problem must say beyond the five members."""
+
+    app: str
+    method: str
+    path: str
+    body: object = None
+    status: int = 400
+    members: dict[str, Any] = field(default_factory=dict)
+    fields: tuple[str, ...] = ()  # the paths its `errors` name, in order
+    mesh: dict[tuple[str, str, str], tuple[int, object]] = field(default_factory=dict)
+
+
+REFUSALS = {
+    "users: unknown user": Refusal(
+        "users", "GET", "/users/999", status=404, members={"detail": "no user 999"}
+    ),
+    "orders: invalid order": Refusal(
+        "orders",
+        "POST",
+        "/orders",
+        {"user_id": 0, "items": [{"product_id": 3, "quantity": 0}, {"quantity": 1}]},
+        422,
+        fields=("body.user_id", "body.items.0.quantity", "body.items.1.product_id"),
+    ),
+    "orders: out of stock": Refusal(
+        "orders",
+        "POST",
+        "/orders",
+        {"user_id": 1, "items": [{"product_id": 3, "quantity": 500}]},
+        409,
+        {
+            "detail": "order 1 rejected: not enough stock of product 3"
+            " (500 requested, 40 available)",
+            "order": {"id": 1, "status": "rejected"},
+            "short": SHORT,
+        },
+        mesh={("inventory", "POST", "/reservations"): (409, OUT_OF_STOCK)},
+    ),
+    "orders: payment declined": Refusal(
+        "orders",
+        "POST",
+        "/orders",
+        {"user_id": 1, "items": [{"product_id": 3, "quantity": 1}]},
+        402,
+        {"order": {"id": 1, "status": "declined"}},
+        mesh={("payments", "POST", "/payments"): (402, DECLINED)},
+    ),
+    "orders: unknown order": Refusal("orders", "GET", "/orders/5", status=404),
+    "payments: card declined": Refusal(
+        "payments",
+        "POST",
+        "/payments",
+        {"order_id": 1, "user_id": 1, "amount_cents": 100},
+        402,
+        {"detail": "the card was declined"},
+    ),
+    "inventory: out of stock": Refusal(
+        "inventory",
+        "POST",
+        "/reservations",
+        {
+            "order_id": 1,
+            "items": [{"product_id": 2, "quantity": 500}, {"product_id": 3, "quantity": 1}],
+        },
+        409,
+        {
+            "detail": "not enough stock of product 2 (500 requested, 10 available)",
+            "short": [{"product_id": 2, "requested": 500, "available": 10}],
+        },
+    ),
+    "notifications: no route": Refusal("notifications", "GET", "/nowhere", status=404),
+    "notifications: no user_id": Refusal(
+        "notifications", "GET", "/notifications", status=422, fields=("query.user_id",)
+    ),
+    "notifications: invalid event": Refusal(
+        "notifications",
+        "POST",
+        "/events/order-created",
+        {"order_id": 0, "user_id": 1},
+        422,
+        fields=("body.order_id", "body.total_cents"),
+    ),
+    "notifications: wrong method": Refusal("notifications", "DELETE", "/health", status=405),
+}
+
+
+@asynccontextmanager
+async def refusing(
+    case: Refusal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the case's app: orders with its fake mesh, payments declining every charge."""
+    if case.app == "orders":
+        async with orders_with(tmp_path, monkeypatch, case.mesh) as (client, _):
+            yield client
+        return
+    module = load(case.app, monkeypatch, tmp_path)
+    if case.app == "payments":
+        monkeypatch.setattr(module, "FAILURE_RATE", 1.0)
+    async with serving(module.app) as client:
+        yield client
+
+
+@pytest.mark.parametrize("case", REFUSALS.values(), ids=REFUSALS.keys())
+async def test_every_error_the_shop_answers_is_a_problem(
+    case: Refusal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Content type, the five members, the request id as instance, extensions where due."""
+    async with refusing(case, tmp_path, monkeypatch) as client:
+        answer = await client.request(
+            case.method, case.path, json=case.body, headers={"x-request-id": "req-7"}
+        )
+    assert answer.status_code == case.status, answer.text
+    assert answer.headers["content-type"] == PROBLEM_JSON
+    body = answer.json()
+    expected = Problem(case.status)  # its title: RFC 9110's reason phrase
+    assert (body["type"], body["title"], body["status"]) == (
+        "about:blank",
+        expected.title,
+        case.status,
+    )
+    assert isinstance(body["detail"], str)
+    assert body["detail"]
+    assert body["instance"] == "req-7"
+    for name, value in case.members.items():
+        assert body[name] == value, body
+    assert [e["field"] for e in body.get("errors", [])] == list(case.fields), body
+    for name in case.fields:  # the detail names the invalid inputs too
+        assert name in body["detail"], body

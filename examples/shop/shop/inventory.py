@@ -86,9 +86,17 @@ class Short(BaseModel):
 
 
 class Shortage(BaseModel):
-    """The 409 of a reservation: what is short, for orders to tell its caller."""
+    """The 409 of a reservation, a problem (RFC 9457) naming what is short.
 
+    Answered as ``application/problem+json``: ``short`` is an extension
+    member, for orders to tell its caller.
+    """
+
+    type: str
+    title: str
+    status: int
     detail: str
+    instance: str | None = None
     short: list[Short]
 
 
@@ -115,10 +123,17 @@ def get_stock(product_id: int) -> StockRecord:
     "/reservations",
     status_code=201,
     response_model=Reservation,
-    responses={200: {"model": Reservation}, 409: {"model": Shortage}},
+    responses={
+        200: {"model": Reservation},
+        409: {"model": Shortage, "description": "Not enough stock (application/problem+json)"},
+    },
 )
 def reserve(reservation: Reservation) -> Reservation | JSONResponse:
-    """Reserve every item or none: 201. Reserving an order again returns its reservation: 200."""
+    """Reserve every item or none: 201. Reserving an order again returns its reservation: 200.
+
+    Short of stock, nothing is reserved: 409, a problem whose ``short`` lists
+    each product short with the quantity requested and available.
+    """
     wanted = Counter[int]()
     for item in reservation.items:
         wanted[item.product_id] += item.quantity
@@ -132,8 +147,12 @@ def reserve(reservation: Reservation) -> Reservation | JSONResponse:
             if (available := _available(tx, product_id)) < quantity
         ]
         if short:
-            shortage = Shortage(detail="insufficient stock", short=short)
-            return JSONResponse(shortage.model_dump(), 409)
+            # meshkit's handlers answer a mapping as a problem whose other keys are members.
+            detail = "not enough stock of " + ", ".join(
+                f"product {s.product_id} ({s.requested} requested, {s.available} available)"
+                for s in short
+            )
+            raise HTTPException(409, {"detail": detail, "short": [s.model_dump() for s in short]})
         for product_id, quantity in wanted.items():
             tx.execute(
                 "UPDATE stock SET quantity = quantity - ? WHERE product_id = ?",

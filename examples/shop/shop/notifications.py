@@ -15,6 +15,10 @@ replayed (``meshkit dlq replay``) once the user exists. An order confirmed
 before is acknowledged without sending the confirmation again: the bus
 delivers at least once, and the same order may be published again under a
 new message id, so the order id, not the message id, says what was done.
+
+Its errors are problem details (RFC 9457, ``application/problem+json``),
+the shape the rest of the mesh answers in, from two exception handlers of
+its own: any FastAPI app can answer so.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ import os
 import sqlite3
 import urllib.error
 import urllib.request
-from typing import Literal
+from http import HTTPStatus
+from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shop.db import Database
 
@@ -49,8 +57,45 @@ CREATE TABLE IF NOT EXISTS confirmed_orders (
 );
 """
 
+
+def problem(request: Request, status: int, detail: str, **members: Any) -> JSONResponse:
+    """An RFC 9457 problem; ``instance`` is the request id the sidecar sets."""
+    title = "Unprocessable Content" if status == 422 else HTTPStatus(status).phrase  # RFC 9110
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if "x-request-id" in request.headers:
+        body["instance"] = request.headers["x-request-id"]
+    return JSONResponse(body | members, status, media_type="application/problem+json")
+
+
+async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Our HTTPExceptions, and Starlette's own (404 no route, 405)."""
+    answer = problem(request, error.status_code, str(error.detail))
+    answer.headers.update(error.headers or {})
+    return answer
+
+
+async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    """A 422 naming each invalid input by its path (``body.order_id``)."""
+    errors = [{"field": ".".join(map(str, e["loc"])), "detail": e["msg"]} for e in error.errors()]
+    named = "; ".join(f"{e['field']}: {e['detail']}" for e in errors)
+    return problem(request, 422, f"the request is not valid: {named}", errors=errors)
+
+
+async def internal_error(request: Request, _error: Exception) -> JSONResponse:
+    """Anything else: a 500 that shows nothing of the error (the server logs it)."""
+    return problem(request, 500, "internal error")
+
+
 db = Database("notifications", SCHEMA)
-app = FastAPI(title="notifications", lifespan=db.lifespan)
+app = FastAPI(
+    title="notifications",
+    lifespan=db.lifespan,
+    exception_handlers={
+        StarletteHTTPException: http_error,
+        RequestValidationError: invalid_request,
+        Exception: internal_error,
+    },
+)
 
 
 class Notification(BaseModel):

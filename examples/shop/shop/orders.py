@@ -5,16 +5,20 @@ pending, reserves the stock, charges the payment, and confirms. Confirming
 records the event ``order.created`` in the same transaction, in the
 service's outbox: the relay publishes it once the order is confirmed for
 good, and never for an order that is not (inventory counts the sale,
-notifications tells the user). If the
-stock is short the order is rejected (409); if the payment is declined the
-reservation is released and the order ends declined (402); if a service
-cannot be reached, what was done is undone as far as possible and the order
-ends failed (503). A charge whose answer is lost may or may not have been
-captured, so it is voided: refunded if it was, refused if it comes late;
-if even the void fails, the order ends 'uncertain', for a person to settle.
-Undoing runs whatever stopped the order, a cancelled request included,
-but not a crash of this service in the middle: that order stays 'pending',
-with whatever it had reserved or charged.
+notifications tells the user). If the stock is short the order is rejected
+(409); if the payment is declined the reservation is released and the
+order ends declined (402); if a service cannot be reached, what was done is
+undone as far as possible and the order ends failed (503). Every error is
+a problem (RFC 9457, ``application/problem+json``, from meshkit's
+handlers): a 402 or 409 names the order it recorded in its ``order``
+member, and a 409 lists the products short of stock in ``short``.
+
+A charge whose answer is lost may or may not have been captured, so it is
+voided: refunded if it was, refused if it comes late; if even the void
+fails, the order ends 'uncertain', for a person to settle. Undoing runs
+whatever stopped the order, a cancelled request included, but not a crash
+of this service in the middle: that order stays 'pending', with whatever it
+had reserved or charged.
 
 Reservations and payments are sent as idempotent: both services answer a
 repeated request for the same order with what they did the first time, so
@@ -33,13 +37,12 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, HTTPException
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import meshkit
-from meshkit.bus import OutboxEntry, SqliteOutbox
+from meshkit.bus import SqliteOutbox
 from meshkit.errors import MeshkitError
-from meshkit.http import Response
+from meshkit.http import Problem, Response
 from meshkit.service import without_deadline
 from shop.db import Database
 
@@ -73,21 +76,8 @@ db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA)
 app = FastAPI(title="orders", lifespan=db.lifespan)
 service = meshkit.Service(app, name="orders", version="1.0.0")
 
-
-class Outbox(SqliteOutbox):
-    """The orders database's outbox, which opens the database if the app has not yet.
-
-    The service starts relaying before the app's lifespan runs (so that a
-    lifespan may record events): the relay's first claim can come first.
-    """
-
-    async def claim(self, limit: int, *, hold: float) -> list[OutboxEntry]:
-        if not db.opened:
-            await asyncio.to_thread(db.open)
-        return await super().claim(limit, hold=hold)
-
-
-service.add_outbox(Outbox(db.path))
+# The relay starts once the app is live: its lifespan has made the tables.
+service.add_outbox(SqliteOutbox(db.path))
 
 
 def mesh() -> meshkit.ServiceClient:
@@ -109,10 +99,10 @@ class NewOrder(BaseModel):
 
 
 class Placed(BaseModel):
-    """What placing an order ended in: confirmed (201), declined (402) or rejected (409)."""
+    """A confirmed order (201)."""
 
     id: int
-    status: Literal["confirmed", "declined", "rejected"]
+    status: Literal["confirmed"]
     total_cents: int
 
 
@@ -122,8 +112,40 @@ class Short(BaseModel):
     available: int
 
 
-class Rejected(Placed):
+class Refused(BaseModel):
+    """The order that placing ended in, when it did not end confirmed."""
+
+    id: int
+    status: Literal["declined", "rejected"]
+
+
+class Declined(BaseModel):
+    """A 402: a problem (RFC 9457) whose ``order`` is the order, recorded as declined."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    order: Refused
+
+
+class Rejected(Declined):
+    """A 409: the order, recorded as rejected, and what is short of stock."""
+
     short: list[Short]
+
+
+class Refusal(HTTPException):
+    """A 402 or 409 for an order recorded as declined or rejected: nothing is left to undo.
+
+    Its detail is a mapping, which meshkit's handlers answer as a problem
+    whose other keys (``order``, ``short``) are extension members.
+    """
+
+    def __init__(self, status: int, order: Refused, reason: str, **members: object) -> None:
+        detail = f"order {order.id} {order.status}: {reason}"
+        super().__init__(status, {"detail": detail, "order": order.model_dump(), **members})
 
 
 class OrderLine(BaseModel):
@@ -151,9 +173,12 @@ def _unavailable(what: str, response: Response) -> HTTPException:
     "/orders",
     status_code=201,
     response_model=Placed,
-    responses={402: {"model": Placed}, 409: {"model": Rejected}},
+    responses={
+        402: {"model": Declined, "description": "Payment declined (application/problem+json)"},
+        409: {"model": Rejected, "description": "Not enough stock (application/problem+json)"},
+    },
 )
-async def place_order(order: NewOrder, client: Mesh) -> Placed | JSONResponse:
+async def place_order(order: NewOrder, client: Mesh) -> Placed:
     try:
         user = await client.get("users", f"/users/{order.user_id}")
         if user.status_code == 404:
@@ -180,7 +205,7 @@ async def place_order(order: NewOrder, client: Mesh) -> Placed | JSONResponse:
 
 async def _fulfil(
     client: meshkit.ServiceClient, order_id: int, order: NewOrder, total: int
-) -> Placed | JSONResponse:
+) -> Placed:
     items = [item.model_dump() for item in order.items]
     reserved = charging = False
     try:
@@ -191,10 +216,11 @@ async def _fulfil(
             idempotent=True,
         )
         if reservation.status_code == 409:
-            await asyncio.to_thread(_finish, order_id, "rejected", reason="insufficient stock")
-            short = reservation.json().get("short", [])
-            rejected = Rejected(id=order_id, status="rejected", total_cents=total, short=short)
-            return JSONResponse(rejected.model_dump(), 409)
+            shortage = Problem.read(409, reservation.body)
+            await asyncio.to_thread(_finish, order_id, "rejected", reason=shortage.detail)
+            short = shortage.extensions.get("short", [])
+            rejected = Refused(id=order_id, status="rejected")
+            raise Refusal(409, rejected, shortage.detail, short=short)
         if not reservation.is_success:
             raise _unavailable("inventory", reservation)
         reserved = charging = True
@@ -206,16 +232,18 @@ async def _fulfil(
             timeout=_CHARGE_TIMEOUT,
         )
         if payment.status_code == 402:
+            refusal = Problem.read(402, payment.body)
             await _release(client, order_id)
-            await asyncio.to_thread(_finish, order_id, "declined", reason="payment declined")
-            declined = Placed(id=order_id, status="declined", total_cents=total)
-            return JSONResponse(declined.model_dump(), 402)
+            await asyncio.to_thread(_finish, order_id, "declined", reason=refusal.detail)
+            raise Refusal(402, Refused(id=order_id, status="declined"), refusal.detail)
         if not payment.is_success:
             raise _unavailable("payments", payment)
         if payment.json()["status"] != "captured":  # voided before it arrived
             raise HTTPException(503, f"the payment of order {order_id} was voided")
+    except Refusal:
+        raise  # what it reserved is released already
     except BaseException as error:
-        # Anything, a cancelled request included, undoes what was done;
+        # Anything else, a cancelled request included, undoes what was done;
         # shielded, so a cancellation cannot stop the undoing half-way.
         undo = _undo(client, order_id, error, charging=charging, reserved=reserved)
         status = await asyncio.shield(undo)

@@ -72,7 +72,10 @@ def _payment(row: sqlite3.Row) -> Payment:
     "/payments",
     status_code=201,
     response_model=Payment,
-    responses={200: {"model": Payment, "description": "The order was charged (or voided) before"}},
+    responses={
+        200: {"model": Payment, "description": "The order was charged (or voided) before"},
+        402: {"description": "The card was declined (application/problem+json)"},
+    },
 )
 def charge(charge: Charge) -> Payment | JSONResponse:
     """Charge for an order once: charging the same order again returns the first payment.
@@ -84,7 +87,7 @@ def charge(charge: Charge) -> Payment | JSONResponse:
         if row is not None:
             return JSONResponse(_payment(row).model_dump(), 200)
         if _chance.random() < FAILURE_RATE:
-            raise HTTPException(402, f"the card was declined for order {charge.order_id}")
+            raise HTTPException(402, "the card was declined")
         cursor = tx.execute(
             "INSERT INTO payments (order_id, user_id, amount_cents, status)"
             " VALUES (?, ?, ?, 'captured')",

@@ -5,10 +5,11 @@ Lifecycle, one module per concern:
 1. the application is prepared for serving once, when the Service is built
    (``_asgi.serving_app``: health endpoints, deadlines);
 2. ``serve()`` takes its registry and bus, as objects or opened from URLs
-   (``_backends``), and starts the outbox relays (``_subscriptions``);
+   (``_backends``);
 3. the ASGI server starts (``_server``, granian); once the application
-   answers its own liveness check (so its lifespan startup has run), the
-   ``@subscribe`` handlers join their groups (``_subscriptions``) and the
+   answers its own liveness check (so its lifespan startup has run, and
+   made the tables an outbox reads), the outbox relays start and the
+   ``@subscribe`` handlers join their groups (``_subscriptions``), and the
    instance registers, its lease renewed from a thread of its own
    (``_registration``, ``_heartbeat``);
 4. on SIGTERM, SIGINT or ``stop()``, it drains (``_drain``): it stops
@@ -226,29 +227,35 @@ class Service:
                 version=self.version,
                 metadata=self.metadata,
             )
-            await self._connect(registry, bus, opened)
+            self._connect(registry, bus, opened)
             # By URL, the heartbeat's thread opens a registry client of its own.
             heartbeat = heartbeat_for(
                 self.registry_url or registry, token=self._token, instance=instance, ttl=self.ttl
             )
-            await self._serve(heartbeat, bus, stop)
+            await self._serve(heartbeat, bus, stop, opened)
 
-    async def _connect(
+    def _connect(
         self, registry: Registry, bus: Bus | None, opened: contextlib.AsyncExitStack
     ) -> None:
-        """``service.client``, ``service.bus`` and the outbox relays, until ``opened`` closes."""
+        """``service.client`` and ``service.bus``, until ``opened`` closes."""
         directory = Directory(registry, clock=self._clock)
         opened.push_async_callback(directory.aclose)
         self._client = ServiceClient(directory, policy=self.policy, clock=self._clock)
         opened.push_async_callback(self._forget_client)
         self._bus = bus
-        if bus is not None:
-            self._relays = await start_relays(
-                self._outboxes, bus, opened=opened, flush=self.drain_timeout
-            )
 
-    async def _serve(self, heartbeat: Heartbeat, bus: Bus | None, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, registered once live, and drain."""
+    async def _serve(
+        self,
+        heartbeat: Heartbeat,
+        bus: Bus | None,
+        stop: asyncio.Event,
+        opened: contextlib.AsyncExitStack,
+    ) -> None:
+        """Serve until ``stop`` is set, relaying and registered once live, and drain.
+
+        The relays close with ``opened``, after the drain, so that the last
+        requests' events go out.
+        """
         instance = heartbeat.instance
         server = GranianServer(self._asgi, self.host, self.port)
         serving = asyncio.get_running_loop().create_task(server.serve())
@@ -257,6 +264,10 @@ class Service:
         subscriptions: list[Subscription] = []
         try:
             await wait_live(serving, self.host, self.port, clock=self._clock, name=self.name)
+            if bus is not None:
+                self._relays = await start_relays(
+                    self._outboxes, bus, opened=opened, flush=self.drain_timeout
+                )
             subscriptions = await join(bus, self._wanted, clock=self._clock)
             await self._register(heartbeat, instance)
             await wait_for_stop(serving, stop)

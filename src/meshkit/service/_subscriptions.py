@@ -1,8 +1,9 @@
 """What a Service takes from the bus and gives to it: ``@subscribe`` handlers and outbox relays.
 
-Relays start before the application does, so that its lifespan may publish,
-and close after the drain, so that the last requests' events go out.
-Handlers join their consumer groups once the application is live, and leave
+Both start once the application is live: its lifespan startup has run, so
+the tables an outbox reads exist (a lifespan that records events leaves them
+in the outbox, for the relay's first pass). Relays close after the drain, so
+that the last requests' events go out; handlers leave their consumer groups
 first when it drains.
 """
 

@@ -7,7 +7,8 @@ body is the message's JSON payload; ``meshkit-message-id``,
 how often it has come, and the message's own headers (trace context among
 them) follow. A 2xx answer acks the message. Anything else, or no answer
 within the timeout, fails it: the group's backoff brings it back, and after
-its last delivery it is a dead letter whose error is the app's answer.
+its last delivery it is a dead letter whose error gives the app's status
+and what its answer says: a problem's detail (RFC 9457), or the body's text.
 
 Messages wait while the app is out of the registry (starting, or failing
 its health check) instead of failing against an app that cannot answer:
@@ -23,7 +24,7 @@ import msgspec
 
 from meshkit.bus import Message, check_group, check_topic
 from meshkit.errors import ConfigError, PeerError
-from meshkit.http import HTTPClient, Timeouts
+from meshkit.http import HTTPClient, Problem, Response, Timeouts
 
 __all__ = ["AppDelivery", "EventRoute", "check_app_path", "check_max_deliveries", "parse_route"]
 
@@ -31,8 +32,8 @@ _PATH = re.compile(r"/[!-~]*")
 # A message refused this often is not going to be handled: past it, a
 # setting is a mistake (Azure Service Bus stops at 10, RabbitMQ at 20).
 _MOST_DELIVERIES = 100
-# What the app is told of its answer when it refuses a message: enough to
-# see why in `meshkit dlq show`, no more (the bus keeps errors to 4 KiB).
+# What a refused message's error keeps of the app's answer: enough to see
+# why in `meshkit dlq show`, no more (the bus keeps errors to 4 KiB).
 _SHOWN_BODY = 500
 # Headers a message may not pass on to the app: those the sidecar sets
 # itself, and those that describe a connection or its framing rather than
@@ -139,5 +140,14 @@ class AppDelivery:
             timeouts=self._timeouts,
         )
         if not 200 <= answer.status < 300:
-            said = answer.body[:_SHOWN_BODY].decode("utf-8", "replace")
+            said = _said(answer)
             raise PeerError(f"the app answered {answer.status} at {self.route.path}: {said}")
+
+
+def _said(answer: Response) -> str:
+    """What a refusal says, on one line: a problem's summary, else the body's text."""
+    if answer.status >= 400:
+        said = Problem.read(answer.status, answer.body).summary()
+    else:  # a redirect, say: no problem to read
+        said = answer.body[:_SHOWN_BODY].decode("utf-8", "replace")
+    return " ".join(said.split())[:_SHOWN_BODY]
