@@ -35,6 +35,7 @@ always``. Needs the ``redis`` extra (``pip install 'meshkit[redis]'``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -695,5 +696,11 @@ class RedisConsumer:
         )
 
     async def aclose(self) -> None:
-        """Leave the group; what it still holds goes to other members after ack_wait."""
-        await self._bus._call(self._bus._leave(keys=[self._stream], args=[self._group, self._name]))
+        """Leave the group; what it still holds goes to other members after ack_wait.
+
+        A group that is gone (deleted meanwhile) has no member left to remove.
+        """
+        with contextlib.suppress(GroupLostError):
+            await self._bus._call(
+                self._bus._leave(keys=[self._stream], args=[self._group, self._name])
+            )
