@@ -26,7 +26,7 @@ class Attempts:
     the retry budget gets its slots back.
     """
 
-    __slots__ = ("_run", "_tried", "current", "idempotent", "instances", "last_error")
+    __slots__ = ("_failed", "_run", "current", "idempotent", "instances", "last_error")
 
     def __init__(
         self,
@@ -41,8 +41,15 @@ class Attempts:
         self.idempotent = idempotent
         self.current: Pick | None = None
         self.last_error = ""
-        self._tried: set[str] = set()
+        # The instances that failed this call, not tried again: a tuple, so
+        # that a call answered at the first attempt allocates nothing for it.
+        self._failed: tuple[str, ...] = ()
         self._run = policy.start(now, rng=rng, budget=instances.budget)
+
+    @property
+    def over(self) -> bool:
+        """Whether the call has ended with nothing left to give back (``close`` is a no-op)."""
+        return self.current is None and self._run.done
 
     @property
     def count(self) -> int:
@@ -51,10 +58,7 @@ class Attempts:
 
     def next(self, now: float, *, short_budget: bool = False) -> Pick | None:
         """An instance not tried yet for the next attempt; ``None`` if ejection leaves none."""
-        pick = self.instances.pick(now, self._tried, short_budget=short_budget)
-        self.current = pick
-        if pick is not None:
-            self._tried.add(pick.key)
+        pick = self.current = self.instances.pick(now, self._failed, short_budget=short_budget)
         return pick
 
     def answered(self, now: float, status: int) -> bool:
@@ -68,6 +72,7 @@ class Attempts:
             if pick is not None:
                 self.instances.failed(pick, now, status)
                 self.last_error = f"{status} from {pick.key}"
+                self._failed += (pick.key,)
             return False
         if pick is not None:
             self.instances.succeeded(pick, now)
@@ -80,6 +85,7 @@ class Attempts:
         self.last_error = str(error)
         if pick is not None:
             self.instances.failed(pick, now, error)
+            self._failed += (pick.key,)
 
     def retry(
         self,

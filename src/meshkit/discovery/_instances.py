@@ -147,7 +147,10 @@ class InstanceSet:
         if ticket is None:
             return
         closed = breaker.state is _CLOSED
-        if closed and not success and self._ejected >= self.max_ejected():
+        if closed and success:  # the common case: nothing to eject or restore
+            breaker.record(ticket, now, success=True, duration=duration)
+            return
+        if closed and self._ejected >= self.max_ejected():
             # Ejecting this one too would pass the cap: its failure does not count.
             breaker.release(ticket)
             return

@@ -16,7 +16,7 @@ from meshkit._clock import Clock
 from meshkit.discovery import Attempts, CallPolicy, Directory, InstanceSet, failed_status
 from meshkit.errors import ServiceUnavailableError
 from meshkit.http import IDEMPOTENT_METHODS
-from meshkit.policy import BreakerConfig, CircuitBreaker, sticky_points
+from meshkit.policy import BreakerConfig, CircuitBreaker, RetryPolicy, sticky_points
 from meshkit.proxy._message import ProxyRequest, ProxyResponse
 from meshkit.registry import Instance
 
@@ -35,18 +35,30 @@ def route_breaker() -> BreakerConfig:
     return BreakerConfig(open_for=1.0, open_for_max=1.0)
 
 
-class UpstreamCall:
-    """One request's attempts, and the ticket of its route's breaker."""
+class UpstreamCall(Attempts):
+    """One request's attempts, and the ticket of its route's breaker.
 
-    __slots__ = ("attempts", "breaker", "started", "ticket")
+    One object rather than attempts beside a ticket: it is made for every
+    request the proxy forwards.
+    """
+
+    __slots__ = ("breaker", "started", "ticket")
 
     def __init__(
-        self, attempts: Attempts, breaker: CircuitBreaker, ticket: int, started: float
+        self,
+        instances: InstanceSet,
+        policy: RetryPolicy,
+        now: float,
+        *,
+        rng: random.Random,
+        idempotent: bool,
+        breaker: CircuitBreaker,
+        ticket: int,
     ) -> None:
-        self.attempts = attempts
+        super().__init__(instances, policy, now, rng=rng, idempotent=idempotent)
         self.breaker = breaker
         self.ticket: int | None = ticket
-        self.started = started
+        self.started = now
 
     def record(self, now: float, *, success: bool) -> None:
         """The request's final outcome, for its route's breaker (retries are not counted)."""
@@ -113,11 +125,11 @@ class Upstreams:
         if call is None:
             return
         now = self._clock.monotonic()
-        if call.attempts.current is None:
+        if call.current is None:
             # No attempt is under way when a retry was declined: it was recorded then.
             success = not failed_status(response.status)
         else:
-            success = call.attempts.answered(now, response.status)
+            success = call.answered(now, response.status)
         call.record(now, success=success)
 
     # -- the retrier ------------------------------------------------------------
@@ -125,10 +137,9 @@ class Upstreams:
     def retry(
         self, request: ProxyRequest, failure: BaseException | int, time_left: float | None
     ) -> float | None:
-        call = request.call
-        if call is None or call.attempts.current is None:
+        attempts = request.call
+        if attempts is None or attempts.current is None:
             return None
-        attempts = call.attempts
         now = self._clock.monotonic()
         if isinstance(failure, int):
             attempts.answered(now, failure)
@@ -197,26 +208,29 @@ class Upstreams:
                 instances.name,
                 f"the circuit breaker of {breaker.name} is open after repeated failures{wait}",
             )
-        attempts = Attempts(
+        call = UpstreamCall(
             instances,
             self._policy.retry,
             now,
             rng=self._rng,
             idempotent=request.method in IDEMPOTENT_METHODS,
+            breaker=breaker,
+            ticket=ticket,
         )
-        pick = attempts.next(now)
+        pick = call.next(now)
         if pick is None:
-            attempts.close(now)
-            breaker.record(ticket, now, success=False)
+            call.close(now)
+            call.record(now, success=False)
             raise ServiceUnavailableError(instances.name, instances.why_nothing((), ""))
-        call = request.call = UpstreamCall(attempts, breaker, ticket, now)
+        request.call = call
         request.upstream = (pick.instance.host, pick.instance.port)
         request.on_finish(lambda: self._finished(call))
         request.deadline = request.started + self._timeout
 
     def _finished(self, call: UpstreamCall) -> None:
         """However the request ended: what is still held (the client left) goes back."""
-        call.attempts.close(self._clock.monotonic())
+        if not call.over:
+            call.close(self._clock.monotonic())
         call.release()
 
     def _narrowed(self, request: ProxyRequest, instances: InstanceSet) -> InstanceSet:
