@@ -13,7 +13,7 @@ import random
 from meshkit.discovery._instances import InstanceSet, Pick
 from meshkit.discovery._policy import may_retry
 from meshkit.http import RETRYABLE_STATUSES
-from meshkit.policy import RetryPolicy
+from meshkit.policy import RetryPolicy, RetryRun
 
 __all__ = ["Attempts"]
 
@@ -26,7 +26,7 @@ class Attempts:
     the retry budget gets its slots back.
     """
 
-    __slots__ = ("_failed", "_run", "current", "idempotent", "instances", "last_error")
+    __slots__ = ("_failed", "current", "idempotent", "instances", "last_error", "run")
 
     def __init__(
         self,
@@ -44,17 +44,13 @@ class Attempts:
         # The instances that failed this call, not tried again: a tuple, so
         # that a call answered at the first attempt allocates nothing for it.
         self._failed: tuple[str, ...] = ()
-        self._run = policy.start(now, rng=rng, budget=instances.budget)
-
-    @property
-    def over(self) -> bool:
-        """Whether the call has ended with nothing left to give back (``close`` is a no-op)."""
-        return self.current is None and self._run.done
+        # RetryRun itself rather than policy.start(): one call less per request.
+        self.run = RetryRun(policy, now, rng=rng, budget=instances.budget, hook=None)
 
     @property
     def count(self) -> int:
         """Attempts made so far, the one under way included."""
-        return self._run.attempts
+        return self.run.attempts
 
     def next(self, now: float, *, short_budget: bool = False) -> Pick | None:
         """An instance not tried yet for the next attempt; ``None`` if ejection leaves none."""
@@ -75,8 +71,8 @@ class Attempts:
                 self._failed += (pick.key,)
             return False
         if pick is not None:
-            self.instances.succeeded(pick, now)
-        self._run.succeeded(now)
+            self.instances.record(pick, now, success=True)
+        self.run.succeeded(now)
         return True
 
     def failed(self, now: float, error: BaseException) -> None:
@@ -103,7 +99,7 @@ class Attempts:
         the retry policy and the service's retry budget do, the wait ends
         before ``time_left`` runs out, and an instance not tried yet is there.
         """
-        decision = self._run.failed(
+        decision = self.run.failed(
             now, retryable=may_retry(failure, idempotent=self.idempotent), retry_after=retry_after
         )
         if not decision.retry:
@@ -112,7 +108,7 @@ class Attempts:
         if (time_left is not None and decision.delay >= time_left) or self.next(
             starts, short_budget=short_budget
         ) is None:
-            self._run.close(now)  # the retry slot it took goes back
+            self.run.close(now)  # the retry slot it took goes back
             return None
         return decision.delay
 
@@ -121,4 +117,4 @@ class Attempts:
         pick, self.current = self.current, None
         if pick is not None:
             self.instances.release(pick)
-        self._run.close(now)
+        self.run.close(now)

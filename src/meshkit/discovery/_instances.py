@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Collection, Iterable
+from typing import NamedTuple
 
 from meshkit.discovery._policy import CallPolicy, caller_ran_out
 from meshkit.policy import BreakerState, CircuitBreaker, PowerOfTwoChoices, RetryBudget
@@ -22,27 +23,26 @@ from meshkit.registry import Instance
 __all__ = ["InstanceSet", "Pick"]
 
 _CLOSED = BreakerState.CLOSED
+_new_pick = tuple.__new__
 
 
-class Pick:
+class Pick(NamedTuple):
     """One attempt's instance, and what its outcome is recorded with.
 
-    ``ticket`` is the instance's breaker ticket; ``None`` when the instance
-    was taken in panic, past its ejection, so its outcome does not move the
-    breaker. ``short_budget`` says the attempt had less time than the
-    instance's usual patience (see ``caller_ran_out``).
+    ``key`` is the instance's key; ``ticket`` its breaker's ticket, ``None``
+    when the instance was taken in panic, past its ejection, so its outcome
+    does not move the breaker. ``short_budget`` says the attempt had less
+    time than the instance's usual patience (see ``caller_ran_out``).
+
+    A named tuple, made with ``tuple.__new__`` where it is made for every
+    request: that and reading its fields run no Python code.
     """
 
-    __slots__ = ("instance", "key", "short_budget", "started", "ticket")
-
-    def __init__(
-        self, instance: Instance, ticket: int | None, started: float, *, short_budget: bool
-    ) -> None:
-        self.instance = instance
-        self.key = instance.key
-        self.ticket = ticket
-        self.started = started
-        self.short_budget = short_budget
+    instance: Instance
+    key: str
+    ticket: int | None
+    started: float
+    short_budget: bool
 
 
 class InstanceSet:
@@ -104,12 +104,12 @@ class InstanceSet:
                 return None
             ticket = self.breakers[key].allow(now)
             if ticket is not None or panic:
-                return Pick(self.instances[key], ticket, now, short_budget=short_budget)
+                return _new_pick(Pick, (self.instances[key], key, ticket, now, short_budget))
             self.balancer.cancel(key)  # not sent after all
             excluded = {*excluded, key}  # a copy: ``tried`` is the caller's
 
     def succeeded(self, pick: Pick, now: float) -> None:
-        self._record(pick, now, success=True)
+        self.record(pick, now, success=True)
 
     def failed(self, pick: Pick, now: float, failure: BaseException | int) -> None:
         """The attempt failed with ``failure`` (an error, or a failed status)."""
@@ -118,7 +118,7 @@ class InstanceSet:
         ):
             self.release(pick)
         else:
-            self._record(pick, now, success=False)
+            self.record(pick, now, success=False)
 
     def release(self, pick: Pick) -> None:
         """The attempt ended without an outcome (cancelled): nothing is counted."""
@@ -136,7 +136,8 @@ class InstanceSet:
             return f"all {len(tried)} instance(s) tried failed; the last said: {last_error}"
         return f"all {len(self.instances)} instance(s) are ejected after repeated failures"
 
-    def _record(self, pick: Pick, now: float, *, success: bool) -> None:
+    def record(self, pick: Pick, now: float, *, success: bool) -> None:
+        """The attempt's outcome, for the balancer and the instance's ejection."""
         key = pick.key
         breaker = self.breakers.get(key)
         if breaker is None:  # the instance left meanwhile

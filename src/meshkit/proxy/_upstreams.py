@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Iterable
+from functools import partial
 
 from meshkit._clock import Clock
 from meshkit.discovery import Attempts, CallPolicy, Directory, InstanceSet, failed_status
 from meshkit.errors import ServiceUnavailableError
 from meshkit.http import IDEMPOTENT_METHODS
-from meshkit.policy import BreakerConfig, CircuitBreaker, RetryPolicy, sticky_points
+from meshkit.policy import BreakerConfig, CircuitBreaker, sticky_points
 from meshkit.proxy._message import ProxyRequest, ProxyResponse
 from meshkit.registry import Instance
 
@@ -44,21 +45,11 @@ class UpstreamCall(Attempts):
 
     __slots__ = ("breaker", "started", "ticket")
 
-    def __init__(
-        self,
-        instances: InstanceSet,
-        policy: RetryPolicy,
-        now: float,
-        *,
-        rng: random.Random,
-        idempotent: bool,
-        breaker: CircuitBreaker,
-        ticket: int,
-    ) -> None:
-        super().__init__(instances, policy, now, rng=rng, idempotent=idempotent)
-        self.breaker = breaker
-        self.ticket: int | None = ticket
-        self.started = now
+    # Set by Upstreams as it makes the call (no __init__ of its own: one
+    # call less per request).
+    breaker: CircuitBreaker
+    ticket: int | None
+    started: float
 
     def record(self, now: float, *, success: bool) -> None:
         """The request's final outcome, for its route's breaker (retries are not counted)."""
@@ -117,7 +108,9 @@ class Upstreams:
         instances = self._sets.get(service)
         if instances is None:
             return self._discover(request, service)
-        self._start(request, self._narrowed(request, instances))
+        if request.policy.split is not None:
+            instances = self._narrowed(request, instances)
+        self._start(request, instances)
         return None
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
@@ -190,7 +183,7 @@ class Upstreams:
             found = self._sets[service] = InstanceSet(service, self._policy, self._rng)
             found.update(instances)
             self._versions[service] = _versions(instances)
-        self._start(request, self._narrowed(request, found))
+        self._start(request, self._narrowed(request, found) if request.policy.split else found)
 
     def _start(self, request: ProxyRequest, instances: InstanceSet) -> None:
         """The route's breaker, then the first attempt's instance; a 503 if either refuses."""
@@ -214,9 +207,8 @@ class Upstreams:
             now,
             rng=self._rng,
             idempotent=request.method in IDEMPOTENT_METHODS,
-            breaker=breaker,
-            ticket=ticket,
         )
+        call.breaker, call.ticket, call.started = breaker, ticket, now
         pick = call.next(now)
         if pick is None:
             call.close(now)
@@ -224,20 +216,20 @@ class Upstreams:
             raise ServiceUnavailableError(instances.name, instances.why_nothing((), ""))
         request.call = call
         request.upstream = (pick.instance.host, pick.instance.port)
-        request.on_finish(lambda: self._finished(call))
+        request.on_finish(partial(self._finished, call))
         request.deadline = request.started + self._timeout
 
     def _finished(self, call: UpstreamCall) -> None:
         """However the request ended: what is still held (the client left) goes back."""
-        if not call.over:
+        if call.current is not None or not call.run.done:
             call.close(self._clock.monotonic())
-        call.release()
+        if call.ticket is not None:
+            call.release()
 
     def _narrowed(self, request: ProxyRequest, instances: InstanceSet) -> InstanceSet:
-        """The instances of the version the route's split chooses, or all of them."""
+        """The instances of the version the route's split chooses (the route has a split)."""
         split = request.policy.split
-        if split is None:
-            return instances
+        assert split is not None
         available = self._versions.get(instances.name, frozenset())
         version = split.weights.choose(*self._points(request, split.sticky), available=available)
         if version is None:
