@@ -317,3 +317,36 @@ def test_a_command_relative_to_the_project_runs_from_there(tmp_path: Path) -> No
     assert load_project(write(tmp_path, text), check_ports=False).services["a"].command == [
         "./run.sh"
     ]
+
+
+KEYED = """
+[project]
+name = "keyed"
+
+[services.users]
+app = "shop.users:service"
+
+[gateway]
+port = 8799
+
+[[gateway.api_keys]]
+name = "staff"
+key_env = "TEST_STAFF_KEY"
+
+[[gateway.routes]]
+path = "/users"
+service = "users"
+"""
+
+
+def test_a_key_variable_too_short_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """meshkit up reads the keys' variables with the file: a bad one names the file, line and key."""
+    monkeypatch.setenv("TEST_STAFF_KEY", "abc")
+    with pytest.raises(ConfigError, match="must hold 8 characters or more") as caught:
+        load_project(write(tmp_path, KEYED), check_ports=False)
+    assert caught.value.key == "gateway.api_keys[0].key_env"
+    assert f"{tmp_path / 'meshkit.toml'}:" in str(caught.value)
+    monkeypatch.setenv("TEST_STAFF_KEY", "long-enough-key")
+    assert load_project(write(tmp_path, KEYED), check_ports=False).gateway is not None

@@ -306,6 +306,18 @@ CASES = {
         422,
         fields=("body.items.0.quantity", "body.items.1.product_id"),
     ),
+    "service: a body that is not JSON": Case(
+        "service",
+        Ask(
+            "POST",
+            "/orders",
+            (*REQUEST_ID, ("content-type", "application/json")),
+            b'{"items": [oops]}',
+        ),
+        422,
+        {"detail": "the request is not valid: body: is not valid JSON at byte 11"},
+        fields=("body",),
+    ),
     "service: unknown route": Case("service", Ask("GET", "/nowhere", REQUEST_ID), 404),
     "service: unhandled error": Case(
         "service", Ask("GET", "/bug", REQUEST_ID), 500, {"detail": "internal error"}

@@ -146,7 +146,7 @@ def _letter_json(letter: DeadLetter) -> dict[str, object]:
 def dlq_list(
     *,
     json: Json = False,
-    limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most this many, oldest first.")] = 100,
     project: ProjectOption = None,
 ) -> None:
     """The dead letters, oldest first: id, topic, group, deliveries and the last error."""

@@ -141,7 +141,7 @@ def parked(
     postgres: Postgres = None,
     project: ProjectOption = None,
     json: Json = False,
-    limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
+    limit: Annotated[int, typer.Option(metavar="N", help="At most this many, oldest first.")] = 100,
 ) -> None:
     """The parked events, oldest first: seq, topic, message id, when, and why."""
     entries = _run(

@@ -43,10 +43,11 @@ def serve(
         ),
     ],
     name: Annotated[
-        str | None, typer.Option(help="Service name (default: $MESHKIT_SERVICE).")
+        str | None, typer.Option(metavar="NAME", help="Service name (default: $MESHKIT_SERVICE).")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port (default: $MESHKIT_PORT or a free one).")
+        int | None,
+        typer.Option(metavar="PORT", help="Port (default: $MESHKIT_PORT or a free one)."),
     ] = None,
 ) -> None:
     """Serve an application as a service instance: registered, discoverable, drained on SIGTERM."""
@@ -67,11 +68,11 @@ def serve(
 
 @app.command("control-plane")
 def control_plane(
-    data_dir: Annotated[Path, typer.Option(help="Where the registry and the token live.")] = Path(
-        ".meshkit"
-    ),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = DEFAULT_PORT,
+    data_dir: Annotated[
+        Path, typer.Option(metavar="DIR", help="Where the registry and the token live.")
+    ] = Path(".meshkit"),
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = DEFAULT_PORT,
 ) -> None:
     """Run the control plane: the registry and the event bus's broker, over HTTP."""
     try:

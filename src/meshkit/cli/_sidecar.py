@@ -73,15 +73,18 @@ def sidecar(
     health: Annotated[
         str, typer.Option(metavar="PATH", help="The app's health path (2xx or 3xx passes).")
     ],
-    port: Annotated[int, typer.Option(help="Inbound port, what the registry lists (0: free).")] = 0,
-    outbound_port: Annotated[
-        int, typer.Option(help="Where the app calls /<service>/<path> (0: free).")
+    port: Annotated[
+        int, typer.Option(metavar="PORT", help="Inbound port, what the registry lists (0: free).")
     ] = 0,
-    host: Annotated[str, typer.Option(help="The address the inbound port listens on.")] = (
-        "127.0.0.1"
-    ),
+    outbound_port: Annotated[
+        int, typer.Option(metavar="PORT", help="Where the app calls /<service>/<path> (0: free).")
+    ] = 0,
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="The address the inbound port listens on.")
+    ] = ("127.0.0.1"),
     outbound_host: Annotated[
-        str, typer.Option(help="The outbound port's address: it reaches every service.")
+        str,
+        typer.Option(metavar="HOST", help="The outbound port's address: it reaches every service."),
     ] = "127.0.0.1",
     trust_forwarded: Annotated[  # noqa: FBT002 (a command-line flag, named by typer)
         bool,
@@ -90,14 +93,24 @@ def sidecar(
         ),
     ] = False,
     advertise: Annotated[
-        str | None, typer.Option(help="The host others reach the inbound port at.")
+        str | None, typer.Option(metavar="HOST", help="The host others reach the inbound port at.")
     ] = None,
-    instance_id: Annotated[str | None, typer.Option("--id", help="The instance id.")] = None,
-    version: Annotated[str, typer.Option(help="The app's version, for splits.")] = "",
-    ttl: Annotated[float, typer.Option(help="Lease TTL in seconds.")] = 5.0,
-    interval: Annotated[float, typer.Option(help="Seconds between health checks.")] = 1.0,
-    fall: Annotated[int, typer.Option(help="Failed checks in a row that deregister.")] = 3,
-    rise: Annotated[int, typer.Option(help="Passing checks in a row that register again.")] = 2,
+    instance_id: Annotated[
+        str | None, typer.Option("--id", metavar="ID", help="The instance id.")
+    ] = None,
+    version: Annotated[
+        str, typer.Option(metavar="VERSION", help="The app's version, for splits.")
+    ] = "",
+    ttl: Annotated[float, typer.Option(metavar="SECONDS", help="Lease TTL in seconds.")] = 5.0,
+    interval: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds between health checks.")
+    ] = 1.0,
+    fall: Annotated[
+        int, typer.Option(metavar="N", help="Failed checks in a row that deregister.")
+    ] = 3,
+    rise: Annotated[
+        int, typer.Option(metavar="N", help="Passing checks in a row that register again.")
+    ] = 2,
     subscribe: Annotated[
         list[str] | None,
         typer.Option(
@@ -106,7 +119,10 @@ def sidecar(
         ),
     ] = None,
     max_deliveries: Annotated[
-        int, typer.Option(help="Deliveries of a subscribed message before it is a dead letter.")
+        int,
+        typer.Option(
+            metavar="N", help="Deliveries of a subscribed message before it is a dead letter."
+        ),
     ] = 5,
 ) -> None:
     """Register an app while its health check passes, and proxy its traffic both ways.

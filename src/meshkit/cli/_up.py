@@ -67,7 +67,8 @@ def down(
     *,
     project: ProjectOption = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for everything to stop.", min=1.0)
+        float,
+        typer.Option(metavar="SECONDS", help="Seconds to wait for everything to stop.", min=1.0),
     ] = DEFAULT_TIMEOUT,
 ) -> None:
     """Stop a project that `meshkit up` runs in another terminal, as Ctrl-C there would.

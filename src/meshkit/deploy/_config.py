@@ -190,6 +190,9 @@ def _gateway(
 ) -> GatewayConfig:
     try:
         gateway = msgspec.convert(table, GatewayConfig)
+        gateway.key_secrets()  # keys held in variables, checked before anything starts
+    except ConfigError as error:
+        raise _problem(path, text, error.key, error.problem) from error
     except msgspec.ValidationError as error:
         message = str(error)
         if message.startswith("gateway."):  # the gateway's own check, naming its key

@@ -51,6 +51,7 @@ from typing import Literal
 
 import msgspec
 
+from meshkit import _env
 from meshkit.discovery import CallPolicy
 from meshkit.errors import ConfigError
 from meshkit.gateway._cors import CorsConfig
@@ -269,6 +270,29 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                     "gateway.redis.timeout",
                     f"must be between 0 and 10 seconds, got {self.redis.timeout}",
                 )
+
+    def key_secrets(self) -> list[tuple[ApiKey, str | None]]:
+        """Each API key with its secret: the key itself, or its variable's value (``None``
+        when the variable is unset).
+
+        Raises ``ConfigError`` naming the key whose variable holds fewer than
+        8 characters, or the same secret as another key (one would take the
+        other's place, and its rights). ``meshkit up`` calls it before
+        anything starts; the gateway again at each start and reload.
+        """
+        found: list[tuple[ApiKey, str | None]] = []
+        seen: dict[str, str] = {}  # secret: the name of the key holding it
+        for index, key in enumerate(self.api_keys):
+            secret = key.key if key.key_env is None else _env.secret(key.key_env)
+            where = f"gateway.api_keys[{index}].{'key' if key.key_env is None else 'key_env'}"
+            if secret is not None and len(secret) < 8:
+                raise ConfigError(where, f"${key.key_env} must hold 8 characters or more")
+            if secret is not None and secret in seen:
+                raise ConfigError(where, f"is also the key of {seen[secret]!r}")
+            if secret is not None:
+                seen[secret] = key.name
+            found.append((key, secret))
+        return found
 
     def call_policy(self) -> CallPolicy:
         """How the gateway calls instances: attempts, the overall timeout, ejection's bounds."""

@@ -15,11 +15,8 @@ import functools
 import hashlib
 import logging
 import math
-from collections.abc import Sequence
 
-from meshkit import _env
 from meshkit._clock import Clock
-from meshkit.errors import ConfigError
 from meshkit.gateway._config import ApiKey, GatewayConfig, RouteConfig
 from meshkit.policy import (
     BadPath,
@@ -96,25 +93,19 @@ def _digest(key: str | bytes) -> bytes:
 class ApiKeys:
     """``X-API-Key`` on every route that does not say ``auth = "none"``.
 
-    A key given by ``key_env`` is read from the environment (through
-    ``meshkit._env``) when the filter is made, at start and on each
-    reload. Unset, that key is disabled, with a warning: an operator who
-    did not set it has no key to present anyway. Set, it must be 8
-    characters or more and no other key's, else ``ConfigError``.
+    A key given by ``key_env`` is read from the environment when the
+    filter is made, at start and on each reload (see
+    ``GatewayConfig.key_secrets``). Unset, that key is disabled, with a
+    warning: an operator who did not set it has no key to present anyway.
     """
 
-    def __init__(self, keys: Sequence[ApiKey]) -> None:
+    def __init__(self, config: GatewayConfig) -> None:
         self._keys: dict[bytes, ApiKey] = {}
-        for index, key in enumerate(keys):
-            secret = _secret(index, key)
+        for key, secret in config.key_secrets():
             if secret is None:
+                log.warning("the API key %r is disabled: $%s is not set", key.name, key.key_env)
                 continue
-            digest = _digest(secret)
-            other = self._keys.get(digest)
-            if other is not None:  # one would take the other's place, and its rights
-                where = f"gateway.api_keys[{index}].{'key' if key.key_env is None else 'key_env'}"
-                raise ConfigError(where, f"is also the key of {other.name!r}")
-            self._keys[digest] = key
+            self._keys[_digest(secret)] = key
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
         policy = request.policy
@@ -145,21 +136,6 @@ class ApiKeys:
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
-
-
-def _secret(index: int, key: ApiKey) -> str | None:
-    """The key itself, or its variable's value; None (with a warning) if that is unset."""
-    if key.key_env is None:
-        return key.key
-    secret = _env.secret(key.key_env) or ""
-    if not secret:
-        log.warning("the API key %r is disabled: $%s is not set", key.name, key.key_env)
-        return None
-    if len(secret) < 8:
-        raise ConfigError(
-            f"gateway.api_keys[{index}].key_env", f"${key.key_env} must hold 8 characters or more"
-        )
-    return secret
 
 
 class ClientLimits:

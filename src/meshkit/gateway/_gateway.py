@@ -125,7 +125,7 @@ class Gateway:
             Ready(READY_PATH),
             Cors(config.cors) if config.cors else None,
             Routes(config),
-            ApiKeys(config.api_keys),
+            ApiKeys(config),
             JwtAuth(config.jwt, self._project_dir) if config.jwt else None,
             client_limits,
             global_limits,

@@ -164,7 +164,12 @@ def _detail_of(detail: object) -> tuple[str, dict[str, Any]]:
 
 
 def _field_error(error: Mapping[str, Any]) -> FieldError:
-    path = ".".join(str(part) for part in error.get("loc", ())) or "request"
+    location = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid":
+        # FastAPI puts the byte offset where a field path would be ("body", 25).
+        at = f" at byte {location[1]}" if len(location) > 1 else ""
+        return FieldError("body", f"is not valid JSON{at}")
+    path = ".".join(str(part) for part in location) or "request"
     return FieldError(path, str(error.get("msg", "is not valid")))
 
 
