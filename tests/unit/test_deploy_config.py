@@ -342,7 +342,7 @@ service = "users"
 def test_a_key_variable_too_short_is_refused_before_anything_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """meshkit up reads the keys' variables with the file: a bad one names the file, line and key."""
+    """meshkit up reads the keys' variables with the file: a bad one names file, line and key."""
     monkeypatch.setenv("TEST_STAFF_KEY", "abc")
     with pytest.raises(ConfigError, match="must hold 8 characters or more") as caught:
         load_project(write(tmp_path, KEYED), check_ports=False)
