@@ -271,3 +271,20 @@ async def test_a_sweep_keeps_the_newest_message_so_sequences_never_come_back(
     again = await broker.fetch("t", "g", limit=10, wait=0)
     assert [d.message.json() for d in again] == ["a", "b", "c"]  # a and b were not acked
     await broker.aclose()
+
+
+async def test_a_fetch_reads_on_past_replays_meant_for_another_group(tmp_path: Path) -> None:
+    """A replayed copy for one group does not hide the messages after it from another."""
+    broker = await EmbeddedBroker.open(tmp_path / "bus.db", clock=FakeClock())
+    await broker.join("t", "a", Redelivery(max_deliveries=1))
+    await broker.join("t", "b", POLICY)
+    await broker.publish([outgoing("t", "first")])
+    [failed] = await broker.fetch("t", "a", limit=1, wait=0)
+    await broker.fail("t", "a", failed.receipt, "refused")
+    [letter] = broker.dead_letters()
+    await broker.replay(letter.id)  # a copy for group a alone
+    await broker.publish([outgoing("t", "after")])
+    [first] = await broker.fetch("t", "b", limit=1, wait=0)
+    [after] = await broker.fetch("t", "b", limit=1, wait=0)
+    await broker.aclose()
+    assert (first.message.json(), after.message.json()) == ("first", "after")

@@ -330,7 +330,13 @@ class EmbeddedBroker:
             found, skipped = self._take(member, limit)
             if skipped:
                 await self._record_done(member, skipped)
-            if found or self._clock.monotonic() >= deadline:
+            if found:
+                return found
+            if skipped:
+                # The cursor passed messages meant for other groups only (replays):
+                # what follows them may be ready, so look again now, not after the wait.
+                continue
+            if self._clock.monotonic() >= deadline:
                 return found
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(waiter), self._sleep(member, deadline))
