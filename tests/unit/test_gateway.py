@@ -304,6 +304,23 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
         assert gateway.upstreams.health()["orders"][0]["state"] in ("open", "closed")
 
 
+async def test_the_request_running_out_of_time_does_not_eject_instances() -> None:
+    """A 504 from the gateway's own deadline charges no instance: both stay in rotation."""
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(0.5)  # noqa: TID251 (real time: longer than the gateway's timeout)
+        return json_response(200, {})
+
+    never_open = BreakerConfig(consecutive_failures=100, failure_rate=None)
+    async with running_gateway(config(timeout=0.1, breaker=never_open)) as (fleet, call, gateway):
+        await fleet.add("orders", slow)
+        await fleet.add("orders", slow)
+        for _ in range(8):  # three in a row on one of them would eject it if counted
+            assert (await call("POST", "/api/orders")).status == 504
+        states = [entry["state"] for entry in gateway.upstreams.health()["orders"]]
+        assert states == ["closed", "closed"]
+
+
 async def test_a_failing_write_route_leaves_the_read_route_open() -> None:
     """POST's breaker opens on its failures; GET on the same instance keeps answering 200."""
 

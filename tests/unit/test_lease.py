@@ -123,23 +123,37 @@ def test_a_restored_table_gives_every_lease_one_more_ttl() -> None:
 
 
 def test_a_stall_renews_every_lease_live_when_it_began() -> None:
-    """After resume(since, now), a lease live at ``since`` lives a full TTL from ``now``, keeps
-    its id and can be renewed; one that ran out before the stall stays expired."""
+    """After resume(since, now), a lease live at ``since`` has from ``now`` what it had left,
+    keeps its id and can be renewed; one that ran out before the stall stays expired."""
     events: list[LeaseEvent[str]] = []
     table: LeaseTable[str] = LeaseTable(rng=random.Random(1), hook=events.append)  # type: ignore[arg-type]
     kept = table.register("orders/1", "a", ttl=5, now=0.0)
     table.renew(kept.id, 3.0)  # due at 8
     lapsed = table.register("orders/2", "b", ttl=1, now=0.0)  # due at 1, before the stall
     index = table.index
-    assert table.resume(since=4.0, now=11.0) == 1  # seven seconds not heard
-    assert [lease.id for lease in table.live(15.9)] == [kept.id]
-    assert table.renew(kept.id, 15.9).expires_at == 20.9
+    assert table.resume(since=4.0, now=11.0) == 1  # seven seconds not heard: due at 15
+    assert [lease.id for lease in table.live(14.9)] == [kept.id]
+    assert table.renew(kept.id, 14.9).expires_at == 19.9
     assert table.get("orders/2", 11.0) is None
     with pytest.raises(LeaseExpiredError):
         table.renew(lapsed.id, 11.0)
     assert table.index == index + 1  # the lapsed one's expiry; the resume changed no membership
     assert [e.kind for e in events[-3:]] == [RENEWED, RENEWED, EXPIRED]
-    assert table.next_expiry() == 20.9
+    assert table.next_expiry() == 19.9
+
+
+def test_a_registry_that_keeps_stalling_still_expires_a_dead_holder() -> None:
+    """Stalls give back only the time they took: unrenewed, a lease runs out between them."""
+    table: LeaseTable[str] = LeaseTable(rng=random.Random(1))
+    lease = table.register("orders/1", "a", ttl=10, now=0.0)
+    now = 0.0
+    for _ in range(5):  # 2 s heard, then 6 s not, over and over
+        now += 2
+        table.resume(since=now, now=now + 6)
+        now += 6
+    assert table.get("orders/1", now) is None
+    with pytest.raises(LeaseExpiredError):
+        table.renew(lease.id, now)
 
 
 def test_a_resume_never_shortens_a_lease_nor_runs_backwards() -> None:
@@ -227,10 +241,14 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @rule(seconds=st.floats(0, 20))
     def stalled(self, seconds: float) -> None:
-        """The driver did not run for ``seconds``: every lease live before gets a fresh TTL."""
+        """The driver did not run for ``seconds``: every lease live before has that time back."""
         since, self.now = self.now, self.now + seconds
         renewed = self.table.resume(since=since, now=self.now)
-        fresh = {i: self.now + self.ttl_of[i] for i, e in self.expires.items() if since < e}
+        fresh = {
+            i: min(e + seconds, self.now + self.ttl_of[i])
+            for i, e in self.expires.items()
+            if since < e
+        }
         assert renewed == sum(self.expires[i] < fresh[i] for i in fresh)
         for lease_id, expires in fresh.items():
             self.expires[lease_id] = max(self.expires[lease_id], expires)

@@ -112,6 +112,13 @@ class Attempts:
             return None
         return decision.delay
 
+    def abandon(self) -> None:
+        """The attempt under way ends without an outcome to record (the caller's own
+        deadline ended it): the instance is not charged for it."""
+        pick, self.current = self.current, None
+        if pick is not None:
+            self.instances.release(pick)
+
     def close(self, now: float) -> None:
         """The call is over: release an attempt left without an outcome, end the run."""
         pick, self.current = self.current, None

@@ -108,9 +108,6 @@ class InstanceSet:
             self.balancer.cancel(key)  # not sent after all
             excluded = {*excluded, key}  # a copy: ``tried`` is the caller's
 
-    def succeeded(self, pick: Pick, now: float) -> None:
-        self.record(pick, now, success=True)
-
     def failed(self, pick: Pick, now: float, failure: BaseException | int) -> None:
         """The attempt failed with ``failure`` (an error, or a failed status)."""
         if isinstance(failure, BaseException) and caller_ran_out(
@@ -148,7 +145,9 @@ class InstanceSet:
         if ticket is None:
             return
         closed = breaker.state is _CLOSED
-        if closed and success:  # the common case: nothing to eject or restore
+        if closed and success and breaker.config.slow_call is None:
+            # The common case: nothing to eject or restore. (With slow_call, a
+            # success can count as a failure, and so take the path below.)
             breaker.record(ticket, now, success=True, duration=duration)
             return
         if closed and self._ejected >= self.max_ejected():

@@ -129,8 +129,13 @@ class LeaseTable(Generic[V]):
             self._store(Lease(id=lease_id, key=key, value=value, ttl=ttl, expires_at=now + ttl))
 
     def resume(self, *, since: float, now: float) -> int:
-        """Renewals could not be heard from ``since`` to ``now``: renew every lease live at
-        ``since`` for its full TTL from ``now``. Returns how many were renewed.
+        """Renewals could not be heard from ``since`` to ``now``: that time does not count.
+
+        Every lease live at ``since`` has its expiry moved on by the gap,
+        never past a full TTL from ``now``: it has from ``now`` what it had
+        left at ``since``. (A fresh TTL for each instead would let a registry
+        that keeps stalling keep a dead holder's lease alive for ever.)
+        Returns how many leases were moved on.
 
         A lease that ran out before ``since`` is left to ``expire()``: its
         holder had a whole TTL to renew while the table was listening.
@@ -139,9 +144,11 @@ class LeaseTable(Generic[V]):
         if not since <= now:
             raise UsageError(f"resume(since={since!r}, now={now!r}): since is after now")
         renewed = 0
+        gap = now - since
         for lease in list(self._by_id.values()):
-            if lease.live(since) and lease.expires_at < now + lease.ttl:
-                lease = msgspec.structs.replace(lease, expires_at=now + lease.ttl)
+            expires_at = min(lease.expires_at + gap, now + lease.ttl)
+            if lease.live(since) and lease.expires_at < expires_at:
+                lease = msgspec.structs.replace(lease, expires_at=expires_at)
                 self._store(lease)
                 self._record(LeaseEventKind.RENEWED, lease, now)
                 renewed += 1

@@ -121,6 +121,11 @@ class Upstreams:
         if call.current is None:
             # No attempt is under way when a retry was declined: it was recorded then.
             success = not failed_status(response.status)
+        elif not response.upstream:
+            # The proxy's own answer with an attempt under way: the request's
+            # deadline ended it (a 504), which says nothing about the instance.
+            call.abandon()
+            success = not failed_status(response.status)
         else:
             success = call.answered(now, response.status)
         call.record(now, success=success)
