@@ -143,3 +143,17 @@ def test_ejection_bounds_are_checked() -> None:
         CallPolicy(max_ejection_percent=101)
     with pytest.raises(ValueError, match="panic_threshold"):
         CallPolicy(panic_threshold=-5)
+
+
+def test_an_attempt_with_less_than_its_patience_has_a_short_budget() -> None:
+    """Attempts marks an attempt short when the time it has is below the usual per-attempt time."""
+    attempts = Attempts(
+        _set(3), RetryPolicy(attempts=3), 0.0, rng=random.Random(1), idempotent=True, patience=10.0
+    )
+    first = attempts.next(0.0, time_left=30.0)
+    assert first is not None
+    assert not first.short_budget
+    attempts.answered(0.0, 503)
+    assert attempts.retry(0.0, 503, time_left=9.0) is not None
+    assert attempts.current is not None
+    assert attempts.current.short_budget

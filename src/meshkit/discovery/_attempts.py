@@ -8,6 +8,7 @@ I/O (sending, sleeping) stays with the caller.
 
 from __future__ import annotations
 
+import math
 import random
 
 from meshkit.discovery._instances import InstanceSet, Pick
@@ -26,7 +27,7 @@ class Attempts:
     the retry budget gets its slots back.
     """
 
-    __slots__ = ("_failed", "current", "idempotent", "instances", "last_error", "run")
+    __slots__ = ("_failed", "current", "idempotent", "instances", "last_error", "patience", "run")
 
     def __init__(
         self,
@@ -36,9 +37,13 @@ class Attempts:
         *,
         rng: random.Random,
         idempotent: bool,
+        patience: float = math.inf,
     ) -> None:
         self.instances = instances
         self.idempotent = idempotent
+        # An attempt's usual time (a call's timeout, a proxy's per-try one):
+        # an attempt given less has a short budget (see caller_ran_out).
+        self.patience = patience
         self.current: Pick | None = None
         self.last_error = ""
         # The instances that failed this call, not tried again: a tuple, so
@@ -52,9 +57,11 @@ class Attempts:
         """Attempts made so far, the one under way included."""
         return self.run.attempts
 
-    def next(self, now: float, *, short_budget: bool = False) -> Pick | None:
-        """An instance not tried yet for the next attempt; ``None`` if ejection leaves none."""
-        pick = self.current = self.instances.pick(now, self._failed, short_budget=short_budget)
+    def next(self, now: float, *, time_left: float | None = None) -> Pick | None:
+        """An instance not tried yet for an attempt that has ``time_left`` seconds (``None``:
+        no bound); ``None`` if ejection leaves no instance."""
+        short = time_left is not None and time_left < self.patience
+        pick = self.current = self.instances.pick(now, self._failed, short_budget=short)
         return pick
 
     def answered(self, now: float, status: int) -> bool:
@@ -90,7 +97,6 @@ class Attempts:
         *,
         time_left: float | None,
         retry_after: float | None = None,
-        short_budget: bool = False,
     ) -> float | None:
         """After a failed attempt: the seconds to wait before the next, whose instance is
         ``current``; ``None`` when no other attempt may follow.
@@ -105,9 +111,8 @@ class Attempts:
         if not decision.retry:
             return None
         starts = now + decision.delay
-        if (time_left is not None and decision.delay >= time_left) or self.next(
-            starts, short_budget=short_budget
-        ) is None:
+        left = None if time_left is None else time_left - decision.delay
+        if (left is not None and left <= 0) or self.next(starts, time_left=left) is None:
             self.run.close(now)  # the retry slot it took goes back
             return None
         return decision.delay

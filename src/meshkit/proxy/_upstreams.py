@@ -143,12 +143,7 @@ class Upstreams:
             attempts.answered(now, failure)
         else:
             attempts.failed(now, failure)
-        delay = attempts.retry(
-            now,
-            failure,
-            time_left=time_left,
-            short_budget=time_left is not None and time_left < self._try_timeout,
-        )
+        delay = attempts.retry(now, failure, time_left=time_left)
         if delay is None or attempts.current is None:
             return None
         instance = attempts.current.instance
@@ -212,9 +207,10 @@ class Upstreams:
             now,
             rng=self._rng,
             idempotent=request.method in IDEMPOTENT_METHODS,
+            patience=self._try_timeout,
         )
         call.breaker, call.ticket, call.started = breaker, ticket, now
-        pick = call.next(now)
+        pick = call.next(now, time_left=self._timeout)
         if pick is None:
             call.close(now)
             call.record(now, success=False)

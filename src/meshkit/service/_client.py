@@ -151,10 +151,16 @@ class ServiceClient:
             idempotent = method in IDEMPOTENT_METHODS
         upstream = self._upstreams.get(service) or await self._find(service, expires_at - now)
         now = self._clock.monotonic()
-        attempts = Attempts(upstream, self.policy.retry, now, rng=self._rng, idempotent=idempotent)
-        full = self.policy.timeout
+        attempts = Attempts(
+            upstream,
+            self.policy.retry,
+            now,
+            rng=self._rng,
+            idempotent=idempotent,
+            patience=self.policy.timeout,
+        )
         try:
-            pick = attempts.next(now, short_budget=expires_at - now < full)
+            pick = attempts.next(now, time_left=expires_at - now)
             if pick is None:
                 raise ServiceUnavailableError(service, upstream.why_nothing((), ""))
             while True:
@@ -184,7 +190,6 @@ class ServiceClient:
                     failure,
                     time_left=expires_at - now,
                     retry_after=retry_after,
-                    short_budget=True,  # a retry never has the call's whole time
                 )
                 if delay is not None and attempts.current is not None:
                     pick = attempts.current
