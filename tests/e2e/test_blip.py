@@ -153,7 +153,5 @@ def test_the_read_route_answers_while_the_write_routes_dependency_is_down(
     assert set(reads) == {200}, reads
 
     _start_payments(tmp_path, processes, registry)
-    back = time.monotonic()  # noqa: TID251
     wait_until(lambda: _status("POST", orders) == 200, 2.0, "the write route back")
-    assert time.monotonic() - back < 2.0  # noqa: TID251
     assert http("GET", f"{orders}/1")[0] == 200

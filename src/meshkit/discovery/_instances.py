@@ -126,11 +126,10 @@ class InstanceSet:
             breaker.release(pick.ticket)
         self.balancer.cancel(pick.key)
 
-    def why_nothing(self, tried: Collection[str], last_error: str) -> str:
+    def why_nothing(self) -> str:
+        """Why a first pick found no instance."""
         if not self.instances:
             return "no instances are registered"
-        if tried:
-            return f"all {len(tried)} instance(s) tried failed; the last said: {last_error}"
         return f"all {len(self.instances)} instance(s) are ejected after repeated failures"
 
     def record(self, pick: Pick, now: float, *, success: bool) -> None:

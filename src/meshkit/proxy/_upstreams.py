@@ -43,24 +43,25 @@ class UpstreamCall(Attempts):
     request the proxy forwards.
     """
 
-    __slots__ = ("breaker", "started", "ticket")
+    __slots__ = ("route_breaker", "route_started", "route_ticket")
 
     # Set by Upstreams as it makes the call (no __init__ of its own: one
     # call less per request).
-    breaker: CircuitBreaker
-    ticket: int | None
-    started: float
+    route_breaker: CircuitBreaker
+    route_ticket: int | None
+    route_started: float
 
-    def record(self, now: float, *, success: bool) -> None:
+    def record_route(self, now: float, *, success: bool) -> None:
         """The request's final outcome, for its route's breaker (retries are not counted)."""
-        ticket, self.ticket = self.ticket, None
+        ticket, self.route_ticket = self.route_ticket, None
         if ticket is not None:
-            self.breaker.record(ticket, now, success=success, duration=now - self.started)
+            duration = now - self.route_started
+            self.route_breaker.record(ticket, now, success=success, duration=duration)
 
-    def release(self) -> None:
-        ticket, self.ticket = self.ticket, None
+    def release_route(self) -> None:
+        ticket, self.route_ticket = self.route_ticket, None
         if ticket is not None:
-            self.breaker.release(ticket)
+            self.route_breaker.release(ticket)
 
 
 class Upstreams:
@@ -128,7 +129,7 @@ class Upstreams:
             success = not failed_status(response.status)
         else:
             success = call.answered(now, response.status)
-        call.record(now, success=success)
+        call.record_route(now, success=success)
 
     # -- the retrier ------------------------------------------------------------
 
@@ -209,12 +210,12 @@ class Upstreams:
             idempotent=request.method in IDEMPOTENT_METHODS,
             patience=self._try_timeout,
         )
-        call.breaker, call.ticket, call.started = breaker, ticket, now
+        call.route_breaker, call.route_ticket, call.route_started = breaker, ticket, now
         pick = call.next(now, time_left=self._timeout)
         if pick is None:
             call.close(now)
-            call.record(now, success=False)
-            raise ServiceUnavailableError(instances.name, instances.why_nothing((), ""))
+            call.record_route(now, success=False)
+            raise ServiceUnavailableError(instances.name, instances.why_nothing())
         request.call = call
         request.upstream = (pick.instance.host, pick.instance.port)
         request.on_finish(partial(self._finished, call))
@@ -224,8 +225,8 @@ class Upstreams:
         """However the request ended: what is still held (the client left) goes back."""
         if call.current is not None or not call.run.done:
             call.close(self._clock.monotonic())
-        if call.ticket is not None:
-            call.release()
+        if call.route_ticket is not None:
+            call.release_route()
 
     def _narrowed(self, request: ProxyRequest, instances: InstanceSet) -> InstanceSet:
         """The instances of the version the route's split chooses (the route has a split)."""

@@ -162,7 +162,7 @@ class ServiceClient:
         try:
             pick = attempts.next(now, time_left=expires_at - now)
             if pick is None:
-                raise ServiceUnavailableError(service, upstream.why_nothing((), ""))
+                raise ServiceUnavailableError(service, upstream.why_nothing())
             while True:
                 remaining = expires_at - self._clock.monotonic()
                 if remaining <= 0:

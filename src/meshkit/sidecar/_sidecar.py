@@ -5,7 +5,7 @@ proxied to the app, with a span each and metrics. Outbound
 (``outbound_port``): the app calls ``http://127.0.0.1:PORT/<service>/<path>``
 and the sidecar finds an instance of the service in the registry, balances,
 ejects failing instances, retries with exponential backoff within a budget,
-and opens a breaker per service, as the gateway does. Events: for each of
+and opens a breaker per service and method, as the gateway does per route. Events: for each of
 ``events``, the sidecar joins a consumer group on the bus and POSTs the
 group's messages to the app (see ``_events``).
 """
