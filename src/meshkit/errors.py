@@ -10,6 +10,8 @@ next: fix its input, try another peer, or wait for the environment.
     │   │   ├── ConfigError         an option or a configuration key is invalid
     │   │   └── MessageRefusedError the bus will never take this message as it is
     │   ├── NotFoundError           the thing asked for by id is not there
+    │   ├── ConflictError           the thing is not in a state that allows this
+    │   │   └── RunTakenError       another driver took this saga run: stop driving it
     │   └── RequestRefusedError     a proxy will not forward a client's request
     ├── PeerError                   the other side failed: another peer may do
     │   ├── ConnectError            no connection could be made to the peer
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "ConflictError",
     "ConnectError",
     "ConnectTimeoutError",
     "DeadlineExceededError",
@@ -65,6 +68,7 @@ __all__ = [
     "ReadTimeoutError",
     "RequestRefusedError",
     "ResponseTooLargeError",
+    "RunTakenError",
     "ServiceUnavailableError",
     "UsageError",
 ]
@@ -115,6 +119,22 @@ class MessageRefusedError(InvalidArgumentError):
 
 class NotFoundError(UsageError, LookupError):
     """Nothing has the id asked for (a dead letter already replayed or purged, say)."""
+
+
+class ConflictError(UsageError):
+    """The thing asked for exists, but its state does not allow this (HTTP's 409).
+
+    Retrying a saga run that is not stuck, say: read its state, then decide.
+    """
+
+
+class RunTakenError(ConflictError):
+    """A write named a version of a saga run that is no longer its latest.
+
+    Another driver claimed the run (this one's lease lapsed), or a person
+    retried it: the driver that gets this stops driving the run and leaves
+    it to its new owner.
+    """
 
 
 class RequestRefusedError(UsageError):

@@ -13,7 +13,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"policy"}),
     frozenset({""}),  # meshkit's top-level modules (_clock, _env, errors, the plane's client)
     frozenset({"http"}),
-    frozenset({"registry", "ratelimit", "bus"}),
+    frozenset({"registry", "ratelimit", "bus", "saga"}),
     frozenset({"discovery"}),
     frozenset({"proxy"}),
     frozenset({"service", "gateway", "sidecar", "control"}),

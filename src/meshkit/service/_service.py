@@ -37,6 +37,7 @@ from meshkit.errors import ConfigError, UsageError
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
+from meshkit.saga import Saga, SagaRunner, SagaStore
 from meshkit.service._asgi import ASGIApp, serving_app
 from meshkit.service._backends import check_bus, check_registry, use_bus, use_registry
 from meshkit.service._client import CallPolicy, ServiceClient
@@ -126,6 +127,7 @@ class Service:
         self._wanted: list[Wanted] = []
         self._outboxes: list[OutboxStore] = []
         self._relays: list[OutboxRelay] = []
+        self._sagas: list[SagaRunner] = []
         self._stop: asyncio.Event | None = None
         self.instance: Instance | None = None
 
@@ -176,6 +178,19 @@ class Service:
         the relay's next poll.
         """
         self._outboxes.append(store)
+
+    def add_sagas(self, store: SagaStore, *sagas: Saga, lease: float = 10.0) -> SagaRunner:
+        """Run ``sagas``, logged in ``store``, while the service runs: the runner to begin them.
+
+        Once the service is live (its lifespan has made its tables), the
+        runner takes back the unfinished runs of this instance (by its id,
+        which ``meshkit up`` keeps across restarts) and those of instances
+        whose lease lapsed; it stops with the service, after the drain.
+        The runner owns the store and closes it.
+        """
+        runner = SagaRunner(store, sagas, lease=lease, clock=self._clock)
+        self._sagas.append(runner)
+        return runner
 
     def notify_outbox(self) -> None:
         """An event was committed to an outbox: relay it now."""
@@ -268,6 +283,10 @@ class Service:
                 self._relays = await start_relays(
                     self._outboxes, bus, opened=opened, flush=self.drain_timeout
                 )
+            for runner in self._sagas:
+                runner.owner = f"{self.name}/{instance.id}"
+                await runner.start()
+                opened.push_async_callback(runner.aclose)
             subscriptions = await join(bus, self._wanted, clock=self._clock)
             await self._register(heartbeat, instance)
             await wait_for_stop(serving, stop)

@@ -1,0 +1,450 @@
+"""The saga driver: it carries out what the run machine decides, writing ahead each time.
+
+One task drives each run: it asks ``advance`` what to do, writes the run
+that announces it, and does it (an action, a compensation, a wait). The
+run's task is not the caller's: a request that started a saga and went
+away leaves it going. The runner holds a lease on each run it drives and
+renews them together; a runner that dies stops renewing, and another
+runner sharing the database claims the runs whose lease lapsed. Every
+write names the run's version, so a runner that lost a run to another
+(it hung past its lease) fails its next write and lets go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from meshkit._clock import Clock, SystemClock
+from meshkit._tasks import stop
+from meshkit.errors import (
+    ConfigError,
+    InvalidArgumentError,
+    MeshkitError,
+    NotFoundError,
+    RunTakenError,
+    UsageError,
+)
+from meshkit.policy import _check as check
+from meshkit.saga._definition import Saga, Step, StepContext, StepFailed
+from meshkit.saga._machine import (
+    Action,
+    Compensate,
+    Event,
+    Failed,
+    Finish,
+    Resume,
+    Retry,
+    RunStep,
+    Succeeded,
+    Transition,
+    UndoFailed,
+    Undone,
+    Unknown,
+    Wait,
+    advance,
+)
+from meshkit.saga._model import Run, Status, StepState
+from meshkit.saga._store import SagaStore
+
+__all__ = ["SagaRunner"]
+
+_log = logging.getLogger("meshkit.saga")
+
+_MAX_ERROR = 500
+
+
+def _builtins(value: Any) -> Any:
+    """What msgspec cannot encode itself: pydantic models (``model_dump``)."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    raise TypeError(f"cannot log a {type(value).__name__} as JSON")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON holds it (what the log keeps); ``TypeError`` if it cannot be."""
+    return msgspec.to_builtins(value, enc_hook=_builtins)
+
+
+class SagaRunner:
+    """Starts and drives the runs of ``sagas``, logged in ``store``: ``async with`` it.
+
+    ``owner`` names this runner in the log's leases: give the same name to
+    a process restarted in its place (a service's instance id), so it takes
+    its runs back at once instead of after the lease. ``lease`` is how long
+    a runner that stopped renewing keeps its runs; every ``scan`` seconds
+    the runner claims runs whose lease lapsed. Ended runs are purged after
+    ``keep`` seconds (a week by default). The runner owns ``store``.
+    """
+
+    def __init__(
+        self,
+        store: SagaStore,
+        sagas: Iterable[Saga],
+        *,
+        owner: str | None = None,
+        lease: float = 10.0,
+        scan: float = 1.0,
+        keep: float = 7 * 86400.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.store = store
+        self.sagas: dict[str, Saga] = {}
+        for saga in sagas:
+            if saga.name in self.sagas:
+                raise ConfigError("sagas", f"two sagas named {saga.name!r}")
+            if not saga.steps:
+                raise ConfigError("sagas", f"saga {saga.name!r} has no steps")
+            self.sagas[saga.name] = saga
+        self._plans = {
+            name: tuple(step.plan() for step in saga.steps) for name, saga in self.sagas.items()
+        }
+        self.owner = owner or f"runner-{secrets.token_hex(6)}"
+        self.lease = check.seconds("lease", lease)
+        self.scan = check.seconds("scan", scan)
+        if self.scan >= self.lease:
+            raise ConfigError("scan", f"must be shorter than the lease ({self.lease:g} s)")
+        self.keep = check.seconds("keep", keep)
+        self._clock = clock or SystemClock()
+        self._driving: dict[str, asyncio.Task[Run]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Take back this owner's unfinished runs and those whose lease lapsed; drive them."""
+        if self._loops or self._closed:
+            raise UsageError("a SagaRunner starts once")
+        await self._claim(own=True)
+        self._loops = [
+            asyncio.create_task(self._every(self.lease / 3, self._renew), name="saga-renew"),
+            asyncio.create_task(self._every(self.scan, self._claim), name="saga-claim"),
+            asyncio.create_task(self._every(60.0, self._purge), name="saga-purge"),
+        ]
+
+    async def aclose(self) -> None:
+        """Stop driving (the runs stay in the log, to be taken back) and close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [*self._loops, *self._driving.values()]
+        for task in tasks:
+            await stop(task)
+        self._driving.clear()
+        await self.store.aclose()
+
+    async def __aenter__(self) -> SagaRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    # -- starting and reading runs -------------------------------------------------------
+
+    async def begin(
+        self,
+        saga: Saga | str,
+        input: Any = None,  # noqa: A002 (the saga's input, as DBOS and Temporal name it)
+        *,
+        run_id: str | None = None,
+        local: Callable[[Any], Any] | None = None,
+    ) -> str:
+        """Log a new run of ``saga`` with ``input`` and start driving it: the run's id.
+
+        ``local(tx)`` runs in the transaction that logs the run (the order's
+        row and the run commit together). ``input`` is anything JSON can
+        hold (pydantic models too). Raises ``InvalidArgumentError`` for an
+        unknown saga, an input JSON cannot hold, or a ``run_id`` in use.
+        """
+        definition = self._saga(saga)
+        try:
+            encoded = _plain(input)
+        except (TypeError, msgspec.EncodeError) as error:
+            raise InvalidArgumentError("input", str(error)) from error
+        now = self._clock.time()
+        fresh = Run(
+            id=run_id or secrets.token_hex(8),
+            saga=definition.name,
+            plan=self._plans[definition.name],
+            steps=tuple(StepState() for _ in definition.steps),
+            input=encoded,
+            created=now,
+            updated=now,
+        )
+        first = advance(fresh, Resume(), now)
+        version = await self.store.create(
+            first.run, owner=self.owner, lease_until=now + self.lease, local=local
+        )
+        self._drive(first, version)
+        return first.run.id
+
+    async def wait(self, run_id: str, timeout: float) -> Run:  # noqa: ASYNC109 (a bound, not a deadline)
+        """The run once it ends or is stuck, or as it stands after ``timeout`` seconds.
+
+        ``NotFoundError`` if the log has no such run.
+        """
+        task = self._driving.get(run_id)
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(task), timeout)
+        run = await self.store.get(run_id)
+        if run is None:
+            raise NotFoundError(f"no saga run {run_id!r}")
+        return run
+
+    async def get(self, run_id: str) -> Run | None:
+        return await self.store.get(run_id)
+
+    async def runs(
+        self, *, status: Status | None = None, saga: str | None = None, limit: int = 100
+    ) -> list[Run]:
+        return await self.store.runs(status=status, saga=saga, limit=limit)
+
+    async def retry(self, run_id: str) -> Run:
+        """Set the stuck run ``run_id`` going again, driven here: the run as it now stands.
+
+        ``NotFoundError`` if there is no such run, ``ConflictError`` if it is not stuck.
+        """
+        now = self._clock.time()
+        claimed = await self.store.take(run_id, owner=self.owner, lease_until=now + self.lease)
+        _log.info("saga run %s retried", run_id)
+        retried = advance(claimed.run, Retry(), now)
+        version = await self.store.save(
+            retried.run, version=claimed.version, lease_until=now + self.lease
+        )
+        self._drive(retried, version)
+        return retried.run
+
+    @property
+    def driving(self) -> int:
+        """How many runs this runner drives now."""
+        return len(self._driving)
+
+    # -- driving ------------------------------------------------------------------------
+
+    def _drive(self, transition: Transition, version: int) -> None:
+        run_id = transition.run.id
+        task = asyncio.create_task(self._carry_out(transition, version), name=f"saga-{run_id}")
+        self._driving[run_id] = task
+        task.add_done_callback(lambda _: self._driving.pop(run_id, None))
+
+    async def _carry_out(self, transition: Transition, version: int) -> Run:
+        run, action = transition
+        saga = self.sagas[run.saga]
+        results: dict[str, Any] = {}
+        try:
+            while not isinstance(action, Finish):
+                if isinstance(action, RunStep) and run.plan[action.step].local:
+                    (run, action), version = await self._local(saga, run, action, results, version)
+                    continue
+                event = await self._act(saga, run, action, results)
+                now = self._clock.time()
+                following = advance(run, event, now)
+                if following.run is not run:
+                    if isinstance(following.action, Finish) and saga.end_hook is not None:
+                        following, version = await self._end(saga, following, version)
+                    else:
+                        version = await self.store.save(
+                            following.run, version=version, lease_until=now + self.lease
+                        )
+                run, action = following
+        except RunTakenError:
+            _log.info("saga run %s: taken over by another runner", run.id)
+        except MeshkitError as error:
+            # The log cannot be written: stop, and let the lease lapse so that
+            # this runner's next scan (or another's) takes it back.
+            _log.warning("saga run %s: stopped, the log failed: %s", run.id, error)
+        else:
+            if action.status == "stuck":
+                _log.error("saga run %s of %s is stuck: %s", run.id, run.saga, run.note)
+        return run
+
+    async def _act(self, saga: Saga, run: Run, action: Action, results: dict[str, Any]) -> Event:
+        if isinstance(action, Wait):
+            await self._clock.sleep(max(0.0, action.until - self._clock.time()))
+            return Resume()
+        if isinstance(action, RunStep):
+            step = saga.steps[action.step]
+            context = self._context(run, action.step, action.attempt, results, undo=False)
+            return await _attempt(step, context)
+        assert isinstance(action, Compensate)
+        step = saga.steps[action.step]
+        context = self._context(run, action.step, action.attempt, results, undo=True)
+        return await _undo(step, context)
+
+    async def _local(
+        self, saga: Saga, run: Run, action: RunStep, results: dict[str, Any], version: int
+    ) -> tuple[Transition, int]:
+        """Run a local step in the transaction that logs its outcome."""
+        step = saga.steps[action.step]
+        context = self._context(run, action.step, action.attempt, results, undo=False)
+        done: list[Transition] = []
+
+        def logged(tx: Any, result: Any) -> Any:
+            transition = advance(run, Succeeded(_plain(result)), self._clock.time())
+            done.append(transition)
+            if isinstance(transition.action, Finish) and saga.end_hook is not None:
+                # The run's end is logged in this transaction: its local work joins it.
+                ended = saga.end_hook(tx, transition.run)
+                if inspect.isawaitable(ended):
+                    return _after(ended, lambda _: transition.run)
+            return transition.run
+
+        def work(tx: Any) -> Any:
+            result = step.action(tx, context)  # type: ignore[call-arg]
+            if inspect.isawaitable(result):
+                return _after(result, lambda value: logged(tx, value))
+            return logged(tx, result)
+
+        now = self._clock.time()
+        try:
+            _, version = await self.store.save_local(
+                run.id, work, version=version, lease_until=now + self.lease
+            )
+        except (RunTakenError, asyncio.CancelledError):
+            raise
+        except Exception as error:  # noqa: BLE001 (the step's failure: its transaction rolled back)
+            failed = advance(run, Unknown(_describe(error)), self._clock.time())
+            version = await self.store.save(
+                failed.run, version=version, lease_until=now + self.lease
+            )
+            return failed, version
+        for callback in context._after_commit:
+            _call_quietly(callback, run.id)
+        return done[-1], version
+
+    async def _end(self, saga: Saga, ending: Transition, version: int) -> tuple[Transition, int]:
+        hook = saga.end_hook
+        assert hook is not None
+
+        def work(tx: Any) -> Any:
+            outcome = hook(tx, ending.run)
+            if inspect.isawaitable(outcome):
+                return _after(outcome, lambda _: ending.run)
+            return ending.run
+
+        _, version = await self.store.save_local(
+            ending.run.id, work, version=version, lease_until=self._clock.time() + self.lease
+        )
+        return ending, version
+
+    def _context(
+        self, run: Run, index: int, attempt: int, results: dict[str, Any], *, undo: bool
+    ) -> StepContext:
+        """What step ``index`` is told; ``results`` caches the decoded results of the run."""
+        for plan, state in zip(run.plan, run.steps, strict=True):
+            if state.phase in ("done", "undoing", "undone"):
+                results[plan.name] = state.result
+        name = run.plan[index].name
+        own = run.steps[index]
+        return StepContext(
+            run_id=run.id,
+            saga=run.saga,
+            step=name,
+            attempt=attempt,
+            idempotency_key=f"{run.id}:{name}{':undo' if undo else ''}",
+            input=run.input,
+            results=results,
+            result=own.result if undo else None,
+        )
+
+    # -- leases -------------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        if self._driving:
+            until = self._clock.time() + self.lease
+            await self.store.renew(list(self._driving), owner=self.owner, lease_until=until)
+
+    async def _claim(self, *, own: bool = False) -> None:
+        if len(self._driving) >= 10_000:
+            return  # enough on hand: leave the rest to other runners, or the next scan
+        now = self._clock.time()
+        claimed = await self.store.claim(
+            owner=self.owner, now=now, lease_until=now + self.lease, limit=500, own=own
+        )
+        for run, version in claimed:
+            if run.saga not in self.sagas:
+                _log.error("saga run %s: no saga %r defined here", run.id, run.saga)
+                continue
+            if run.id in self._driving:
+                continue
+            _log.info("saga run %s of %s: resumed (%s)", run.id, run.saga, run.status)
+            self._drive(advance(run, Resume(), now), version)
+
+    async def _purge(self) -> None:
+        purged = await self.store.purge(ended_before=self._clock.time() - self.keep)
+        if purged:
+            _log.info("purged %d ended saga runs", purged)
+
+    async def _every(self, seconds: float, work: Callable[[], Any]) -> None:
+        while True:
+            await self._clock.sleep(seconds)
+            try:
+                await work()
+            except MeshkitError as error:
+                _log.warning("saga runner: %s", error)
+
+    def _saga(self, saga: Saga | str) -> Saga:
+        name = saga if isinstance(saga, str) else saga.name
+        found = self.sagas.get(name)
+        if found is None:
+            raise InvalidArgumentError("saga", f"no saga {name!r} in this runner")
+        return found
+
+
+async def _attempt(step: Step, context: StepContext) -> Event:
+    try:
+        async with asyncio.timeout(step.timeout):
+            result = await step.action(context)  # type: ignore[call-arg]
+    except StepFailed as failure:
+        return Failed(failure.detail, failure.status, failure.data)
+    except TimeoutError:
+        return Unknown(f"timed out after {step.timeout:g} s")
+    except Exception as error:  # noqa: BLE001 (an unknown outcome: the machine retries it)
+        return Unknown(_describe(error))
+    try:
+        return Succeeded(_plain(result))
+    except (TypeError, msgspec.EncodeError) as error:
+        return Unknown(f"its result cannot be logged: {error}")
+
+
+async def _undo(step: Step, context: StepContext) -> Event:
+    assert step.undo is not None
+    try:
+        async with asyncio.timeout(step.undo_timeout):
+            await step.undo(context)
+    except TimeoutError:
+        return UndoFailed(f"timed out after {step.undo_timeout:g} s")
+    except Exception as error:  # noqa: BLE001 (retried by the machine, then stuck)
+        return UndoFailed(_describe(error))
+    return Undone()
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
+
+
+async def _after(awaitable: Any, then: Callable[[Any], Any]) -> Any:
+    """``then`` of what ``awaitable`` gives, awaited too if it is awaitable (local async work)."""
+    value = then(await awaitable)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def _call_quietly(callback: Callable[[], object], run_id: str) -> None:
+    try:
+        callback()
+    except Exception:  # noqa: BLE001 (the step is logged done; a callback cannot undo that)
+        _log.exception("saga run %s: an on_commit callback failed", run_id)
