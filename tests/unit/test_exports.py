@@ -184,7 +184,9 @@ PUBLIC = {
         "without_deadline",
     ],
     "meshkit.http": [
+        "IDEMPOTENCY_KEY",
         "IDEMPOTENT_METHODS",
+        "MAX_IDEMPOTENCY_KEY",
         "PROBLEM_JSON",
         "RETRYABLE_STATUSES",
         "FieldError",
@@ -197,8 +199,10 @@ PUBLIC = {
         "ServerLimits",
         "Timeouts",
         "encode_problem",
+        "idempotency_key_field",
         "json_response",
         "problem_response",
+        "read_idempotency_key",
     ],
     "meshkit.policy": [
         "GCRA",

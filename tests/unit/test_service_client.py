@@ -10,9 +10,18 @@ from meshkit.errors import (
     ConfigError,
     ConnectTimeoutError,
     DeadlineExceededError,
+    InvalidArgumentError,
     ServiceUnavailableError,
 )
-from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
+from meshkit.http import (
+    HTTPClient,
+    HTTPServer,
+    Request,
+    Response,
+    idempotency_key_field,
+    json_response,
+    read_idempotency_key,
+)
 from meshkit.policy import DeadlineBudget
 from meshkit.registry import EmbeddedRegistry, Instance, Registration
 from meshkit.service import CallPolicy, Directory, ServiceClient, without_deadline
@@ -150,6 +159,112 @@ def test_a_503_is_retried_elsewhere_only_when_idempotent() -> None:
         await fleet.aclose()
 
     run(main)
+
+
+def test_an_idempotency_key_makes_a_post_retried_elsewhere_with_the_same_key() -> None:
+    """A keyed POST's 503 is resent to another instance with the same key; an unkeyed one is not."""
+    keys: list[str | None] = []
+    failed: list[bool] = []
+
+    async def first_fails(request: Request) -> Response:
+        keys.append(request.header("idempotency-key"))
+        if not failed:
+            failed.append(True)
+            return json_response(503, {"error": "overloaded"})
+        return json_response(200, {})
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        await fleet.add(first_fails)
+        await fleet.add(first_fails)
+        answer = await client.post("products", "/p", json={}, idempotency_key="order-7/charge")
+        assert answer.status == 200
+        assert keys == ['"order-7/charge"'] * 2
+        assert sorted(fleet.hits.values()) == [1, 1]  # two instances, one attempt each
+        failed.clear()
+        assert (await client.post("products", "/p", json={})).status == 503
+        assert sum(fleet.hits.values()) == 3  # not resent
+        await fleet.aclose()
+
+    run(main)
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_every_writing_method_sends_the_idempotency_key(method: str) -> None:
+    """post, put, delete and request send the key as an sf-string."""
+    seen: list[str | None] = []
+
+    async def record(request: Request) -> Response:
+        seen.append(request.header("idempotency-key"))
+        return json_response(200, {})
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        await fleet.add(record)
+        call = {"POST": client.post, "PUT": client.put, "DELETE": client.delete}[method]
+        await call("products", "/p", idempotency_key='say "hi"')
+        await client.request("products", method, "/p", idempotency_key="k")
+        assert seen == ['"say \\"hi\\""', '"k"']
+        await fleet.aclose()
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("", "must not be empty"),
+        ("k" * 256, "at most 255 characters"),
+        ("café", "printable ASCII"),
+        ("new\nline", "printable ASCII"),
+    ],
+)
+def test_an_invalid_idempotency_key_is_refused_before_sending(key: str, problem: str) -> None:
+    """InvalidArgumentError names idempotency_key, and nothing reaches the service."""
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        await fleet.add()
+        with pytest.raises(InvalidArgumentError, match=problem) as caught:
+            await client.post("products", "/p", json={}, idempotency_key=key)
+        assert caught.value.key == "idempotency_key"
+        assert not fleet.hits
+        await client.post("products", "/p", idempotency_key="k" * 255)
+        await fleet.aclose()
+
+    run(main)
+
+
+def test_an_idempotency_key_given_twice_is_refused() -> None:
+    """The option and an Idempotency-Key among the headers: InvalidArgumentError."""
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        headers = [(b"Idempotency-Key", b'"a"')]
+        with pytest.raises(InvalidArgumentError, match="given twice") as caught:
+            await client.post("products", "/p", headers=headers, idempotency_key="b")
+        assert caught.value.key == "idempotency_key"
+
+    run(main)
+
+
+@pytest.mark.parametrize("key", ["k", 'quote " and \\ backslash', " spaced ", "~" * 255])
+def test_an_idempotency_key_reads_back_as_sent(key: str) -> None:
+    """What the client sends, the server's reader returns unchanged."""
+    _, value = idempotency_key_field(key)
+    assert read_idempotency_key(value.decode("ascii")) == key
+
+
+def test_a_bare_idempotency_key_is_read_as_it_is() -> None:
+    """A value without quotes, as Stripe's clients send, is the key itself."""
+    assert read_idempotency_key("8e03978e-40d5") == "8e03978e-40d5"
+
+
+@pytest.mark.parametrize("value", ['"open', '"bad \\x escape"', '"a" trailing', '""', "é"])
+def test_a_malformed_idempotency_key_field_is_refused(value: str) -> None:
+    """InvalidArgumentError names the Idempotency-Key header."""
+    with pytest.raises(InvalidArgumentError) as caught:
+        read_idempotency_key(value)
+    assert caught.value.key == "Idempotency-Key"
 
 
 async def _broken(request: Request) -> Response:

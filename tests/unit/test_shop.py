@@ -343,3 +343,174 @@ async def test_every_error_the_shop_answers_is_a_problem(
     assert [e["field"] for e in body.get("errors", [])] == list(case.fields), body
     for name in case.fields:  # the detail names the invalid inputs too
         assert name in body["detail"], body
+
+
+# -- Idempotency-Key: a repeat gets the first answer and changes nothing -------------------
+
+RESERVE = {"order_id": 5, "items": [{"product_id": 3, "quantity": 4}]}
+CHARGE = {"order_id": 5, "user_id": 1, "amount_cents": 1200}
+REUSED = "Idempotency-Key reused with a different request"
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"Idempotency-Key": f'"{key}"'}
+
+
+@asynccontextmanager
+async def app_of(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with serving(load(name, monkeypatch, tmp_path).app) as client:
+        yield client
+
+
+async def stock_of(client: httpx.AsyncClient, product_id: int) -> int:
+    return int((await client.get(f"/stock/{product_id}")).json()["quantity"])
+
+
+async def test_a_reservation_repeated_with_its_key_gets_the_first_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repeat is answered 201 with the same body, marked replayed, and takes no more stock."""
+    async with app_of("inventory", tmp_path, monkeypatch) as client:
+        first = await client.post("/reservations", json=RESERVE, headers=keyed("r-5"))
+        again = await client.post("/reservations", json=RESERVE, headers=keyed("r-5"))
+        assert (first.status_code, again.status_code) == (201, 201)
+        assert again.json() == first.json()
+        assert "idempotent-replayed" not in first.headers
+        assert again.headers["idempotent-replayed"] == "true"
+        assert await stock_of(client, 3) == 36
+
+
+async def test_a_key_reused_with_another_body_is_a_422_that_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same key, another order: a 422 problem, and the stock is as the first request left it."""
+    other = {"order_id": 6, "items": [{"product_id": 3, "quantity": 1}]}
+    async with app_of("inventory", tmp_path, monkeypatch) as client:
+        await client.post("/reservations", json=RESERVE, headers=keyed("r-5"))
+        reused = await client.post(
+            "/reservations", json=other, headers={**keyed("r-5"), "x-request-id": "req-9"}
+        )
+        assert reused.status_code == 422
+        assert reused.headers["content-type"] == PROBLEM_JSON
+        assert (reused.json()["detail"], reused.json()["instance"]) == (REUSED, "req-9")
+        assert await stock_of(client, 3) == 36
+
+
+async def test_a_refusal_is_the_key_s_answer_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of stock under a key stays out of stock for that key once stock comes in."""
+    big = {"order_id": 5, "items": [{"product_id": 3, "quantity": 50}]}
+    async with app_of("inventory", tmp_path, monkeypatch) as client:
+        refused = await client.post("/reservations", json=big, headers=keyed("r-5"))
+        assert refused.status_code == 409
+        assert (await client.put("/stock/3", json={"quantity": 100})).status_code == 200
+        again = await client.post("/reservations", json=big, headers=keyed("r-5"))
+        assert again.status_code == 409
+        assert again.json()["short"] == refused.json()["short"]
+        assert await stock_of(client, 3) == 100
+        fresh = await client.post("/reservations", json=big, headers=keyed("r-5b"))
+        assert fresh.status_code == 201
+
+
+async def test_releasing_nothing_is_done_and_a_late_reservation_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """204 with no reservation; the order's reservation arriving afterwards reserves nothing."""
+    async with app_of("inventory", tmp_path, monkeypatch) as client:
+        assert (await client.delete("/reservations/5")).status_code == 204
+        late = await client.post("/reservations", json=RESERVE, headers=keyed("r-5"))
+        assert late.status_code == 409
+        assert late.headers["content-type"] == PROBLEM_JSON
+        assert late.json()["detail"] == "order 5 was released"
+        assert "short" not in late.json()
+        assert await stock_of(client, 3) == 40
+
+
+async def test_a_release_puts_the_stock_back_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Released twice, with and without keys: the stock is back where it started, once."""
+    async with app_of("inventory", tmp_path, monkeypatch) as client:
+        assert (await client.post("/reservations", json=RESERVE)).status_code == 201
+        # One key for a step and its compensation: each operation has its own.
+        released = await client.delete("/reservations/5", headers=keyed("r-5"))
+        again = await client.delete("/reservations/5", headers=keyed("r-5"))
+        assert (released.status_code, again.status_code) == (204, 204)
+        assert again.headers["idempotent-replayed"] == "true"
+        assert (await client.delete("/reservations/5")).status_code == 204
+        assert await stock_of(client, 3) == 40
+        other = await client.delete("/reservations/6", headers=keyed("r-5"))
+        assert (other.status_code, other.json()["detail"]) == (422, REUSED)
+
+
+async def test_a_malformed_key_is_a_400(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Idempotency-Key that is no valid key is refused before anything is done."""
+    async with app_of("inventory", tmp_path, monkeypatch) as client:
+        bad = await client.post(
+            "/reservations", json=RESERVE, headers={"Idempotency-Key": '"unterminated'}
+        )
+        assert bad.status_code == 400
+        assert bad.json()["detail"].startswith("Idempotency-Key:")
+        assert await stock_of(client, 3) == 40
+
+
+async def test_a_charge_repeated_with_its_key_charges_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repeat gets the first 201 and its payment; another body under the key is a 422."""
+    async with app_of("payments", tmp_path, monkeypatch) as client:
+        first = await client.post("/payments", json=CHARGE, headers=keyed("p-5"))
+        again = await client.post("/payments", json=CHARGE, headers=keyed("p-5"))
+        assert (first.status_code, again.status_code) == (201, 201)
+        assert again.json() == first.json()
+        assert again.headers["idempotent-replayed"] == "true"
+        more = await client.post(
+            "/payments", json={**CHARGE, "amount_cents": 9900}, headers=keyed("p-5")
+        )
+        assert (more.status_code, more.json()["detail"]) == (422, REUSED)
+        payment = (await client.get("/payments/by-order/5")).json()
+        assert (payment["id"], payment["amount_cents"]) == (first.json()["id"], 1200)
+        assert (await client.get("/payments/2")).status_code == 404
+
+
+async def test_a_declined_charge_repeated_with_its_key_stays_declined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decline is the key's answer: no new roll of the dice, however the odds change."""
+    payments = load("payments", monkeypatch, tmp_path)
+    monkeypatch.setattr(payments, "FAILURE_RATE", 1.0)
+    async with serving(payments.app) as client:
+        declined = await client.post("/payments", json=CHARGE, headers=keyed("p-5"))
+        assert declined.status_code == 402
+        monkeypatch.setattr(payments, "FAILURE_RATE", 0.0)
+        again = await client.post("/payments", json=CHARGE, headers=keyed("p-5"))
+        assert (again.status_code, again.json()["detail"]) == (402, "the card was declined")
+        assert again.headers["content-type"] == PROBLEM_JSON
+        assert (await client.get("/payments/by-order/5")).status_code == 404
+        assert (await client.post("/payments", json=CHARGE)).status_code == 201  # no key
+
+
+async def test_voiding_twice_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture voided twice is refunded once; a keyed repeat gets the first answer."""
+    async with app_of("payments", tmp_path, monkeypatch) as client:
+        charged = (await client.post("/payments", json=CHARGE)).json()
+        first = await client.post("/payments/by-order/5/void", headers=keyed("v-5"))
+        again = await client.post("/payments/by-order/5/void", headers=keyed("v-5"))
+        unkeyed = await client.post("/payments/by-order/5/void")
+        assert [a.status_code for a in (first, again, unkeyed)] == [200, 200, 200]
+        assert first.json() == again.json() == unkeyed.json() == {**charged, "status": "refunded"}
+        assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_a_charge_after_its_void_captures_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Voiding an order never charged leaves a 'voided' row that a late keyed charge gets."""
+    async with app_of("payments", tmp_path, monkeypatch) as client:
+        voided = await client.post("/payments/by-order/5/void", headers=keyed("v-5"))
+        assert (voided.status_code, voided.json()["status"]) == (200, "voided")
+        late = await client.post("/payments", json=CHARGE, headers=keyed("p-5"))
+        assert (late.status_code, late.json()) == (200, voided.json())

@@ -9,6 +9,13 @@ transaction as the count; a message id inbox would let the second copy in.
 
 Changing stock (``PUT /stock/{id}``) is for the shop's staff: the gateway
 lets only the admin API key reach it (``keys`` in meshkit.toml).
+
+Reserving and releasing honour an ``Idempotency-Key`` (see
+``shop.idempotency``). Releasing is the compensation of reserving, so it
+cannot fail for want of something to undo: releasing an order that holds
+no reservation is done (204), and leaves the order marked released, so a
+reservation for it that arrives late (a retry overtaken by the release)
+reserves nothing.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import asyncio
 import sqlite3
 from collections import Counter
 
-from fastapi import FastAPI, HTTPException, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 import meshkit
 from meshkit.bus import Message
+from shop import idempotency
 from shop.db import Database
+from shop.idempotency import Answer, IdempotencyKey, once
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stock (
@@ -44,6 +52,10 @@ CREATE TABLE IF NOT EXISTS sold (
 CREATE TABLE IF NOT EXISTS counted_orders (
     order_id INTEGER PRIMARY KEY
 );
+-- The orders released: a reservation for one of them is refused.
+CREATE TABLE IF NOT EXISTS released_orders (
+    order_id INTEGER PRIMARY KEY
+);
 """
 
 
@@ -51,7 +63,7 @@ def seed(db: sqlite3.Connection) -> None:
     db.executemany("INSERT OR IGNORE INTO stock VALUES (?, ?)", [(1, 25), (2, 10), (3, 40)])
 
 
-db = Database("inventory", SCHEMA, seed)
+db = Database("inventory", SCHEMA + idempotency.SCHEMA, seed)
 app = FastAPI(title="inventory", lifespan=db.lifespan)
 service = meshkit.Service(app, name="inventory", version="1.0.0")
 
@@ -89,7 +101,8 @@ class Shortage(BaseModel):
     """The 409 of a reservation, a problem (RFC 9457) naming what is short.
 
     Answered as ``application/problem+json``: ``short`` is an extension
-    member, for orders to tell its caller.
+    member, for orders to tell its caller. A reservation for an order
+    released already is a 409 too, without ``short``.
     """
 
     type: str
@@ -97,7 +110,7 @@ class Shortage(BaseModel):
     status: int
     detail: str
     instance: str | None = None
-    short: list[Short]
+    short: list[Short] = []
 
 
 @app.put("/stock/{product_id}")
@@ -124,62 +137,87 @@ def get_stock(product_id: int) -> StockRecord:
     status_code=201,
     response_model=Reservation,
     responses={
-        200: {"model": Reservation},
-        409: {"model": Shortage, "description": "Not enough stock (application/problem+json)"},
+        200: {"model": Reservation, "description": "The order was reserved before"},
+        409: {
+            "model": Shortage,
+            "description": "Not enough stock, or the order was released (application/problem+json)",
+        },
+        **idempotency.RESPONSES,
     },
 )
-def reserve(reservation: Reservation) -> Reservation | JSONResponse:
+def reserve(reservation: Reservation, request: Request, key: IdempotencyKey) -> Response:
     """Reserve every item or none: 201. Reserving an order again returns its reservation: 200.
 
     Short of stock, nothing is reserved: 409, a problem whose ``short`` lists
-    each product short with the quantity requested and available.
+    each product short with the quantity requested and available. An order
+    released already is refused: 409, "order N was released". With an
+    ``Idempotency-Key``, a repeat gets the first answer, refusals included.
     """
+    payload = reservation.model_dump()
+    return once(db, request, key, payload, lambda tx: _reserve(tx, reservation))
+
+
+def _reserve(tx: sqlite3.Connection, reservation: Reservation) -> Answer:
+    order_id = reservation.order_id
+    if _released(tx, order_id):
+        return Answer.problem(409, f"order {order_id} was released")
+    existing = _reserved(tx, order_id)
+    if existing:
+        return Answer(200, existing.model_dump())
     wanted = Counter[int]()
     for item in reservation.items:
         wanted[item.product_id] += item.quantity
-    with db.transaction() as tx:
-        existing = _reserved(tx, reservation.order_id)
-        if existing:
-            return JSONResponse(existing.model_dump(), 200)
-        short = [
-            Short(product_id=product_id, requested=quantity, available=available)
-            for product_id, quantity in sorted(wanted.items())
-            if (available := _available(tx, product_id)) < quantity
-        ]
-        if short:
-            # meshkit's handlers answer a mapping as a problem whose other keys are members.
-            detail = "not enough stock of " + ", ".join(
-                f"product {s.product_id} ({s.requested} requested, {s.available} available)"
-                for s in short
-            )
-            raise HTTPException(409, {"detail": detail, "short": [s.model_dump() for s in short]})
-        for product_id, quantity in wanted.items():
-            tx.execute(
-                "UPDATE stock SET quantity = quantity - ? WHERE product_id = ?",
-                (quantity, product_id),
-            )
-            tx.execute(
-                "INSERT INTO reservations VALUES (?, ?, ?)",
-                (reservation.order_id, product_id, quantity),
-            )
+    short = [
+        Short(product_id=product_id, requested=quantity, available=available)
+        for product_id, quantity in sorted(wanted.items())
+        if (available := _available(tx, product_id)) < quantity
+    ]
+    if short:
+        detail = "not enough stock of " + ", ".join(
+            f"product {s.product_id} ({s.requested} requested, {s.available} available)"
+            for s in short
+        )
+        return Answer.problem(409, detail, short=[s.model_dump() for s in short])
+    for product_id, quantity in wanted.items():
+        tx.execute(
+            "UPDATE stock SET quantity = quantity - ? WHERE product_id = ?",
+            (quantity, product_id),
+        )
+        tx.execute("INSERT INTO reservations VALUES (?, ?, ?)", (order_id, product_id, quantity))
     items = [Item(product_id=p, quantity=q) for p, q in sorted(wanted.items())]
-    return Reservation(order_id=reservation.order_id, items=items)
+    return Answer(201, Reservation(order_id=order_id, items=items).model_dump())
 
 
-@app.delete("/reservations/{order_id}", status_code=204)
-def release(order_id: int) -> Response:
-    """Put a reservation's items back in stock."""
-    with db.transaction() as tx:
-        reservation = _reserved(tx, order_id)
-        if reservation is None:
-            raise HTTPException(404, f"no reservation for order {order_id}")
+@app.delete(
+    "/reservations/{order_id}",
+    status_code=204,
+    responses=idempotency.RESPONSES,
+)
+def release(order_id: int, request: Request, key: IdempotencyKey) -> Response:
+    """Put a reservation's items back in stock, and refuse the order's reservations from now on.
+
+    Done (204) whether or not the order held a reservation: there is then
+    nothing to undo. With an ``Idempotency-Key``, a repeat gets the first answer.
+    """
+    return once(db, request, key, None, lambda tx: _release(tx, order_id))
+
+
+def _release(tx: sqlite3.Connection, order_id: int) -> Answer:
+    reservation = _reserved(tx, order_id)
+    if reservation is not None:
         for item in reservation.items:
             tx.execute(
                 "UPDATE stock SET quantity = quantity + ? WHERE product_id = ?",
                 (item.quantity, item.product_id),
             )
         tx.execute("DELETE FROM reservations WHERE order_id = ?", (order_id,))
-    return Response(status_code=204)
+    tx.execute("INSERT INTO released_orders VALUES (?) ON CONFLICT DO NOTHING", (order_id,))
+    return Answer(204)
+
+
+def _released(tx: sqlite3.Connection, order_id: int) -> bool:
+    row = tx.execute("SELECT 1 FROM released_orders WHERE order_id = ?", (order_id,)).fetchone()
+    return row is not None
 
 
 def _available(tx: sqlite3.Connection, product_id: int) -> int:

@@ -2,6 +2,12 @@
 
 ``PAYMENT_FAILURE_RATE`` (0 to 1, default 0) declines that share of new
 charges, to show what the shop does when a payment fails.
+
+Charging and voiding honour an ``Idempotency-Key`` (see
+``shop.idempotency``): a repeat gets the first answer, a decline included,
+so retrying a declined charge with its key is declined again rather than
+given another roll of the dice. Without a key, an order is still charged
+at most once: a second charge for it gets the first payment.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import random
 import sqlite3
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 import meshkit
+from shop import idempotency
 from shop.db import Database
+from shop.idempotency import Answer, IdempotencyKey, once
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS payments (
@@ -28,7 +35,7 @@ CREATE TABLE IF NOT EXISTS payments (
 );
 """
 
-db = Database("payments", SCHEMA)
+db = Database("payments", SCHEMA + idempotency.SCHEMA)
 app = FastAPI(title="payments", lifespan=db.lifespan)
 service = meshkit.Service(app, name="payments", version="1.0.0")
 
@@ -75,26 +82,31 @@ def _payment(row: sqlite3.Row) -> Payment:
     responses={
         200: {"model": Payment, "description": "The order was charged (or voided) before"},
         402: {"description": "The card was declined (application/problem+json)"},
+        **idempotency.RESPONSES,
     },
 )
-def charge(charge: Charge) -> Payment | JSONResponse:
+def charge(charge: Charge, request: Request, key: IdempotencyKey) -> Response:
     """Charge for an order once: charging the same order again returns the first payment.
 
-    (Or the void that took its place: see ``void``.)
+    (Or the void that took its place: see ``void``.) A decline is a 402
+    problem; with an ``Idempotency-Key``, a repeat gets the first answer.
     """
-    with db.transaction() as tx:
-        row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (charge.order_id,)).fetchone()
-        if row is not None:
-            return JSONResponse(_payment(row).model_dump(), 200)
-        if _chance.random() < FAILURE_RATE:
-            raise HTTPException(402, "the card was declined")
-        cursor = tx.execute(
-            "INSERT INTO payments (order_id, user_id, amount_cents, status)"
-            " VALUES (?, ?, ?, 'captured')",
-            (charge.order_id, charge.user_id, charge.amount_cents),
-        )
-        row = tx.execute("SELECT * FROM payments WHERE id = ?", (cursor.lastrowid,)).fetchone()
-    return _payment(row)
+    return once(db, request, key, charge.model_dump(), lambda tx: _charge(tx, charge))
+
+
+def _charge(tx: sqlite3.Connection, charge: Charge) -> Answer:
+    row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (charge.order_id,)).fetchone()
+    if row is not None:
+        return Answer(200, _payment(row).model_dump())
+    if _chance.random() < FAILURE_RATE:
+        return Answer.problem(402, "the card was declined")
+    cursor = tx.execute(
+        "INSERT INTO payments (order_id, user_id, amount_cents, status)"
+        " VALUES (?, ?, ?, 'captured')",
+        (charge.order_id, charge.user_id, charge.amount_cents),
+    )
+    row = tx.execute("SELECT * FROM payments WHERE id = ?", (cursor.lastrowid,)).fetchone()
+    return Answer(201, _payment(row).model_dump())
 
 
 @app.post("/payments/{payment_id}/refund")
@@ -117,28 +129,35 @@ def payment_of_order(order_id: int) -> Payment:
     return _payment(rows[0])
 
 
-@app.post("/payments/by-order/{order_id}/void")
-def void(order_id: int) -> Payment:
+@app.post(
+    "/payments/by-order/{order_id}/void", response_model=Payment, responses=idempotency.RESPONSES
+)
+def void(order_id: int, request: Request, key: IdempotencyKey) -> Response:
     """Make sure an order is not charged: a capture is refunded, a late charge refused.
 
-    The orders service calls this when a charge's answer was lost (a timeout,
-    a 5xx): the charge may have been captured, may never have arrived, or
-    may still be on its way. A captured payment is refunded; if there is
-    none yet, a 'voided' row holding no money takes the order's place, so a
-    charge arriving late finds it and captures nothing.
+    The compensation of a charge, so it is done (200, the order's payment)
+    whatever there is to undo: the charge may have been captured, may never
+    have arrived, or may still be on its way. A captured payment is
+    refunded; if there is none yet, a 'voided' row holding no money takes
+    the order's place, so a charge arriving late finds it and captures
+    nothing; a payment refunded or voided already stays as it is. With an
+    ``Idempotency-Key``, a repeat gets the first answer.
     """
-    with db.transaction() as tx:
-        row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
-        if row is None:
-            tx.execute(
-                "INSERT INTO payments (order_id, user_id, amount_cents, status)"
-                " VALUES (?, 0, 0, 'voided')",
-                (order_id,),
-            )
-        elif row["status"] == "captured":
-            tx.execute("UPDATE payments SET status = 'refunded' WHERE id = ?", (row["id"],))
-        row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
-    return _payment(row)
+    return once(db, request, key, None, lambda tx: _void(tx, order_id))
+
+
+def _void(tx: sqlite3.Connection, order_id: int) -> Answer:
+    row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
+    if row is None:
+        tx.execute(
+            "INSERT INTO payments (order_id, user_id, amount_cents, status)"
+            " VALUES (?, 0, 0, 'voided')",
+            (order_id,),
+        )
+    elif row["status"] == "captured":
+        tx.execute("UPDATE payments SET status = 'refunded' WHERE id = ?", (row["id"],))
+    row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (order_id,)).fetchone()
+    return Answer(200, _payment(row).model_dump())
 
 
 @app.get("/payments/{payment_id}")

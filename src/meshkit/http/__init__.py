@@ -6,6 +6,12 @@ and every error any of them answers is a ``Problem`` (RFC 9457).
 
 from meshkit.http._client import HTTPClient
 from meshkit.http._config import Limits, Timeouts
+from meshkit.http._idempotency import (
+    IDEMPOTENCY_KEY,
+    MAX_IDEMPOTENCY_KEY,
+    idempotency_key_field,
+    read_idempotency_key,
+)
 from meshkit.http._problem import (
     PROBLEM_JSON,
     FieldError,
@@ -18,7 +24,9 @@ from meshkit.http._semantics import IDEMPOTENT_METHODS, RETRYABLE_STATUSES
 from meshkit.http._server import HTTPServer, Request, ServerLimits, json_response
 
 __all__ = [
+    "IDEMPOTENCY_KEY",
     "IDEMPOTENT_METHODS",
+    "MAX_IDEMPOTENCY_KEY",
     "PROBLEM_JSON",
     "RETRYABLE_STATUSES",
     "FieldError",
@@ -31,6 +39,8 @@ __all__ = [
     "ServerLimits",
     "Timeouts",
     "encode_problem",
+    "idempotency_key_field",
     "json_response",
     "problem_response",
+    "read_idempotency_key",
 ]

@@ -12,6 +12,10 @@
 4. a failure is retried on another instance when that is safe: a refused
    connection always (nothing was sent), a dropped connection or a 502, 503
    or 504 only for idempotent requests, within the retry policy and budget.
+   A request is idempotent when its method is (GET, PUT, DELETE...), when it
+   carries an ``idempotency_key`` (sent as the ``Idempotency-Key`` header of
+   draft-ietf-httpapi-idempotency-key-header: a server that honours it
+   answers a repeat with its first answer), or when the caller says so.
 
 A response, even a 5xx one, is returned as it is. When nothing can serve the
 call, ``ServiceUnavailableError`` names the service and says why; when the
@@ -31,11 +35,18 @@ from meshkit._clock import Clock, SystemClock
 from meshkit.discovery import Attempts, CallPolicy, Directory, InstanceSet
 from meshkit.errors import (
     DeadlineExceededError,
+    InvalidArgumentError,
     MeshkitError,
     PeerError,
     ServiceUnavailableError,
 )
-from meshkit.http import IDEMPOTENT_METHODS, HTTPClient, Response
+from meshkit.http import (
+    IDEMPOTENCY_KEY,
+    IDEMPOTENT_METHODS,
+    HTTPClient,
+    Response,
+    idempotency_key_field,
+)
 from meshkit.policy import _check as check
 from meshkit.registry import Instance, check_name
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
@@ -87,6 +98,7 @@ class ServiceClient:
         headers: Headers = (),
         timeout: float | None = None,  # noqa: ASYNC109 (see request)
         idempotent: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> Response:
         return await self.request(
             service,
@@ -97,6 +109,7 @@ class ServiceClient:
             headers=headers,
             timeout=timeout,
             idempotent=idempotent,
+            idempotency_key=idempotency_key,
         )
 
     async def put(
@@ -108,9 +121,17 @@ class ServiceClient:
         body: bytes = b"",
         headers: Headers = (),
         timeout: float | None = None,  # noqa: ASYNC109 (see request)
+        idempotency_key: str | None = None,
     ) -> Response:
         return await self.request(
-            service, "PUT", path, json=json, body=body, headers=headers, timeout=timeout
+            service,
+            "PUT",
+            path,
+            json=json,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
         )
 
     async def delete(
@@ -120,8 +141,16 @@ class ServiceClient:
         *,
         headers: Headers = (),
         timeout: float | None = None,  # noqa: ASYNC109 (see request)
+        idempotency_key: str | None = None,
     ) -> Response:
-        return await self.request(service, "DELETE", path, headers=headers, timeout=timeout)
+        return await self.request(
+            service,
+            "DELETE",
+            path,
+            headers=headers,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+        )
 
     async def request(
         self,
@@ -136,19 +165,32 @@ class ServiceClient:
         # and sent on to the callee.
         timeout: float | None = None,  # noqa: ASYNC109
         idempotent: bool | None = None,
+        idempotency_key: str | None = None,
     ) -> Response:
         """Call ``method path`` on an instance of ``service``; see the module docstring.
 
-        ``json`` is encoded as the body. ``idempotent`` overrides what the
-        method implies (POST is not, GET and PUT are) for retry decisions.
+        ``json`` is encoded as the body. ``idempotency_key`` is sent as the
+        ``Idempotency-Key`` header and makes the request idempotent for
+        retries: the same key is sent with every attempt, so a server that
+        honours it acts once. Generate one key per operation (a UUID, or a
+        saga run's id and step) and send it again when repeating the
+        operation. ``idempotent`` overrides what the method and the key
+        imply (POST is not, GET and PUT are, a keyed request is) for retry
+        decisions.
+
+        Raises ``InvalidArgumentError`` naming ``idempotency_key`` when the
+        key is empty, longer than 255 characters or not printable ASCII, or
+        when ``headers`` carry an ``Idempotency-Key`` too; before any I/O.
         """
+        if idempotency_key is not None:
+            headers = _with_key(headers, idempotency_key)
         now = self._clock.monotonic()
         expires_at = self._expires_at(now, timeout)
         if json is not None:
             body = msgspec.json.encode(json)
             headers = [*headers, _JSON]
         if idempotent is None:
-            idempotent = method in IDEMPOTENT_METHODS
+            idempotent = idempotency_key is not None or method in IDEMPOTENT_METHODS
         upstream = self._upstreams.get(service) or await self._find(service, expires_at - now)
         now = self._clock.monotonic()
         attempts = Attempts(
@@ -292,6 +334,22 @@ class ServiceClient:
         upstream = self._upstreams.get(service)
         if upstream is not None:
             upstream.update(instances)
+
+
+def _with_key(headers: Headers, key: str) -> list[tuple[bytes, bytes]]:
+    """``headers`` and the ``Idempotency-Key`` field sending ``key``, which must be the only one.
+
+    The draft forbids two of them in one request.
+    """
+    given = list(headers)
+    if any(name.lower() == _KEY_FIELD for name, _ in given):
+        raise InvalidArgumentError(
+            "idempotency_key", "is given twice: as the option and in headers; give one"
+        )
+    return [*given, idempotency_key_field(key)]
+
+
+_KEY_FIELD = IDEMPOTENCY_KEY.encode("ascii")
 
 
 def _retry_after(response: Response) -> float | None:
