@@ -158,35 +158,54 @@ class SagaRunner:
         *,
         run_id: str | None = None,
         local: Callable[[Any], Any] | None = None,
-    ) -> str:
-        """Log a new run of ``saga`` with ``input`` and start driving it: the run's id.
+    ) -> Run:
+        """Log a new run of ``saga`` and start driving it: the run as logged.
 
-        ``local(tx)`` runs in the transaction that logs the run (the order's
-        row and the run commit together). ``input`` is anything JSON can
-        hold (pydantic models too). Raises ``InvalidArgumentError`` for an
-        unknown saga, an input JSON cannot hold, or a ``run_id`` in use.
+        ``input`` is anything JSON can hold (pydantic models too). With
+        ``local``, ``local(tx)`` runs in the transaction that logs the run
+        (the order's row and the run commit together); what it returns,
+        unless ``None``, is the run's input (the new order's id, say). For
+        a PostgreSQL store it is a coroutine function. Raises
+        ``InvalidArgumentError`` for an unknown saga, an input JSON cannot
+        hold, or a ``run_id`` in use; whatever ``local`` raises propagates.
         """
         definition = self._saga(saga)
-        try:
-            encoded = _plain(input)
-        except (TypeError, msgspec.EncodeError) as error:
-            raise InvalidArgumentError("input", str(error)) from error
-        now = self._clock.time()
-        fresh = Run(
-            id=run_id or secrets.token_hex(8),
-            saga=definition.name,
-            plan=self._plans[definition.name],
-            steps=tuple(StepState() for _ in definition.steps),
-            input=encoded,
-            created=now,
-            updated=now,
-        )
-        first = advance(fresh, Resume(), now)
-        version = await self.store.create(
-            first.run, owner=self.owner, lease_until=now + self.lease, local=local
-        )
-        self._drive(first, version)
-        return first.run.id
+        run_id = run_id or secrets.token_hex(8)
+        plan = self._plans[definition.name]
+        made: list[Transition] = []
+
+        def first(value: Any) -> Run:
+            try:
+                plain = _plain(value)
+            except (TypeError, msgspec.EncodeError) as error:
+                raise InvalidArgumentError("input", str(error)) from error
+            now = self._clock.time()
+            fresh = Run(
+                id=run_id,
+                saga=definition.name,
+                plan=plan,
+                steps=tuple(StepState() for _ in plan),
+                input=plain,
+                created=now,
+                updated=now,
+            )
+            made.append(advance(fresh, Resume(), now))
+            return made[-1].run
+
+        def work(tx: Any) -> Any:
+            if local is None:
+                return first(input)
+            given = local(tx)
+            if inspect.isawaitable(given):
+                return _after(given, lambda value: first(input if value is None else value))
+            return first(input if given is None else given)
+
+        if local is None:
+            first(input)  # a bad input fails here, before it reaches the log's writer
+        lease_until = self._clock.time() + self.lease
+        run, version = await self.store.create(work, owner=self.owner, lease_until=lease_until)
+        self._drive(made[-1], version)
+        return run
 
     async def wait(self, run_id: str, timeout: float) -> Run:  # noqa: ASYNC109 (a bound, not a deadline)
         """The run once it ends or is stuck, or as it stands after ``timeout`` seconds.

@@ -115,21 +115,18 @@ class SqliteSagaStore:
 
     # -- the protocol ---------------------------------------------------------------
 
-    async def create(
-        self, run: Run, *, owner: str, lease_until: float, local: LocalWork | None = None
-    ) -> int:
-        row = (run.id, run.saga, run.status, owner, lease_until, run.updated, encode_run(run))
-
-        def insert(db: sqlite3.Connection) -> int:
-            if local is not None:
-                local(db)
+    async def create(self, local: LocalWork, *, owner: str, lease_until: float) -> tuple[Run, int]:
+        def insert(db: sqlite3.Connection) -> tuple[Run, int]:
+            run = _returned_run(local(db), None)
+            row = (run.id, run.saga, run.status, owner, lease_until, run.updated, encode_run(run))
             try:
                 db.execute(_INSERT, row)
             except sqlite3.IntegrityError as error:
-                raise InvalidArgumentError("id", f"a saga run {run.id!r} exists") from error
-            return 1
+                raise InvalidArgumentError("run_id", f"a saga run {run.id!r} exists") from error
+            return run, 1
 
-        return int(await self._write(insert, guarded=local is not None))
+        created: tuple[Run, int] = await self._write(insert, guarded=True)
+        return created
 
     async def save(self, run: Run, *, version: int, lease_until: float) -> int:
         def update(db: sqlite3.Connection) -> int:
@@ -142,9 +139,7 @@ class SqliteSagaStore:
         self, run_id: str, local: LocalWork, *, version: int, lease_until: float
     ) -> tuple[Run, int]:
         def update(db: sqlite3.Connection) -> tuple[Run, int]:
-            run = local(db)
-            if not isinstance(run, Run) or run.id != run_id:
-                raise UsageError(f"local work of saga run {run_id} must return that run")
+            run = _returned_run(local(db), run_id)
             _update(db, run, version, lease_until)
             return run, version + 1
 
@@ -309,6 +304,12 @@ class SqliteSagaStore:
                 db.close()
 
         return await asyncio.to_thread(read)
+
+
+def _returned_run(run: object, run_id: str | None) -> Run:
+    if not isinstance(run, Run) or (run_id is not None and run.id != run_id):
+        raise UsageError(f"local work of saga run {run_id or '(new)'} must return that run")
+    return run
 
 
 def _update(db: sqlite3.Connection, run: Run, version: int, lease_until: float) -> None:

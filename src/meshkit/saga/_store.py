@@ -8,9 +8,9 @@ next write with ``RunConflictError`` instead of overwriting the new owner's.
 
 Local work joins the log's transaction: ``create`` and ``save_local`` take
 a function of the store's transaction (``sqlite3.Connection`` for SQLite,
-an asyncpg connection for PostgreSQL) that writes the service's own rows,
-so those rows and the run commit together or not at all, as the outbox's
-events commit with the change that caused them.
+an asyncpg connection for PostgreSQL) that writes the service's own rows
+and returns the run to write, so those rows and the run commit together or
+not at all, as the outbox's events commit with the change that caused them.
 """
 
 from __future__ import annotations
@@ -76,13 +76,13 @@ class SagaStore(Protocol):
     propagates unchanged, after its part of the transaction rolled back.
     """
 
-    async def create(
-        self, run: Run, *, owner: str, lease_until: float, local: LocalWork | None = None
-    ) -> int:
-        """Log a new run, driven by ``owner`` until ``lease_until``: its version.
+    async def create(self, local: LocalWork, *, owner: str, lease_until: float) -> tuple[Run, int]:
+        """Log a new run, driven by ``owner`` until ``lease_until``: the run and its version.
 
-        ``local(tx)`` runs first in the same transaction (a new order's
-        row, say). ``InvalidArgumentError`` when the run's id is taken.
+        ``local(tx)`` runs in the transaction and returns the run to log,
+        built from what it wrote there (a new order's row and its id in the
+        run's input, say): the two commit together or not at all.
+        ``InvalidArgumentError`` when the run's id is taken.
         """
         ...
 
