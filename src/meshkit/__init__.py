@@ -14,8 +14,11 @@ from meshkit.errors import MeshkitError
 from meshkit.http import FieldError, Problem
 from meshkit.service import (
     CallPolicy,
+    Composition,
+    Part,
     Service,
     ServiceClient,
+    compose,
     install_problem_handlers,
     problem_handlers,
 )
@@ -28,13 +31,16 @@ except PackageNotFoundError:  # imported from a source tree that was never insta
 __all__ = [
     "CallPolicy",
     "Clock",
+    "Composition",
     "FieldError",
     "MeshkitError",
+    "Part",
     "Problem",
     "Service",
     "ServiceClient",
     "SystemClock",
     "__version__",
+    "compose",
     "install_problem_handlers",
     "problem_handlers",
 ]

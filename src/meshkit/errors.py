@@ -18,7 +18,8 @@ next: fix its input, try another peer, or wait for the environment.
     │   ├── PeerClosedError         the peer closed the connection before answering
     │   ├── ProtocolViolationError  the peer's HTTP was malformed
     │   ├── ResponseTooLargeError   the peer's answer exceeded the configured limit
-    │   └── ServiceUnavailableError no instance of a service could serve a call
+    │   ├── ServiceUnavailableError no instance of a service could serve a call
+    │   └── CompositionError        a required part of a composed answer failed
     ├── EnvironmentFaultError       a broker, store or network is unreachable: wait
     │   └── GroupLostError          the broker no longer has a group a member joined
     ├── DeadlineExceededError       the time allowed ran out (also TimeoutError)
@@ -48,6 +49,7 @@ it (``ConfigError`` is a ``ValueError``, ``DeadlineExceededError`` a
 from __future__ import annotations
 
 __all__ = [
+    "CompositionError",
     "ConfigError",
     "ConflictError",
     "ConnectError",
@@ -183,6 +185,23 @@ class ServiceUnavailableError(PeerError):
 
     def __reduce__(self) -> tuple[type[ServiceUnavailableError], tuple[str, str]]:
         return type(self), (self.service, self.reason)
+
+
+class CompositionError(PeerError):
+    """A required ``part`` of a composition failed; ``reason`` says how.
+
+    It raised, its answer was refused, or it ran out of time: the peers it
+    called failed the caller, whose answer cannot be whole without it. The
+    error the part raised, if any, is the ``__cause__``.
+    """
+
+    def __init__(self, part: str, reason: str) -> None:
+        super().__init__(f"required part {part!r} failed: {reason}")
+        self.part = part
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[CompositionError], tuple[str, str]]:
+        return type(self), (self.part, self.reason)
 
 
 class EnvironmentFaultError(MeshkitError):

@@ -199,6 +199,15 @@ def _insert(tx: sqlite3.Connection, notification: Notification) -> SentNotificat
 
 
 @app.get("/notifications")
-def sent_to(user_id: int = Query(ge=1)) -> list[SentNotification]:
-    rows = db.read("SELECT * FROM notifications WHERE user_id = ? ORDER BY id", (user_id,))
+def sent_to(
+    user_id: int = Query(ge=1), order_id: int | None = Query(default=None, ge=1)
+) -> list[SentNotification]:
+    """What was sent to a user, oldest first; with ``order_id``, only about that order."""
+    if order_id is None:
+        rows = db.read("SELECT * FROM notifications WHERE user_id = ? ORDER BY id", (user_id,))
+    else:
+        rows = db.read(
+            "SELECT * FROM notifications WHERE user_id = ? AND order_id = ? ORDER BY id",
+            (user_id, order_id),
+        )
     return [SentNotification(**row) for row in rows]

@@ -44,6 +44,7 @@ from meshkit.bus import SqliteOutbox
 from meshkit.errors import MeshkitError
 from meshkit.http import Problem, Response
 from meshkit.service import without_deadline
+from shop import details
 from shop.db import Database
 
 log = logging.getLogger("shop.orders")
@@ -86,6 +87,7 @@ def mesh() -> meshkit.ServiceClient:
 
 
 Mesh = Annotated[meshkit.ServiceClient, Depends(mesh)]
+app.include_router(details.routes(db, mesh))
 
 
 class Item(BaseModel):
