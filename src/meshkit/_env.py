@@ -56,6 +56,8 @@ ENV = {
     "version": "MESHKIT_VERSION",
     "data_dir": "MESHKIT_DATA_DIR",
     "restarts": "MESHKIT_RESTARTS",
+    # For reliability tests only: the saga crash point (see meshkit.saga.SagaRunner).
+    "saga_crash_at": "MESHKIT_SAGA_CRASH_AT",
 }
 
 
@@ -73,6 +75,7 @@ class MeshEnvironment(msgspec.Struct, frozen=True, kw_only=True):
     version: str | None = None
     data_dir: Path | None = None
     restarts: int = 0
+    saga_crash_at: str | None = None
 
 
 def _get(name: str) -> str | None:

@@ -278,75 +278,74 @@ def stock(shop: Shop, product_id: int) -> int:
     return int(answer["quantity"])  # type: ignore[index]
 
 
-def place_order_with_payments_frozen(
-    shop: Shop, *, until: str, deadline_ms: int | None = None
-) -> tuple[int, dict[str, object], str]:
-    """Place an order with payments stopped by SIGSTOP, resumed once orders logs ``until``.
+def order_status(shop: Shop, order_id: int, wanted: str, *, timeout: float) -> dict[str, object]:
+    """The order once its status is ``wanted``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout  # noqa: TID251 (a real process, real time)
+    while True:
+        status, order = http("GET", shop.orders(f"/orders/{order_id}"))
+        assert status == 200, order
+        assert isinstance(order, dict)
+        if order["status"] == wanted:
+            return order
+        assert time.monotonic() < deadline, f"order {order_id} is still {order['status']}: {order}"  # noqa: TID251
+        time.sleep(0.1)  # noqa: TID251 (polling a saga, bounded)
 
-    Returns the answer's status and body, and the line orders logged.
+
+def place_order_with_payments_frozen(shop: Shop, *, frozen: float) -> tuple[int, int]:
+    """Place an order with payments stopped by SIGSTOP for ``frozen`` seconds.
+
+    The order comes with a 1.5 s deadline: its answer, the status and the
+    order's id, comes while payments is still frozen.
     """
     restock(shop, product_id=2, quantity=10)
     (payments,) = instance_pids(shop, "payments").values()
-    answer: list[tuple[int, object]] = []
     order = {"user_id": 1, "items": [{"product_id": 2, "quantity": 3}]}
-    headers = {} if deadline_ms is None else {"x-meshkit-timeout-ms": str(deadline_ms)}
-    caller = threading.Thread(
-        target=lambda: answer.append(http("POST", shop.orders(), order, headers=headers))
-    )
-    since = shop.up.mark()
     os.kill(payments, signal.SIGSTOP)
     try:
-        caller.start()
-        line = shop.up.wait_for(until, timeout=30, since=since)
+        started = time.monotonic()  # noqa: TID251
+        status, body = http("POST", shop.orders(), order, headers={"x-meshkit-timeout-ms": "1500"})
+        assert isinstance(body, dict), body
+        time.sleep(max(0.0, frozen - (time.monotonic() - started)))  # noqa: TID251 (the outage)
     finally:
         os.kill(payments, signal.SIGCONT)
-    caller.join(30)
-    status, body = answer[0]
-    assert isinstance(body, dict)
-    return status, body, line
-
-
-def test_a_charge_whose_answer_is_lost_is_voided(shop: Shop) -> None:
-    """payments freezes mid-charge: the order fails, nothing stays charged, the stock is back.
-
-    The order comes with a 1.5 s deadline, all spent by the charge that gets
-    no answer: voiding and releasing run on a deadline of their own.
-    SIGSTOP lasts well inside the 5 s lease, so payments stays listed, and
-    ends once orders says it is voiding. Whichever payments handles first,
-    the late charge or the void, the order ends with no money taken.
-    """
-    status, body, line = place_order_with_payments_frozen(
-        shop, until="is uncertain", deadline_ms=1500
+    return status, int(
+        body["id"] if status == 202 else re.findall(r"order (\d+)", problem(body))[0]
     )
-    order_id = int(re.search(r"order (\d+)", line).group(1))  # type: ignore[union-attr]
-    shop.up.wait_for(f"order {order_id}: payment ", timeout=20)
-    assert status == 503, body
-    assert f"order {order_id} failed" in problem(body)
-    assert http("GET", shop.orders(f"/orders/{order_id}"))[1]["status"] == "failed"  # type: ignore[index]
+
+
+def test_a_charge_whose_answer_is_lost_is_retried_under_its_key(shop: Shop) -> None:
+    """payments freezes mid-charge: the order answers 202, then is confirmed, charged once."""
+    status, order_id = place_order_with_payments_frozen(shop, frozen=4.0)
+    assert status == 202
+    order = order_status(shop, order_id, "confirmed", timeout=30)
+    saga = order["saga"]
+    assert isinstance(saga, dict)
+    assert saga["status"] == "completed"
+    assert saga["steps"][1]["attempts"] >= 2  # the charge was tried again
+    status, charge = http("GET", shop.service_url("payments", f"/payments/by-order/{order_id}"))
+    assert status == 200
+    assert charge["status"] == "captured"  # type: ignore[index]
+    assert stock(shop, 2) == 7
+
+
+def test_a_charge_that_stays_unanswered_is_undone(shop: Shop) -> None:
+    """payments stays frozen past the charge's attempts: the order fails, nothing is charged.
+
+    Frozen longer than its 5 s lease, payments leaves discovery, and the
+    charge's last attempts find no instance; the void is retried until
+    payments is back, and the stock is released.
+    """
+    since = shop.up.mark()
+    status, order_id = place_order_with_payments_frozen(shop, frozen=12.0)
+    assert status == 202
+    shop.up.wait_for("compensation of charge", timeout=30, since=since)
+    order = order_status(shop, order_id, "failed", timeout=60)
+    assert "after 4 attempts" in str(order["reason"])
     payment = shop.service_url("payments", f"/payments/by-order/{order_id}")
     status, charge = http("GET", payment)
     assert status == 200
     assert charge["status"] in {"voided", "refunded"}  # type: ignore[index]
     assert stock(shop, 2) == 10
-
-
-def test_a_charge_that_cannot_be_voided_leaves_the_order_uncertain(shop: Shop) -> None:
-    """payments stays frozen past the void too: the order says 'uncertain', the stock is back.
-
-    Frozen longer than its 5 s lease, payments leaves discovery; once
-    resumed, its heartbeat registers it again.
-    """
-    status, body, _ = place_order_with_payments_frozen(shop, until="could not void the payment")
-    assert status == 503, body
-    order_id = int(re.search(r"order (\d+) uncertain", problem(body)).group(1))  # type: ignore[union-attr]
-    stored = http("GET", shop.orders(f"/orders/{order_id}"))[1]
-    assert stored["status"] == "uncertain"  # type: ignore[index]
-    assert "could not be voided" in stored["reason"]  # type: ignore[index]
-    assert stock(shop, 2) == 10
-    deadline = time.monotonic() + 15  # noqa: TID251
-    while not instance_pids(shop, "payments"):
-        assert time.monotonic() < deadline, "payments did not register again"  # noqa: TID251
-        time.sleep(0.1)  # noqa: TID251 (polling for the re-registration, bounded)
 
 
 def wait_for_results(results: list[int], count: int) -> None:

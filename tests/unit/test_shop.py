@@ -18,6 +18,7 @@ from fastapi import FastAPI
 
 from meshkit.bus import Message
 from meshkit.http import PROBLEM_JSON, Problem, Response
+from meshkit.saga import SagaRunner, SqliteSagaStore
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "shop"
 APPS = ["users", "products", "inventory", "payments", "orders", "notifications"]
@@ -92,15 +93,21 @@ async def test_the_lifespan_opens_the_database_with_its_demo_data(
 
 
 class FakeMesh:
-    """Stands in for ``service.client``: answers by (service, method, path), records each call."""
+    """Stands in for ``service.client``: answers by (service, method, path), records each call.
 
-    def __init__(self, answers: dict[tuple[str, str, str], tuple[int, object]]) -> None:
+    An answer may be a list: each call takes the next, the last one for good.
+    """
+
+    def __init__(self, answers: dict[tuple[str, str, str], Any]) -> None:
         self.answers = answers
         self.calls: list[tuple[str, str, str]] = []
 
     async def _call(self, service: str, method: str, path: str) -> Response:
         self.calls.append((service, method, path))
-        status, body = self.answers[(service, method, path)]
+        answer = self.answers[(service, method, path)]
+        if isinstance(answer, list):
+            answer = answer.pop(0) if len(answer) > 1 else answer[0]
+        status, body = answer
         return Response(status, [(b"content-type", b"application/json")], json.dumps(body).encode())
 
     async def get(self, service: str, path: str, **_: object) -> Response:
@@ -121,6 +128,7 @@ MESH: dict[tuple[str, str, str], tuple[int, object]] = {
     ("inventory", "POST", "/reservations"): (201, {}),
     ("inventory", "DELETE", "/reservations/1"): (204, None),
     ("payments", "POST", "/payments"): (201, {"id": 70, "status": "captured"}),
+    ("payments", "POST", "/payments/by-order/1/void"): (200, {"id": 70, "status": "refunded"}),
 }
 SHORT = [{"product_id": 3, "requested": 500, "available": 40}]
 OUT_OF_STOCK = Problem(
@@ -133,14 +141,19 @@ DECLINED = Problem(402, "the card was declined").to_dict()
 async def orders_with(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    answers: dict[tuple[str, str, str], tuple[int, object]],
+    answers: dict[tuple[str, str, str], Any],
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeMesh]]:
     """Orders in-process, its ``mesh`` dependency answering ``answers`` over ``MESH``."""
     module = load("orders", monkeypatch, tmp_path)
     mesh = FakeMesh(MESH | answers)
     module.app.dependency_overrides[module.mesh] = lambda: mesh
+    # The saga's steps call mesh() themselves, outside any request; and each
+    # test gets a runner of its own, on its own database.
+    monkeypatch.setattr(module, "mesh", lambda: mesh)
+    store = SqliteSagaStore(tmp_path / "orders.sqlite3")
+    monkeypatch.setattr(module, "sagas", SagaRunner(store, [module.placing]))
     try:
-        async with serving(module.app) as client:
+        async with serving(module.app) as client, module.sagas:
             yield client, mesh
     finally:
         module.app.dependency_overrides.clear()
@@ -208,6 +221,78 @@ async def test_a_declined_order_releases_its_stock_and_is_recorded_declined(
         assert mesh.calls[-1] == ("inventory", "DELETE", "/reservations/1")
         stored = (await client.get("/orders/1")).json()
         assert (stored["status"], stored["reason"]) == ("declined", "the card was declined")
+
+
+async def test_an_order_shows_the_steps_of_its_saga(
+    orders: tuple[httpx.AsyncClient, FakeMesh],
+) -> None:
+    """GET /orders/{id} carries the saga's status and each step's phase and attempts."""
+    client, _ = orders
+    placed = await client.post(
+        "/orders", json={"user_id": 1, "items": [{"product_id": 3, "quantity": 1}]}
+    )
+    assert placed.status_code == 201, placed.text
+    saga = (await client.get("/orders/1")).json()["saga"]
+    assert saga["status"] == "completed"
+    assert [(s["name"], s["phase"], s["attempts"]) for s in saga["steps"]] == [
+        ("reserve", "done", 1),
+        ("charge", "done", 1),
+        ("confirm", "done", 1),
+    ]
+
+
+async def test_a_charge_answered_503_is_tried_again_until_it_is_known(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown outcome is retried under the step's key: the order still ends confirmed."""
+    flaky = {
+        ("payments", "POST", "/payments"): [
+            (503, Problem(503, "busy").to_dict()),
+            (201, {"id": 70, "status": "captured"}),
+        ]
+    }
+    async with orders_with(tmp_path, monkeypatch, flaky) as (client, mesh):
+        order = {"user_id": 1, "items": [{"product_id": 3, "quantity": 1}]}
+        placed = await client.post("/orders", json=order)
+        assert placed.status_code == 201, placed.text
+        assert mesh.calls.count(("payments", "POST", "/payments")) == 2
+        saga = (await client.get("/orders/1")).json()["saga"]
+        assert saga["steps"][1]["attempts"] == 2
+
+
+async def test_a_client_s_idempotency_key_places_one_order(
+    orders: tuple[httpx.AsyncClient, FakeMesh],
+) -> None:
+    """The same key returns the same order; with another order's body, a 422."""
+    client, mesh = orders
+    order = {"user_id": 1, "items": [{"product_id": 3, "quantity": 2}]}
+    headers = {"Idempotency-Key": '"checkout-41"'}
+    first = await client.post("/orders", json=order, headers=headers)
+    again = await client.post("/orders", json=order, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert first.json() == again.json()
+    assert mesh.calls.count(("payments", "POST", "/payments")) == 1
+    other = {"user_id": 1, "items": [{"product_id": 3, "quantity": 1}]}
+    reused = await client.post("/orders", json=other, headers=headers)
+    assert reused.status_code == 422
+    assert "different order" in reused.json()["detail"]
+
+
+async def test_an_order_still_going_when_the_wait_ends_is_a_202_with_its_location(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The saga goes on after the answer; the client polls the Location."""
+    module = load("orders", monkeypatch, tmp_path)
+    monkeypatch.setattr(module, "_ANSWER_WITHIN", 0.0)
+    async with orders_with(tmp_path, monkeypatch, {}) as (client, _):
+        order = {"user_id": 1, "items": [{"product_id": 3, "quantity": 1}]}
+        placed = await client.post("/orders", json=order)
+        assert placed.status_code == 202, placed.text
+        assert placed.headers["location"] == "orders/1"
+        assert placed.json()["status"] == "pending"
+        saga_id = (await client.get("/orders/1")).json()["saga"]["id"]
+        await module.sagas.wait(saga_id, 5)
+        assert (await client.get("/orders/1")).json()["status"] == "confirmed"
 
 
 # -- every error the shop answers is a problem (RFC 9457) --------------------------------

@@ -1,59 +1,69 @@
-"""orders: places orders by calling users, products, inventory and payments.
+"""orders: places orders as sagas: reserve the stock, charge the payment, confirm.
 
-Placing an order checks the user and the products, records the order as
-pending, reserves the stock, charges the payment, and confirms. Confirming
-records the event ``order.created`` in the same transaction, in the
-service's outbox: the relay publishes it once the order is confirmed for
-good, and never for an order that is not (inventory counts the sale,
-notifications tells the user). If the stock is short the order is rejected
-(409); if the payment is declined the reservation is released and the
-order ends declined (402); if a service cannot be reached, what was done is
-undone as far as possible and the order ends failed (503). Every error is
-a problem (RFC 9457, ``application/problem+json``, from meshkit's
-handlers): a 402 or 409 names the order it recorded in its ``order``
-member, and a 409 lists the products short of stock in ``short``.
+Placing an order checks the user and the products, then starts the saga
+``place-order``: the order's row (status ``pending``) and the saga's run
+commit together, in orders' own database, and the saga goes on from there
+whatever happens to the request:
 
-A charge whose answer is lost may or may not have been captured, so it is
-voided: refunded if it was, refused if it comes late; if even the void
-fails, the order ends 'uncertain', for a person to settle. Undoing runs
-whatever stopped the order, a cancelled request included, but not a crash
-of this service in the middle: that order stays 'pending', with whatever it
-had reserved or charged.
+1. ``reserve``: inventory reserves the items (a 409, stock too short, is
+   final); undone by releasing the reservation;
+2. ``charge``: payments charges the total (a 402, declined, is final);
+   undone by voiding the payment (a refund if it was captured; if it never
+   arrived, a void that makes a late charge capture nothing);
+3. ``confirm``: a local step, in the transaction that logs it: the order
+   becomes ``confirmed`` and the event ``order.created`` goes into the
+   outbox (inventory counts the sale, notifications tells the user).
 
-Reservations and payments are sent as idempotent: both services answer a
-repeated request for the same order with what they did the first time, so
-a retry after a lost answer cannot reserve or charge twice.
+Each call carries the step's idempotency key, so a step retried after a
+lost answer (a timeout, a 503, this service killed mid-step) gets the
+first answer and reserves or charges nothing twice; an unknown outcome is
+retried until known. A final refusal undoes what was done, latest first,
+and the order ends ``rejected`` (409) or ``declined`` (402); a step whose
+outcome stays unknown through its retries is undone too, and the order
+ends ``failed``. The saga's log is written before each step, so a crash of
+this service at any point resumes where it stopped when it starts again;
+with two replicas, the other takes the run over once its lease lapses.
 
-The handlers reach other services through ``service.client``, given by the
-``mesh`` dependency, so a test can put a fake in its place with
-``app.dependency_overrides[mesh]``. The database is blocking: the async
-handler runs its queries in a thread.
+``POST /orders`` answers 201 when the saga completes within the request's
+deadline, 409 or 402 (problems naming the order) when it was undone for a
+business reason, and 202 with ``Location`` when it is still going: the
+client polls ``GET /orders/{id}``, which shows the order and its saga's
+steps. A client's ``Idempotency-Key`` places one order per key.
+
+The saga's steps reach other services through ``mesh()``, and the
+handlers through the ``mesh`` dependency, so a test can put a fake in
+their place. The database is blocking: queries run in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from typing import Annotated, Literal
+import hashlib
+import secrets
+import sqlite3
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 import meshkit
 from meshkit.bus import SqliteOutbox
 from meshkit.errors import MeshkitError
-from meshkit.http import Problem, Response
-from meshkit.service import without_deadline
+from meshkit.saga import Run, Saga, SqliteSagaStore, StepContext, StepFailed, outcome
+from meshkit.service import current_deadline
 from shop import details
 from shop.db import Database
+from shop.idempotency import IdempotencyKey
 
-log = logging.getLogger("shop.orders")
-
-# Charging has a deadline of its own, shorter than a call's default (10 s):
-# payments answers in milliseconds on loopback, and an order whose charge is
-# lost should still have time to void it and answer.
-_CHARGE_TIMEOUT = 2.0
-_UNDO_TIMEOUT = 5.0  # someone waits for the order's answer
+# A step's call, and each attempt of the step: payments and inventory answer
+# in milliseconds on loopback, so 2 s without an answer is an outage to
+# retry, not a wait. Four attempts span a few seconds of outage (a restart);
+# past that the order is undone rather than left waiting.
+_CALL_TIMEOUT = 2.0
+_ATTEMPTS = 4
+# The longest POST /orders waits for its saga before answering 202.
+_ANSWER_WITHIN = 5.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -63,6 +73,9 @@ CREATE TABLE IF NOT EXISTS orders (
     total_cents INTEGER NOT NULL,
     payment_id INTEGER,
     reason TEXT,
+    saga_id TEXT,
+    client_key TEXT,
+    client_fingerprint TEXT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE TABLE IF NOT EXISTS order_items (
@@ -73,7 +86,20 @@ CREATE TABLE IF NOT EXISTS order_items (
 );
 """
 
-db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA)
+# Columns added since the shop's first version, for a database kept from then.
+_ADDED = {"saga_id": "TEXT", "client_key": "TEXT", "client_fingerprint": "TEXT"}
+
+
+def migrate(tx: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier shop up to this schema."""
+    have = {row["name"] for row in tx.execute("PRAGMA table_info(orders)")}
+    for column, kind in _ADDED.items():
+        if column not in have:
+            tx.execute(f"ALTER TABLE orders ADD COLUMN {column} {kind}")
+    tx.execute("CREATE UNIQUE INDEX IF NOT EXISTS orders_by_client_key ON orders (client_key)")
+
+
+db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA + SqliteSagaStore.SCHEMA, migrate)
 app = FastAPI(title="orders", lifespan=db.lifespan)
 service = meshkit.Service(app, name="orders", version="1.0.0")
 
@@ -87,7 +113,105 @@ def mesh() -> meshkit.ServiceClient:
 
 
 Mesh = Annotated[meshkit.ServiceClient, Depends(mesh)]
+
 app.include_router(details.routes(db, mesh))
+
+
+# -- the saga ------------------------------------------------------------------------
+
+placing = Saga("place-order")
+
+
+@placing.step(timeout=_CALL_TIMEOUT + 0.5, attempts=_ATTEMPTS)
+async def reserve(ctx: StepContext) -> Any:
+    order = ctx.input
+    answer = await mesh().post(
+        "inventory",
+        "/reservations",
+        json={"order_id": order["order_id"], "items": order["items"]},
+        idempotency_key=ctx.idempotency_key,
+        timeout=_CALL_TIMEOUT,
+    )
+    return outcome(answer, final=(409,)).json()
+
+
+@reserve.compensate
+async def release(ctx: StepContext) -> None:
+    # 204 whether or not anything was reserved: nothing to undo is done.
+    answer = await mesh().delete(
+        "inventory",
+        f"/reservations/{ctx.input['order_id']}",
+        idempotency_key=ctx.idempotency_key,
+        timeout=_CALL_TIMEOUT,
+    )
+    outcome(answer)
+
+
+@placing.step(timeout=_CALL_TIMEOUT + 0.5, attempts=_ATTEMPTS)
+async def charge(ctx: StepContext) -> Any:
+    order = ctx.input
+    answer = await mesh().post(
+        "payments",
+        "/payments",
+        json={
+            "order_id": order["order_id"],
+            "user_id": order["user_id"],
+            "amount_cents": order["total_cents"],
+        },
+        idempotency_key=ctx.idempotency_key,
+        timeout=_CALL_TIMEOUT,
+    )
+    payment = outcome(answer, final=(402,)).json()
+    if payment["status"] != "captured":  # a void got there first: nothing was charged
+        raise StepFailed(f"the payment of order {order['order_id']} was voided", status=503)
+    return payment
+
+
+@charge.compensate
+async def void(ctx: StepContext) -> None:
+    # Refunds a capture; with no charge yet, makes sure a late one captures nothing.
+    answer = await mesh().post(
+        "payments",
+        f"/payments/by-order/{ctx.input['order_id']}/void",
+        idempotency_key=ctx.idempotency_key,
+        timeout=_CALL_TIMEOUT,
+    )
+    outcome(answer)
+
+
+@placing.local_step
+def confirm(tx: sqlite3.Connection, ctx: StepContext) -> None:
+    """Confirm the order and record ``order.created``: with the step's log entry, or none."""
+    order = ctx.input
+    tx.execute(
+        "UPDATE orders SET status = 'confirmed', payment_id = ? WHERE id = ?",
+        (ctx.results["charge"]["id"], order["order_id"]),
+    )
+    event = {key: order[key] for key in ("order_id", "user_id", "total_cents", "items")}
+    SqliteOutbox.record(tx, "order.created", event, key=str(order["user_id"]))
+    ctx.on_commit(service.notify_outbox)
+
+
+# What an undone order ends as, by the status of the step's final refusal.
+_ENDS = {409: "rejected", 402: "declined"}
+
+
+@placing.on_end
+def settle(tx: sqlite3.Connection, run: Run) -> None:
+    """An order whose saga was undone ends rejected, declined or failed, with the reason."""
+    if run.status != "compensated" or run.failure is None:
+        return
+    status = _ENDS.get(run.failure.status or 0, "failed")
+    tx.execute(
+        "UPDATE orders SET status = ?, reason = ? WHERE id = ?",
+        (status, run.failure.detail, run.input["order_id"]),
+    )
+
+
+sagas = service.add_sagas(SqliteSagaStore(db.path), placing)
+
+
+# -- the API -------------------------------------------------------------------------
 
 
 class Item(BaseModel):
@@ -100,11 +224,14 @@ class NewOrder(BaseModel):
     items: list[Item] = Field(min_length=1, max_length=50)
 
 
+OrderStatus = Literal["pending", "confirmed", "declined", "rejected", "failed"]
+
+
 class Placed(BaseModel):
-    """A confirmed order (201)."""
+    """A confirmed order (201), or one still being placed (202)."""
 
     id: int
-    status: Literal["confirmed"]
+    status: OrderStatus
     total_cents: int
 
 
@@ -118,7 +245,7 @@ class Refused(BaseModel):
     """The order that placing ended in, when it did not end confirmed."""
 
     id: int
-    status: Literal["declined", "rejected"]
+    status: Literal["declined", "rejected", "failed"]
 
 
 class Declined(BaseModel):
@@ -139,7 +266,7 @@ class Rejected(Declined):
 
 
 class Refusal(HTTPException):
-    """A 402 or 409 for an order recorded as declined or rejected: nothing is left to undo.
+    """A problem for an order that ended without being confirmed: everything was undone.
 
     Its detail is a mapping, which meshkit's handlers answer as a problem
     whose other keys (``order``, ``short``) are extension members.
@@ -156,18 +283,36 @@ class OrderLine(BaseModel):
     price_cents: int
 
 
+class SagaStep(BaseModel):
+    """One step of the order's saga: its phase and attempts (``undo_*``: its compensation)."""
+
+    name: str
+    phase: str
+    attempts: int
+    undo_attempts: int
+    error: str | None
+
+
+class OrderSaga(BaseModel):
+    id: str
+    status: str
+    steps: list[SagaStep]
+    note: str | None
+
+
 class Order(BaseModel):
     id: int
     user_id: int
-    status: Literal["pending", "confirmed", "declined", "rejected", "failed", "uncertain"]
+    status: OrderStatus
     total_cents: int
     payment_id: int | None
     reason: str | None
     created_at: str
     items: list[OrderLine]
+    saga: OrderSaga | None
 
 
-def _unavailable(what: str, response: Response) -> HTTPException:
+def _unavailable(what: str, response: meshkit.http.Response) -> HTTPException:
     return HTTPException(503, f"{what} answered {response.status_code}")
 
 
@@ -176,11 +321,36 @@ def _unavailable(what: str, response: Response) -> HTTPException:
     status_code=201,
     response_model=Placed,
     responses={
+        202: {"model": Placed, "description": "Still being placed: poll the Location"},
         402: {"model": Declined, "description": "Payment declined (application/problem+json)"},
         409: {"model": Rejected, "description": "Not enough stock (application/problem+json)"},
     },
 )
-async def place_order(order: NewOrder, client: Mesh) -> Placed:
+async def place_order(order: NewOrder, client: Mesh, key: IdempotencyKey) -> Any:
+    fingerprint = hashlib.sha256(order.model_dump_json().encode()).hexdigest()
+    if key is not None and (placed := await asyncio.to_thread(_by_key, key, fingerprint)):
+        return await _answer(*placed)
+    prices = await _prices(order, client)
+    total = sum(prices[item.product_id] * item.quantity for item in order.items)
+
+    run_id = secrets.token_hex(8)
+
+    def record(tx: sqlite3.Connection) -> dict[str, Any]:
+        return _record(tx, order, prices, total, run_id=run_id, key=key, fingerprint=fingerprint)
+
+    try:
+        run = await sagas.begin(placing, run_id=run_id, local=record)
+    except sqlite3.IntegrityError:
+        # Another request with the same key placed it a moment ago.
+        placed = await asyncio.to_thread(_by_key, key or "", fingerprint)
+        if placed is None:
+            raise
+        return await _answer(*placed)
+    return await _answer(run.input["order_id"], run.id)
+
+
+async def _prices(order: NewOrder, client: meshkit.ServiceClient) -> dict[int, int]:
+    """Each product's price, after checking the user and the products exist (422 if not)."""
     try:
         user = await client.get("users", f"/users/{order.user_id}")
         if user.status_code == 404:
@@ -200,161 +370,105 @@ async def place_order(order: NewOrder, client: Mesh) -> Placed:
         if not answer.is_success:
             raise _unavailable("products", answer)
         prices[product_id] = int(answer.json()["price_cents"])
-    total = sum(prices[item.product_id] * item.quantity for item in order.items)
-    order_id = await asyncio.to_thread(_record, order, prices, total)
-    return await _fulfil(client, order_id, order, total)
+    return prices
 
 
-async def _fulfil(
-    client: meshkit.ServiceClient, order_id: int, order: NewOrder, total: int
-) -> Placed:
-    items = [item.model_dump() for item in order.items]
-    reserved = charging = False
-    try:
-        reservation = await client.post(
-            "inventory",
-            "/reservations",
-            json={"order_id": order_id, "items": items},
-            idempotent=True,
-        )
-        if reservation.status_code == 409:
-            shortage = Problem.read(409, reservation.body)
-            await asyncio.to_thread(_finish, order_id, "rejected", reason=shortage.detail)
-            short = shortage.extensions.get("short", [])
-            rejected = Refused(id=order_id, status="rejected")
-            raise Refusal(409, rejected, shortage.detail, short=short)
-        if not reservation.is_success:
-            raise _unavailable("inventory", reservation)
-        reserved = charging = True
-        payment = await client.post(
-            "payments",
-            "/payments",
-            json={"order_id": order_id, "user_id": order.user_id, "amount_cents": total},
-            idempotent=True,
-            timeout=_CHARGE_TIMEOUT,
-        )
-        if payment.status_code == 402:
-            refusal = Problem.read(402, payment.body)
-            await _release(client, order_id)
-            await asyncio.to_thread(_finish, order_id, "declined", reason=refusal.detail)
-            raise Refusal(402, Refused(id=order_id, status="declined"), refusal.detail)
-        if not payment.is_success:
-            raise _unavailable("payments", payment)
-        if payment.json()["status"] != "captured":  # voided before it arrived
-            raise HTTPException(503, f"the payment of order {order_id} was voided")
-    except Refusal:
-        raise  # what it reserved is released already
-    except BaseException as error:
-        # Anything else, a cancelled request included, undoes what was done;
-        # shielded, so a cancellation cannot stop the undoing half-way.
-        undo = _undo(client, order_id, error, charging=charging, reserved=reserved)
-        status = await asyncio.shield(undo)
-        if isinstance(error, MeshkitError | HTTPException):
-            reason = error.detail if isinstance(error, HTTPException) else error
-            raise HTTPException(503, f"order {order_id} {status}: {reason}") from error
-        raise
-    payment_id = int(payment.json()["id"])
-    await asyncio.to_thread(_confirm, order_id, order, total, payment_id=payment_id)
-    return Placed(id=order_id, status="confirmed", total_cents=total)
+async def _answer(order_id: int, run_id: str) -> Any:
+    """The answer for an order whose saga is ``run_id``, once it ends or the wait is over."""
+    run = await sagas.wait(run_id, _waiting_time())
+    if run.status == "completed":
+        total = run.input["total_cents"]
+        return Placed(id=order_id, status="confirmed", total_cents=total)
+    if run.status == "compensated" and run.failure is not None:
+        failure = run.failure
+        status = _ENDS.get(failure.status or 0, "failed")
+        members = failure.data if isinstance(failure.data, dict) else {}
+        short = {"short": members["short"]} if "short" in members else {}
+        answer = 503 if status == "failed" else failure.status or 503
+        raise Refusal(answer, Refused(id=order_id, status=status), failure.detail, **short)  # type: ignore[arg-type]
+    # Still going (or stuck, for a person to see to): the client polls the order.
+    # A relative reference, so it resolves under whatever prefix the client
+    # used: /api/orders through the gateway, /orders here.
+    still = Placed(id=order_id, status="pending", total_cents=run.input["total_cents"])
+    return JSONResponse(still.model_dump(), 202, headers={"Location": f"orders/{order_id}"})
+
+
+def _waiting_time() -> float:
+    deadline = current_deadline()
+    if deadline is None:
+        return _ANSWER_WITHIN
+    # Leave time to send the answer before the caller gives up.
+    return max(0.0, min(_ANSWER_WITHIN, deadline.remaining(_now()) - 0.2))
+
+
+def _now() -> float:
+    return meshkit.SystemClock().monotonic()
 
 
 @app.get("/orders/{order_id}")
-def get_order(order_id: int) -> Order:
-    rows = db.read("SELECT * FROM orders WHERE id = ?", (order_id,))
+async def get_order(order_id: int) -> Order:
+    rows = await asyncio.to_thread(db.read, "SELECT * FROM orders WHERE id = ?", (order_id,))
     if not rows:
         raise HTTPException(404, f"no order {order_id}")
-    items = db.read(
-        "SELECT product_id, quantity, price_cents FROM order_items WHERE order_id = ?", (order_id,)
+    row = dict(rows[0])
+    items = await asyncio.to_thread(
+        db.read,
+        "SELECT product_id, quantity, price_cents FROM order_items WHERE order_id = ?",
+        (order_id,),
     )
-    return Order(**rows[0], items=[OrderLine(**item) for item in items])
+    run = await sagas.get(row["saga_id"]) if row["saga_id"] else None
+    fields = {key: row[key] for key in Order.model_fields if key in row}
+    return Order(**fields, items=[OrderLine(**item) for item in items], saga=_saga(run))
 
 
-def _record(order: NewOrder, prices: dict[int, int], total: int) -> int:
-    with db.transaction() as tx:
-        cursor = tx.execute(
-            "INSERT INTO orders (user_id, status, total_cents) VALUES (?, 'pending', ?)",
-            (order.user_id, total),
+def _saga(run: Run | None) -> OrderSaga | None:
+    if run is None:
+        return None
+    steps = [
+        SagaStep(
+            name=plan.name,
+            phase=state.phase,
+            attempts=state.attempts,
+            undo_attempts=state.undo_attempts,
+            error=state.error,
         )
-        order_id = int(cursor.lastrowid or 0)
-        tx.executemany(
-            "INSERT INTO order_items VALUES (?, ?, ?, ?)",
-            [(order_id, i.product_id, i.quantity, prices[i.product_id]) for i in order.items],
-        )
-    return order_id
+        for plan, state in zip(run.plan, run.steps, strict=True)
+    ]
+    return OrderSaga(id=run.id, status=run.status, steps=steps, note=run.note)
 
 
-def _finish(
-    order_id: int, status: str, *, reason: str | None = None, payment_id: int | None = None
-) -> None:
-    with db.transaction() as tx:
-        tx.execute(
-            "UPDATE orders SET status = ?, reason = ?, payment_id = ? WHERE id = ?",
-            (status, reason, payment_id, order_id),
-        )
-
-
-def _confirm(order_id: int, order: NewOrder, total: int, *, payment_id: int) -> None:
-    """Confirm the order and record ``order.created`` in one transaction: both or neither."""
-    with db.transaction() as tx:
-        tx.execute(
-            "UPDATE orders SET status = 'confirmed', payment_id = ? WHERE id = ?",
-            (payment_id, order_id),
-        )
-        event = {
-            "order_id": order_id,
-            "user_id": order.user_id,
-            "total_cents": total,
-            "items": [item.model_dump() for item in order.items],
-        }
-        SqliteOutbox.record(tx, "order.created", event, key=str(order.user_id))
-    service.notify_outbox()
-
-
-async def _undo(
-    client: meshkit.ServiceClient,
-    order_id: int,
-    error: BaseException,
+def _record(
+    tx: sqlite3.Connection,
+    order: NewOrder,
+    prices: dict[int, int],
+    total: int,
     *,
-    charging: bool,
-    reserved: bool,
-) -> str:
-    """Void the charge and release the stock; record the order's end, and return it.
-
-    The order that called us may have had its deadline spent by the step that
-    failed: undoing runs on a deadline of its own.
-    """
-    status, reason = "failed", str(error) or type(error).__name__
-    with without_deadline():
-        if charging and not await _void(client, order_id, error):
-            # Left for a person to settle.
-            status, reason = "uncertain", f"{reason}; the charge could not be voided"
-        if reserved:
-            await _release(client, order_id)
-    await asyncio.to_thread(_finish, order_id, status, reason=reason)
-    return status
-
-
-async def _void(client: meshkit.ServiceClient, order_id: int, error: BaseException) -> bool:
-    log.warning("the charge for order %d is uncertain (%r); voiding it", order_id, error)
-    try:
-        voided = await client.post(
-            "payments",
-            f"/payments/by-order/{order_id}/void",
-            idempotent=True,
-            timeout=_UNDO_TIMEOUT,
-        )
-    except MeshkitError as failure:
-        log.error("could not void the payment of order %d: %s", order_id, failure)
-        return False
-    if not voided.is_success:
-        log.error("could not void the payment of order %d: %d", order_id, voided.status_code)
-        return False
-    log.warning("order %d: payment %s", order_id, voided.json()["status"])
-    return True
+    run_id: str,
+    key: str | None,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Insert the order, pending, with its saga's id: the saga's input."""
+    cursor = tx.execute(
+        "INSERT INTO orders (user_id, status, total_cents, saga_id, client_key, client_fingerprint)"
+        " VALUES (?, 'pending', ?, ?, ?, ?)",
+        (order.user_id, total, run_id, key, fingerprint if key else None),
+    )
+    order_id = int(cursor.lastrowid or 0)
+    tx.executemany(
+        "INSERT INTO order_items VALUES (?, ?, ?, ?)",
+        [(order_id, i.product_id, i.quantity, prices[i.product_id]) for i in order.items],
+    )
+    items = [item.model_dump() for item in order.items]
+    return {"order_id": order_id, "user_id": order.user_id, "total_cents": total, "items": items}
 
 
-async def _release(client: meshkit.ServiceClient, order_id: int) -> None:
-    try:
-        await client.delete("inventory", f"/reservations/{order_id}", timeout=_UNDO_TIMEOUT)
-    except MeshkitError as error:
-        log.warning("could not release the reservation of order %d: %s", order_id, error)
+def _by_key(key: str, fingerprint: str) -> tuple[int, str] | None:
+    """The order placed with the client's ``key`` and its saga; 422 if it was another order."""
+    rows = db.read(
+        "SELECT id, saga_id, client_fingerprint FROM orders WHERE client_key = ?", (key,)
+    )
+    if not rows:
+        return None
+    if rows[0]["client_fingerprint"] != fingerprint:
+        raise HTTPException(422, "Idempotency-Key reused with a different order")
+    return int(rows[0]["id"]), str(rows[0]["saga_id"])

@@ -16,8 +16,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import secrets
+import signal
 from collections.abc import Callable, Iterable
+from contextvars import Context
 from typing import Any
 
 import msgspec
@@ -83,6 +86,14 @@ class SagaRunner:
     a runner that stopped renewing keeps its runs; every ``scan`` seconds
     the runner claims runs whose lease lapsed. Ended runs are purged after
     ``keep`` seconds (a week by default). The runner owns ``store``.
+
+    ``crash_at`` is for reliability tests: the process kills itself (SIGKILL,
+    as ``kill -9``) the first time a run it began reaches that point:
+    ``begun`` (the run is logged), ``before:STEP`` (the step is logged
+    started), ``after:STEP`` (its action returned, not yet logged),
+    ``logged:STEP`` (its outcome is logged); ``STEP:undo`` in place of
+    ``STEP`` for its compensation. ``meshkit up`` passes it to a service
+    as ``MESHKIT_SAGA_CRASH_AT``.
     """
 
     def __init__(
@@ -95,6 +106,7 @@ class SagaRunner:
         scan: float = 1.0,
         keep: float = 7 * 86400.0,
         clock: Clock | None = None,
+        crash_at: str | None = None,
     ) -> None:
         self.store = store
         self.sagas: dict[str, Saga] = {}
@@ -117,6 +129,8 @@ class SagaRunner:
         self._driving: dict[str, asyncio.Task[Run]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._closed = False
+        self._crash_at = crash_at
+        self._begun: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -204,6 +218,9 @@ class SagaRunner:
             first(input)  # a bad input fails here, before it reaches the log's writer
         lease_until = self._clock.time() + self.lease
         run, version = await self.store.create(work, owner=self.owner, lease_until=lease_until)
+        if self._crash_at is not None:
+            self._begun.add(run.id)
+            self._crash("begun", run.id)
         self._drive(made[-1], version)
         return run
 
@@ -253,7 +270,11 @@ class SagaRunner:
 
     def _drive(self, transition: Transition, version: int) -> None:
         run_id = transition.run.id
-        task = asyncio.create_task(self._carry_out(transition, version), name=f"saga-{run_id}")
+        # A context of its own: a run started by a request must not inherit the
+        # request's deadline (or anything else of it), since it outlives it.
+        task = asyncio.create_task(
+            self._carry_out(transition, version), name=f"saga-{run_id}", context=Context()
+        )
         self._driving[run_id] = task
         task.add_done_callback(lambda _: self._driving.pop(run_id, None))
 
@@ -263,10 +284,16 @@ class SagaRunner:
         results: dict[str, Any] = {}
         try:
             while not isinstance(action, Finish):
+                point = _point(run, action) if self._crash_at else ""
+                self._crash(f"before:{point}", run.id)
                 if isinstance(action, RunStep) and run.plan[action.step].local:
                     (run, action), version = await self._local(saga, run, action, results, version)
+                    self._crash(f"logged:{point}", run.id)
                     continue
                 event = await self._act(saga, run, action, results)
+                self._crash(f"after:{point}", run.id)
+                if isinstance(event, Unknown | UndoFailed):
+                    _log_failure(run, action, event)
                 now = self._clock.time()
                 following = advance(run, event, now)
                 if following.run is not run:
@@ -276,6 +303,7 @@ class SagaRunner:
                         version = await self.store.save(
                             following.run, version=version, lease_until=now + self.lease
                         )
+                    self._crash(f"logged:{point}", run.id)
                 run, action = following
         except RunTakenError:
             _log.info("saga run %s: taken over by another runner", run.id)
@@ -377,6 +405,11 @@ class SagaRunner:
             result=own.result if undo else None,
         )
 
+    def _crash(self, point: str, run_id: str) -> None:
+        if point == self._crash_at and run_id in self._begun:
+            _log.warning("saga run %s: crashing at %s (MESHKIT_SAGA_CRASH_AT)", run_id, point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
     # -- leases -------------------------------------------------------------------------
 
     async def _renew(self) -> None:
@@ -447,6 +480,30 @@ async def _undo(step: Step, context: StepContext) -> Event:
     except Exception as error:  # noqa: BLE001 (retried by the machine, then stuck)
         return UndoFailed(_describe(error))
     return Undone()
+
+
+def _point(run: Run, action: Action) -> str:
+    """Where a run stands, as crash points name it: ``STEP`` or ``STEP:undo``."""
+    if isinstance(action, RunStep):
+        return run.plan[action.step].name
+    if isinstance(action, Compensate):
+        return f"{run.plan[action.step].name}:undo"
+    return "wait"
+
+
+def _log_failure(run: Run, action: Action, event: Unknown | UndoFailed) -> None:
+    """A warning for each failed attempt: an outage shows while the run retries through it."""
+    assert isinstance(action, RunStep | Compensate)
+    what = "step" if isinstance(action, RunStep) else "compensation of"
+    _log.warning(
+        "saga run %s of %s: %s %s, attempt %d: %s",
+        run.id,
+        run.saga,
+        what,
+        run.plan[action.step].name,
+        action.attempt,
+        event.error,
+    )
 
 
 def _describe(error: BaseException) -> str:

@@ -188,7 +188,8 @@ class Service:
         whose lease lapsed; it stops with the service, after the drain.
         The runner owns the store and closes it.
         """
-        runner = SagaRunner(store, sagas, lease=lease, clock=self._clock)
+        crash_at = read_environment().saga_crash_at
+        runner = SagaRunner(store, sagas, lease=lease, clock=self._clock, crash_at=crash_at)
         self._sagas.append(runner)
         return runner
 
