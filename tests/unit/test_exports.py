@@ -191,6 +191,7 @@ PUBLIC = {
         "without_deadline",
     ],
     "meshkit.http": [
+        "BEARER_CHALLENGE",
         "IDEMPOTENCY_KEY",
         "IDEMPOTENT_METHODS",
         "MAX_IDEMPOTENCY_KEY",
@@ -205,6 +206,7 @@ PUBLIC = {
         "Response",
         "ServerLimits",
         "Timeouts",
+        "bearer_authorized",
         "encode_problem",
         "idempotency_key_field",
         "json_response",

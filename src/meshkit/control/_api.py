@@ -19,7 +19,6 @@ clients would round.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable
 from urllib.parse import parse_qs
 
@@ -29,7 +28,7 @@ from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
 from meshkit.control._bus_api import BusAPI
 from meshkit.errors import ConfigError, InvalidArgumentError, LeaseExpiredError, LeaseNotFoundError
-from meshkit.http import Request, Response, json_response
+from meshkit.http import BEARER_CHALLENGE, Request, Response, bearer_authorized, json_response
 from meshkit.registry import EmbeddedRegistry, Instance, ServiceList, Snapshot, check_name
 
 __all__ = ["MAX_WAIT", "RegistryAPI"]
@@ -49,7 +48,6 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode_register = msgspec.json.Decoder(RegisterBody).decode
 _NO_CONTENT = Response(204, [], b"")
-_CHALLENGE = (b"www-authenticate", b'Bearer realm="meshkit"')
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
@@ -82,11 +80,9 @@ class RegistryAPI:
         path = request.path
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
-        if not self._authorized(request):
+        if not bearer_authorized(request.headers, self._token):
             return error_answer(
-                401,
-                "a valid 'Authorization: Bearer <token>' header is required",
-                _CHALLENGE,  # RFC 9110, 11.6.1: a 401 says how to authenticate
+                401, "a valid 'Authorization: Bearer <token>' header is required", BEARER_CHALLENGE
             )
         method = request.method
         if path.startswith("/v1/bus/") and self._bus is not None:
@@ -106,16 +102,6 @@ class RegistryAPI:
                 return error_answer(405, f"{method} is not allowed here; use GET")
             return self._service(path[len("/v1/registry/services/") :], request.query)
         return error_answer(404, f"no such endpoint: {path}")
-
-    def _authorized(self, request: Request) -> bool:
-        for name, value in request.headers:
-            if name == b"authorization":
-                scheme, _, credentials = value.partition(b" ")
-                # The scheme is case-insensitive (RFC 9110, 11.1); the token is not.
-                return scheme.lower() == b"bearer" and hmac.compare_digest(
-                    credentials.strip(), self._token
-                )
-        return False
 
     # -- leases -------------------------------------------------------------
 

@@ -14,7 +14,6 @@ are problem details (RFC 9457), as everywhere in meshkit.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,16 @@ import msgspec
 
 from meshkit.errors import MeshkitError
 from meshkit.gateway._config import GatewayConfig
-from meshkit.http import HTTPServer, Problem, Request, Response, json_response, problem_response
+from meshkit.http import (
+    BEARER_CHALLENGE,
+    HTTPServer,
+    Problem,
+    Request,
+    Response,
+    bearer_authorized,
+    json_response,
+    problem_response,
+)
 from meshkit.proxy import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -65,14 +73,11 @@ class AdminApi:
                 200, [(b"content-type", CONTENT_TYPE)], self._gateway.metrics.exposition()
             )
         # Authenticated before anything else: not even which paths exist is told.
-        scheme, _, presented = (request.header("authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode("latin-1"), self._token
-        ):
+        if not bearer_authorized(request.headers, self._token):
             return _error(
                 401,
                 "the admin API needs Authorization: Bearer <the project's token>",
-                (b"www-authenticate", b'Bearer realm="meshkit"'),
+                BEARER_CHALLENGE,
             )
         methods = sorted(method for method, path in self._endpoints if path == request.path)
         if not methods:

@@ -4,6 +4,7 @@ The proxy engine and the control plane's server build on the same parser,
 and every error any of them answers is a ``Problem`` (RFC 9457).
 """
 
+from meshkit.http._bearer import BEARER_CHALLENGE, bearer_authorized
 from meshkit.http._client import HTTPClient
 from meshkit.http._config import Limits, Timeouts
 from meshkit.http._idempotency import (
@@ -24,6 +25,7 @@ from meshkit.http._semantics import IDEMPOTENT_METHODS, RETRYABLE_STATUSES
 from meshkit.http._server import HTTPServer, Request, ServerLimits, json_response
 
 __all__ = [
+    "BEARER_CHALLENGE",
     "IDEMPOTENCY_KEY",
     "IDEMPOTENT_METHODS",
     "MAX_IDEMPOTENCY_KEY",
@@ -38,6 +40,7 @@ __all__ = [
     "Response",
     "ServerLimits",
     "Timeouts",
+    "bearer_authorized",
     "encode_problem",
     "idempotency_key_field",
     "json_response",

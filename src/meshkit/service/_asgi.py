@@ -9,8 +9,9 @@ unchanged.
 ``/-/live`` answers 200 while the event loop runs: a supervisor restarts a
 process whose liveness check fails. ``/-/ready`` answers 200 only while the
 instance is registered and not draining; traffic should go elsewhere
-otherwise. The ``/-/`` prefix is Prometheus's convention for such endpoints
-and unlikely to collide with an application's routes.
+otherwise. ``/-/sagas`` lists and retries the service's saga runs
+(``_saga_api``). The ``/-/`` prefix is Prometheus's convention for such
+endpoints and unlikely to collide with an application's routes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 from meshkit._clock import Clock
 from meshkit.service._deadline import TIMEOUT_HEADER, deadline_from_header, use_deadline
 from meshkit.service._problems import install_if_starlette
+from meshkit.service._saga_api import PREFIX as SAGAS
+from meshkit.service._saga_api import SagaAPI
 
 __all__ = ["ASGIApp", "MeshASGI", "serving_app"]
 
@@ -33,11 +36,13 @@ _JSON = [(b"content-type", b"application/json")]
 
 
 class MeshASGI:
-    """Wraps ``app`` with health endpoints, an in-flight count and deadline propagation."""
+    """Wraps ``app`` with health endpoints, an in-flight count and deadline propagation;
+    with ``sagas``, it answers ``/-/sagas`` too."""
 
-    def __init__(self, app: ASGIApp, *, clock: Clock) -> None:
+    def __init__(self, app: ASGIApp, *, clock: Clock, sagas: SagaAPI | None = None) -> None:
         self.app = app
         self.clock = clock
+        self.sagas = sagas
         # Asked on every readiness check: registration can come late (the
         # registry was down at startup) and draining can begin at any time.
         self.is_ready: Callable[[], bool] = lambda: False
@@ -57,6 +62,9 @@ class MeshASGI:
                 send, 200 if ready else 503, b'{"ready":%s}' % (b"true" if ready else b"false")
             )
             return
+        if self.sagas is not None and (path == SAGAS or path.startswith(SAGAS + "/")):
+            await self._sagas(self.sagas, scope, send)
+            return
         deadline = None
         for name, value in scope["headers"]:
             if name == TIMEOUT_HEADER:
@@ -69,17 +77,32 @@ class MeshASGI:
         finally:
             self.in_flight -= 1
 
+    async def _sagas(self, api: SagaAPI, scope: Scope, send: Send) -> None:
+        self.in_flight += 1  # a retry under way finishes before the service stops
+        try:
+            query = scope.get("query_string", b"").decode("latin-1")
+            answer = await api.answer(scope["method"], scope["path"], query, scope["headers"])
+            await send(
+                {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+            )
+            await send({"type": "http.response.body", "body": answer.body})
+        finally:
+            self.in_flight -= 1
 
-def serving_app(app: ASGIApp, *, clock: Clock, problem_details: bool = True) -> MeshASGI:
+
+def serving_app(
+    app: ASGIApp, *, clock: Clock, problem_details: bool = True, sagas: SagaAPI | None = None
+) -> MeshASGI:
     """``app`` as a Service serves it: the one place where an application is prepared.
 
     What every Service application gets, around it or configured on it,
     is applied here, when the Service is built: a Starlette or FastAPI
-    app's errors become problem details unless ``problem_details`` is false.
+    app's errors become problem details unless ``problem_details`` is false;
+    ``sagas`` answers ``/-/sagas``.
     """
     if problem_details:
         install_if_starlette(app)
-    return MeshASGI(app, clock=clock)
+    return MeshASGI(app, clock=clock, sagas=sagas)
 
 
 async def _answer(send: Send, status: int, body: bytes) -> None:

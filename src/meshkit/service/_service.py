@@ -44,6 +44,7 @@ from meshkit.service._client import CallPolicy, ServiceClient
 from meshkit.service._drain import drain, stop_signals, wait_for_stop
 from meshkit.service._heartbeat import Heartbeat
 from meshkit.service._registration import heartbeat_for, instance_for
+from meshkit.service._saga_api import SagaAPI
 from meshkit.service._server import GranianServer, claim_port, stop_serving, wait_live
 from meshkit.service._subscriptions import Wanted, join, start_relays
 
@@ -121,13 +122,18 @@ class Service:
         self.drain_timeout = check.seconds("drain_timeout", drain_timeout)
         self.policy = policy or CallPolicy()
         self._clock = clock or SystemClock()
-        self._asgi = serving_app(app, clock=self._clock, problem_details=problem_details)
+        self._sagas: list[SagaRunner] = []  # /-/sagas reads it as add_sagas fills it
+        self._asgi = serving_app(
+            app,
+            clock=self._clock,
+            problem_details=problem_details,
+            sagas=SagaAPI(self._sagas, token=self._token),
+        )
         self._client: ServiceClient | None = None
         self._bus: Bus | None = None
         self._wanted: list[Wanted] = []
         self._outboxes: list[OutboxStore] = []
         self._relays: list[OutboxRelay] = []
-        self._sagas: list[SagaRunner] = []
         self._stop: asyncio.Event | None = None
         self.instance: Instance | None = None
 
