@@ -46,7 +46,7 @@ ACTIVE: Final = frozenset({"running", "compensating"})
 ENDED: Final = frozenset({"completed", "compensated"})
 
 
-class StepPlan(msgspec.Struct, frozen=True, kw_only=True):
+class StepPlan(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What the machine must know of one step: its name and how often to try it.
 
     ``attempts`` counts the first try; ``undo_attempts`` likewise for the

@@ -13,8 +13,8 @@ write names the run's version, so a runner that lost a run to another
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
+import itertools
 import logging
 import os
 import secrets
@@ -54,7 +54,7 @@ from meshkit.saga._machine import (
     Wait,
     advance,
 )
-from meshkit.saga._model import Run, Status, StepState
+from meshkit.saga._model import ACTIVE, Run, Status, StepState
 from meshkit.saga._store import SagaStore
 
 __all__ = ["SagaRunner"]
@@ -120,6 +120,10 @@ class SagaRunner:
             name: tuple(step.plan() for step in saga.steps) for name, saga in self.sagas.items()
         }
         self.owner = owner or f"runner-{secrets.token_hex(6)}"
+        # Run ids: a random prefix per runner and a counter. Unique across
+        # replicas (48 random bits; the log refuses a duplicate id anyway),
+        # and far cheaper than reading the OS's randomness for each run.
+        self._ids = map(f"{secrets.token_hex(6)}-{{:x}}".format, itertools.count(1))
         self.lease = check.seconds("lease", lease)
         self.scan = check.seconds("scan", scan)
         if self.scan >= self.lease:
@@ -184,7 +188,7 @@ class SagaRunner:
         hold, or a ``run_id`` in use; whatever ``local`` raises propagates.
         """
         definition = self._saga(saga)
-        run_id = run_id or secrets.token_hex(8)
+        run_id = run_id or next(self._ids)
         plan = self._plans[definition.name]
         made: list[Transition] = []
 
@@ -231,8 +235,12 @@ class SagaRunner:
         """
         task = self._driving.get(run_id)
         if task is not None:
-            with contextlib.suppress(TimeoutError):
-                return await asyncio.wait_for(asyncio.shield(task), timeout)
+            # asyncio.wait, not wait_for: the run's task must go on when the wait ends.
+            await asyncio.wait((task,), timeout=timeout)
+            if task.done() and not task.cancelled():
+                driven = task.result()
+                if driven.status not in ACTIVE:
+                    return driven  # else it was taken over, or the log failed: read it
         run = await self.store.get(run_id)
         if run is None:
             raise NotFoundError(f"no saga run {run_id!r}")
