@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,29 @@ def test_bus_benchmark_puts_each_backend_beside_its_raw_client(tmp_path: Path) -
         assert "reference" not in sqlite
     assert write["value"] >= both["value"] > 0  # type: ignore[operator]
     assert by_name["embedded end-to-end vs raw SQLite"]["reference"] == both["value"]
+
+
+def test_saga_benchmark_writes_dbos_and_shop_rows(tmp_path: Path) -> None:
+    """benchmarks.saga measures DBOS on SQLite and PostgreSQL, and the shop's order."""
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError:
+        backend_missing(
+            "PostgreSQL at 127.0.0.1:5432", "install it with: apt-get install postgresql"
+        )
+    rows = run_quick("saga", tmp_path)
+    by_name = {str(row["name"]): row for row in rows}
+
+    def value(name: str) -> float:
+        return float(by_name[name]["value"])  # type: ignore[arg-type]
+
+    for kind in ("sqlite", "postgres"):
+        assert by_name[f"dbos {kind}"]["unit"] == "workflows/s"
+        assert value(f"dbos {kind}") > 0
+        assert by_name[f"dbos {kind} CPU per workflow"]["unit"] == "ms"
+        if f"saga {kind}" in by_name:  # once benchmarks._saga_meshkit is there
+            assert by_name[f"saga {kind}"]["unit"] == "sagas/s"
+            assert by_name[f"saga {kind}"]["reference"] == value(f"dbos {kind}")
+    assert 0 < value("dbos sqlite p50 at 100/s") <= value("dbos sqlite p99 at 100/s")
+    assert by_name["shop order through the gateway, 16 in flight"]["unit"] == "orders/s"
+    assert 0 < value("shop order p50 at 20/s") <= value("shop order p99 at 20/s")
