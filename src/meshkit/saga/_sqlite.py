@@ -78,6 +78,7 @@ _CLAIM = (
 # A write the writer thread runs: a function of its connection, and where the answer goes.
 _Job = tuple[Callable[[sqlite3.Connection], Any], bool, asyncio.Future[Any]]
 _STOP: Any = object()
+_CHECKPOINT_EVERY = 1.0  # seconds
 
 
 class SqliteSagaStore:
@@ -111,6 +112,7 @@ class SqliteSagaStore:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stopped = threading.Event()
         self._lock = threading.Lock()
 
     # -- the protocol ---------------------------------------------------------------
@@ -251,21 +253,49 @@ class SqliteSagaStore:
         except EnvironmentFaultError as error:
             self._fail_all(error)
             return
+        checkpoints = threading.Thread(
+            target=self._checkpointer, name="meshkit-saga-checkpoints", daemon=True
+        )
+        checkpoints.start()
+        try:
+            with contextlib.closing(db):
+                self._write_batches(db)
+        finally:
+            self._stopped.set()
+            checkpoints.join()
+
+    def _write_batches(self, db: sqlite3.Connection) -> None:
+        while True:
+            jobs = [self._jobs.get()]
+            while len(jobs) < self._batch:
+                try:
+                    jobs.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            stop = [job for job in jobs if job[0] is _STOP]
+            work = [job for job in jobs if job[0] is not _STOP]
+            if work:
+                _deliver(_commit(db, work))
+            if stop:
+                self._fail_all(UsageError("the saga store is closed"))
+                return
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL into the database every second, off the writer's commit path.
+
+        SQLite checkpoints in the connection whose commit fills the WAL past
+        1,000 pages, so one commit in a few hundred would wait for the copy
+        and its fsync (tens of ms here). The writer has automatic
+        checkpoints off; a PASSIVE checkpoint here waits for no writer.
+        """
+        try:
+            db = sqlite3.connect(self.path, timeout=self.timeout, check_same_thread=False)
+        except sqlite3.Error:
+            return  # the writer failed to open it too, and says why
         with contextlib.closing(db):
-            while True:
-                jobs = [self._jobs.get()]
-                while len(jobs) < self._batch:
-                    try:
-                        jobs.append(self._jobs.get_nowait())
-                    except queue.Empty:
-                        break
-                stop = [job for job in jobs if job[0] is _STOP]
-                work = [job for job in jobs if job[0] is not _STOP]
-                if work:
-                    _deliver(_commit(db, work))
-                if stop:
-                    self._fail_all(UsageError("the saga store is closed"))
-                    return
+            while not self._stopped.wait(_CHECKPOINT_EVERY):
+                with contextlib.suppress(sqlite3.Error):  # busy: the next one will do
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -276,6 +306,7 @@ class SqliteSagaStore:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # see _checkpointer
             db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as error:
             raise EnvironmentFaultError(f"cannot open the saga log {self.path}: {error}") from error
