@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import importlib
-import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -14,9 +13,7 @@ from meshkit.bus import INBOX_RETENTION, OutboxStore
 from meshkit.bus.postgres import PostgresInbox, PostgresOutbox
 from meshkit.errors import ConfigError, EnvironmentFaultError, MessageRefusedError, UsageError
 from meshkit.testing.conformance import Event, OutboxConformance
-from meshkit.testing.servers import backend_missing, free_port
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
+from meshkit.testing.servers import free_port
 
 
 class PostgresDatabase:
@@ -72,28 +69,6 @@ class PostgresDatabase:
         inbox = PostgresInbox(group, retention=retention, clock=clock)
         async with self.transaction() as connection:
             return await inbox.prune(connection)
-
-
-@pytest.fixture
-async def empty_database() -> AsyncIterator[str]:
-    """The DSN of a new, empty database, dropped after the test (whatever is connected)."""
-    try:
-        asyncpg = importlib.import_module("asyncpg")
-    except ImportError:
-        backend_missing("asyncpg", "install it with: pip install 'meshkit[postgres]'")
-    try:
-        admin = await asyncpg.connect(f"{SERVER}/postgres", timeout=5)
-    except (OSError, TimeoutError, asyncpg.PostgresError):
-        backend_missing(
-            "PostgreSQL at 127.0.0.1:5432", "install it with: apt-get install postgresql"
-        )
-    name = f"meshkit_test_{secrets.token_hex(6)}"
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"{SERVER}/{name}"
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture

@@ -34,10 +34,11 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
-from urllib.parse import urlsplit
 
+from meshkit import _postgres
 from meshkit._clock import Clock, SystemClock
-from meshkit._optional import require
+from meshkit._postgres import SCHEMA_LOCK as _SCHEMA_LOCK
+from meshkit._postgres import where as _where
 from meshkit.bus._inbox import InboxRetention
 from meshkit.bus._model import check_limit, check_message_id, clip_error
 from meshkit.bus._outbox import (
@@ -82,14 +83,12 @@ CREATE TABLE IF NOT EXISTS meshkit_inbox (
 CREATE INDEX IF NOT EXISTS meshkit_inbox_by_age ON meshkit_inbox (grp, seen);
 """
 
-# Advisory lock keys: "mkob" in the high half, and the table's oid (unique in
-# its database, whatever its schema) in the low half. "mksc" serialises
-# ensure_schema(): two replicas creating one table at once can collide.
+# The claim's advisory lock key: "mkob" in the high half, and the table's oid
+# (unique in its database, whatever its schema) in the low half.
 _CLAIM = """
 SELECT pg_try_advisory_xact_lock(7884518039339663360 | 'meshkit_outbox'::regclass::oid::bigint),
        set_config('idle_in_transaction_session_timeout', $1, true)
 """
-_SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(7884522441681141760)"
 _OLDEST = "SELECT seq, id, topic, payload, headers, key FROM meshkit_outbox ORDER BY seq LIMIT $1"
 _INSERT = (
     "INSERT INTO meshkit_outbox (id, topic, payload, headers, key) VALUES ($1, $2, $3, $4, $5)"
@@ -136,7 +135,7 @@ class PostgresConnection(Protocol):
 
 
 def _asyncpg() -> Any:
-    return require("asyncpg", extra="postgres", what="meshkit.bus.postgres")
+    return _postgres.asyncpg("meshkit.bus.postgres")
 
 
 def _missing_tables(where: str, error: Exception) -> UsageError:
@@ -153,13 +152,7 @@ def _translated(where: str) -> Iterator[None]:
         yield
     except asyncpg.UndefinedTableError as error:
         raise _missing_tables(where, error) from error
-    except (
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,
-        OSError,
-        TimeoutError,
-    ) as error:
+    except _postgres.faults(asyncpg) as error:
         raise EnvironmentFaultError(f"{where} failed: {type(error).__name__}: {error}") from error
 
 
@@ -196,27 +189,6 @@ def _in_transaction(connection: PostgresConnection, what: str) -> None:
             f"{what} needs the caller's open transaction (async with connection.transaction()): "
             "outside one it would commit on its own, whatever becomes of the change"
         )
-
-
-def _where(dsn: object) -> str:
-    """Where ``dsn`` points, to name in errors without its password; else ``ConfigError``."""
-    expected = "must look like postgresql://user@127.0.0.1:5432/db"
-    if not isinstance(dsn, str):
-        raise ConfigError("dsn", f"{expected}, got {type(dsn).__name__}")
-    try:
-        parts = urlsplit(dsn)
-        host, port = parts.hostname, parts.port
-    except ValueError as error:  # a bad port, an unclosed [IPv6 address
-        # Not chained: some of urllib's messages quote the netloc, password and all.
-        raise ConfigError("dsn", f"{expected}: {_without_password(str(error), dsn)}") from None
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ConfigError("dsn", f"{expected}, got a {parts.scheme or 'scheme-less'} URL")
-    return f"PostgreSQL at {host or 'localhost'}:{port or 5432}"
-
-
-def _without_password(text: str, dsn: str) -> str:
-    userinfo = dsn.partition("://")[2].split("/", 1)[0].rpartition("@")[0]
-    return text.replace(userinfo, "***") if userinfo else text
 
 
 class PostgresOutbox:

@@ -251,6 +251,8 @@ class SqliteSagaStore:
         try:
             db = self._connect()
         except EnvironmentFaultError as error:
+            with self._lock:
+                self._thread = None  # the next write starts another writer, to try again
             self._fail_all(error)
             return
         checkpoints = threading.Thread(
@@ -389,12 +391,16 @@ def _run_job(db: sqlite3.Connection, job: _Job) -> _Outcome:
         db.execute("SAVEPOINT job")
     try:
         result = work(db)
-    except sqlite3.OperationalError:
-        raise  # the database itself failed: the whole batch fails
-    except Exception as error:  # noqa: BLE001 (handed to the job's caller)
-        if guarded:
-            db.execute("ROLLBACK TO job")
-            db.execute("RELEASE job")
+    except Exception as error:
+        if not guarded:
+            if isinstance(error, sqlite3.OperationalError):
+                raise  # the database itself failed: the whole batch fails
+            return (job, None, error)
+        # Local work's own SQL may fail (a missing table): its caller's error,
+        # unchanged. A savepoint that will not roll back means the database
+        # itself failed, and then the whole batch fails.
+        db.execute("ROLLBACK TO job")
+        db.execute("RELEASE job")
         return (job, None, error)
     if guarded:
         db.execute("RELEASE job")

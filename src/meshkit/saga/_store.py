@@ -4,13 +4,14 @@ A store keeps each run as one row: the run itself (``Run``, encoded), its
 status, who drives it and until when (the lease), and a version that every
 write bumps. Writes are fenced by the version: a driver that lost its run
 to another replica (its lease lapsed and the other claimed it) fails its
-next write with ``RunConflictError`` instead of overwriting the new owner's.
+next write with ``RunTakenError`` instead of overwriting the new owner's.
 
 Local work joins the log's transaction: ``create`` and ``save_local`` take
-a function of the store's transaction (``sqlite3.Connection`` for SQLite,
-an asyncpg connection for PostgreSQL) that writes the service's own rows
-and returns the run to write, so those rows and the run commit together or
-not at all, as the outbox's events commit with the change that caused them.
+a function of the store's transaction (a plain function of a
+``sqlite3.Connection`` for SQLite, a coroutine function of an asyncpg
+connection for PostgreSQL) that writes the service's own rows and returns
+the run to write, so those rows and the run commit together or not at all,
+as the outbox's events commit with the change that caused them.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Claimed(NamedTuple):
 class SagaStore(Protocol):
     """Where a service's saga runs are logged.
 
-    Errors: ``RunConflictError`` when a write names a version that is no
+    Errors: ``RunTakenError`` when a write names a version that is no
     longer the run's (another driver has it now); ``EnvironmentFaultError``
     when the database cannot be reached; ``NotFoundError`` for a run id not
     in the log, where a method says so. Whatever a local function raises
@@ -110,7 +111,7 @@ class SagaStore(Protocol):
 
     async def take(self, run_id: str, *, owner: str, lease_until: float) -> Claimed:
         """Take the stuck run ``run_id`` to retry it. ``NotFoundError`` if there is no such
-        run; ``RunConflictError`` if it is not stuck."""
+        run; ``ConflictError`` if it is not stuck."""
         ...
 
     async def renew(self, run_ids: Sequence[str], *, owner: str, lease_until: float) -> int:

@@ -28,6 +28,7 @@ from meshkit.ratelimit import LimitStore
 from meshkit.registry import Instance, Registration, Registry, Snapshot
 from meshkit.testing._bus import BusConformance
 from meshkit.testing._outbox import Event, OutboxConformance, OutboxDatabase, RecordingBus
+from meshkit.testing._saga import SagaDatabase, SagaStoreConformance
 
 __all__ = [
     "BusConformance",
@@ -37,6 +38,8 @@ __all__ = [
     "OutboxDatabase",
     "RecordingBus",
     "RegistryConformance",
+    "SagaDatabase",
+    "SagaStoreConformance",
 ]
 
 # Short enough for a quick suite, long enough for etcd (whose minimum is
