@@ -6,8 +6,10 @@
 The saga is DBOS's workflow as a saga: three steps that return at once,
 each handed the previous one's result, run by a ``SagaRunner`` whose log is
 on the database at ``URL`` (SQLAlchemy's form, as ``benchmarks._saga_db``
-makes it): ``SqliteSagaStore`` with its default ``synchronous=FULL`` (each
-commit on the disk before a step goes on), or ``PostgresSagaStore``. The
+makes it): ``SqliteSagaStore`` with ``--synchronous FULL`` (its default:
+each commit is on the disk before a step goes on, as DBOS's are) or
+``NORMAL`` (each commit survives a crash of the process, not a power cut),
+or ``PostgresSagaStore``. The
 event loop is uvloop's, as a meshkit service runs. The last line written
 to stdout is a ``Throughput`` or a ``Latency`` as JSON.
 
@@ -25,7 +27,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 import uvloop
@@ -40,8 +42,7 @@ WARMUP_SECONDS = 1.0  # not timed: the first statements, the writer's start
 # log carries many runs' transitions (group commit), few enough that the
 # latency of each stays in milliseconds.
 IN_FLIGHT = 256
-import os
-SYNCHRONOUS = os.environ.get("SYNC", "FULL")
+Synchronous = Literal["FULL", "NORMAL"]
 
 order = Saga("order")
 
@@ -61,9 +62,9 @@ async def confirm(ctx: StepContext) -> int:
     return int(ctx.results["charge"]) + 1
 
 
-def store_for(url: str) -> SagaStore:
+def store_for(url: str, synchronous: Synchronous) -> SagaStore:
     if url.startswith("sqlite:///"):
-        return SqliteSagaStore(url.removeprefix("sqlite:///"), synchronous=SYNCHRONOUS)
+        return SqliteSagaStore(url.removeprefix("sqlite:///"), synchronous=synchronous)
     from meshkit.saga.postgres import PostgresSagaStore
 
     return PostgresSagaStore(url.replace("postgresql+psycopg://", "postgresql://"))
@@ -98,8 +99,10 @@ async def many(runner: SagaRunner, in_flight: int, seconds: float) -> int:
     return done
 
 
-async def measure_throughput(url: str, in_flight: int, seconds: float) -> Throughput:
-    async with SagaRunner(store_for(url), [order]) as runner:
+async def measure_throughput(
+    url: str, synchronous: Synchronous, in_flight: int, seconds: float
+) -> Throughput:
+    async with SagaRunner(store_for(url, synchronous), [order]) as runner:
         await many(runner, in_flight, WARMUP_SECONDS)
         cpu, start = cpu_seconds(), time.perf_counter()
         count = await many(runner, in_flight, seconds)
@@ -107,9 +110,9 @@ async def measure_throughput(url: str, in_flight: int, seconds: float) -> Throug
     return Throughput(count=count, seconds=elapsed, rate=count / elapsed, cpu_ms=cpu / count * 1e3)
 
 
-async def measure_paced(url: str, rate: int, seconds: float) -> Latency:
+async def measure_paced(url: str, synchronous: Synchronous, rate: int, seconds: float) -> Latency:
     """One saga every ``1/rate`` s on an absolute schedule; each timed from begin to end."""
-    async with SagaRunner(store_for(url), [order]) as runner:
+    async with SagaRunner(store_for(url, synchronous), [order]) as runner:
         await many(runner, 4, WARMUP_SECONDS)
         latencies: list[float] = []
 
@@ -155,13 +158,20 @@ def _child(argv: list[str], into: type[Result], *, within: float) -> Result:
     return msgspec.json.decode(done.stdout.splitlines()[-1], type=into)
 
 
-def throughput(database: Database, *, seconds: float) -> Throughput:
-    argv = ["throughput", database.url, "--seconds", str(seconds)]
+def throughput(
+    database: Database, *, seconds: float, synchronous: Synchronous = "FULL"
+) -> Throughput:
+    argv = ["throughput", database.url, "--seconds", str(seconds), "--synchronous", synchronous]
     return _child(argv, Throughput, within=120 + 2 * seconds)
 
 
-def paced(database: Database, *, rate: int, seconds: float) -> Latency:
-    argv = ["paced", database.url, "--rate", str(rate), "--seconds", str(seconds)]
+def paced(
+    database: Database, *, rate: int, seconds: float, synchronous: Synchronous = "FULL"
+) -> Latency:
+    argv = [
+        *("paced", database.url, "--rate", str(rate), "--seconds", str(seconds)),
+        *("--synchronous", synchronous),
+    ]
     return _child(argv, Latency, within=120 + 20 * seconds)
 
 
@@ -172,12 +182,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT)
     parser.add_argument("--rate", type=int, default=100)
+    parser.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL")
     args = parser.parse_args()
     measure: Callable[[], Awaitable[Throughput | Latency]]
     if args.what == "throughput":
-        measure = lambda: measure_throughput(args.url, args.in_flight, args.seconds)  # noqa: E731
+        measure = lambda: measure_throughput(  # noqa: E731
+            args.url, args.synchronous, args.in_flight, args.seconds
+        )
     else:
-        measure = lambda: measure_paced(args.url, args.rate, args.seconds)  # noqa: E731
+        measure = lambda: measure_paced(  # noqa: E731
+            args.url, args.synchronous, args.rate, args.seconds
+        )
     result = uvloop.run(measure())
     sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
 

@@ -211,17 +211,15 @@ class SagaRunner:
             return made[-1].run
 
         def work(tx: Any) -> Any:
-            if local is None:
-                return first(input)
+            assert local is not None
             given = local(tx)
             if inspect.isawaitable(given):
                 return _after(given, lambda value: first(input if value is None else value))
             return first(input if given is None else given)
 
-        if local is None:
-            first(input)  # a bad input fails here, before it reaches the log's writer
         lease_until = self._clock.time() + self.lease
-        run, version = await self.store.create(work, owner=self.owner, lease_until=lease_until)
+        new = first(input) if local is None else work
+        run, version = await self.store.create(new, owner=self.owner, lease_until=lease_until)
         if self._crash_at is not None:
             self._begun.add(run.id)
             self._crash("begun", run.id)

@@ -117,9 +117,11 @@ class SqliteSagaStore:
 
     # -- the protocol ---------------------------------------------------------------
 
-    async def create(self, local: LocalWork, *, owner: str, lease_until: float) -> tuple[Run, int]:
+    async def create(
+        self, new: Run | LocalWork, *, owner: str, lease_until: float
+    ) -> tuple[Run, int]:
         def insert(db: sqlite3.Connection) -> tuple[Run, int]:
-            run = _returned_run(local(db), None)
+            run = new if isinstance(new, Run) else _returned_run(new(db), None)
             row = (run.id, run.saga, run.status, owner, lease_until, run.updated, encode_run(run))
             try:
                 db.execute(_INSERT, row)
@@ -127,7 +129,7 @@ class SqliteSagaStore:
                 raise InvalidArgumentError("run_id", f"a saga run {run.id!r} exists") from error
             return run, 1
 
-        created: tuple[Run, int] = await self._write(insert, guarded=True)
+        created: tuple[Run, int] = await self._write(insert, guarded=not isinstance(new, Run))
         return created
 
     async def save(self, run: Run, *, version: int, lease_until: float) -> int:

@@ -77,12 +77,15 @@ class SagaStore(Protocol):
     propagates unchanged, after its part of the transaction rolled back.
     """
 
-    async def create(self, local: LocalWork, *, owner: str, lease_until: float) -> tuple[Run, int]:
+    async def create(
+        self, new: Run | LocalWork, *, owner: str, lease_until: float
+    ) -> tuple[Run, int]:
         """Log a new run, driven by ``owner`` until ``lease_until``: the run and its version.
 
-        ``local(tx)`` runs in the transaction and returns the run to log,
-        built from what it wrote there (a new order's row and its id in the
-        run's input, say): the two commit together or not at all.
+        ``new`` is the run, or local work: a function of the transaction
+        that writes the service's rows and returns the run to log, built
+        from what it wrote (a new order's id in the run's input, say), so
+        that the two commit together or not at all.
         ``InvalidArgumentError`` when the run's id is taken.
         """
         ...

@@ -186,21 +186,25 @@ class PostgresSagaStore:
     # -- the protocol ---------------------------------------------------------------
 
     async def create(
-        self, run: Run, *, owner: str, lease_until: float, local: LocalWork | None = None
-    ) -> int:
-        new = _New(run, encode_run(run), owner, float(lease_until))
-        if local is None:
-            return int(await self._write(new))
+        self, new: Run | LocalWork, *, owner: str, lease_until: float
+    ) -> tuple[Run, int]:
+        if isinstance(new, Run):
+            await self._write(_New(new, encode_run(new), owner, float(lease_until)))
+            return new, 1
 
-        async def insert(connection: Any) -> int:
-            await _call(local, connection)
+        async def insert(connection: Any) -> tuple[Run, int]:
+            run = await _call(new, connection)
+            if not isinstance(run, Run):
+                raise UsageError("local work of a new saga run must return the run")
+            row = _New(run, encode_run(run), owner, float(lease_until))
             with self._translated("logging a saga run"):
-                written = await _insert(connection, [new])
+                written = await _insert(connection, [row])
             if not written:
                 raise _taken_id(run.id)
-            return 1
+            return run, 1
 
-        return int(await self._write(insert))
+        created: tuple[Run, int] = await self._write(insert)
+        return created
 
     async def save(self, run: Run, *, version: int, lease_until: float) -> int:
         return int(await self._write(_Move(run, encode_run(run), version, float(lease_until))))
@@ -532,7 +536,7 @@ def _fault(what: str, where: str, error: BaseException) -> EnvironmentFaultError
 
 
 def _taken_id(run_id: str) -> InvalidArgumentError:
-    return InvalidArgumentError("id", f"a saga run {run_id!r} exists")
+    return InvalidArgumentError("run_id", f"a saga run {run_id!r} exists")
 
 
 def _stale(run_id: str, version: int) -> RunTakenError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
@@ -53,6 +54,37 @@ _PLAN = (
         local=True,
     ),
 )
+
+
+async def _create(
+    store: SagaStore,
+    run: Run,
+    *,
+    owner: str,
+    lease_until: float,
+    local: Callable[[Any], Any] | None = None,
+) -> int:
+    """Log ``run`` (after ``local``'s work, in the same transaction): its version."""
+    new: Run | Callable[[Any], Any] = run if local is None else _then(local, run)
+    _, version = await store.create(new, owner=owner, lease_until=lease_until)
+    return version
+
+
+def _then(work: Callable[[Any], Any], run: Run) -> Callable[[Any], Any]:
+    """Local work that does ``work``, then returns ``run`` to be logged."""
+
+    def both(tx: Any) -> Any:
+        done = work(tx)
+        if inspect.isawaitable(done):
+
+            async def after() -> Run:
+                await done
+                return run
+
+            return after()
+        return run
+
+    return both
 
 
 class SagaDatabase(Protocol):
@@ -163,8 +195,8 @@ class SagaStoreConformance:
             failure=Failure(step="charge", detail="declined", final=True, status=402, data=[1]),
             note="ünïcode ✓",
         )
-        version = await store.create(
-            logged, owner="one", lease_until=100.0, local=database.work("a")
+        version = await _create(
+            store, logged, owner="one", lease_until=100.0, local=database.work("a")
         )
         assert await store.get("r1") == logged
         assert await database.rows() == ["a"]
@@ -185,13 +217,13 @@ class SagaStoreConformance:
             raise refusal
 
         with pytest.raises(_RefusedError) as caught:
-            await store.create(
-                run("r1"), owner="one", lease_until=100.0, local=database.work("a", refuse)
+            await _create(
+                store, run("r1"), owner="one", lease_until=100.0, local=database.work("a", refuse)
             )
         assert caught.value is refusal
         assert await store.get("r1") is None
         assert await database.rows() == []
-        await store.create(run("r1"), owner="one", lease_until=100.0, local=database.work("b"))
+        await _create(store, run("r1"), owner="one", lease_until=100.0, local=database.work("b"))
         assert await database.rows() == ["b"]
 
     async def test_a_taken_id_is_refused_and_its_local_work_rolled_back(
@@ -199,13 +231,13 @@ class SagaStoreConformance:
     ) -> None:
         """InvalidArgumentError on ``id``, with or without local work; the first run stays."""
         first = run("r1")
-        await store.create(first, owner="one", lease_until=100.0)
+        await _create(store, first, owner="one", lease_until=100.0)
         for local in (None, database.work("b")):
             with pytest.raises(InvalidArgumentError) as caught:
-                await store.create(
-                    run("r1", saga="refund"), owner="two", lease_until=100.0, local=local
+                await _create(
+                    store, run("r1", saga="refund"), owner="two", lease_until=100.0, local=local
                 )
-            assert caught.value.key == "id"
+            assert caught.value.key == "run_id"
         assert await store.get("r1") == first
         assert await database.rows() == []
 
@@ -214,7 +246,7 @@ class SagaStoreConformance:
     async def test_save_writes_over_the_named_version_only(self, store: SagaStore) -> None:
         """A stale version is RunTakenError and changes nothing; each save gives a new version."""
         first = run("r1")
-        v1 = await store.create(first, owner="one", lease_until=100.0)
+        v1 = await _create(store, first, owner="one", lease_until=100.0)
         second = _advanced(first, cursor=1, updated=2.0)
         v2 = await store.save(second, version=v1, lease_until=100.0)
         assert v2 != v1
@@ -237,7 +269,7 @@ class SagaStoreConformance:
         their last owner; an active one still is."""
         versions = {}
         for name in ("done", "undone", "stuck", "active"):
-            versions[name] = await store.create(run(name), owner="one", lease_until=100.0)
+            versions[name] = await _create(store, run(name), owner="one", lease_until=100.0)
         ends: dict[str, Status] = {
             "done": "completed",
             "undone": "compensated",
@@ -259,7 +291,7 @@ class SagaStoreConformance:
     ) -> None:
         """The run the work returns is written in its transaction: that run and a new version."""
         first = run("r1")
-        v1 = await store.create(first, owner="one", lease_until=100.0)
+        v1 = await _create(store, first, owner="one", lease_until=100.0)
         second = _advanced(first, cursor=1, updated=2.0)
         saved, v2 = await store.save_local(
             "r1", database.work("x", lambda: second), version=v1, lease_until=100.0
@@ -277,7 +309,7 @@ class SagaStoreConformance:
     ) -> None:
         """The very exception reaches the caller; the run keeps its version."""
         first = run("r1")
-        v1 = await store.create(first, owner="one", lease_until=100.0)
+        v1 = await _create(store, first, owner="one", lease_until=100.0)
         refusal = _RefusedError("declined")
 
         def refuse() -> Run:
@@ -295,7 +327,7 @@ class SagaStoreConformance:
     ) -> None:
         """RunTakenError, and the local work's row is not written."""
         first = run("r1")
-        v1 = await store.create(first, owner="one", lease_until=100.0)
+        v1 = await _create(store, first, owner="one", lease_until=100.0)
         v2 = await store.save(_advanced(first, updated=2.0), version=v1, lease_until=100.0)
         later = _advanced(first, cursor=1, updated=3.0)
         with pytest.raises(RunTakenError):
@@ -310,7 +342,7 @@ class SagaStoreConformance:
         self, database: SagaDatabase, store: SagaStore
     ) -> None:
         """Work that returns something else is a UsageError, and its row rolls back."""
-        v1 = await store.create(run("r1"), owner="one", lease_until=100.0)
+        v1 = await _create(store, run("r1"), owner="one", lease_until=100.0)
         for wrong in (None, run("r2")):
             with pytest.raises(UsageError):
                 await store.save_local(
@@ -327,15 +359,15 @@ class SagaStoreConformance:
     ) -> None:
         """The driver's own error, unchanged, to that caller only: writes made with it land."""
         created = [
-            await store.create(run(f"r{n}"), owner="one", lease_until=100.0) for n in range(20)
+            await _create(store, run(f"r{n}"), owner="one", lease_until=100.0) for n in range(20)
         ]
         outcomes = await asyncio.gather(
-            store.create(run("bad"), owner="one", lease_until=100.0, local=database.broken()),
+            _create(store, run("bad"), owner="one", lease_until=100.0, local=database.broken()),
             *(
                 store.save(run(f"r{n}", updated=2.0), version=version, lease_until=100.0)
                 for n, version in enumerate(created)
             ),
-            store.create(run("good"), owner="one", lease_until=100.0, local=database.work("g")),
+            _create(store, run("good"), owner="one", lease_until=100.0, local=database.work("g")),
             return_exceptions=True,
         )
         error = outcomes[0]
@@ -352,13 +384,13 @@ class SagaStoreConformance:
 
     async def _lapsed(self, store: SagaStore) -> None:
         """Runs of every kind: ``old-*`` lapsed at 100, ``live`` leased until 300."""
-        await store.create(run("old-run"), owner="a", lease_until=100.0)
-        await store.create(run("old-undo", status="compensating"), owner="a", lease_until=100.0)
-        await store.create(run("old-b"), owner="b", lease_until=100.0)
-        await store.create(run("live"), owner="a", lease_until=300.0)
+        await _create(store, run("old-run"), owner="a", lease_until=100.0)
+        await _create(store, run("old-undo", status="compensating"), owner="a", lease_until=100.0)
+        await _create(store, run("old-b"), owner="b", lease_until=100.0)
+        await _create(store, run("live"), owner="a", lease_until=300.0)
         ends: list[tuple[str, Status]] = [("ended", "completed"), ("stuck", "stuck")]
         for name, status in ends:
-            version = await store.create(run(name), owner="a", lease_until=100.0)
+            version = await _create(store, run(name), owner="a", lease_until=100.0)
             await store.save(run(name, status=status), version=version, lease_until=100.0)
 
     async def test_claim_takes_the_active_runs_whose_lease_lapsed(self, store: SagaStore) -> None:
@@ -391,7 +423,7 @@ class SagaStoreConformance:
     async def test_claim_takes_at_most_its_limit(self, store: SagaStore) -> None:
         """The limit bounds each claim; the rest wait for the next; limit 0 is refused."""
         for n in range(5):
-            await store.create(run(f"r{n}"), owner="a", lease_until=100.0)
+            await _create(store, run(f"r{n}"), owner="a", lease_until=100.0)
         first = await store.claim(owner="b", now=200.0, lease_until=1000.0, limit=2)
         rest = await store.claim(owner="b", now=200.0, lease_until=1000.0, limit=10)
         assert len(first) == 2
@@ -404,7 +436,7 @@ class SagaStoreConformance:
         """The old holder's next save is RunTakenError and its renewal holds nothing; the new
         holder writes at the claimed version."""
         first = run("r1")
-        old = await store.create(first, owner="a", lease_until=100.0)
+        old = await _create(store, first, owner="a", lease_until=100.0)
         [claimed] = await store.claim(owner="b", now=200.0, lease_until=1000.0, limit=10)
         assert claimed.run == first
         assert claimed.version != old
@@ -420,7 +452,7 @@ class SagaStoreConformance:
     ) -> None:
         """Replicas scanning together split the lapsed runs between them, each run once."""
         await asyncio.gather(
-            *(store.create(run(f"r{n:03}"), owner="dead", lease_until=100.0) for n in range(200))
+            *(_create(store, run(f"r{n:03}"), owner="dead", lease_until=100.0) for n in range(200))
         )
         one, other = database.store(), database.store()
 
@@ -470,8 +502,8 @@ class SagaStoreConformance:
 
     async def test_renew_extends_only_this_owner_s_leases(self, store: SagaStore) -> None:
         """It counts the runs the owner held; others' and unknown ids are left alone."""
-        await store.create(run("mine"), owner="a", lease_until=100.0)
-        await store.create(run("theirs"), owner="b", lease_until=100.0)
+        await _create(store, run("mine"), owner="a", lease_until=100.0)
+        await _create(store, run("theirs"), owner="b", lease_until=100.0)
         renewed = await store.renew(["mine", "theirs", "ghost"], owner="a", lease_until=1000.0)
         assert renewed == 1
         assert await store.renew([], owner="a", lease_until=1000.0) == 0
@@ -492,7 +524,7 @@ class SagaStoreConformance:
             ("e", "refund", "running", 2.0),
         ]
         for run_id, saga, status, updated in logged:
-            version = await store.create(run(run_id, saga=saga), owner="a", lease_until=100.0)
+            version = await _create(store, run(run_id, saga=saga), owner="a", lease_until=100.0)
             await store.save(
                 run(run_id, saga=saga, status=status, updated=updated),  # type: ignore[arg-type]
                 version=version,
@@ -528,7 +560,7 @@ class SagaStoreConformance:
             ("old-running", "running", 100.0),
         ]
         for run_id, status, updated in logged:
-            version = await store.create(run(run_id), owner="a", lease_until=100.0)
+            version = await _create(store, run(run_id), owner="a", lease_until=100.0)
             await store.save(
                 run(run_id, status=status, updated=updated), version=version, lease_until=100.0
             )
@@ -546,8 +578,12 @@ class SagaStoreConformance:
         and every run reads back as its last save."""
 
         async def drive(n: int) -> int:
-            version = await store.create(
-                run(f"r{n:03}"), owner="a", lease_until=100.0, local=database.work(f"v{n:03}")
+            version = await _create(
+                store,
+                run(f"r{n:03}"),
+                owner="a",
+                lease_until=100.0,
+                local=database.work(f"v{n:03}"),
             )
             for step in range(1, 6):
                 version = await store.save(
@@ -570,7 +606,7 @@ class SagaStoreConformance:
         """Writes made before aclose() commit; one made after is a UsageError."""
         store = database.store()
         writes = [
-            asyncio.create_task(store.create(run(f"r{n}"), owner="a", lease_until=100.0))
+            asyncio.create_task(_create(store, run(f"r{n}"), owner="a", lease_until=100.0))
             for n in range(50)
         ]
         await _CLOCK.sleep(0)  # every write made, none answered
@@ -578,7 +614,7 @@ class SagaStoreConformance:
         async with asyncio.timeout(WITHIN):
             await asyncio.gather(*writes)
         with pytest.raises(UsageError):
-            await store.create(run("late"), owner="a", lease_until=100.0)
+            await _create(store, run("late"), owner="a", lease_until=100.0)
         await store.aclose()  # again: nothing to do
         reader = database.store()
         try:
@@ -595,7 +631,7 @@ class SagaStoreConformance:
             async with asyncio.timeout(WITHIN):
                 for _ in range(2):
                     with pytest.raises(EnvironmentFaultError):
-                        await store.create(run("r1"), owner="a", lease_until=100.0)
+                        await _create(store, run("r1"), owner="a", lease_until=100.0)
                     with pytest.raises(EnvironmentFaultError):
                         await store.claim(owner="a", now=1.0, lease_until=2.0, limit=10)
                     with pytest.raises(EnvironmentFaultError):
