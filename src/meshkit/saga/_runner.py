@@ -394,10 +394,14 @@ class SagaRunner:
     def _context(
         self, run: Run, index: int, attempt: int, results: dict[str, Any], *, undo: bool
     ) -> StepContext:
-        """What step ``index`` is told; ``results`` caches the decoded results of the run."""
-        for plan, state in zip(run.plan, run.steps, strict=True):
-            if state.phase in ("done", "undoing", "undone"):
-                results[plan.name] = state.result
+        """What step ``index`` is told; ``results`` holds the run's results as far as known."""
+        if undo:
+            for plan, state in zip(run.plan, run.steps, strict=True):
+                if state.phase in ("done", "undoing", "undone"):
+                    results[plan.name] = state.result
+        else:  # going forward, every step before this one is done: add the newest
+            for number in range(len(results), index):
+                results[run.plan[number].name] = run.steps[number].result
         name = run.plan[index].name
         own = run.steps[index]
         return StepContext(
@@ -412,7 +416,7 @@ class SagaRunner:
         )
 
     def _crash(self, point: str, run_id: str) -> None:
-        if point == self._crash_at and run_id in self._begun:
+        if self._crash_at is not None and point == self._crash_at and run_id in self._begun:
             _log.warning("saga run %s: crashing at %s (MESHKIT_SAGA_CRASH_AT)", run_id, point)
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -237,6 +237,13 @@ class SqliteSagaStore:
 
     async def _write(self, work: Callable[[sqlite3.Connection], Any], *, guarded: bool) -> Any:
         """Run ``work`` in the next batch's transaction: its result once committed."""
+        if self._closed or self._thread is None:
+            self._start_writer()
+        answer = asyncio.get_running_loop().create_future()
+        self._jobs.put((work, guarded, answer))
+        return await answer
+
+    def _start_writer(self) -> None:
         with self._lock:
             if self._closed:
                 raise UsageError("the saga store is closed")
@@ -245,9 +252,6 @@ class SqliteSagaStore:
                     target=self._writer, name="meshkit-saga-writer", daemon=True
                 )
                 self._thread.start()
-        answer = asyncio.get_running_loop().create_future()
-        self._jobs.put((work, guarded, answer))
-        return await answer
 
     def _writer(self) -> None:
         try:
