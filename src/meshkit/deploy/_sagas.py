@@ -191,7 +191,9 @@ def _refused(instance: Instance, where: str, response: Response) -> _Answer:
     if response.status == 401:
         raise ConfigError("token", f"{where} refused the project's token: {problem.detail}")
     if response.status == 404:
-        return _Answer(instance, runs_sagas=problem.extensions.get(NO_SAGAS) is not False)
+        # Only meshkit's saga API says it runs sagas; another 404 (an app
+        # behind a sidecar) is a service without them.
+        return _Answer(instance, runs_sagas=problem.extensions.get(NO_SAGAS) is True)
     if response.status == 409:
         raise ConflictError(problem.detail)
     if response.status == 400:

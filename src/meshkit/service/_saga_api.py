@@ -12,9 +12,10 @@ and answers 401 without it: runs hold the services' inputs and results.
 
 Errors are problem details (RFC 9457): 400 naming the bad parameter in
 ``errors``, 404 for an unknown run, 409 to retry a run that is not stuck,
-503 when the saga log cannot be read. A service that runs no sagas answers
-404 with the member ``runs_sagas: false``, so a client asking every
-instance passes over it without taking it for a missing run.
+503 when the saga log cannot be read. A 404 says ``runs_sagas``: true for
+an unknown run of a service that runs sagas, false from one that runs
+none, so a client asking every instance tells the two apart (and any other
+404, from an app behind a sidecar say, from both).
 
 The run's shape on the wire is ``RunSummary`` and ``RunDetail``: the
 server encodes them and clients decode them, so the two cannot drift.
@@ -202,7 +203,7 @@ class SagaAPI:
             field = FieldError(error.key, error.problem)
             return _problem(Problem(400, str(error), errors=(field,)))
         except NotFoundError as error:
-            return _problem(Problem(404, str(error)))
+            return _problem(Problem(404, str(error), extensions={NO_SAGAS: True}))
         except ConflictError as error:
             return _problem(Problem(409, str(error)))
         except (EnvironmentFaultError, UsageError) as error:
