@@ -76,10 +76,11 @@ def three_steps(calls: Calls, *, fail_at: str | None = None, undo_attempts: int 
 async def runner_for(tmp_path: Path) -> AsyncIterator[Any]:
     made: list[SagaRunner] = []
 
-    async def make(*sagas: Saga, owner: str = "a", lease: float = 5.0) -> SagaRunner:
-        runner = SagaRunner(
-            SqliteSagaStore(tmp_path / "log.db"), sagas, owner=owner, lease=lease, scan=lease / 4
-        )
+    async def make(
+        *sagas: Saga, owner: str = "a", lease: float = 5.0, scan: float | None = None
+    ) -> SagaRunner:
+        store = SqliteSagaStore(tmp_path / "log.db")
+        runner = SagaRunner(store, sagas, owner=owner, lease=lease, scan=scan or lease / 4)
         await runner.start()
         made.append(runner)
         return runner
@@ -293,6 +294,29 @@ async def test_another_runner_takes_over_once_the_lease_lapses(runner_for: Any) 
     assert ended.status == "completed"
     await until(lambda: hung.driving == 0)  # its write was fenced off: it let go
     assert (await other.get(run.id)) == ended
+
+
+async def test_a_runner_that_stops_hands_its_runs_over_at_once(runner_for: Any) -> None:
+    """Closed mid-step (a service draining), its lease ends: another takes the run long
+    before the lease would have lapsed."""
+    saga = Saga("drained")
+    gate = asyncio.Event()
+    entered: list[str] = []
+
+    @saga.step(backoff=QUICK)
+    async def step(ctx: StepContext) -> None:
+        entered.append(ctx.idempotency_key)
+        await gate.wait()
+
+    leaving = await runner_for(saga, owner="orders-1", lease=60.0)
+    staying = await runner_for(saga, owner="orders-2", lease=60.0, scan=0.1)
+    run = await leaving.begin(saga)
+    await until(lambda: len(entered) == 1)
+    await leaving.aclose()
+    gate.set()
+    await until(lambda: len(entered) == 2)  # well inside the 60 s lease
+    ended = await staying.wait(run.id, WITHIN)
+    assert ended.status == "completed"
 
 
 async def test_a_run_does_not_inherit_the_caller_s_context(runner_for: Any) -> None:

@@ -150,15 +150,23 @@ class SagaRunner:
         ]
 
     async def aclose(self) -> None:
-        """Stop driving (the runs stay in the log, to be taken back) and close the store."""
+        """Stop driving and close the store. The runs stay in the log, their leases ended,
+        for another runner sharing it to take over at its next scan (or for this owner's
+        successor to take back when it starts)."""
         if self._closed:
             return
         self._closed = True
-        tasks = [*self._loops, *self._driving.values()]
-        for task in tasks:
+        driven = list(self._driving)
+        for task in [*self._loops, *self._driving.values()]:
             await stop(task)
         self._driving.clear()
-        await self.store.aclose()
+        try:
+            if driven:
+                await self.store.renew(driven, owner=self.owner, lease_until=0.0)
+        except MeshkitError as error:  # they lapse with their lease instead
+            _log.warning("saga runner: could not hand its runs over: %s", error)
+        finally:
+            await self.store.aclose()
 
     async def __aenter__(self) -> SagaRunner:
         await self.start()
