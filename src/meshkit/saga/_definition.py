@@ -158,6 +158,10 @@ class Step:
     ) -> Compensation | Callable[[Compensation], Compensation]:
         """Decorate the step's compensation: an async function of a ``StepContext``."""
 
+        seconds = None if timeout is None else check.seconds("timeout", timeout)
+        tries = None if attempts is None else check.whole("attempts", attempts, minimum=1)
+        waits = None if backoff is None else check.instance("backoff", backoff, Backoff)
+
         def register(undo: Compensation) -> Compensation:
             if self.local:
                 raise ConfigError("compensate", f"{self.name} is local: it has nothing to undo")
@@ -165,12 +169,9 @@ class Step:
                 raise ConfigError("compensate", f"{self.name} has a compensation already")
             _check_async("compensation", undo)
             self.undo = undo
-            if timeout is not None:
-                self.undo_timeout = check.seconds("timeout", timeout)
-            if attempts is not None:
-                self.undo_attempts = check.whole("attempts", attempts, minimum=1)
-            if backoff is not None:
-                self.undo_backoff = check.instance("backoff", backoff, Backoff)
+            self.undo_timeout = seconds or self.undo_timeout
+            self.undo_attempts = tries or self.undo_attempts
+            self.undo_backoff = waits or self.undo_backoff
             return undo
 
         return register(function) if function is not None else register
@@ -226,6 +227,11 @@ class Saga:
         first, with ``backoff`` between them.
         """
 
+        # Checked here, so a bad option is reported where it is written.
+        seconds = check.seconds("timeout", timeout)
+        tries = check.whole("attempts", attempts, minimum=1)
+        waits = check.instance("backoff", backoff, Backoff)
+
         def register(action: Action) -> Step:
             _check_async("step", action)
             return self._add(
@@ -233,9 +239,9 @@ class Saga:
                     name=name or action.__name__,
                     action=action,
                     local=False,
-                    timeout=check.seconds("timeout", timeout),
-                    attempts=check.whole("attempts", attempts, minimum=1),
-                    backoff=check.instance("backoff", backoff, Backoff),
+                    timeout=seconds,
+                    attempts=tries,
+                    backoff=waits,
                 )
             )
 
@@ -252,6 +258,8 @@ class Saga:
         PostgreSQL, a coroutine function of an asyncpg connection.
         """
 
+        tries = check.whole("attempts", attempts, minimum=1)
+
         def register(action: LocalAction) -> Step:
             return self._add(
                 Step(
@@ -259,7 +267,7 @@ class Saga:
                     action=action,
                     local=True,
                     timeout=0.0,
-                    attempts=check.whole("attempts", attempts, minimum=1),
+                    attempts=tries,
                     backoff=_BACKOFF,
                 )
             )
