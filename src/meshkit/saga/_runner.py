@@ -325,6 +325,12 @@ class SagaRunner:
             # The log cannot be written: stop, and let the lease lapse so that
             # this runner's next scan (or another's) takes it back.
             _log.warning("saga run %s: stopped, the log failed: %s", run.id, error)
+        except Exception:  # noqa: BLE001 (the saga's on_end raised: logged, retried later)
+            _log.exception(
+                "saga run %s of %s: its on_end failed; tried again when its lease lapses",
+                run.id,
+                run.saga,
+            )
         else:
             if action.status == "stuck":
                 _log.error("saga run %s of %s is stuck: %s", run.id, run.saga, run.note)
@@ -375,7 +381,9 @@ class SagaRunner:
         except (RunTakenError, asyncio.CancelledError):
             raise
         except Exception as error:  # noqa: BLE001 (the step's failure: its transaction rolled back)
-            failed = advance(run, Unknown(_describe(error)), self._clock.time())
+            failure = Unknown(_describe(error))
+            _log_failure(run, action, failure)
+            failed = advance(run, failure, self._clock.time())
             version = await self.store.save(
                 failed.run, version=version, lease_until=now + self.lease
             )
