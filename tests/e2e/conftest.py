@@ -68,7 +68,8 @@ class Up:
                 if remaining <= 0 or self.process.poll() is not None:
                     tail = "\n".join(self.lines[-30:])
                     pytest.fail(f"no line with {text!r} within {timeout}s; output:\n{tail}")
-                self._changed.wait(remaining)
+                # At most a second: the output may end before the exit is seen.
+                self._changed.wait(min(remaining, 1.0))
 
     def stop(self, timeout: float = 30) -> int:
         """SIGINT, as Ctrl-C sends it; the exit status."""
@@ -114,9 +115,13 @@ def http(
 
 
 class Shop:
-    """A copy of examples/shop on free ports, run by ``meshkit up``."""
+    """A copy of examples/shop on free ports, run by ``meshkit up``.
 
-    def __init__(self, directory: Path) -> None:
+    ``configure``, if given, rewrites the copy's meshkit.toml (after the
+    ports are chosen) before the shop starts.
+    """
+
+    def __init__(self, directory: Path, *, configure: Callable[[str], str] | None = None) -> None:
         self.directory = directory
         shutil.copytree(
             ROOT / "examples" / "shop",
@@ -135,7 +140,7 @@ class Shop:
             (8000, self.gateway_port),
         ):
             text = re.sub(rf"\bport = {old}\b", f"port = {new}", text)
-        config.write_text(text)
+        config.write_text(configure(text) if configure else text)
         self.up = Up(directory)
 
     @property
@@ -160,6 +165,43 @@ class Shop:
         )
         instance = body["instances"][0]  # type: ignore[index]
         return f"http://{instance['host']}:{instance['port']}{path}"
+
+
+def instance_pids(shop: Shop, service: str) -> dict[str, int]:
+    """Instance id -> pid, as the registry lists them (from each registration's metadata)."""
+    status, body = http(
+        "GET",
+        shop.registry(f"/services/{service}"),
+        headers={"authorization": f"Bearer {shop.token}"},
+    )
+    assert status == 200, body
+    assert isinstance(body, dict)
+    return {i["id"]: int(i["metadata"]["pid"]) for i in body["instances"]}
+
+
+def restock(shop: Shop, *, product_id: int, quantity: int) -> None:
+    """Set stock through an inventory instance found in the registry."""
+    url = shop.service_url("inventory", f"/stock/{product_id}")
+    assert http("PUT", url, {"quantity": quantity})[0] == 200
+
+
+def stock(shop: Shop, product_id: int) -> int:
+    status, answer = http("GET", shop.service_url("inventory", f"/stock/{product_id}"))
+    assert status == 200
+    return int(answer["quantity"])  # type: ignore[index]
+
+
+def order_status(shop: Shop, order_id: int, wanted: str, *, timeout: float) -> dict[str, object]:
+    """The order once its status is ``wanted``; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout  # noqa: TID251 (a real process, real time)
+    while True:
+        status, order = http("GET", shop.orders(f"/orders/{order_id}"))
+        assert status == 200, order
+        assert isinstance(order, dict)
+        if order["status"] == wanted:
+            return order
+        assert time.monotonic() < deadline, f"order {order_id} is still {order['status']}: {order}"  # noqa: TID251
+        time.sleep(0.1)  # noqa: TID251 (polling a saga, bounded)
 
 
 @pytest.fixture(scope="module")

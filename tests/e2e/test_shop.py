@@ -19,7 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import ROOT, Shop, http, wait_until
+from tests.e2e.conftest import (
+    ROOT,
+    Shop,
+    http,
+    instance_pids,
+    order_status,
+    restock,
+    stock,
+    wait_until,
+)
 
 from meshkit.deploy._state import read_table
 
@@ -43,24 +52,6 @@ def problem(body: object) -> str:
     said = body["detail"]
     assert isinstance(said, str), body
     return said
-
-
-def instance_pids(shop: Shop, service: str) -> dict[str, int]:
-    """Instance id -> pid, as the registry lists them (from each registration's metadata)."""
-    status, body = http(
-        "GET",
-        shop.registry(f"/services/{service}"),
-        headers={"authorization": f"Bearer {shop.token}"},
-    )
-    assert status == 200, body
-    assert isinstance(body, dict)
-    return {i["id"]: int(i["metadata"]["pid"]) for i in body["instances"]}
-
-
-def restock(shop: Shop, *, product_id: int, quantity: int) -> None:
-    """Set stock through an inventory instance found in the registry."""
-    url = shop.service_url("inventory", f"/stock/{product_id}")
-    assert http("PUT", url, {"quantity": quantity})[0] == 200
 
 
 def test_an_order_is_placed_over_http(shop: Shop) -> None:
@@ -270,25 +261,6 @@ def test_registering_without_the_token_is_refused(shop: Shop) -> None:
         status, _ = http("POST", shop.registry("/instances"), instance, headers=headers)
         assert status == 401
     assert "intruder" not in str(shop.up.status())
-
-
-def stock(shop: Shop, product_id: int) -> int:
-    status, answer = http("GET", shop.service_url("inventory", f"/stock/{product_id}"))
-    assert status == 200
-    return int(answer["quantity"])  # type: ignore[index]
-
-
-def order_status(shop: Shop, order_id: int, wanted: str, *, timeout: float) -> dict[str, object]:
-    """The order once its status is ``wanted``; fails after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout  # noqa: TID251 (a real process, real time)
-    while True:
-        status, order = http("GET", shop.orders(f"/orders/{order_id}"))
-        assert status == 200, order
-        assert isinstance(order, dict)
-        if order["status"] == wanted:
-            return order
-        assert time.monotonic() < deadline, f"order {order_id} is still {order['status']}: {order}"  # noqa: TID251
-        time.sleep(0.1)  # noqa: TID251 (polling a saga, bounded)
 
 
 def place_order_with_payments_frozen(shop: Shop, *, frozen: float) -> tuple[int, int]:

@@ -578,6 +578,23 @@ async def test_a_declined_charge_repeated_with_its_key_stays_declined(
         assert (await client.post("/payments", json=CHARGE)).status_code == 201  # no key
 
 
+async def test_a_charge_above_the_card_limit_is_declined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PAYMENT_CARD_LIMIT_CENTS declines a charge above it, every time; one at the limit passes."""
+    payments = load("payments", monkeypatch, tmp_path)
+    monkeypatch.setattr(payments, "CARD_LIMIT", 1199)
+    async with serving(payments.app) as client:
+        over = await client.post("/payments", json=CHARGE)
+        assert (over.status_code, over.json()["detail"]) == (
+            402,
+            "the card was declined: 1200 cents is over its limit",
+        )
+        assert (await client.get("/payments/by-order/5")).status_code == 404
+        monkeypatch.setattr(payments, "CARD_LIMIT", 1200)
+        assert (await client.post("/payments", json=CHARGE)).status_code == 201
+
+
 async def test_voiding_twice_is_fine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A capture voided twice is refunded once; a keyed repeat gets the first answer."""
     async with app_of("payments", tmp_path, monkeypatch) as client:

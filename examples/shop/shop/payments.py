@@ -2,6 +2,9 @@
 
 ``PAYMENT_FAILURE_RATE`` (0 to 1, default 0) declines that share of new
 charges, to show what the shop does when a payment fails.
+``PAYMENT_CARD_LIMIT_CENTS`` (a whole number of cents; unset, no limit)
+declines every new charge above it: a decline that can be counted on, for
+a test or a demo that needs one order declined and the next one charged.
 
 Charging and voiding honour an ``Idempotency-Key`` (see
 ``shop.idempotency``): a repeat gets the first answer, a decline included,
@@ -53,7 +56,17 @@ def _failure_rate() -> float:
     return rate
 
 
+def _card_limit() -> int | None:
+    raw = os.environ.get("PAYMENT_CARD_LIMIT_CENTS") or None
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise SystemExit(f"PAYMENT_CARD_LIMIT_CENTS must be a whole number of cents, got {raw!r}")
+    return int(raw)
+
+
 FAILURE_RATE = _failure_rate()
+CARD_LIMIT = _card_limit()
 _chance = random.Random()
 
 
@@ -98,6 +111,10 @@ def _charge(tx: sqlite3.Connection, charge: Charge) -> Answer:
     row = tx.execute("SELECT * FROM payments WHERE order_id = ?", (charge.order_id,)).fetchone()
     if row is not None:
         return Answer(200, _payment(row).model_dump())
+    if CARD_LIMIT is not None and charge.amount_cents > CARD_LIMIT:
+        return Answer.problem(
+            402, f"the card was declined: {charge.amount_cents} cents is over its limit"
+        )
     if _chance.random() < FAILURE_RATE:
         return Answer.problem(402, "the card was declined")
     cursor = tx.execute(
