@@ -26,15 +26,13 @@ with its SQLite file in WAL mode (see ``_saga_dbos.launch``).
    on free ports (``benchmarks._saga_shop``): orders a second with 16 in
    flight, then p50 and p99 at ``SHOP_RATE`` orders a second.
 
-meshkit's side comes from ``benchmarks._saga_meshkit``, a module that
-defines ``throughput(database, *, seconds)`` returning a ``Throughput`` and
-``paced(database, *, rate, seconds)`` returning a ``Latency`` (both in
-``benchmarks._saga_db``), each running one measurement on the given
-database, in one process on core 0 as the DBOS child runs. Until that
-module exists, only the reference's rows and the shop's are written. Its
-rows are ``saga sqlite`` and ``saga postgres`` (sagas/s) with DBOS's
-figure on the same database as the reference, and ``saga sqlite p99 at
-100/s`` (ms).
+meshkit's side is ``benchmarks._saga_meshkit``: each measurement in a
+process of its own on core 0, as DBOS's. Its rows are ``saga sqlite`` and
+``saga postgres`` (sagas/s) with DBOS's figure on the same database as the
+reference, and ``saga sqlite p99 at 100/s`` (ms). On SQLite it runs with
+``synchronous=FULL``, each commit flushed to the disk as DBOS's are, and
+again with ``NORMAL`` (a commit survives a crash of the process, not a
+power cut): rows ``saga sqlite synchronous=NORMAL ...``.
 
 Needs DBOS (the ``dev`` extra) and, unless run with ``--only sqlite`` or
 ``--only shop``, asyncpg (the ``postgres`` extra) and the PostgreSQL server
@@ -43,16 +41,16 @@ above.
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar, cast
+from typing import TypeVar
 
 import msgspec
 
+from benchmarks import _saga_meshkit as side
 from benchmarks import _saga_shop
 from benchmarks._load import pinned
 from benchmarks._report import Row, arguments, report
@@ -77,30 +75,6 @@ LABELS: dict[Kind, str] = {"sqlite": "SQLite (WAL)", "postgres": "PostgreSQL"}
 ONLY = ("sqlite", "postgres", "shop")
 
 Result = TypeVar("Result", Throughput, Latency)
-Synchronous = Literal["FULL", "NORMAL"]
-
-
-class SagaSide(Protocol):
-    """What ``benchmarks._saga_meshkit`` provides: meshkit's measurements."""
-
-    def throughput(
-        self, database: Database, *, seconds: float, synchronous: Synchronous = "FULL"
-    ) -> Throughput: ...
-
-    def paced(
-        self, database: Database, *, rate: int, seconds: float, synchronous: Synchronous = "FULL"
-    ) -> Latency: ...
-
-
-def meshkit_side() -> SagaSide | None:
-    """``benchmarks._saga_meshkit`` when it exists; None until then."""
-    try:
-        module = importlib.import_module("benchmarks._saga_meshkit")
-    except ModuleNotFoundError as error:
-        if error.name != "benchmarks._saga_meshkit":
-            raise
-        return None
-    return cast("SagaSide", module)
 
 
 def run_dbos(argv: list[str], into: type[Result], *, within: float) -> Result:
@@ -144,8 +118,8 @@ def on_new(kind: Kind, measure: Callable[[Database], Result]) -> Result:
         return measure(place)
 
 
-def saga_rows(seconds: float, kinds: list[Kind], side: SagaSide | None) -> list[Row]:
-    """DBOS's rows, and meshkit's beside them when ``side`` is there."""
+def saga_rows(seconds: float, kinds: list[Kind]) -> list[Row]:
+    """meshkit's rows beside DBOS's, and DBOS's own."""
     if not kinds:
         return []
     reference = f"DBOS {version('dbos')}"
@@ -154,19 +128,18 @@ def saga_rows(seconds: float, kinds: list[Kind], side: SagaSide | None) -> list[
         # Each side on a database of its own, one after the other.
         theirs = on_new(kind, lambda place: dbos_throughput(place, seconds))
         label = f"{reference} on {LABELS[kind]}"
-        if side is not None:
-            ours = on_new(kind, lambda place: side.throughput(place, seconds=seconds))
-            rows += [
-                Row(f"saga {kind}", ours.rate, "sagas/s", theirs.rate, label),
-                Row(f"saga {kind} CPU per saga", ours.cpu_ms, "ms", theirs.cpu_ms, label),
-            ]
-            if kind == "sqlite":
-                # Durable across a crash of the process, not a power cut: less than DBOS's.
-                normal = on_new(
-                    kind,
-                    lambda place: side.throughput(place, seconds=seconds, synchronous="NORMAL"),
-                )
-                rows.append(Row("saga sqlite synchronous=NORMAL", normal.rate, "sagas/s"))
+        ours = on_new(kind, lambda place: side.throughput(place, seconds=seconds))
+        rows += [
+            Row(f"saga {kind}", ours.rate, "sagas/s", theirs.rate, label),
+            Row(f"saga {kind} CPU per saga", ours.cpu_ms, "ms", theirs.cpu_ms, label),
+        ]
+        if kind == "sqlite":
+            # Durable across a crash of the process, not a power cut: less than DBOS's.
+            normal = on_new(
+                kind,
+                lambda place: side.throughput(place, seconds=seconds, synchronous="NORMAL"),
+            )
+            rows.append(Row("saga sqlite synchronous=NORMAL", normal.rate, "sagas/s"))
         rows += [
             Row(f"dbos {kind}", theirs.rate, "workflows/s"),
             Row(f"dbos {kind} CPU per workflow", theirs.cpu_ms, "ms"),
@@ -174,27 +147,24 @@ def saga_rows(seconds: float, kinds: list[Kind], side: SagaSide | None) -> list[
     if "sqlite" in kinds:
         theirs_paced = on_new("sqlite", lambda place: dbos_paced(place, seconds))
         label = f"{reference} on {LABELS['sqlite']}"
-        if side is not None:
-            ours_paced = on_new(
-                "sqlite", lambda place: side.paced(place, rate=RATE, seconds=seconds)
+        ours_paced = on_new("sqlite", lambda place: side.paced(place, rate=RATE, seconds=seconds))
+        rows += [
+            Row(f"saga sqlite {m} at {RATE}/s", getattr(ours_paced, m), "ms", r, label)
+            for m, r in (("p50", theirs_paced.p50), ("p99", theirs_paced.p99))
+        ]
+        rows.append(Row(f"saga sqlite completed at {RATE}/s", ours_paced.rate, "sagas/s"))
+        normal_paced = on_new(
+            "sqlite",
+            lambda place: side.paced(place, rate=RATE, seconds=seconds, synchronous="NORMAL"),
+        )
+        rows += [
+            Row(
+                f"saga sqlite synchronous=NORMAL {m} at {RATE}/s",
+                getattr(normal_paced, m),
+                "ms",
             )
-            rows += [
-                Row(f"saga sqlite {m} at {RATE}/s", getattr(ours_paced, m), "ms", r, label)
-                for m, r in (("p50", theirs_paced.p50), ("p99", theirs_paced.p99))
-            ]
-            rows.append(Row(f"saga sqlite completed at {RATE}/s", ours_paced.rate, "sagas/s"))
-            normal_paced = on_new(
-                "sqlite",
-                lambda place: side.paced(place, rate=RATE, seconds=seconds, synchronous="NORMAL"),
-            )
-            rows += [
-                Row(
-                    f"saga sqlite synchronous=NORMAL {m} at {RATE}/s",
-                    getattr(normal_paced, m),
-                    "ms",
-                )
-                for m in ("p50", "p99")
-            ]
+            for m in ("p50", "p99")
+        ]
         rows += [
             Row(f"dbos sqlite p50 at {RATE}/s", theirs_paced.p50, "ms"),
             Row(f"dbos sqlite p99 at {RATE}/s", theirs_paced.p99, "ms"),
@@ -237,13 +207,10 @@ def main() -> None:
             "benchmarks.saga needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust"
             " authentication); or run it with --only sqlite --only shop"
         )
-    side = meshkit_side()
-    rows = saga_rows(seconds, kinds, side)
+    rows = saga_rows(seconds, kinds)
     if "shop" in only:
         rows += shop_rows(seconds)
-    title = "Durable three-step sagas" + (
-        "" if side is not None else " (DBOS only: benchmarks._saga_meshkit is not there yet)"
-    )
+    title = "Durable three-step sagas"
     report(title, rows, args.json)
 
 
