@@ -182,7 +182,7 @@ def test_a_stuck_run_is_listed_shown_and_retried(bank: Bank) -> None:
         assert text in shown.stdout, (text, shown.stdout)
     detail = json.loads(meshkit(bank.directory, "show", stuck["id"], "--json").stdout)
     debit, deliver = detail["steps"]
-    assert (debit["phase"], debit["undo_attempts"], debit["error"]) == (
+    assert (debit["phase"], debit["undo_attempts"], debit["undo_error"]) == (
         "undoing",
         1,
         "the bank is down",

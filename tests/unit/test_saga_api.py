@@ -150,7 +150,7 @@ async def test_a_run_is_shown_step_by_step(runs: Runs) -> None:
     assert (debited.name, debited.phase, debited.compensable) == ("debit", "undoing", True)
     assert (debited.attempts, debited.undo_attempts) == (1, 1)
     assert debited.result == {"debited": 7}
-    assert debited.error == "the bank is down"
+    assert debited.undo_error == "the bank is down"
     assert debited.duration is not None
     assert debited.duration >= 0
     assert debited.undo_started is not None

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meshkit.errors import ConflictError, InvalidArgumentError, NotFoundError
+from meshkit.errors import ConfigError, ConflictError, InvalidArgumentError, NotFoundError
 from meshkit.policy import Backoff
 from meshkit.saga import Run, Saga, SagaRunner, SqliteSagaStore, StepContext, StepFailed
 
@@ -348,3 +348,125 @@ async def test_an_input_json_cannot_hold_is_refused(runner_for: Any) -> None:
     with pytest.raises(InvalidArgumentError, match="saga"):
         await runner.begin("unknown")
     assert await runner.runs() == []
+
+
+async def test_an_on_end_that_fails_is_tried_again_without_running_steps_again(
+    runner_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end is decided: only the hook is tried again, the step runs once."""
+    monkeypatch.setattr("meshkit.saga._runner._END_BACKOFF", QUICK)
+    saga = Saga("ending")
+    ran: list[str] = []
+    hooks: list[str] = []
+
+    @saga.step
+    async def charge(ctx: StepContext) -> None:
+        ran.append("charge")
+
+    @charge.compensate
+    async def refund(ctx: StepContext) -> None:
+        ran.append("refund")
+
+    @saga.on_end
+    def settle(tx: sqlite3.Connection, run: Run) -> None:
+        hooks.append(run.status)
+        if len(hooks) < 3:
+            raise RuntimeError("the orders table is locked")
+
+    runner = await runner_for(saga)
+    ended = await runner.wait((await runner.begin(saga)).id, WITHIN)
+    assert ended.status == "completed"
+    assert ran == ["charge"]
+    assert hooks == ["completed"] * 3
+
+
+async def test_a_run_taken_back_logs_its_next_attempt_before_making_it(
+    runner_for: Any,
+) -> None:
+    """A compensation interrupted by crashes counts each attempt, so it ends stuck."""
+    saga = Saga("crashing")
+    entered: list[int] = []
+
+    @saga.step
+    async def act(ctx: StepContext) -> None: ...
+
+    @act.compensate(attempts=2, backoff=QUICK)
+    async def undo(ctx: StepContext) -> None:
+        entered.append(ctx.attempt)
+        await asyncio.Event().wait()  # the process dies in here
+
+    @saga.step
+    async def fail(ctx: StepContext) -> None:
+        raise StepFailed("no")
+
+    first = await runner_for(saga, owner="orders-1", lease=60.0)
+    run = await first.begin(saga)
+    await until(lambda: entered == [1])
+    await first.aclose()
+    second = await runner_for(saga, owner="orders-1", lease=60.0)
+    await until(lambda: entered == [1, 2])
+    logged = await second.get(run.id)
+    assert logged is not None
+    assert logged.steps[0].undo_attempts == 2
+    await second.aclose()
+    third = await runner_for(saga, owner="orders-1", lease=60.0)
+    stuck = await third.wait(run.id, WITHIN)
+    assert stuck.status == "stuck"
+    assert entered == [1, 2]
+
+
+async def test_a_run_that_cannot_be_read_is_passed_over(runner_for: Any, tmp_path: Path) -> None:
+    """A row from a newer meshkit does not stop the runner taking over the others."""
+    saga = Saga("readable")
+
+    @saga.step
+    async def act(ctx: StepContext) -> None: ...
+
+    gone = await runner_for(saga, owner="gone", lease=60.0)
+    await gone.aclose()
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        db.execute(
+            "INSERT INTO meshkit_saga_runs VALUES ('odd', 'readable', 'running', 'gone', 0, 1, 0,"
+            ' \'{"id": "odd", "status": "paused"}\')'
+        )
+    runner = await runner_for(saga, owner="here", lease=5.0)
+    ok = await runner.begin(saga)
+    assert (await runner.wait(ok.id, WITHIN)).status == "completed"
+    assert runner.driving == 0
+    assert await runner.get("ok") is None
+
+
+async def test_a_local_step_s_step_failed_is_a_final_failure(runner_for: Any) -> None:
+    """StepFailed from a local step compensates at once, with its status."""
+    saga = Saga("local-refusal")
+    undone: list[str] = []
+
+    @saga.step
+    async def first(ctx: StepContext) -> None: ...
+
+    @first.compensate
+    async def undo(ctx: StepContext) -> None:
+        undone.append("first")
+
+    @saga.local_step
+    def check(tx: sqlite3.Connection, ctx: StepContext) -> None:
+        raise StepFailed("over the limit", status=409)
+
+    runner = await runner_for(saga)
+    ended = await runner.wait((await runner.begin(saga)).id, WITHIN)
+    assert ended.status == "compensated"
+    assert ended.failure is not None
+    assert (ended.failure.final, ended.failure.status) == (True, 409)
+    assert ended.steps[1].attempts == 1
+    assert undone == ["first"]
+
+
+def test_async_local_work_is_refused_for_a_sqlite_log(tmp_path: Path) -> None:
+    """SQLite runs local work on its writer thread: a coroutine function is a ConfigError."""
+    saga = Saga("async-local")
+
+    @saga.local_step
+    async def write(tx: sqlite3.Connection, ctx: StepContext) -> None: ...
+
+    with pytest.raises(ConfigError, match="plain def"):
+        SagaRunner(SqliteSagaStore(tmp_path / "log.db"), [saga])

@@ -212,7 +212,7 @@ def _step_rows(step: StepView, now: float | None) -> list[tuple[str, ...]]:
     undoing = step.phase in ("undoing", "undone")
     action_phase: str = step.phase
     if undoing:  # the action ended before: done, or its outcome stayed unknown
-        action_phase = "done" if step.ended is not None else "unknown"
+        action_phase = "unknown" if step.error is not None else "done"
     going = step.phase in ("started", "waiting")
     action_took = _took(step.started, step.duration, now if going else None)
     rows: list[tuple[str, ...]] = [
@@ -222,7 +222,7 @@ def _step_rows(step: StepView, now: float | None) -> list[tuple[str, ...]]:
             _phase(action_phase),
             str(step.attempts),
             action_took,
-            "" if undoing else escape(step.error or ""),
+            escape(step.error or ""),
         )
     ]
     if undoing or step.undo_attempts:
@@ -235,7 +235,7 @@ def _step_rows(step: StepView, now: float | None) -> list[tuple[str, ...]]:
                 _phase(step.phase),
                 str(step.undo_attempts),
                 undo_took,
-                escape(step.error or "") if undoing else "",
+                escape(step.undo_error or ""),
             )
         )
     return rows

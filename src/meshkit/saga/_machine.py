@@ -180,11 +180,11 @@ def _forward(run: Run, step: StepState, event: Event, now: float) -> Transition:
 def _backward(run: Run, step: StepState, event: Event, now: float) -> Transition:
     index = run.cursor
     if isinstance(event, Undone):
-        undone = replace(step, phase="undone", error=None, undo_ended=now)
+        undone = replace(step, phase="undone", undo_error=None, undo_ended=now)
         return _decide(_with(run, index, undone, cursor=index - 1, wake=0.0), now)
     if isinstance(event, UndoFailed):
         plan = run.plan[index]
-        failing = replace(step, error=event.error)
+        failing = replace(step, undo_error=event.error)
         limit = (plan.undo_attempts or 0) + _granted(step, undo=True)
         if step.undo_attempts >= limit:
             note = f"{plan.name}: compensation failed {step.undo_attempts} times: {event.error}"
@@ -212,7 +212,7 @@ def _unknown(run: Run, step: StepState, error: str, now: float) -> Transition:
         note = f"{plan.name}: outcome unknown after {step.attempts} attempts, and no compensation"
         return _stuck(_with(run, index, replace(step, error=error)), note, now)
     # It may have happened: compensate it too (its compensation finds nothing to undo if not).
-    unsure = replace(step, phase="started", error=error)
+    unsure = replace(step, phase="started", error=error, ended=now)
     return _decide(_with(run, index, unsure, status="compensating", failure=failure), now)
 
 

@@ -67,7 +67,8 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     ``attempts`` and ``undo_attempts`` count the attempts started (a crash
     in the middle of one counts); ``result`` is what the action returned
-    (as JSON holds it); ``error`` the last failure; times are Unix seconds.
+    (as JSON holds it); ``error`` the action's last failure and ``undo_error``
+    the compensation's; times are Unix seconds.
     ``granted`` and ``undo_granted`` are the attempts already spent when a
     person last retried the run: each retry gives the step its attempts again.
     """
@@ -83,6 +84,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     undo_ended: float | None = None
     granted: int = 0
     undo_granted: int = 0
+    undo_error: str | None = None
 
 
 class Failure(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -26,15 +26,16 @@ from typing import Any
 import msgspec
 
 from meshkit._clock import Clock, SystemClock
-from meshkit._tasks import stop
 from meshkit.errors import (
     ConfigError,
+    EnvironmentFaultError,
     InvalidArgumentError,
     MeshkitError,
     NotFoundError,
     RunTakenError,
     UsageError,
 )
+from meshkit.policy import Backoff
 from meshkit.policy import _check as check
 from meshkit.saga._definition import Saga, Step, StepContext, StepFailed
 from meshkit.saga._machine import (
@@ -55,6 +56,7 @@ from meshkit.saga._machine import (
     advance,
 )
 from meshkit.saga._model import ACTIVE, Run, Status, StepState
+from meshkit.saga._sqlite import SqliteSagaStore
 from meshkit.saga._store import SagaStore
 
 __all__ = ["SagaRunner"]
@@ -62,6 +64,8 @@ __all__ = ["SagaRunner"]
 _log = logging.getLogger("meshkit.saga")
 
 _MAX_ERROR = 500
+# Between tries of a saga's on_end that raised.
+_END_BACKOFF = Backoff(initial=0.5, maximum=30.0)
 
 
 def _builtins(value: Any) -> Any:
@@ -115,6 +119,8 @@ class SagaRunner:
                 raise ConfigError("sagas", f"two sagas named {saga.name!r}")
             if not saga.steps:
                 raise ConfigError("sagas", f"saga {saga.name!r} has no steps")
+            if isinstance(store, SqliteSagaStore):
+                _check_blocking(saga)
             self.sagas[saga.name] = saga
         self._plans = {
             name: tuple(step.plan() for step in saga.steps) for name, saga in self.sagas.items()
@@ -157,10 +163,13 @@ class SagaRunner:
             return
         self._closed = True
         driven = list(self._driving)
-        for task in [*self._loops, *self._driving.values()]:
-            await stop(task)
-        self._driving.clear()
         try:
+            tasks: list[asyncio.Task[Any]] = [*self._loops, *self._driving.values()]
+            for task in tasks:
+                task.cancel()
+            if tasks:  # each task's own failure was logged where it happened
+                await asyncio.wait(tasks)
+            self._driving.clear()
             if driven:
                 await self.store.renew(driven, owner=self.owner, lease_until=0.0)
         except MeshkitError as error:  # they lapse with their lease instead
@@ -195,6 +204,8 @@ class SagaRunner:
         ``InvalidArgumentError`` for an unknown saga, an input JSON cannot
         hold, or a ``run_id`` in use; whatever ``local`` raises propagates.
         """
+        if self._closed:
+            raise UsageError("the saga runner is closed: no new runs")
         definition = self._saga(saga)
         run_id = run_id or next(self._ids)
         plan = self._plans[definition.name]
@@ -282,21 +293,32 @@ class SagaRunner:
 
     # -- driving ------------------------------------------------------------------------
 
-    def _drive(self, transition: Transition, version: int) -> None:
+    def _drive(self, transition: Transition, version: int, *, found: Run | None = None) -> None:
+        """Drive a run from ``transition``: written already, or decided from the run ``found``
+        in the log (then written first, before the action it announces)."""
         run_id = transition.run.id
         # A context of its own: a run started by a request must not inherit the
         # request's deadline (or anything else of it), since it outlives it.
         task = asyncio.create_task(
-            self._carry_out(transition, version), name=f"saga-{run_id}", context=Context()
+            self._carry_out(transition, version, found=found),
+            name=f"saga-{run_id}",
+            context=Context(),
         )
         self._driving[run_id] = task
-        task.add_done_callback(lambda _: self._driving.pop(run_id, None))
 
-    async def _carry_out(self, transition: Transition, version: int) -> Run:
+        def forget(done: asyncio.Task[Run]) -> None:
+            if self._driving.get(run_id) is done:
+                del self._driving[run_id]
+
+        task.add_done_callback(forget)
+
+    async def _carry_out(self, transition: Transition, version: int, *, found: Run | None) -> Run:
         run, action = transition
         saga = self.sagas[run.saga]
         results: dict[str, Any] = {}
         try:
+            if found is not None:  # a run taken back: what it decided is written before it acts
+                (run, action), version = await self._write(saga, found, transition, version, None)
             while not isinstance(action, Finish):
                 point = _point(run, action) if self._crash_at else ""
                 self._crash(f"before:{point}", run.id)
@@ -308,33 +330,34 @@ class SagaRunner:
                 self._crash(f"after:{point}", run.id)
                 if isinstance(event, Unknown | UndoFailed):
                     _log_failure(run, action, event)
-                now = self._clock.time()
-                following = advance(run, event, now)
-                if following.run is not run:
-                    if isinstance(following.action, Finish) and saga.end_hook is not None:
-                        following, version = await self._end(saga, following, version)
-                    else:
-                        version = await self.store.save(
-                            following.run, version=version, lease_until=now + self.lease
-                        )
-                    self._crash(f"logged:{point}", run.id)
-                run, action = following
+                following = advance(run, event, self._clock.time())
+                (run, action), version = await self._write(saga, run, following, version, point)
         except RunTakenError:
             _log.info("saga run %s: taken over by another runner", run.id)
         except MeshkitError as error:
             # The log cannot be written: stop, and let the lease lapse so that
             # this runner's next scan (or another's) takes it back.
             _log.warning("saga run %s: stopped, the log failed: %s", run.id, error)
-        except Exception:  # noqa: BLE001 (the saga's on_end raised: logged, retried later)
-            _log.exception(
-                "saga run %s of %s: its on_end failed; tried again when its lease lapses",
-                run.id,
-                run.saga,
-            )
         else:
             if action.status == "stuck":
                 _log.error("saga run %s of %s is stuck: %s", run.id, run.saga, run.note)
         return run
+
+    async def _write(
+        self, saga: Saga, run: Run, following: Transition, version: int, point: str | None
+    ) -> tuple[Transition, int]:
+        """Write ``following``'s run if it changed (its end with the saga's on_end): then act."""
+        if following.run is run:
+            return following, version
+        if isinstance(following.action, Finish) and saga.end_hook is not None:
+            version = await self._end(saga, following, version)
+        else:
+            version = await self.store.save(
+                following.run, version=version, lease_until=self._clock.time() + self.lease
+            )
+        if point is not None:
+            self._crash(f"logged:{point}", run.id)
+        return following, version
 
     async def _act(self, saga: Saga, run: Run, action: Action, results: dict[str, Any]) -> Event:
         if isinstance(action, Wait):
@@ -378,8 +401,13 @@ class SagaRunner:
             _, version = await self.store.save_local(
                 run.id, work, version=version, lease_until=now + self.lease
             )
-        except (RunTakenError, asyncio.CancelledError):
-            raise
+        except (EnvironmentFaultError, RunTakenError):
+            raise  # the log failed, not the step: nothing is counted against it
+        except StepFailed as refusal:
+            failed = advance(
+                run, Failed(refusal.detail, refusal.status, refusal.data), self._clock.time()
+            )
+            return await self._write(saga, run, failed, version, None)
         except Exception as error:  # noqa: BLE001 (the step's failure: its transaction rolled back)
             failure = Unknown(_describe(error))
             _log_failure(run, action, failure)
@@ -392,7 +420,12 @@ class SagaRunner:
             _call_quietly(callback, run.id)
         return done[-1], version
 
-    async def _end(self, saga: Saga, ending: Transition, version: int) -> tuple[Transition, int]:
+    async def _end(self, saga: Saga, ending: Transition, version: int) -> int:
+        """Log the run's end with the saga's on_end in one transaction: the new version.
+
+        A hook that raises is tried again, with a backoff, until it passes:
+        the end is decided, and the steps are not run again for it.
+        """
         hook = saga.end_hook
         assert hook is not None
 
@@ -402,10 +435,25 @@ class SagaRunner:
                 return _after(outcome, lambda _: ending.run)
             return ending.run
 
-        _, version = await self.store.save_local(
-            ending.run.id, work, version=version, lease_until=self._clock.time() + self.lease
-        )
-        return ending, version
+        for failures in itertools.count(1):
+            lease_until = self._clock.time() + self.lease
+            try:
+                _, version = await self.store.save_local(
+                    ending.run.id, work, version=version, lease_until=lease_until
+                )
+            except MeshkitError:
+                raise
+            except Exception:  # noqa: BLE001 (the application's hook: logged, tried again)
+                _log.exception(
+                    "saga run %s of %s: its on_end failed (%d times); trying again",
+                    ending.run.id,
+                    ending.run.saga,
+                    failures,
+                )
+                await self._clock.sleep(_END_BACKOFF.ceiling(failures))
+                continue
+            return version
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _context(
         self, run: Run, index: int, attempt: int, results: dict[str, Any], *, undo: bool
@@ -454,10 +502,13 @@ class SagaRunner:
             if run.saga not in self.sagas:
                 _log.error("saga run %s: no saga %r defined here", run.id, run.saga)
                 continue
-            if run.id in self._driving:
-                continue
+            stale = self._driving.pop(run.id, None)
+            if stale is not None:
+                # Its lease lapsed under it (the loop stalled longer than the lease):
+                # the claim fenced its next write off; drive the run anew.
+                stale.cancel()
             _log.info("saga run %s of %s: resumed (%s)", run.id, run.saga, run.status)
-            self._drive(advance(run, Resume(), now), version)
+            self._drive(advance(run, Resume(), now), version, found=run)
 
     async def _purge(self) -> None:
         purged = await self.store.purge(ended_before=self._clock.time() - self.keep)
@@ -471,6 +522,8 @@ class SagaRunner:
                 await work()
             except MeshkitError as error:
                 _log.warning("saga runner: %s", error)
+            except Exception:  # noqa: BLE001 (a dead loop would stop takeovers for good)
+                _log.exception("saga runner: %s failed", getattr(work, "__name__", work))
 
     def _saga(self, saga: Saga | str) -> Saga:
         name = saga if isinstance(saga, str) else saga.name
@@ -481,13 +534,17 @@ class SagaRunner:
 
 
 async def _attempt(step: Step, context: StepContext) -> Event:
+    limit = asyncio.timeout(step.timeout)
     try:
-        async with asyncio.timeout(step.timeout):
+        async with limit:
             result = await step.action(context)  # type: ignore[call-arg]
     except StepFailed as failure:
         return Failed(failure.detail, failure.status, failure.data)
-    except TimeoutError:
-        return Unknown(f"timed out after {step.timeout:g} s")
+    except TimeoutError as error:
+        # The step's own limit, or a deadline of the call it made (also a TimeoutError).
+        return Unknown(
+            f"timed out after {step.timeout:g} s" if limit.expired() else _describe(error)
+        )
     except Exception as error:  # noqa: BLE001 (an unknown outcome: the machine retries it)
         return Unknown(_describe(error))
     try:
@@ -498,14 +555,29 @@ async def _attempt(step: Step, context: StepContext) -> Event:
 
 async def _undo(step: Step, context: StepContext) -> Event:
     assert step.undo is not None
+    limit = asyncio.timeout(step.undo_timeout)
     try:
-        async with asyncio.timeout(step.undo_timeout):
+        async with limit:
             await step.undo(context)
-    except TimeoutError:
-        return UndoFailed(f"timed out after {step.undo_timeout:g} s")
+    except TimeoutError as error:
+        expired = limit.expired()
+        return UndoFailed(
+            f"timed out after {step.undo_timeout:g} s" if expired else _describe(error)
+        )
     except Exception as error:  # noqa: BLE001 (retried by the machine, then stuck)
         return UndoFailed(_describe(error))
     return Undone()
+
+
+def _check_blocking(saga: Saga) -> None:
+    """SQLite runs local work on its writer thread: plain functions only."""
+    local = [step.action for step in saga.steps if step.local]
+    for work in [*local, *([saga.end_hook] if saga.end_hook else [])]:
+        if inspect.iscoroutinefunction(work):
+            name = getattr(work, "__name__", repr(work))
+            raise ConfigError(
+                "sagas", f"{saga.name}: {name} must be a plain def for a SQLite saga log"
+            )
 
 
 def _point(run: Run, action: Action) -> str:

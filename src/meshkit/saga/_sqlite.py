@@ -39,7 +39,7 @@ from meshkit.errors import (
 )
 from meshkit.policy import _check as check
 from meshkit.saga._model import Run, Status
-from meshkit.saga._store import Claimed, LocalWork, decode_run, encode_run
+from meshkit.saga._store import Claimed, LocalWork, decode_run, encode_run, readable
 
 __all__ = ["SqliteSagaStore"]
 
@@ -67,12 +67,16 @@ _UPDATE = (
     " lease_until = ?, version = version + 1, updated = ?, run = ? WHERE id = ? AND version = ?"
 )
 _EXPIRED = (
-    "SELECT id FROM meshkit_saga_runs WHERE status IN ('running', 'compensating')"
+    "SELECT id, run FROM meshkit_saga_runs WHERE status IN ('running', 'compensating')"
     " AND (lease_until < ? OR owner = ?) LIMIT ?"
 )
 _CLAIM = (
     "UPDATE meshkit_saga_runs SET owner = ?, lease_until = ?, version = version + 1"
     " WHERE id = ? RETURNING run, version"
+)
+_TAKE = (
+    "UPDATE meshkit_saga_runs SET owner = ?, lease_until = ?, version = version + 1"
+    " WHERE id = ? RETURNING version"
 )
 
 # A write the writer thread runs: a function of its connection, and where the answer goes.
@@ -156,11 +160,13 @@ class SqliteSagaStore:
         check.whole("limit", limit, minimum=1, maximum=10_000)
 
         def take(db: sqlite3.Connection) -> list[Claimed]:
-            ids = [row[0] for row in db.execute(_EXPIRED, (now, owner if own else None, limit))]
+            found = db.execute(_EXPIRED, (now, owner if own else None, limit)).fetchall()
             taken = []
-            for run_id in ids:
-                data, version = db.execute(_CLAIM, (owner, lease_until, run_id)).fetchone()
-                taken.append(Claimed(decode_run(data), version))
+            for run_id, data in found:
+                run = readable(run_id, data)
+                if run is not None:  # else left as it is, for a runner that can read it
+                    (version,) = db.execute(_TAKE, (owner, lease_until, run_id)).fetchone()
+                    taken.append(Claimed(run, version))
             return taken
 
         claimed: list[Claimed] = await self._write(take, guarded=False)

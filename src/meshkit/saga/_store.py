@@ -16,6 +16,7 @@ as the outbox's events commit with the change that caused them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -30,6 +31,7 @@ __all__ = [
     "check_status",
     "decode_run",
     "encode_run",
+    "readable",
 ]
 
 # What a store does with local work: call it with its transaction. For a
@@ -38,6 +40,8 @@ __all__ = [
 LocalWork = Callable[[Any], Any]
 
 STATUSES: frozenset[str] = ACTIVE | ENDED | {"stuck"}
+
+_log = logging.getLogger("meshkit.saga")
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.Decoder(Run).decode
@@ -49,6 +53,19 @@ def encode_run(run: Run) -> bytes:
 
 def decode_run(data: bytes | str) -> Run:
     return _decode(data)
+
+
+def readable(run_id: str, data: bytes | str) -> Run | None:
+    """The run in ``data``, or ``None`` (logged) when this version of meshkit cannot read it.
+
+    A claim passes over such a run rather than failing every run with it:
+    a newer meshkit (a rolling upgrade) may have written it.
+    """
+    try:
+        return _decode(data)
+    except msgspec.DecodeError as error:  # ValidationError is one too
+        _log.error("saga run %s cannot be read here, passed over: %s", run_id, error)
+        return None
 
 
 def check_status(status: object) -> Status | None:

@@ -57,7 +57,7 @@ from meshkit.errors import (
 )
 from meshkit.policy import _check as check
 from meshkit.saga._model import ACTIVE, Run, Status
-from meshkit.saga._store import Claimed, LocalWork, decode_run, encode_run
+from meshkit.saga._store import Claimed, LocalWork, decode_run, encode_run, readable
 
 __all__ = ["PostgresSagaStore"]
 
@@ -104,7 +104,7 @@ WHERE id IN (
     WHERE status IN ('running', 'compensating') AND (lease_until < $3 OR owner = $4)
     LIMIT $5 FOR UPDATE SKIP LOCKED
 )
-RETURNING run, version
+RETURNING run, version, id
 """
 _TAKE = """
 UPDATE meshkit_saga_runs SET owner = $1, lease_until = $2, version = version + 1
@@ -235,7 +235,10 @@ class PostgresSagaStore:
         async def take(connection: Any) -> list[Claimed]:
             with self._translated("claiming saga runs"):
                 rows = await connection.fetch(_CLAIM, *arguments)
-            return [Claimed(decode_run(row[0]), row[1]) for row in rows]
+            # A run this meshkit cannot read stays claimed until its lease lapses,
+            # for a runner that can (a newer meshkit, in a rolling upgrade).
+            runs = ((readable(row["id"], row[0]), row[1]) for row in rows)
+            return [Claimed(run, version) for run, version in runs if run is not None]
 
         claimed: list[Claimed] = await self._write(take)
         return claimed

@@ -84,6 +84,7 @@ class StepView(msgspec.Struct, frozen=True, kw_only=True):
     undo_ended: float | None = None
     undo_duration: float | None = None
     error: str | None = None
+    undo_error: str | None = None
     result: Any = None
 
 
@@ -146,6 +147,7 @@ def _step(plan: StepPlan, state: StepState) -> StepView:
         undo_ended=state.undo_ended,
         undo_duration=_lasted(state.undo_started, state.undo_ended),
         error=state.error,
+        undo_error=state.undo_error,
         result=state.result,
     )
 

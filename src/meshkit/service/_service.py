@@ -250,6 +250,10 @@ class Service:
                 metadata=self.metadata,
             )
             self._connect(registry, bus, opened)
+            for runner in self._sagas:
+                # Named before the first request can begin a run: by the instance,
+                # so a restarted one takes its runs back.
+                runner.owner = f"{self.name}/{instance.id}"
             # By URL, the heartbeat's thread opens a registry client of its own.
             heartbeat = heartbeat_for(
                 self.registry_url or registry, token=self._token, instance=instance, ttl=self.ttl
@@ -291,7 +295,6 @@ class Service:
                     self._outboxes, bus, opened=opened, flush=self.drain_timeout
                 )
             for runner in self._sagas:
-                runner.owner = f"{self.name}/{instance.id}"
                 await runner.start()
                 opened.push_async_callback(runner.aclose)
             subscriptions = await join(bus, self._wanted, clock=self._clock)
