@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -122,14 +123,17 @@ class Bank:
         )
         self.up = Up(directory)
 
-    def transfer(self, **given: object) -> dict[str, Any]:
+    def instances(self, service: str) -> list[dict[str, Any]]:
         token = (self.directory / ".meshkit" / "token").read_text().strip()
         _, listed = http(
             "GET",
-            f"http://127.0.0.1:{self.plane}/v1/registry/services/bank",
+            f"http://127.0.0.1:{self.plane}/v1/registry/services/{service}",
             headers={"authorization": f"Bearer {token}"},
         )
-        instance = listed["instances"][0]  # type: ignore[index]
+        return listed["instances"]  # type: ignore[index,no-any-return]
+
+    def transfer(self, **given: object) -> dict[str, Any]:
+        instance = self.instances("bank")[0]
         url = f"http://{instance['host']}:{instance['port']}/transfers"
         status, run = http("POST", url, given)
         assert status == 200, run
@@ -216,6 +220,21 @@ def test_unknown_runs_and_services_without_sagas_are_one_line(bank: Bank) -> Non
     assert "no instance of service 'nothing' is registered" in gone.stderr
     for result in (unknown, plain, gone):
         assert "Traceback" not in result.stderr
+
+
+def test_a_listing_without_an_instance_s_answer_says_so_and_fails(bank: Bank) -> None:
+    """A stopped instance is named; the others' runs are listed; the exit status is 1."""
+    bank.transfer(amount=3)
+    pid = int(bank.instances("plain")[0]["metadata"]["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        listed = meshkit(bank.directory, "list")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert listed.returncode == 1
+    assert "plain-1" in listed.stderr
+    assert "did not answer" in listed.stderr
+    assert "completed" in listed.stdout
 
 
 def test_a_project_not_running_says_how_to_run_it(tmp_path: Path) -> None:

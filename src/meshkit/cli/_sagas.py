@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -99,7 +99,7 @@ def list_runs(
     project: ProjectOption = None,
 ) -> None:
     """The saga runs, most recently changed first: service, saga, status, the step it is at,
-    and why it turned back or is stuck."""
+    and why it turned back or is stuck. Exits 1 when an instance did not answer."""
     listing = _run(
         project, lambda c: c.runs(service=service, status=status, saga=saga, limit=limit)
     )
@@ -110,13 +110,19 @@ def list_runs(
     if json:
         rows = [_json(name, run) for name, run in listing.runs]
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
-        return
-    if not listing.runs:
-        typer.echo(f"no {status} saga runs" if status else "no saga runs")
-        return
+    elif not listing.runs:
+        among = " among the instances that answered" if listing.unanswered else ""
+        typer.echo(f"no {status} saga runs{among}" if status else f"no saga runs{among}")
+    else:
+        _print_runs(listing.runs)
+    if listing.unanswered:
+        raise typer.Exit(1)  # the list may lack runs: a script must not take it as whole
+
+
+def _print_runs(runs: Sequence[tuple[str, RunSummary]]) -> None:
     now = SystemClock().time()
     table = Table("run", "service", "saga", "status", "step", "started", "changed", "why")
-    for name, run in listing.runs:
+    for name, run in runs:
         table.add_row(
             escape(run.id),
             name,

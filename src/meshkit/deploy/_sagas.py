@@ -33,7 +33,9 @@ from meshkit.service._saga_api import NO_SAGAS, PREFIX, RunDetail, RunSummary
 
 __all__ = ["Found", "Listing", "SagaClient"]
 
-_TIMEOUTS = Timeouts(connect=2.0, read=10.0)
+# The saga API answers in milliseconds on loopback: an instance silent this
+# long is stopped or hung, and the listing goes on without it.
+_TIMEOUTS = Timeouts(connect=2.0, read=3.0)
 
 
 class Found(msgspec.Struct, frozen=True, kw_only=True):
