@@ -241,7 +241,7 @@ class SagaRunner:
         run, version = await self.store.create(new, owner=self.owner, lease_until=lease_until)
         if self._crash_at is not None:
             self._begun.add(run.id)
-            self._crash("begun", run.id)
+            self._crash("begun", None, run.id)
         self._drive(made[-1], version)
         return run
 
@@ -320,14 +320,14 @@ class SagaRunner:
             if found is not None:  # a run taken back: what it decided is written before it acts
                 (run, action), version = await self._write(saga, found, transition, version, None)
             while not isinstance(action, Finish):
-                point = _point(run, action) if self._crash_at else ""
-                self._crash(f"before:{point}", run.id)
+                point = _point(run, action) if self._crash_at else None
+                self._crash("before", point, run.id)
                 if isinstance(action, RunStep) and run.plan[action.step].local:
                     (run, action), version = await self._local(saga, run, action, results, version)
-                    self._crash(f"logged:{point}", run.id)
+                    self._crash("logged", point, run.id)
                     continue
                 event = await self._act(saga, run, action, results)
-                self._crash(f"after:{point}", run.id)
+                self._crash("after", point, run.id)
                 if isinstance(event, Unknown | UndoFailed):
                     _log_failure(run, action, event)
                 following = advance(run, event, self._clock.time())
@@ -355,8 +355,7 @@ class SagaRunner:
             version = await self.store.save(
                 following.run, version=version, lease_until=self._clock.time() + self.lease
             )
-        if point is not None:
-            self._crash(f"logged:{point}", run.id)
+        self._crash("logged", point, run.id)
         return following, version
 
     async def _act(self, saga: Saga, run: Run, action: Action, results: dict[str, Any]) -> Event:
@@ -479,9 +478,14 @@ class SagaRunner:
             result=own.result if undo else None,
         )
 
-    def _crash(self, point: str, run_id: str) -> None:
-        if self._crash_at is not None and point == self._crash_at and run_id in self._begun:
-            _log.warning("saga run %s: crashing at %s (MESHKIT_SAGA_CRASH_AT)", run_id, point)
+    def _crash(self, when: str, point: str | None, run_id: str) -> None:
+        """Die here (SIGKILL) if this is the test's crash point: ``when:point``, or ``begun``."""
+        if self._crash_at is None or run_id not in self._begun:
+            return
+        if self._crash_at == (f"{when}:{point}" if point is not None else when):
+            _log.warning(
+                "saga run %s: crashing at %s (MESHKIT_SAGA_CRASH_AT)", run_id, self._crash_at
+            )
             os.kill(os.getpid(), signal.SIGKILL)
 
     # -- leases -------------------------------------------------------------------------
