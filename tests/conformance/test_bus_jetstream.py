@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -122,8 +123,20 @@ class _OwnServer:
                 return
 
     def pause(self) -> None:
+        """SIGSTOP the server, and return once it has stopped.
+
+        kill() returns before a process on another core has stopped: a
+        request sent at once could still be answered.
+        """
         assert self._process is not None
         self._process.send_signal(signal.SIGSTOP)
+        stat = Path(f"/proc/{self._process.pid}/stat")
+        for _ in range(1000):  # at most a second
+            # The state follows the command's name, which is in parentheses.
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "T":
+                return
+            time.sleep(0.001)  # noqa: TID251 (polling the kernel, bounded)
+        raise AssertionError("nats-server did not stop within a second of SIGSTOP")
 
     def kill(self) -> None:
         if self._process is not None:
