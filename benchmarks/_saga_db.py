@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
+
+from benchmarks._load import pinned
 
 __all__ = [
     "KINDS",
@@ -28,6 +32,7 @@ __all__ = [
     "Throughput",
     "database",
     "postgres_answers",
+    "run_child",
 ]
 
 Kind = Literal["sqlite", "postgres"]
@@ -113,3 +118,22 @@ def _admin(statement: str) -> None:
             await connection.close()
 
     uvloop.run(run())
+
+
+Result = TypeVar("Result", Throughput, Latency)
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_child(module: str, argv: list[str], into: type[Result], *, within: float) -> Result:
+    """One run of ``python -m module argv`` on core 0: the result it printed last, as JSON."""
+    command = pinned([sys.executable, "-m", module, *argv], 0)
+    try:
+        done = subprocess.run(
+            command, cwd=_ROOT, capture_output=True, text=True, timeout=within, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{module} did not finish within {within:g} s: {argv}") from None
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.splitlines()[-20:])
+        raise RuntimeError(f"{module} exited with {done.returncode}: {argv}\n{tail}")
+    return msgspec.json.decode(done.stdout.splitlines()[-1], type=into)

@@ -22,21 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import msgspec
 import uvloop
 
-from benchmarks._load import percentile, pinned
-from benchmarks._saga_db import Database, Latency, Throughput
+from benchmarks._load import percentile
+from benchmarks._saga_db import Database, Latency, Throughput, run_child
 from meshkit.saga import Saga, SagaRunner, SagaStore, SqliteSagaStore, StepContext
 
-ROOT = Path(__file__).resolve().parent.parent
 WARMUP_SECONDS = 1.0  # not timed: the first statements, the writer's start
 # Sagas in flight in the throughput run: enough that every commit of the
 # log carries many runs' transitions (group commit), few enough that the
@@ -141,28 +138,12 @@ async def measure_paced(url: str, synchronous: Synchronous, rate: int, seconds: 
 
 # -- what benchmarks.saga calls ------------------------------------------------------------
 
-Result = TypeVar("Result", Throughput, Latency)
-
-
-def _child(argv: list[str], into: type[Result], *, within: float) -> Result:
-    command = pinned([sys.executable, "-m", "benchmarks._saga_meshkit", *argv], 0)
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=within, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"meshkit did not finish within {within:g} s: {argv}") from None
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.splitlines()[-20:])
-        raise RuntimeError(f"meshkit's saga run exited with {done.returncode}: {argv}\n{tail}")
-    return msgspec.json.decode(done.stdout.splitlines()[-1], type=into)
-
 
 def throughput(
     database: Database, *, seconds: float, synchronous: Synchronous = "FULL"
 ) -> Throughput:
     argv = ["throughput", database.url, "--seconds", str(seconds), "--synchronous", synchronous]
-    return _child(argv, Throughput, within=120 + 2 * seconds)
+    return run_child(__name__, argv, Throughput, within=120 + 2 * seconds)
 
 
 def paced(
@@ -172,7 +153,7 @@ def paced(
         *("paced", database.url, "--rate", str(rate), "--seconds", str(seconds)),
         *("--synchronous", synchronous),
     ]
-    return _child(argv, Latency, within=120 + 20 * seconds)
+    return run_child(__name__, argv, Latency, within=120 + 20 * seconds)
 
 
 def main() -> None:

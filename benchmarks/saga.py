@@ -41,18 +41,12 @@ above.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from importlib.metadata import version
-from pathlib import Path
 from typing import TypeVar
-
-import msgspec
 
 from benchmarks import _saga_meshkit as side
 from benchmarks import _saga_shop
-from benchmarks._load import pinned
 from benchmarks._report import Row, arguments, report
 from benchmarks._saga_db import (
     KINDS,
@@ -62,9 +56,9 @@ from benchmarks._saga_db import (
     Throughput,
     database,
     postgres_answers,
+    run_child,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
 RATE = 100  # sagas a second in the latency run
 SHOP_RATE = 20  # orders a second in the shop's latency run: well within what it completes
 # DBOS's workflows running at once, in both runs: its best here. In the
@@ -79,17 +73,7 @@ Result = TypeVar("Result", Throughput, Latency)
 
 def run_dbos(argv: list[str], into: type[Result], *, within: float) -> Result:
     """One run of ``benchmarks._saga_dbos`` on core 0; its result."""
-    command = pinned([sys.executable, "-m", "benchmarks._saga_dbos", *argv], 0)
-    try:
-        done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=within, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"DBOS did not finish within {within:g} s: {argv}") from None
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.splitlines()[-20:])
-        raise RuntimeError(f"DBOS exited with {done.returncode}: {argv}\n{tail}")
-    return msgspec.json.decode(done.stdout.splitlines()[-1], type=into)
+    return run_child("benchmarks._saga_dbos", argv, into, within=within)
 
 
 def dbos_throughput(place: Database, seconds: float) -> Throughput:

@@ -6,7 +6,6 @@ plane's embedded broker, with the project's token.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 import uuid
@@ -23,8 +22,8 @@ from rich.table import Table
 from meshkit._signals import until_stopped
 from meshkit.bus import DeadLetter, GroupInfo, Message, RemoteBus, subscribe
 from meshkit.cli._app import Json, commands, fail
-from meshkit.cli._project import ProjectOption, open_project, project_token, running_hint
-from meshkit.errors import EnvironmentFaultError, MeshkitError
+from meshkit.cli._project import ProjectOption, on_plane
+from meshkit.errors import MeshkitError
 
 T = TypeVar("T")
 
@@ -39,21 +38,8 @@ bus_app.add_typer(groups_app, name="groups")
 
 
 def _run(given: Path | None, work: Callable[[RemoteBus], Awaitable[T]]) -> T:
-    """Run ``work`` against the project's bus; a failure is one line and exit code 1 or 2."""
-    project = open_project(given)
-    token = project_token(project)
-
-    async def main() -> T:
-        cp = project.control_plane
-        async with RemoteBus(f"http://{cp.host}:{cp.port}", token=token) as bus:
-            return await work(bus)
-
-    try:
-        return asyncio.run(main())
-    except EnvironmentFaultError as error:
-        fail(f"{error} (is `{running_hint(project)}` running?)", code=1)
-    except MeshkitError as error:
-        fail(str(error))
+    """Run ``work`` against the project's bus; a failure is one line."""
+    return on_plane(given, lambda url, token: RemoteBus(url, token=token), work)
 
 
 @bus_app.command("publish")

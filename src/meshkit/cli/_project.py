@@ -7,8 +7,11 @@ inside a project needs no flag.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -16,7 +19,10 @@ from meshkit._env import PROJECT_ENV, read_project
 from meshkit.cli._app import fail
 from meshkit.control import load_token
 from meshkit.deploy import Project, load_project
-from meshkit.errors import ConfigError, MeshkitError
+from meshkit.errors import ConfigError, EnvironmentFaultError, MeshkitError
+
+C = TypeVar("C")
+T = TypeVar("T")
 
 __all__ = [
     "FILE",
@@ -115,3 +121,29 @@ def positional_alias(context: typer.Context, project: Path | None, command: str)
         fg=typer.colors.YELLOW,
     )
     return directory
+
+
+def on_plane(
+    given: Path | None,
+    connect: Callable[[str, str], AbstractAsyncContextManager[C]],
+    work: Callable[[C], Awaitable[T]],
+) -> T:
+    """Run ``work`` with a client of the project's control plane (``connect(url, token)``).
+
+    A failure is one line: exit 1 when the plane cannot be reached (with how
+    to start the project), 2 for any other meshkit error.
+    """
+    project = open_project(given)
+    token = project_token(project)
+
+    async def main() -> T:
+        plane = project.control_plane
+        async with connect(f"http://{plane.host}:{plane.port}", token) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(main())
+    except EnvironmentFaultError as error:
+        fail(f"{error} (is `{running_hint(project)}` running?)", code=1)
+    except MeshkitError as error:
+        fail(str(error))

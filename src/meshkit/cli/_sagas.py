@@ -7,7 +7,6 @@ the project's token: the project must be running (``meshkit up``).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -21,9 +20,8 @@ from rich.table import Table
 
 from meshkit._clock import SystemClock
 from meshkit.cli._app import Json, commands, fail
-from meshkit.cli._project import ProjectOption, open_project, project_token, running_hint
+from meshkit.cli._project import ProjectOption, on_plane
 from meshkit.deploy._sagas import Found, SagaClient
-from meshkit.errors import EnvironmentFaultError, MeshkitError
 from meshkit.saga import Failure, Status
 from meshkit.service._saga_api import RunSummary, StepView
 
@@ -63,20 +61,7 @@ _PHASE_STYLE = {
 
 def _run(given: Path | None, work: Callable[[SagaClient], Awaitable[T]]) -> T:
     """Run ``work`` with a client of the project's services; a failure is one line."""
-    project = open_project(given)
-    token = project_token(project)
-
-    async def main() -> T:
-        cp = project.control_plane
-        async with SagaClient(f"http://{cp.host}:{cp.port}", token=token) as client:
-            return await work(client)
-
-    try:
-        return asyncio.run(main())
-    except EnvironmentFaultError as error:
-        fail(f"{error} (is `{running_hint(project)}` running?)", code=1)
-    except MeshkitError as error:
-        fail(str(error))
+    return on_plane(given, lambda url, token: SagaClient(url, token=token), work)
 
 
 def _console() -> Console:
