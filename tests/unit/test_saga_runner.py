@@ -418,22 +418,29 @@ async def test_a_run_taken_back_logs_its_next_attempt_before_making_it(
 async def test_a_run_that_cannot_be_read_is_passed_over(runner_for: Any, tmp_path: Path) -> None:
     """A row from a newer meshkit does not stop the runner taking over the others."""
     saga = Saga("readable")
+    gate = asyncio.Event()
+    entered: list[str] = []
 
     @saga.step
-    async def act(ctx: StepContext) -> None: ...
+    async def act(ctx: StepContext) -> None:
+        entered.append(ctx.run_id)
+        await gate.wait()
 
     gone = await runner_for(saga, owner="gone", lease=60.0)
-    await gone.aclose()
+    left = await gone.begin(saga)
+    await until(lambda: entered == [left.id])
+    await gone.aclose()  # its run's lease ends: for the next runner to claim
     with sqlite3.connect(tmp_path / "log.db") as db:
         db.execute(
             "INSERT INTO meshkit_saga_runs VALUES ('odd', 'readable', 'running', 'gone', 0, 1, 0,"
             ' \'{"id": "odd", "status": "paused"}\')'
         )
+    gate.set()
     runner = await runner_for(saga, owner="here", lease=5.0)
-    ok = await runner.begin(saga)
-    assert (await runner.wait(ok.id, WITHIN)).status == "completed"
-    assert runner.driving == 0
-    assert await runner.get("ok") is None
+    assert (await runner.wait(left.id, WITHIN)).status == "completed"
+    with sqlite3.connect(tmp_path / "log.db") as db:
+        odd = db.execute("SELECT owner, version FROM meshkit_saga_runs WHERE id = 'odd'")
+        assert odd.fetchone() == ("gone", 1)  # left as it was, unclaimed
 
 
 async def test_a_local_step_s_step_failed_is_a_final_failure(runner_for: Any) -> None:
