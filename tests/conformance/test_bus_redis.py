@@ -36,11 +36,11 @@ class SkewedClock(SystemClock):
 
 @contextlib.asynccontextmanager
 async def redis_bus(
-    prefix: str | None = None, clock: Clock | None = None
+    prefix: str | None = None, clock: Clock | None = None, connections: int = 100
 ) -> AsyncIterator[RedisBus]:
     """A bus under a prefix of its own, whose keys are deleted afterwards."""
     prefix = prefix or f"meshkit-test:{secrets.token_hex(6)}:"
-    bus = RedisBus(REDIS_URL, prefix=prefix, timeout=2.0, clock=clock)
+    bus = RedisBus(REDIS_URL, prefix=prefix, timeout=2.0, clock=clock, connections=connections)
     try:
         await bus.dead_letters()
     except EnvironmentFaultError:
@@ -299,3 +299,21 @@ async def test_dead_letter_ids_must_look_like_stream_ids() -> None:
             await bus.dead_letter("12; FLUSHALL")
     finally:
         await bus.aclose()
+
+
+async def test_a_burst_of_publishes_past_the_pool_waits_for_a_connection() -> None:
+    """200 publishes at once on 4 connections: all stored, none refused as "Too many"."""
+    async with redis_bus(connections=4) as bus:
+        await asyncio.gather(*(bus.publish("burst", {"n": n}) for n in range(200)))
+        consumer = await bus.consumer("burst", "g", redelivery=LONG)
+        got: list[Delivery] = []
+        while len(got) < 200:
+            batch = await consumer.fetch(100, wait=2)
+            assert batch, f"only {len(got)} of 200 came back"
+            got += batch
+        assert sorted(d.message.json()["n"] for d in got) == list(range(200))
+
+
+def test_a_pool_of_no_connections_is_refused() -> None:
+    with pytest.raises(ConfigError, match="connections"):
+        RedisBus(REDIS_URL, connections=0)

@@ -326,7 +326,9 @@ class RedisBus(PublishOne):
 
     ``timeout`` bounds connecting and each call that does not block;
     ``window`` is how long a given message id is remembered; ``max_age``
-    how long a message is kept (``None``: for ever).
+    how long a message is kept (``None``: for ever). ``connections`` bounds
+    the connections open at once, each subscription's blocking read holding
+    one: a call finding them all busy waits up to ``timeout`` for one.
     """
 
     def __init__(
@@ -337,6 +339,7 @@ class RedisBus(PublishOne):
         window: float = DUPLICATE_WINDOW,
         max_age: float | None = MAX_AGE,
         timeout: float = 5.0,
+        connections: int = 100,
         clock: Clock | None = None,
     ) -> None:
         self.url = check_url("url", url)
@@ -347,19 +350,24 @@ class RedisBus(PublishOne):
             "" if max_age is None else round(check.seconds("max_age", max_age) * 1000)
         )
         check.seconds("timeout", timeout)
+        check.whole("connections", connections, minimum=1)
         self._clock = clock or SystemClock()
         aioredis = _redis()
         self._exceptions = require("redis.exceptions", extra="redis", what="the bus on Redis")
         self._errors: tuple[type[BaseException], ...] = (self._exceptions.RedisError, OSError)
+        # A blocking pool: redis-py's default pool fails a call at once
+        # ("Too many connections") when a burst of publishes finds its 100
+        # connections in use; waiting for one is what a publisher wants.
         try:
-            self._client = hiredis_packing(
-                aioredis.Redis.from_url(
-                    url,
-                    socket_connect_timeout=timeout,
-                    # A blocking read waits up to _MAX_BLOCK on the same sockets.
-                    socket_timeout=timeout + _MAX_BLOCK,
-                )
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=connections,
+                timeout=timeout,
+                socket_connect_timeout=timeout,
+                # A blocking read waits up to _MAX_BLOCK on the same sockets.
+                socket_timeout=timeout + _MAX_BLOCK,
             )
+            self._client = hiredis_packing(aioredis.Redis.from_pool(pool))
         except ValueError as error:
             raise ConfigError("url", f"{self._shown!r}: {error}") from error
         self._publish = self._client.register_script(_PUBLISH)
