@@ -40,7 +40,7 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,etcd,jwt,nats,otel,postgres,redis,shop]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,etcd,jwt,nats,postgres,redis,shop]'
 	@touch $@ $(VENV)/.installed-run
 
 clean:

@@ -30,6 +30,7 @@ __all__ = [
     "MeshEnvironment",
     "child_environment",
     "force_colour",
+    "otlp_variables",
     "python_path",
     "read_bus",
     "read_environment",
@@ -169,6 +170,20 @@ def require_backends() -> bool:
     if raw not in (None, "0", "1"):
         raise ConfigError(REQUIRE_BACKENDS, f"must be 1 or 0, got {raw!r}")
     return raw == "1"
+
+
+def otlp_variables() -> dict[str, str]:
+    """The standard ``OTEL_EXPORTER_OTLP_*`` variables that are set, by name.
+
+    OpenTelemetry's exporters read these in every language; when one names
+    an endpoint, meshkit sends its telemetry there instead of to the control
+    plane (``meshkit.observe.destination`` decides, and checks the values).
+    """
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith("OTEL_EXPORTER_OTLP_") and value
+    }
 
 
 # -- what the command line reads ---------------------------------------------------

@@ -13,6 +13,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"policy"}),
     frozenset({""}),  # meshkit's top-level modules (_clock, _env, errors, the plane's client)
     frozenset({"http"}),
+    frozenset({"observe"}),
     frozenset({"registry", "ratelimit", "bus", "saga"}),
     frozenset({"discovery"}),
     frozenset({"proxy"}),
