@@ -16,6 +16,7 @@ else raises, because the server may have acted on it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Iterable
 
 from meshkit.errors import (
@@ -37,12 +38,24 @@ Headers = Iterable[tuple[bytes, bytes]]
 
 
 class HTTPClient:
-    """A pooled HTTP/1.1 client. Use ``async with`` or call ``aclose()``."""
+    """A pooled HTTP/1.1 client. Use ``async with`` or call ``aclose()``.
 
-    def __init__(self, *, timeouts: Timeouts | None = None, limits: Limits | None = None) -> None:
+    With ``tls`` (``ssl.create_default_context()`` for the system's
+    certificate authorities), every connection is HTTPS.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeouts: Timeouts | None = None,
+        limits: Limits | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.timeouts = timeouts or Timeouts()
         self.limits = limits or Limits()
-        self._pool = ConnectionPool(lambda origin: Connection(origin, self.limits), self.limits)
+        self._pool = ConnectionPool(
+            lambda origin: Connection(origin, self.limits), self.limits, tls=tls
+        )
         self._closed = False
 
     async def __aenter__(self) -> HTTPClient:

@@ -12,6 +12,7 @@ protocol with the few attributes ``Pooled`` names; the client's buffered
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar, cast
@@ -52,10 +53,14 @@ class _Origin(Generic[C]):
 
 
 class ConnectionPool(Generic[C]):
-    """Up to ``limits.max_connections`` connections per origin, made by ``factory``."""
+    """Up to ``limits.max_connections`` connections per origin, made by ``factory``;
+    over TLS, checked against the host's name, when ``tls`` is given."""
 
-    def __init__(self, factory: Callable[[Origin], C], limits: Limits) -> None:
+    def __init__(
+        self, factory: Callable[[Origin], C], limits: Limits, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.limits = limits
+        self._tls = tls
         self._factory = factory
         self._origins: dict[Origin, _Origin[C]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
@@ -192,7 +197,11 @@ class ConnectionPool(Generic[C]):
             async with asyncio.timeout(connect):
                 # (The cast: a typing.Protocol cannot also say "is an asyncio protocol".)
                 _, made = await loop.create_connection(
-                    lambda: cast(asyncio.Protocol, self._factory(origin)), host, port
+                    lambda: cast(asyncio.Protocol, self._factory(origin)),
+                    host,
+                    port,
+                    ssl=self._tls,
+                    server_hostname=host if self._tls is not None else None,
                 )
         except TimeoutError as error:
             raise ConnectTimeoutError(

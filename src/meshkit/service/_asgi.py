@@ -1,8 +1,9 @@
 """The ASGI layer a Service puts around an application.
 
-It answers the health endpoints itself, counts requests in flight, and makes
+It answers the health endpoints itself, counts requests in flight, makes
 an incoming ``x-meshkit-timeout-ms`` the deadline of the request's task, so
-calls the application makes to other services inherit it. Everything else
+calls the application makes to other services inherit it, and runs each
+request in a server span that continues the caller's trace (``_tracing``). Everything else
 (lifespan, websockets, the application's own routes) passes through
 unchanged.
 
@@ -24,6 +25,7 @@ from meshkit.service._deadline import TIMEOUT_HEADER, deadline_from_header, use_
 from meshkit.service._problems import install_if_starlette
 from meshkit.service._saga_api import PREFIX as SAGAS
 from meshkit.service._saga_api import SagaAPI
+from meshkit.service._tracing import failed, name_by_route, recording_send, server_span
 
 __all__ = ["ASGIApp", "MeshASGI", "serving_app"]
 
@@ -72,8 +74,19 @@ class MeshASGI:
                 break
         self.in_flight += 1
         try:
-            with use_deadline(deadline):
-                await self.app(scope, receive, send)
+            with use_deadline(deadline), server_span(scope) as span:
+                recording = span.is_recording()
+                try:
+                    await self.app(
+                        scope, receive, recording_send(send, span) if recording else send
+                    )
+                except BaseException as error:
+                    if recording:
+                        failed(span, error)
+                    raise
+                finally:
+                    if recording:
+                        name_by_route(span, scope)
         finally:
             self.in_flight -= 1
 

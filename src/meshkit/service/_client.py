@@ -20,6 +20,11 @@
 A response, even a 5xx one, is returned as it is. When nothing can serve the
 call, ``ServiceUnavailableError`` names the service and says why; when the
 deadline runs out, ``DeadlineExceededError`` does.
+
+Each call is a span, and each attempt a client span whose context goes out
+in ``traceparent``. A call to an absolute URL (``client.get("https://...")``)
+leaves the mesh: one attempt, under the same deadline, with the trace
+context but not meshkit's own timeout field.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import ssl
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -50,6 +57,7 @@ from meshkit.http import (
 from meshkit.policy import _check as check
 from meshkit.registry import Instance, check_name
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
+from meshkit.service._tracing import answered, attempt_span, call_span, failed, trace_fields
 
 __all__ = ["CallPolicy", "ServiceClient"]
 
@@ -76,12 +84,13 @@ class ServiceClient:
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()
         self._upstreams: dict[str, InstanceSet] = {}
+        self._https: HTTPClient | None = None  # for absolute https:// URLs, made when first used
         directory.listen(self._on_change)
 
     async def get(
         self,
         service: str,
-        path: str,
+        path: str = "",
         *,
         headers: Headers = (),
         timeout: float | None = None,  # noqa: ASYNC109 (see request)
@@ -91,7 +100,7 @@ class ServiceClient:
     async def post(
         self,
         service: str,
-        path: str,
+        path: str = "",
         *,
         json: object = None,
         body: bytes = b"",
@@ -115,7 +124,7 @@ class ServiceClient:
     async def put(
         self,
         service: str,
-        path: str,
+        path: str = "",
         *,
         json: object = None,
         body: bytes = b"",
@@ -137,7 +146,7 @@ class ServiceClient:
     async def delete(
         self,
         service: str,
-        path: str,
+        path: str = "",
         *,
         headers: Headers = (),
         timeout: float | None = None,  # noqa: ASYNC109 (see request)
@@ -156,7 +165,7 @@ class ServiceClient:
         self,
         service: str,
         method: str,
-        path: str,
+        path: str = "",
         *,
         json: object = None,
         body: bytes = b"",
@@ -178,9 +187,13 @@ class ServiceClient:
         imply (POST is not, GET and PUT are, a keyed request is) for retry
         decisions.
 
+        ``service`` may be an absolute ``http://`` or ``https://`` URL
+        instead, with no ``path``: see the module docstring.
+
         Raises ``InvalidArgumentError`` naming ``idempotency_key`` when the
         key is empty, longer than 255 characters or not printable ASCII, or
-        when ``headers`` carry an ``Idempotency-Key`` too; before any I/O.
+        when ``headers`` carry an ``Idempotency-Key`` too; naming ``path``
+        when one is given with a URL; before any I/O.
         """
         if idempotency_key is not None:
             headers = _with_key(headers, idempotency_key)
@@ -191,6 +204,25 @@ class ServiceClient:
             headers = [*headers, _JSON]
         if idempotent is None:
             idempotent = idempotency_key is not None or method in IDEMPOTENT_METHODS
+        with call_span(service, method):
+            if service.startswith(("http://", "https://")):
+                return await self._external(service, method, path, headers, body, expires_at)
+            return await self._call(
+                service, method, path, headers, body, expires_at, idempotent=idempotent
+            )
+
+    async def _call(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        headers: Headers,
+        body: bytes,
+        expires_at: float,
+        *,
+        idempotent: bool,
+    ) -> Response:
+        now = self._clock.monotonic()
         upstream = self._upstreams.get(service) or await self._find(service, expires_at - now)
         now = self._clock.monotonic()
         attempts = Attempts(
@@ -215,7 +247,14 @@ class ServiceClient:
                         f"{'; the last said: ' + last if last else ''}"
                     )
                 outcome = await self._attempt(
-                    pick.instance, method, path, headers, body, remaining, idempotent=idempotent
+                    pick.instance,
+                    method,
+                    path,
+                    headers,
+                    body,
+                    remaining,
+                    idempotent=idempotent,
+                    resend=attempts.count - 1,
                 )
                 now = self._clock.monotonic()
                 retry_after = None
@@ -254,6 +293,45 @@ class ServiceClient:
     async def aclose(self) -> None:
         if self._owns_http:
             await self._http.aclose()
+        if self._https is not None:
+            await self._https.aclose()
+
+    async def _external(
+        self, url: str, method: str, path: str, headers: Headers, body: bytes, expires_at: float
+    ) -> Response:
+        """One request to ``url``, outside the mesh, within the deadline."""
+        if path:
+            raise InvalidArgumentError("path", f"is part of the URL {url!r}; give one or the other")
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise InvalidArgumentError("service", f"{url!r} is a URL without a host")
+        secure = parts.scheme == "https"
+        port = parts.port or (443 if secure else 80)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if secure and self._https is None:
+            self._https = HTTPClient(tls=ssl.create_default_context())
+        http = self._https if secure and self._https is not None else self._http
+        remaining = expires_at - self._clock.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceededError(f"{method} {url}: the deadline passed before the call")
+        with attempt_span(method, parts.hostname, port, url, 0) as span:
+            try:
+                response = await http.send(
+                    method,
+                    parts.hostname,
+                    port,
+                    target,
+                    headers=[*headers, *trace_fields()],
+                    body=body,
+                    connect=min(self.policy.connect_timeout, remaining),
+                    read=remaining,
+                    deadline=asyncio.get_running_loop().time() + remaining,
+                )
+            except (PeerError, DeadlineExceededError) as error:
+                failed(span, error)
+                raise
+            answered(span, response.status)
+            return response
 
     # -- one attempt --------------------------------------------------------
 
@@ -267,26 +345,37 @@ class ServiceClient:
         remaining: float,
         *,
         idempotent: bool,
+        resend: int,
     ) -> Response | PeerError | DeadlineExceededError:
         """Send once to one instance, within ``remaining`` seconds; the response, or the error."""
-        sent = [*headers, (TIMEOUT_HEADER, b"%d" % max(1, int(remaining * 1000)))]
-        connect = self.policy.connect_timeout
-        try:
-            return await self._http.send(
-                method,
-                instance.host,
-                instance.port,
-                path,
-                headers=sent,
-                body=body,
-                connect=connect if connect < remaining else remaining,
-                read=remaining,
-                # One bound for waiting, connecting, reading and any resend.
-                deadline=asyncio.get_running_loop().time() + remaining,
-                idempotent=idempotent,
-            )
-        except (PeerError, DeadlineExceededError) as error:
-            return error
+        host, port = instance.host, instance.port
+        with attempt_span(method, host, port, f"http://{host}:{port}{path}", resend) as span:
+            sent = [
+                *headers,
+                (TIMEOUT_HEADER, b"%d" % max(1, int(remaining * 1000))),
+                *trace_fields(),
+            ]
+            connect = self.policy.connect_timeout
+            try:
+                response = await self._http.send(
+                    method,
+                    host,
+                    port,
+                    path,
+                    headers=sent,
+                    body=body,
+                    connect=connect if connect < remaining else remaining,
+                    read=remaining,
+                    # One bound for waiting, connecting, reading and any resend.
+                    deadline=asyncio.get_running_loop().time() + remaining,
+                    idempotent=idempotent,
+                )
+            except (PeerError, DeadlineExceededError) as error:
+                if span.is_recording():
+                    failed(span, error)
+                return error
+            answered(span, response.status)
+            return response
 
     # -- per-service state ----------------------------------------------------
 

@@ -30,10 +30,18 @@ import os
 from collections.abc import Callable, Mapping
 
 from meshkit._clock import Clock, SystemClock
-from meshkit._env import read_environment
+from meshkit._env import otlp_variables, read_environment
 from meshkit.bus import Bus, Handler, OutboxRelay, OutboxStore, Subscription
 from meshkit.discovery import Directory
 from meshkit.errors import ConfigError, UsageError
+from meshkit.observe import (
+    LIFECYCLE,
+    Destination,
+    Identity,
+    console_handler,
+    destination,
+    start_telemetry,
+)
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
@@ -73,7 +81,10 @@ class Service:
     registry object is called on the event loop that runs ``serve()``.
     A Starlette or FastAPI ``app`` answers its errors as problem details
     (RFC 9457) unless ``problem_details=False`` (see
-    ``install_problem_handlers``).
+    ``install_problem_handlers``). Its spans and log records go to the
+    control plane, or where ``OTEL_EXPORTER_OTLP_*`` says, unless
+    ``telemetry=False`` or the process set OpenTelemetry up itself
+    (``meshkit.observe.start_telemetry``).
 
     Raises ``ConfigError`` for a bad name, TTL or drain timeout, or an
     object that is not a ``Registry`` or a ``Bus``; a bad URL is reported
@@ -99,6 +110,7 @@ class Service:
         policy: CallPolicy | None = None,
         clock: Clock | None = None,
         problem_details: bool = True,
+        telemetry: bool = True,
     ) -> None:
         env = read_environment()
         if not (name or env.service):
@@ -121,6 +133,7 @@ class Service:
         self.metadata.setdefault("restarts", str(env.restarts))
         self.drain_timeout = check.seconds("drain_timeout", drain_timeout)
         self.policy = policy or CallPolicy()
+        self.telemetry = telemetry
         self._clock = clock or SystemClock()
         self._sagas: list[SagaRunner] = []  # /-/sagas reads it as add_sagas fills it
         self._asgi = serving_app(
@@ -209,9 +222,16 @@ class Service:
         return self._asgi.is_ready()
 
     def run(self) -> None:
-        """Serve until SIGTERM or SIGINT (the entry point of a service process)."""
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(message)s")
+        """Serve until SIGTERM or SIGINT (the entry point of a service process).
+
+        Unless the process configured logging itself, records go to standard
+        error: all of them when they are not sent anywhere else, else only
+        warnings, errors and lifecycle lines (the rest: ``meshkit logs``).
+        """
+        root = logging.getLogger()
+        if not root.handlers:
+            root.setLevel(logging.INFO)
+            root.addHandler(console_handler(everything=self._destination() == Destination()))
         try:
             import uvloop
 
@@ -249,6 +269,7 @@ class Service:
                 version=self.version,
                 metadata=self.metadata,
             )
+            self._start_telemetry(instance, opened)
             self._connect(registry, bus, opened)
             for runner in self._sagas:
                 # Named before the first request can begin a run: by the instance,
@@ -259,6 +280,18 @@ class Service:
                 self.registry_url or registry, token=self._token, instance=instance, ttl=self.ttl
             )
             await self._serve(heartbeat, bus, stop, opened)
+
+    def _destination(self) -> Destination:
+        if not self.telemetry:
+            return Destination()
+        return destination(control=self.registry_url, token=self._token, variables=otlp_variables())
+
+    def _start_telemetry(self, instance: Instance, opened: contextlib.AsyncExitStack) -> None:
+        """Send spans and log records (see the class), exported one last time on the way out."""
+        identity = Identity(service=self.name, instance=instance.id, version=self.version)
+        telemetry = start_telemetry(identity, self._destination())
+        if telemetry is not None:
+            opened.push_async_callback(asyncio.to_thread, telemetry.shutdown)
 
     def _connect(
         self, registry: Registry, bus: Bus | None, opened: contextlib.AsyncExitStack
@@ -320,6 +353,7 @@ class Service:
             self.host,
             self.port,
             f", registered at {where}" if registered else ", registering...",
+            extra=LIFECYCLE,
         )
 
     async def _stop_server(
@@ -332,7 +366,7 @@ class Service:
             in_flight=lambda: self._asgi.in_flight,
             name=self.name,
         )
-        log.info("%s stopped", instance.key)
+        log.info("%s stopped", instance.key, extra=LIFECYCLE)
 
     async def _forget_client(self) -> None:
         client, self._client = self._client, None
