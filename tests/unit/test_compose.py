@@ -5,6 +5,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from meshkit import Composition, Part, compose
 from meshkit.errors import (
@@ -351,3 +352,22 @@ def test_the_result_is_read_only() -> None:
         result.parts["a"] = 2  # type: ignore[index]
     with pytest.raises(TypeError):
         result.missing["b"] = "found"  # type: ignore[index]
+
+
+async def test_a_composition_is_a_span_with_one_child_per_part(
+    spans: InMemorySpanExporter,
+) -> None:
+    async def fine() -> int:
+        return 1
+
+    async def broken() -> int:
+        raise RuntimeError("down")
+
+    composed = await compose(Part("a", fine), Part("b", broken, required=False), budget=1.0)
+    assert composed.missing == {"b": "RuntimeError: down"}
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    whole = by_name["compose"]
+    assert whole.attributes is not None
+    assert whole.attributes["meshkit.compose.missing"] == ("b",)
+    for part in ("part a", "part b"):
+        assert by_name[part].parent == whole.context

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from meshkit.errors import ConfigError, ConflictError, InvalidArgumentError, NotFoundError
+from meshkit.observe import tracer
 from meshkit.policy import Backoff
 from meshkit.saga import Run, Saga, SagaRunner, SqliteSagaStore, StepContext, StepFailed
 
@@ -477,3 +480,30 @@ def test_async_local_work_is_refused_for_a_sqlite_log(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="plain def"):
         SagaRunner(SqliteSagaStore(tmp_path / "log.db"), [saga])
+
+
+async def test_a_runs_spans_join_the_trace_it_was_begun_in(
+    runner_for: Any, spans: InMemorySpanExporter
+) -> None:
+    """A saga span under the request's, and a span per step and compensation under it."""
+    calls = Calls()
+    runner = await runner_for(three_steps(calls, fail_at="third"))
+    with tracer("test").start_as_current_span("POST /orders") as request:
+        run = await runner.begin("three", {"n": 1})
+    assert (await runner.wait(run.id, WITHIN)).status == "compensated"
+    await until(lambda: any(s.name == "saga three" for s in spans.get_finished_spans()))
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    whole = by_name["saga three"]
+    assert whole.parent is not None
+    assert whole.parent.span_id == request.get_span_context().span_id
+    assert whole.context is not None
+    names = [s.name for s in spans.get_finished_spans() if s.parent == whole.context]
+    assert names == [
+        "step first",
+        "step second",
+        "step third",
+        "compensate second",
+        "compensate first",
+    ]
+    assert by_name["step third"].status.status_code == StatusCode.ERROR
+    assert by_name["step first"].status.status_code == StatusCode.UNSET

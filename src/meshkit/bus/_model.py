@@ -239,7 +239,7 @@ def outgoing(
     with _refusing():
         checked = {} if headers is None else check_headers(headers)
         encoded = encode_payload(payload)
-    _trace.inject(checked)
+    _trace.inject(checked, topic)
     return checked_outgoing(
         topic=topic,
         id=uuid.uuid4().hex if message_id is None else message_id,

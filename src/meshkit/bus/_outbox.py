@@ -44,6 +44,7 @@ import msgspec
 
 from meshkit._clock import Clock, SystemClock
 from meshkit._tasks import stop
+from meshkit.bus import _trace
 from meshkit.bus._model import UNREACHABLE, Outgoing, Published, outgoing
 from meshkit.bus._protocol import Bus
 from meshkit.errors import (
@@ -436,8 +437,10 @@ class OutboxRelay:
         parking on it would empty the outbox into the parked events, so it
         fails the pass, which is tried again.
         """
+        messages = [entry.message for entry in entries]
         try:
-            return await self._bus.publish_batch([entry.message for entry in entries]), None
+            with _trace.publishing(messages):
+                return await self._bus.publish_batch(messages), None
         except MessageRefusedError as error:
             if len(entries) == 1:
                 return [], (entries[0], error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from meshkit.bus import _trace
 from meshkit.bus._model import DeadLetter, Delivery, GroupInfo, Outgoing, Published, outgoing
 from meshkit.policy import Redelivery
 
@@ -141,4 +142,5 @@ class PublishOne:
         message_id: str | None = None,
     ) -> Published:
         message = outgoing(topic, payload, headers=headers, key=key, message_id=message_id)
-        return (await self.publish_batch([message]))[0]
+        with _trace.publishing([message]):
+            return (await self.publish_batch([message]))[0]

@@ -108,7 +108,8 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     ``cursor`` is the step being run, or the one being undone while
     compensating; ``wake`` (Unix seconds) the time before which the next
     attempt must not start; ``failure`` why a run compensates; ``note``
-    why it is stuck.
+    why it is stuck; ``trace_context`` the W3C trace context it was begun
+    in (``traceparent``...), so that its spans join that trace.
     """
 
     id: str
@@ -123,6 +124,7 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     note: str | None = None
     created: float = 0.0
     updated: float = 0.0
+    trace_context: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def ended(self) -> bool:

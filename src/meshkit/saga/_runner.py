@@ -24,6 +24,7 @@ from contextvars import Context
 from typing import Any
 
 import msgspec
+from opentelemetry import trace
 
 from meshkit._clock import Clock, SystemClock
 from meshkit.errors import (
@@ -58,6 +59,7 @@ from meshkit.saga._machine import (
 from meshkit.saga._model import ACTIVE, Run, Status, StepState
 from meshkit.saga._sqlite import SqliteSagaStore
 from meshkit.saga._store import SagaStore
+from meshkit.saga._trace import action_span, current_context, ended, outcome, run_span
 
 __all__ = ["SagaRunner"]
 
@@ -225,6 +227,7 @@ class SagaRunner:
                 input=plain,
                 created=now,
                 updated=now,
+                trace_context=current_context(),
             )
             made.append(advance(fresh, Resume(), now))
             return made[-1].run
@@ -313,6 +316,14 @@ class SagaRunner:
         task.add_done_callback(forget)
 
     async def _carry_out(self, transition: Transition, version: int, *, found: Run | None) -> Run:
+        with run_span(transition.run, resumed=found is not None) as span:
+            run = await self._carry_out_traced(transition, version, found=found)
+            ended(span, run)
+            return run
+
+    async def _carry_out_traced(
+        self, transition: Transition, version: int, *, found: Run | None
+    ) -> Run:
         run, action = transition
         saga = self.sagas[run.saga]
         results: dict[str, Any] = {}
@@ -323,7 +334,10 @@ class SagaRunner:
                 point = _point(run, action) if self._crash_at else None
                 self._crash("before", point, run.id)
                 if isinstance(action, RunStep) and run.plan[action.step].local:
-                    (run, action), version = await self._local(saga, run, action, results, version)
+                    with action_span(run, action.step, action.attempt, undo=False):
+                        (run, action), version = await self._local(
+                            saga, run, action, results, version
+                        )
                     self._crash("logged", point, run.id)
                     continue
                 event = await self._act(saga, run, action, results)
@@ -362,14 +376,14 @@ class SagaRunner:
         if isinstance(action, Wait):
             await self._clock.sleep(max(0.0, action.until - self._clock.time()))
             return Resume()
-        if isinstance(action, RunStep):
-            step = saga.steps[action.step]
-            context = self._context(run, action.step, action.attempt, results, undo=False)
-            return await _attempt(step, context)
-        assert isinstance(action, Compensate)
+        assert isinstance(action, RunStep | Compensate)
+        undo = isinstance(action, Compensate)
         step = saga.steps[action.step]
-        context = self._context(run, action.step, action.attempt, results, undo=True)
-        return await _undo(step, context)
+        context = self._context(run, action.step, action.attempt, results, undo=undo)
+        with action_span(run, action.step, action.attempt, undo=undo) as span:
+            event = await (_undo(step, context) if undo else _attempt(step, context))
+            outcome(span, event)
+            return event
 
     async def _local(
         self, saga: Saga, run: Run, action: RunStep, results: dict[str, Any], version: int
@@ -403,12 +417,13 @@ class SagaRunner:
         except (EnvironmentFaultError, RunTakenError):
             raise  # the log failed, not the step: nothing is counted against it
         except StepFailed as refusal:
-            failed = advance(
-                run, Failed(refusal.detail, refusal.status, refusal.data), self._clock.time()
-            )
+            refused = Failed(refusal.detail, refusal.status, refusal.data)
+            outcome(trace.get_current_span(), refused)
+            failed = advance(run, refused, self._clock.time())
             return await self._write(saga, run, failed, version, None)
         except Exception as error:  # noqa: BLE001 (the step's failure: its transaction rolled back)
             failure = Unknown(_describe(error))
+            outcome(trace.get_current_span(), failure)
             _log_failure(run, action, failure)
             failed = advance(run, failure, self._clock.time())
             version = await self.store.save(

@@ -40,6 +40,7 @@ from meshkit.errors import (
     InvalidArgumentError,
     MeshkitError,
 )
+from meshkit.observe import tracer
 from meshkit.policy import DeadlineBudget
 from meshkit.policy import _check as validate
 from meshkit.service._deadline import current_deadline, use_deadline
@@ -115,15 +116,23 @@ async def compose(
     _check_names(parts)
     start = clock.monotonic()
     end = _end(start, budget)
-    runs = [_Run.start(part, start, end) for part in parts]
-    try:
-        values, missing = await _settle(runs, clock)
-    finally:
-        await _stop(runs)
+    with tracer(_NAME).start_as_current_span(
+        "compose", attributes={"meshkit.compose.parts": [part.name for part in parts]}
+    ) as span:
+        runs = [_Run.start(part, start, end) for part in parts]
+        try:
+            values, missing = await _settle(runs, clock)
+        finally:
+            await _stop(runs)
+        if missing and span.is_recording():
+            span.set_attribute("meshkit.compose.missing", sorted(missing))
     return Composition(
         MappingProxyType({part.name: values[part.name] for part in parts if part.name in values}),
         MappingProxyType({part.name: missing[part.name] for part in parts if part.name in missing}),
     )
+
+
+_NAME = "meshkit.service"
 
 
 def _check_names(parts: Iterable[Part[Any]]) -> None:
@@ -199,13 +208,19 @@ class _Run:
 
 async def _run(part: Part[T], expires_at: float) -> T:
     # The task runs in a copy of the caller's context: the part's deadline
-    # becomes current for it alone, and reaches the services it calls.
-    with use_deadline(DeadlineBudget(expires_at)):
+    # becomes current for it alone, and reaches the services it calls; its
+    # span is a child of the composition's.
+    with (
+        tracer(_NAME).start_as_current_span(
+            f"part {part.name}", attributes={"meshkit.compose.required": part.required}
+        ),
+        use_deadline(DeadlineBudget(expires_at)),
+    ):
         answer = await part.call()
-    if part.check is not None:
-        refusal = part.check(answer)
-        if refusal is not None:
-            raise _RefusedError(refusal)
+        if part.check is not None:
+            refusal = part.check(answer)
+            if refusal is not None:
+                raise _RefusedError(refusal)
     return answer
 
 
