@@ -3,7 +3,7 @@
 import pytest
 
 from meshkit.errors import ConfigError
-from meshkit.observe import Destination, Endpoint, Identity, destination
+from meshkit.observe import Destination, Endpoint, Identity, destination, standard_variables
 
 TOKEN = "t" * 32
 
@@ -75,3 +75,24 @@ def test_the_identity_is_the_resource_without_empty_values() -> None:
         "service.name": "orders",
         "service.instance.id": "orders-1",
     }
+
+
+def test_a_child_in_any_language_is_given_the_standard_variables() -> None:
+    where = destination(control="http://127.0.0.1:7700", token=TOKEN, variables={})
+    identity = Identity(service="notifications", instance="notifications-1", version="2")
+    assert standard_variables(identity, where) == {
+        "OTEL_SERVICE_NAME": "notifications",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:7700",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=notifications-1,service.version=2",
+        "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{TOKEN}",
+    }
+
+
+def test_a_users_collector_is_left_to_the_inherited_variables() -> None:
+    where = destination(
+        control="http://127.0.0.1:7700",
+        token=TOKEN,
+        variables={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
+    )
+    assert standard_variables(Identity(service="n"), where) == {}

@@ -34,6 +34,7 @@ from meshkit.deploy._state import ProcessState, ProcessTable, service_data_dir, 
 from meshkit.errors import DeadlineExceededError, PeerError
 from meshkit.gateway import READY_PATH
 from meshkit.http import HTTPClient, Timeouts
+from meshkit.observe import Identity, destination, standard_variables
 from meshkit.sidecar import READY_PATH as SIDECAR_READY
 
 __all__ = ["Supervisor"]
@@ -177,8 +178,10 @@ class Supervisor:
                 "MESHKIT_TTL": f"{config.ttl:g}",
                 "MESHKIT_VERSION": config.version,
                 "MESHKIT_DATA_DIR": str(data_dir),
-                **config.env,
             }
+            if config.app is None:  # any language: its own OpenTelemetry SDK sends here too
+                env.update(self._telemetry_variables(name, instance_id, config.version, token))
+            env.update(config.env)
             if config.app is not None:
                 argv = [self.python, "-m", "meshkit", "serve", config.app]
             elif config.sidecar:
@@ -188,6 +191,13 @@ class Supervisor:
             child = self._child(instance_id, argv, env)
             child.start()
             children.append(child)
+
+    def _telemetry_variables(
+        self, name: str, instance_id: str, version: str, token: str
+    ) -> dict[str, str]:
+        identity = Identity(service=name, instance=instance_id, version=version)
+        where = destination(control=self.registry_url, token=token, variables=_env.otlp_variables())
+        return standard_variables(identity, where)
 
     def _spare_port(self) -> int:
         """A free port that no configured or already chosen port clashes with."""

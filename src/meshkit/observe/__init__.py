@@ -6,7 +6,13 @@ standard ``OTEL_EXPORTER_OTLP_*`` variables (``destination``);
 ``start_telemetry`` sets a process up to do so, once.
 """
 
-from meshkit.observe._destination import Destination, Endpoint, Identity, destination
+from meshkit.observe._destination import (
+    Destination,
+    Endpoint,
+    Identity,
+    destination,
+    standard_variables,
+)
 from meshkit.observe._logs import LIFECYCLE, OTLPHandler, console_handler, install_record_fields
 from meshkit.observe._queue import ExportQueue, QueueStatistics
 from meshkit.observe._setup import Telemetry, TelemetryStatistics, start_telemetry
@@ -25,6 +31,7 @@ __all__ = [
     "console_handler",
     "destination",
     "install_record_fields",
+    "standard_variables",
     "start_telemetry",
     "tracer",
 ]

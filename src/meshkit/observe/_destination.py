@@ -14,13 +14,13 @@ configuration").
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import msgspec
 
 from meshkit.errors import ConfigError
 
-__all__ = ["Destination", "Endpoint", "Identity", "destination"]
+__all__ = ["Destination", "Endpoint", "Identity", "destination", "standard_variables"]
 
 _PREFIX = "OTEL_EXPORTER_OTLP_"
 _SIGNALS = {"traces": "/v1/traces", "logs": "/v1/logs"}
@@ -119,3 +119,33 @@ def _headers(name: str, variables: Mapping[str, str]) -> dict[str, str]:
             raise ConfigError(name, f"each header is key=value, got {item.strip()!r}")
         headers[unquote(key.strip()).lower()] = unquote(value.strip())
     return headers
+
+
+def standard_variables(identity: Identity, where: Destination) -> dict[str, str]:
+    """OpenTelemetry's standard variables that make any SDK send as ``identity`` to ``where``.
+
+    For a child that is not a meshkit process (an app behind a sidecar, in
+    any language): its own OpenTelemetry SDK reads them. Empty when
+    ``where`` is a collector named by the user's own variables, which the
+    child inherits anyway, or when nothing is sent.
+    """
+    if where.to_collector or where.traces is None:
+        return {}
+    base = where.traces.url.removesuffix(_SIGNALS["traces"])
+    resource = ",".join(
+        f"{key}={quote(value)}"
+        for key, value in identity.resource().items()
+        if key != "service.name"
+    )
+    variables = {
+        "OTEL_SERVICE_NAME": identity.service,
+        f"{_PREFIX}ENDPOINT": base,
+        f"{_PREFIX}PROTOCOL": "http/protobuf",
+    }
+    if resource:
+        variables["OTEL_RESOURCE_ATTRIBUTES"] = resource
+    if where.traces.headers:
+        variables[f"{_PREFIX}HEADERS"] = ",".join(
+            f"{key}={quote(value)}" for key, value in where.traces.headers
+        )
+    return variables
