@@ -137,6 +137,10 @@ def console_handler(*, everything: bool) -> logging.Handler:
 
 
 def _for_console(record: logging.LogRecord) -> bool:
+    if record.name.startswith(_OWN):
+        # An exporter logs each batch it fails to send; the export queue
+        # says so on meshkit.observe, once a minute at most.
+        return record.levelno >= logging.CRITICAL
     return record.levelno >= logging.WARNING or getattr(record, "lifecycle", False)
 
 

@@ -66,6 +66,7 @@ class ExportQueue(Generic[T]):
         self._idle = threading.Condition()
         self._exported = self._dropped = self._failed = 0
         self._busy = False
+        self._urgent = False  # a flush asked for what is queued now
         self._closed = False
         self._last_report = float("-inf")
         self._thread = threading.Thread(target=self._run, name=f"meshkit-{what}", daemon=True)
@@ -87,6 +88,7 @@ class ExportQueue(Generic[T]):
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until what is queued now has been exported (or failed); False on timeout."""
         with self._wake:
+            self._urgent = True
             self._wake.notify()
         with self._idle:
             return self._idle.wait_for(lambda: not (self._items or self._busy), timeout)
@@ -94,24 +96,28 @@ class ExportQueue(Generic[T]):
     def close(self, timeout: float = 5.0) -> None:
         """Export what is queued (within ``timeout``), then stop the thread."""
         self.flush(timeout)
-        self._closed = True
         with self._wake:
+            self._closed = True
             self._wake.notify()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while not (self._closed and not self._items):
+            # Checked and waited under the lock that put(), flush() and
+            # close() notify under, so that no wake-up is lost between them.
             with self._wake:
-                if len(self._items) < self._batch and not self._closed:
+                if len(self._items) < self._batch and not (self._closed or self._urgent):
                     self._wake.wait(self._delay)
+                self._urgent = False
             self._busy = True
             try:
                 while self._items:
-                    self._send(
-                        [self._items.popleft() for _ in range(min(self._batch, len(self._items)))]
-                    )
+                    count = min(self._batch, len(self._items))
+                    self._send([self._items.popleft() for _ in range(count)])
             finally:
-                self._busy = False
+                with self._idle:
+                    self._busy = False
+                    self._idle.notify_all()
 
     def _send(self, batch: list[T]) -> None:
         try:
