@@ -168,8 +168,8 @@ def test_spans_and_logs_are_sent_in_the_otlp_json_mapping() -> None:
             time=100.5,
             severity=9,
             body="GET /orders/1 200",
-            trace_id=b"a" * 32,
-            span_id=b"b" * 16,
+            trace_id="a" * 32,
+            span_id="b" * 16,
             attributes=(("http.request.method", "GET"),),
         )
     )

@@ -82,7 +82,10 @@ _SEVERITY_TEXT = {1: "TRACE", 5: "DEBUG", 9: "INFO", 13: "WARN", 17: "ERROR", 21
 def _log(record: LogRecord, offset: int) -> bytes:
     ids = b""
     if record.trace_id:
-        ids = b'"traceId":"%s","spanId":"%s",' % (record.trace_id, record.span_id)
+        ids = b'"traceId":"%s","spanId":"%s",' % (
+            record.trace_id.encode("ascii"),
+            record.span_id.encode("ascii"),
+        )
     nanos = int(record.time * 1e9) + offset
     return (
         b'{"timeUnixNano":"%d","observedTimeUnixNano":"%d","severityNumber":%d,"severityText":"%s",%s"body":{"stringValue":%s},"attributes":[%s]}'

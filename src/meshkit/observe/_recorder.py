@@ -87,7 +87,7 @@ class SpanRecord(msgspec.Struct, frozen=True, gc=False):
 
 
 class LogRecord(msgspec.Struct, frozen=True, gc=False):
-    """A log record; ``trace_id`` and ``span_id`` empty when it belongs to no span.
+    """A log record; ids in hex, empty when it belongs to no span.
 
     ``severity`` is OpenTelemetry's severity number (9 is INFO, 13 WARN, 17 ERROR).
     """
@@ -95,8 +95,8 @@ class LogRecord(msgspec.Struct, frozen=True, gc=False):
     time: float  # monotonic seconds
     severity: int
     body: str
-    trace_id: bytes
-    span_id: bytes
+    trace_id: str
+    span_id: str
     attributes: Attributes
 
 
