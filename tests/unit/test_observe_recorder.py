@@ -44,10 +44,14 @@ def test_a_ratio_outside_0_to_1_is_refused(ratio: float) -> None:
 
 
 def test_new_traces_are_sampled_near_the_ratio() -> None:
-    """About a ratio's share of new trace ids are sampled; 0 samples none and 1 all."""
+    """A new trace is sampled by its id's rule: about a ratio's share; 0 none and 1 all."""
     for ratio, low, high in ((0.0, 0, 0), (0.1, 800, 1200), (1.0, 10_000, 10_000)):
         recorder = Recorder(ratio=ratio, rng=random.Random(7))
-        sampled = sum(recorder.new_trace()[1] for _ in range(10_000))
+        sampled = 0
+        for _ in range(10_000):
+            trace_id, _, decision = recorder.new_trace()
+            assert decision == Sampler(ratio).sampled(int(trace_id, 16))
+            sampled += decision
         assert low <= sampled <= high
 
 

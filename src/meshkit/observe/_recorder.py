@@ -45,6 +45,8 @@ CLIENT = 3
 Attributes = tuple[tuple[str, str | int], ...]
 
 _ID_LIMIT = (1 << 64) - 1
+_ZERO_TRACE = b"0" * 32
+_ZERO_SPAN = b"0" * 16
 
 
 class Sampler:
@@ -159,13 +161,21 @@ class Recorder:
         self.failed = {"spans": 0, "logs": 0}
         self.exported = {"spans": 0, "logs": 0}
 
-    def new_trace(self) -> tuple[bytes, bool]:
-        """A new trace id (hex) and whether the ratio samples it."""
-        trace_id = self._bits(128) or 1  # all zeros is not a trace id
-        return b"%032x" % trace_id, self.sampler.sampled(trace_id)
+    def new_trace(self) -> tuple[bytes, bytes, bool]:
+        """A new trace id and span id (hex), and whether the ratio samples the trace.
+
+        One draw of 192 bits for both ids: on an unsampled request this is
+        most of what tracing costs.
+        """
+        bits = self._bits(192)
+        ids = b"%048x" % bits
+        trace_id, span_id = ids[:32], ids[32:]
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # all zeros is not an id
+            return self.new_trace()
+        return trace_id, span_id, (bits >> 64) & _ID_LIMIT < self.sampler.bound
 
     def new_span_id(self) -> bytes:
-        return b"%016x" % (self._bits(64) or 1)
+        return b"%016x" % (self._bits(64) or 1)  # all zeros is not an id
 
     def span(self, record: SpanRecord) -> None:
         spans = self.spans

@@ -31,13 +31,12 @@ from meshkit.observe import (
     SERVER,
     Recorder,
     SpanRecord,
-    format_traceparent,
     parse_traceparents,
     parse_tracestate,
 )
 from meshkit.proxy._message import ProxyRequest, ProxyResponse
 
-__all__ = ["TRACE_HEADERS", "RequestTrace", "Tracing"]
+__all__ = ["TRACE_HEADERS", "RecordedTrace", "RequestTrace", "Tracing"]
 
 # Replaced by what RequestTrace writes, on every attempt.
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
@@ -57,28 +56,61 @@ class Tracing:
         context = parse_traceparents(parents) if parents else None
         recorder = self.recorder
         if context is None:
-            trace_id, sampled = recorder.new_trace()
+            trace_id, span_id, sampled = recorder.new_trace()
             parent_id, state = b"", None
         else:
             trace_id, parent_id, sampled = context
             states = [value for name, value in request.headers if name == b"tracestate"]
             state = parse_tracestate(states) if states else None
-        span_id = recorder.new_span_id() if self.server or not sampled else parent_id
-        request.trace = RequestTrace(
-            self, request, trace_id, span_id, parent_id, sampled=sampled, state=state
-        )
+            span_id = recorder.new_span_id() if self.server or not sampled else parent_id
+        if sampled:
+            request.trace = RecordedTrace(self, request, trace_id, span_id, parent_id, state)
+        else:
+            request.trace = RequestTrace(trace_id, span_id, state)
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
 
 
 class RequestTrace:
-    """One request's trace context and the spans it records; the engine calls it.
+    """One request's trace context; the engine calls it. This one records nothing.
 
-    ``span_id`` is the server span's id (or, without a server span, the
-    incoming parent's). ``attempt_*`` track the CLIENT span of the attempt
-    under way.
+    ``span_id`` is the id the upstream is told its parent is, when no
+    attempt span names itself (a sampled request's server span; for an
+    unsampled one, a fresh id: its trace goes on, unrecorded).
     """
+
+    __slots__ = ("span_id", "state", "trace_id")
+
+    sampled = False
+
+    def __init__(self, trace_id: bytes, span_id: bytes, state: bytes | None) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.state = state
+
+    def headers(self) -> bytes:
+        """The trace header lines for the attempt being sent (or the app beside a sidecar)."""
+        line = b"traceparent: 00-%s-%s-00\r\n" % (self.trace_id, self.span_id)
+        if self.state is not None:
+            line += b"tracestate: %s\r\n" % self.state
+        return line
+
+    def attempt_started(self, request: ProxyRequest) -> None:
+        """An attempt to reach ``request.upstream`` begins (connecting included)."""
+
+    def attempt_answered(self, status: int) -> None:
+        """The upstream's status line arrived."""
+
+    def attempt_ended(self, error: BaseException | None) -> None:
+        """The attempt is over: answered whole (``error`` None), or failed."""
+
+    def finished(self, request: ProxyRequest, status: int, error: BaseException | None) -> None:
+        """The request is over with ``status`` (0: no complete answer) and ``error``."""
+
+
+class RecordedTrace(RequestTrace):
+    """A sampled request's trace: its server span, and a client span per attempt."""
 
     __slots__ = (
         "_attempt_id",
@@ -91,11 +123,9 @@ class RequestTrace:
         "_started",
         "_tracing",
         "parent_id",
-        "sampled",
-        "span_id",
-        "state",
-        "trace_id",
     )
+
+    sampled = True
 
     def __init__(
         self,
@@ -104,42 +134,31 @@ class RequestTrace:
         trace_id: bytes,
         span_id: bytes,
         parent_id: bytes,
-        *,
-        sampled: bool,
         state: bytes | None,
     ) -> None:
-        self._tracing = tracing
         self.trace_id = trace_id
         self.span_id = span_id
-        self.parent_id = parent_id
-        self.sampled = sampled
         self.state = state
+        self.parent_id = parent_id
+        self._tracing = tracing
         self._attempt_id: bytes | None = None
         self._attempt_status = 0
         self._attempt_started = 0.0
         self._attempt_origin: tuple[str, int] | None = None
         self._method_route: tuple[str, str | None] = ("", None)
         self._resends = 0
-        if sampled:
-            self._started = tracing.clock.monotonic()
-            self._path = request.path  # as the client sent it, before any rewrite
-
-    # -- what the engine calls ---------------------------------------------------
+        self._started = tracing.clock.monotonic()
+        self._path = request.path  # as the client sent it, before any rewrite
 
     def headers(self) -> bytes:
-        """The trace header lines for the attempt being sent (or the app beside a sidecar)."""
-        parent = self._attempt_id or self.span_id
-        line = b"traceparent: %s\r\n" % format_traceparent(
-            self.trace_id, parent, sampled=self.sampled
-        )
+        line = b"traceparent: 00-%s-%s-01\r\n" % (self.trace_id, self._attempt_id or self.span_id)
         if self.state is not None:
             line += b"tracestate: %s\r\n" % self.state
         return line
 
     def attempt_started(self, request: ProxyRequest) -> None:
-        """An attempt to reach ``request.upstream`` begins (connecting included)."""
         tracing = self._tracing
-        if not self.sampled or not tracing.client:
+        if not tracing.client:
             return
         if self._attempt_id is not None:
             self.attempt_ended(None)
@@ -150,21 +169,19 @@ class RequestTrace:
         self._method_route = (request.method, request.route)
 
     def attempt_answered(self, status: int) -> None:
-        """The upstream's status line arrived."""
         self._attempt_status = status
 
     def attempt_ended(self, error: BaseException | None) -> None:
-        """The attempt is over: answered whole (``error`` None), or failed."""
         attempt_id = self._attempt_id
         if attempt_id is None:
             return
         self._attempt_id = None
         tracing = self._tracing
-        request_method, route = self._method_route
+        method, route = self._method_route
         status = self._attempt_status
         host, port = self._attempt_origin or ("", 0)
         attributes: list[tuple[str, str | int]] = [
-            ("http.request.method", request_method),
+            ("http.request.method", method),
             ("server.address", host),
             ("server.port", port),
         ]
@@ -178,7 +195,7 @@ class RequestTrace:
                 self.trace_id,
                 attempt_id,
                 self.span_id,
-                f"{request_method} {route}" if route else request_method,
+                f"{method} {route}" if route else method,
                 CLIENT,
                 self._attempt_started,
                 tracing.clock.monotonic(),
@@ -188,9 +205,6 @@ class RequestTrace:
         )
 
     def finished(self, request: ProxyRequest, status: int, error: BaseException | None) -> None:
-        """The request is over with ``status`` (0: no complete answer) and ``error``."""
-        if not self.sampled:
-            return
         self.attempt_ended(error)
         tracing = self._tracing
         if not tracing.server:
