@@ -137,7 +137,6 @@ PUBLIC = {
         "HealthGate",
         "Sidecar",
         "SidecarConfig",
-        "Span",
     ],
     "meshkit.discovery": [
         "Attempts",
