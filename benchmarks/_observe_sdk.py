@@ -10,7 +10,6 @@ CPU time of this process per call (the exporter's thread included).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sys
 import time

@@ -162,3 +162,17 @@ def test_saga_benchmark_puts_sagas_beside_dbos_and_the_shop_s_order(tmp_path: Pa
     assert by_name["saga sqlite p99 at 100/s"]["reference"] == value("dbos sqlite p99 at 100/s")
     assert by_name["shop order through the gateway, 16 in flight"]["unit"] == "orders/s"
     assert 0 < value("shop order p50 at 20/s") <= value("shop order p99 at 20/s")
+
+
+def test_observe_benchmark_names_the_gateway_tracing_rows(tmp_path: Path) -> None:
+    """benchmarks.observe puts the gateway at 1% and 100% beside tracing off, spans exported."""
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            backend_missing(tool, f"install it with: apt-get install {tool}")
+    rows = run_quick("observe", tmp_path)
+    by_name = {str(row["name"]): row for row in rows}
+    for share in ("1%", "100%"):
+        row = by_name[f"gateway tracing {share}"]
+        assert (row["unit"], row["reference_name"]) == ("req/s", "tracing off")
+        assert row["reference"] == by_name["gateway tracing off: requests/s"]["value"]
+    assert by_name["gateway tracing 100%: spans exported"]["value"] > 0  # type: ignore[operator]

@@ -196,3 +196,50 @@ def test_sighup_and_the_admin_api_reload_the_file(tmp_path: Path, processes: Pro
     assert http("GET", hello)[0] == 200
     unauthorized = http("POST", f"http://127.0.0.1:{admin}/admin/reload")
     assert unauthorized[0] == 401
+
+
+PLAIN = """
+[project]
+name = "quiet"
+
+[services.hello]
+command = ["true"]  # started by the test, not by this file
+health = ""
+
+[gateway]
+port = {port}
+
+[[gateway.api_keys]]
+name = "tests"
+key = "{key}"
+
+[[gateway.routes]]
+path = "/hello"
+service = "hello"
+"""
+
+
+def test_the_access_log_is_printed_only_when_asked(tmp_path: Path, processes: Processes) -> None:
+    """As `meshkit up` starts it, the gateway prints no line per request; --access-log does."""
+    registry_port = start_backend(tmp_path, processes)
+    ports = {}
+    for flags in ((), ("--access-log",)):
+        ports[flags] = port = free_port()
+        directory = tmp_path / f"gateway{len(flags)}"
+        directory.mkdir()
+        (directory / "meshkit.toml").write_text(PLAIN.format(port=port, key=KEY))
+        processes.start(
+            [sys.executable, "-m", "meshkit", "gateway", "-p", str(directory), *flags],
+            meshkit_env(registry_port, TOKEN),
+            directory,
+        )
+        wait_until(lambda port=port: _ready(port), 30, "a gateway ready")  # type: ignore[misc]
+        for _ in range(5):
+            assert _hello(port)[0] == 200
+    wait_until(
+        lambda: (tmp_path / "gateway1" / "output.log").read_text().count('"path":"/hello"') == 5,
+        10,
+        "the access log printed",
+    )
+    quiet = (tmp_path / "gateway0" / "output.log").read_text()
+    assert '"request_id"' not in quiet, quiet

@@ -127,6 +127,7 @@ PUBLIC = {
         "JwtConfig",
         "RedisConfig",
         "RouteConfig",
+        "TracingConfig",
     ],
     "meshkit.ratelimit": ["LimitStore", "MemoryLimitStore"],
     "meshkit.sidecar": [
@@ -136,7 +137,6 @@ PUBLIC = {
         "HealthGate",
         "Sidecar",
         "SidecarConfig",
-        "Span",
     ],
     "meshkit.discovery": [
         "Attempts",
@@ -163,9 +163,11 @@ PUBLIC = {
         "ProxyServer",
         "Ready",
         "RequestDecision",
+        "RequestTrace",
         "Retrier",
         "RoutePolicy",
         "RouteSplit",
+        "Tracing",
         "UpstreamCall",
         "Upstreams",
         "error_response",

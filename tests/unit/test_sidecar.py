@@ -11,13 +11,13 @@ from contextlib import asynccontextmanager
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.unit.test_gateway_tracing import Sink, attributes
 
 from meshkit.bus import Bus
 from meshkit.errors import ConfigError
 from meshkit.http import HTTPClient, HTTPServer, Request, Response, json_response
 from meshkit.registry import EmbeddedRegistry, Instance
-from meshkit.sidecar import METRICS_PATH, READY_PATH, HealthGate, Sidecar, SidecarConfig, Span
-from meshkit.sidecar._filters import _parse
+from meshkit.sidecar import METRICS_PATH, READY_PATH, HealthGate, Sidecar, SidecarConfig
 from meshkit.sidecar._health import Registrar
 from meshkit.testing import FakeClock
 
@@ -59,27 +59,6 @@ def test_the_gate_flips_only_after_a_streak(results: list[bool]) -> None:
             needed = 2 if states[index] else 3
             assert index + 1 >= needed
             assert all(r == states[index] for r in results[index + 1 - needed : index + 1])
-
-
-@pytest.mark.parametrize(
-    ("value", "parsed"),
-    [
-        (f"00-{TRACE}-{PARENT}-01", (TRACE, PARENT, "01")),
-        (f"01-{TRACE}-{PARENT}-01", (TRACE, PARENT, "01")),  # a later version, read as 00
-        (f"01-{TRACE}-{PARENT}-01-more", (TRACE, PARENT, "01")),
-        (f"00-{TRACE}-{PARENT}-01-more", None),  # version 00 has nothing after the flags
-        (f"ff-{TRACE}-{PARENT}-01", None),  # version ff is invalid
-        (f"00-{'0' * 32}-{PARENT}-01", None),  # all-zero trace id
-        (f"00-{TRACE}-{'0' * 16}-01", None),  # all-zero parent
-        (f"00-{TRACE.upper()}-{PARENT}-01", None),  # upper-case hex
-        (f"00-{TRACE}x{PARENT}-01", None),
-        ("garbage", None),
-    ],
-)
-def test_traceparent_is_parsed_as_w3c_trace_context_says(
-    value: str, parsed: tuple[str, str, str] | None
-) -> None:
-    assert _parse(value.encode()) == parsed
 
 
 @pytest.mark.parametrize(
@@ -139,11 +118,11 @@ class App:
 @asynccontextmanager
 async def sidecar_beside(
     app: App, *, bus: Bus | None = None, **options: object
-) -> AsyncIterator[tuple[Sidecar, EmbeddedRegistry, list[Span]]]:
+) -> AsyncIterator[tuple[Sidecar, EmbeddedRegistry, Sink]]:
     registry = EmbeddedRegistry()
     registry.start()
     _, app_port = await app.server.start()
-    spans: list[Span] = []
+    spans = Sink()
     config = SidecarConfig(
         service="notifications",
         app_host="127.0.0.1",
@@ -154,7 +133,7 @@ async def sidecar_beside(
         rise=1,
         **options,  # type: ignore[arg-type]
     )
-    sidecar = Sidecar(config, registry, bus=bus, record_span=spans.append)
+    sidecar = Sidecar(config, registry, bus=bus, telemetry=spans)
     await sidecar.start()
     try:
         yield sidecar, registry, spans
@@ -178,7 +157,7 @@ async def listed(registry: EmbeddedRegistry, service: str = "notifications") -> 
 async def test_the_app_is_registered_at_the_inbound_port_and_reached_through_it() -> None:
     """The registry lists the sidecar's inbound port; a request there reaches the app."""
     app = App()
-    async with sidecar_beside(app, version="2.0") as (_, registry, spans):
+    async with sidecar_beside(app, version="2.0") as (sidecar, registry, spans):
         await wait_for(lambda: _nonempty(listed(registry)))
         [instance] = await listed(registry)
         assert instance.version == "2.0"
@@ -196,15 +175,12 @@ async def test_the_app_is_registered_at_the_inbound_port_and_reached_through_it(
         assert sent is not None
         assert sent.startswith(f"00-{TRACE}-")
         assert PARENT not in sent
-        await wait_for(lambda: _true(bool(spans)))
-        span = spans[-1]
-        assert (span.kind, span.trace_id, span.parent_id, span.status) == (
-            "server",
-            TRACE,
-            PARENT,
-            200,
-        )
-        assert sent == f"00-{TRACE}-{span.span_id}-01"  # the app's parent is this span
+        assert sidecar.exporter is not None
+        await sidecar.exporter.flush()
+        span = spans.spans[-1]
+        assert (span["kind"], span["traceId"], span["parentSpanId"]) == (2, TRACE, PARENT)
+        assert attributes(span)["http.response.status_code"] == "200"
+        assert sent == f"00-{TRACE}-{span['spanId']}-01"  # the app's parent is this span
 
 
 async def test_an_app_failing_its_health_check_leaves_and_comes_back() -> None:
@@ -363,7 +339,9 @@ async def test_outbound_reaches_services_by_name_with_retries() -> None:
             'meshkit_sidecar_outbound_requests_total{code="200",route="orders",service="orders"}'
             " 20.0" in text
         )
-        assert {span.kind for span in spans} == {"client"}
+        assert sidecar.exporter is not None
+        await sidecar.exporter.flush()
+        assert {span["kind"] for span in spans.spans} == {3}  # CLIENT: the app's calls
 
 
 async def _nonempty(pending: Awaitable[list[Instance]]) -> bool:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from meshkit._env import read_registry
+from meshkit._env import otlp_variables, read_registry
 from meshkit._signals import until_stopped
 from meshkit.cli._app import app, fail
 from meshkit.cli._project import (
@@ -21,6 +22,7 @@ from meshkit.control import load_token
 from meshkit.deploy import load_project
 from meshkit.errors import ConfigError, MeshkitError
 from meshkit.gateway import AccessLog, Gateway, GatewayConfig
+from meshkit.observe import OtlpHttpSink, destination
 from meshkit.registry import Registry, open_registry
 
 
@@ -41,14 +43,32 @@ def _reload(gateway: Gateway, directory: Path) -> None:
         typer.echo(f"gateway: reloaded, {len(gateway.config.routes)} route(s)", err=True)
 
 
-async def _serve(config: GatewayConfig, registry: Registry, directory: Path, token: str) -> None:
+def _telemetry(registry_url: str, token: str) -> OtlpHttpSink | None:
+    """Where spans and the access log go: the control plane or an OTEL_EXPORTER_OTLP_* collector."""
+    where = destination(control=registry_url, token=token, variables=otlp_variables())
+    if where.traces is None and where.logs is None:
+        return None
+    return OtlpHttpSink(where)
+
+
+async def _serve(
+    config: GatewayConfig,
+    registry: Registry,
+    directory: Path,
+    token: str,
+    *,
+    registry_url: str,
+    access_log: bool,
+) -> None:
     gateway = Gateway(
         config,
         registry,
-        access_log=AccessLog(),
+        access_log=AccessLog() if access_log else None,
         project_dir=directory,
         admin_token=token,
         reloader=lambda: _read_again(directory),
+        telemetry=_telemetry(registry_url, token),
+        instance=f"gateway-{config.port}",
     )
     host, port = await gateway.start()
     typer.echo(f"gateway on http://{host}:{port}, {len(config.routes)} route(s)", err=True)
@@ -64,7 +84,18 @@ async def _serve(config: GatewayConfig, registry: Registry, directory: Path, tok
 
 
 @app.command(context_settings=OLD_FORM)
-def gateway(context: typer.Context, *, project: ProjectOption = None) -> None:
+def gateway(
+    context: typer.Context,
+    *,
+    project: ProjectOption = None,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log",
+            help="Also print each request as a JSON line on standard output.",
+        ),
+    ] = False,
+) -> None:
     """Run the API gateway of a project's [gateway] section, finding services in the registry.
 
     `meshkit up` runs it when meshkit.toml has a [gateway] section; run it
@@ -72,6 +103,10 @@ def gateway(context: typer.Context, *, project: ProjectOption = None) -> None:
     default: the project's control plane). SIGHUP (or POST /admin/reload)
     reads the section again and uses it without dropping connections; a
     section with an error is refused and the running configuration stays.
+
+    Traces and the access log (log records) go to the control plane, or
+    to the collector the OTEL_EXPORTER_OTLP_* variables name;
+    --access-log prints the access log as well.
     """
     found = open_project(positional_alias(context, project, "gateway"))
     if found.gateway is None:
@@ -84,6 +119,15 @@ def gateway(context: typer.Context, *, project: ProjectOption = None) -> None:
     except MeshkitError as error:
         fail(str(error))
     try:
-        asyncio.run(_serve(found.gateway, registry, found.directory, token))
+        asyncio.run(
+            _serve(
+                found.gateway,
+                registry,
+                found.directory,
+                token,
+                registry_url=url,
+                access_log=access_log,
+            )
+        )
     except MeshkitError as error:  # a JWT secret or key file, an address that cannot be used
         fail(str(error))

@@ -9,13 +9,13 @@ from typing import Annotated
 import typer
 
 from meshkit import _env
-from meshkit._env import ENV, read_bus, read_registry
+from meshkit._env import ENV, otlp_variables, read_bus, read_registry
 from meshkit._signals import until_stopped
 from meshkit.bus import Bus, open_bus
 from meshkit.bus._open import bus_url
 from meshkit.cli._app import app, fail
 from meshkit.errors import MeshkitError
-from meshkit.gateway import AccessLog
+from meshkit.observe import OtlpHttpSink, destination
 from meshkit.registry import Registry, open_registry
 from meshkit.sidecar import Sidecar, SidecarConfig
 from meshkit.sidecar._events import parse_route
@@ -31,12 +31,20 @@ def _address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def _run(config: SidecarConfig, registry: Registry, bus_at: str | None) -> None:
-    spans = AccessLog()
+def _telemetry(registry_url: str | None) -> OtlpHttpSink | None:
+    """Spans go to the control plane, or the OTEL_EXPORTER_OTLP_* collector; else nowhere."""
+    where = destination(control=registry_url, token=_env.token(), variables=otlp_variables())
+    return None if where.traces is None else OtlpHttpSink(where)
+
+
+async def _run(
+    config: SidecarConfig, registry: Registry, bus_at: str | None, registry_url: str | None
+) -> None:
     bus = None
     try:
         bus = None if bus_at is None else await open_bus(bus_at, token=_env.token())
-        sidecar = Sidecar(config, registry, bus=bus, record_span=spans)
+        telemetry = _telemetry(registry_url)
+        sidecar = Sidecar(config, registry, bus=bus, telemetry=telemetry)
         inbound, outbound = await sidecar.start()
     except BaseException:
         await _close(registry, bus)
@@ -50,7 +58,6 @@ async def _run(config: SidecarConfig, registry: Registry, bus_at: str | None) ->
         await until_stopped()
     finally:
         await sidecar.aclose()
-        spans.flush()
         await _close(registry, bus)
 
 
@@ -129,8 +136,8 @@ def sidecar(
 
     Needs MESHKIT_REGISTRY (the control plane's URL, or etcd://) and
     MESHKIT_TOKEN; subscriptions take messages from MESHKIT_BUS, by default
-    the control plane's. A 2xx answer acks a message. Spans are written to
-    standard output, one JSON line each.
+    the control plane's. A 2xx answer acks a message. Spans go to the
+    control plane as OTLP (or to the collector OTEL_EXPORTER_OTLP_* names).
     """
     app_host, app_port = _address(app_address)
     url = read_registry()
@@ -166,7 +173,7 @@ def sidecar(
         fail(str(error))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        asyncio.run(_run(config, registry, bus_at))
+        asyncio.run(_run(config, registry, bus_at, url))
     except MeshkitError as error:
         fail(str(error))
     except OSError as error:

@@ -7,6 +7,7 @@ from meshkit.gateway._config import (
     GlobalLimit,
     RedisConfig,
     RouteConfig,
+    TracingConfig,
 )
 from meshkit.gateway._cors import CorsConfig
 from meshkit.gateway._filters import READY_PATH
@@ -25,4 +26,5 @@ __all__ = [
     "JwtConfig",
     "RedisConfig",
     "RouteConfig",
+    "TracingConfig",
 ]

@@ -34,9 +34,17 @@
     [gateway.admin]                   # the admin API and /metrics, on a port of their own
     port = 8001                       # host defaults to 127.0.0.1; needs the project's token
 
+    [gateway.tracing]                 # W3C trace context, spans sent with the access log
+    ratio = 1.0                       # share of new traces sampled (0 to 1); a request
+                                      # arriving with a trace context keeps its decision
+
     [gateway.redis]                   # without it, global limits live in this process
     url = "redis://127.0.0.1:6379/0"
     on_unreachable = "open"           # required: "open" admits, "closed" answers 503
+
+``access_log = true`` (the default) makes each request a log record, sent
+with the traces (never printed by ``meshkit up``; ``meshkit gateway
+--access-log`` prints it too).
 
 Routes need a key unless they say ``auth = "none"``: a forgotten setting
 refuses requests rather than exposing a service. Requests without a key
@@ -62,7 +70,15 @@ from meshkit.proxy import route_breaker
 from meshkit.ratelimit.redis import check_url
 from meshkit.registry._model import check_host
 
-__all__ = ["AdminConfig", "ApiKey", "GatewayConfig", "GlobalLimit", "RedisConfig", "RouteConfig"]
+__all__ = [
+    "AdminConfig",
+    "ApiKey",
+    "GatewayConfig",
+    "GlobalLimit",
+    "RedisConfig",
+    "RouteConfig",
+    "TracingConfig",
+]
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -100,6 +116,19 @@ class AdminConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     host: str = "127.0.0.1"  # the admin API reloads and reveals: keep it off public addresses
 
 
+class TracingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[gateway.tracing]``: the sampling of traces the gateway starts.
+
+    ``ratio`` 1.0 by default: OpenTelemetry's SDKs default to sampling
+    every trace (``parentbased_always_on``), and a project's first order
+    should be found in ``meshkit traces``. At high rates lower it: the
+    gateway then records only that share of new traces, and the services
+    follow its decision through the sampled flag.
+    """
+
+    ratio: float = 1.0
+
+
 class RouteConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     path: str
     service: str
@@ -133,6 +162,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     redis: RedisConfig | None = None
     cors: CorsConfig | None = None
     admin: AdminConfig | None = None
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    access_log: bool = True  # each request a log record, sent with the traces
     # One breaker per route and method ([gateway.breaker]): 5 failures in a
     # row, or half of at least 20 calls in 10 s, open it for 1 s at a time;
     # 2 successful probes close it (see meshkit.proxy.route_breaker).
@@ -161,6 +192,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 )
             if self.admin.port == self.port:
                 raise ConfigError("gateway.admin.port", "is also gateway.port")
+        if not 0.0 <= self.tracing.ratio <= 1.0:
+            raise ConfigError(
+                "gateway.tracing.ratio", f"must be between 0 and 1, got {self.tracing.ratio}"
+            )
         self._check_api_keys()
         _limit("gateway.anonymous", self.anonymous_rate, self.anonymous_burst)
         if self.jwt is not None:

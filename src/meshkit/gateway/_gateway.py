@@ -14,6 +14,7 @@ import msgspec
 from meshkit._clock import Clock, SystemClock
 from meshkit.discovery import Directory
 from meshkit.errors import ConfigError, EnvironmentFaultError
+from meshkit.gateway._access import AccessRecords
 from meshkit.gateway._admin import AdminApi
 from meshkit.gateway._config import GatewayConfig
 from meshkit.gateway._cors import Cors
@@ -21,6 +22,7 @@ from meshkit.gateway._filters import READY_PATH, ApiKeys, ClientLimits, Routes
 from meshkit.gateway._global import GlobalLimits
 from meshkit.gateway._jwt import JwtAuth
 from meshkit.http import Timeouts
+from meshkit.observe import Exporter, Identity, Recorder, RecorderCollector, Sampler, Sink
 from meshkit.proxy import (
     Filter,
     Forwarder,
@@ -28,6 +30,7 @@ from meshkit.proxy import (
     ProxyMetrics,
     ProxyServer,
     Ready,
+    Tracing,
     Upstreams,
 )
 from meshkit.ratelimit import LimitStore, MemoryLimitStore
@@ -71,6 +74,14 @@ class Gateway:
     connection: requests in flight finish under the filters they started
     with. ``metrics`` counts every request; ``[gateway.admin]`` serves them
     and the admin API on a listener of its own, which needs ``admin_token``.
+
+    With ``telemetry`` (a ``meshkit.observe.Sink``: the control plane, a
+    collector), each request carries W3C trace context upstream, sampled
+    as ``[gateway.tracing]`` says; sampled ones are recorded as a SERVER
+    span and a CLIENT span per attempt, and with ``access_log`` every
+    request is a log record too, all sent in the background as
+    ``service.name`` "gateway", ``service.instance.id`` ``instance``.
+    ``recorder`` holds them meanwhile (its counts are in ``metrics``).
     """
 
     def __init__(
@@ -84,6 +95,8 @@ class Gateway:
         project_dir: Path | None = None,
         admin_token: str | None = None,
         reloader: Callable[[], GatewayConfig] | None = None,
+        telemetry: Sink | None = None,
+        instance: str = "",
     ) -> None:
         if config.admin is not None and not admin_token:
             raise ConfigError("gateway.admin", "the admin API needs a token (MESHKIT_TOKEN)")
@@ -97,6 +110,14 @@ class Gateway:
         self.limit_store: LimitStore | None = (
             _limit_store(config, clock) if config.global_limits else None
         )
+        self.recorder: Recorder | None = None
+        self.exporter: Exporter | None = None
+        self._tracing: Tracing | None = None
+        if telemetry is not None:
+            self.recorder = Recorder(ratio=config.tracing.ratio, rng=rng)
+            resource = Identity(service="gateway", instance=instance).resource()
+            self.exporter = Exporter(self.recorder, telemetry, resource=resource, clock=clock)
+            self._tracing = Tracing(self.recorder, clock, server=True, client=True)
         forwarder = Forwarder(
             # At the edge nothing a client says about itself is believed.
             forwarding=Forwarding(pseudonym="meshkit-gateway", trust_forwarded=False),
@@ -105,6 +126,10 @@ class Gateway:
         self.server = ProxyServer(self._filters(config), forwarder, retrier=self.upstreams)
         self.metrics = ProxyMetrics(self.upstreams.breakers, prefix="meshkit_gateway")
         self.server.on_exchange.append(self.metrics.observe)
+        if self.recorder is not None:
+            self.metrics.registry.register(RecorderCollector(self.recorder, "meshkit_gateway"))
+            if config.access_log:
+                self.server.on_exchange.append(AccessRecords(self.recorder, clock))
         self._access_log = access_log
         if access_log is not None:
             self.server.on_exchange.append(access_log)
@@ -123,6 +148,7 @@ class Gateway:
             )
         optional: list[Filter | None] = [
             Ready(READY_PATH),
+            self._tracing,
             Cors(config.cors) if config.cors else None,
             Routes(config),
             ApiKeys(config),
@@ -136,6 +162,8 @@ class Gateway:
             config.call_policy(), try_timeout=config.try_timeout, breaker=config.breaker
         )
         self.client_limits, self.global_limits = client_limits, global_limits
+        if self.recorder is not None:
+            self.recorder.sampler = Sampler(config.tracing.ratio)
         return [layer for layer in optional if layer is not None]
 
     def reload(self, config: GatewayConfig) -> None:
@@ -151,6 +179,8 @@ class Gateway:
                 raise ConfigError(f"gateway.{name}", "changes only with a restart")
         if config.global_limits and self.limit_store is None:
             raise ConfigError("gateway.global_limits", "added only with a restart")
+        if config.access_log != self.config.access_log:
+            raise ConfigError("gateway.access_log", "changes only with a restart")
         self.server.filters = self._filters(config)
         self.config = config
 
@@ -165,6 +195,8 @@ class Gateway:
             except BaseException:
                 await self.server.aclose(grace=0)
                 raise
+        if self.exporter is not None:
+            self.exporter.start()
         return address
 
     async def aclose(self, grace: float = 10.0) -> None:
@@ -173,6 +205,8 @@ class Gateway:
         await self.server.aclose(grace=grace)
         if self._access_log is not None:
             self._access_log.flush()
+        if self.exporter is not None:
+            await self.exporter.aclose()
         await self.directory.aclose()
         if self.limit_store is not None:
             await self.limit_store.aclose()

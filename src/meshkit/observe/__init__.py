@@ -2,8 +2,14 @@
 
 Every meshkit process sends its spans and log records over OTLP/HTTP to the
 control plane by default, or to any OpenTelemetry collector named by the
-standard ``OTEL_EXPORTER_OTLP_*`` variables (``destination``);
-``start_telemetry`` sets a process up to do so, once.
+standard ``OTEL_EXPORTER_OTLP_*`` variables (``destination``).
+
+Services, the bus and sagas record with OpenTelemetry's SDK, which
+``start_telemetry`` sets up once per process. On a proxy's hot path (the
+gateway, the sidecar) spans and log records go through a ``Recorder``, much
+cheaper than the SDK, and an ``Exporter`` sends them as standard OTLP/HTTP;
+``meshkit.observe`` also holds the W3C Trace Context and Baggage header
+rules they share.
 """
 
 from meshkit.observe._destination import (
@@ -13,24 +19,62 @@ from meshkit.observe._destination import (
     destination,
     standard_variables,
 )
+from meshkit.observe._export import Exporter, OtlpHttpSink, Sink
 from meshkit.observe._logs import LIFECYCLE, OTLPHandler, console_handler, install_record_fields
 from meshkit.observe._queue import ExportQueue, QueueStatistics
+from meshkit.observe._recorder import (
+    CLIENT,
+    SERVER,
+    LogRecord,
+    Recorder,
+    RecorderLimits,
+    RecorderStatistics,
+    Sampler,
+    SpanRecord,
+)
+from meshkit.observe._recorder_metrics import RecorderCollector
 from meshkit.observe._setup import Telemetry, TelemetryStatistics, start_telemetry
 from meshkit.observe._tracer import tracer
+from meshkit.observe._w3c import (
+    format_baggage,
+    format_traceparent,
+    parse_baggage,
+    parse_traceparent,
+    parse_traceparents,
+    parse_tracestate,
+)
 
 __all__ = [
+    "CLIENT",
     "LIFECYCLE",
+    "SERVER",
     "Destination",
     "Endpoint",
     "ExportQueue",
+    "Exporter",
     "Identity",
+    "LogRecord",
     "OTLPHandler",
+    "OtlpHttpSink",
     "QueueStatistics",
+    "Recorder",
+    "RecorderCollector",
+    "RecorderLimits",
+    "RecorderStatistics",
+    "Sampler",
+    "Sink",
+    "SpanRecord",
     "Telemetry",
     "TelemetryStatistics",
     "console_handler",
     "destination",
+    "format_baggage",
+    "format_traceparent",
     "install_record_fields",
+    "parse_baggage",
+    "parse_traceparent",
+    "parse_traceparents",
+    "parse_tracestate",
     "standard_variables",
     "start_telemetry",
     "tracer",

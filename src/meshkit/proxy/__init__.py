@@ -4,8 +4,9 @@ A ``ProxyServer`` parses requests from clients, runs each through its
 ``Filter`` layers (which choose ``request.upstream`` or answer), and the
 ``Forwarder``'s pooled connections carry it upstream; bodies stream both
 ways. ``Upstreams`` finds each request's instance through
-``meshkit.discovery`` and retries failed attempts on another; ``Ready``
-and ``ProxyMetrics`` are the health check and the metrics every proxy has.
+``meshkit.discovery`` and retries failed attempts on another; ``Ready``,
+``ProxyMetrics`` and ``Tracing`` are the health check, the metrics and the
+W3C trace context with its spans that every proxy has.
 """
 
 from meshkit.proxy._chain import Filter, RequestDecision, Retrier
@@ -17,6 +18,7 @@ from meshkit.proxy._metrics import CONTENT_TYPE, ProxyMetrics
 from meshkit.proxy._ready import Ready
 from meshkit.proxy._route import RoutePolicy, RouteSplit
 from meshkit.proxy._server import Exchange, ProxyServer
+from meshkit.proxy._tracing import RequestTrace, Tracing
 from meshkit.proxy._upstreams import UpstreamCall, Upstreams, route_breaker
 
 __all__ = [
@@ -34,9 +36,11 @@ __all__ = [
     "ProxyServer",
     "Ready",
     "RequestDecision",
+    "RequestTrace",
     "Retrier",
     "RoutePolicy",
     "RouteSplit",
+    "Tracing",
     "UpstreamCall",
     "Upstreams",
     "error_response",

@@ -13,6 +13,7 @@ from meshkit.http._config import Limits, Timeouts
 from meshkit.http._pool import ConnectionPool
 from meshkit.proxy._headers import Forwarding, request_headers
 from meshkit.proxy._message import ProxyRequest
+from meshkit.proxy._tracing import TRACE_HEADERS
 from meshkit.proxy._upstream import UpstreamConnection
 
 __all__ = ["PROXY_LIMITS", "Forwarder"]
@@ -23,6 +24,8 @@ __all__ = ["PROXY_LIMITS", "Forwarder"]
 PROXY_LIMITS = Limits(max_connections=512, max_idle=512, idle_timeout=4.0)
 # Framing is written afresh; Expect is answered here; the request id is set below.
 _NOT_FORWARDED = frozenset({b"content-length", b"expect", b"x-request-id"})
+# With a trace on the request, its context is written afresh too.
+_NOT_FORWARDED_TRACED = _NOT_FORWARDED | TRACE_HEADERS
 
 
 class Forwarder:
@@ -47,10 +50,14 @@ class Forwarder:
             request.headers, self.forwarding, client=request.client, scheme=request.scheme
         )
         lines = [f"{request.method} {request.target} HTTP/1.1\r\n".encode("latin-1")]
+        trace = request.trace
+        dropped = _NOT_FORWARDED if trace is None else _NOT_FORWARDED_TRACED
         for name, value in headers:
-            if name not in _NOT_FORWARDED:
+            if name not in dropped:
                 lines.append(b"%s: %s\r\n" % (name, value))
         lines.append(b"x-request-id: %s\r\n" % request.request_id.encode("ascii"))
+        if trace is not None:
+            lines.append(trace.headers())
         return b"".join(lines)
 
     def done(self, connection: UpstreamConnection, *, reusable: bool) -> None:

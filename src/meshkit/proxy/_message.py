@@ -12,6 +12,7 @@ from meshkit.http import Problem, encode_problem
 from meshkit.proxy._route import RoutePolicy
 
 if TYPE_CHECKING:
+    from meshkit.proxy._tracing import RequestTrace
     from meshkit.proxy._upstreams import UpstreamCall
 
 __all__ = ["ProxyRequest", "ProxyResponse", "RequestIds", "error_response", "reason"]
@@ -65,6 +66,8 @@ class ProxyRequest:
       refused), ``None`` for a request that is not cross-origin.
     - ``call``: ``Upstreams``: the attempts of the request and its route's
       breaker ticket.
+    - ``trace``: ``Tracing``: the request's trace context and spans, which
+      the engine tells of each attempt and writes upstream.
     - ``status``: the engine, once the answer's status is known.
     """
 
@@ -88,6 +91,7 @@ class ProxyRequest:
         "service",
         "started",
         "status",
+        "trace",
         "upstream",
         "version",
     )
@@ -125,6 +129,7 @@ class ProxyRequest:
         self.rate_limit: Headers | None = None
         self.cors_origin: bytes | None = None
         self.call: UpstreamCall | None = None
+        self.trace: RequestTrace | None = None
         self.status = 0
         self._finally: list[Callable[[], None]] | None = None
 

@@ -49,7 +49,8 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     ``status`` is 0 when no complete answer could be written (the client
     left, or the upstream failed after the answer had begun); ``error``
     then says why. ``upstream`` is ``host:port`` when one was chosen;
-    ``route`` and ``service`` are what the routing filter set on the request.
+    ``route`` and ``service`` are what the routing filter set on the request;
+    ``trace_id`` and ``span_id`` (hex) its trace context when it is traced.
     """
 
     request_id: str
@@ -64,6 +65,8 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     route: str | None
     service: str | None
     error: str | None
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 Observer = Callable[[Exchange], None]
@@ -106,17 +109,23 @@ class ProxyServer(Listener[ClientConnection]):
 
     def request_finished(self, stream: Stream) -> None:
         self._request_done()
+        request, response, error = stream.request, stream.response, stream.error
+        trace = request.trace
+        if trace is None and not self.on_exchange:
+            return
+        complete = response is not None and not (error is not None and response.upstream)
+        status = response.status if complete and response is not None else 0
+        if trace is not None:
+            trace.finished(request, status, error)
         if not self.on_exchange:
             return
-        request, response, error = stream.request, stream.response, stream.error
         upstream = request.upstream
-        complete = response is not None and not (error is not None and response.upstream)
         record = Exchange(
             request_id=request.request_id,
             method=request.method,
             path=request.path,
             client=request.client,
-            status=response.status if complete and response is not None else 0,
+            status=status,
             duration=self.loop.time() - request.started,
             received=stream.received,
             sent=stream.sent,
@@ -124,6 +133,8 @@ class ProxyServer(Listener[ClientConnection]):
             route=request.route,
             service=request.service,
             error=None if error is None else f"{type(error).__name__}: {error}",
+            trace_id=None if trace is None else trace.trace_id.decode("ascii"),
+            span_id=None if trace is None else trace.span_id.decode("ascii"),
         )
         for observer in self.on_exchange:
             observer(record)

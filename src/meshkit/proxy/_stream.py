@@ -178,6 +178,8 @@ class Stream:
         if origin is None:
             self.fail_before_answer(UsageError("no filter chose an upstream for this request"))
             return
+        if request.trace is not None:
+            request.trace.attempt_started(request)
         loop = self._client.loop
         if request.deadline is not None and self._deadline_timer is None:
             self._deadline_timer = loop.call_at(request.deadline, self._deadline_passed)
@@ -198,6 +200,8 @@ class Stream:
             connection, reused = await forwarder.pool.acquire(origin, connect, fresh=fresh)
         except MeshkitError as error:
             self._task = None
+            if self.request.trace is not None:
+                self.request.trace.attempt_ended(error)
             if not self._try_again(error):
                 self.fail_before_answer(error)
             return
@@ -280,6 +284,8 @@ class Stream:
 
     def upstream_head(self, status: int, headers: Headers, length: int | None) -> None:
         request = self.request
+        if request.trace is not None:
+            request.trace.attempt_answered(status)
         if status in RETRYABLE_STATUSES and self._try_again(status):
             return
         response = ProxyResponse(
@@ -326,6 +332,8 @@ class Stream:
     def upstream_done(self, connection: UpstreamConnection, *, reusable: bool) -> None:
         self._server.forwarder.done(connection, reusable=reusable)
         self.upstream = None
+        if self.request.trace is not None:
+            self.request.trace.attempt_ended(None)
         if self._chunked_out:
             self._out.append(_LAST_CHUNK)
         self.upstream_flush()
@@ -338,6 +346,9 @@ class Stream:
         self.upstream = None
         if self.finished:
             return
+        trace = self.request.trace
+        if trace is not None:
+            trace.attempt_ended(error)
         if self.response is not None:
             self.upstream_flush()
             self._client.abort()
@@ -355,6 +366,8 @@ class Stream:
         ):
             # A kept-alive connection the upstream closed as we reused it.
             self._reused = False
+            if trace is not None:
+                trace.attempt_started(request)
             self._task = self._client.loop.create_task(self._connect(request.upstream, fresh=True))
             return
         if not self._try_again(error):
@@ -390,6 +403,8 @@ class Stream:
             return False
         if delay is None:
             return False
+        if self.request.trace is not None:
+            self.request.trace.attempt_ended(None if isinstance(failure, int) else failure)
         self._drop_upstream()
         self._reused = False
         self._retry_timer = loop.call_later(delay, self._forward)

@@ -2,14 +2,14 @@
 
 ``meshkit sidecar --service NAME --app HOST:PORT --health PATH`` registers
 the app while its health check passes, proxies inbound traffic to it with
-metrics and trace spans, and gives it an outbound port where
+metrics and trace spans (sent as OTLP, as the gateway's are), and gives it an outbound port where
 ``/<service>/<path>`` reaches any service by name. With ``--subscribe``
 it also takes a consumer group's messages from the bus and POSTs them to
 the app.
 """
 
 from meshkit.sidecar._events import EventRoute
-from meshkit.sidecar._filters import METRICS_PATH, READY_PATH, Span
+from meshkit.sidecar._filters import METRICS_PATH, READY_PATH
 from meshkit.sidecar._health import HealthGate
 from meshkit.sidecar._sidecar import Sidecar, SidecarConfig
 
@@ -20,5 +20,4 @@ __all__ = [
     "HealthGate",
     "Sidecar",
     "SidecarConfig",
-    "Span",
 ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
 
 import msgspec
 
@@ -24,6 +23,7 @@ from meshkit.bus import Bus, Subscription, subscribe
 from meshkit.discovery import CallPolicy, Directory
 from meshkit.errors import ConfigError
 from meshkit.http import HTTPClient, Timeouts
+from meshkit.observe import Exporter, Identity, Recorder, RecorderCollector, Sink
 from meshkit.policy import Redelivery, RetryPolicy
 from meshkit.proxy import (
     Forwarder,
@@ -31,6 +31,7 @@ from meshkit.proxy import (
     ProxyMetrics,
     ProxyServer,
     Ready,
+    Tracing,
     Upstreams,
     route_breaker,
 )
@@ -41,7 +42,7 @@ from meshkit.sidecar._events import (
     check_app_path,
     check_max_deliveries,
 )
-from meshkit.sidecar._filters import READY_PATH, ByName, Metrics, Span, ToApp, Tracing
+from meshkit.sidecar._filters import READY_PATH, ByName, Metrics, ToApp
 from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
 
 __all__ = ["Sidecar", "SidecarConfig"]
@@ -125,7 +126,17 @@ class SidecarConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Sidecar:
-    """``start()`` opens both ports and begins checking the app; ``aclose()`` leaves first."""
+    """``start()`` opens both ports and begins checking the app; ``aclose()`` leaves first.
+
+    With ``telemetry`` (a ``meshkit.observe.Sink``), requests carry W3C
+    trace context both ways, and sampled ones are recorded: a SERVER span
+    per inbound request (the app's parent), a CLIENT span per outbound
+    attempt, sent as the service's (``service.name``) from this instance.
+    A request without a context starts a trace, sampled at ``ratio``
+    (default 1.0, as OpenTelemetry's SDKs default to; the gateway's
+    decision is followed whenever it made one). Without ``telemetry``,
+    trace headers pass through untouched.
+    """
 
     def __init__(
         self,
@@ -135,7 +146,8 @@ class Sidecar:
         bus: Bus | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        record_span: Callable[[Span], None] | None = None,
+        telemetry: Sink | None = None,
+        ratio: float = 1.0,
     ) -> None:
         if config.events and bus is None:
             raise ConfigError(
@@ -160,11 +172,27 @@ class Sidecar:
             prefix="meshkit_sidecar_outbound",
             registry=inbound_metrics.registry,  # one scrape for both
         )
+        self.recorder: Recorder | None = None
+        self.exporter: Exporter | None = None
+        inbound_tracing = outbound_tracing = None
+        if telemetry is not None:
+            self.recorder = recorder = Recorder(ratio=ratio, rng=rng)
+            identity = Identity(
+                service=config.service, instance=config.instance_id or "", version=config.version
+            )
+            self.exporter = Exporter(recorder, telemetry, resource=identity.resource(), clock=clock)
+            inbound_tracing = Tracing(recorder, clock, server=True, client=False)
+            outbound_tracing = Tracing(recorder, clock, server=False, client=True)
+            inbound_metrics.registry.register(RecorderCollector(recorder, "meshkit_sidecar"))
         self.inbound = ProxyServer(
             [
-                Ready(READY_PATH, self.registered, "the app is not registered (yet)"),
-                Tracing("server", record_span, clock, rng),
-                ToApp(app),
+                layer
+                for layer in (
+                    Ready(READY_PATH, self.registered, "the app is not registered (yet)"),
+                    inbound_tracing,
+                    ToApp(app),
+                )
+                if layer is not None
             ],
             Forwarder(
                 forwarding=Forwarding(
@@ -177,10 +205,14 @@ class Sidecar:
         forwarding = Forwarding(pseudonym="meshkit-sidecar", trust_forwarded=True)
         self.outbound = ProxyServer(
             [
-                Metrics(inbound_metrics.exposition),
-                Tracing("client", record_span, clock, rng),
-                ByName(),
-                self.upstreams,
+                layer
+                for layer in (
+                    Metrics(inbound_metrics.exposition),
+                    outbound_tracing,
+                    ByName(),
+                    self.upstreams,
+                )
+                if layer is not None
             ],
             Forwarder(forwarding=forwarding, timeouts=timeouts),
             retrier=self.upstreams,
@@ -224,6 +256,8 @@ class Sidecar:
         )
         self._task = asyncio.get_running_loop().create_task(self.registrar.run())
         self.ports = (inbound, outbound)
+        if self.exporter is not None:
+            self.exporter.start()
         try:
             await self._subscribe(self.registrar)
         except BaseException:
@@ -286,3 +320,5 @@ class Sidecar:
                 )
                 await self.directory.aclose()
                 await self._events_http.aclose()
+                if self.exporter is not None:
+                    await self.exporter.aclose()

@@ -1,0 +1,143 @@
+"""What observability costs: the gateway with tracing off, at 1% and at 100%.
+
+    python -m benchmarks.observe [--json FILE] [--quick]
+
+The gateway benchmark's set-up (``benchmarks.gateway``): one nginx backend
+and the proxies on core 1, wrk (one thread, 50 connections) on core 0.
+Three gateway processes, all filters on, differ only in tracing: off (no
+telemetry at all), and sampling 1% and 100% of new traces, each sending
+its spans as OTLP/HTTP JSON to a sink process (``benchmarks._otlp_sink``,
+on core 0 beside wrk: it stands in for the control plane, which on one
+machine would take CPU from whatever shares its core) that counts what it
+receives, so the spans are really exported during the measurement. The
+access log records are off in all three, so the figures are the
+tracing's. nginx as a reverse proxy runs in the same rounds, as the
+reference the gateway benchmark uses. Rounds take each target in turn;
+the median round of each is reported, with the CPU time each gateway
+process used per request.
+
+Each group of rows is a function; more (the SDK's call overhead, OTLP
+ingest by the control plane) belong beside ``gateway_tracing_rows``.
+
+Needs wrk and nginx (Debian: apt-get install wrk nginx).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+from benchmarks._gateway_process import API_KEY
+from benchmarks._load import median_run, wrk
+from benchmarks._report import Row, arguments, report
+from benchmarks.gateway import NGINX_BACKEND, NGINX_PROXY, config, cpu_seconds, running, worker
+from meshkit._net import free_port
+
+# The gateways measured: their name in the rows, and the sampling ratio (None: tracing off).
+GATEWAYS = {"off": None, "1%": 0.01, "100%": 1.0}
+
+
+def _sink_counts(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/count", timeout=5) as answer:
+        counts: dict[str, int] = json.loads(answer.read())
+    return counts
+
+
+def gateway_tracing_rows(*, seconds: int, rounds: int) -> list[Row]:
+    """The gateway's requests/s and CPU per request, tracing off, at 1% and at 100%."""
+    headers = {"x-api-key": API_KEY}
+    with tempfile.TemporaryDirectory(prefix="meshkit-observe-bench-") as tmp, ExitStack() as stack:
+        directory = Path(tmp)
+        backend, nginx_port, sink = free_port(), free_port(), free_port()
+        backend_conf = config(
+            directory, "backend.conf", NGINX_BACKEND.format(dir=tmp, port=backend)
+        )
+        proxy_conf = config(
+            directory, "proxy.conf", NGINX_PROXY.format(dir=tmp, port=nginx_port, upstream=backend)
+        )
+        stack.enter_context(running(["nginx", "-c", backend_conf], backend, 1))
+        nginx = stack.enter_context(running(["nginx", "-c", proxy_conf], nginx_port, 1))
+        stack.enter_context(
+            running(
+                [sys.executable, "-m", "benchmarks._otlp_sink", str(sink)], sink, 0, path="/count"
+            )
+        )
+        ports = {name: free_port() for name in GATEWAYS}
+        processes = {
+            name: stack.enter_context(
+                running(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks._gateway_process",
+                        str(ports[name]),
+                        str(backend),
+                        *(() if ratio is None else (str(ratio), str(sink))),
+                    ],
+                    ports[name],
+                    1,
+                    headers=headers,
+                )
+            )
+            for name, ratio in GATEWAYS.items()
+        }
+        targets = {"nginx": nginx_port, **ports}
+        serving = {"nginx": worker(nginx), **{name: p.pid for name, p in processes.items()}}
+        for port in targets.values():
+            wrk(f"http://127.0.0.1:{port}/", 1, headers=headers)  # warm up
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, port in targets.items():
+                pid = serving[name]
+                before, spans_before = cpu_seconds(pid), _sink_counts(sink)["spans"]
+                run = wrk(f"http://127.0.0.1:{port}/", seconds, headers=headers)
+                run["cpu"] = (cpu_seconds(pid) - before) / (run["rps"] * seconds) * 1e6
+                # Exported while the load ran (the last second's batch may land after).
+                run["spans"] = (_sink_counts(sink)["spans"] - spans_before) / seconds
+                runs[name].append(run)
+        results = {name: median_run(found) for name, found in runs.items()}
+    off = results["off"]
+    rows = [
+        Row("nginx (1 worker): requests/s", results["nginx"]["rps"], "req/s"),
+        Row("gateway tracing off: requests/s", off["rps"], "req/s"),
+        Row("gateway tracing off: CPU per request", off["cpu"], "us"),
+    ]
+    for name in ("1%", "100%"):
+        found = results[name]
+        rows.append(
+            Row(f"gateway tracing {name}", found["rps"], "req/s", off["rps"], "tracing off")
+        )
+        rows.append(
+            Row(
+                f"gateway tracing {name}: CPU per request",
+                found["cpu"],
+                "us",
+                off["cpu"],
+                "tracing off",
+            )
+        )
+        rows.append(Row(f"gateway tracing {name}: spans exported", found["spans"], "spans/s"))
+    return rows
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0] if __doc__ else "observability benchmark")
+    parser.add_argument("--quick", action="store_true", help="one second each, to check it runs")
+    args = parser.parse_args()
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(
+            f"benchmarks.observe needs {', '.join(missing)}: apt-get install {' '.join(missing)}"
+        )
+    seconds, rounds = (1, 1) if args.quick else (5, 3)
+    rows = gateway_tracing_rows(seconds=seconds, rounds=rounds)
+    report("What tracing costs the gateway", rows, args.json)
+
+
+if __name__ == "__main__":
+    main()
