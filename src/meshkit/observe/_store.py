@@ -296,7 +296,12 @@ class TelemetryStore:
                 (self._share_of("logs", share),),
             ).rowcount
             used = self._used_bytes()
-        db.execute("PRAGMA incremental_vacuum")
+        # Each step of this pragma frees one page, and execute() takes one step:
+        # executescript runs it to the end.
+        db.executescript("PRAGMA incremental_vacuum;")
+        # The freed pages leave the file when the WAL is written back into it; a
+        # reader in the middle of a query may delay that to the next purge.
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return Purged(traces=traces, logs=logs, used_bytes=used)
 
     def _delete_traces(self, chosen: str, parameters: tuple[int, ...]) -> int:
