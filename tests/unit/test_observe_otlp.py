@@ -10,7 +10,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -241,3 +244,18 @@ def test_log_records_in_both_encodings() -> None:
     assert batch.rejected == 1
     answer = ExportLogsServiceResponse.FromString(export_response("logs", batch, json=False))
     assert answer.partial_success.rejected_log_records == 1
+
+
+def test_times_beyond_what_sqlite_stores_are_refused() -> None:
+    """A time past 2**63 ns is a rejected span in protobuf and a bad field in JSON."""
+    request = ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    spans.add(trace_id=bytes.fromhex(TRACE), span_id=bytes.fromhex(SPAN), end_time_unix_nano=2**63)
+    spans.add(trace_id=bytes.fromhex(TRACE), span_id=bytes.fromhex(SPAN), name="kept")
+    batch = decode_traces(request.SerializeToString(), json=False)
+    assert [row[5] for row in batch.rows] == ["kept"]
+    assert batch.rejected == 1
+    body = traces_json({"traceId": TRACE, "spanId": SPAN, "endTimeUnixNano": str(2**64 - 1)})
+    with pytest.raises(InvalidArgumentError) as raised:
+        decode_traces(body, json=True)
+    assert raised.value.key == "endTimeUnixNano"

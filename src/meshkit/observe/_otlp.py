@@ -160,6 +160,7 @@ def _identity(attributes: dict[str, Any]) -> tuple[str, str]:
 
 
 _NO_TRACE = bytes(16)
+_TOO_LATE = 2**63  # protobuf's fixed64 times go further than SQLite's integers
 _NO_SPAN = bytes(8)
 
 
@@ -178,6 +179,9 @@ def _proto_spans(request: trace_service_pb2.ExportTraceServiceRequest) -> Batch:
                     continue
                 if len(span_id) != 8 or span_id == _NO_SPAN:
                     rejected, why = rejected + 1, "a span's span_id is not 8 bytes, not all zero"
+                    continue
+                if span.start_time_unix_nano >= _TOO_LATE or span.end_time_unix_nano >= _TOO_LATE:
+                    rejected, why = rejected + 1, "a span's time is past 2**63 ns (year 2262)"
                     continue
                 status = span.status
                 rows.append(
@@ -238,6 +242,12 @@ def _proto_logs(request: logs_service_pb2.ExportLogsServiceRequest, now_ns: int)
                 trace_id, span_id = record.trace_id, record.span_id
                 if len(trace_id) not in (0, 16) or len(span_id) not in (0, 8):
                     rejected, why = rejected + 1, "a log record's trace_id or span_id is malformed"
+                    continue
+                if (
+                    record.time_unix_nano >= _TOO_LATE
+                    or record.observed_time_unix_nano >= _TOO_LATE
+                ):
+                    rejected, why = rejected + 1, "a log record's time is past 2**63 ns (year 2262)"
                     continue
                 body = _proto_value(record.body) if record.HasField("body") else ""
                 rows.append(
@@ -380,13 +390,18 @@ def _decode_json(kind: type[Any], body: bytes) -> Any:
         raise InvalidArgumentError("body", f"is not valid JSON: {error}") from None
 
 
+_INT64 = range(-(2**63), 2**63)  # what SQLite stores; OTLP's times are below 2**63 until 2262
+
+
 def _whole(key: str, value: int | str) -> int:
     """A 64-bit integer of the JSON mapping: a number, or a decimal string."""
-    if isinstance(value, int):
-        return value
-    if value.isdigit() or (value[:1] == "-" and value[1:].isdigit()):
-        return int(value)
-    raise InvalidArgumentError(key, f"must be an integer, got {value!r}")
+    if isinstance(value, str):
+        if not (value.isdigit() or (value[:1] == "-" and value[1:].isdigit())):
+            raise InvalidArgumentError(key, f"must be an integer, got {value!r}")
+        value = int(value)
+    if value not in _INT64:
+        raise InvalidArgumentError(key, f"is out of the range of a signed 64-bit integer: {value}")
+    return value
 
 
 # The proto3 JSON mapping writes enums as names; OTLP's as integers. Both are read.
@@ -405,9 +420,7 @@ _SEVERITIES = {
 
 
 def _enum(key: str, value: int | str, names: dict[str, int]) -> int:
-    if isinstance(value, int):
-        return value
-    if value in names:
+    if isinstance(value, str) and value in names:
         return names[value]
     return _whole(key, value)
 

@@ -237,9 +237,9 @@ class TelemetryStore:
             try:
                 with self._write_lock:
                     self._write(spans, logs)
-            except sqlite3.Error:
-                # The disk is full or the file broke: these rows are lost, and
-                # counted as refused; the next batch tries again.
+            except Exception:  # noqa: BLE001 (the writer must outlive any batch)
+                # The disk is full or the file broke, or a row SQLite cannot take: these
+                # rows are lost, and counted as refused; the next batch tries again.
                 self._counts["spans_refused"] += len(spans)
                 self._counts["logs_refused"] += len(logs)
             else:
