@@ -350,3 +350,35 @@ def test_a_key_variable_too_short_is_refused_before_anything_starts(
     assert f"{tmp_path / 'meshkit.toml'}:" in str(caught.value)
     monkeypatch.setenv("TEST_STAFF_KEY", "long-enough-key")
     assert load_project(write(tmp_path, KEYED), check_ports=False).gateway is not None
+
+
+def test_telemetry_retention_has_defaults_and_can_be_set(tmp_path: Path) -> None:
+    """Without [telemetry] a day and 512 MiB are kept; the table sets other bounds."""
+    default = load_project(write(tmp_path, GOOD), check_ports=False).retention
+    assert (default.max_age, default.max_size) == (86400.0, 512 * 1024**2)
+    text = GOOD + '\n[telemetry]\nretention = "2h30m"\nmax_size = "1GiB"\n'
+    retention = load_project(write(tmp_path, text), check_ports=False).retention
+    assert (retention.max_age, retention.max_size) == (9000.0, 1024**3)
+    text = GOOD + "\n[telemetry]\nmax_size = 10000000\n"
+    assert load_project(write(tmp_path, text), check_ports=False).retention.max_size == 10**7
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "problem"),
+    [
+        ('retention = "forever"', "telemetry.retention", "must be a duration"),
+        ('max_size = "lots"', "telemetry.max_size", "must be a size"),
+        ('max_size = "1KiB"', "telemetry.max_size", "at least 65536 bytes"),
+        ("retention = 5", "telemetry.retention", "expected `str`"),
+        ('keep = "1d"', "telemetry.keep", "is not a known key"),
+    ],
+)
+def test_bad_telemetry_settings_name_their_key(
+    tmp_path: Path, table: str, key: str, problem: str
+) -> None:
+    """A bad [telemetry] value is a ConfigError naming its key and line."""
+    with pytest.raises(ConfigError) as raised:
+        load_project(write(tmp_path, f"{GOOD}\n[telemetry]\n{table}\n"), check_ports=False)
+    assert raised.value.key == key
+    assert problem in str(raised.value)
+    assert str(raised.value).endswith("meshkit.toml:19)")  # the line of the key

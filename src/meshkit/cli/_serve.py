@@ -13,6 +13,7 @@ import typer
 from meshkit.cli._app import app, fail
 from meshkit.control import DEFAULT_PORT, ControlPlane, load_token, token_path
 from meshkit.errors import MeshkitError
+from meshkit.observe import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention, parse_duration, parse_size
 from meshkit.service import Service
 
 
@@ -73,11 +74,23 @@ def control_plane(
     ] = Path(".meshkit"),
     host: Annotated[str, typer.Option(metavar="HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = DEFAULT_PORT,
+    retention: Annotated[
+        str, typer.Option(metavar="DURATION", help="Keep spans and logs this long (24h, 7d).")
+    ] = f"{DEFAULT_MAX_AGE / 3600:g}h",
+    max_size: Annotated[
+        str,
+        typer.Option(metavar="SIZE", help="Keep at most this much telemetry (512MiB, 2GiB)."),
+    ] = f"{DEFAULT_MAX_SIZE // 1024**2}MiB",
 ) -> None:
-    """Run the control plane: the registry and the event bus's broker, over HTTP."""
+    """Run the control plane: the registry, the event bus's broker and the telemetry store,
+    over HTTP."""
     try:
+        kept = Retention(
+            max_age=parse_duration("--retention", retention),
+            max_size=parse_size("--max-size", max_size),
+        )
         token = load_token(data_dir, create=True)
-        plane = ControlPlane(data_dir=data_dir, token=token, host=host, port=port)
+        plane = ControlPlane(data_dir=data_dir, token=token, host=host, port=port, retention=kept)
     except MeshkitError as error:
         fail(str(error))
     typer.echo(

@@ -1,4 +1,5 @@
-"""The control plane's registry API over HTTP/JSON (and the router to the bus's, ``_bus_api``).
+"""The control plane's registry API over HTTP/JSON (and the router to the bus's, ``_bus_api``,
+and to the telemetry's, ``_telemetry_api``).
 
     GET    /healthz                          no token needed
     POST   /v1/registry/instances            register   -> 201 {lease_id, ttl, epoch, index}
@@ -27,6 +28,7 @@ import msgspec
 from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
 from meshkit.control._bus_api import BusAPI
+from meshkit.control._telemetry_api import TelemetryAPI
 from meshkit.errors import ConfigError, InvalidArgumentError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.http import BEARER_CHALLENGE, Request, Response, bearer_authorized, json_response
 from meshkit.registry import EmbeddedRegistry, Instance, ServiceList, Snapshot, check_name
@@ -48,6 +50,7 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode_register = msgspec.json.Decoder(RegisterBody).decode
 _NO_CONTENT = Response(204, [], b"")
+_TELEMETRY = ("/v1/traces", "/v1/logs", "/v1/query/")
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
@@ -67,13 +70,19 @@ class RegistryAPI:
     """Turns HTTP requests into registry calls. ``handle`` is the server's handler."""
 
     def __init__(
-        self, registry: EmbeddedRegistry, *, token: str, bus: BusAPI | None = None
+        self,
+        registry: EmbeddedRegistry,
+        *,
+        token: str,
+        bus: BusAPI | None = None,
+        telemetry: TelemetryAPI | None = None,
     ) -> None:
         if len(token) < 16:
             raise ConfigError("token", "must be at least 16 characters")
         self._registry = registry
         self._token = token.encode()
         self._bus = bus
+        self._telemetry = telemetry
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """Answer at once, except a long poll, which returns an awaitable."""
@@ -87,6 +96,8 @@ class RegistryAPI:
         method = request.method
         if path.startswith("/v1/bus/") and self._bus is not None:
             return self._bus.handle(request)
+        if self._telemetry is not None and path.startswith(_TELEMETRY):
+            return self._telemetry.handle(request)
         if path.startswith("/v1/registry/leases/"):
             return self._lease(method, path[len("/v1/registry/leases/") :])
         if path == "/v1/registry/instances":

@@ -1,19 +1,23 @@
-"""The control plane process: the registry and the event broker, served over HTTP.
+"""The control plane process: the registry, the event broker and the telemetry store, served
+over HTTP.
 
-Later issues add the telemetry store and the dashboard to the same process
-and the same server.
+A later issue adds the dashboard to the same process and the same server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
-from meshkit._clock import Clock
+from meshkit._clock import Clock, SystemClock
 from meshkit._signals import until_stopped
 from meshkit.bus._broker import EmbeddedBroker
 from meshkit.control._api import RegistryAPI
 from meshkit.control._bus_api import BusAPI
+from meshkit.control._telemetry_api import TelemetryAPI
 from meshkit.http import HTTPServer, ServerLimits
+from meshkit.observe import Retention, TelemetryStore, keep_retention
 from meshkit.registry import EmbeddedRegistry
 
 __all__ = ["DEFAULT_PORT", "ControlPlane"]
@@ -22,7 +26,8 @@ DEFAULT_PORT = 7700
 
 
 class ControlPlane:
-    """The registry (``registry.sqlite3`` in ``data_dir``) and the bus (``bus.sqlite3``)."""
+    """The registry (``registry.sqlite3`` in ``data_dir``), the bus (``bus.sqlite3``) and the
+    telemetry (``telemetry.sqlite3``, kept as ``retention`` says)."""
 
     def __init__(
         self,
@@ -32,6 +37,7 @@ class ControlPlane:
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         clock: Clock | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.host = host
@@ -40,6 +46,9 @@ class ControlPlane:
         self._clock = clock
         self.registry = EmbeddedRegistry.open(data_dir / "registry.sqlite3", clock=clock)
         self.bus: EmbeddedBroker | None = None
+        self.telemetry: TelemetryStore | None = None
+        self._retention = retention or Retention()
+        self._purges: asyncio.Task[None] | None = None
         self._server: HTTPServer | None = None
         self.address: tuple[str, int] | None = None
 
@@ -47,7 +56,17 @@ class ControlPlane:
         """Open the bus, start expiring leases and serving; returns the address bound."""
         self.bus = await EmbeddedBroker.open(self.data_dir / "bus.sqlite3", clock=self._clock)
         self.bus.start_upkeep()
-        api = RegistryAPI(self.registry, token=self._token, bus=BusAPI(self.bus))
+        clock = self._clock or SystemClock()
+        self.telemetry = TelemetryStore(
+            self.data_dir / "telemetry.sqlite3", retention=self._retention
+        )
+        self._purges = asyncio.create_task(keep_retention(self.telemetry, clock=clock))
+        api = RegistryAPI(
+            self.registry,
+            token=self._token,
+            bus=BusAPI(self.bus),
+            telemetry=TelemetryAPI(self.telemetry, clock=clock),
+        )
         self._server = HTTPServer(
             api.handle,
             limits=ServerLimits(
@@ -69,6 +88,12 @@ class ControlPlane:
         await self.registry.aclose()
         if self.bus is not None:
             await self.bus.aclose()
+        if self._purges is not None:
+            self._purges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purges
+        if self.telemetry is not None:
+            await asyncio.to_thread(self.telemetry.close)  # writes what is queued
 
     async def serve_until_stopped(self) -> None:
         """Serve until SIGINT or SIGTERM, then close."""

@@ -11,6 +11,10 @@
     host = "127.0.0.1"
     port = 7700
 
+    [telemetry]                    # what the control plane keeps of the spans and logs
+    retention = "24h"              # by age (a duration: 30m, 24h, 7d)
+    max_size = "512MiB"            # and by size (bytes, or 100MB, 2GiB...): oldest go first
+
     [services.orders]
     app = "orders.app:service"     # MODULE:ATTRIBUTE, served by `meshkit serve`
     # command = ["./server", "--port", "{port}"]   # or any program (one of the two);
@@ -47,8 +51,9 @@ from typing import Any
 
 import msgspec
 
-from meshkit.errors import ConfigError
+from meshkit.errors import ConfigError, InvalidArgumentError
 from meshkit.gateway import GatewayConfig
+from meshkit.observe import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention, parse_duration, parse_size
 from meshkit.registry import MAX_TTL, MIN_TTL, check_name
 from meshkit.registry._model import check_host
 from meshkit.sidecar import EventRoute
@@ -66,6 +71,13 @@ class ProjectConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class ControlPlaneConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 7700
+
+
+class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``[telemetry]`` table, as written; ``Project.retention`` is the checked value."""
+
+    retention: str = f"{DEFAULT_MAX_AGE / 3600:g}h"
+    max_size: str | int = f"{DEFAULT_MAX_SIZE // 1024**2}MiB"
 
 
 class SubscribeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +125,7 @@ class _File(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     # and the message must name the service.
     services: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
     gateway: dict[str, Any] | None = None
+    telemetry: TelemetryConfig = msgspec.field(default_factory=TelemetryConfig)
 
 
 class Project(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +137,7 @@ class Project(msgspec.Struct, frozen=True, kw_only=True):
     services: dict[str, ServiceConfig]
     order: tuple[str, ...]  # services, each after those it depends on
     gateway: GatewayConfig | None = None
+    retention: Retention = msgspec.field(default_factory=Retention)  # of the telemetry
 
     @property
     def directory(self) -> Path:
@@ -169,6 +183,7 @@ def load_project(directory: Path, *, check_ports: bool = True) -> Project:
             raise _problem(path, text, key, _reason(error)) from error
         _check_service(path, text, name, services[name])
     order = _dependency_order(path, text, services)
+    retention = _retention(path, text, parsed.telemetry)
     gateway = None if parsed.gateway is None else _gateway(path, text, parsed.gateway, services)
     project = Project(
         path=path,
@@ -177,6 +192,7 @@ def load_project(directory: Path, *, check_ports: bool = True) -> Project:
         services=services,
         order=order,
         gateway=gateway,
+        retention=retention,
     )
     _check_ports(project, text, probe=check_ports)
     return project
@@ -221,6 +237,17 @@ def _gateway(
                 f"no service named {route.service!r} in this file",
             )
     return gateway
+
+
+def _retention(path: Path, text: str, table: TelemetryConfig) -> Retention:
+    """The checked ``[telemetry]`` table."""
+    try:
+        return Retention(
+            max_age=parse_duration("retention", table.retention),
+            max_size=parse_size("max_size", table.max_size),
+        )
+    except InvalidArgumentError as error:
+        raise _problem(path, text, f"telemetry.{error.key}", error.problem) from None
 
 
 def _check_service(path: Path, text: str, name: str, service: ServiceConfig) -> None:

@@ -9,7 +9,8 @@ Services, the bus and sagas record with OpenTelemetry's SDK, which
 gateway, the sidecar) spans and log records go through a ``Recorder``, much
 cheaper than the SDK, and an ``Exporter`` sends them as standard OTLP/HTTP;
 ``meshkit.observe`` also holds the W3C Trace Context and Baggage header
-rules they share.
+rules they share. The control plane keeps what it receives in a
+``TelemetryStore`` and answers queries of it.
 """
 
 from meshkit.observe._destination import (
@@ -33,8 +34,21 @@ from meshkit.observe._recorder import (
     SpanRecord,
 )
 from meshkit.observe._recorder_metrics import RecorderCollector
+from meshkit.observe._retention import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention
 from meshkit.observe._setup import Telemetry, TelemetryStatistics, start_telemetry
+from meshkit.observe._store import Purged, StoreStatistics, TelemetryStore, keep_retention
 from meshkit.observe._tracer import tracer
+from meshkit.observe._units import parse_duration, parse_level, parse_size
+from meshkit.observe._views import (
+    LogPage,
+    LogQuery,
+    LogView,
+    SpanView,
+    TraceList,
+    TraceQuery,
+    TraceSummary,
+    TraceView,
+)
 from meshkit.observe._w3c import (
     format_baggage,
     format_traceparent,
@@ -46,6 +60,8 @@ from meshkit.observe._w3c import (
 
 __all__ = [
     "CLIENT",
+    "DEFAULT_MAX_AGE",
+    "DEFAULT_MAX_SIZE",
     "LIFECYCLE",
     "SERVER",
     "Destination",
@@ -53,25 +69,41 @@ __all__ = [
     "ExportQueue",
     "Exporter",
     "Identity",
+    "LogPage",
+    "LogQuery",
     "LogRecord",
+    "LogView",
     "OTLPHandler",
     "OtlpHttpSink",
+    "Purged",
     "QueueStatistics",
     "Recorder",
     "RecorderCollector",
     "RecorderLimits",
     "RecorderStatistics",
+    "Retention",
     "Sampler",
     "Sink",
     "SpanRecord",
+    "SpanView",
+    "StoreStatistics",
     "Telemetry",
     "TelemetryStatistics",
+    "TelemetryStore",
+    "TraceList",
+    "TraceQuery",
+    "TraceSummary",
+    "TraceView",
     "console_handler",
     "destination",
     "format_baggage",
     "format_traceparent",
     "install_record_fields",
+    "keep_retention",
     "parse_baggage",
+    "parse_duration",
+    "parse_level",
+    "parse_size",
     "parse_traceparent",
     "parse_traceparents",
     "parse_tracestate",

@@ -26,7 +26,7 @@ from meshkit._clock import Clock, SystemClock
 from meshkit.errors import ConfigError, MeshkitError, PeerError
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.observe._destination import Destination, Endpoint
-from meshkit.observe._otlp import CONTENT_TYPE, encode_logs, encode_spans
+from meshkit.observe._otlp_encode import CONTENT_TYPE, encode_logs, encode_spans
 from meshkit.observe._recorder import Recorder
 
 __all__ = ["Exporter", "OtlpHttpSink", "Sink"]
