@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -47,14 +47,41 @@ from meshkit.http import (
     Response,
     idempotency_key_field,
 )
+from meshkit.observe._prometheus import exemplar
 from meshkit.policy import _check as check
 from meshkit.registry import Instance, check_name
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
 
-__all__ = ["CallPolicy", "ServiceClient"]
+__all__ = ["Call", "CallPolicy", "ServiceClient"]
 
 _JSON = (b"content-type", b"application/json")
 Headers = Iterable[tuple[bytes, bytes]]
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True):
+    """One call to a service, as instrumentation sees it once it ended.
+
+    ``outcome`` is the answer's status code, or ``unavailable`` (no
+    instance could serve it), ``deadline_exceeded``, ``cancelled`` or
+    ``error`` (the caller's mistake, found before any I/O); ``attempts``
+    counts the instances tried (0 when none was); ``duration`` is in
+    seconds; ``trace_id`` is the sampled span current as the call ended.
+    """
+
+    service: str
+    outcome: str
+    attempts: int
+    duration: float
+    trace_id: str | None = None
+
+
+class _Tally:
+    """What ``_request`` tells ``request`` of a call besides its answer."""
+
+    __slots__ = ("attempts",)
+
+    def __init__(self) -> None:
+        self.attempts = 0
 
 
 class ServiceClient:
@@ -77,6 +104,8 @@ class ServiceClient:
         self._rng = rng or random.Random()
         self._upstreams: dict[str, InstanceSet] = {}
         directory.listen(self._on_change)
+        # Instrumentation: each call, once it ends (see ``Call``).
+        self.on_call: list[Callable[[Call], None]] = []
 
     async def get(
         self,
@@ -182,6 +211,64 @@ class ServiceClient:
         key is empty, longer than 255 characters or not printable ASCII, or
         when ``headers`` carry an ``Idempotency-Key`` too; before any I/O.
         """
+        started = self._clock.monotonic()
+        tally = _Tally()
+        outcome = "error"
+        try:
+            response = await self._request(
+                service,
+                method,
+                path,
+                json=json,
+                body=body,
+                headers=headers,
+                timeout=timeout,
+                idempotent=idempotent,
+                idempotency_key=idempotency_key,
+                tally=tally,
+            )
+        except ServiceUnavailableError:
+            outcome = "unavailable"
+            raise
+        except DeadlineExceededError:
+            outcome = "deadline_exceeded"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        else:
+            outcome = str(response.status)
+            return response
+        finally:
+            if self.on_call:
+                self._report(service, outcome, tally.attempts, started)
+
+    def _report(self, service: str, outcome: str, attempts: int, started: float) -> None:
+        found = exemplar()
+        record = Call(
+            service=service,
+            outcome=outcome,
+            attempts=attempts,
+            duration=self._clock.monotonic() - started,
+            trace_id=None if found is None else found["trace_id"],
+        )
+        for hook in self.on_call:
+            hook(record)
+
+    async def _request(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        json: object,
+        body: bytes,
+        headers: Headers,
+        timeout: float | None,  # noqa: ASYNC109 (see request)
+        idempotent: bool | None,
+        idempotency_key: str | None,
+        tally: _Tally,
+    ) -> Response:
         if idempotency_key is not None:
             headers = _with_key(headers, idempotency_key)
         now = self._clock.monotonic()
@@ -250,6 +337,19 @@ class ServiceClient:
                 ) from outcome
         finally:
             attempts.close(self._clock.monotonic())
+            tally.attempts = attempts.count
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """Per service called so far: its ``instances``, how many are ``ejected`` now, and
+        the ``ejections`` since the client started."""
+        return {
+            name: {
+                "instances": len(upstream.instances),
+                "ejected": upstream.ejected,
+                "ejections": upstream.ejections,
+            }
+            for name, upstream in self._upstreams.items()
+        }
 
     async def aclose(self) -> None:
         if self._owns_http:
