@@ -13,6 +13,7 @@ from meshkit._signals import until_stopped
 from meshkit.bus._broker import EmbeddedBroker
 from meshkit.control._api import RegistryAPI
 from meshkit.control._bus_api import BusAPI
+from meshkit.control._metrics import PlaneMetrics
 from meshkit.http import HTTPServer, ServerLimits
 from meshkit.registry import EmbeddedRegistry
 
@@ -47,9 +48,10 @@ class ControlPlane:
         """Open the bus, start expiring leases and serving; returns the address bound."""
         self.bus = await EmbeddedBroker.open(self.data_dir / "bus.sqlite3", clock=self._clock)
         self.bus.start_upkeep()
-        api = RegistryAPI(self.registry, token=self._token, bus=BusAPI(self.bus))
+        metrics = PlaneMetrics(self.registry, lambda: self.bus)
+        api = RegistryAPI(self.registry, token=self._token, bus=BusAPI(self.bus), metrics=metrics)
         self._server = HTTPServer(
-            api.handle,
+            metrics.measured(api.handle),
             limits=ServerLimits(
                 # Long polls hold a request open for minutes: the idle timeout
                 # only applies between requests, so keep it above the longest wait.
@@ -61,6 +63,7 @@ class ControlPlane:
         )
         self.registry.start()
         self.address = await self._server.start(self.host, self.port)
+        api.address = self.address
         return self.address
 
     async def aclose(self) -> None:

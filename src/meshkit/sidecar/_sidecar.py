@@ -41,7 +41,15 @@ from meshkit.sidecar._events import (
     check_app_path,
     check_max_deliveries,
 )
-from meshkit.sidecar._filters import READY_PATH, ByName, Metrics, Span, ToApp, Tracing
+from meshkit.sidecar._filters import (
+    METRICS_PATH,
+    READY_PATH,
+    ByName,
+    Metrics,
+    Span,
+    ToApp,
+    Tracing,
+)
 from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
 
 __all__ = ["Sidecar", "SidecarConfig"]
@@ -163,6 +171,9 @@ class Sidecar:
         self.inbound = ProxyServer(
             [
                 Ready(READY_PATH, self.registered, "the app is not registered (yet)"),
+                # Here too, on the port the registry lists: where Prometheus,
+                # told by the control plane's service discovery, scrapes it.
+                Metrics(inbound_metrics.exposition),
                 Tracing("server", record_span, clock, rng),
                 ToApp(app),
             ],
@@ -210,7 +221,7 @@ class Sidecar:
             host=config.advertise or config.host,
             port=inbound,
             version=config.version,
-            metadata={"sidecar": "meshkit"},
+            metadata={"sidecar": "meshkit", "metrics_path": METRICS_PATH},
         )
         self.registrar = Registrar(
             self._registry,
