@@ -161,7 +161,7 @@ async def test_the_app_is_registered_at_the_inbound_port_and_reached_through_it(
         await wait_for(lambda: _nonempty(listed(registry)))
         [instance] = await listed(registry)
         assert instance.version == "2.0"
-        assert instance.metadata == {"sidecar": "meshkit"}
+        assert instance.metadata == {"sidecar": "meshkit", "metrics_path": "/.meshkit/metrics"}
         async with HTTPClient() as client:
             headers = [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())]
             answer = await client.request(

@@ -57,7 +57,7 @@ from meshkit.errors import (
 from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 
-__all__ = ["EmbeddedBroker"]
+__all__ = ["BrokerCounts", "EmbeddedBroker"]
 
 # How often upkeep looks for messages past their age; a sweep drops at most
 # _SWEEP of them per write, so that publishes wait behind it briefly.
@@ -138,6 +138,15 @@ class _Group:
     bell: _Bell = field(default_factory=_Bell)
 
 
+@dataclass(slots=True)
+class BrokerCounts:
+    """What the broker did since it started, for its metrics: messages appended per
+    topic, and messages dead-lettered per ``(topic, group)``."""
+
+    published: dict[str, int] = field(default_factory=dict)
+    dead_lettered: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
 class EmbeddedBroker:
     """Topics and groups in one SQLite file: ``await EmbeddedBroker.open(path)``, then ``aclose()``.
 
@@ -156,6 +165,7 @@ class EmbeddedBroker:
         self._groups: dict[tuple[str, str], _Group] = {}
         self._by_topic: dict[str, list[_Group]] = {}
         self._upkeep: asyncio.Task[None] | None = None
+        self.counts = BrokerCounts()
 
     @classmethod
     async def open(
@@ -251,6 +261,10 @@ class EmbeddedBroker:
         if not messages:
             return []
         found = await self.log.append(messages, now=self._clock.time(), window=self._window)
+        published = self.counts.published
+        for message, (_, duplicate) in zip(messages, found, strict=True):
+            if not duplicate:
+                published[message.topic] = published.get(message.topic, 0) + 1
         for topic in {message.topic for message in messages}:
             for group in self._by_topic.get(topic, ()):
                 group.bell.ring()
@@ -478,6 +492,8 @@ class EmbeddedBroker:
                 )
             )
             return
+        dead = self.counts.dead_lettered
+        dead[(topic, grp)] = dead.get((topic, grp), 0) + 1
         rows = self._rows([sequence])
         failed = self._clock.time()
         done = self._done_op(member, [sequence])

@@ -36,11 +36,20 @@ _POLL = 5.0
 
 @dataclass(slots=True)
 class SubscriptionStatistics:
-    """Counts since the subscription started."""
+    """Counts since the subscription started (what its metrics read at a scrape).
+
+    ``delivered``: messages fetched; ``handled``: those whose handler
+    returned, and ``acked`` the acks the backend took of them; ``failed``:
+    handler failures, of which ``dead_lettered`` were a message's last
+    delivery (the group's ``max_deliveries``); ``running``: handlers now.
+    """
 
     handled: int = 0
     failed: int = 0
     running: int = 0
+    delivered: int = 0
+    acked: int = 0
+    dead_lettered: int = 0
 
 
 class Subscription:
@@ -155,6 +164,7 @@ class Subscription:
                 await self._clock.sleep(wait)
                 continue
             failures = 0
+            self.statistics.delivered += len(deliveries)
             traced = _trace.recording()
             for delivery in deliveries:
                 task = asyncio.create_task(self._handle(consumer, delivery, traced))
@@ -187,6 +197,8 @@ class Subscription:
                 await self._handler(message)
         except Exception as error:  # noqa: BLE001 (any handler failure fails the message)
             self.statistics.failed += 1
+            if message.deliveries >= self._redelivery.max_deliveries:
+                self.statistics.dead_lettered += 1
             _log.warning(
                 "%s/%s: handler failed on message %s (delivery %d): %r",
                 self.topic,
@@ -222,6 +234,7 @@ class Subscription:
         assert self._consumer is not None
         try:
             await self._consumer.ack(batch)
+            self.statistics.acked += len(batch)
         except Exception as error:  # noqa: BLE001 (the loop must go on sending acks)
             # Not lost: they come back after the ack deadline, and are handled again.
             _log.warning(

@@ -7,6 +7,8 @@ and to the telemetry's, ``_telemetry_api``).
     DELETE /v1/registry/leases/{lease_id}    deregister -> 204
     GET    /v1/registry/services             -> {services: [{name, instances}], epoch, index}
     GET    /v1/registry/services/{name}      -> {service, instances: [...], epoch, index}
+    GET    /v1/prometheus/targets            Prometheus HTTP service discovery (``_targets``)
+    GET    /metrics                          Prometheus metrics, no token needed (``_metrics``)
 
 Every other request needs ``Authorization: Bearer <token>``; without it the
 answer is 401. The two GETs take ``?epoch=E&index=I&wait=S`` to long-poll
@@ -28,6 +30,8 @@ import msgspec
 from meshkit.control._answers import body_error, invalid
 from meshkit.control._answers import error as error_answer
 from meshkit.control._bus_api import BusAPI
+from meshkit.control._metrics import METRICS_PATH, PlaneMetrics
+from meshkit.control._targets import TARGETS_PATH, targets
 from meshkit.control._telemetry_api import TelemetryAPI
 from meshkit.errors import ConfigError, InvalidArgumentError, LeaseExpiredError, LeaseNotFoundError
 from meshkit.http import BEARER_CHALLENGE, Request, Response, bearer_authorized, json_response
@@ -76,6 +80,7 @@ class RegistryAPI:
         token: str,
         bus: BusAPI | None = None,
         telemetry: TelemetryAPI | None = None,
+        metrics: PlaneMetrics | None = None,
     ) -> None:
         if len(token) < 16:
             raise ConfigError("token", "must be at least 16 characters")
@@ -83,12 +88,18 @@ class RegistryAPI:
         self._token = token.encode()
         self._bus = bus
         self._telemetry = telemetry
+        self._metrics = metrics
+        # Where the control plane listens, once it does: it lists itself as a
+        # Prometheus target too.
+        self.address: tuple[str, int] | None = None
 
     def handle(self, request: Request) -> Response | Awaitable[Response]:
         """Answer at once, except a long poll, which returns an awaitable."""
         path = request.path
         if path == "/healthz":
             return json_response(200, {"status": "ok"})
+        if path == METRICS_PATH and self._metrics is not None:
+            return self._metrics.scrape(request)
         if not bearer_authorized(request.headers, self._token):
             return error_answer(
                 401, "a valid 'Authorization: Bearer <token>' header is required", BEARER_CHALLENGE
@@ -98,6 +109,10 @@ class RegistryAPI:
             return self._bus.handle(request)
         if self._telemetry is not None and path.startswith(_TELEMETRY):
             return self._telemetry.handle(request)
+        if path == TARGETS_PATH:
+            if method != "GET":
+                return error_answer(405, f"{method} is not allowed here; use GET")
+            return json_response(200, targets(self._registry, self.address))
         if path.startswith("/v1/registry/leases/"):
             return self._lease(method, path[len("/v1/registry/leases/") :])
         if path == "/v1/registry/instances":

@@ -15,6 +15,7 @@ from meshkit._signals import until_stopped
 from meshkit.bus._broker import EmbeddedBroker
 from meshkit.control._api import RegistryAPI
 from meshkit.control._bus_api import BusAPI
+from meshkit.control._metrics import PlaneMetrics
 from meshkit.control._telemetry_api import TelemetryAPI
 from meshkit.http import HTTPServer, ServerLimits
 from meshkit.observe import Retention, TelemetryStore, keep_retention
@@ -61,14 +62,16 @@ class ControlPlane:
             self.data_dir / "telemetry.sqlite3", retention=self._retention
         )
         self._purges = asyncio.create_task(keep_retention(self.telemetry, clock=clock))
+        metrics = PlaneMetrics(self.registry, lambda: self.bus)
         api = RegistryAPI(
             self.registry,
             token=self._token,
             bus=BusAPI(self.bus),
             telemetry=TelemetryAPI(self.telemetry, clock=clock),
+            metrics=metrics,
         )
         self._server = HTTPServer(
-            api.handle,
+            metrics.measured(api.handle),
             limits=ServerLimits(
                 # Long polls hold a request open for minutes: the idle timeout
                 # only applies between requests, so keep it above the longest wait.
@@ -80,6 +83,7 @@ class ControlPlane:
         )
         self.registry.start()
         self.address = await self._server.start(self.host, self.port)
+        api.address = self.address
         return self.address
 
     async def aclose(self) -> None:

@@ -52,7 +52,16 @@ class InstanceSet:
     balance and eject alike.
     """
 
-    __slots__ = ("_ejected", "_policy", "balancer", "breakers", "budget", "instances", "name")
+    __slots__ = (
+        "_ejected",
+        "_policy",
+        "balancer",
+        "breakers",
+        "budget",
+        "ejections",
+        "instances",
+        "name",
+    )
 
     def __init__(self, name: str, policy: CallPolicy, rng: random.Random) -> None:
         self.name = name
@@ -60,6 +69,7 @@ class InstanceSet:
         self.instances: dict[str, Instance] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self._ejected = 0  # breakers not closed
+        self.ejections = 0  # instances taken out of rotation so far (for metrics)
         self.balancer: PowerOfTwoChoices[str] = PowerOfTwoChoices(rng=rng, name=name)
         self.budget = RetryBudget(
             ratio=policy.retry_ratio, min_concurrency=policy.retry_min_concurrency, name=name
@@ -155,4 +165,8 @@ class InstanceSet:
             return
         breaker.record(ticket, now, success=success, duration=duration)
         if closed != (breaker.state is _CLOSED):
-            self._ejected += 1 if closed else -1
+            if closed:
+                self._ejected += 1
+                self.ejections += 1
+            else:
+                self._ejected -= 1

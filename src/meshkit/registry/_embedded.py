@@ -86,6 +86,8 @@ class EmbeddedRegistry:
         self._any_change = asyncio.Event()
         self._wakeup = asyncio.Event()  # the expiry task re-reads the next expiry
         self._expiry_task: asyncio.Task[None] | None = None
+        # Lease events since the start, by kind (registered, renewed, expired, removed).
+        self.lease_events: dict[str, int] = {kind.value: 0 for kind in LeaseEventKind}
         self.store_errors = 0
         self.stalls = 0  # times the registry found it had not run for half the shortest TTL
         self._stall = math.inf  # a gap this long is a stall: half the shortest TTL held
@@ -205,6 +207,10 @@ class EmbeddedRegistry:
     def deregister_now(self, lease_id: int) -> None:
         self._table.remove(lease_id, self._now())
 
+    def leases(self) -> int:
+        """How many leases the table holds (live, or expired and not yet swept)."""
+        return len(self._table)
+
     def snapshot(self, service: str) -> Snapshot:
         now = self._now()
         instances = []
@@ -228,6 +234,7 @@ class EmbeddedRegistry:
 
     def _on_change(self, event: PolicyEvent) -> None:
         assert isinstance(event, LeaseEvent)
+        self.lease_events[event.kind] += 1
         if event.kind is LeaseEventKind.RENEWED:
             return
         instance: Instance = event.value

@@ -33,6 +33,7 @@ __all__ = [
     "Failure",
     "Phase",
     "Run",
+    "RunChange",
     "Status",
     "StepPlan",
     "StepState",
@@ -130,3 +131,19 @@ class Run(msgspec.Struct, frozen=True, kw_only=True):
     def ended(self) -> bool:
         """Completed or compensated: nothing will ever happen to it again."""
         return self.status in ENDED
+
+
+class RunChange(msgspec.Struct, frozen=True, kw_only=True):
+    """A run began (``status`` running) or came to rest (completed, compensated, stuck),
+    as instrumentation sees it.
+
+    ``duration`` is the seconds from the run's creation to its rest (0 when
+    it began), by the log's times, so a run resumed by another runner is
+    timed whole; ``trace_id`` is the sampled span current then, if any.
+    """
+
+    saga: str
+    run_id: str
+    status: Status
+    duration: float = 0.0
+    trace_id: str | None = None

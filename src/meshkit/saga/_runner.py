@@ -36,6 +36,7 @@ from meshkit.errors import (
     RunTakenError,
     UsageError,
 )
+from meshkit.observe._prometheus import exemplar
 from meshkit.policy import Backoff
 from meshkit.policy import _check as check
 from meshkit.saga._definition import Saga, Step, StepContext, StepFailed
@@ -56,7 +57,7 @@ from meshkit.saga._machine import (
     Wait,
     advance,
 )
-from meshkit.saga._model import ACTIVE, Run, Status, StepState
+from meshkit.saga._model import ACTIVE, Run, RunChange, Status, StepState
 from meshkit.saga._sqlite import SqliteSagaStore
 from meshkit.saga._store import SagaStore
 from meshkit.saga._trace import action_span, current_context, ended, outcome, run_span
@@ -143,6 +144,8 @@ class SagaRunner:
         self._closed = False
         self._crash_at = crash_at
         self._begun: set[str] = set()
+        # Instrumentation: each run begun here, and each run that came to rest here.
+        self.on_run: list[Callable[[RunChange], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -246,6 +249,8 @@ class SagaRunner:
             self._begun.add(run.id)
             self._crash("begun", None, run.id)
         self._drive(made[-1], version)
+        if self.on_run:
+            self._report(run)
         return run
 
     async def wait(self, run_id: str, timeout: float) -> Run:  # noqa: ASYNC109 (a bound, not a deadline)
@@ -355,7 +360,21 @@ class SagaRunner:
         else:
             if action.status == "stuck":
                 _log.error("saga run %s of %s is stuck: %s", run.id, run.saga, run.note)
+            if self.on_run:
+                self._report(run)
         return run
+
+    def _report(self, run: Run) -> None:
+        found = exemplar()
+        change = RunChange(
+            saga=run.saga,
+            run_id=run.id,
+            status=run.status,
+            duration=0.0 if run.status == "running" else max(0.0, run.updated - run.created),
+            trace_id=None if found is None else found["trace_id"],
+        )
+        for hook in self.on_run:
+            hook(change)
 
     async def _write(
         self, saga: Saga, run: Run, following: Transition, version: int, point: str | None

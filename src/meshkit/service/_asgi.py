@@ -11,8 +11,9 @@ unchanged.
 process whose liveness check fails. ``/-/ready`` answers 200 only while the
 instance is registered and not draining; traffic should go elsewhere
 otherwise. ``/-/sagas`` lists and retries the service's saga runs
-(``_saga_api``). The ``/-/`` prefix is Prometheus's convention for such
-endpoints and unlikely to collide with an application's routes.
+(``_saga_api``); ``/-/metrics`` is the Prometheus scrape (``_metrics``).
+The ``/-/`` prefix is Prometheus's convention for such endpoints and
+unlikely to collide with an application's routes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from meshkit._clock import Clock
 from meshkit.service._deadline import TIMEOUT_HEADER, deadline_from_header, use_deadline
+from meshkit.service._metrics import Measured, ServiceMetrics
 from meshkit.service._problems import install_if_starlette
 from meshkit.service._saga_api import PREFIX as SAGAS
 from meshkit.service._saga_api import SagaAPI
@@ -104,17 +106,29 @@ class MeshASGI:
 
 
 def serving_app(
-    app: ASGIApp, *, clock: Clock, problem_details: bool = True, sagas: SagaAPI | None = None
+    app: ASGIApp,
+    *,
+    clock: Clock,
+    problem_details: bool = True,
+    sagas: SagaAPI | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> MeshASGI:
     """``app`` as a Service serves it: the one place where an application is prepared.
 
     What every Service application gets, around it or configured on it,
     is applied here, when the Service is built: a Starlette or FastAPI
     app's errors become problem details unless ``problem_details`` is false;
-    ``sagas`` answers ``/-/sagas``.
+    ``sagas`` answers ``/-/sagas``; with ``metrics``, ``/-/metrics`` answers
+    a Prometheus scrape and every request the application answers is counted.
     """
     if problem_details:
         install_if_starlette(app)
+    if metrics is not None:
+        # Next to the application, inside whatever else wraps it, so that a
+        # request's span is current when its answer starts (the exemplar).
+        measured = Measured(app, clock=clock, registry=metrics.registry)
+        measured.on_request.append(metrics.observe_request)
+        app = measured
     return MeshASGI(app, clock=clock, sagas=sagas)
 
 

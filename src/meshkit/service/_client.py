@@ -21,8 +21,8 @@ A response, even a 5xx one, is returned as it is. When nothing can serve the
 call, ``ServiceUnavailableError`` names the service and says why; when the
 deadline runs out, ``DeadlineExceededError`` does.
 
-Each call is a span, and each attempt a client span whose context goes out
-in ``traceparent``. A call to an absolute URL (``client.get("https://...")``)
+Each attempt is a client span (OpenTelemetry's HTTP conventions: a resend
+is a span of its own), whose context goes out in ``traceparent``. A call to an absolute URL (``client.get("https://...")``)
 leaves the mesh: one attempt, under the same deadline, with the trace
 context but not meshkit's own timeout field.
 """
@@ -33,7 +33,7 @@ import asyncio
 import random
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import msgspec
@@ -54,15 +54,42 @@ from meshkit.http import (
     Response,
     idempotency_key_field,
 )
+from meshkit.observe._prometheus import exemplar
 from meshkit.policy import _check as check
 from meshkit.registry import Instance, check_name
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
-from meshkit.service._tracing import answered, attempt_span, call_span, failed, trace_fields
+from meshkit.service._tracing import answered, attempt_span, failed, trace_fields
 
-__all__ = ["CallPolicy", "ServiceClient"]
+__all__ = ["Call", "CallPolicy", "ServiceClient"]
 
 _JSON = (b"content-type", b"application/json")
 Headers = Iterable[tuple[bytes, bytes]]
+
+
+class Call(msgspec.Struct, frozen=True, kw_only=True):
+    """One call to a service, as instrumentation sees it once it ended.
+
+    ``outcome`` is the answer's status code, or ``unavailable`` (no
+    instance could serve it), ``deadline_exceeded``, ``cancelled`` or
+    ``error`` (the caller's mistake, found before any I/O); ``attempts``
+    counts the instances tried (0 when none was); ``duration`` is in
+    seconds; ``trace_id`` is the sampled span current as the call ended.
+    """
+
+    service: str
+    outcome: str
+    attempts: int
+    duration: float
+    trace_id: str | None = None
+
+
+class _Tally:
+    """What ``_request`` tells ``request`` of a call besides its answer."""
+
+    __slots__ = ("attempts",)
+
+    def __init__(self) -> None:
+        self.attempts = 0
 
 
 class ServiceClient:
@@ -86,6 +113,8 @@ class ServiceClient:
         self._upstreams: dict[str, InstanceSet] = {}
         self._https: HTTPClient | None = None  # for absolute https:// URLs, made when first used
         directory.listen(self._on_change)
+        # Instrumentation: each call, once it ends (see ``Call``).
+        self.on_call: list[Callable[[Call], None]] = []
 
     async def get(
         self,
@@ -195,6 +224,64 @@ class ServiceClient:
         when ``headers`` carry an ``Idempotency-Key`` too; naming ``path``
         when one is given with a URL; before any I/O.
         """
+        started = self._clock.monotonic()
+        tally = _Tally()
+        outcome = "error"
+        try:
+            response = await self._request(
+                service,
+                method,
+                path,
+                json=json,
+                body=body,
+                headers=headers,
+                timeout=timeout,
+                idempotent=idempotent,
+                idempotency_key=idempotency_key,
+                tally=tally,
+            )
+        except ServiceUnavailableError:
+            outcome = "unavailable"
+            raise
+        except DeadlineExceededError:
+            outcome = "deadline_exceeded"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        else:
+            outcome = str(response.status)
+            return response
+        finally:
+            if self.on_call:
+                self._report(service, outcome, tally.attempts, started)
+
+    def _report(self, service: str, outcome: str, attempts: int, started: float) -> None:
+        found = exemplar()
+        record = Call(
+            service=service,
+            outcome=outcome,
+            attempts=attempts,
+            duration=self._clock.monotonic() - started,
+            trace_id=None if found is None else found["trace_id"],
+        )
+        for hook in self.on_call:
+            hook(record)
+
+    async def _request(
+        self,
+        service: str,
+        method: str,
+        path: str,
+        *,
+        json: object,
+        body: bytes,
+        headers: Headers,
+        timeout: float | None,  # noqa: ASYNC109 (see request)
+        idempotent: bool | None,
+        idempotency_key: str | None,
+        tally: _Tally,
+    ) -> Response:
         if idempotency_key is not None:
             headers = _with_key(headers, idempotency_key)
         now = self._clock.monotonic()
@@ -204,12 +291,12 @@ class ServiceClient:
             headers = [*headers, _JSON]
         if idempotent is None:
             idempotent = idempotency_key is not None or method in IDEMPOTENT_METHODS
-        with call_span(service, method):
-            if service.startswith(("http://", "https://")):
-                return await self._external(service, method, path, headers, body, expires_at)
-            return await self._call(
-                service, method, path, headers, body, expires_at, idempotent=idempotent
-            )
+        if service.startswith(("http://", "https://")):
+            tally.attempts = 1
+            return await self._external(service, method, path, headers, body, expires_at)
+        return await self._call(
+            service, method, path, headers, body, expires_at, idempotent=idempotent, tally=tally
+        )
 
     async def _call(
         self,
@@ -221,6 +308,7 @@ class ServiceClient:
         expires_at: float,
         *,
         idempotent: bool,
+        tally: _Tally,
     ) -> Response:
         now = self._clock.monotonic()
         upstream = self._upstreams.get(service) or await self._find(service, expires_at - now)
@@ -247,6 +335,7 @@ class ServiceClient:
                         f"{'; the last said: ' + last if last else ''}"
                     )
                 outcome = await self._attempt(
+                    service,
                     pick.instance,
                     method,
                     path,
@@ -289,6 +378,19 @@ class ServiceClient:
                 ) from outcome
         finally:
             attempts.close(self._clock.monotonic())
+            tally.attempts = attempts.count
+
+    def statistics(self) -> dict[str, dict[str, int]]:
+        """Per service called so far: its ``instances``, how many are ``ejected`` now, and
+        the ``ejections`` since the client started."""
+        return {
+            name: {
+                "instances": len(upstream.instances),
+                "ejected": upstream.ejected,
+                "ejections": upstream.ejections,
+            }
+            for name, upstream in self._upstreams.items()
+        }
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -314,7 +416,7 @@ class ServiceClient:
         remaining = expires_at - self._clock.monotonic()
         if remaining <= 0:
             raise DeadlineExceededError(f"{method} {url}: the deadline passed before the call")
-        with attempt_span(method, parts.hostname, port, url, 0) as span:
+        with attempt_span(parts.hostname, method, parts.hostname, port, url, 0) as span:
             try:
                 response = await http.send(
                     method,
@@ -337,6 +439,7 @@ class ServiceClient:
 
     async def _attempt(
         self,
+        service: str,
         instance: Instance,
         method: str,
         path: str,
@@ -349,7 +452,8 @@ class ServiceClient:
     ) -> Response | PeerError | DeadlineExceededError:
         """Send once to one instance, within ``remaining`` seconds; the response, or the error."""
         host, port = instance.host, instance.port
-        with attempt_span(method, host, port, f"http://{host}:{port}{path}", resend) as span:
+        url = f"http://{host}:{port}{path}"
+        with attempt_span(service, method, host, port, url, resend) as span:
             sent = [
                 *headers,
                 (TIMEOUT_HEADER, b"%d" % max(1, int(remaining * 1000))),

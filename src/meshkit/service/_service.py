@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from meshkit._clock import Clock, SystemClock
 from meshkit._env import otlp_variables, read_environment
 from meshkit.bus import Bus, Handler, OutboxRelay, OutboxStore, Subscription
+from meshkit.bus._metrics import SubscriptionCollector
 from meshkit.discovery import Directory
 from meshkit.errors import ConfigError, UsageError
 from meshkit.observe import (
@@ -46,11 +47,13 @@ from meshkit.policy import Redelivery
 from meshkit.policy import _check as check
 from meshkit.registry import MAX_TTL, MIN_TTL, Instance, Registry, check_name
 from meshkit.saga import Saga, SagaRunner, SagaStore
+from meshkit.saga._metrics import SagaMetrics
 from meshkit.service._asgi import ASGIApp, serving_app
 from meshkit.service._backends import check_bus, check_registry, use_bus, use_registry
 from meshkit.service._client import CallPolicy, ServiceClient
 from meshkit.service._drain import drain, stop_signals, wait_for_stop
 from meshkit.service._heartbeat import Heartbeat
+from meshkit.service._metrics import METRICS_PATH, ClientCollector, ServiceMetrics
 from meshkit.service._registration import heartbeat_for, instance_for
 from meshkit.service._saga_api import SagaAPI
 from meshkit.service._server import GranianServer, claim_port, stop_serving, wait_live
@@ -131,18 +134,28 @@ class Service:
         self.metadata = dict(metadata or {})
         self.metadata.setdefault("pid", str(os.getpid()))
         self.metadata.setdefault("restarts", str(env.restarts))
+        # Where Prometheus scrapes it (the control plane's service discovery reads it).
+        self.metadata.setdefault("metrics_path", METRICS_PATH)
         self.drain_timeout = check.seconds("drain_timeout", drain_timeout)
         self.policy = policy or CallPolicy()
         self.telemetry = telemetry
         self._clock = clock or SystemClock()
         self._sagas: list[SagaRunner] = []  # /-/sagas reads it as add_sagas fills it
+        self.metrics = ServiceMetrics()
+        self._saga_metrics = SagaMetrics(self.metrics.registry)
         self._asgi = serving_app(
             app,
             clock=self._clock,
             problem_details=problem_details,
             sagas=SagaAPI(self._sagas, token=self._token),
+            metrics=self.metrics,
         )
         self._client: ServiceClient | None = None
+        self._subscriptions: list[Subscription] = []
+        self.metrics.registry.register(ClientCollector(lambda: self._client))
+        self.metrics.registry.register(
+            SubscriptionCollector(lambda: self._subscriptions, lambda: self._relays)
+        )
         self._bus: Bus | None = None
         self._wanted: list[Wanted] = []
         self._outboxes: list[OutboxStore] = []
@@ -209,6 +222,7 @@ class Service:
         """
         crash_at = read_environment().saga_crash_at
         runner = SagaRunner(store, sagas, lease=lease, clock=self._clock, crash_at=crash_at)
+        runner.on_run.append(self._saga_metrics.observe)
         self._sagas.append(runner)
         return runner
 
@@ -300,6 +314,7 @@ class Service:
         directory = Directory(registry, clock=self._clock)
         opened.push_async_callback(directory.aclose)
         self._client = ServiceClient(directory, policy=self.policy, clock=self._clock)
+        self._client.on_call.append(self.metrics.observe_call)
         opened.push_async_callback(self._forget_client)
         self._bus = bus
 
@@ -330,7 +345,7 @@ class Service:
             for runner in self._sagas:
                 await runner.start()
                 opened.push_async_callback(runner.aclose)
-            subscriptions = await join(bus, self._wanted, clock=self._clock)
+            subscriptions = self._subscriptions = await join(bus, self._wanted, clock=self._clock)
             await self._register(heartbeat, instance)
             await wait_for_stop(serving, stop)
         finally:

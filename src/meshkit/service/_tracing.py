@@ -22,7 +22,6 @@ from meshkit.observe import tracer
 __all__ = [
     "answered",
     "attempt_span",
-    "call_span",
     "failed",
     "name_by_route",
     "recording_send",
@@ -116,21 +115,12 @@ def failed(span: trace.Span, error: BaseException) -> None:
 # -- the client side ------------------------------------------------------------
 
 
-def call_span(target: str, method: str) -> Any:
-    """A context manager: the span of one call through ``service.client``, all its attempts."""
-    return tracer(_NAME).start_as_current_span(
-        f"call {target}",
-        kind=SpanKind.INTERNAL,
-        attributes={"http.request.method": method, "meshkit.call.target": target},
-        record_exception=False,
-        set_status_on_exception=False,
-    )
-
-
-def attempt_span(method: str, host: str, port: int, url: str, resend: int) -> Any:
-    """A context manager: the client span of one attempt (OpenTelemetry's HTTP conventions:
-    each resend is a span of its own, ``http.request.resend_count`` counting them)."""
+def attempt_span(target: str, method: str, host: str, port: int, url: str, resend: int) -> Any:
+    """A context manager: the client span of one attempt at calling ``target`` (a service,
+    or a host outside the mesh); each resend is a span of its own, counted by
+    ``http.request.resend_count``, as OpenTelemetry's HTTP conventions have it."""
     attributes: dict[str, str | int] = {
+        "peer.service": target,
         "http.request.method": method,
         "server.address": host,
         "server.port": port,
@@ -139,7 +129,7 @@ def attempt_span(method: str, host: str, port: int, url: str, resend: int) -> An
     if resend:
         attributes["http.request.resend_count"] = resend
     return tracer(_NAME).start_as_current_span(
-        method,
+        f"{method} {target}",
         kind=SpanKind.CLIENT,
         attributes=attributes,
         record_exception=False,

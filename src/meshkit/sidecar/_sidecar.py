@@ -42,7 +42,7 @@ from meshkit.sidecar._events import (
     check_app_path,
     check_max_deliveries,
 )
-from meshkit.sidecar._filters import READY_PATH, ByName, Metrics, ToApp
+from meshkit.sidecar._filters import METRICS_PATH, READY_PATH, ByName, Metrics, ToApp
 from meshkit.sidecar._health import HealthGate, Registrar, cancel_and_wait
 
 __all__ = ["Sidecar", "SidecarConfig"]
@@ -189,6 +189,9 @@ class Sidecar:
                 layer
                 for layer in (
                     Ready(READY_PATH, self.registered, "the app is not registered (yet)"),
+                    # Here too, on the port the registry lists: where Prometheus,
+                    # told by the control plane's service discovery, scrapes it.
+                    Metrics(inbound_metrics.exposition),
                     inbound_tracing,
                     ToApp(app),
                 )
@@ -242,7 +245,7 @@ class Sidecar:
             host=config.advertise or config.host,
             port=inbound,
             version=config.version,
-            metadata={"sidecar": "meshkit"},
+            metadata={"sidecar": "meshkit", "metrics_path": METRICS_PATH},
         )
         self.registrar = Registrar(
             self._registry,
