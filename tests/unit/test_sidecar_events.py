@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.unit.test_gateway_tracing import attributes
 from tests.unit.test_sidecar import App, sidecar_beside, wait_for
 
 from meshkit.bus import EmbeddedBus
@@ -29,9 +30,10 @@ async def bus(tmp_path: Path) -> AsyncIterator[EmbeddedBus]:
 
 
 async def test_a_message_is_posted_to_the_app_and_a_2xx_acks_it(bus: EmbeddedBus) -> None:
-    """The payload is the body; id, topic, deliveries and the message's headers come along."""
+    """The payload is the body; id, topic, deliveries and the message's headers come along,
+    the trace context naming the sidecar's process span as the app's parent."""
     app = App()
-    async with sidecar_beside(app, bus=bus, events=(ROUTE,)):
+    async with sidecar_beside(app, bus=bus, events=(ROUTE,)) as (sidecar, _, sink):
         published = await bus.publish(
             "order.created", b'{"order_id": 7}', headers={"traceparent": TRACEPARENT}
         )
@@ -43,12 +45,19 @@ async def test_a_message_is_posted_to_the_app_and_a_2xx_acks_it(bus: EmbeddedBus
         assert request.header("meshkit-message-id") == published.id
         assert request.header("meshkit-topic") == "order.created"
         assert request.header("meshkit-deliveries") == "1"
-        assert request.header("traceparent") == TRACEPARENT
         # Acked: a second message arrives, the first never again.
         await bus.publish("order.created", b'{"order_id": 8}')
         await wait_for(lambda: _true(len(app.seen) == 2))
         assert app.seen[1].body == b'{"order_id": 8}'
+        assert sidecar.exporter is not None
+        await sidecar.exporter.flush()
     assert await bus.dead_letters() == []
+    [process] = [span for span in sink.spans if span["name"] == "process order.created"]
+    version, trace_id, parent, flags = TRACEPARENT.split("-")
+    assert (process["traceId"], process["parentSpanId"], process["kind"]) == (trace_id, parent, 5)
+    assert attributes(process)["messaging.consumer.group.name"] == "notifications"
+    sent = request.header("traceparent")
+    assert sent == f"{version}-{trace_id}-{process['spanId']}-{flags}"
 
 
 async def test_connection_headers_of_a_message_stay_out_of_the_request(bus: EmbeddedBus) -> None:

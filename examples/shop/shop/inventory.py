@@ -21,6 +21,7 @@ reserves nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections import Counter
 
@@ -64,6 +65,7 @@ def seed(db: sqlite3.Connection) -> None:
 
 
 db = Database("inventory", SCHEMA + idempotency.SCHEMA, seed)
+log = logging.getLogger("shop.inventory")
 app = FastAPI(title="inventory", lifespan=db.lifespan)
 service = meshkit.Service(app, name="inventory", version="1.0.0")
 
@@ -185,6 +187,11 @@ def _reserve(tx: sqlite3.Connection, reservation: Reservation) -> Answer:
         )
         tx.execute("INSERT INTO reservations VALUES (?, ?, ?)", (order_id, product_id, quantity))
     items = [Item(product_id=p, quantity=q) for p, q in sorted(wanted.items())]
+    log.info(
+        "order %d: reserved %s",
+        order_id,
+        ", ".join(f"{q} of product {p}" for p, q in wanted.items()),
+    )
     return Answer(201, Reservation(order_id=order_id, items=items).model_dump())
 
 
@@ -246,7 +253,8 @@ class Sale(BaseModel):
 async def count_sale(message: Message) -> None:
     """Add an order's items to the units sold; a malformed event raises (and is dead-lettered)."""
     sale = Sale.model_validate_json(message.payload)
-    await asyncio.to_thread(count, sale)
+    if await asyncio.to_thread(count, sale):
+        log.info("order %d counted as sold", sale.order_id)
 
 
 def count(sale: Sale) -> bool:

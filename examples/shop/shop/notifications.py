@@ -29,9 +29,9 @@ import sqlite3
 import urllib.error
 import urllib.request
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -126,13 +126,19 @@ def health() -> Health:
     return Health(status="ok")
 
 
-def _user_exists(user_id: int) -> bool:
-    """Asks users, by name, through the sidecar (which balances and retries)."""
+def _user_exists(user_id: int, traceparent: str | None) -> bool:
+    """Asks users, by name, through the sidecar (which balances and retries).
+
+    The request's ``traceparent`` goes on with the call, as W3C Trace
+    Context asks of any app, so that the call joins the request's trace.
+    """
     if not OUTBOUND:
         return True  # run alone, outside the mesh: nobody to ask
     url = f"{OUTBOUND}/users/users/{user_id}"
+    headers = {"traceparent": traceparent} if traceparent else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 (the local sidecar)
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310 (the local sidecar)
+        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310
             return bool(json.loads(answer.read()).get("id") == user_id)
     except urllib.error.HTTPError as error:
         if error.code == 404:
@@ -151,22 +157,26 @@ class OrderCreated(BaseModel):
 
 
 @app.post("/notifications", status_code=201)
-def send(notification: Notification) -> SentNotification:
-    if not _user_exists(notification.user_id):
+def send(
+    notification: Notification, traceparent: Annotated[str | None, Header()] = None
+) -> SentNotification:
+    if not _user_exists(notification.user_id, traceparent):
         raise HTTPException(422, f"no user {notification.user_id} to notify")
     with db.transaction() as tx:
         return _insert(tx, notification)
 
 
 @app.post("/events/order-created")
-def order_created(event: OrderCreated) -> Confirmation:
+def order_created(
+    event: OrderCreated, traceparent: Annotated[str | None, Header()] = None
+) -> Confirmation:
     """Confirm an order to its user, once per order."""
     # A repeat is acked before anything else is asked: had the user gone
     # since, a 422 would send a handled order to the dead-letter queue.
     done = _confirmed(event.order_id)
     if done is not None:
         return done
-    if not _user_exists(event.user_id):
+    if not _user_exists(event.user_id, traceparent):
         raise HTTPException(422, f"no user {event.user_id} to confirm order {event.order_id} to")
     message = f"Order {event.order_id} is confirmed: {event.total_cents / 100:.2f} charged."
     notification = Notification(user_id=event.user_id, order_id=event.order_id, message=message)

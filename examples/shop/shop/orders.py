@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import sqlite3
 from typing import Annotated, Any, Literal
@@ -100,6 +101,7 @@ def migrate(tx: sqlite3.Connection) -> None:
 
 
 db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA + SqliteSagaStore.SCHEMA, migrate)
+log = logging.getLogger("shop.orders")  # its records carry the trace id (meshkit logs --trace)
 app = FastAPI(title="orders", lifespan=db.lifespan)
 service = meshkit.Service(app, name="orders", version="1.0.0")
 
@@ -190,6 +192,7 @@ def confirm(tx: sqlite3.Connection, ctx: StepContext) -> None:
     event = {key: order[key] for key in ("order_id", "user_id", "total_cents", "items")}
     SqliteOutbox.record(tx, "order.created", event, key=str(order["user_id"]))
     ctx.on_commit(service.notify_outbox)
+    log.info("order %d confirmed: %d cents charged", order["order_id"], order["total_cents"])
 
 
 # What an undone order ends as, by the status of the step's final refusal.
@@ -202,6 +205,7 @@ def settle(tx: sqlite3.Connection, run: Run) -> None:
     if run.status != "compensated" or run.failure is None:
         return
     status = _ENDS.get(run.failure.status or 0, "failed")
+    log.info("order %d %s: %s", run.input["order_id"], status, run.failure.detail)
     tx.execute(
         "UPDATE orders SET status = ?, reason = ? WHERE id = ?",
         (status, run.failure.detail, run.input["order_id"]),
@@ -350,6 +354,7 @@ async def place_order(order: NewOrder, client: Mesh, key: IdempotencyKey) -> Any
         if placed is None:
             raise
         return await _answer(*placed)
+    log.info("order %d placed for user %d: %d cents", run.input["order_id"], order.user_id, total)
     return await _answer(run.input["order_id"], run.id)
 
 

@@ -15,6 +15,7 @@ at most once: a second charge for it gets the first payment.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sqlite3
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS payments (
 """
 
 db = Database("payments", SCHEMA + idempotency.SCHEMA)
+log = logging.getLogger("shop.payments")
 app = FastAPI(title="payments", lifespan=db.lifespan)
 service = meshkit.Service(app, name="payments", version="1.0.0")
 
@@ -123,6 +125,9 @@ def _charge(tx: sqlite3.Connection, charge: Charge) -> Answer:
         (charge.order_id, charge.user_id, charge.amount_cents),
     )
     row = tx.execute("SELECT * FROM payments WHERE id = ?", (cursor.lastrowid,)).fetchone()
+    log.info(
+        "order %d: charged %d cents (payment %d)", charge.order_id, charge.amount_cents, row["id"]
+    )
     return Answer(201, _payment(row).model_dump())
 
 

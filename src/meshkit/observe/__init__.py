@@ -25,6 +25,7 @@ from meshkit.observe._logs import LIFECYCLE, OTLPHandler, console_handler, insta
 from meshkit.observe._queue import ExportQueue, QueueStatistics
 from meshkit.observe._recorder import (
     CLIENT,
+    CONSUMER,
     SERVER,
     LogRecord,
     Recorder,
@@ -60,6 +61,7 @@ from meshkit.observe._w3c import (
 
 __all__ = [
     "CLIENT",
+    "CONSUMER",
     "DEFAULT_MAX_AGE",
     "DEFAULT_MAX_SIZE",
     "LIFECYCLE",

@@ -41,6 +41,7 @@ __all__ = [
 # OTLP's SpanKind values.
 SERVER = 2
 CLIENT = 3
+CONSUMER = 5
 
 Attributes = tuple[tuple[str, str | int], ...]
 
@@ -81,7 +82,7 @@ class SpanRecord(msgspec.Struct, frozen=True, gc=False):
     span_id: bytes
     parent_id: bytes  # b"" for a trace's root
     name: str
-    kind: int  # SERVER or CLIENT
+    kind: int  # SERVER, CLIENT or CONSUMER (OTLP's SpanKind numbers)
     start: float
     end: float
     attributes: Attributes

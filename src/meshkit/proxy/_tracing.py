@@ -166,7 +166,9 @@ class RecordedTrace(RequestTrace):
         self._attempt_status = 0
         self._attempt_started = tracing.clock.monotonic()
         self._attempt_origin = request.upstream
-        self._method_route = (request.method, request.route)
+        # Named by the service called, as the SDK's client spans are: the
+        # route already names the server span around it.
+        self._method_route = (request.method, request.service or request.route)
 
     def attempt_answered(self, status: int) -> None:
         self._attempt_status = status

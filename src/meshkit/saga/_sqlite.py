@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import queue
 import sqlite3
 import threading
@@ -242,11 +243,18 @@ class SqliteSagaStore:
     # -- the writer -----------------------------------------------------------------
 
     async def _write(self, work: Callable[[sqlite3.Connection], Any], *, guarded: bool) -> Any:
-        """Run ``work`` in the next batch's transaction: its result once committed."""
+        """Run ``work`` in the next batch's transaction: its result once committed.
+
+        ``work`` runs in the writer's thread, in a copy of the caller's
+        context, as ``asyncio.to_thread`` runs a function: the span current
+        where a local step was called is current in the step (and in the
+        events it adds to an outbox).
+        """
         if self._closed or self._thread is None:
             self._start_writer()
         answer = asyncio.get_running_loop().create_future()
-        self._jobs.put((work, guarded, answer))
+        context = contextvars.copy_context()
+        self._jobs.put((lambda db: context.run(work, db), guarded, answer))
         return await answer
 
     def _start_writer(self) -> None:

@@ -22,9 +22,11 @@ import re
 
 import msgspec
 
+from meshkit._clock import Clock, SystemClock
 from meshkit.bus import Message, check_group, check_topic
 from meshkit.errors import ConfigError, PeerError
 from meshkit.http import HTTPClient, Problem, Response, Timeouts
+from meshkit.observe import CONSUMER, Recorder, SpanRecord, format_traceparent, parse_traceparent
 
 __all__ = ["AppDelivery", "EventRoute", "check_app_path", "check_max_deliveries", "parse_route"]
 
@@ -109,12 +111,16 @@ class AppDelivery:
         present: asyncio.Event,
         *,
         timeouts: Timeouts,
+        recorder: Recorder | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.route = route
         self._app = app
         self._http = http
         self._present = present
         self._timeouts = timeouts
+        self._recorder = recorder
+        self._clock = clock or SystemClock()
 
     async def __call__(self, message: Message) -> None:
         await self._present.wait()
@@ -128,20 +134,74 @@ class AppDelivery:
         headers += [
             (name.encode(), value.encode("latin-1", "replace"))
             for name, value in message.headers.items()
-            if name.lower() not in _OWN
+            if name.lower() not in _OWN and (self._recorder is None or name != "traceparent")
         ]
-        answer = await self._http.request(
-            "POST",
-            host,
-            port,
-            self.route.path,
-            headers=headers,
-            body=message.payload,
-            timeouts=self._timeouts,
+        span = self._process_span(message, headers)
+        error: str | None = None
+        start = self._clock.monotonic()
+        try:
+            answer = await self._http.request(
+                "POST",
+                host,
+                port,
+                self.route.path,
+                headers=headers,
+                body=message.payload,
+                timeouts=self._timeouts,
+            )
+            if not 200 <= answer.status < 300:
+                error = str(answer.status)
+                said = _said(answer)
+                raise PeerError(f"the app answered {answer.status} at {self.route.path}: {said}")
+        except Exception as failure:
+            error = error or type(failure).__qualname__
+            raise
+        finally:
+            if span is not None and self._recorder is not None:
+                self._recorder.span(
+                    msgspec.structs.replace(
+                        span, start=start, end=self._clock.monotonic(), error=error
+                    )
+                )
+
+    def _process_span(
+        self, message: Message, headers: list[tuple[bytes, bytes]]
+    ) -> SpanRecord | None:
+        """The ``process`` span of delivering ``message``, as a child of its creation
+        context, which the app receives as its parent; ``None`` when nothing is recorded.
+
+        OpenTelemetry's messaging conventions: the consumer's span continues
+        the message's trace. A message without a sampled context, or a
+        sidecar without telemetry, passes its headers on unchanged.
+        """
+        if self._recorder is None:
+            return None
+        created = parse_traceparent(message.headers.get("traceparent", "").encode("latin-1"))
+        if created is None:
+            return None
+        trace_id, parent_id, sampled = created
+        span_id = self._recorder.new_span_id()
+        headers.append((b"traceparent", format_traceparent(trace_id, span_id, sampled=sampled)))
+        if not sampled:  # carried on, not recorded
+            return None
+        return SpanRecord(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=parent_id,
+            name=f"process {message.topic}",
+            kind=CONSUMER,
+            start=0.0,
+            end=0.0,
+            attributes=(
+                ("messaging.system", "meshkit"),
+                ("messaging.operation.type", "process"),
+                ("messaging.destination.name", message.topic),
+                ("messaging.consumer.group.name", self.route.group),
+                ("messaging.message.id", message.id),
+                ("messaging.message.delivery_count", message.deliveries),
+                ("url.path", self.route.path),
+            ),
         )
-        if not 200 <= answer.status < 300:
-            said = _said(answer)
-            raise PeerError(f"the app answered {answer.status} at {self.route.path}: {said}")
 
 
 def _said(answer: Response) -> str:

@@ -284,6 +284,8 @@ class Sidecar:
                 self._events_http,
                 registrar.present,
                 timeouts=timeouts,
+                recorder=self.recorder,
+                clock=self._clock,
             )
             # Gated on the app's presence: a message taken while the app is
             # away would wait out its ack deadline and count as a failure.
