@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.e2e.conftest import (
@@ -191,6 +193,77 @@ def test_an_order_through_the_gateway_needs_the_demo_key(shop: Shop) -> None:
     assert status == 200
     assert isinstance(products, list)
     assert products
+
+
+def trace_of(shop: Shop, trace_id: str, wanted: set[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The trace's spans from the control plane once it holds each ``(service, name)``."""
+    spans: list[dict[str, Any]] = []
+
+    def complete() -> bool:
+        status, answer = http(
+            "GET",
+            f"http://127.0.0.1:{shop.control_port}/v1/query/traces/{trace_id}",
+            headers={"authorization": f"Bearer {shop.token}"},
+        )
+        if status != 200:
+            return False
+        spans[:] = answer["spans"]  # type: ignore[index]
+        return wanted <= {(span["service"], span["name"]) for span in spans}
+
+    wait_until(complete, 30, f"the spans {sorted(wanted)} in trace {trace_id}")
+    return spans
+
+
+def test_an_order_is_one_trace_across_the_shop_and_its_log_lines_share_it(shop: Shop) -> None:
+    """From the gateway through orders, its saga, inventory, payments, the outbox publish
+    and both consumers (inventory, and notifications through its sidecar): one trace."""
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {**DEMO_KEY, "traceparent": f"00-{trace_id}-{caller}-01"}
+    order = {"user_id": 1, "items": [{"product_id": 2, "quantity": 1}]}
+    status, placed = http("POST", shop.gateway("/api/orders"), order, headers=headers)
+    assert status == 201, placed
+    spans = trace_of(
+        shop,
+        trace_id,
+        {
+            ("gateway", "POST /api/orders"),
+            ("orders", "POST /orders"),
+            ("orders", "saga place-order"),
+            ("inventory", "POST /reservations"),
+            ("payments", "POST /payments"),
+            ("orders", "publish order.created"),
+            ("inventory", "process order.created"),
+            ("notifications", "process order.created"),
+        },
+    )
+    by_id = {span["span_id"]: span for span in spans}
+
+    def parent(service: str, name: str) -> tuple[str, str]:
+        [span] = [s for s in spans if (s["service"], s["name"]) == (service, name)]
+        above = by_id[span["parent_span_id"]]
+        return above["service"], above["name"]
+
+    [root] = [s for s in spans if s["parent_span_id"] == caller]
+    assert (root["service"], root["name"], root["kind"]) == (
+        "gateway",
+        "POST /api/orders",
+        "server",
+    )
+    assert all(s["parent_span_id"] in by_id for s in spans if s is not root)
+    assert parent("gateway", "POST orders") == ("gateway", "POST /api/orders")
+    assert parent("orders", "POST /orders") == ("gateway", "POST orders")
+    assert parent("orders", "saga place-order") == ("orders", "POST /orders")
+    assert parent("orders", "step reserve") == ("orders", "saga place-order")
+    assert parent("inventory", "POST /reservations") == ("orders", "POST inventory")
+    assert parent("orders", "publish order.created") == ("orders", "create order.created")
+    assert parent("inventory", "process order.created") == ("orders", "create order.created")
+    assert parent("notifications", "process order.created") == ("orders", "create order.created")
+    lines = [
+        json.loads(line)
+        for line in meshkit(shop, "logs", "--trace", trace_id, "--json").splitlines()
+    ]
+    assert {line["trace_id"] for line in lines} == {trace_id}
+    assert {"gateway", "orders", "inventory", "payments"} <= {line["service"] for line in lines}
 
 
 def test_only_the_admin_key_changes_stock_through_the_gateway(shop: Shop) -> None:
