@@ -120,7 +120,7 @@ def _admin(statement: str) -> None:
     uvloop.run(run())
 
 
-Result = TypeVar("Result", Throughput, Latency)
+Result = TypeVar("Result", bound=msgspec.Struct)
 _ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,4 +1,4 @@
-"""What observability costs: the gateway with tracing off, at 1% and at 100%.
+"""What observability costs: the gateway and the SDK with tracing off and on; OTLP ingest.
 
     python -m benchmarks.observe [--json FILE] [--quick]
 
@@ -16,8 +16,13 @@ reference the gateway benchmark uses. Rounds take each target in turn;
 the median round of each is reported, with the CPU time each gateway
 process used per request.
 
-Each group of rows is a function; more (the SDK's call overhead, OTLP
-ingest by the control plane) belong beside ``gateway_tracing_rows``.
+The SDK client's rows (``benchmarks._observe_sdk``): calls/s and CPU per
+call with no tracer provider, with the SDK set up and the calls under an
+unsampled parent, and with every call traced and exported as OTLP/HTTP
+protobuf by OpenTelemetry's own exporter. Each runs in a process of its
+own, since a process sets its provider once. The ingest rows
+(``benchmarks._observe_ingest``): spans/s a control plane on one core
+stores from OTLP/HTTP protobuf exports, and its CPU per span.
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx).
 """
@@ -32,9 +37,14 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
+import uvloop
+
 from benchmarks._gateway_process import API_KEY
 from benchmarks._load import median_run, wrk
+from benchmarks._observe_ingest import measure_ingest
+from benchmarks._observe_sdk import Measured
 from benchmarks._report import Row, arguments, report
+from benchmarks._saga_db import run_child
 from benchmarks.gateway import NGINX_BACKEND, NGINX_PROXY, config, cpu_seconds, running, worker
 from meshkit._net import free_port
 
@@ -125,6 +135,40 @@ def gateway_tracing_rows(*, seconds: int, rounds: int) -> list[Row]:
     return rows
 
 
+def sdk_call_rows(*, seconds: float) -> list[Row]:
+    """The SDK client's calls/s and CPU per call: tracing off, unsampled, and traced."""
+    found = {
+        mode: run_child("benchmarks._observe_sdk", [mode, str(seconds)], Measured, within=120)
+        for mode in ("off", "unsampled", "on")
+    }
+    off = found["off"]
+    rows = [
+        Row("sdk call tracing off", off.calls_per_second, "calls/s"),
+        Row("sdk call tracing off: CPU per call", off.cpu_us_per_call, "us"),
+    ]
+    for mode, name in (("unsampled", "unsampled"), ("on", "traced")):
+        measured = found[mode]
+        rows += [
+            Row(
+                f"sdk call {name}",
+                measured.calls_per_second,
+                "calls/s",
+                off.calls_per_second,
+                "tracing off",
+            ),
+            Row(
+                f"sdk call {name}: CPU per call",
+                measured.cpu_us_per_call,
+                "us",
+                off.cpu_us_per_call,
+                "tracing off",
+            ),
+        ]
+    traced = found["on"]
+    rows.append(Row("sdk call traced: spans dropped", traced.spans_dropped, "spans"))
+    return rows
+
+
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0] if __doc__ else "observability benchmark")
     parser.add_argument("--quick", action="store_true", help="one second each, to check it runs")
@@ -136,7 +180,9 @@ def main() -> None:
         )
     seconds, rounds = (1, 1) if args.quick else (5, 3)
     rows = gateway_tracing_rows(seconds=seconds, rounds=rounds)
-    report("What tracing costs the gateway", rows, args.json)
+    rows += sdk_call_rows(seconds=seconds)
+    rows += uvloop.run(measure_ingest(quick=args.quick))
+    report("What observability costs", rows, args.json)
 
 
 if __name__ == "__main__":

@@ -176,3 +176,8 @@ def test_observe_benchmark_names_the_gateway_tracing_rows(tmp_path: Path) -> Non
         assert (row["unit"], row["reference_name"]) == ("req/s", "tracing off")
         assert row["reference"] == by_name["gateway tracing off: requests/s"]["value"]
     assert by_name["gateway tracing 100%: spans exported"]["value"] > 0  # type: ignore[operator]
+    for name in ("sdk call unsampled", "sdk call traced"):
+        row = by_name[name]
+        assert (row["unit"], row["reference_name"]) == ("calls/s", "tracing off")
+    assert by_name["otlp ingest"]["unit"] == "spans/s"
+    assert by_name["otlp ingest"]["value"] > 0  # type: ignore[operator]

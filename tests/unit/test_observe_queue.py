@@ -63,3 +63,31 @@ def test_a_closed_queue_drops() -> None:
     queue.close()
     queue.put(1)
     assert queue.statistics().dropped == 1
+
+
+def test_the_sdk_queues_counts_are_prometheus_metrics() -> None:
+    """What a process's export queues dropped or failed is in its /metrics."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from meshkit.observe import Telemetry, TelemetryCollector
+
+    spans: ExportQueue[int] = ExportQueue(lambda batch: False, what="spans", size=1, batch=1)
+    spans.put(1)
+    assert spans.flush(5)
+    spans.put(2)
+    spans.put(3)  # the queue holds one: dropped, unless the worker took the first already
+    spans.close()
+    registry = CollectorRegistry()
+    registry.register(TelemetryCollector(lambda: Telemetry(spans, None, None), "meshkit"))
+    text = generate_latest(registry).decode()
+    stats = spans.statistics()
+    assert (
+        f'meshkit_telemetry_records_total{{outcome="failed",signal="spans"}} {stats.failed}.0'
+        in text
+    )
+    assert (
+        f'meshkit_telemetry_records_total{{outcome="dropped",signal="spans"}} {stats.dropped}.0'
+        in text
+    )
+    assert stats.failed >= 1
+    assert 'meshkit_telemetry_queued{signal="spans"} 0.0' in text

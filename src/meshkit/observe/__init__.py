@@ -34,7 +34,7 @@ from meshkit.observe._recorder import (
     Sampler,
     SpanRecord,
 )
-from meshkit.observe._recorder_metrics import RecorderCollector
+from meshkit.observe._recorder_metrics import RecorderCollector, TelemetryCollector
 from meshkit.observe._retention import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention
 from meshkit.observe._setup import Telemetry, TelemetryStatistics, start_telemetry
 from meshkit.observe._store import Purged, StoreStatistics, TelemetryStore, keep_retention
@@ -90,6 +90,7 @@ __all__ = [
     "SpanView",
     "StoreStatistics",
     "Telemetry",
+    "TelemetryCollector",
     "TelemetryStatistics",
     "TelemetryStore",
     "TraceList",

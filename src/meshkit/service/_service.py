@@ -39,6 +39,8 @@ from meshkit.observe import (
     LIFECYCLE,
     Destination,
     Identity,
+    Telemetry,
+    TelemetryCollector,
     console_handler,
     destination,
     start_telemetry,
@@ -153,6 +155,8 @@ class Service:
         self._client: ServiceClient | None = None
         self._subscriptions: list[Subscription] = []
         self.metrics.registry.register(ClientCollector(lambda: self._client))
+        self._telemetry: Telemetry | None = None
+        self.metrics.registry.register(TelemetryCollector(lambda: self._telemetry, "meshkit"))
         self.metrics.registry.register(
             SubscriptionCollector(lambda: self._subscriptions, lambda: self._relays)
         )
@@ -305,6 +309,7 @@ class Service:
         identity = Identity(service=self.name, instance=instance.id, version=self.version)
         telemetry = start_telemetry(identity, self._destination())
         if telemetry is not None:
+            self._telemetry = telemetry  # its drops and failures are counted in /-/metrics
             opened.push_async_callback(asyncio.to_thread, telemetry.shutdown)
 
     def _connect(
