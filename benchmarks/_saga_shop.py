@@ -55,6 +55,8 @@ class Shop:
 
     gateway_port: int
     api_key: str
+    control_port: int
+    directory: Path
 
 
 @contextlib.contextmanager
@@ -81,7 +83,9 @@ def shop() -> Iterator[Shop]:
             )
         try:
             wait_up(process, log)
-            running = Shop(gateway_port=ports[8000], api_key=key)
+            running = Shop(
+                gateway_port=ports[8000], api_key=key, control_port=ports[7700], directory=directory
+            )
             uvloop.run(restock(running, admin))
             yield running
         finally:

@@ -22,7 +22,11 @@ unsampled parent, and with every call traced and exported as OTLP/HTTP
 protobuf by OpenTelemetry's own exporter. Each runs in a process of its
 own, since a process sets its provider once. The ingest rows
 (``benchmarks._observe_ingest``): spans/s a control plane on one core
-stores from OTLP/HTTP protobuf exports, and its CPU per span.
+stores from OTLP/HTTP protobuf exports, and its CPU per span. Then the
+shop under load (``benchmarks._saga_shop``: orders through the gateway, 16
+at a time, every request traced): the spans a second its control plane
+stores, and the CPU the control plane uses meanwhile (its registry and
+broker's work included), as a share of one core.
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx).
 """
@@ -31,8 +35,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
@@ -45,6 +51,7 @@ from benchmarks._observe_ingest import measure_ingest
 from benchmarks._observe_sdk import Measured
 from benchmarks._report import Row, arguments, report
 from benchmarks._saga_db import run_child
+from benchmarks._saga_shop import orders, shop
 from benchmarks.gateway import NGINX_BACKEND, NGINX_PROXY, config, cpu_seconds, running, worker
 from meshkit._net import free_port
 
@@ -169,6 +176,38 @@ def sdk_call_rows(*, seconds: float) -> list[Row]:
     return rows
 
 
+def _stored_spans(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith('meshkit_telemetry_stored_records_total{signal="spans"}'):
+                return float(line.split()[-1])
+    raise RuntimeError("the control plane's /metrics has no stored spans count")
+
+
+def shop_telemetry_rows(*, seconds: float) -> list[Row]:
+    """The shop's orders/s under load, the spans/s its control plane stores, and its CPU."""
+    with shop() as running:
+        status = subprocess.run(
+            [sys.executable, "-m", "meshkit", "status", "-p", str(running.directory), "--json"],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        plane = int(json.loads(status.stdout)["control_plane"]["pid"])
+        spans, cpu = _stored_spans(running.control_port), cpu_seconds(plane)
+        start = time.perf_counter()
+        placed = orders(running, seconds)
+        time.sleep(2)  # the last exports: queues send at least every second
+        spans = _stored_spans(running.control_port) - spans
+        cpu = cpu_seconds(plane) - cpu
+        elapsed = time.perf_counter() - start
+    return [
+        Row("shop orders under load, traced", placed["rate"], "orders/s"),
+        Row("otlp ingest at the shop's load", spans / elapsed, "spans/s"),
+        Row("control plane CPU at the shop's load", cpu / elapsed * 100, "% of a core"),
+    ]
+
+
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0] if __doc__ else "observability benchmark")
     parser.add_argument("--quick", action="store_true", help="one second each, to check it runs")
@@ -182,6 +221,7 @@ def main() -> None:
     rows = gateway_tracing_rows(seconds=seconds, rounds=rounds)
     rows += sdk_call_rows(seconds=seconds)
     rows += uvloop.run(measure_ingest(quick=args.quick))
+    rows += shop_telemetry_rows(seconds=seconds * 2)
     report("What observability costs", rows, args.json)
 
 

@@ -181,3 +181,5 @@ def test_observe_benchmark_names_the_gateway_tracing_rows(tmp_path: Path) -> Non
         assert (row["unit"], row["reference_name"]) == ("calls/s", "tracing off")
     assert by_name["otlp ingest"]["unit"] == "spans/s"
     assert by_name["otlp ingest"]["value"] > 0  # type: ignore[operator]
+    assert by_name["otlp ingest at the shop's load"]["value"] > 0  # type: ignore[operator]
+    assert by_name["control plane CPU at the shop's load"]["unit"] == "% of a core"

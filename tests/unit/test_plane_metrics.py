@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshkit._clock import SystemClock
 from meshkit.bus import EmbeddedBus, Message, subscribe
 from meshkit.bus._metrics import SubscriptionCollector
 from meshkit.control import ControlPlane
@@ -222,3 +223,48 @@ async def test_saga_runs_are_counted_by_outcome(tmp_path: Path) -> None:
     assert value("meshkit_saga_runs_ended_total", {"saga": "order", "status": "compensated"}) == 1
     count = "meshkit_saga_run_duration_seconds_count"
     assert value(count, {"saga": "order", "status": "completed"}) == 2
+
+
+# Within the store's retention (by age, from now), whatever the clock says.
+NOW_NS = int(SystemClock().time() * 1e9)
+
+
+async def test_plane_metrics_count_the_telemetry_it_stores(plane: ControlPlane) -> None:
+    """Spans received over OTLP show in /metrics once written."""
+    span = {
+        "traceId": "5b8efff798038103d269b633813fc60c",
+        "spanId": "eee19b7ec3c1b174",
+        "name": "charge",
+        "kind": 2,
+        "startTimeUnixNano": str(NOW_NS),
+        "endTimeUnixNano": str(NOW_NS + 1000),
+    }
+    body = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "payments"}}]
+                },
+                "scopeSpans": [{"scope": {"name": "test"}, "spans": [span]}],
+            }
+        ]
+    }
+    assert plane.address is not None
+    async with HTTPClient() as client:
+        answer = await client.request(
+            "POST",
+            *plane.address,
+            "/v1/traces",
+            headers=[
+                (b"authorization", f"Bearer {TOKEN}".encode()),
+                (b"content-type", b"application/json"),
+            ],
+            body=msgspec.json.encode(body),
+        )
+    assert answer.status == 200, answer.body
+    stored = ("meshkit_telemetry_stored_records_total", (("signal", "spans"),))
+    async with asyncio.timeout(10):
+        while samples((await call(plane, "GET", "/metrics", token=None))[1]).get(stored) != 1:  # noqa: ASYNC110 (the store's writer thread: no event to await)
+            await asyncio.sleep(0.05)  # noqa: TID251 (polling, bounded)
+    found = samples((await call(plane, "GET", "/metrics", token=None))[1])
+    assert found[("meshkit_telemetry_refused_records_total", (("signal", "spans"),))] == 0

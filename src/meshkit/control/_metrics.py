@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from meshkit.bus._broker import EmbeddedBroker
 from meshkit.bus._metrics import BrokerCollector
 from meshkit.http import Request, Response
+from meshkit.observe import TelemetryStore
 from meshkit.observe._prometheus import exposition, new_registry
 from meshkit.registry import EmbeddedRegistry
 
@@ -70,11 +71,15 @@ class PlaneMetrics:
     """The control plane's registry of metrics; ``measured(handler)`` counts its requests."""
 
     def __init__(
-        self, registry: EmbeddedRegistry, broker: Callable[[], EmbeddedBroker | None]
+        self,
+        registry: EmbeddedRegistry,
+        broker: Callable[[], EmbeddedBroker | None],
+        telemetry: Callable[[], TelemetryStore | None] = lambda: None,
     ) -> None:
         self.registry = new_registry()
         self.registry.register(_RegistryCollector(registry))
         self.registry.register(BrokerCollector(broker))
+        self.registry.register(_StoreCollector(telemetry))
         self._requests = Counter(
             "meshkit_control_requests",
             "Requests to the control plane's API, by endpoint template, method and status.",
@@ -148,3 +153,37 @@ class _RegistryCollector(Collector):
         for kind, count in sorted(self._registry.lease_events.items()):
             events.add_metric([kind], count)
         yield events
+
+
+class _StoreCollector(Collector):
+    """What the telemetry store took: records written, refused (its queue was full), queued."""
+
+    def __init__(self, store: Callable[[], TelemetryStore | None]) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        store = self._store()
+        if store is None:
+            return
+        found = store.statistics()
+        stored = CounterMetricFamily(
+            "meshkit_telemetry_stored_records",
+            "Spans and log records the control plane has written to its store.",
+            labels=["signal"],
+        )
+        stored.add_metric(["spans"], float(found.spans_written))
+        stored.add_metric(["logs"], float(found.logs_written))
+        yield stored
+        refused = CounterMetricFamily(
+            "meshkit_telemetry_refused_records",
+            "Spans and log records refused with 503 because the store's queue was full.",
+            labels=["signal"],
+        )
+        refused.add_metric(["spans"], float(found.spans_refused))
+        refused.add_metric(["logs"], float(found.logs_refused))
+        yield refused
+        yield GaugeMetricFamily(
+            "meshkit_telemetry_pending_records",
+            "Records received and not yet written to the store.",
+            value=float(found.pending),
+        )

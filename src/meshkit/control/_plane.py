@@ -62,7 +62,7 @@ class ControlPlane:
             self.data_dir / "telemetry.sqlite3", retention=self._retention
         )
         self._purges = asyncio.create_task(keep_retention(self.telemetry, clock=clock))
-        metrics = PlaneMetrics(self.registry, lambda: self.bus)
+        metrics = PlaneMetrics(self.registry, lambda: self.bus, lambda: self.telemetry)
         api = RegistryAPI(
             self.registry,
             token=self._token,
