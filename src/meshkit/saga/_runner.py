@@ -36,6 +36,7 @@ from meshkit.errors import (
     RunTakenError,
     UsageError,
 )
+from meshkit.observe import LIFECYCLE
 from meshkit.observe._prometheus import exemplar
 from meshkit.policy import Backoff
 from meshkit.policy import _check as check
@@ -545,7 +546,10 @@ class SagaRunner:
                 # Its lease lapsed under it (the loop stalled longer than the lease):
                 # the claim fenced its next write off; drive the run anew.
                 stale.cancel()
-            _log.info("saga run %s of %s: resumed (%s)", run.id, run.saga, run.status)
+            # On the console too: a run taken back after a crash is news there.
+            _log.info(
+                "saga run %s of %s: resumed (%s)", run.id, run.saga, run.status, extra=LIFECYCLE
+            )
             self._drive(advance(run, Resume(), now), version, found=run)
 
     async def _purge(self) -> None:
