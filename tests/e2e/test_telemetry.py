@@ -75,14 +75,14 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         plane.wait(timeout=20)
 
 
-def meshkit(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def meshkit(directory: Path, *args: str, columns: int = 200) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "meshkit", *args, "-p", str(directory)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
 
 
@@ -128,6 +128,10 @@ def test_the_official_exporters_spans_and_logs_come_back(project: tuple[Path, in
     listed = meshkit(directory, "traces", "--json", "--service", "payments")
     assert listed.returncode == 0, listed.stderr
     assert [t["trace_id"] for t in json.loads(listed.stdout)] == [trace_id]
+
+    table = meshkit(directory, "traces", columns=80)  # a small terminal
+    assert table.returncode == 0, table.stderr
+    assert trace_id in table.stdout  # whole, to copy into the commands below
 
     shown = meshkit(directory, "traces", "show", trace_id)
     assert shown.returncode == 0, shown.stderr

@@ -332,10 +332,11 @@ def show(
 
 
 def _print_traces(summaries: list[TraceSummary]) -> None:
-    table = Table("trace", "started", "duration", "spans", "service", "operation", "services", "")
+    table = Table("started", "duration", "spans", "service", "operation", "services", "")
+    # Whole, never folded: it is what `meshkit traces show` and `logs --trace` take.
+    table.add_column("trace", no_wrap=True, min_width=32)
     for summary in summaries:
         table.add_row(
-            summary.trace_id,
             _local(summary.start_ns).strftime("%H:%M:%S"),
             _duration(summary.duration_ns),
             str(summary.spans),
@@ -343,6 +344,7 @@ def _print_traces(summaries: list[TraceSummary]) -> None:
             escape(summary.name),
             escape(", ".join(summary.services)),
             "[red]error[/]" if summary.error else "",
+            summary.trace_id,
         )
     _console().print(table)
 
