@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -139,6 +140,16 @@ async def test_the_scrape_is_not_counted(served: tuple[Any, ServiceMetrics]) -> 
     await call(asgi, "/-/metrics")
     await call(asgi, "/-/live")
     assert b"meshkit_service_requests_total{" not in exposition(metrics.registry, "")[1]
+
+
+async def test_a_scrape_makes_no_span(
+    served: tuple[Any, ServiceMetrics], spans: InMemorySpanExporter
+) -> None:
+    """A Prometheus scrape is not a trace: only the application's requests make spans."""
+    asgi, _ = served
+    await call(asgi, "/-/metrics")
+    await call(asgi, "/items/1")
+    assert [span.name for span in spans.get_finished_spans()] == ["GET /items/{item_id}"]
 
 
 def test_an_unsampled_span_gives_no_exemplar() -> None:
