@@ -211,7 +211,11 @@ class RecordedTrace(RequestTrace):
         tracing = self._tracing
         if not tracing.server:
             return
-        route = request.route
+        # http.route is the path template that matched (HTTP conventions); a
+        # route that names no path (the sidecar's "inbound", a label for its
+        # metrics: it does not know the app's routes) leaves the span named by
+        # its method alone.
+        route = request.route if request.route and request.route.startswith("/") else None
         attributes: list[tuple[str, str | int]] = [
             ("http.request.method", request.method),
             ("url.path", self._path),
