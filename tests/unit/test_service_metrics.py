@@ -166,6 +166,28 @@ def test_an_unsampled_span_gives_no_exemplar() -> None:
     assert exemplar() is None
 
 
+async def test_calls_outside_the_mesh_are_counted_by_host() -> None:
+    """A call to an absolute URL is labelled by its host, not by the URL: one series per
+    host, however many paths and queries are called."""
+    metrics = ServiceMetrics()
+    server = HTTPServer(lambda request: json_response(200, {}))
+    _, port = await server.start()
+    registry = EmbeddedRegistry()
+    directory = Directory(registry)
+    client = ServiceClient(directory)
+    client.on_call.append(metrics.observe_call)
+    try:
+        for item in range(3):
+            await client.get(f"http://127.0.0.1:{port}/rates/{item}?to=EUR", timeout=2)
+    finally:
+        await client.aclose()
+        await directory.aclose()
+        await server.aclose(grace=0)
+    calls = "meshkit_client_calls_total"
+    assert sample(metrics.registry, calls, service="127.0.0.1", outcome="200") == 3
+    assert b"/rates" not in exposition(metrics.registry, "")[1]
+
+
 def test_client_calls_retries_and_ejections_are_counted() -> None:
     """Calls by service and outcome; a refused attempt is retried and counted; of two
     instances that keep failing, one is ejected, after its third failure in a row."""
