@@ -11,7 +11,9 @@ from tests.unit.test_gateway import Fleet, config, running_gateway
 from meshkit.errors import ConfigError
 from meshkit.gateway import Gateway, GatewayConfig, TracingConfig
 from meshkit.http import Request, Response, json_response
-from meshkit.observe import parse_traceparent
+from meshkit.observe import Recorder, parse_traceparent
+from meshkit.proxy import ProxyRequest, Tracing
+from meshkit.testing import FakeClock
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
@@ -259,3 +261,23 @@ def test_a_ratio_outside_0_to_1_is_a_config_error(ratio: float) -> None:
     """[gateway.tracing] ratio is checked when the section is read."""
     with pytest.raises(ConfigError, match=r"gateway\.tracing\.ratio"):
         msgspec.structs.replace(config(), tracing=TracingConfig(ratio=ratio))
+
+
+def test_an_outbound_call_that_starts_a_trace_is_its_root() -> None:
+    """Client spans alone (a sidecar's outbound port), no context coming in: the attempt's
+    span is the trace's root, not the child of a span that is never recorded."""
+    recorder = Recorder(ratio=1.0)
+    tracing = Tracing(recorder, FakeClock(), server=False, client=True)
+    request = ProxyRequest(
+        method="GET", path="/users/1", query="", headers=[], client="127.0.0.1", request_id="r"
+    )
+    tracing.on_request(request)
+    assert request.trace is not None
+    request.upstream = ("127.0.0.1", 9)
+    request.trace.attempt_started(request)
+    sent = parse_traceparent(request.trace.headers().split(b"\r\n")[0].split(b": ")[1])
+    request.trace.finished(request, 200, None)
+    [attempt] = recorder.spans
+    assert attempt.parent_id == b""
+    assert sent is not None
+    assert sent[1] == attempt.span_id  # the upstream's parent is the attempt

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -141,6 +142,16 @@ async def test_the_scrape_is_not_counted(served: tuple[Any, ServiceMetrics]) -> 
     assert b"meshkit_service_requests_total{" not in exposition(metrics.registry, "")[1]
 
 
+async def test_a_scrape_makes_no_span(
+    served: tuple[Any, ServiceMetrics], spans: InMemorySpanExporter
+) -> None:
+    """A Prometheus scrape is not a trace: only the application's requests make spans."""
+    asgi, _ = served
+    await call(asgi, "/-/metrics")
+    await call(asgi, "/items/1")
+    assert [span.name for span in spans.get_finished_spans()] == ["GET /items/{item_id}"]
+
+
 def test_an_unsampled_span_gives_no_exemplar() -> None:
     """Only a valid, sampled span's trace id becomes an exemplar."""
     from meshkit.observe._prometheus import exemplar
@@ -153,6 +164,28 @@ def test_an_unsampled_span_gives_no_exemplar() -> None:
     with trace.use_span(NonRecordingSpan(SAMPLED)):
         assert exemplar() == {"trace_id": f"{TRACE_ID:032x}"}
     assert exemplar() is None
+
+
+async def test_calls_outside_the_mesh_are_counted_by_host() -> None:
+    """A call to an absolute URL is labelled by its host, not by the URL: one series per
+    host, however many paths and queries are called."""
+    metrics = ServiceMetrics()
+    server = HTTPServer(lambda request: json_response(200, {}))
+    _, port = await server.start()
+    registry = EmbeddedRegistry()
+    directory = Directory(registry)
+    client = ServiceClient(directory)
+    client.on_call.append(metrics.observe_call)
+    try:
+        for item in range(3):
+            await client.get(f"http://127.0.0.1:{port}/rates/{item}?to=EUR", timeout=2)
+    finally:
+        await client.aclose()
+        await directory.aclose()
+        await server.aclose(grace=0)
+    calls = "meshkit_client_calls_total"
+    assert sample(metrics.registry, calls, service="127.0.0.1", outcome="200") == 3
+    assert b"/rates" not in exposition(metrics.registry, "")[1]
 
 
 def test_client_calls_retries_and_ejections_are_counted() -> None:

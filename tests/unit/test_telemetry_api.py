@@ -182,6 +182,9 @@ async def test_a_full_store_answers_503_with_retry_after(
         ("/v1/query/logs?trace_id=123", "trace_id"),
         ("/v1/query/logs?after=-1", "after"),
         ("/v1/query/logs?limit=100000", "limit"),
+        ("/v1/query/logs?limit=%C2%B2", "limit"),
+        ("/v1/query/logs?after=%C2%B2", "after"),
+        ("/v1/query/logs?after=99999999999999999999", "after"),
     ],
 )
 async def test_bad_query_parameters_are_problems_naming_them(
@@ -194,6 +197,23 @@ async def test_bad_query_parameters_are_problems_naming_them(
     assert answer.headers["content-type"].startswith("application/problem+json")
     problem: dict[str, Any] = answer.json()
     assert problem["errors"][0]["field"] == field
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/query/traces?since=99999999d",
+        "/v1/query/traces?min_duration=99999999d",
+        "/v1/query/logs?since=99999999d",
+    ],
+)
+async def test_durations_beyond_the_stored_times_are_answered(
+    plane: tuple[ControlPlane, httpx.AsyncClient], target: str
+) -> None:
+    """A duration longer than any nanosecond time SQLite holds is a query like another."""
+    _, client = plane
+    answer = await client.get(target, headers=AUTH)
+    assert answer.status_code == 200
 
 
 async def test_an_unknown_trace_is_a_404(plane: tuple[ControlPlane, httpx.AsyncClient]) -> None:

@@ -21,7 +21,7 @@ import msgspec
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from meshkit._clock import SystemClock
@@ -377,18 +377,32 @@ def _print_waterfall(trace: TraceView) -> None:
         f"trace {trace.trace_id}: {len(trace.spans)} spans across {len(services)} services"
         f" in {_duration(end - start)}"
     )
-    table = Table("service", "operation", "start", "duration", "status", "", box=None)
-    for depth, span in _tree(trace.spans):
+    # The bars keep their width and the names their line: what gives way to a
+    # narrow terminal is a failed span's message (its own row), which wraps.
+    tree = _tree(trace.spans)
+    table = Table(
+        Column("service", no_wrap=True),
+        Column("operation", min_width=max(len("  " * d + s.name) for d, s in tree)),
+        Column("start", no_wrap=True),
+        Column("duration", no_wrap=True),
+        Column("status", no_wrap=True),
+        Column("", min_width=_BAR, no_wrap=True),
+        box=None,
+    )
+    for depth, span in tree:
         failed = span.status == "error"
-        status = f"[red]error[/] {escape(span.status_message)}".rstrip() if failed else span.status
         table.add_row(
             escape(span.service),
             escape("  " * depth + span.name),
             f"+{_duration(span.start_ns - start)}",
             _duration(span.duration_ns),
-            status,
+            "[red]error[/]" if failed else span.status,
             _bar(span.start_ns - start, span.duration_ns, total, "red" if failed else "cyan"),
         )
+        if failed and span.status_message:
+            # On a line of its own under the operation, where it may wrap.
+            said = Text("  " * (depth + 1) + span.status_message, style="red", no_wrap=False)
+            table.add_row("", said, "", "", "", "")
     console.print(table)
 
 

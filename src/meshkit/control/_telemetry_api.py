@@ -83,6 +83,7 @@ _INVALID_ARGUMENT = 3
 _UNAVAILABLE = 14
 _UNIMPLEMENTED = 12
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_MAX_CURSOR = (1 << 63) - 1  # log ids are SQLite integers
 
 
 class TelemetryAPI:
@@ -233,9 +234,14 @@ def _limit(params: dict[str, list[str]], default: int, maximum: int) -> int:
     given = _one(params, "limit")
     if given is None:
         return default
-    if not given.isdigit() or not 1 <= int(given) <= maximum:
+    if not _decimal(given) or not 1 <= int(given) <= maximum:
         raise InvalidArgumentError("limit", f"must be a whole number from 1 to {maximum}")
     return int(given)
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²``, which ``int()`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 def _since(params: dict[str, list[str]]) -> float | None:
@@ -273,7 +279,7 @@ def _log_query(query: str) -> LogQuery:
     if trace_id is not None and _TRACE_ID.fullmatch(trace_id.lower()) is None:
         raise InvalidArgumentError("trace_id", f"must be 32 hex digits, got {trace_id!r}")
     after = _one(params, "after")
-    if after is not None and not after.isdigit():
+    if after is not None and not (_decimal(after) and int(after) <= _MAX_CURSOR):
         raise InvalidArgumentError("after", f"must be a cursor from an answer, got {after!r}")
     return LogQuery(
         services=tuple(name for name in params.get("service", []) if name),

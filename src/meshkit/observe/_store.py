@@ -61,6 +61,7 @@ __all__ = ["PURGE_INTERVAL", "Purged", "StoreStatistics", "TelemetryStore", "kee
 DEFAULT_MAX_PENDING = 50_000
 _ERROR = 2  # Status.StatusCode.STATUS_CODE_ERROR
 _MAX_SIZE_ROUNDS = 8  # purges by size, each estimated from the last; it converges in one or two
+_INT64_MAX = (1 << 63) - 1  # SQLite's largest integer: a bound parameter beyond it raises
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -352,12 +353,12 @@ class TelemetryStore:
         parameters: list[Any] = []
         if query.since is not None:
             where.append("t.start_ns >= ?")
-            parameters.append(int((now - query.since) * 1e9))
+            parameters.append(_since_ns(now, query.since))
         if query.errors:
             where.append("t.error")
         if query.min_duration:
             where.append("t.end_ns - t.start_ns >= ?")
-            parameters.append(int(query.min_duration * 1e9))
+            parameters.append(min(_INT64_MAX, int(query.min_duration * 1e9)))
         if query.service is not None:
             where.append(
                 "EXISTS (SELECT 1 FROM trace_services s"
@@ -478,12 +479,18 @@ def _log_filters(query: LogQuery, now: float) -> tuple[list[str], list[Any]]:
         parameters.append(query.trace_id)
     if query.since is not None:
         where.append("time_ns >= ?")
-        parameters.append(int((now - query.since) * 1e9))
+        parameters.append(_since_ns(now, query.since))
     if query.grep:
         escaped = query.grep.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         where.append("body LIKE ? ESCAPE '\\'")
         parameters.append(f"%{escaped}%")
     return where, parameters
+
+
+def _since_ns(now: float, since: float) -> int:
+    """The Unix nanoseconds ``since`` seconds before ``now``; 0 for a longer look back
+    (``since=99999999d``), which SQLite could not take as an integer."""
+    return max(0, int((now - since) * 1e9))
 
 
 def _log_view(row: tuple[Any, ...]) -> LogView:

@@ -115,6 +115,7 @@ class RecordedTrace(RequestTrace):
     __slots__ = (
         "_attempt_id",
         "_attempt_origin",
+        "_attempt_parent",
         "_attempt_started",
         "_attempt_status",
         "_method_route",
@@ -145,6 +146,10 @@ class RecordedTrace(RequestTrace):
         self._attempt_status = 0
         self._attempt_started = 0.0
         self._attempt_origin: tuple[str, int] | None = None
+        # An attempt's parent: the server span when there is one; else the caller's
+        # span, or none at all when the attempt begins the trace (an app beside a
+        # sidecar that sent no context: its outbound call is the trace's root).
+        self._attempt_parent = span_id if tracing.server else parent_id
         self._method_route: tuple[str, str | None] = ("", None)
         self._resends = 0
         self._started = tracing.clock.monotonic()
@@ -196,7 +201,7 @@ class RecordedTrace(RequestTrace):
             SpanRecord(
                 self.trace_id,
                 attempt_id,
-                self.span_id,
+                self._attempt_parent,
                 f"{method} {route}" if route else method,
                 CLIENT,
                 self._attempt_started,
@@ -211,7 +216,11 @@ class RecordedTrace(RequestTrace):
         tracing = self._tracing
         if not tracing.server:
             return
-        route = request.route
+        # http.route is the path template that matched (HTTP conventions); a
+        # route that names no path (the sidecar's "inbound", a label for its
+        # metrics: it does not know the app's routes) leaves the span named by
+        # its method alone.
+        route = request.route if request.route and request.route.startswith("/") else None
         attributes: list[tuple[str, str | int]] = [
             ("http.request.method", request.method),
             ("url.path", self._path),

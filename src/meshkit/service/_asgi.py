@@ -23,7 +23,7 @@ from typing import Any
 
 from meshkit._clock import Clock
 from meshkit.service._deadline import TIMEOUT_HEADER, deadline_from_header, use_deadline
-from meshkit.service._metrics import Measured, ServiceMetrics
+from meshkit.service._metrics import METRICS_PATH, Measured, ServiceMetrics
 from meshkit.service._problems import install_if_starlette
 from meshkit.service._saga_api import PREFIX as SAGAS
 from meshkit.service._saga_api import SagaAPI
@@ -68,6 +68,11 @@ class MeshASGI:
             return
         if self.sagas is not None and (path == SAGAS or path.startswith(SAGAS + "/")):
             await self._sagas(self.sagas, scope, send)
+            return
+        if path == METRICS_PATH:
+            # A scrape is no request of the application's: traced, each one would
+            # be a trace of its own in `meshkit traces`, every scrape interval.
+            await self.app(scope, receive, send)
             return
         deadline = None
         for name, value in scope["headers"]:

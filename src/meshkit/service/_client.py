@@ -74,6 +74,8 @@ class Call(msgspec.Struct, frozen=True, kw_only=True):
     ``error`` (the caller's mistake, found before any I/O); ``attempts``
     counts the instances tried (0 when none was); ``duration`` is in
     seconds; ``trace_id`` is the sampled span current as the call ended.
+    ``service`` is the host of a call to an absolute URL, as its span names
+    it: the URL itself would make a metric series per path and query.
     """
 
     service: str
@@ -254,7 +256,7 @@ class ServiceClient:
             return response
         finally:
             if self.on_call:
-                self._report(service, outcome, tally.attempts, started)
+                self._report(_called(service), outcome, tally.attempts, started)
 
     def _report(self, service: str, outcome: str, attempts: int, started: float) -> None:
         found = exemplar()
@@ -555,3 +557,10 @@ def _retry_after(response: Response) -> float | None:
 
 
 _DELAY = re.compile(rb"[0-9]{1,9}")
+
+
+def _called(service: str) -> str:
+    """Who a call went to, for instrumentation: a service's name, or a URL's host."""
+    if service.startswith(("http://", "https://")):
+        return urlsplit(service).hostname or service
+    return service
