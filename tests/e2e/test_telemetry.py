@@ -163,6 +163,7 @@ def test_the_official_exporters_spans_and_logs_come_back(project: tuple[Path, in
         (("logs", "--level", "loud"), "--level: must be one of trace, debug"),
         (("logs", "--since", "ten minutes"), "--since: must be a duration"),
         (("logs", "--trace", "xyz"), "--trace: must be a trace id of 32 hex digits"),
+        (("logs", "--trace", "0" * 32), "--trace: all zeros is not a trace id"),
         (("traces", "--min-duration", "slow"), "--min-duration: must be a duration"),
         (("traces", "show", "ab" * 16), f"no trace {'ab' * 16} is kept"),
     ],

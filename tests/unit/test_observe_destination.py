@@ -96,3 +96,15 @@ def test_a_users_collector_is_left_to_the_inherited_variables() -> None:
         variables={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
     )
     assert standard_variables(Identity(service="n"), where) == {}
+
+
+def test_grpc_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"OTEL_EXPORTER_OTLP_PROTOCOL.*4318"):
+        destination(
+            control=None,
+            token=None,
+            variables={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317",
+                "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            },
+        )

@@ -208,3 +208,28 @@ def test_spans_and_logs_are_sent_in_the_otlp_json_mapping() -> None:
     assert record["severityNumber"] == 9
     assert record["body"] == {"stringValue": "GET /orders/1 200"}
     assert record["timeUnixNano"] == str(1_700_000_000_500_000_000)
+
+
+def test_a_batch_refused_for_a_moment_is_sent_again() -> None:
+    """A busy destination (503, a refused connection) gets the batch again after a pause."""
+    clock = FakeClock()
+    recorder = Recorder(ratio=1.0)
+    sink = FakeSink()
+    refusals = [True, True]  # the first two sends fail, the third is taken
+
+    async def main() -> None:
+        exporter = Exporter(recorder, sink, resource={"service.name": "gateway"}, clock=clock)
+        original = sink.send
+
+        async def flaky(signal: str, body: bytes) -> None:
+            sink.failing = bool(refusals and refusals.pop())
+            await original(signal, body)
+
+        sink.send = flaky  # type: ignore[method-assign]
+        recorder.span(_span(1))
+        await exporter.flush()
+
+    clock.run(main())
+    statistics = recorder.statistics()
+    assert (statistics.failed["spans"], statistics.exported["spans"]) == (0, 1)
+    assert len(sink.bodies) == 1

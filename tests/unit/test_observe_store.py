@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -217,6 +218,26 @@ def test_a_full_queue_refuses_and_counts(tmp_path: Path) -> None:
         assert store.statistics().spans_written == 11
     finally:
         store.close()
+
+
+def test_a_batch_that_cannot_be_written_is_counted_lost_and_said(
+    store: TelemetryStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The disk full: the batch's rows are counted lost and an error names why; the next
+    batch is written."""
+
+    def full(spans: object, logs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "_write", full)
+        assert store.offer_spans([span(1, 1), span(1, 2)])
+        store.flush()
+    assert (store.statistics().spans_lost, store.statistics().spans_written) == (2, 0)
+    assert "could not write 2 spans and 0 log records: database or disk is full" in caplog.text
+    assert store.offer_spans([span(2, 1)])
+    store.flush()
+    assert store.statistics().spans_written == 1
 
 
 def test_purge_removes_what_is_older_than_the_retention(tmp_path: Path) -> None:

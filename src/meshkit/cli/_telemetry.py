@@ -88,6 +88,8 @@ def _trace_id(value: str, option: str) -> str:
     trace_id = value.strip().lower()
     if len(trace_id) != 32 or any(c not in "0123456789abcdef" for c in trace_id):
         fail(f"{option}: must be a trace id of 32 hex digits, got {value!r}")
+    if trace_id == "0" * 32:  # W3C Trace Context: all zeros is no trace
+        fail(f"{option}: all zeros is not a trace id")
     return trace_id
 
 
@@ -163,6 +165,8 @@ def logs(
     async def work(client: PlaneClient) -> None:
         page = await _logs(client, [*params, ("limit", str(limit))])
         show(page)
+        if not page.logs and not follow and not json:
+            typer.echo("no log lines")
         if follow:
             await _follow(client, params, page.cursor, show)
 

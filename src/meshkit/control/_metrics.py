@@ -182,6 +182,14 @@ class _StoreCollector(Collector):
         refused.add_metric(["spans"], float(found.spans_refused))
         refused.add_metric(["logs"], float(found.logs_refused))
         yield refused
+        lost = CounterMetricFamily(
+            "meshkit_telemetry_lost_records",
+            "Spans and log records taken, then not written (the disk full, the file broken).",
+            labels=["signal"],
+        )
+        lost.add_metric(["spans"], float(found.spans_lost))
+        lost.add_metric(["logs"], float(found.logs_lost))
+        yield lost
         yield GaugeMetricFamily(
             "meshkit_telemetry_pending_records",
             "Records received and not yet written to the store.",

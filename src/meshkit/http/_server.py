@@ -62,6 +62,7 @@ _REASONS = {
     409: b"Conflict",
     410: b"Gone",
     413: b"Content Too Large",
+    415: b"Unsupported Media Type",
     422: b"Unprocessable Content",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",

@@ -67,6 +67,16 @@ def destination(
     Raises ``ConfigError`` naming the variable for a URL that is not http(s)
     or a header that is not ``key=value``.
     """
+    for name in ("PROTOCOL", "TRACES_PROTOCOL", "LOGS_PROTOCOL"):
+        protocol = variables.get(f"{_PREFIX}{name}", "http/protobuf")
+        if protocol not in ("http/protobuf", "http/json"):
+            # gRPC would need a client of its own; sending OTLP/HTTP to a
+            # gRPC port instead would fail without a word.
+            raise ConfigError(
+                f"{_PREFIX}{name}",
+                f"meshkit sends OTLP over HTTP (http/protobuf or http/json), not {protocol!r};"
+                " point it at the collector's OTLP/HTTP port (4318 by default)",
+            )
     if any(f"{_PREFIX}{name}" in variables for name in _ENDPOINT_NAMES):
         return Destination(
             traces=_collector("traces", variables),

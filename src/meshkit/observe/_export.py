@@ -90,6 +90,10 @@ def _target(endpoint: Endpoint) -> tuple[bool, str, int, str, list[tuple[bytes, 
     return secure, parts.hostname, parts.port or (443 if secure else 80), parts.path or "/", headers
 
 
+# The pauses before each resend of a batch the destination did not take; None: give up.
+_RESENDS = (0.25, 1.0, None)
+
+
 class Exporter:
     """Runs while ``start()``-ed: takes the recorder's batches to ``sink``.
 
@@ -151,14 +155,21 @@ class Exporter:
                 await self._send("logs", len(logs), encode_logs(logs, self._resource, offset))
 
     async def _send(self, signal: str, count: int, body: bytes) -> None:
-        try:
-            await self._sink.send(signal, body)
-        except (MeshkitError, OSError) as error:
-            self._recorder.failed[signal] += count
-            if not self._failing:  # once per outage, not once per batch
-                _log.warning("telemetry not sent (counted as failed until it is): %s", error)
-            self._failing = True
-            return
+        for backoff in _RESENDS:
+            try:
+                await self._sink.send(signal, body)
+                break
+            except (MeshkitError, OSError) as error:
+                # A busy store answers 503 and a restarting one refuses the
+                # connection: try again a little later, then count it failed.
+                if backoff is not None and not self._closing:
+                    await self._clock.sleep(backoff)
+                    continue
+                self._recorder.failed[signal] += count
+                if not self._failing:  # once per outage, not once per batch
+                    _log.warning("telemetry not sent (counted as failed until it is): %s", error)
+                self._failing = True
+                return
         self._recorder.exported[signal] += count
         if self._failing:
             _log.warning("telemetry is being sent again")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import sqlite3
 import threading
@@ -37,7 +38,7 @@ from typing import Any
 
 import msgspec
 
-from meshkit._clock import Clock
+from meshkit._clock import Clock, SystemClock
 from meshkit.errors import EnvironmentFaultError
 from meshkit.observe._otlp_decode import LogRow, SpanRow
 from meshkit.observe._retention import Retention
@@ -53,6 +54,8 @@ from meshkit.observe._views import (
     TraceSummary,
     TraceView,
 )
+
+_log = logging.getLogger("meshkit.observe")
 
 __all__ = ["PURGE_INTERVAL", "Purged", "StoreStatistics", "TelemetryStore", "keep_retention"]
 
@@ -126,6 +129,8 @@ class StoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
     logs_written: int
     spans_refused: int
     logs_refused: int
+    spans_lost: int  # taken, then not written (the disk full, the file broken)
+    logs_lost: int
     pending: int
     batches: int
 
@@ -148,9 +153,15 @@ class TelemetryStore:
     """Spans and logs in the SQLite file at ``path``; ``close()`` writes what is queued."""
 
     def __init__(
-        self, path: Path, *, retention: Retention, max_pending: int = DEFAULT_MAX_PENDING
+        self,
+        path: Path,
+        *,
+        retention: Retention,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        clock: Clock | None = None,
     ) -> None:
         self.path = path
+        self._clock = clock or SystemClock()
         self.retention = retention
         self._max_pending = max_pending
         try:
@@ -175,8 +186,18 @@ class TelemetryStore:
         self._in_hand = 0  # rows the writer took and has not committed yet
         self._closing = False
         self._counts = dict.fromkeys(
-            ("spans_written", "logs_written", "spans_refused", "logs_refused", "batches"), 0
+            (
+                "spans_written",
+                "logs_written",
+                "spans_refused",
+                "logs_refused",
+                "spans_lost",
+                "logs_lost",
+                "batches",
+            ),
+            0,
         )
+        self._last_loss = float("-inf")
         self._thread = threading.Thread(
             target=self._write_loop, name="telemetry-writer", daemon=True
         )
@@ -238,18 +259,35 @@ class TelemetryStore:
             try:
                 with self._write_lock:
                     self._write(spans, logs)
-            except Exception:  # noqa: BLE001 (the writer must outlive any batch)
+            except Exception as error:  # noqa: BLE001 (the writer must outlive any batch)
                 # The disk is full or the file broke, or a row SQLite cannot take: these
-                # rows are lost, and counted as refused; the next batch tries again.
-                self._counts["spans_refused"] += len(spans)
-                self._counts["logs_refused"] += len(logs)
+                # rows, already answered 200, are lost. Counted and said, once a minute
+                # at most; the next batch tries again.
+                self._lost(spans, logs, error)
+                written = False
             else:
-                self._counts["spans_written"] += len(spans)
-                self._counts["logs_written"] += len(logs)
-                self._counts["batches"] += 1
+                written = True
             with self._changed:
+                if written:
+                    self._counts["spans_written"] += len(spans)
+                    self._counts["logs_written"] += len(logs)
+                    self._counts["batches"] += 1
                 self._pending -= len(spans) + len(logs)
                 self._changed.notify_all()
+
+    def _lost(self, spans: list[SpanRow], logs: list[LogRow], error: Exception) -> None:
+        with self._changed:
+            self._counts["spans_lost"] += len(spans)
+            self._counts["logs_lost"] += len(logs)
+        now = self._clock.monotonic()
+        if now - self._last_loss >= 60:
+            self._last_loss = now
+            _log.error(
+                "the telemetry store could not write %d spans and %d log records: %s",
+                len(spans),
+                len(logs),
+                error,
+            )
 
     def _write(self, spans: list[SpanRow], logs: list[LogRow]) -> None:
         db = self._writer
