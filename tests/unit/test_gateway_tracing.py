@@ -229,7 +229,8 @@ async def test_each_attempt_is_a_client_span_and_a_5xx_marks_the_server_span_fai
 
 
 async def test_the_access_log_is_a_log_record_per_request_with_its_trace() -> None:
-    """Answered and refused requests each give a record carrying the request's trace id."""
+    """Answered and refused requests each give a record carrying the request's trace id,
+    and the path the client asked for (the route strips /api on the way up)."""
     async with traced() as (fleet, call, gateway, sink):
         await fleet.add("orders")
         assert (await call("GET", "/api/orders/1")).status == 200
@@ -237,8 +238,8 @@ async def test_the_access_log_is_a_log_record_per_request_with_its_trace() -> No
         await flush(gateway)
     servers = {span["spanId"]: span for span in sink.spans if span["kind"] == 2}
     assert [record["body"]["stringValue"] for record in sink.logs] == [  # type: ignore[index]
-        "GET /orders/1 200",
-        "GET /orders/1 401",
+        "GET /api/orders/1 200",
+        "GET /api/orders/1 401",
     ]
     for record in sink.logs:
         assert servers[record["spanId"]]["traceId"] == record["traceId"]

@@ -83,6 +83,7 @@ class ProxyRequest:
         "method",
         "path",
         "policy",
+        "received_path",
         "query",
         "rate_limit",
         "request_id",
@@ -112,6 +113,7 @@ class ProxyRequest:
     ) -> None:
         self.method = method
         self.path = path
+        self.received_path = path  # as the client sent it: ``path`` may be rewritten
         self.query = query
         self.headers = headers
         self.client = client

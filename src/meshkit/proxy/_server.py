@@ -51,6 +51,7 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     then says why. ``upstream`` is ``host:port`` when one was chosen;
     ``route`` and ``service`` are what the routing filter set on the request;
     ``trace_id`` and ``span_id`` (hex) its trace context when it is traced.
+    ``path`` is the path the client sent, before any filter rewrote it.
     """
 
     request_id: str
@@ -123,7 +124,7 @@ class ProxyServer(Listener[ClientConnection]):
         record = Exchange(
             request_id=request.request_id,
             method=request.method,
-            path=request.path,
+            path=request.received_path,
             client=request.client,
             status=status,
             duration=self.loop.time() - request.started,
