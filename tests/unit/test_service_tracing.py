@@ -206,3 +206,61 @@ async def test_a_path_beside_an_absolute_url_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="path"):
         await client.get("http://127.0.0.1:1/a", "/b")
     await client.aclose()
+
+
+UNSAMPLED = f"00-{TRACE_ID:032x}-{PARENT_ID:016x}-00".encode()
+
+
+async def test_an_unsampled_request_records_nothing_and_its_calls_carry_the_context_on(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The caller's choice not to record holds across the service: no span, the same
+    traceparent on every call the handler makes."""
+    seen: list[str] = []
+
+    async def callee(request: Request) -> Response:
+        seen.append(request.header("traceparent") or "")
+        return json_response(200, {})
+
+    server = HTTPServer(callee)
+    _, port = await server.start()
+    client = ServiceClient(Directory(EmbeddedRegistry()))
+    app = FastAPI()
+
+    @app.get("/relay")
+    async def relay() -> dict[str, int]:
+        response = await client.get(f"http://127.0.0.1:{port}/x", timeout=2)
+        return {"status": response.status}
+
+    try:
+        served = serving_app(app, clock=FakeClock())  # type: ignore[arg-type]
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": "/relay",
+            "raw_path": b"/relay",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"traceparent", UNSAMPLED)],
+            "client": ("127.0.0.1", 5000),
+            "server": ("127.0.0.1", 8000),
+        }
+        await served(scope, receive, send)
+    finally:
+        await client.aclose()
+        await server.aclose(grace=0)
+    assert statuses == [200]
+    assert seen == [UNSAMPLED.decode()]
+    assert spans.get_finished_spans() == ()
