@@ -13,7 +13,7 @@ receives, so the spans are really exported during the measurement. The
 access log records are off in all three, so the figures are the
 tracing's. nginx as a reverse proxy runs in the same rounds, as the
 reference the gateway benchmark uses. Rounds take each target in turn;
-the median round of each is reported, with the CPU time each gateway
+the median of five rounds of each is reported, with the CPU time each gateway
 process used per request.
 
 The SDK client's rows (``benchmarks._observe_sdk``): calls/s and CPU per
@@ -217,7 +217,7 @@ def main() -> None:
         raise SystemExit(
             f"benchmarks.observe needs {', '.join(missing)}: apt-get install {' '.join(missing)}"
         )
-    seconds, rounds = (1, 1) if args.quick else (5, 3)
+    seconds, rounds = (1, 1) if args.quick else (5, 5)
     rows = gateway_tracing_rows(seconds=seconds, rounds=rounds)
     rows += sdk_call_rows(seconds=seconds)
     rows += uvloop.run(measure_ingest(quick=args.quick))
