@@ -50,14 +50,16 @@ class Forwarder:
             request.headers, self.forwarding, client=request.client, scheme=request.scheme
         )
         lines = [f"{request.method} {request.target} HTTP/1.1\r\n".encode("latin-1")]
-        trace = request.trace
-        dropped = _NOT_FORWARDED if trace is None else _NOT_FORWARDED_TRACED
+        trace, line = request.trace, request.trace_line
+        dropped = _NOT_FORWARDED if trace is None and not line else _NOT_FORWARDED_TRACED
         for name, value in headers:
             if name not in dropped:
                 lines.append(b"%s: %s\r\n" % (name, value))
         lines.append(b"x-request-id: %s\r\n" % request.request_id.encode("ascii"))
         if trace is not None:
             lines.append(trace.headers())
+        elif line:
+            lines.append(line)
         return b"".join(lines)
 
     def done(self, connection: UpstreamConnection, *, reusable: bool) -> None:

@@ -66,8 +66,10 @@ class ProxyRequest:
       refused), ``None`` for a request that is not cross-origin.
     - ``call``: ``Upstreams``: the attempts of the request and its route's
       breaker ticket.
-    - ``trace``: ``Tracing``: the request's trace context and spans, which
-      the engine tells of each attempt and writes upstream.
+    - ``trace``: ``Tracing``: a sampled request's trace context and spans,
+      which the engine tells of each attempt and writes upstream;
+      ``trace_line``: an unsampled request's context, the header lines the
+      forwarder sends on as they are (nothing to tell it of).
     - ``status``: the engine, once the answer's status is known.
     """
 
@@ -93,6 +95,7 @@ class ProxyRequest:
         "started",
         "status",
         "trace",
+        "trace_line",
         "upstream",
         "version",
     )
@@ -132,6 +135,7 @@ class ProxyRequest:
         self.cors_origin: bytes | None = None
         self.call: UpstreamCall | None = None
         self.trace: RequestTrace | None = None
+        self.trace_line = b""  # an unsampled request's context, as header lines to send on
         self.status = 0
         self._finally: list[Callable[[], None]] | None = None
 

@@ -72,6 +72,20 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
 
 Observer = Callable[[Exchange], None]
 
+# Where the ids sit in an unsampled request's "traceparent: 00-<trace>-<span>-00" line.
+_TRACE_IDS = slice(16, 48)
+_SPAN_IDS = slice(49, 65)
+
+
+def _trace_ids(request: ProxyRequest) -> tuple[str | None, str | None]:
+    """The request's trace and span ids, sampled or not: log lines name their trace either way."""
+    trace, line = request.trace, request.trace_line
+    if trace is not None:
+        return trace.trace_id.decode("ascii"), trace.span_id.decode("ascii")
+    if line:
+        return line[_TRACE_IDS].decode("ascii"), line[_SPAN_IDS].decode("ascii")
+    return None, None
+
 
 class ProxyServer(Listener[ClientConnection]):
     """Runs requests through ``filters``, then ``forwarder``, on one address."""
@@ -121,6 +135,7 @@ class ProxyServer(Listener[ClientConnection]):
         if not self.on_exchange:
             return
         upstream = request.upstream
+        trace_id, span_id = _trace_ids(request)
         record = Exchange(
             request_id=request.request_id,
             method=request.method,
@@ -134,8 +149,8 @@ class ProxyServer(Listener[ClientConnection]):
             route=request.route,
             service=request.service,
             error=None if error is None else f"{type(error).__name__}: {error}",
-            trace_id=None if trace is None else trace.trace_id.decode("ascii"),
-            span_id=None if trace is None else trace.span_id.decode("ascii"),
+            trace_id=trace_id,
+            span_id=span_id,
         )
         for observer in self.on_exchange:
             observer(record)

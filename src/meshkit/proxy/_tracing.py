@@ -18,8 +18,9 @@ What is recorded depends on the proxy's place:
   the sidecar's outbound port). Without it, the upstream's parent is the
   server span (the sidecar's app is not a separate hop).
 
-An unsampled request records nothing: it costs the header's parse, two
-random ids for a new trace, and the header written upstream.
+An unsampled request records nothing and hangs no ``RequestTrace``: it
+costs the header's parse, two random ids for a new trace, and the header
+lines written upstream (``ProxyRequest.trace_line``).
 Attributes follow OpenTelemetry's HTTP semantic conventions.
 """
 
@@ -66,7 +67,9 @@ class Tracing:
         if sampled:
             request.trace = RecordedTrace(self, request, trace_id, span_id, parent_id, state)
         else:
-            request.trace = RequestTrace(trace_id, span_id, state)
+            # Only the header lines: the engine's hooks and an object per
+            # request were a third of what an unsampled request cost.
+            request.trace_line = RequestTrace(trace_id, span_id, state).headers()
 
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         pass
