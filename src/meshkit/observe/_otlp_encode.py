@@ -50,8 +50,19 @@ def _attribute(key: str, value: str | int) -> bytes:
     return found
 
 
+# Whole attribute lists too: a client span's (method, address, port, status)
+# repeats exactly from request to request.
+_BLOCKS: dict[Attributes, bytes] = {}
+
+
 def _attributes(attributes: Attributes) -> bytes:
-    return b",".join([_attribute(key, value) for key, value in attributes])
+    found = _BLOCKS.get(attributes)
+    if found is None:
+        found = b",".join([_attribute(key, value) for key, value in attributes])
+        if len(_BLOCKS) >= _ENCODED_LIMIT:
+            _BLOCKS.clear()
+        _BLOCKS[attributes] = found
+    return found
 
 
 def _resource(resource: Mapping[str, str]) -> bytes:
