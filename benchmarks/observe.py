@@ -13,8 +13,9 @@ receives, so the spans are really exported during the measurement. The
 access log records are off in all three, so the figures are the
 tracing's. nginx as a reverse proxy runs in the same rounds, as the
 reference the gateway benchmark uses. Rounds take each target in turn,
-each round starting one target further on; the median of five rounds of
-each is reported, with the CPU time each gateway process used per request.
+each round starting one target further on, each gateway a fresh process
+alone on its core; the median of five rounds of each is reported, with
+the CPU time each gateway process used per request.
 
 The SDK client's rows (``benchmarks._observe_sdk``): calls/s and CPU per
 call with no tracer provider, with the SDK set up and the calls under an
@@ -65,6 +66,19 @@ def _sink_counts(port: int) -> dict[str, int]:
     return counts
 
 
+def _measure(
+    port: int, pid: int, sink: int, seconds: int, headers: dict[str, str]
+) -> dict[str, float]:
+    """wrk's figures for ``seconds`` on ``port``, the CPU ``pid`` used per request (us),
+    and the spans the sink received meanwhile, per second."""
+    before, spans_before = cpu_seconds(pid), _sink_counts(sink)["spans"]
+    run = wrk(f"http://127.0.0.1:{port}/", seconds, headers=headers)
+    run["cpu"] = (cpu_seconds(pid) - before) / (run["rps"] * seconds) * 1e6
+    # Exported while the load ran (the last second's batch may land after).
+    run["spans"] = (_sink_counts(sink)["spans"] - spans_before) / seconds
+    return run
+
+
 def gateway_tracing_rows(*, seconds: int, rounds: int) -> list[Row]:
     """The gateway's requests/s and CPU per request, tracing off, at 1% and at 100%."""
     headers = {"x-api-key": API_KEY}
@@ -84,44 +98,31 @@ def gateway_tracing_rows(*, seconds: int, rounds: int) -> list[Row]:
                 [sys.executable, "-m", "benchmarks._otlp_sink", str(sink)], sink, 0, path="/count"
             )
         )
-        ports = {name: free_port() for name in GATEWAYS}
-        processes = {
-            name: stack.enter_context(
-                running(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks._gateway_process",
-                        str(ports[name]),
-                        str(backend),
-                        *(() if ratio is None else (str(ratio), str(sink))),
-                    ],
-                    ports[name],
-                    1,
-                    headers=headers,
-                )
-            )
-            for name, ratio in GATEWAYS.items()
-        }
-        targets = {"nginx": nginx_port, **ports}
-        serving = {"nginx": worker(nginx), **{name: p.pid for name, p in processes.items()}}
-        for port in targets.values():
-            wrk(f"http://127.0.0.1:{port}/", 1, headers=headers)  # warm up
-        runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        order = list(targets.items())
+        wrk(f"http://127.0.0.1:{nginx_port}/", 1, headers=headers)  # warm up
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in ("nginx", *GATEWAYS)}
+        order = ["nginx", *GATEWAYS]
         for number in range(rounds):
-            # Each round starts one place further on: where a target stands in
-            # a round was worth several percent on its own (two identical
-            # gateways measured 4% apart in one run).
+            # Each round starts one place further on, and runs each gateway in a
+            # process of its own, started for it and alone on its core: with all
+            # three alive at once, where a gateway stood was worth several
+            # percent (two identical ones measured 4% apart in one run).
             shift = number % len(order)
-            for name, port in order[shift:] + order[:shift]:
-                pid = serving[name]
-                before, spans_before = cpu_seconds(pid), _sink_counts(sink)["spans"]
-                run = wrk(f"http://127.0.0.1:{port}/", seconds, headers=headers)
-                run["cpu"] = (cpu_seconds(pid) - before) / (run["rps"] * seconds) * 1e6
-                # Exported while the load ran (the last second's batch may land after).
-                run["spans"] = (_sink_counts(sink)["spans"] - spans_before) / seconds
-                runs[name].append(run)
+            for name in order[shift:] + order[:shift]:
+                if name == "nginx":
+                    runs[name].append(_measure(nginx_port, worker(nginx), sink, seconds, headers))
+                    continue
+                ratio, port = GATEWAYS[name], free_port()
+                command = [
+                    sys.executable,
+                    "-m",
+                    "benchmarks._gateway_process",
+                    str(port),
+                    str(backend),
+                    *(() if ratio is None else (str(ratio), str(sink))),
+                ]
+                with running(command, port, 1, headers=headers) as gateway:
+                    wrk(f"http://127.0.0.1:{port}/", 1, headers=headers)  # warm up
+                    runs[name].append(_measure(port, gateway.pid, sink, seconds, headers))
         results = {name: median_run(found) for name, found in runs.items()}
     off = results["off"]
     rows = [
