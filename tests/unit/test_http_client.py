@@ -31,6 +31,7 @@ class ScriptedServer:
         self.open = 0
         self.most_open = 0
         self.server: asyncio.Server | None = None
+        self._handling: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> int:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -39,8 +40,20 @@ class ScriptedServer:
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
+        # Handlers see their client's close a loop turn or more later: wait for
+        # them (a handler left pending when the loop closes is a warning, and
+        # warnings are errors here), then cancel what a test left waiting.
+        if self._handling:
+            _, pending = await asyncio.wait(self._handling, timeout=1.0)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handling.add(task)
+            task.add_done_callback(self._handling.discard)
         self.connections += 1
         self.open += 1
         self.most_open = max(self.most_open, self.open)
