@@ -78,6 +78,7 @@ PUBLIC = {
         "standard_variables",
         "start_telemetry",
         "tracer",
+        "tracing_set_up",
     ],
     "meshkit.errors": [
         "CompositionError",

@@ -166,30 +166,29 @@ class _StoreCollector(Collector):
         if store is None:
             return
         found = store.statistics()
-        stored = CounterMetricFamily(
-            "meshkit_telemetry_stored_records",
-            "Spans and log records the control plane has written to its store.",
-            labels=["signal"],
-        )
-        stored.add_metric(["spans"], float(found.spans_written))
-        stored.add_metric(["logs"], float(found.logs_written))
-        yield stored
-        refused = CounterMetricFamily(
-            "meshkit_telemetry_refused_records",
-            "Spans and log records refused with 503 because the store's queue was full.",
-            labels=["signal"],
-        )
-        refused.add_metric(["spans"], float(found.spans_refused))
-        refused.add_metric(["logs"], float(found.logs_refused))
-        yield refused
-        lost = CounterMetricFamily(
-            "meshkit_telemetry_lost_records",
-            "Spans and log records taken, then not written (the disk full, the file broken).",
-            labels=["signal"],
-        )
-        lost.add_metric(["spans"], float(found.spans_lost))
-        lost.add_metric(["logs"], float(found.logs_lost))
-        yield lost
+        for name, help_text, spans, logs in (
+            ("stored", "written to its store", found.spans_written, found.logs_written),
+            (
+                "refused",
+                "refused with 503, its queue full",
+                found.spans_refused,
+                found.logs_refused,
+            ),
+            (
+                "lost",
+                "taken, then not written (disk full, file broken)",
+                found.spans_lost,
+                found.logs_lost,
+            ),
+        ):
+            family = CounterMetricFamily(
+                f"meshkit_telemetry_{name}_records",
+                f"Spans and log records the control plane has {help_text}.",
+                labels=["signal"],
+            )
+            family.add_metric(["spans"], float(spans))
+            family.add_metric(["logs"], float(logs))
+            yield family
         yield GaugeMetricFamily(
             "meshkit_telemetry_pending_records",
             "Records received and not yet written to the store.",

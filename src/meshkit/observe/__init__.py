@@ -38,7 +38,7 @@ from meshkit.observe._recorder_metrics import RecorderCollector, TelemetryCollec
 from meshkit.observe._retention import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention
 from meshkit.observe._setup import Telemetry, TelemetryStatistics, start_telemetry
 from meshkit.observe._store import Purged, StoreStatistics, TelemetryStore, keep_retention
-from meshkit.observe._tracer import tracer
+from meshkit.observe._tracer import tracer, tracing_set_up
 from meshkit.observe._units import parse_duration, parse_level, parse_size
 from meshkit.observe._views import (
     LogPage,
@@ -113,4 +113,5 @@ __all__ = [
     "standard_variables",
     "start_telemetry",
     "tracer",
+    "tracing_set_up",
 ]

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from meshkit.observe._destination import Destination, Endpoint, Identity
 from meshkit.observe._logs import OTLPHandler, install_record_fields
 from meshkit.observe._queue import DEFAULT_SIZE, ExportQueue, QueueStatistics, delivered
+from meshkit.observe._tracer import tracing_set_up
 
 __all__ = ["Telemetry", "TelemetryStatistics", "start_telemetry"]
 
@@ -87,7 +88,7 @@ def start_telemetry(
     """
     global _started
     install_record_fields(identity)
-    if _started is not None or _has_provider() or destination == Destination():
+    if _started is not None or tracing_set_up() or destination == Destination():
         return None
     resource = Resource.create(identity.resource())
     spans = logs = handler = None
@@ -105,11 +106,6 @@ def start_telemetry(
         logging.getLogger().addHandler(handler)
     _started = Telemetry(spans, logs, handler)
     return _started
-
-
-def _has_provider() -> bool:
-    current = trace.get_tracer_provider()
-    return not isinstance(current, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def _span_queue(endpoint: Endpoint, size: int) -> ExportQueue[ReadableSpan]:

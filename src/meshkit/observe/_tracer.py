@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from opentelemetry import trace
 
-__all__ = ["tracer"]
+__all__ = ["tracer", "tracing_set_up"]
 
 _tracers: dict[str, tuple[trace.TracerProvider, trace.Tracer]] = {}
+
+
+def tracing_set_up() -> bool:
+    """Whether a tracer provider is set up in this process (by meshkit or its author)."""
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
 
 
 def tracer(name: str) -> trace.Tracer:
