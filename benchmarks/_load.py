@@ -90,7 +90,7 @@ def wrk(
     core: int = 0,
     headers: dict[str, str] | None = None,
 ) -> dict[str, float]:
-    """wrk with one thread on ``core``: requests/s, and latency p50 and p99 in ms.
+    """wrk with one thread on ``core``: requests/s, requests in all, latency p50 and p99 in ms.
 
     Raises if any answer was not 2xx or 3xx: a benchmark of refusals
     measures nothing.
@@ -103,12 +103,13 @@ def wrk(
     if "Non-2xx or 3xx responses" in output:
         raise RuntimeError(f"wrk got error answers from {url}:\n{output}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    total = float(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
 
     def latency(label: str) -> float:
         value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", output).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-    return {"rps": rate, "p50": latency("50%"), "p99": latency("99%")}
+    return {"rps": rate, "requests": total, "p50": latency("50%"), "p99": latency("99%")}
 
 
 def percentile(values: list[float], share: float) -> float:

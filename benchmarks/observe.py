@@ -15,7 +15,11 @@ tracing's. nginx as a reverse proxy runs in the same rounds, as the
 reference the gateway benchmark uses. Rounds take each target in turn,
 each round starting one target further on, each gateway a fresh process
 alone on its core; the median of five rounds of each is reported, with
-the CPU time each gateway process used per request.
+the CPU time each gateway process used per request. Wall-clock figures on
+this machine move by several percent between identical runs, more than
+the 1% gateway's cost, so each gateway is also run under callgrind
+(``benchmarks._callgrind``, where valgrind is installed): the user-space
+instructions per request, which repeat within a fraction of a percent.
 
 The SDK client's rows (``benchmarks._observe_sdk``): calls/s and CPU per
 call with no tracer provider, with the SDK set up and the calls under an
@@ -29,7 +33,8 @@ at a time, every request traced): the spans a second its control plane
 stores, and the CPU the control plane uses meanwhile (its registry and
 broker's work included), as a share of one core.
 
-Needs wrk and nginx (Debian: apt-get install wrk nginx).
+Needs wrk and nginx, and valgrind for the instruction counts (Debian:
+apt-get install wrk nginx valgrind).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from pathlib import Path
 
 import uvloop
 
+from benchmarks._callgrind import instructions_per_request
 from benchmarks._gateway_process import API_KEY
 from benchmarks._load import median_run, wrk
 from benchmarks._observe_ingest import measure_ingest
@@ -77,6 +83,18 @@ def _measure(
     # Exported while the load ran (the last second's batch may land after).
     run["spans"] = (_sink_counts(sink)["spans"] - spans_before) / seconds
     return run
+
+
+def _gateway_command(port: int, backend: int, sink: int, ratio: float | None) -> list[str]:
+    """The gateway benchmark's gateway on ``port``: tracing off (``ratio`` None), or sampling."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks._gateway_process",
+        str(port),
+        str(backend),
+        *(() if ratio is None else (str(ratio), str(sink))),
+    ]
 
 
 def gateway_tracing_rows(*, seconds: int, rounds: int) -> list[Row]:
@@ -111,25 +129,32 @@ def gateway_tracing_rows(*, seconds: int, rounds: int) -> list[Row]:
                 if name == "nginx":
                     runs[name].append(_measure(nginx_port, worker(nginx), sink, seconds, headers))
                     continue
-                ratio, port = GATEWAYS[name], free_port()
-                command = [
-                    sys.executable,
-                    "-m",
-                    "benchmarks._gateway_process",
-                    str(port),
-                    str(backend),
-                    *(() if ratio is None else (str(ratio), str(sink))),
-                ]
+                port = free_port()
+                command = _gateway_command(port, backend, sink, GATEWAYS[name])
                 with running(command, port, 1, headers=headers) as gateway:
                     wrk(f"http://127.0.0.1:{port}/", 1, headers=headers)  # warm up
                     runs[name].append(_measure(port, gateway.pid, sink, seconds, headers))
         results = {name: median_run(found) for name, found in runs.items()}
+        instructions: dict[str, float] = {}
+        if shutil.which("valgrind") is not None:
+            for name, ratio in GATEWAYS.items():
+                port = free_port()
+                command = _gateway_command(port, backend, sink, ratio)
+                instructions[name] = instructions_per_request(
+                    command, port, headers=headers, seconds=max(2, seconds * 2)
+                )
+        else:
+            print("no valgrind: no instruction counts (apt-get install valgrind)", file=sys.stderr)
     off = results["off"]
     rows = [
         Row("nginx (1 worker): requests/s", results["nginx"]["rps"], "req/s"),
         Row("gateway tracing off: requests/s", off["rps"], "req/s"),
         Row("gateway tracing off: CPU per request", off["cpu"], "us"),
     ]
+    if instructions:
+        rows.append(
+            Row("gateway tracing off: instructions per request", instructions["off"], "instr")
+        )
     for name in ("1%", "100%"):
         found = results[name]
         rows.append(
@@ -145,6 +170,16 @@ def gateway_tracing_rows(*, seconds: int, rounds: int) -> list[Row]:
             )
         )
         rows.append(Row(f"gateway tracing {name}: spans exported", found["spans"], "spans/s"))
+        if instructions:
+            rows.append(
+                Row(
+                    f"gateway tracing {name}: instructions per request",
+                    instructions[name],
+                    "instr",
+                    instructions["off"],
+                    "tracing off",
+                )
+            )
     return rows
 
 

@@ -219,6 +219,7 @@ PUBLIC = {
         "ProxyServer",
         "Ready",
         "RequestDecision",
+        "RequestOnly",
         "RequestTrace",
         "Retrier",
         "RoutePolicy",

@@ -191,7 +191,8 @@ async def test_an_unsampled_context_is_passed_on_and_nothing_is_recorded() -> No
 
 
 async def test_a_ratio_of_zero_records_no_new_trace_but_still_propagates() -> None:
-    """[gateway.tracing] ratio = 0: new traces are unsampled, and sent on as such."""
+    """[gateway.tracing] ratio = 0: new traces are unsampled, and sent on as such; each
+    request's access log record names the trace and span its upstream was told of."""
     seen: list[Request] = []
 
     async def handler(request: Request) -> Response:
@@ -204,7 +205,12 @@ async def test_a_ratio_of_zero_records_no_new_trace_but_still_propagates() -> No
             assert (await call("GET", "/api/orders")).status == 200
         await flush(gateway)
     assert sink.spans == []
-    assert [sampled for _, _, sampled in seen_traceparents(seen)] == [False] * 5
+    sent = seen_traceparents(seen)
+    assert [sampled for _, _, sampled in sent] == [False] * 5
+    assert len({trace_id for trace_id, _, _ in sent}) == 5
+    assert [(record["traceId"], record["spanId"]) for record in sink.logs] == [
+        (trace_id.decode(), span_id.decode()) for trace_id, span_id, _ in sent
+    ]
 
 
 async def test_each_attempt_is_a_client_span_and_a_5xx_marks_the_server_span_failed() -> None:

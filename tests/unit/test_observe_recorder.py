@@ -2,9 +2,10 @@
 
 import json
 import random
+import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, generate_latest
@@ -28,12 +29,20 @@ from meshkit.testing import FakeClock
     ratio=st.floats(min_value=0.0, max_value=1.0),
     trace_id=st.integers(min_value=1, max_value=(1 << 128) - 1),
 )
+# On either side of the bound, and the largest id at ratios 1 and 0.
+@example(ratio=0.5, trace_id=(1 << 63) - 1)
+@example(ratio=0.5, trace_id=1 << 63)
+@example(ratio=1.0, trace_id=(1 << 128) - 1)
+@example(ratio=0.0, trace_id=1 << 64)
 def test_the_ratio_decides_as_opentelemetry_s_trace_id_ratio_sampler(
     ratio: float, trace_id: int
 ) -> None:
-    """For any ratio and trace id, the decision is the SDK's TraceIdRatioBased decision."""
+    """For any ratio and trace id, the decision is the SDK's TraceIdRatioBased decision,
+    read off the number or off its hex as a new trace's id is."""
     theirs = TraceIdRatioBased(ratio).should_sample(None, trace_id, "span").decision
-    assert Sampler(ratio).sampled(trace_id) == (theirs == Decision.RECORD_AND_SAMPLE)
+    sampler = Sampler(ratio)
+    assert sampler.sampled(trace_id) == (theirs == Decision.RECORD_AND_SAMPLE)
+    assert ((b"%032x" % trace_id)[16:] < sampler.hex_bound) == sampler.sampled(trace_id)
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan")])
@@ -233,3 +242,21 @@ def test_a_batch_refused_for_a_moment_is_sent_again() -> None:
     statistics = recorder.statistics()
     assert (statistics.failed["spans"], statistics.exported["spans"]) == (0, 1)
     assert len(sink.bodies) == 1
+
+
+def test_ids_are_never_handed_out_twice_across_refills() -> None:
+    """Ids are cut from random hex made for many at a time: across many refills,
+    trace and span ids mixed, every one is new, well formed and not all zeros."""
+    recorder = Recorder(ratio=0.5, rng=random.Random(3))
+    seen: set[bytes] = set()
+    for number in range(3_000):
+        if number % 3:
+            trace_id, span_id, _ = recorder.new_trace()
+            found = [trace_id, span_id]
+        else:
+            found = [recorder.new_span_id()]
+        for one in found:
+            assert re.fullmatch(rb"[0-9a-f]{16}|[0-9a-f]{32}", one)
+            assert one.strip(b"0")
+            assert one not in seen
+            seen.add(one)

@@ -17,6 +17,7 @@ from meshkit.proxy import (
     ProxyRequest,
     ProxyResponse,
     ProxyServer,
+    RequestOnly,
 )
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -654,3 +655,32 @@ async def test_a_body_failing_after_the_answer_began_frees_the_upstream_connecti
         pool = server.forwarder.pool.statistics()
         assert all(entry["open"] == 0 for entry in pool.values()), pool
         writer.close()
+
+
+class Adds(RequestOnly):
+    """Looks at responses after all: its own on_response counts, RequestOnly or not."""
+
+    def on_request(self, request: ProxyRequest) -> None:
+        return None
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        response.headers.append((b"x-adds", b"1"))
+
+
+class Passes(RequestOnly):
+    def on_request(self, request: ProxyRequest) -> None:
+        return None
+
+
+async def test_only_filters_with_a_response_side_run_on_the_response_in_reverse() -> None:
+    """A filter that inherits RequestOnly's on_response is left out of the response side,
+    and a reload's new filters are sorted the same way."""
+    first, second, third, fourth = Passes(), Adds(), Passes(), To(1)
+    server = ProxyServer(
+        [first, second, third, fourth],
+        Forwarder(forwarding=Forwarding(pseudonym="meshkit", trust_forwarded=False)),
+    )
+    assert server.filters == (first, second, third, fourth)
+    assert server.chain.responders == (fourth, second)
+    server.filters = [third, fourth]
+    assert server.chain.responders == (fourth,)

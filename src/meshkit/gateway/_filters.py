@@ -27,7 +27,14 @@ from meshkit.policy import (
     TokenBucket,
     WeightedSplit,
 )
-from meshkit.proxy import ProxyRequest, ProxyResponse, RoutePolicy, RouteSplit, error_response
+from meshkit.proxy import (
+    ProxyRequest,
+    ProxyResponse,
+    RequestOnly,
+    RoutePolicy,
+    RouteSplit,
+    error_response,
+)
 
 __all__ = ["READY_PATH", "ApiKeys", "ClientLimits", "Routes"]
 
@@ -36,7 +43,7 @@ READY_PATH = "/.meshkit/gateway/ready"
 log = logging.getLogger("meshkit.gateway")
 
 
-class Routes:
+class Routes(RequestOnly):
     """The route table: which service, and the path it gets."""
 
     def __init__(self, config: GatewayConfig) -> None:
@@ -71,9 +78,6 @@ class Routes:
         request.path = found.path
         return None
 
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
-
 
 def _policy(route: RouteConfig) -> RoutePolicy:
     split = route.split
@@ -90,7 +94,7 @@ def _digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 
 
-class ApiKeys:
+class ApiKeys(RequestOnly):
     """``X-API-Key`` on every route that does not say ``auth = "none"``.
 
     A key given by ``key_env`` is read from the environment when the
@@ -133,9 +137,6 @@ class ApiKeys:
             )
         request.identity = key.name
         return None
-
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
 
 
 class ClientLimits:

@@ -23,7 +23,13 @@ from meshkit.errors import EnvironmentFaultError
 from meshkit.gateway._config import GlobalLimit
 from meshkit.gateway._filters import ratelimit_fields
 from meshkit.policy import RateLimit
-from meshkit.proxy import ProxyRequest, ProxyResponse, RequestDecision, error_response
+from meshkit.proxy import (
+    ProxyRequest,
+    ProxyResponse,
+    RequestDecision,
+    RequestOnly,
+    error_response,
+)
 from meshkit.ratelimit import LimitStore
 
 __all__ = ["GlobalLimits"]
@@ -33,7 +39,7 @@ log = logging.getLogger("meshkit.gateway")
 _Applying = list[tuple[GlobalLimit, RateLimit]]
 
 
-class GlobalLimits:
+class GlobalLimits(RequestOnly):
     """The ``[[gateway.global_limits]]``, checked in the shared ``store``."""
 
     HOLD_OFF = 1.0  # seconds the store is left alone after it failed
@@ -79,9 +85,6 @@ class GlobalLimits:
             for limit, rate in applying
         ]
         return self._check(request, applying, keys)
-
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
 
     async def _check(
         self, request: ProxyRequest, applying: _Applying, keys: list[tuple[str, RateLimit]]

@@ -26,7 +26,7 @@ import msgspec
 
 from meshkit import _env
 from meshkit.errors import ConfigError
-from meshkit.proxy import ProxyRequest, ProxyResponse, error_response
+from meshkit.proxy import ProxyRequest, ProxyResponse, RequestOnly, error_response
 
 __all__ = ["JwtAuth", "JwtConfig"]
 
@@ -64,7 +64,7 @@ def _jwt() -> Any:
     return jwt
 
 
-class JwtAuth:
+class JwtAuth(RequestOnly):
     """Checks ``Authorization: Bearer`` on routes that say ``auth = "jwt"``."""
 
     def __init__(self, config: JwtConfig, project_dir: Path) -> None:
@@ -112,9 +112,6 @@ class JwtAuth:
             return self._refuse(request, "invalid_token", f"the token is not valid: {error}")
         request.identity = f"jwt:{claims['sub']}"
         return None
-
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
 
     def _decode(self, token: str) -> dict[str, Any]:
         jwt = self._jwt

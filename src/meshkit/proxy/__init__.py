@@ -9,7 +9,7 @@ ways. ``Upstreams`` finds each request's instance through
 W3C trace context with its spans that every proxy has.
 """
 
-from meshkit.proxy._chain import Filter, RequestDecision, Retrier
+from meshkit.proxy._chain import Filter, RequestDecision, RequestOnly, Retrier
 from meshkit.proxy._config import ProxyLimits
 from meshkit.proxy._forward import PROXY_LIMITS, Forwarder
 from meshkit.proxy._headers import HOP_BY_HOP, Forwarding, request_headers, response_headers
@@ -36,6 +36,7 @@ __all__ = [
     "ProxyServer",
     "Ready",
     "RequestDecision",
+    "RequestOnly",
     "RequestTrace",
     "Retrier",
     "RoutePolicy",

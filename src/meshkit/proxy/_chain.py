@@ -7,7 +7,8 @@ changed it, perhaps: a rewritten path, a chosen upstream, the client's
 when it must wait for I/O (a shared rate limit in Redis), an awaitable of
 either. ``on_response(request, response)`` runs in reverse order when the
 upstream's head arrives, or on the proxy's own answer, and may change the
-status line's headers (CORS, metrics).
+status line's headers (CORS, metrics). A filter with nothing to do there
+inherits ``RequestOnly``'s ``on_response`` and is left out of that loop.
 
 This is Envoy's filter model rather than Starlette's ``call_next``: a
 filter that answers synchronously costs a function call, where an async
@@ -19,12 +20,12 @@ stage (the ``Forwarder`` and its upstream policy), as in Envoy's router.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 from meshkit.proxy._message import ProxyRequest, ProxyResponse
 
-__all__ = ["Filter", "RequestDecision", "Retrier"]
+__all__ = ["Chain", "Filter", "RequestDecision", "RequestOnly", "Retrier"]
 
 RequestDecision = ProxyResponse | None | Awaitable[ProxyResponse | None]
 
@@ -39,6 +40,35 @@ class Filter(Protocol):
     def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
         """Look at or change the response's status and headers before they are sent."""
         ...
+
+
+class RequestOnly:
+    """Base of a filter with no response side: the engine does not call it there."""
+
+    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
+        """Nothing to do: only the request matters to this filter."""
+
+
+_NOTHING: object = RequestOnly.on_response
+
+
+class Chain:
+    """Filters in the order requests meet them, and those with a response side,
+    in the order that side runs (reversed).
+
+    Most filters only look at requests; a call each to a method that does
+    nothing was a cost of every request.
+    """
+
+    __slots__ = ("filters", "responders")
+
+    def __init__(self, filters: Sequence[Filter]) -> None:
+        self.filters: tuple[Filter, ...] = tuple(filters)
+        self.responders: tuple[Filter, ...] = tuple(
+            layer
+            for layer in reversed(self.filters)
+            if getattr(type(layer), "on_response", None) is not _NOTHING
+        )
 
 
 class Retrier(Protocol):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from meshkit.proxy._chain import RequestOnly
 from meshkit.proxy._message import ProxyRequest, ProxyResponse, error_response
 
 __all__ = ["Ready"]
 
 
-class Ready:
+class Ready(RequestOnly):
     """``path`` answers 200 while ``ready()`` says so, else 503 with ``why_not``.
 
     What ``meshkit up`` waits on: the gateway's is ready as soon as it
@@ -29,6 +30,3 @@ class Ready:
         if self._ready is None or self._ready():
             return ProxyResponse(200, [(b"content-type", b"text/plain")], b"ready\n")
         return error_response(503, self._why_not, request.request_id)
-
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass

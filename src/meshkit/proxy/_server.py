@@ -31,7 +31,7 @@ from meshkit.errors import (
     ServiceUnavailableError,
 )
 from meshkit.http._listener import Listener
-from meshkit.proxy._chain import Filter, Retrier
+from meshkit.proxy._chain import Chain, Filter, Retrier
 from meshkit.proxy._config import ProxyLimits
 from meshkit.proxy._downstream import ClientConnection
 from meshkit.proxy._forward import Forwarder
@@ -50,8 +50,10 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     left, or the upstream failed after the answer had begun); ``error``
     then says why. ``upstream`` is ``host:port`` when one was chosen;
     ``route`` and ``service`` are what the routing filter set on the request;
-    ``trace_id`` and ``span_id`` (hex) its trace context when it is traced.
-    ``path`` is the path the client sent, before any filter rewrote it.
+    ``traceparent`` its trace context as the W3C header's value
+    (``00-<trace id>-<span id>-<flags>``, sampled or not; ``b""``
+    untraced), and ``trace_id`` and ``span_id`` the ids from it. ``path``
+    is the path the client sent, before any filter rewrote it.
     """
 
     request_id: str
@@ -66,25 +68,24 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     route: str | None
     service: str | None
     error: str | None
-    trace_id: str | None = None
-    span_id: str | None = None
+    traceparent: bytes = b""
+
+    # Read from the header's value when asked: most observers (the metrics)
+    # never ask, and decoding them for every request cost as much as the
+    # rest of an unsampled request's tracing.
+    @property
+    def trace_id(self) -> str | None:
+        return self.traceparent[3:35].decode("ascii") if self.traceparent else None
+
+    @property
+    def span_id(self) -> str | None:
+        return self.traceparent[36:52].decode("ascii") if self.traceparent else None
 
 
 Observer = Callable[[Exchange], None]
 
-# Where the ids sit in an unsampled request's "traceparent: 00-<trace>-<span>-00" line.
-_TRACE_IDS = slice(16, 48)
-_SPAN_IDS = slice(49, 65)
-
-
-def _trace_ids(request: ProxyRequest) -> tuple[str | None, str | None]:
-    """The request's trace and span ids, sampled or not: log lines name their trace either way."""
-    trace, line = request.trace, request.trace_line
-    if trace is not None:
-        return trace.trace_id.decode("ascii"), trace.span_id.decode("ascii")
-    if line:
-        return line[_TRACE_IDS].decode("ascii"), line[_SPAN_IDS].decode("ascii")
-    return None, None
+# Where the header's value sits in an unsampled request's "traceparent: <value>\r\n".
+_VALUE = slice(13, 68)
 
 
 class ProxyServer(Listener[ClientConnection]):
@@ -98,7 +99,7 @@ class ProxyServer(Listener[ClientConnection]):
         limits: ProxyLimits | None = None,
         retrier: Retrier | None = None,
     ) -> None:
-        self.filters: Sequence[Filter] = tuple(filters)
+        self.chain = Chain(filters)
         self.forwarder = forwarder
         self.retrier = retrier
         self.limits = limits or ProxyLimits()
@@ -110,6 +111,15 @@ class ProxyServer(Listener[ClientConnection]):
         # Read once: asyncio.get_running_loop() costs a getpid() system call
         # on Python 3.11, which on the proxy's path was a fifth of the work.
         self.loop = asyncio.get_running_loop()
+
+    @property
+    def filters(self) -> tuple[Filter, ...]:
+        return self.chain.filters
+
+    @filters.setter
+    def filters(self, filters: Sequence[Filter]) -> None:
+        """A new chain for requests from now on (a reload); those under way keep theirs."""
+        self.chain = Chain(filters)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
         """Listen on ``host:port`` (0 for a free port); returns the address bound."""
@@ -135,7 +145,10 @@ class ProxyServer(Listener[ClientConnection]):
         if not self.on_exchange:
             return
         upstream = request.upstream
-        trace_id, span_id = _trace_ids(request)
+        if trace is not None:
+            traceparent = b"00-%s-%s-01" % (trace.trace_id, trace.span_id)
+        else:
+            traceparent = request.trace_line[_VALUE]  # b"" untraced
         record = Exchange(
             request_id=request.request_id,
             method=request.method,
@@ -149,8 +162,7 @@ class ProxyServer(Listener[ClientConnection]):
             route=request.route,
             service=request.service,
             error=None if error is None else f"{type(error).__name__}: {error}",
-            trace_id=trace_id,
-            span_id=span_id,
+            traceparent=traceparent,
         )
         for observer in self.on_exchange:
             observer(record)

@@ -64,13 +64,13 @@ class Stream:
     """The state of one request, from its parsed head to the last byte of its answer."""
 
     __slots__ = (
+        "_chain",
         "_chunked_in",
         "_chunked_out",
         "_client",
         "_close",
         "_deadline_timer",
         "_failed_early",
-        "_filters",
         "_out",
         "_retry_timer",
         "_reused",
@@ -102,7 +102,7 @@ class Stream:
     ) -> None:
         self._client = client
         self._server = server
-        self._filters = server.filters  # a reload meanwhile does not mix two configurations
+        self._chain = server.chain  # a reload meanwhile does not mix two configurations
         self.request = request
         self.length = length  # the request body's Content-Length; None when chunked
         self.continue_wanted = continue_wanted  # the client waits for 100 Continue
@@ -139,7 +139,7 @@ class Stream:
         self._run_filters(0)
 
     def _run_filters(self, index: int) -> None:
-        filters = self._filters
+        filters = self._chain.filters
         request = self.request
         try:
             while index < len(filters):
@@ -294,7 +294,7 @@ class Stream:
         self.response = response
         request.status = status
         try:
-            for layer in reversed(self._filters):
+            for layer in self._chain.responders:
                 layer.on_response(request, response)
         except Exception as error:  # noqa: BLE001 (a failing filter is a 500, not a crash)
             self._drop_upstream()
@@ -433,7 +433,7 @@ class Stream:
         request = self.request
         self.response = response
         request.status = response.status
-        for layer in reversed(self._filters):
+        for layer in self._chain.responders:
             try:
                 layer.on_response(request, response)
             except Exception as error:  # noqa: BLE001 (one bad filter must not stop the answer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshkit.errors import ConfigError
-from meshkit.proxy import CONTENT_TYPE, ProxyRequest, ProxyResponse, error_response
+from meshkit.proxy import CONTENT_TYPE, ProxyRequest, ProxyResponse, RequestOnly, error_response
 from meshkit.registry import check_name
 
 __all__ = ["METRICS_PATH", "READY_PATH", "ByName", "Metrics", "ToApp"]
@@ -16,7 +16,7 @@ METRICS_PATH = "/.meshkit/metrics"  # on the outbound port: no service name star
 READY_PATH = "/.meshkit/sidecar/ready"
 
 
-class ToApp:
+class ToApp(RequestOnly):
     """Inbound: every request goes to the app."""
 
     def __init__(self, app: tuple[str, int]) -> None:
@@ -26,11 +26,8 @@ class ToApp:
         request.upstream = self._app
         request.route = "inbound"
 
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
 
-
-class ByName:
+class ByName(RequestOnly):
     """Outbound: ``/<service>/<path>`` goes to ``<path>`` on an instance of ``<service>``."""
 
     def on_request(self, request: ProxyRequest) -> ProxyResponse | None:
@@ -48,11 +45,8 @@ class ByName:
         request.path = slash + rest if slash else "/"
         return None
 
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
 
-
-class Metrics:
+class Metrics(RequestOnly):
     """``GET /.meshkit/metrics``: the sidecar's Prometheus metrics."""
 
     def __init__(self, exposition: Callable[[], bytes]) -> None:
@@ -62,6 +56,3 @@ class Metrics:
         if request.path != METRICS_PATH:
             return None
         return ProxyResponse(200, [(b"content-type", CONTENT_TYPE)], self._exposition())
-
-    def on_response(self, request: ProxyRequest, response: ProxyResponse) -> None:
-        pass
