@@ -1,4 +1,5 @@
-"""Pure decisions: rate limits, breakers, retries, redelivery, balancing, leases, deadlines, routes.
+"""Pure decisions: rate limits, breakers, retries, redelivery, balancing, leases, deadlines,
+routes, rollouts and their canary analysis.
 
 Everything here is a small state machine fed facts and ``now`` (seconds on a
 monotonic clock) that returns a decision. Nothing here awaits, sleeps, reads a
@@ -7,6 +8,7 @@ the registry are the drivers that do. State changes are reported to an
 optional ``Hook`` as frozen records (see ``_events``).
 """
 
+from meshkit.policy._analysis import Analysis, AnalysisConfig, Check, Window, judge
 from meshkit.policy._balance import (
     Balancer,
     PowerOfTwoChoices,
@@ -40,19 +42,49 @@ from meshkit.policy._retry import (
     RetryPolicy,
     RetryRun,
 )
+from meshkit.policy._rollout import (
+    COMMANDS,
+    Abort,
+    Analyzed,
+    BlueGreenConfig,
+    CanaryConfig,
+    Pause,
+    Phase,
+    Plan,
+    Promote,
+    Replica,
+    Resume,
+    RollingConfig,
+    Rollout,
+    RolloutConfig,
+    RolloutEvent,
+    SmokeTested,
+    Target,
+    Undo,
+    plan_rollout,
+    update_rollout,
+)
 from meshkit.policy._route import BadPath, NoRoute, Route, RouteMatch, RouteTable
 from meshkit.policy._split import WeightedSplit, sticky_points
 
 __all__ = [
+    "COMMANDS",
     "GCRA",
+    "Abort",
+    "Analysis",
+    "AnalysisConfig",
+    "Analyzed",
     "BackendsChanged",
     "Backoff",
     "BadPath",
     "Balancer",
+    "BlueGreenConfig",
     "BreakerConfig",
     "BreakerState",
     "BreakerStateChanged",
     "BreakerStatistics",
+    "CanaryConfig",
+    "Check",
     "CircuitBreaker",
     "DeadlineBudget",
     "Hook",
@@ -61,12 +93,18 @@ __all__ = [
     "LeaseEventKind",
     "LeaseTable",
     "NoRoute",
+    "Pause",
+    "Phase",
+    "Plan",
     "PolicyEvent",
     "PowerOfTwoChoices",
+    "Promote",
     "RateDecision",
     "RateLimit",
     "RateLimitStateChanged",
     "Redelivery",
+    "Replica",
+    "Resume",
     "RetryBudget",
     "RetryBudgetStateChanged",
     "RetryBudgetStatistics",
@@ -75,13 +113,24 @@ __all__ = [
     "RetryRun",
     "RetryScheduled",
     "RetryStopped",
+    "RollingConfig",
+    "Rollout",
+    "RolloutConfig",
+    "RolloutEvent",
     "RoundRobin",
     "Route",
     "RouteMatch",
     "RouteTable",
+    "SmokeTested",
     "SmoothWeightedRoundRobin",
     "StopReason",
+    "Target",
     "TokenBucket",
+    "Undo",
     "WeightedSplit",
+    "Window",
+    "judge",
+    "plan_rollout",
     "sticky_points",
+    "update_rollout",
 ]
