@@ -152,3 +152,34 @@ async def test_only_checkpoint_copies_the_wal_into_the_database_file(
     before = database.stat().st_size  # automatic checkpoints are off: still in the WAL
     log.checkpoint()
     assert database.stat().st_size > before
+
+
+async def test_closing_waits_for_a_checkpoint_still_running_in_its_thread(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint whose caller was cancelled goes on in its thread; closing the log then
+    waits for it instead of closing its connection under it (which crashed the process)."""
+    log = BusLog.open(tmp_path / "bus.db")
+    await log.append([entry()], now=1.0, window=120)
+    started, finished = threading.Event(), threading.Event()
+    real = log._checkpointer
+    assert real is not None
+
+    class Slow:
+        def execute(self, sql: str) -> sqlite3.Cursor:
+            started.set()
+            threading.Event().wait(0.3)  # a checkpoint copying many pages
+            cursor = real.execute(sql)
+            finished.set()
+            return cursor
+
+        def close(self) -> None:
+            assert finished.is_set(), "closed while the checkpoint ran"
+            real.close()
+
+    log._checkpointer = Slow()  # type: ignore[assignment]
+    checkpoint = asyncio.create_task(asyncio.to_thread(log.checkpoint))
+    await asyncio.to_thread(started.wait, 5)
+    checkpoint.cancel()  # the caller gives up; the thread does not
+    await log.aclose()
+    assert finished.is_set()

@@ -130,6 +130,9 @@ class BusLog:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
+        # A checkpoint runs in a worker thread that a cancelled caller does not
+        # stop: closing its connection under it crashed the process.
+        self._checkpointing = threading.Lock()
 
     @classmethod
     def open(cls, path: Path, *, schema: str = "") -> BusLog:
@@ -291,12 +294,13 @@ class BusLog:
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database file, without blocking writers (call it off the loop)."""
-        if self._checkpointer is None:
-            raise UsageError("the bus log is closed")
-        try:
-            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.Error as error:
-            raise EnvironmentFaultError(f"cannot checkpoint the bus log: {error}") from error
+        with self._checkpointing:
+            if self._checkpointer is None:
+                raise UsageError("the bus log is closed")
+            try:
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as error:
+                raise EnvironmentFaultError(f"cannot checkpoint the bus log: {error}") from error
 
     async def aclose(self) -> None:
         """Finish the writes already asked for, then close."""
@@ -305,10 +309,14 @@ class BusLog:
             return
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, thread.join)
-        for db in (self._writer, self._reader, self._checkpointer):
-            if db is not None:
-                db.close()
-        self._writer = self._reader = self._checkpointer = None
+        await asyncio.get_running_loop().run_in_executor(None, self._close_connections)
+
+    def _close_connections(self) -> None:
+        with self._checkpointing:  # after a checkpoint still running, if any
+            for db in (self._writer, self._reader, self._checkpointer):
+                if db is not None:
+                    db.close()
+            self._writer = self._reader = self._checkpointer = None
 
 
 def _settle(settled: list[tuple[_Write, bool, Any]]) -> None:

@@ -243,8 +243,12 @@ class TelemetryStore:
             self._closing = True
             self._changed.notify_all()
         self._thread.join()
-        self._writer.close()
-        self._reader.close()
+        # Under the locks: a purge or a query whose caller was cancelled still runs
+        # in its thread, and closing a connection under it crashes the process.
+        with self._write_lock:
+            self._writer.close()
+        with self._read_lock:
+            self._reader.close()
 
     def _write_loop(self) -> None:
         while True:
