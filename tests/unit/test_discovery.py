@@ -157,3 +157,60 @@ def test_an_attempt_with_less_than_its_patience_has_a_short_budget() -> None:
     assert attempts.retry(0.0, 503, time_left=9.0) is not None
     assert attempts.current is not None
     assert attempts.current.short_budget
+
+
+def _versioned(weights: dict[str, int] | None, stable: int = 3, canary: int = 1) -> InstanceSet:
+    instances = InstanceSet("orders", CallPolicy(), random.Random(11))
+    instances.update(
+        [
+            Instance(service="orders", id=f"s{n}", host="127.0.0.1", port=9000 + n, version="1.0")
+            for n in range(stable)
+        ]
+        + [
+            Instance(service="orders", id=f"c{n}", host="127.0.0.1", port=9100 + n, version="1.1")
+            for n in range(canary)
+        ],
+        weights,
+    )
+    return instances
+
+
+def _shares(instances: InstanceSet, picks: int = 4_000) -> dict[str, float]:
+    counts: dict[str, int] = {}
+    for number in range(picks):
+        pick = instances.pick(float(number), ())
+        assert pick is not None
+        instances.record(pick, float(number) + 0.001, success=True)
+        counts[pick.instance.version] = counts.get(pick.instance.version, 0) + 1
+    return {version: count / picks for version, count in counts.items()}
+
+
+def test_weights_split_the_traffic_by_version_whatever_the_instance_counts() -> None:
+    """One canary instance beside three stable ones takes its weight's share, not a quarter;
+    without weights every instance counts alike."""
+    assert _shares(_versioned({"1.1": 10, "1.0": 90}))["1.1"] == pytest.approx(0.10, abs=0.02)
+    assert _shares(_versioned({"1.1": 50, "1.0": 50}))["1.1"] == pytest.approx(0.50, abs=0.03)
+    assert _shares(_versioned({"1.1": 100, "1.0": 0})) == {"1.1": 1.0}
+    assert _shares(_versioned({"1.1": 0, "1.0": 100})) == {"1.0": 1.0}
+    assert _shares(_versioned(None))["1.1"] == pytest.approx(0.25, abs=0.03)
+
+
+def test_a_split_moves_traffic_but_never_refuses_it() -> None:
+    """The version drawn has no instance left (tried, or none runs): another instance serves."""
+    only_stable = _versioned({"1.1": 100, "1.0": 0}, canary=0)
+    pick = only_stable.pick(0.0, ())
+    assert pick is not None
+    assert pick.instance.version == "1.0"
+    canary = _versioned({"1.1": 100, "1.0": 0})
+    retry = canary.pick(0.0, {"orders/c0"})
+    assert retry is not None
+    assert retry.instance.version == "1.0"
+    unknown = _versioned({"2.0": 100})
+    assert unknown.pick(0.0, ()) is not None
+
+
+def test_new_weights_and_instances_take_effect_on_update() -> None:
+    instances = _versioned({"1.1": 100, "1.0": 0})
+    assert _shares(instances, 200) == {"1.1": 1.0}
+    instances.update(list(instances.instances.values()), None)
+    assert set(_shares(instances, 400)) == {"1.0", "1.1"}

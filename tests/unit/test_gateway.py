@@ -289,7 +289,7 @@ async def test_a_failing_instance_is_ejected_and_a_new_one_takes_the_traffic() -
 
     async with running_gateway() as (fleet, call, gateway):
         changed = asyncio.Event()
-        gateway.directory.listen(lambda service, instances: changed.set())
+        gateway.directory.listen(lambda snapshot: changed.set())
         sick = await fleet.add("orders", broken)
         assert [(await call("POST", "/api/orders")).status for _ in range(4)] == [502] * 4
         assert fleet.hits[sick] == 4  # ejection never takes out the last instance
@@ -722,6 +722,29 @@ async def test_a_sticky_split_keeps_each_user_on_one_version() -> None:
                 users_on_new += landed == 4
             assert 0 < users_on_new < 40
             assert fleet.hits[new] + fleet.hits[old] == 160
+
+
+async def test_the_registry_s_weights_split_the_service_and_a_change_applies_at_once() -> None:
+    """Weights set in the registry (a rollout's table) reach the gateway through its watch:
+    all traffic to version 2, then, once changed, all to version 1."""
+    async with running() as (fleet, call):
+        new = await fleet.add("orders", version="2")
+        old = await fleet.add("orders", version="1")
+        await fleet.registry.set_weights("orders", {"2": 100, "1": 0})
+        for _ in range(40):
+            assert (await call("GET", "/api/orders")).status == 200
+        # The first request may have come before the watch saw the weights.
+        assert fleet.hits[new] >= 39
+        await fleet.registry.set_weights("orders", {"2": 0, "1": 100})
+        async with asyncio.timeout(5):
+            while True:  # until the watch has brought the change
+                before = fleet.hits[old]
+                assert (await call("GET", "/api/orders")).status == 200
+                if fleet.hits[old] > before:
+                    break
+        for _ in range(40):
+            assert (await call("GET", "/api/orders")).status == 200
+        assert fleet.hits[old] == 41
 
 
 async def test_a_split_version_without_instances_gives_way() -> None:

@@ -63,6 +63,33 @@ def test_expiry_is_persisted(tmp_path: Path) -> None:
     clock.run(main())
 
 
+def test_weights_survive_a_restart_and_their_change_moves_the_index(tmp_path: Path) -> None:
+    """Weights are saved with the index of their change: a restarted registry has them, and a
+    watcher from before the change sees it, instances or not."""
+    path = tmp_path / "registry.sqlite3"
+
+    async def main() -> None:
+        async with EmbeddedRegistry.open(path) as first:
+            await first.register(instance(1), ttl=60)
+            before = await first.lookup("orders")
+            await first.set_weights("orders", {"2.0.0": 10, "1.0.0": 90})
+            await first.set_weights("payments", {"2.0.0": 100})
+            changed = await first.lookup("orders")
+            assert changed.index > before.index
+        async with EmbeddedRegistry.open(path) as second:
+            assert (await second.lookup("payments")).weights == {"2.0.0": 100}
+            after = await asyncio.wait_for(second.watch(before, wait=5), 1)
+            assert after.weights == {"2.0.0": 10, "1.0.0": 90}
+            assert after.epoch == changed.epoch
+            assert after.index >= changed.index  # a restart starts every service at the last
+            assert [i.id for i in after.instances] == ["orders-1"]
+            await second.set_weights("payments", None)
+        async with EmbeddedRegistry.open(path) as third:
+            assert (await third.lookup("payments")).weights is None
+
+    asyncio.run(main())
+
+
 def test_a_failing_disk_stops_neither_expiry_nor_watchers(tmp_path: Path) -> None:
     """With every write failing, leases still expire and watchers still hear; errors are counted."""
 
@@ -308,3 +335,27 @@ async def test_the_client_names_what_went_wrong(plane: ControlPlane) -> None:
             await remote.lookup("orders")
     with pytest.raises(ConfigError, match=r"http://127\.0\.0\.1:7700"):
         RemoteRegistry("https://example.org", token=TOKEN)
+
+
+async def test_the_weights_api_answers_with_the_snapshot_and_refuses_bad_bodies(
+    plane: ControlPlane,
+) -> None:
+    """PUT .../weights answers with the service's snapshot; a bad body is a 400 naming the
+    field and changes nothing; DELETE is 204; other methods 405."""
+    target = "/v1/registry/services/orders/weights"
+    status, answer = await call(plane, "PUT", target, b'{"weights": {"1.1.0": 5, "1.0.0": 95}}')
+    assert status == 200
+    assert answer["weights"] == {"1.1.0": 5, "1.0.0": 95}
+    for body, field in (
+        (b'{"weights": {"1.1.0": -5}}', "weights.orders.1.1.0"),
+        (b'{"weights": {}}', "weights.orders"),
+        (b'{"wieghts": {"1.1.0": 5}}', "wieghts"),
+        (b"[", "body"),
+    ):
+        status, answer = await call(plane, "PUT", target, body)
+        assert status == 400, body
+        assert [e["field"] for e in answer["errors"]] == [field], answer  # type: ignore[attr-defined]
+    assert (await plane.registry.lookup("orders")).weights == {"1.1.0": 5, "1.0.0": 95}
+    assert (await call(plane, "POST", target))[0] == 405
+    assert (await call(plane, "DELETE", target))[0] == 204
+    assert (await plane.registry.lookup("orders")).weights is None

@@ -44,7 +44,7 @@ class Fleet:
         self.servers: list[HTTPServer] = []
         self.registrations: dict[int, Registration] = {}
 
-    async def add(self, handler: Handler | None = None) -> Instance:
+    async def add(self, handler: Handler | None = None, *, version: str = "") -> Instance:
         port_box: list[int] = []
 
         async def counted(request: Request) -> Response:
@@ -60,11 +60,15 @@ class Fleet:
         _, port = await server.start()
         port_box.append(port)
         self.servers.append(server)
-        return await self.register(port)
+        return await self.register(port, version)
 
-    async def register(self, port: int) -> Instance:
+    async def register(self, port: int, version: str = "") -> Instance:
         instance = Instance(
-            service=self.service, id=f"{self.service}-{port}", host="127.0.0.1", port=port
+            service=self.service,
+            id=f"{self.service}-{port}",
+            host="127.0.0.1",
+            port=port,
+            version=version,
         )
         self.registrations[port] = await self.registry.register(instance, ttl=30)
         return instance
@@ -391,7 +395,7 @@ def test_a_deregistered_instance_stops_getting_calls_at_once() -> None:
         await fleet.add()
         await client.get("products", "/p")
         gone = asyncio.Event()
-        client.directory.listen(lambda _, instances: leaving in instances or gone.set())
+        client.directory.listen(lambda snapshot: leaving in snapshot.instances or gone.set())
         await fleet.deregister(leaving)
         async with asyncio.timeout(1):
             await gone.wait()  # the directory's watcher has heard of it
@@ -519,3 +523,27 @@ def test_a_strange_retry_after_is_ignored() -> None:
     for value in (b"\xb2", b"soon", b"-5", b"1e9", b"99999999999"):
         assert _retry_after(Response(503, [(b"retry-after", value)], b"")) is None
     assert _retry_after(Response(503, [(b"retry-after", b" 7 ")], b"")) == 7.0
+
+
+def test_calls_follow_the_registry_s_weights_by_version() -> None:
+    """A canary at 10% with one instance beside three: about a tenth of the calls reach it;
+    weights removed, every instance counts alike again."""
+
+    async def main(registry: EmbeddedRegistry, client: ServiceClient) -> None:
+        fleet = Fleet(registry)
+        canary = await fleet.add(version="1.1")
+        for _ in range(3):
+            await fleet.add(version="1.0")
+        await registry.set_weights("products", {"1.1": 10, "1.0": 90})
+        for _ in range(400):
+            assert (await client.get("products", "/p")).status == 200
+        assert 20 <= fleet.hits[canary.port] <= 65
+        await registry.set_weights("products", None)
+        await asyncio.sleep(0.1)  # noqa: TID251 (fake time: the watch brings the change)
+        fleet.hits.clear()
+        for _ in range(400):
+            assert (await client.get("products", "/p")).status == 200
+        assert 65 <= fleet.hits[canary.port] <= 140
+        await fleet.aclose()
+
+    run(main)

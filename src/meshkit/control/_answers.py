@@ -8,13 +8,16 @@ its caller asks for) on that same field.
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
 import msgspec
 
 from meshkit.errors import InvalidArgumentError
 from meshkit.http import FieldError, Problem, Response, problem_response
 
-__all__ = ["body_error", "error", "invalid"]
+__all__ = ["body_error", "decode_body", "error", "invalid"]
+
+B = TypeVar("B")
 
 # What names a field in msgspec's messages, beside the path after " - at `$".
 _NAMED = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
@@ -45,3 +48,13 @@ def body_error(error: msgspec.ValidationError) -> InvalidArgumentError:
     if named is not None:
         parts.append(named.group(1))
     return InvalidArgumentError(".".join(parts) or "body", problem)
+
+
+def decode_body(kind: type[B], body: bytes) -> B:
+    """A JSON request body as ``kind``, or an ``InvalidArgumentError`` naming what is wrong."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as error:
+        raise body_error(error) from None
+    except msgspec.DecodeError as error:
+        raise InvalidArgumentError("body", f"is not valid JSON: {error}") from None

@@ -6,7 +6,9 @@ and to the telemetry's, ``_telemetry_api``).
     PUT    /v1/registry/leases/{lease_id}    renew      -> 200 {ttl}
     DELETE /v1/registry/leases/{lease_id}    deregister -> 204
     GET    /v1/registry/services             -> {services: [{name, instances}], epoch, index}
-    GET    /v1/registry/services/{name}      -> {service, instances: [...], epoch, index}
+    GET    /v1/registry/services/{name}      -> {service, instances: [...], epoch, index, weights}
+    PUT    /v1/registry/services/{name}/weights  {weights: {version: weight}} -> the snapshot
+    DELETE /v1/registry/services/{name}/weights  no split any more -> 204
     GET    /v1/prometheus/targets            Prometheus HTTP service discovery (``_targets``)
     GET    /metrics                          Prometheus metrics, no token needed (``_metrics``)
 
@@ -27,7 +29,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from meshkit.control._answers import body_error, invalid
+from meshkit.control._answers import decode_body, invalid
 from meshkit.control._answers import error as error_answer
 from meshkit.control._bus_api import BusAPI
 from meshkit.control._metrics import METRICS_PATH, PlaneMetrics
@@ -52,9 +54,12 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-_decode_register = msgspec.json.Decoder(RegisterBody).decode
 _NO_CONTENT = Response(204, [], b"")
 _TELEMETRY = ("/v1/traces", "/v1/logs", "/v1/query/")
+
+
+class WeightsBody(msgspec.Struct, forbid_unknown_fields=True):
+    weights: dict[str, int]
 
 
 def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
@@ -63,6 +68,7 @@ def _snapshot_json(snapshot: Snapshot) -> dict[str, object]:
         "instances": snapshot.instances,
         "epoch": str(snapshot.epoch),
         "index": snapshot.index,
+        "weights": snapshot.weights,
     }
 
 
@@ -123,6 +129,10 @@ class RegistryAPI:
             if method != "GET":
                 return error_answer(405, f"{method} is not allowed here; use GET")
             return self._services(request.query)
+        if path.startswith("/v1/registry/services/") and path.endswith("/weights"):
+            return self._weights(
+                method, path[len("/v1/registry/services/") : -len("/weights")], request.body
+            )
         if path.startswith("/v1/registry/services/"):
             if method != "GET":
                 return error_answer(405, f"{method} is not allowed here; use GET")
@@ -133,7 +143,7 @@ class RegistryAPI:
 
     def _register(self, body: bytes) -> Response:
         try:
-            data = _decode_register(body)
+            data = decode_body(RegisterBody, body)
             instance = Instance(
                 service=data.service,
                 id=data.id,
@@ -143,10 +153,6 @@ class RegistryAPI:
                 metadata=data.metadata,
             )
             registration = self._registry.register_now(instance, ttl=data.ttl)
-        except msgspec.ValidationError as error:
-            return invalid(body_error(error))
-        except msgspec.DecodeError as error:
-            return invalid(InvalidArgumentError("body", f"is not valid JSON: {error}"))
         except InvalidArgumentError as error:
             return invalid(error)
         snapshot = self._registry.snapshot(instance.service)
@@ -175,6 +181,19 @@ class RegistryAPI:
         except (LeaseNotFoundError, LeaseExpiredError) as error:
             return error_answer(404, str(error))
         return error_answer(405, f"{method} is not allowed here; use PUT to renew or DELETE")
+
+    def _weights(self, method: str, name: str, body: bytes) -> Response:
+        try:
+            check_name("service", name)
+            if method == "DELETE":
+                self._registry.set_weights_now(name, None)
+                return _NO_CONTENT
+            if method != "PUT":
+                return error_answer(405, f"{method} is not allowed here; use PUT or DELETE")
+            self._registry.set_weights_now(name, decode_body(WeightsBody, body).weights)
+        except InvalidArgumentError as error:
+            return invalid(error)
+        return json_response(200, _snapshot_json(self._registry.snapshot(name)))
 
     # -- reads and watches -----------------------------------------------------
 

@@ -23,7 +23,7 @@ token check and the error answers (problem details) are the registry API's.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import msgspec
@@ -43,7 +43,7 @@ from meshkit.bus._wire import (
     dead_letter_to_wire,
     delivery_to_wire,
 )
-from meshkit.control._answers import body_error, invalid
+from meshkit.control._answers import decode_body, invalid
 from meshkit.control._answers import error as error_answer
 from meshkit.errors import (
     EnvironmentFaultError,
@@ -57,7 +57,6 @@ from meshkit.http import Request, Response
 __all__ = ["MAX_FETCH_WAIT", "BusAPI"]
 
 MAX_FETCH_WAIT = 300.0
-B = TypeVar("B")
 _NO_CONTENT = Response(204, [], b"")
 _encode = msgspec.json.encode
 
@@ -68,15 +67,6 @@ class _Purge(msgspec.Struct, forbid_unknown_fields=True):
 
 def _json(status: int, value: Any) -> Response:
     return Response(status, [(b"content-type", b"application/json")], _encode(value))
-
-
-def _decode(kind: type[B], body: bytes) -> B:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as error:
-        raise body_error(error) from None
-    except msgspec.DecodeError as error:
-        raise InvalidArgumentError("body", f"is not valid JSON: {error}") from None
 
 
 class BusAPI:
@@ -115,7 +105,7 @@ class BusAPI:
     # -- publishing and groups ---------------------------------------------------------
 
     async def _publish(self, body: bytes) -> Response:
-        wire = _decode(PublishBody, body)
+        wire = decode_body(PublishBody, body)
         messages = [
             checked_outgoing(
                 topic=m.topic,
@@ -151,11 +141,11 @@ class BusAPI:
         return _NO_CONTENT
 
     async def _join(self, topic: str, group: str, body: bytes) -> Response:
-        await self._broker.join(topic, group, _decode(JoinBody, body).redelivery)
+        await self._broker.join(topic, group, decode_body(JoinBody, body).redelivery)
         return _NO_CONTENT
 
     async def _fetch(self, topic: str, group: str, body: bytes) -> Response:
-        asked = _decode(FetchBody, body)
+        asked = decode_body(FetchBody, body)
         if not 0 <= asked.wait <= MAX_FETCH_WAIT:
             raise InvalidArgumentError(
                 "wait", f"must be 0 to {MAX_FETCH_WAIT:g} seconds, got {asked.wait}"
@@ -164,11 +154,11 @@ class BusAPI:
         return _json(200, WireDeliveries([delivery_to_wire(d) for d in found]))
 
     async def _ack(self, topic: str, group: str, body: bytes) -> Response:
-        await self._broker.ack(topic, group, _decode(AckBody, body).receipts)
+        await self._broker.ack(topic, group, decode_body(AckBody, body).receipts)
         return _NO_CONTENT
 
     async def _fail(self, topic: str, group: str, body: bytes) -> Response:
-        failure = _decode(FailBody, body)
+        failure = decode_body(FailBody, body)
         await self._broker.fail(topic, group, failure.receipt, failure.error)
         return _NO_CONTENT
 
@@ -195,7 +185,7 @@ class BusAPI:
         return _NO_CONTENT
 
     async def _purge(self, body: bytes) -> Response:
-        ids = _decode(_Purge, body).ids if body else None
+        ids = decode_body(_Purge, body).ids if body else None
         return _json(200, {"purged": await self._broker.purge(ids)})
 
 

@@ -1,4 +1,5 @@
-"""A watched local cache of service instances: discovery without a registry round trip.
+"""A watched local cache of service instances and their traffic weights: discovery without
+a registry round trip.
 
 The first lookup of a service fetches its snapshot and starts one task that
 long-polls the registry for changes; every later lookup reads the cache.
@@ -22,7 +23,7 @@ from meshkit.registry import Instance, Registry, Snapshot, check_name
 
 __all__ = ["Directory"]
 
-Listener = Callable[[str, tuple[Instance, ...]], None]
+Listener = Callable[[Snapshot], None]
 log = logging.getLogger("meshkit.discovery")
 
 # How long one long poll may wait. Shorter than the control plane's 300 s
@@ -51,7 +52,7 @@ class Directory:
         self.errors = 0  # registry failures seen by the watchers
 
     def listen(self, listener: Listener) -> None:
-        """Call ``listener(service, instances)`` whenever a watched service changes."""
+        """Call ``listener(snapshot)`` whenever a watched service's instances or weights change."""
         self._listeners.append(listener)
 
     def cached(self, service: str) -> tuple[Instance, ...] | None:
@@ -60,7 +61,11 @@ class Directory:
         return None if snapshot is None else snapshot.instances
 
     async def instances(self, service: str) -> tuple[Instance, ...]:
-        """The instances of ``service``, from the cache once it is watched.
+        """The instances of ``service``, from the cache once it is watched (see ``snapshot``)."""
+        return (await self.snapshot(service)).instances
+
+    async def snapshot(self, service: str) -> Snapshot:
+        """The snapshot of ``service`` (instances and weights), from the cache once it is watched.
 
         The first call for a service waits for its first snapshot and raises
         what the registry raised (``EnvironmentFaultError`` when it cannot be
@@ -68,7 +73,7 @@ class Directory:
         """
         snapshot = self._snapshots.get(service)
         if snapshot is not None:
-            return snapshot.instances
+            return snapshot
         check_name("service", service)
         first = self._first.get(service)
         if first is None:
@@ -77,7 +82,7 @@ class Directory:
                 self._watch(service, first)
             )
         await asyncio.shield(first)
-        return self._snapshots[service].instances
+        return self._snapshots[service]
 
     async def aclose(self) -> None:
         await stop(*self._watchers.values())
@@ -114,6 +119,10 @@ class Directory:
     def _update(self, snapshot: Snapshot) -> None:
         previous = self._snapshots.get(snapshot.service)
         self._snapshots[snapshot.service] = snapshot
-        if previous is None or previous.instances != snapshot.instances:
+        if (
+            previous is None
+            or previous.instances != snapshot.instances
+            or previous.weights != snapshot.weights
+        ):
             for listener in self._listeners:
-                listener(snapshot.service, snapshot.instances)
+                listener(snapshot)

@@ -8,16 +8,29 @@ instance fails alike, the fault is most likely behind them, and ejecting
 them all would only add refusals of our own. And below ``panic_threshold``
 percent of instances available (possible when the cap allows it, or when
 instances leave while others are ejected), every instance takes traffic.
+
+A service whose snapshot has weights (a canary, a blue-green switch) is
+split by version first: each pick, retries included, draws a version by
+weight among those with instances, then balances among that version's
+instances. When the version drawn has none left to try, or no weighted
+version runs at all, any instance will do: a split moves traffic, it
+does not refuse it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import NamedTuple
 
 from meshkit.discovery._policy import CallPolicy, caller_ran_out
-from meshkit.policy import BreakerState, CircuitBreaker, PowerOfTwoChoices, RetryBudget
+from meshkit.policy import (
+    BreakerState,
+    CircuitBreaker,
+    PowerOfTwoChoices,
+    RetryBudget,
+    WeightedSplit,
+)
 from meshkit.registry import Instance
 
 __all__ = ["InstanceSet", "Pick"]
@@ -54,13 +67,16 @@ class InstanceSet:
 
     __slots__ = (
         "_ejected",
+        "_others",
         "_policy",
+        "_rng",
         "balancer",
         "breakers",
         "budget",
         "ejections",
         "instances",
         "name",
+        "split",
     )
 
     def __init__(self, name: str, policy: CallPolicy, rng: random.Random) -> None:
@@ -70,13 +86,26 @@ class InstanceSet:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._ejected = 0  # breakers not closed
         self.ejections = 0  # instances taken out of rotation so far (for metrics)
+        self._rng = rng
+        self.split: WeightedSplit | None = None  # by version, from the snapshot's weights
+        self._others: dict[str, frozenset[str]] = {}  # by version: the keys of every other
         self.balancer: PowerOfTwoChoices[str] = PowerOfTwoChoices(rng=rng, name=name)
         self.budget = RetryBudget(
             ratio=policy.retry_ratio, min_concurrency=policy.retry_min_concurrency, name=name
         )
 
-    def update(self, instances: Iterable[Instance]) -> None:
+    def update(
+        self, instances: Iterable[Instance], weights: Mapping[str, int] | None = None
+    ) -> None:
+        """The service's instances now, and its traffic weights by version (``None``: none)."""
         self.instances = {instance.key: instance for instance in instances}
+        self.split = None if weights is None else WeightedSplit(weights)
+        keys = frozenset(self.instances)
+        versions = {instance.version for instance in self.instances.values()}
+        self._others = {
+            version: keys - {k for k, i in self.instances.items() if i.version == version}
+            for version in versions
+        }
         # Breakers of instances that stay keep their state; newcomers start closed.
         ejection = self._policy.ejection
         self.breakers = {
@@ -108,10 +137,19 @@ class InstanceSet:
         """An instance not tried yet that ejection lets through (any, in panic), or ``None``."""
         panic = self._ejected > 0 and self.panicking()
         excluded = tried
+        narrowed = False
+        if self.split is not None:
+            version = self.split.choose(self._rng.random(), self._rng.random(), self._others)
+            if version is not None:
+                excluded, narrowed = self._others[version].union(tried), True
         while True:
             key = self.balancer.pick(now, excluded)
             if key is None:
-                return None
+                if not narrowed:
+                    return None
+                # The version drawn has no instance left to try: any will do.
+                excluded, narrowed = tried, False
+                continue
             ticket = self.breakers[key].allow(now)
             if ticket is not None or panic:
                 return _new_pick(Pick, (self.instances[key], key, ticket, now, short_budget))

@@ -128,6 +128,14 @@ class LeaseTable(Generic[V]):
             check.seconds("ttl", ttl)
             self._store(Lease(id=lease_id, key=key, value=value, ttl=ttl, expires_at=now + ttl))
 
+    def advance(self) -> int:
+        """Count a change watchers must see that is no lease's (a service's traffic
+        weights): the index moves on, and ``changes_since`` tells a watcher behind
+        it to start over, since the history holds no event for it. Returns the index."""
+        self.index += 1
+        self._history.clear()
+        return self.index
+
     def resume(self, *, since: float, now: float) -> int:
         """Renewals could not be heard from ``since`` to ``now``: that time does not count.
 

@@ -19,7 +19,7 @@ from meshkit.errors import ServiceUnavailableError
 from meshkit.http import IDEMPOTENT_METHODS
 from meshkit.policy import BreakerConfig, CircuitBreaker, sticky_points
 from meshkit.proxy._message import ProxyRequest, ProxyResponse
-from meshkit.registry import Instance
+from meshkit.registry import Instance, Snapshot
 
 __all__ = ["UpstreamCall", "Upstreams", "route_breaker"]
 
@@ -178,12 +178,12 @@ class Upstreams:
     # -- per request ------------------------------------------------------------
 
     async def _discover(self, request: ProxyRequest, service: str) -> None:
-        instances = await self._directory.instances(service)
+        snapshot = await self._directory.snapshot(service)
         found = self._sets.get(service)
         if found is None:
             found = self._sets[service] = InstanceSet(service, self._policy, self._rng)
-            found.update(instances)
-            self._versions[service] = _versions(instances)
+            found.update(snapshot.instances, snapshot.weights)
+            self._versions[service] = _versions(snapshot.instances)
         self._start(request, self._narrowed(request, found) if request.policy.split else found)
 
     def _start(self, request: ProxyRequest, instances: InstanceSet) -> None:
@@ -257,10 +257,11 @@ class Upstreams:
                 return sticky_points(key)
         return self._rng.random(), self._rng.random()
 
-    def _changed(self, service: str, instances: tuple[Instance, ...]) -> None:
+    def _changed(self, snapshot: Snapshot) -> None:
+        service, instances = snapshot.service, snapshot.instances
         found = self._sets.get(service)
         if found is not None:
-            found.update(instances)
+            found.update(instances, snapshot.weights)
             self._versions[service] = _versions(instances)
         versions = f"{service}@"
         for name, subset in self._sets.items():

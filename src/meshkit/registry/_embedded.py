@@ -34,6 +34,7 @@ import contextlib
 import logging
 import math
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 from meshkit._clock import Clock, SystemClock
@@ -47,7 +48,9 @@ from meshkit.registry._model import (
     ServiceCount,
     ServiceList,
     Snapshot,
+    Weights,
     check_name,
+    check_weights,
 )
 from meshkit.registry._store import RegistryStore
 
@@ -82,6 +85,7 @@ class EmbeddedRegistry:
         )
         self._members: dict[str, dict[str, int]] = {}  # service -> key -> lease id
         self._index: dict[str, int] = {}  # service -> index of its last change
+        self._weights: dict[str, Weights] = {}  # service -> its traffic split by version
         self._signals: dict[str, asyncio.Event] = {}  # service -> woken on its next change
         self._any_change = asyncio.Event()
         self._wakeup = asyncio.Event()  # the expiry task re-reads the next expiry
@@ -165,6 +169,9 @@ class EmbeddedRegistry:
             index=self._table.index,
         )
 
+    async def set_weights(self, service: str, weights: Mapping[str, int] | None) -> None:
+        self.set_weights_now(service, weights)
+
     async def watch(self, previous: Snapshot, *, wait: float) -> Snapshot:
         service = check_name("service", previous.service)
         check.seconds("wait", wait, allow_zero=True)
@@ -207,6 +214,29 @@ class EmbeddedRegistry:
     def deregister_now(self, lease_id: int) -> None:
         self._table.remove(lease_id, self._now())
 
+    def set_weights_now(self, service: str, weights: Mapping[str, int] | None) -> None:
+        """``set_weights`` without the await, for the control plane's handlers."""
+        check_name("service", service)
+        checked = None if weights is None else check_weights(service, dict(weights))
+        if checked == self._weights.get(service):
+            return  # no change: nobody is woken
+        if checked is None:
+            del self._weights[service]
+        else:
+            self._weights[service] = checked
+        index = self._index[service] = self._table.advance()
+        self._wake(service)
+        if self._store is not None:
+            try:
+                self._store.set_weights(service, checked, index)
+            except EnvironmentFaultError as error:
+                self.store_errors += 1
+                log.error("could not save the weights of %s: %s", service, error)
+
+    def weights(self) -> dict[str, Weights]:
+        """Every service's traffic weights."""
+        return dict(self._weights)
+
     def leases(self) -> int:
         """How many leases the table holds (live, or expired and not yet swept)."""
         return len(self._table)
@@ -223,6 +253,7 @@ class EmbeddedRegistry:
             instances=tuple(instances),
             epoch=self.epoch,
             index=self._index.get(service, 0),
+            weights=self._weights.get(service),
         )
 
     def _unchanged(self, previous: Snapshot) -> bool:
@@ -248,12 +279,15 @@ class EmbeddedRegistry:
             if not members:
                 del self._members[service]
         self._index[service] = event.index
+        self._wake(service)
+        if self._store is not None:
+            self._persist(event, instance, registered=registered)
+
+    def _wake(self, service: str) -> None:
         signal = self._signals.pop(service, None)
         if signal is not None:
             signal.set()
         self._any_change.set()
-        if self._store is not None:
-            self._persist(event, instance, registered=registered)
 
     def _persist(
         self, event: LeaseEvent[Instance], instance: Instance, *, registered: bool
@@ -284,6 +318,9 @@ class EmbeddedRegistry:
         for lease_id, key, instance, _ in leases:
             self._members.setdefault(instance.service, {})[key] = lease_id
             self._index[instance.service] = index
+        self._weights = store.weights()
+        for service in self._weights:
+            self._index[service] = index
 
     def _now(self) -> float:
         """The time, for the lease table: after a stall, every lease live before it is renewed.

@@ -14,7 +14,19 @@ import msgspec
 from meshkit.errors import ConfigError
 from meshkit.policy import _check as check
 
-__all__ = ["Instance", "Registration", "ServiceCount", "ServiceList", "Snapshot", "check_name"]
+__all__ = [
+    "Instance",
+    "Registration",
+    "ServiceCount",
+    "ServiceList",
+    "Snapshot",
+    "Weights",
+    "check_name",
+    "check_weights",
+]
+
+# A service's traffic split by instance version: version -> weight.
+Weights = dict[str, int]
 
 # DNS-label-like, as Kubernetes service names are: they end up in URLs,
 # etcd keys, metric labels and log prefixes.
@@ -93,16 +105,39 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     ttl: float
 
 
-class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """A service's live instances as of ``(epoch, index)``.
+def check_weights(service: str, weights: object) -> Weights:
+    """A service's version weights: versions (as instances name them) to whole weights
+    from 0 to 1,000,000, at least one above 0."""
+    key = f"weights.{service}"
+    if not isinstance(weights, dict) or not weights:
+        raise ConfigError(key, f"must map versions to weights, got {weights!r}")
+    for version, weight in weights.items():
+        if not isinstance(version, str) or len(version) > 128:
+            raise ConfigError(key, f"a version is text of at most 128 characters: {version!r}")
+        if type(weight) is not int or not 0 <= weight <= 1_000_000:
+            raise ConfigError(
+                f"{key}.{version}", f"must be a whole number from 0 to 1000000, got {weight!r}"
+            )
+    if not any(weights.values()):
+        raise ConfigError(key, "the weights add up to 0: no version could be chosen")
+    return dict(weights)
 
-    Pass a snapshot back to ``Registry.watch`` to wait for the next change.
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A service's live instances as of ``(epoch, index)``, and its traffic weights.
+
+    ``weights`` splits the service's traffic between versions (a canary, a
+    blue-green switch): each caller picks a version by weight among those
+    with live instances, then an instance of it. ``None``: no split, every
+    instance alike. Pass a snapshot back to ``Registry.watch`` to wait for
+    the next change of either.
     """
 
     service: str
     instances: tuple[Instance, ...]
     epoch: int
     index: int
+    weights: Weights | None = None
 
 
 class ServiceCount(msgspec.Struct, frozen=True, kw_only=True):

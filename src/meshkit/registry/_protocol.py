@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from meshkit.registry._model import Instance, Registration, ServiceList, Snapshot
@@ -14,9 +15,9 @@ class Registry(Protocol):
 
     An instance registers with a TTL and must renew before it runs out, or
     it stops being listed. Reads return snapshots stamped with an
-    ``(epoch, index)``; ``watch`` waits until a service's membership differs
-    from a snapshot's, which is how clients keep a local cache current
-    without asking on every call.
+    ``(epoch, index)``; ``watch`` waits until a service's membership or
+    traffic weights differ from a snapshot's, which is how clients keep a
+    local cache current without asking on every call.
 
     Errors: ``LeaseNotFoundError`` or ``LeaseExpiredError`` from ``renew``
     and ``deregister`` when the lease is gone (register again);
@@ -44,8 +45,16 @@ class Registry(Protocol):
         """Every service with live instances."""
         ...
 
+    async def set_weights(self, service: str, weights: Mapping[str, int] | None) -> None:
+        """Split ``service``'s traffic between versions by ``weights`` (``None``: no split).
+
+        Kept until changed, whether or not the service has instances; a
+        change is a change of the service's snapshot, which wakes its watchers.
+        """
+        ...
+
     async def watch(self, previous: Snapshot, *, wait: float) -> Snapshot:
-        """The service's next snapshot once its membership changes after ``previous``.
+        """The service's next snapshot once its membership or weights change after ``previous``.
 
         Returns at once if it already has; returns a snapshot equal in
         membership after ``wait`` seconds if nothing changed. (It is a long

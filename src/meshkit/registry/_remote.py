@@ -9,7 +9,7 @@ a lease the control plane no longer knows ``LeaseNotFoundError``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -31,6 +31,7 @@ from meshkit.registry._model import (
     ServiceList,
     Snapshot,
     check_name,
+    check_weights,
 )
 
 __all__ = ["RemoteRegistry", "parse_http_url"]
@@ -94,6 +95,15 @@ class RemoteRegistry:
     async def services(self) -> ServiceList:
         return self._service_list(await self._call("GET", "/v1/registry/services"))
 
+    async def set_weights(self, service: str, weights: Mapping[str, int] | None) -> None:
+        check_name("service", service)
+        target = f"/v1/registry/services/{service}/weights"
+        if weights is None:
+            await self._call("DELETE", target, expect=204)
+            return
+        body = msgspec.json.encode({"weights": check_weights(service, dict(weights))})
+        await self._call("PUT", target, body=body, invalid=ConfigError)
+
     async def watch(self, previous: Snapshot, *, wait: float) -> Snapshot:
         check_name("service", previous.service)
         check.seconds("wait", wait, allow_zero=True)
@@ -143,6 +153,7 @@ class RemoteRegistry:
                 instances=msgspec.convert(data["instances"], tuple[Instance, ...]),
                 epoch=int(data["epoch"]),
                 index=int(data["index"]),
+                weights=msgspec.convert(data.get("weights"), dict[str, int] | None),
             )
         except (KeyError, TypeError, ValueError, msgspec.ValidationError) as error:
             raise self._garbled(error) from error

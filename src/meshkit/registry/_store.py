@@ -26,6 +26,7 @@ __all__ = ["RegistryStore", "SavedLease"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS weights (service TEXT PRIMARY KEY, weights BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
     key TEXT PRIMARY KEY,
     lease_id INTEGER NOT NULL UNIQUE,
@@ -38,6 +39,7 @@ SavedLease = tuple[int, str, Instance, float]  # lease id, key, instance, ttl
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Instance).decode
+_decode_weights = msgspec.json.Decoder(dict[str, int]).decode
 
 
 class RegistryStore:
@@ -66,6 +68,25 @@ class RegistryStore:
             ) from error
         leases = [(lease_id, key, _decode(blob), ttl) for lease_id, key, blob, ttl in rows]
         return meta.get("epoch"), int(meta.get("index", 0)), leases
+
+    def weights(self) -> dict[str, dict[str, int]]:
+        """Every service's traffic weights, as last set."""
+        try:
+            rows = self._db.execute("SELECT service, weights FROM weights").fetchall()
+        except sqlite3.Error as error:
+            raise EnvironmentFaultError(
+                f"cannot read the registry at {self.path}: {error}"
+            ) from error
+        return {service: _decode_weights(blob) for service, blob in rows}
+
+    def set_weights(self, service: str, weights: dict[str, int] | None, index: int) -> None:
+        """Record ``service``'s weights (``None``: none) at ``index``."""
+        change = (
+            ("DELETE FROM weights WHERE service = ?", (service,))
+            if weights is None
+            else ("INSERT OR REPLACE INTO weights VALUES (?, ?)", (service, _encode(weights)))
+        )
+        self._write([change, ("INSERT OR REPLACE INTO meta VALUES ('index', ?)", (index,))])
 
     def set_epoch(self, epoch: int, index: int) -> None:
         self._write(

@@ -2,7 +2,9 @@
 
 Each instance is a key ``{prefix}/{service}/{id}`` holding its JSON,
 attached to a lease of its own; etcd deletes the key when the lease runs
-out, and a prefix watch sees it go. A snapshot's position is etcd's: the
+out, and a prefix watch sees it go. A service's traffic weights are the
+key ``{prefix}/{service}/~weights`` (no instance id starts with ``~``),
+under the same prefix, so the same watch sees them change. A snapshot's position is etcd's: the
 epoch is the cluster id and the index the store revision of the read, so
 ``watch`` resumes from exactly the next revision and misses nothing.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -38,12 +40,15 @@ from meshkit.registry._model import (
     ServiceList,
     Snapshot,
     check_name,
+    check_weights,
 )
 
 __all__ = ["EtcdRegistry"]
 
 T = TypeVar("T")
 _decode = msgspec.json.Decoder(Instance).decode
+_decode_weights = msgspec.json.Decoder(dict[str, int]).decode
+_WEIGHTS = "~weights"
 _encode = msgspec.json.Encoder().encode
 
 
@@ -120,15 +125,30 @@ class EtcdRegistry:
                 raise LeaseNotFoundError(registration.lease_id, "unknown to etcd") from error
             raise
 
+    async def set_weights(self, service: str, weights: Mapping[str, int] | None) -> None:
+        check_name("service", service)
+        key = self._service_prefix(service) + _WEIGHTS.encode()
+        if weights is None:
+            await self._guard(self._client.delete(key))
+        else:
+            await self._guard(self._client.put(key, _encode(check_weights(service, dict(weights)))))
+
     async def lookup(self, service: str) -> Snapshot:
         check_name("service", service)
         reply = await self._guard(self._client.get_prefix(self._service_prefix(service)))
         self._cluster_id = reply.header.cluster_id
+        instances, weights = [], None
+        for kv in reply:
+            if kv.key.endswith(_WEIGHTS.encode()):
+                weights = _decode_weights(kv.value)
+            else:
+                instances.append(_decode(kv.value))
         return Snapshot(
             service=service,
-            instances=tuple(_decode(kv.value) for kv in reply),
+            instances=tuple(instances),
             epoch=reply.header.cluster_id,
             index=reply.header.revision,
+            weights=weights,
         )
 
     async def services(self) -> ServiceList:
@@ -138,8 +158,9 @@ class EtcdRegistry:
         counts: dict[str, int] = {}
         skip = len(self._prefix) + 1
         for kv in reply:
-            service = kv.key.decode()[skip:].split("/", 1)[0]
-            counts[service] = counts.get(service, 0) + 1
+            service, _, name = kv.key.decode()[skip:].partition("/")
+            if name != _WEIGHTS:
+                counts[service] = counts.get(service, 0) + 1
         return ServiceList(
             services=tuple(ServiceCount(name=n, instances=c) for n, c in sorted(counts.items())),
             epoch=reply.header.cluster_id,

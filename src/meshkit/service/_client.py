@@ -56,7 +56,7 @@ from meshkit.http import (
 )
 from meshkit.observe._prometheus import exemplar
 from meshkit.policy import _check as check
-from meshkit.registry import Instance, check_name
+from meshkit.registry import Instance, Snapshot, check_name
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline
 from meshkit.service._tracing import answered, attempt_span, failed, trace_fields
 
@@ -518,17 +518,17 @@ class ServiceClient:
             ) from error
 
     async def _upstream(self, service: str) -> InstanceSet:
-        instances = await self.directory.instances(service)
+        snapshot = await self.directory.snapshot(service)
         upstream = self._upstreams.get(service)
         if upstream is None:
             upstream = self._upstreams[service] = InstanceSet(service, self.policy, self._rng)
-            upstream.update(instances)
+            upstream.update(snapshot.instances, snapshot.weights)
         return upstream
 
-    def _on_change(self, service: str, instances: tuple[Instance, ...]) -> None:
-        upstream = self._upstreams.get(service)
+    def _on_change(self, snapshot: Snapshot) -> None:
+        upstream = self._upstreams.get(snapshot.service)
         if upstream is not None:
-            upstream.update(instances)
+            upstream.update(snapshot.instances, snapshot.weights)
 
 
 def _with_key(headers: Headers, key: str) -> list[tuple[bytes, bytes]]:

@@ -98,6 +98,9 @@ class _OnLoop:
     async def services(self) -> ServiceList:
         return await self._call(self._registry.services())
 
+    async def set_weights(self, service: str, weights: Mapping[str, int] | None) -> None:
+        await self._call(self._registry.set_weights(service, weights))
+
     async def watch(self, previous: Snapshot, *, wait: float) -> Snapshot:
         return await self._call(self._registry.watch(previous, wait=wait))
 

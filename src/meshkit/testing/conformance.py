@@ -240,6 +240,49 @@ class RegistryConformance:
         assert (after.epoch, after.index) != (before.epoch, before.index)
         await registry.deregister(registration)
 
+    # -- traffic weights -----------------------------------------------------------
+
+    async def test_weights_are_kept_with_the_instances_and_counted_as_none(
+        self, registry: Registry, service: str
+    ) -> None:
+        """A service's weights come with its snapshot, with or without instances; they are
+        not an instance (the service list does not count them) and None removes them."""
+        assert (await registry.lookup(service)).weights is None
+        await registry.set_weights(service, {"1.1.0": 5, "1.0.0": 95})
+        alone = await registry.lookup(service)
+        assert (alone.instances, alone.weights) == ((), {"1.1.0": 5, "1.0.0": 95})
+        assert service not in {count.name for count in (await registry.services()).services}
+        registration = await registry.register(self.instance(service), ttl=TTL)
+        both = await registry.lookup(service)
+        assert [i.id for i in both.instances] == [f"{service}-1"]
+        assert both.weights == {"1.1.0": 5, "1.0.0": 95}
+        counts = {count.name: count.instances for count in (await registry.services()).services}
+        assert counts[service] == 1
+        await registry.set_weights(service, None)
+        assert (await registry.lookup(service)).weights is None
+        await registry.deregister(registration)
+
+    async def test_a_weight_change_wakes_a_watcher(self, registry: Registry, service: str) -> None:
+        """Setting and removing weights each wake a watcher of the service, with the change."""
+        before = await registry.lookup(service)
+        watcher = asyncio.create_task(registry.watch(before, wait=10))
+        await registry.set_weights(service, {"2.0.0": 100, "1.0.0": 0})
+        after = await asyncio.wait_for(watcher, 5)
+        assert after.weights == {"2.0.0": 100, "1.0.0": 0}
+        watcher = asyncio.create_task(registry.watch(after, wait=10))
+        await registry.set_weights(service, None)
+        assert (await asyncio.wait_for(watcher, 5)).weights is None
+
+    async def test_bad_weights_are_refused_naming_them(
+        self, registry: Registry, service: str
+    ) -> None:
+        """No version, a weight out of range, or nothing to choose: a ConfigError on weights."""
+        for bad in ({}, {"1.0.0": -1}, {"1.0.0": 0, "1.1.0": 0}, {"1.0.0": 1.5}):
+            with pytest.raises(ConfigError) as caught:
+                await registry.set_weights(service, bad)  # type: ignore[arg-type]
+            assert caught.value.key.startswith(f"weights.{service}")
+        assert (await registry.lookup(service)).weights is None
+
 
 # A limit that refills too slowly (one token per 100 s) to matter in a test.
 _SLOW = 0.01
