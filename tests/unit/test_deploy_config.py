@@ -7,6 +7,7 @@ import pytest
 
 from meshkit.deploy import load_project
 from meshkit.errors import ConfigError
+from meshkit.policy import CanaryConfig, RollingConfig
 
 GOOD = """
 [project]
@@ -258,6 +259,32 @@ def test_a_good_file_gives_the_start_order(tmp_path: Path) -> None:
             "as subscribe[0] does",
             5,
         ),
+        (
+            '[services.n]\napp = "n:app"\n[services.n.deploy]\nstrategy = "purple"\n',
+            "services.n.deploy.strategy",
+            "must be one of 'rolling', 'blue-green', 'canary'",
+            4,
+        ),
+        (
+            '[services.n]\napp = "n:app"\n[services.n.deploy]\nstrategy = "canary"\n'
+            "steps = [50, 10]\n",
+            "services.n.deploy.steps",
+            "must rise from step to step",
+            5,
+        ),
+        (
+            '[services.n]\napp = "n:app"\n[services.n.deploy]\nstrategy = "canary"\n'
+            "analysis = { min_success = 2 }\n",
+            "services.n.deploy.analysis.min_success",
+            "must be a share",
+            5,
+        ),
+        (
+            '[services.n]\napp = "n:app"\n[services.n.deploy]\nsteps = [10]\n',
+            "services.n.deploy.steps",
+            "not a known key",  # a rolling update (the default) has no steps
+            4,
+        ),
     ],
 )
 def test_each_problem_names_key_line_and_file(
@@ -382,3 +409,20 @@ def test_bad_telemetry_settings_name_their_key(
     assert raised.value.key == key
     assert problem in str(raised.value)
     assert str(raised.value).endswith("meshkit.toml:19)")  # the line of the key
+
+
+def test_a_deploy_table_chooses_the_strategy_and_defaults_to_rolling(tmp_path: Path) -> None:
+    """[services.NAME.deploy] gives the strategy and its settings; without it, or without a
+    strategy, a rolling update."""
+    text = (
+        '[services.a]\napp = "a:app"\n[services.a.deploy]\nstrategy = "canary"\n'
+        "steps = [10, 50, 100]\ninterval = 30\n"
+        '[services.b]\napp = "b:app"\n[services.b.deploy]\nmax_surge = 2\n'
+        '[services.c]\napp = "c:app"\n'
+    )
+    services = load_project(write(tmp_path, text), check_ports=False).services
+    canary = services["a"].deploy
+    assert isinstance(canary, CanaryConfig)
+    assert (canary.steps, canary.interval) == ((10, 50, 100), 30.0)
+    assert services["b"].deploy == RollingConfig(max_surge=2)
+    assert services["c"].deploy == RollingConfig()

@@ -32,6 +32,14 @@
     depends_on = ["users", "products"]
     env = { PAYMENT_FAILURE_RATE = "0.1" }
 
+    [services.orders.deploy]       # how `meshkit deploy orders` rolls out a change
+    strategy = "rolling"           # or "blue-green", "canary"; their settings:
+    # max_surge = 1, max_unavailable = 0, ready_timeout = 60       (rolling)
+    # smoke = ["/-/ready"], keep = 300, ready_timeout = 60         (blue-green)
+    # steps = [5, 25, 50, 100], interval = 60, failure_limit = 2,   (canary)
+    # replicas = 1, ready_timeout = 60,
+    # analysis = { min_requests = 20, min_success = 0.99, max_p99 = 0.5 }
+
 Every problem is a ``ConfigError`` whose message names the file, the line
 when it can be found, the key, and what is wrong: an unknown key, a missing
 or mistyped field, a dependency on an unknown service, a dependency cycle,
@@ -54,6 +62,7 @@ import msgspec
 from meshkit.errors import ConfigError, InvalidArgumentError
 from meshkit.gateway import GatewayConfig
 from meshkit.observe import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention, parse_duration, parse_size
+from meshkit.policy import RollingConfig, RolloutConfig
 from meshkit.registry import MAX_TTL, MIN_TTL, check_name
 from meshkit.registry._model import check_host
 from meshkit.sidecar import EventRoute
@@ -106,6 +115,8 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     sidecar: bool = False
     subscribe: list[SubscribeConfig] = msgspec.field(default_factory=list)
     max_deliveries: int | None = None  # default: the sidecar's (5)
+    # How `meshkit deploy` rolls out a new definition; default: a rolling update.
+    deploy: RolloutConfig = msgspec.field(default_factory=RollingConfig)
 
     def events(self, name: str) -> list[EventRoute]:
         """What the sidecar of service ``name`` delivers to its app (checked at load)."""
@@ -176,11 +187,19 @@ def load_project(directory: Path, *, check_ports: bool = True) -> Project:
         raise _problem(path, text, _key_of(error), _reason(error)) from error
     services: dict[str, ServiceConfig] = {}
     for name, table in parsed.services.items():
+        deploy = table.get("deploy")
+        if isinstance(deploy, dict) and "strategy" not in deploy:
+            table = {**table, "deploy": {"strategy": "rolling", **deploy}}
         try:
             services[name] = msgspec.convert(table, ServiceConfig)
         except msgspec.ValidationError as error:
-            key = f"services.{name}.{_key_of(error)}"
-            raise _problem(path, text, key, _reason(error)) from error
+            key, problem = f"services.{name}.{_key_of(error)}", _reason(error)
+            own = re.match(r"(deploy\.[\w.]+): (.*)", problem)  # a strategy's own check
+            if own is not None:
+                key, problem = f"services.{name}.{own.group(1)}", own.group(2)
+            elif key.endswith(".deploy.strategy"):
+                problem = f"must be one of 'rolling', 'blue-green', 'canary': {problem}"
+            raise _problem(path, text, key, problem) from error
         _check_service(path, text, name, services[name])
     order = _dependency_order(path, text, services)
     retention = _retention(path, text, parsed.telemetry)

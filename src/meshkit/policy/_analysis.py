@@ -32,18 +32,20 @@ class AnalysisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
     def __post_init__(self) -> None:
         if self.min_requests < 1:
-            raise ConfigError("analysis.min_requests", "must be at least 1")
+            raise ConfigError("deploy.analysis.min_requests", "must be at least 1")
         if not 0.0 <= self.min_success <= 1.0:
-            raise ConfigError("analysis.min_success", f"must be a share, got {self.min_success}")
+            raise ConfigError(
+                "deploy.analysis.min_success", f"must be a share, got {self.min_success}"
+            )
         if not 0.0 <= self.max_success_drop <= 1.0:
             raise ConfigError(
-                "analysis.max_success_drop", f"must be a share, got {self.max_success_drop}"
+                "deploy.analysis.max_success_drop", f"must be a share, got {self.max_success_drop}"
             )
         if not self.max_p99 > 0:
-            raise ConfigError("analysis.max_p99", f"must be positive, got {self.max_p99}")
+            raise ConfigError("deploy.analysis.max_p99", f"must be positive, got {self.max_p99}")
         if not self.max_p99_ratio >= 1:
             raise ConfigError(
-                "analysis.max_p99_ratio", f"must be at least 1, got {self.max_p99_ratio}"
+                "deploy.analysis.max_p99_ratio", f"must be at least 1, got {self.max_p99_ratio}"
             )
 
 
