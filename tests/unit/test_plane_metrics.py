@@ -27,10 +27,8 @@ TOKEN = "plane-metrics-token-0123456789"
 
 @pytest.fixture
 async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    control = ControlPlane(data_dir=tmp_path, token=TOKEN, port=0)
-    await control.start()
-    yield control
-    await control.aclose()
+    async with ControlPlane(data_dir=tmp_path, token=TOKEN, port=0) as control:
+        yield control
 
 
 async def call(

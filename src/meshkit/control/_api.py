@@ -1,5 +1,5 @@
 """The control plane's registry API over HTTP/JSON (and the router to the bus's, ``_bus_api``,
-and to the telemetry's, ``_telemetry_api``).
+the telemetry's, ``_telemetry_api``, and the rollouts', ``_rollout_api``).
 
     GET    /healthz                          no token needed
     POST   /v1/registry/instances            register   -> 201 {lease_id, ttl, epoch, index}
@@ -33,6 +33,8 @@ from meshkit.control._answers import decode_body, invalid
 from meshkit.control._answers import error as error_answer
 from meshkit.control._bus_api import BusAPI
 from meshkit.control._metrics import METRICS_PATH, PlaneMetrics
+from meshkit.control._rollout_api import PREFIX as ROLLOUTS
+from meshkit.control._rollout_api import RolloutAPI
 from meshkit.control._targets import TARGETS_PATH, targets
 from meshkit.control._telemetry_api import TelemetryAPI
 from meshkit.errors import ConfigError, InvalidArgumentError, LeaseExpiredError, LeaseNotFoundError
@@ -87,6 +89,7 @@ class RegistryAPI:
         bus: BusAPI | None = None,
         telemetry: TelemetryAPI | None = None,
         metrics: PlaneMetrics | None = None,
+        rollouts: RolloutAPI | None = None,
     ) -> None:
         if len(token) < 16:
             raise ConfigError("token", "must be at least 16 characters")
@@ -95,6 +98,7 @@ class RegistryAPI:
         self._bus = bus
         self._telemetry = telemetry
         self._metrics = metrics
+        self._rollouts = rollouts
         # Where the control plane listens, once it does: it lists itself as a
         # Prometheus target too.
         self.address: tuple[str, int] | None = None
@@ -115,6 +119,8 @@ class RegistryAPI:
             return self._bus.handle(request)
         if self._telemetry is not None and path.startswith(_TELEMETRY):
             return self._telemetry.handle(request)
+        if self._rollouts is not None and (path == ROLLOUTS or path.startswith(ROLLOUTS + "/")):
+            return self._rollouts.handle(request)
         if path == TARGETS_PATH:
             if method != "GET":
                 return error_answer(405, f"{method} is not allowed here; use GET")

@@ -16,6 +16,8 @@ from meshkit.bus._broker import EmbeddedBroker
 from meshkit.control._api import RegistryAPI
 from meshkit.control._bus_api import BusAPI
 from meshkit.control._metrics import PlaneMetrics
+from meshkit.control._rollout_api import RolloutAPI
+from meshkit.control._rollouts import RolloutStore
 from meshkit.control._telemetry_api import TelemetryAPI
 from meshkit.http import HTTPServer, ServerLimits
 from meshkit.observe import Retention, TelemetryStore, keep_retention
@@ -27,8 +29,9 @@ DEFAULT_PORT = 7700
 
 
 class ControlPlane:
-    """The registry (``registry.sqlite3`` in ``data_dir``), the bus (``bus.sqlite3``) and the
-    telemetry (``telemetry.sqlite3``, kept as ``retention`` says)."""
+    """The registry (``registry.sqlite3`` in ``data_dir``), the bus (``bus.sqlite3``), the
+    telemetry (``telemetry.sqlite3``, kept as ``retention`` says) and the rollouts
+    (``rollouts.sqlite3``)."""
 
     def __init__(
         self,
@@ -46,12 +49,20 @@ class ControlPlane:
         self._token = token
         self._clock = clock
         self.registry = EmbeddedRegistry.open(data_dir / "registry.sqlite3", clock=clock)
+        self.rollouts = RolloutStore(data_dir / "rollouts.sqlite3")
         self.bus: EmbeddedBroker | None = None
         self.telemetry: TelemetryStore | None = None
         self._retention = retention or Retention()
         self._purges: asyncio.Task[None] | None = None
         self._server: HTTPServer | None = None
         self.address: tuple[str, int] | None = None
+
+    async def __aenter__(self) -> ControlPlane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def start(self) -> tuple[str, int]:
         """Open the bus, start expiring leases and serving; returns the address bound."""
@@ -69,6 +80,7 @@ class ControlPlane:
             bus=BusAPI(self.bus),
             telemetry=TelemetryAPI(self.telemetry, clock=clock),
             metrics=metrics,
+            rollouts=RolloutAPI(self.rollouts, clock=clock),
         )
         self._server = HTTPServer(
             metrics.measured(api.handle),
@@ -98,6 +110,7 @@ class ControlPlane:
                 await self._purges
         if self.telemetry is not None:
             await asyncio.to_thread(self.telemetry.close)  # writes what is queued
+        self.rollouts.close()
 
     async def serve_until_stopped(self) -> None:
         """Serve until SIGINT or SIGTERM, then close."""

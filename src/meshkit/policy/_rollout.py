@@ -403,8 +403,9 @@ class Undo(msgspec.Struct, frozen=True, tag="undo"):
     run), otherwise as ``Abort``. A completed rollout cannot be undone: deploy the old again."""
 
 
-RolloutEvent = Analyzed | SmokeTested | Pause | Resume | Promote | Abort | Undo
-COMMANDS: dict[str, type[RolloutEvent]] = {
+Command = Pause | Resume | Promote | Abort | Undo
+RolloutEvent = Analyzed | SmokeTested | Command
+COMMANDS: dict[str, type[Command]] = {
     "pause": Pause,
     "resume": Resume,
     "promote": Promote,

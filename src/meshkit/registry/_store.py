@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 
+from meshkit._sqlite import open_store, transaction
 from meshkit.errors import EnvironmentFaultError
 from meshkit.registry._model import Instance
 
@@ -47,15 +48,7 @@ class RegistryStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as error:
-            raise EnvironmentFaultError(f"cannot open the registry at {path}: {error}") from error
+        self._db = open_store(path, _SCHEMA, what="the registry", synchronous="NORMAL")
 
     def load(self) -> tuple[int | None, int, list[SavedLease]]:
         """``(epoch, index, leases)``; the epoch is ``None`` for a new store."""
@@ -121,16 +114,8 @@ class RegistryStore:
         self._db.close()
 
     def _write(self, statements: list[tuple[str, tuple[object, ...]]]) -> None:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, parameters in statements:
-                    self._db.execute(sql, parameters)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as error:
-            raise EnvironmentFaultError(
-                f"cannot write the registry at {self.path}: {error}"
-            ) from error
+        def run(db: sqlite3.Connection) -> None:
+            for sql, parameters in statements:
+                db.execute(sql, parameters)
+
+        transaction(self._db, run, what=f"the registry at {self.path}")
