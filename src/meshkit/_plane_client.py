@@ -4,8 +4,8 @@ Failures are translated here, once: an unreachable or failing control plane
 is ``EnvironmentFaultError``, a refused token ``ConfigError`` on ``token``,
 a 400 and a 404 what the caller says they mean (``InvalidArgumentError`` on
 the field the plane's problem details name in their ``errors``, and
-``NotFoundError``, unless told otherwise), with the problem's ``detail`` as
-the message.
+``NotFoundError``, unless told otherwise), a 409 ``ConflictError``, with the
+problem's ``detail`` as the message.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import msgspec
 
 from meshkit.errors import (
     ConfigError,
+    ConflictError,
     DeadlineExceededError,
     EnvironmentFaultError,
     InvalidArgumentError,
@@ -129,6 +130,8 @@ class PlaneClient:
             return ConfigError("token", f"the control plane at {self.url} refused it")
         if response.status == 404 and from_plane:
             return not_found(problem.detail)
+        if response.status == 409 and from_plane:
+            return ConflictError(problem.detail)
         if response.status == 400 and problem.errors:
             return invalid(problem.errors[0].field, problem.errors[0].detail)
         if response.status == 400:

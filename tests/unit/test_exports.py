@@ -233,6 +233,7 @@ PUBLIC = {
         "route_breaker",
     ],
     "meshkit.service": [
+        "METRICS_PATH",
         "TIMEOUT_HEADER",
         "CallPolicy",
         "Composition",

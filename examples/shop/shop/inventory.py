@@ -67,7 +67,7 @@ def seed(db: sqlite3.Connection) -> None:
 db = Database("inventory", SCHEMA + idempotency.SCHEMA, seed)
 log = logging.getLogger("shop.inventory")
 app = FastAPI(title="inventory", lifespan=db.lifespan)
-service = meshkit.Service(app, name="inventory", version="1.0.0")
+service = meshkit.Service(app, name="inventory")
 
 
 class Stock(BaseModel):

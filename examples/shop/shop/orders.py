@@ -103,7 +103,7 @@ def migrate(tx: sqlite3.Connection) -> None:
 db = Database("orders", SCHEMA + SqliteOutbox.SCHEMA + SqliteSagaStore.SCHEMA, migrate)
 log = logging.getLogger("shop.orders")  # its records carry the trace id (meshkit logs --trace)
 app = FastAPI(title="orders", lifespan=db.lifespan)
-service = meshkit.Service(app, name="orders", version="1.0.0")
+service = meshkit.Service(app, name="orders")
 
 # The relay starts once the app is live: its lifespan has made the tables.
 service.add_outbox(SqliteOutbox(db.path))

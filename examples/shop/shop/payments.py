@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS payments (
 db = Database("payments", SCHEMA + idempotency.SCHEMA)
 log = logging.getLogger("shop.payments")
 app = FastAPI(title="payments", lifespan=db.lifespan)
-service = meshkit.Service(app, name="payments", version="1.0.0")
+service = meshkit.Service(app, name="payments")
 
 
 def _failure_rate() -> float:

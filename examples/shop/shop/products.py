@@ -31,7 +31,7 @@ def seed(db: sqlite3.Connection) -> None:
 
 db = Database("products", SCHEMA, seed)
 app = FastAPI(title="products", lifespan=db.lifespan)
-service = meshkit.Service(app, name="products", version="1.0.0")
+service = meshkit.Service(app, name="products")
 
 
 class NewProduct(BaseModel):

@@ -25,7 +25,7 @@ def seed(db: sqlite3.Connection) -> None:
 
 db = Database("users", SCHEMA, seed)
 app = FastAPI(title="users", lifespan=db.lifespan)
-service = meshkit.Service(app, name="users", version="1.0.0")
+service = meshkit.Service(app, name="users")
 
 
 class NewUser(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -32,6 +33,7 @@ class ProcessState(msgspec.Struct, kw_only=True):
     restarts: int
     started_at: float | None  # wall-clock seconds of the current run
     status: str  # starting, running, restarting, exited, stopped
+    candidate: bool = False  # runs the definition a rollout under way brings
 
 
 class ProcessTable(msgspec.Struct, kw_only=True):
@@ -42,6 +44,8 @@ class ProcessTable(msgspec.Struct, kw_only=True):
     # this field (or one left by a supervisor killed with -9) says True, and
     # the supervisor's pid tells the rest.
     running: bool = True
+    # What each service runs (its meshkit.toml table, as checked), for `meshkit deploy`.
+    definitions: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
 def service_data_dir(data_dir: Path, service: str) -> Path:

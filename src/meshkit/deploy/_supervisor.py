@@ -19,17 +19,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import sys
 
+import msgspec
+
 from meshkit import _env
 from meshkit._clock import Clock, SystemClock
 from meshkit._net import free_port
+from meshkit._tasks import stop as stop_tasks
 from meshkit.control import TOKEN_ENV, load_token
-from meshkit.deploy._config import Project
+from meshkit.deploy._config import Project, ServiceConfig
 from meshkit.deploy._output import Output
 from meshkit.deploy._process import Child
+from meshkit.deploy._replica import Replica
+from meshkit.deploy._rollout_driver import RolloutDriver
 from meshkit.deploy._state import ProcessState, ProcessTable, service_data_dir, write_table
 from meshkit.errors import DeadlineExceededError, PeerError
 from meshkit.gateway import READY_PATH
@@ -69,15 +75,19 @@ class Supervisor:
         self._finished = False  # everything stopped: the table says so, for `meshkit down`
         self._control_plane: Child | None = None
         self._gateway: Child | None = None
-        self._children: dict[str, list[Child]] = {}
+        self._token = ""
+        # What each service runs now: the file's definition, until a rollout
+        # completes with another (or one under way at the start says otherwise).
+        self._definitions: dict[str, ServiceConfig] = dict(project.services)
+        self._replicas: dict[str, list[Replica]] = {name: [] for name in project.services}
+        self._numbers: dict[str, itertools.count[int]] = {
+            name: itertools.count(1) for name in project.services
+        }
+        self._stopping: set[asyncio.Task[None]] = set()  # replicas draining, then stopped
         # Ports the file fixes, and those handed out: a free port is free only
         # until something listens on it, and the fixed ones are not taken yet.
         self._taken = _fixed_ports(project)
-        self._sidecars: dict[str, list[Child]] = {}  # beside apps of any language
-        self._ports: dict[str, list[int]] = {
-            name: [port or self._spare_port() for port in project.fixed_ports(name)]
-            for name in project.services
-        }
+        self._rollouts: asyncio.Task[None] | None = None
         cp = project.control_plane
         self.registry_url = f"http://{cp.host}:{cp.port}"
         self.output.width = max(
@@ -95,14 +105,19 @@ class Supervisor:
         data_dir = self.project.data_dir
         # Owner only: the token and every service's database live under it.
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        token = load_token(data_dir, create=True)
+        token = self._token = load_token(data_dir, create=True)
         try:
             if not await self._start_control_plane(token):
                 return 1
+            driver = RolloutDriver(self, self.registry_url, token, clock=self.clock)
+            for record in await driver.under_way():
+                # Stopped mid-rollout: the service runs what it ran before, and the
+                # rollout goes on from where its record says.
+                self._definitions[record.rollout.service] = driver.stable(record)
             for name in self.project.order:
                 if self._stop.is_set():
                     break
-                self._start_service(name, token)
+                self._start_service(name)
                 if not await self._until_healthy(name):
                     break
             if self.project.gateway is not None and not self._stop.is_set():
@@ -111,9 +126,13 @@ class Supervisor:
                     return 1
             if not self._stop.is_set():
                 self._announce_ready()
+                self._rollouts = asyncio.create_task(driver.run())
             await self._stop.wait()
             return 0
         finally:
+            if self._rollouts is not None:
+                await stop_tasks(self._rollouts)
+            await driver.aclose()
             await self._shutdown()
 
     # -- starting -------------------------------------------------------------
@@ -166,35 +185,101 @@ class Supervisor:
             self.output.say("the gateway did not start; stopping")
         return False
 
-    def _start_service(self, name: str, token: str) -> None:
-        config = self.project.services[name]
+    def _start_service(self, name: str) -> None:
+        """Every replica of the service's definition, on the ports the file gives."""
+        config = self._definitions[name]
+        fixed = config.ports if config.ports is not None else [config.port] * config.replicas
+        for port in fixed if len(fixed) == config.replicas else [None] * config.replicas:
+            self.start_replica(name, config, candidate=False, port=port)
+
+    def start_replica(
+        self, name: str, config: ServiceConfig, *, candidate: bool, port: int | None = None
+    ) -> Replica:
+        """One more replica of ``name`` running ``config`` (on a spare port unless given)."""
         data_dir = service_data_dir(self.project.data_dir, name)
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        children = self._children[name] = []
-        for replica, port in enumerate(self._ports[name], start=1):
-            instance_id = f"{name}-{replica}"
-            env = {
-                "MESHKIT_REGISTRY": self.registry_url,
-                TOKEN_ENV: token,
-                "MESHKIT_SERVICE": name,
-                "MESHKIT_INSTANCE_ID": instance_id,
-                "MESHKIT_PORT": str(port),
-                "MESHKIT_TTL": f"{config.ttl:g}",
-                "MESHKIT_VERSION": config.version,
-                "MESHKIT_DATA_DIR": str(data_dir),
-            }
-            if config.app is None:  # any language: its own OpenTelemetry SDK sends here too
-                env.update(self._telemetry_variables(name, instance_id, config.version, token))
-            env.update(config.env)
-            if config.app is not None:
-                argv = [self.python, "-m", "meshkit", "serve", config.app]
-            elif config.sidecar:
-                argv = self._beside_sidecar(name, instance_id, port, env)
-            else:
-                argv = self._command(name, port)
-            child = self._child(instance_id, argv, env)
-            child.start()
-            children.append(child)
+        port = port or self._spare_port()
+        instance_id = f"{name}-{next(self._numbers[name])}"
+        env = {
+            "MESHKIT_REGISTRY": self.registry_url,
+            TOKEN_ENV: self._token,
+            "MESHKIT_SERVICE": name,
+            "MESHKIT_INSTANCE_ID": instance_id,
+            "MESHKIT_PORT": str(port),
+            "MESHKIT_TTL": f"{config.ttl:g}",
+            "MESHKIT_VERSION": config.version,
+            "MESHKIT_DATA_DIR": str(data_dir),
+        }
+        if config.app is None:  # any language: its own OpenTelemetry SDK sends here too
+            env.update(self._telemetry_variables(name, instance_id, config.version, self._token))
+        env.update(config.env)
+        sidecar = None
+        if config.app is not None:
+            argv = [self.python, "-m", "meshkit", "serve", config.app]
+        elif config.sidecar:
+            sidecar, argv = self._beside_sidecar(name, config, instance_id, port, env)
+        else:
+            argv = self._command(config, port)
+        child = self._child(instance_id, argv, env)
+        child.start()
+        replica = Replica(
+            service=name,
+            id=instance_id,
+            port=port,
+            config=config,
+            child=child,
+            sidecar=sidecar,
+            candidate=candidate,
+            started=self.clock.time(),
+        )
+        self._replicas[name].append(replica)
+        self._save_state()
+        return replica
+
+    @property
+    def services(self) -> frozenset[str]:
+        return frozenset(self._definitions)
+
+    def replicas(self, name: str) -> list[Replica]:
+        """The service's replicas, those being stopped left out."""
+        return list(self._replicas[name])
+
+    def definition(self, name: str) -> ServiceConfig:
+        return self._definitions[name]
+
+    def stop_replica(self, replica: Replica) -> None:
+        """Drain and stop one replica in the background: its sidecar first (which
+        deregisters it), then the app; or the Service, which deregisters before it drains."""
+        self._replicas[replica.service].remove(replica)
+        self._save_state()
+
+        async def stopping() -> None:
+            if replica.sidecar is not None:
+                await replica.sidecar.stop(grace=_GRACE)
+            await replica.child.stop(grace=_GRACE)
+
+        task = asyncio.create_task(stopping())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    def adopt(self, name: str, config: ServiceConfig) -> None:
+        """A rollout completed: ``config`` is what the service runs now."""
+        self._definitions[name] = config
+        for replica in self._replicas[name]:
+            replica.candidate = False
+        self._save_state()
+
+    async def ready(self, replica: Replica) -> bool:
+        """Whether the replica answers its readiness check now (once, no waiting)."""
+        path = SIDECAR_READY if replica.config.sidecar else replica.config.health_path()
+        if not replica.child.running:
+            return False
+        if not path:
+            return True  # a command without a health path: running is all it says
+        with contextlib.suppress(PeerError, DeadlineExceededError):
+            async with HTTPClient(timeouts=Timeouts(connect=1.0, read=2.0)) as http:
+                return (await http.request("GET", "127.0.0.1", replica.port, path)).status == 200
+        return False
 
     def _telemetry_variables(
         self, name: str, instance_id: str, version: str, token: str
@@ -211,23 +296,22 @@ class Supervisor:
                 self._taken.add(port)
                 return port
 
-    def _command(self, name: str, port: int) -> list[str]:
-        command = self.project.services[name].command
+    def _command(self, config: ServiceConfig, port: int) -> list[str]:
+        command = config.command
         assert command is not None
         return [
             part.replace("{port}", str(port)).replace("{python}", self.python) for part in command
         ]
 
     def _beside_sidecar(
-        self, name: str, instance_id: str, port: int, env: dict[str, str]
-    ) -> list[str]:
+        self, name: str, config: ServiceConfig, instance_id: str, port: int, env: dict[str, str]
+    ) -> tuple[Child, list[str]]:
         """Start the sidecar of one replica; the app's own command, on a port of its own.
 
         The sidecar takes the replica's port (what the registry lists and
         health checks reach); the app listens on a free port only the
         sidecar uses, and finds other services at ``$MESHKIT_OUTBOUND``.
         """
-        config = self.project.services[name]
         app_port, outbound_port = self._spare_port(), self._spare_port()
         env["MESHKIT_OUTBOUND"] = f"http://127.0.0.1:{outbound_port}"
         sidecar = self._child(
@@ -250,8 +334,7 @@ class Supervisor:
             {"MESHKIT_REGISTRY": self.registry_url, TOKEN_ENV: env[TOKEN_ENV]},
         )
         sidecar.start()
-        self._sidecars.setdefault(name, []).append(sidecar)
-        return self._command(name, app_port)
+        return sidecar, self._command(config, app_port)
 
     def _child(
         self, name: str, argv: list[str], env: dict[str, str], *, give_up_after: int | None = None
@@ -278,12 +361,12 @@ class Supervisor:
 
     async def _until_healthy(self, name: str) -> bool:
         """Wait until every replica of ``name`` is healthy; ``False`` if stopped first."""
-        config = self.project.services[name]
+        config = self._definitions[name]
         # A sidecar's app is ready once the sidecar has registered it.
         health = SIDECAR_READY if config.sidecar else config.health_path()
         waits = [
-            self._wait_healthy("127.0.0.1", port, health, child)
-            for port, child in zip(self._ports[name], self._children[name], strict=True)
+            self._wait_healthy("127.0.0.1", replica.port, health, replica.child)
+            for replica in self._replicas[name]
         ]
         results = await asyncio.gather(*waits)
         if all(results):
@@ -325,11 +408,14 @@ class Supervisor:
             # First, so no request comes in for services that are stopping.
             await self._gateway.stop(grace=_GRACE)
         # Sidecars first: they deregister their apps before the apps stop.
-        await self._stop_all([child for group in self._sidecars.values() for child in group])
-        children = [child for group in self._children.values() for child in group]
+        replicas = [replica for group in self._replicas.values() for replica in group]
+        await self._stop_all([r.sidecar for r in replicas if r.sidecar is not None])
+        children = [replica.child for replica in replicas]
         if children:
             self.output.say(f"stopping {len(children)} service instance(s)")
         await self._stop_all(children)
+        if self._stopping:  # replicas a rollout was stopping: they finish draining
+            await asyncio.gather(*self._stopping, return_exceptions=True)
         if self._control_plane is not None:
             await self._control_plane.stop(grace=_GRACE)
         self._finished = True
@@ -348,10 +434,11 @@ class Supervisor:
     # -- state for `meshkit status` and `meshkit down` --------------------------------------------
 
     def _save_state(self) -> None:
-        processes = []
-        for name, children in self._children.items():
-            for port, child in zip(self._ports[name], children, strict=True):
-                processes.append(self._state(name, child, port))
+        processes = [
+            self._state(name, replica.child, replica.port, candidate=replica.candidate)
+            for name, replicas in self._replicas.items()
+            for replica in replicas
+        ]
         if self._control_plane is not None:
             processes.append(
                 self._state("control-plane", self._control_plane, self.project.control_plane.port)
@@ -363,12 +450,15 @@ class Supervisor:
             control_plane=self.registry_url,
             processes=processes,
             running=not self._finished,
+            definitions={
+                name: msgspec.to_builtins(config) for name, config in self._definitions.items()
+            },
         )
         with contextlib.suppress(OSError):
             write_table(self.project.data_dir, table)
 
     @staticmethod
-    def _state(service: str, child: Child, port: int) -> ProcessState:
+    def _state(service: str, child: Child, port: int, *, candidate: bool = False) -> ProcessState:
         return ProcessState(
             service=service,
             id=child.name,
@@ -377,6 +467,7 @@ class Supervisor:
             restarts=child.restarts,
             started_at=child.started_at,
             status=child.status,
+            candidate=candidate,
         )
 
 

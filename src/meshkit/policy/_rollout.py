@@ -205,10 +205,17 @@ class Rollout(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.stable_replicas < 0:
             raise ConfigError("replicas", "a rollout runs at least one instance")
-        if not isinstance(self.config, RollingConfig) and (
-            self.stable_version == self.candidate_version
-        ):
-            # Traffic is split by version: two definitions of one version cannot be told apart.
+        if isinstance(self.config, RollingConfig):
+            return
+        if not self.stable_version or not self.candidate_version:
+            # Traffic is split by the versions instances register with.
+            raise ConfigError(
+                "version",
+                f"a {self.strategy} rollout splits traffic by version: give {self.service}"
+                " a version (version = ...) before and after",
+            )
+        if self.stable_version == self.candidate_version:
+            # Two definitions of one version cannot be told apart.
             raise ConfigError(
                 "version",
                 f"a {self.strategy} rollout needs a new version: {self.service} runs"

@@ -7,6 +7,7 @@ from meshkit.discovery import Directory
 from meshkit.service._client import CallPolicy, ServiceClient
 from meshkit.service._compose import Composition, Part, compose
 from meshkit.service._deadline import TIMEOUT_HEADER, current_deadline, without_deadline
+from meshkit.service._metrics import METRICS_PATH
 from meshkit.service._problems import (
     http_exception_handler,
     install_problem_handlers,
@@ -17,6 +18,7 @@ from meshkit.service._problems import (
 from meshkit.service._service import Service
 
 __all__ = [
+    "METRICS_PATH",
     "TIMEOUT_HEADER",
     "CallPolicy",
     "Composition",

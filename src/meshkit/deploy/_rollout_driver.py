@@ -1,0 +1,237 @@
+"""The rollout driver: runs in ``meshkit up``, which owns the instances a rollout changes.
+
+Every second it reads the rollouts under way from the control plane and
+takes each one step: it looks at the service's replicas (ready or not),
+asks the planner (``meshkit.policy.plan_rollout``) for the next target,
+sets the traffic weights in the registry (before starting candidates, so
+none gets traffic it was not meant to), starts or stops replicas to
+match (the not-ready ones, then the newest, first; stopping drains), runs
+the analysis or the smoke requests when the plan asks, and writes the
+rollout back, naming the version it read. A person's command that came
+in between makes that write a conflict: the step is simply taken again
+from the new state at the next tick.
+
+Nothing here is kept only in memory that a restart would need: the
+record says where the rollout stands and the replicas say what runs. The
+canary analysis keeps the metrics it read at the start of a step; after a
+restart it reads them anew, and the step's analysis waits one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from meshkit._clock import Clock
+from meshkit._plane_client import PlaneClient
+from meshkit.control import RolloutRecord
+from meshkit.deploy._config import ServiceConfig
+from meshkit.deploy._metrics_source import Counts, ScrapeTarget, scrape, window
+from meshkit.deploy._replica import Replica
+from meshkit.errors import ConflictError, DeadlineExceededError, MeshkitError, PeerError
+from meshkit.http import HTTPClient, Timeouts
+from meshkit.policy import (
+    Analyzed,
+    BlueGreenConfig,
+    CanaryConfig,
+    Phase,
+    Plan,
+    Rollout,
+    SmokeTested,
+    judge,
+    plan_rollout,
+    update_rollout,
+)
+from meshkit.policy import Replica as Seen
+from meshkit.policy import (
+    Target as PlanTarget,
+)
+from meshkit.registry import RemoteRegistry
+from meshkit.service import METRICS_PATH as SERVICE_METRICS
+from meshkit.sidecar import METRICS_PATH as SIDECAR_METRICS
+
+if TYPE_CHECKING:
+    from meshkit.deploy._supervisor import Supervisor
+
+__all__ = ["RolloutDriver"]
+
+log = logging.getLogger("meshkit.rollout")
+
+_TICK = 1.0  # seconds between steps
+_Records = msgspec.json.Decoder(dict[str, list[RolloutRecord]])
+
+
+class RolloutDriver:
+    """Drives the rollouts under way of the project ``supervisor`` runs."""
+
+    def __init__(self, supervisor: Supervisor, plane_url: str, token: str, *, clock: Clock) -> None:
+        self._supervisor = supervisor
+        self._clock = clock
+        self._http = HTTPClient(timeouts=Timeouts(connect=1.0, read=5.0))
+        self._plane = PlaneClient(plane_url, token=token, http=self._http)
+        self._registry = RemoteRegistry(plane_url, token=token, http=self._http)
+        # The metrics read when a canary step began: (rollout id, step start) -> counts.
+        self._baselines: dict[tuple[int, float], tuple[float, Counts]] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def under_way(self) -> list[RolloutRecord]:
+        """The rollouts under way, newest first."""
+        answer = await self._plane.call("GET", "/v1/rollouts?active=true&limit=1000")
+        return msgspec.convert(answer["rollouts"], list[RolloutRecord])
+
+    @staticmethod
+    def stable(record: RolloutRecord) -> ServiceConfig:
+        return msgspec.convert(record.stable, ServiceConfig)
+
+    async def run(self) -> None:
+        """Step every rollout under way, every second, until cancelled."""
+        failing = False
+        while True:
+            try:
+                for record in await self.under_way():
+                    if record.rollout.service in self._supervisor.services:
+                        await self.step(record)
+                failing = False
+            except MeshkitError as error:
+                # The control plane restarting, say: keep what runs, try again.
+                if not failing:
+                    log.warning("rollouts: %s; trying again every second", error)
+                failing = True
+            await self._clock.sleep(_TICK)
+
+    async def step(self, record: RolloutRecord) -> None:
+        """Take one rollout one step."""
+        rollout, service = record.rollout, record.rollout.service
+        candidate = msgspec.convert(record.candidate, ServiceConfig)
+        replicas = self._supervisor.replicas(service)
+        ready = await asyncio.gather(*(self._supervisor.ready(r) for r in replicas))
+        seen = [
+            Seen(r.id, r.candidate, is_ready, r.started)
+            for r, is_ready in zip(replicas, ready, strict=True)
+        ]
+        now = self._clock.time()
+        made = plan_rollout(rollout, seen, now)
+        await self._set_weights(made.rollout, made.target)
+        self._match(service, made.target, candidate, replicas, ready)
+        after = await self._measure(record.id, made, replicas, now)
+        if after == rollout:
+            return
+        try:
+            await self._plane.call(
+                "PUT",
+                f"/v1/rollouts/{record.id}",
+                body=msgspec.json.encode({"version": record.version, "rollout": after}),
+            )
+        except ConflictError:
+            return  # a command came in meanwhile: the next tick starts from it
+        if after.phase is Phase.COMPLETED:
+            self._supervisor.adopt(service, candidate)
+        if after.phase.finished:
+            self._baselines = {k: v for k, v in self._baselines.items() if k[0] != record.id}
+
+    async def _set_weights(self, rollout: Rollout, target: PlanTarget) -> None:
+        weights = (
+            None
+            if target.weight is None
+            else {
+                rollout.candidate_version: target.weight,
+                rollout.stable_version: 100 - target.weight,
+            }
+        )
+        await self._registry.set_weights(rollout.service, weights)
+
+    def _match(
+        self,
+        service: str,
+        target: PlanTarget,
+        candidate: ServiceConfig,
+        replicas: list[Replica],
+        ready: list[bool],
+    ) -> None:
+        """Start or stop replicas of each definition until the target's counts hold."""
+        readiness = {r.id: is_ready for r, is_ready in zip(replicas, ready, strict=True)}
+        stable = self._supervisor.definition(service)
+        for is_candidate, wanted, config in (
+            (False, target.stable, stable),
+            (True, target.candidate, candidate),
+        ):
+            mine = [r for r in replicas if r.candidate == is_candidate]
+            # Not ready first (they serve nobody), then the newest.
+            going = sorted(mine, key=lambda r: (readiness[r.id], -r.started))
+            for replica in going[: max(0, len(mine) - wanted)]:
+                log.info("rollout of %s: stopping %s", service, replica.id)
+                self._supervisor.stop_replica(replica)
+            for _ in range(wanted - len(mine)):
+                started = self._supervisor.start_replica(service, config, candidate=is_candidate)
+                log.info("rollout of %s: started %s", service, started.id)
+
+    async def _measure(
+        self, rollout_id: int, made: Plan, replicas: list[Replica], now: float
+    ) -> Rollout:
+        """The analysis or the smoke requests the plan asks for, applied to its rollout."""
+        rollout = made.rollout
+        if made.smoke:
+            passed, detail = await self._smoke(rollout, replicas)
+            return update_rollout(rollout, SmokeTested(passed=passed, detail=detail), now)
+        config = rollout.config
+        if (
+            not isinstance(config, CanaryConfig)
+            or rollout.phase is not Phase.PROGRESSING
+            or rollout.step < 0
+        ):
+            return rollout
+        key = (rollout_id, rollout.step_started)
+        if key not in self._baselines:
+            self._baselines[key] = (now, await scrape(_targets(replicas), self._http))
+            return rollout
+        if made.analyze is None:
+            return rollout
+        since, before = self._baselines.pop(key)
+        if now - since < config.interval:
+            self._baselines[key] = (since, before)  # read late (a restart): a whole interval
+            return rollout
+        after = await scrape(_targets(replicas), self._http)
+        candidates = {_target(r) for r in replicas if r.candidate}
+        analysis = judge(
+            window(_of(before, candidates, keep=True), _of(after, candidates, keep=True)),
+            window(_of(before, candidates, keep=False), _of(after, candidates, keep=False)),
+            config.analysis,
+            now,
+        )
+        return update_rollout(rollout, Analyzed(analysis), now)
+
+    async def _smoke(self, rollout: Rollout, replicas: list[Replica]) -> tuple[bool, str]:
+        """Every smoke path on every candidate must answer 2xx."""
+        paths = rollout.config.smoke if isinstance(rollout.config, BlueGreenConfig) else ()
+        failed = []
+        for replica in (r for r in replicas if r.candidate):
+            for path in paths:
+                status = 0
+                with contextlib.suppress(PeerError, DeadlineExceededError):
+                    answer = await self._http.request("GET", "127.0.0.1", replica.port, path)
+                    status = answer.status
+                if not 200 <= status < 300:
+                    failed.append(f"{replica.id} {path}: {status or 'no answer'}")
+        return not failed, "; ".join(failed)
+
+
+def _target(replica: Replica) -> ScrapeTarget:
+    """Where a replica's metrics are: a Service's own, or its sidecar's inbound ones."""
+    if replica.config.sidecar:
+        return ScrapeTarget("127.0.0.1", replica.port, SIDECAR_METRICS, "sidecar")
+    return ScrapeTarget("127.0.0.1", replica.port, SERVICE_METRICS, "service")
+
+
+def _targets(replicas: list[Replica]) -> list[ScrapeTarget]:
+    return [_target(replica) for replica in replicas]
+
+
+def _of(counts: Counts, targets: set[ScrapeTarget], *, keep: bool) -> Counts:
+    """The counts of ``targets`` (``keep``), or of every other instance."""
+    return {target: totals for target, totals in counts.items() if (target in targets) == keep}
