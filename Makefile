@@ -10,10 +10,14 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; \
 	done)
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo canary test lint typecheck unit bench clean
 
 demo: $(VENV)/.installed-run
 	$(BIN)/meshkit up -p examples/shop
+
+# With the shop running (make demo, in another terminal): a canary of payments.
+canary: $(VENV)/.installed-run
+	$(BIN)/python examples/shop/canary.py
 
 test: lint typecheck unit
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -272,3 +273,70 @@ def processes() -> Iterator[Processes]:
     running = Processes()
     yield running
     running.stop()
+
+
+class Prometheus:
+    """A Prometheus server on a free port, scraping what the control plane's discovery lists."""
+
+    def __init__(self, binary: str, directory: Path, *, control_port: int, token: str) -> None:
+        self.port = free_port()
+        token_file = directory / "token"
+        token_file.write_text(token)
+        config = directory / "prometheus.yml"
+        config.write_text(
+            json.dumps(  # YAML reads JSON
+                {
+                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "meshkit",
+                            "http_sd_configs": [
+                                {
+                                    "url": f"http://127.0.0.1:{control_port}/v1/prometheus/targets",
+                                    "refresh_interval": "1s",
+                                    "authorization": {
+                                        "type": "Bearer",
+                                        "credentials_file": str(token_file),
+                                    },
+                                }
+                            ],
+                        }
+                    ],
+                }
+            )
+        )
+        log = (directory / "prometheus.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def query(self, promql: str) -> list[dict[str, object]]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": promql}
+        )
+        status, body = http("GET", url)
+        assert status == 200, body
+        return body["data"]["result"]  # type: ignore[index,no-any-return]
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=5):
+                return True
+        except OSError:  # refused, or an HTTP error: not ready yet
+            return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

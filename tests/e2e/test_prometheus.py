@@ -3,7 +3,6 @@ through the control plane finds and scrapes every instance."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -14,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import Shop, http, wait_until
+from tests.e2e.conftest import Prometheus, Shop, http, wait_until
 
 from meshkit.testing.servers import backend_missing, free_port
 
@@ -105,73 +104,9 @@ def test_every_process_passes_promtool(shop: AdminShop, tools: tuple[str, str]) 
         assert checked.returncode == 0, f"{url}: {checked.stdout}{checked.stderr}"
 
 
-class Prometheus:
-    """A Prometheus server on a free port, scraping what the control plane's discovery lists."""
-
-    def __init__(self, binary: str, directory: Path, shop: Shop) -> None:
-        self.port = free_port()
-        token = directory / "token"
-        token.write_text(shop.token)
-        config = directory / "prometheus.yml"
-        config.write_text(
-            json.dumps(  # YAML reads JSON
-                {
-                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-                    "scrape_configs": [
-                        {
-                            "job_name": "meshkit",
-                            "http_sd_configs": [
-                                {
-                                    "url": f"http://127.0.0.1:{shop.control_port}"
-                                    "/v1/prometheus/targets",
-                                    "refresh_interval": "1s",
-                                    "authorization": {
-                                        "type": "Bearer",
-                                        "credentials_file": str(token),
-                                    },
-                                }
-                            ],
-                        }
-                    ],
-                }
-            )
-        )
-        log = (directory / "prometheus.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={directory / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def query(self, promql: str) -> list[dict[str, object]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
-            {"query": promql}
-        )
-        status, body = http("GET", url)
-        assert status == 200, body
-        return body["data"]["result"]  # type: ignore[index,no-any-return]
-
-    def ready(self) -> bool:
-        return status_of(f"http://127.0.0.1:{self.port}/-/ready") == 200
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 def prometheus(shop: AdminShop, tools: tuple[str, str], tmp_path: Path) -> Iterator[Prometheus]:
-    server = Prometheus(tools[0], tmp_path, shop)
+    server = Prometheus(tools[0], tmp_path, control_port=shop.control_port, token=shop.token)
     try:
         wait_until(server.ready, 30, "Prometheus ready")
         yield server

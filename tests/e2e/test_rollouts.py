@@ -4,7 +4,10 @@ analysis, a good one promoted, a blue-green switch; under load through the gatew
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -15,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.testing.servers import free_port
+from meshkit.testing.servers import backend_missing, free_port
 
-from .conftest import Up, http
+from .conftest import Prometheus, Up, http, wait_until
 
 APP = """
 import os
@@ -72,8 +75,10 @@ class Project:
     def __init__(self, directory: Path, deploy: str = "") -> None:
         self.directory = directory
         (directory / "echo.py").write_text(APP)
-        self.gateway_port = free_port()
-        self.text = PROJECT.format(control=free_port(), gateway=self.gateway_port, deploy=deploy)
+        self.gateway_port, self.control_port = free_port(), free_port()
+        self.text = PROJECT.format(
+            control=self.control_port, gateway=self.gateway_port, deploy=deploy
+        )
         self.config = directory / "meshkit.toml"
         self.config.write_text(self.text)
         self.up = Up(directory)
@@ -85,13 +90,18 @@ class Project:
         self.config.write_text(text)
 
     def meshkit(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "meshkit", *args, "-p", str(self.directory)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        try:
+            return subprocess.run(
+                [sys.executable, "-m", "meshkit", *args, "-p", str(self.directory)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as expired:
+            output = expired.stdout.decode() if isinstance(expired.stdout, bytes) else ""
+            meshkit_up = "\n".join(self.up.lines[-60:])
+            pytest.fail(f"meshkit {' '.join(args)} took over {timeout} s:\n{output}\n{meshkit_up}")
 
     def status(self) -> dict[str, object]:
         result = self.meshkit("rollout", "status", "echo", "--json")
@@ -113,7 +123,10 @@ class Load:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            status, body = http("GET", self.url)
+            try:
+                status, body = http("GET", self.url)
+            except OSError:
+                status, body = 0, None
             self.statuses[status] += 1
             if status == 200 and isinstance(body, dict):
                 self.versions.append(str(body["version"]))
@@ -225,3 +238,80 @@ def test_a_rollout_is_refused_when_it_cannot_be_made(project: Project) -> None:
     second = project.meshkit("deploy", "echo")
     assert second.returncode == 2
     assert "a rollout of echo is under way" in second.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+@pytest.mark.parametrize(
+    "project",
+    [CANARY.replace("steps = [50]", "steps = [50, 100]").replace("interval = 4", "interval = 3")],
+    indirect=True,
+)
+def test_a_rollout_goes_on_after_the_driver_is_killed(project: Project) -> None:
+    """kill -9 of meshkit up mid-canary: every instance it ran goes with it, and the next
+    meshkit up runs the version from before the rollout and takes the rollout to its end."""
+    load = Load(project.gateway_port)
+    project.change("2")
+    assert project.meshkit("deploy", "echo", "--detach").returncode == 0
+    wait_until(
+        lambda: project.status()["rollout"]["weight"] == 50,  # type: ignore[index]
+        60,
+        "the canary to take half the traffic",
+    )
+    table = json.loads((project.directory / ".meshkit" / "processes.json").read_text())
+    pids = [p["pid"] for p in table["processes"] if p["pid"]]
+    os.kill(project.up.process.pid, signal.SIGKILL)
+    project.up.stop()  # gone already: this only reaps it
+    wait_until(lambda: not any(_alive(pid) for pid in pids), 15, "every child to be gone")
+    project.up = Up(project.directory)
+    project.up.wait_for("services are up", 90)
+    watched = project.meshkit("rollout", "status", "echo", "--watch")
+    time.sleep(1)  # noqa: TID251 (traffic after the rollout)
+    load.stop()
+    assert watched.returncode == 0, watched.stderr
+    record = project.status()
+    assert record["rollout"]["phase"] == "completed", watched.stdout  # type: ignore[index]
+    assert set(load.versions[-20:]) == {"2"}
+
+
+def test_a_bad_canary_is_rolled_back_from_prometheus_s_figures(
+    project: Project, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same analysis as PromQL against a real Prometheus scraping the instances through
+    the control plane's discovery."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        backend_missing("prometheus", "install Debian's package: apt-get install prometheus")
+    token = (project.directory / ".meshkit" / "token").read_text().strip()
+    prometheus = Prometheus(
+        binary,
+        tmp_path_factory.mktemp("prometheus"),
+        control_port=project.control_port,
+        token=token,
+    )
+    try:
+        wait_until(prometheus.ready, 30, "Prometheus ready")
+        load = Load(project.gateway_port)
+        wait_until(
+            lambda: prometheus.query('up{service="echo"} == 1'), 30, "echo scraped by Prometheus"
+        )
+        url = f"http://127.0.0.1:{prometheus.port}"
+        canary = CANARY.replace("interval = 4", "interval = 5").replace(
+            "analysis = { min_requests = 10 }",
+            f'analysis = {{ min_requests = 10, prometheus = "{url}" }}',
+        )
+        project.change("2", 'env = { ECHO_FAILURE_RATE = "0.5" }')
+        project.config.write_text(project.config.read_text() + canary)
+        bad = project.meshkit("deploy", "echo")
+        load.stop()
+    finally:
+        prometheus.stop()
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert re.search(r"analysis failed: success: \d+\.\d+% succeeded", bad.stdout), bad.stdout

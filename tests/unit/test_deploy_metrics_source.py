@@ -70,12 +70,13 @@ def test_a_restart_that_served_as_many_again_is_seen_by_its_failures() -> None:
     assert counts(window(before, after)) == (10, 3)
 
 
-def test_an_instance_read_only_once_is_left_out() -> None:
-    """One that started, or stopped, between the two readings adds nothing."""
+def test_an_instance_read_only_once_counts_what_is_known_of_the_interval() -> None:
+    """One that started between the two readings (or was not up at the first) served all
+    it counts in between; one that stopped in between adds nothing known."""
     before = {A: totals(10, 0, (0.1, 10), (INF, 10)), B: totals(50, 50, (0.1, 50), (INF, 50))}
     started = ScrapeTarget("127.0.0.1", 8103, "/-/metrics", "service")
     after = {A: totals(30, 2, (0.1, 30), (INF, 30)), started: totals(9, 9, (0.1, 9), (INF, 9))}
-    assert counts(window(before, after)) == (20, 2)
+    assert counts(window(before, after)) == (29, 11)
 
 
 def test_the_p99_interpolates_within_its_bucket_as_prometheus_does() -> None:
@@ -95,8 +96,8 @@ def test_no_requests_make_no_p99() -> None:
     same = {A: totals(10, 1, (0.1, 10), (INF, 10))}
     found = window(same, same)
     assert counts(found) == (0, 0)
-    assert math.isnan(found.p99)
-    assert math.isnan(window({}, {}).p99)
+    assert found.p99 is None
+    assert window({}, {}).p99 is None
 
 
 _BOUNDS = (0.005, 0.01, 0.1, 1.0, INF)
@@ -123,7 +124,7 @@ def test_any_two_readings_make_a_sane_window(
     found = window(before, after)
     assert 0 <= found.failures <= found.requests
     if found.requests == 0:
-        assert math.isnan(found.p99)
+        assert found.p99 is None
     else:
         assert 0 <= found.p99 <= 1.0
 

@@ -10,7 +10,7 @@ import pytest
 
 from meshkit.control import ControlPlane
 from meshkit.http import HTTPClient
-from meshkit.policy import CanaryConfig, Phase, Rollout
+from meshkit.policy import AnalysisConfig, CanaryConfig, Phase, Rollout, Window, judge
 
 TOKEN = "unit-test-token-0123456789"
 
@@ -148,3 +148,20 @@ async def test_bad_requests_are_refused_clearly(
     assert answer["status"] == status
     if field is not None:
         assert [error["field"] for error in answer["errors"]] == [field]
+
+
+async def test_an_analysis_of_nothing_is_kept_and_read_back(plane: ControlPlane) -> None:
+    """A window without requests has no p99 (None, not NaN: JSON has no NaN), and the record
+    holding it reads back whole."""
+    _, created = await call(plane, "POST", "/v1/rollouts", create_body())
+    empty = Window(requests=0, failures=0, p99=None)
+    analysis = judge(empty, empty, AnalysisConfig(), 1010.0)
+    stepped = msgspec.structs.replace(
+        msgspec.convert(created["rollout"], Rollout), step=0, analyses=(analysis,)
+    )
+    body = msgspec.json.encode({"version": created["version"], "rollout": stepped})
+    status, saved = await call(plane, "PUT", f"/v1/rollouts/{created['id']}", body)
+    assert status == 200, saved
+    _, read = await call(plane, "GET", f"/v1/rollouts/{created['id']}")
+    assert msgspec.convert(read["rollout"], Rollout).analyses == (analysis,)
+    assert read["history"][-1]["text"].startswith("analysis failed: only 0 requests")

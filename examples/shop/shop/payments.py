@@ -5,6 +5,8 @@ charges, to show what the shop does when a payment fails.
 ``PAYMENT_CARD_LIMIT_CENTS`` (a whole number of cents; unset, no limit)
 declines every new charge above it: a decline that can be counted on, for
 a test or a demo that needs one order declined and the next one charged.
+``PAYMENT_ERROR_RATE`` (0 to 1, default 0) answers that share of charges
+with a 500 before doing anything: a broken version, for a canary to catch.
 
 Charging and voiding honour an ``Idempotency-Key`` (see
 ``shop.idempotency``): a repeat gets the first answer, a decline included,
@@ -45,16 +47,14 @@ app = FastAPI(title="payments", lifespan=db.lifespan)
 service = meshkit.Service(app, name="payments")
 
 
-def _failure_rate() -> float:
-    raw = os.environ.get("PAYMENT_FAILURE_RATE", "0")
+def _rate(variable: str) -> float:
+    raw = os.environ.get(variable, "0")
     try:
         rate = float(raw)
     except ValueError:
-        raise SystemExit(
-            f"PAYMENT_FAILURE_RATE must be a number from 0 to 1, got {raw!r}"
-        ) from None
+        raise SystemExit(f"{variable} must be a number from 0 to 1, got {raw!r}") from None
     if not 0 <= rate <= 1:
-        raise SystemExit(f"PAYMENT_FAILURE_RATE must be from 0 to 1, got {rate}")
+        raise SystemExit(f"{variable} must be from 0 to 1, got {rate}")
     return rate
 
 
@@ -67,7 +67,8 @@ def _card_limit() -> int | None:
     return int(raw)
 
 
-FAILURE_RATE = _failure_rate()
+FAILURE_RATE = _rate("PAYMENT_FAILURE_RATE")
+ERROR_RATE = _rate("PAYMENT_ERROR_RATE")
 CARD_LIMIT = _card_limit()
 _chance = random.Random()
 
@@ -106,6 +107,9 @@ def charge(charge: Charge, request: Request, key: IdempotencyKey) -> Response:
     (Or the void that took its place: see ``void``.) A decline is a 402
     problem; with an ``Idempotency-Key``, a repeat gets the first answer.
     """
+    if _chance.random() < ERROR_RATE:
+        # A broken version: it fails before doing anything, so a retry may succeed.
+        raise HTTPException(500, "payments failed (PAYMENT_ERROR_RATE): nothing was charged")
     return once(db, request, key, charge.model_dump(), lambda tx: _charge(tx, charge))
 
 

@@ -165,22 +165,27 @@ def _failed(code: str) -> bool:
 
 
 def window(before: Counts, after: Counts) -> Window:
-    """What the instances read both times served in between, summed.
+    """What the instances served in between, summed.
 
-    An instance read only once (it started or stopped in between) is left
-    out. The p99 is NaN without requests, and the highest finite bucket
-    bound when it lies beyond it. Buckets are summed bound by bound: the
+    An instance read only the second time started in between (or was not
+    up yet at the first reading): all it served counts, since it was all in
+    between. One read only the first time stopped in between: what it
+    served before it stopped is not known, and is left out. The p99 is
+    ``None`` without requests, and the highest finite bucket bound when it
+    lies beyond it. Buckets are summed bound by bound: the
     instances of one version run the same code, so they share the bounds.
     """
     requests = failures = 0
     buckets: dict[float, int] = {}
-    for target in before.keys() & after.keys():
-        served = _served(before[target], after[target])
+    for target, later in after.items():
+        earlier = before.get(target)
+        served = later if earlier is None else _served(earlier, later)
         requests += served.requests
         failures += served.failures
         for bound, count in served.buckets:
             buckets[bound] = buckets.get(bound, 0) + count
-    return Window(requests, failures, _quantile(0.99, sorted(buckets.items())))
+    p99 = _quantile(0.99, sorted(buckets.items()))
+    return Window(requests, failures, None if math.isnan(p99) else p99)
 
 
 def _served(before: Totals, after: Totals) -> Totals:

@@ -30,16 +30,19 @@ from meshkit._clock import Clock
 from meshkit._plane_client import PlaneClient
 from meshkit.control import RolloutRecord
 from meshkit.deploy._config import ServiceConfig
-from meshkit.deploy._metrics_source import Counts, ScrapeTarget, scrape, window
+from meshkit.deploy._metrics_source import Counts, Kind, ScrapeTarget, scrape, window
+from meshkit.deploy._prometheus_source import PrometheusSource
 from meshkit.deploy._replica import Replica
 from meshkit.errors import ConflictError, DeadlineExceededError, MeshkitError, PeerError
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import (
+    Abort,
     Analyzed,
     BlueGreenConfig,
     CanaryConfig,
     Phase,
     Plan,
+    RollingConfig,
     Rollout,
     SmokeTested,
     judge,
@@ -103,6 +106,8 @@ class RolloutDriver:
                 if not failing:
                     log.warning("rollouts: %s; trying again every second", error)
                 failing = True
+            except Exception:  # a bug here must not leave rollouts undriven for good
+                log.exception("rollouts: a step failed; trying again in a second")
             await self._clock.sleep(_TICK)
 
     async def step(self, record: RolloutRecord) -> None:
@@ -116,10 +121,15 @@ class RolloutDriver:
             for r, is_ready in zip(replicas, ready, strict=True)
         ]
         now = self._clock.time()
+        wrong = await self._wrong_version(rollout, [r for r in replicas if r.candidate])
+        if wrong is not None:
+            rollout = update_rollout(rollout, Abort(reason=wrong), now)
         made = plan_rollout(rollout, seen, now)
         await self._set_weights(made.rollout, made.target)
         self._match(service, made.target, candidate, replicas, ready)
-        after = await self._measure(record.id, made, replicas, now)
+        ready_candidates = [r for r, up in zip(replicas, ready, strict=True) if up and r.candidate]
+        everyone = len(ready_candidates) == sum(r.candidate for r in replicas) > 0
+        after = await self._measure(record.id, made, replicas, now, candidates_ready=everyone)
         if after == rollout:
             return
         try:
@@ -134,6 +144,21 @@ class RolloutDriver:
             self._supervisor.adopt(service, candidate)
         if after.phase.finished:
             self._baselines = {k: v for k, v in self._baselines.items() if k[0] != record.id}
+
+    async def _wrong_version(self, rollout: Rollout, candidates: list[Replica]) -> str | None:
+        """Why a split cannot work: a candidate registered with another version than the
+        rollout's (its code's ``Service(version=...)`` overrides meshkit.toml's)."""
+        if isinstance(rollout.config, RollingConfig) or rollout.phase is not Phase.PROGRESSING:
+            return None
+        ids = {replica.id for replica in candidates}
+        for instance in (await self._registry.lookup(rollout.service)).instances:
+            if instance.id in ids and instance.version != rollout.candidate_version:
+                return (
+                    f"{instance.id} registered as version {instance.version!r}, not"
+                    f" {rollout.candidate_version!r}: traffic is split by the version"
+                    " instances register with (does the code pass Service(version=...)?)"
+                )
+        return None
 
     async def _set_weights(self, rollout: Rollout, target: PlanTarget) -> None:
         weights = (
@@ -172,7 +197,13 @@ class RolloutDriver:
                 log.info("rollout of %s: started %s", service, started.id)
 
     async def _measure(
-        self, rollout_id: int, made: Plan, replicas: list[Replica], now: float
+        self,
+        rollout_id: int,
+        made: Plan,
+        replicas: list[Replica],
+        now: float,
+        *,
+        candidates_ready: bool,
     ) -> Rollout:
         """The analysis or the smoke requests the plan asks for, applied to its rollout."""
         rollout = made.rollout
@@ -186,24 +217,36 @@ class RolloutDriver:
             or rollout.step < 0
         ):
             return rollout
+        prometheus = config.analysis.prometheus
         key = (rollout_id, rollout.step_started)
         if key not in self._baselines:
-            self._baselines[key] = (now, await scrape(_targets(replicas), self._http))
+            if not candidates_ready:
+                # Started again (after a restart, say): the interval measures the step
+                # only once its candidates serve.
+                return rollout
+            # Prometheus keeps the history itself; the instances only their totals.
+            counts = {} if prometheus else await scrape(_targets(replicas), self._http)
+            self._baselines[key] = (now, counts)
             return rollout
         if made.analyze is None:
             return rollout
-        since, before = self._baselines.pop(key)
+        since, before = self._baselines[key]
         if now - since < config.interval:
-            self._baselines[key] = (since, before)  # read late (a restart): a whole interval
-            return rollout
-        after = await scrape(_targets(replicas), self._http)
-        candidates = {_target(r) for r in replicas if r.candidate}
-        analysis = judge(
-            window(_of(before, candidates, keep=True), _of(after, candidates, keep=True)),
-            window(_of(before, candidates, keep=False), _of(after, candidates, keep=False)),
-            config.analysis,
-            now,
-        )
+            return rollout  # read late (after a restart): the step gets a whole interval
+        if prometheus:
+            source = PrometheusSource(prometheus, self._http)
+            sidecar = self._supervisor.definition(rollout.service).sidecar
+            kind: Kind = "sidecar" if sidecar else "service"
+            service = rollout.service
+            canary = await source.window(service, rollout.candidate_version, kind, since, now)
+            stable = await source.window(service, rollout.stable_version, kind, since, now)
+        else:
+            after = await scrape(_targets(replicas), self._http)
+            candidates = {_target(r) for r in replicas if r.candidate}
+            canary = window(_of(before, candidates, keep=True), _of(after, candidates, keep=True))
+            stable = window(_of(before, candidates, keep=False), _of(after, candidates, keep=False))
+        del self._baselines[key]  # measured: a failure above keeps it for the next try
+        analysis = judge(canary, stable, config.analysis, now)
         return update_rollout(rollout, Analyzed(analysis), now)
 
     async def _smoke(self, rollout: Rollout, replicas: list[Replica]) -> tuple[bool, str]:

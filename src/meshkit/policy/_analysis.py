@@ -6,13 +6,14 @@ latency. ``judge`` compares the canary's with absolute thresholds
 (Flagger's defaults: a success rate of at least 99%, a p99 of at most
 500 ms) and with the stable version's over the same interval (a success
 rate at most ``max_success_drop`` below it, a p99 at most
-``max_p99_ratio`` times it). Too few requests to the canary is a failed
+``max_p99_ratio`` times it or ``p99_tolerance`` above it, whichever is
+more: at a few milliseconds, a ratio measures noise). Too few requests to the canary is a failed
 check, not a pass: an analysis of nothing proves nothing.
 """
 
 from __future__ import annotations
 
-import math
+import re
 
 import msgspec
 
@@ -29,6 +30,11 @@ class AnalysisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_p99: float = 0.5  # seconds
     max_success_drop: float = 0.01  # below the stable version's rate
     max_p99_ratio: float = 1.5  # of the stable version's p99
+    # ... or this much slower (seconds): at a few milliseconds a ratio is noise.
+    p99_tolerance: float = 0.05
+    # Where the figures come from: a Prometheus that scrapes the instances
+    # (through the control plane's discovery), or, when None, the instances.
+    prometheus: str | None = None
 
     def __post_init__(self) -> None:
         if self.min_requests < 1:
@@ -43,6 +49,17 @@ class AnalysisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             )
         if not self.max_p99 > 0:
             raise ConfigError("deploy.analysis.max_p99", f"must be positive, got {self.max_p99}")
+        if self.prometheus is not None and not re.fullmatch(
+            r"http://[^/\s]+(/\S*)?", self.prometheus
+        ):
+            raise ConfigError(
+                "deploy.analysis.prometheus",
+                f"must be an http:// URL such as http://127.0.0.1:9090, got {self.prometheus!r}",
+            )
+        if not self.p99_tolerance >= 0:
+            raise ConfigError(
+                "deploy.analysis.p99_tolerance", f"cannot be negative, got {self.p99_tolerance}"
+            )
         if not self.max_p99_ratio >= 1:
             raise ConfigError(
                 "deploy.analysis.max_p99_ratio", f"must be at least 1, got {self.max_p99_ratio}"
@@ -50,11 +67,12 @@ class AnalysisConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class Window(msgspec.Struct, frozen=True):
-    """What the callers of one version saw over an interval; ``p99`` in seconds (NaN: none)."""
+    """What the callers of one version saw over an interval; ``p99`` in seconds (``None``
+    without requests: JSON, where records are kept, has no NaN)."""
 
     requests: int
     failures: int
-    p99: float
+    p99: float | None
 
     @property
     def success(self) -> float | None:
@@ -66,7 +84,7 @@ class Check(msgspec.Struct, frozen=True):
     """One comparison: its name, the canary's value, the bound, and whether it held."""
 
     name: str
-    value: float
+    value: float | None  # None: nothing to measure (a p99 without durations)
     bound: float
     passed: bool
 
@@ -104,9 +122,8 @@ def judge(canary: Window, stable: Window, config: AnalysisConfig, at: float) -> 
         if stable_success is not None:
             floor = max(0.0, stable_success - config.max_success_drop)
             checks.append(Check("success against stable", success, floor, passed=success >= floor))
-        if stable.requests and not math.isnan(stable.p99):
-            # A stable p99 near zero would make any canary fail: a millisecond's floor.
-            ceiling = max(stable.p99, 0.001) * config.max_p99_ratio
+        if stable.requests and stable.p99 is not None:
+            ceiling = max(stable.p99 * config.max_p99_ratio, stable.p99 + config.p99_tolerance)
             checks.append(
                 Check(
                     "p99 against stable",
@@ -118,11 +135,13 @@ def judge(canary: Window, stable: Window, config: AnalysisConfig, at: float) -> 
     return Analysis(at=at, canary=canary, stable=stable, checks=tuple(checks))
 
 
-def _at_most(value: float, bound: float) -> bool:
-    return not math.isnan(value) and value <= bound
+def _at_most(value: float | None, bound: float) -> bool:
+    return value is not None and value <= bound
 
 
 def _words(check: Check) -> str:
+    if check.value is None:
+        return f"{check.name}: not measured"
     if check.name == "requests":
         return f"only {check.value:.0f} requests reached the canary (at least {check.bound:.0f})"
     if check.name.startswith("success"):

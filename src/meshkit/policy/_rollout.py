@@ -364,9 +364,9 @@ def _canary(
 def _promoting(rollout: Rollout, old: list[Replica], new: list[Replica], now: float) -> Plan:
     """Past the steps: every candidate starts, then takes all the traffic; the stable ones stop."""
     replicas = rollout.replicas
+    if rollout.paused:
+        return _hold(rollout, old, new)
     if len(new) < replicas or not all(replica.ready for replica in new):
-        if rollout.paused:
-            return _hold(rollout, old, new)
         return _set(rollout, rollout.stable_replicas, replicas, rollout.weight)
     if not old:
         return _finish(rollout, Phase.COMPLETED, now)
@@ -402,7 +402,9 @@ class Promote(msgspec.Struct, frozen=True, tag="promote"):
 
 
 class Abort(msgspec.Struct, frozen=True, tag="abort"):
-    """Roll back now."""
+    """Roll back now, saying why (a person's abort, or something the driver found)."""
+
+    reason: str = "aborted"
 
 
 class Undo(msgspec.Struct, frozen=True, tag="undo"):
@@ -446,7 +448,7 @@ def update_rollout(rollout: Rollout, event: RolloutEvent, now: float) -> Rollout
         return msgspec.structs.replace(rollout, paused=False, step_started=now)
     if isinstance(event, Promote):
         return _promoted(rollout, now)
-    return _roll_back(rollout, "aborted" if isinstance(event, Abort) else "undone")
+    return _roll_back(rollout, event.reason if isinstance(event, Abort) else "undone")
 
 
 def _analyzed(rollout: Rollout, analysis: Analysis, now: float) -> Rollout:
