@@ -212,11 +212,7 @@ class Supervisor:
                 return port
 
     def _command(self, name: str, port: int) -> list[str]:
-        command = self.project.services[name].command
-        assert command is not None
-        return [
-            part.replace("{port}", str(port)).replace("{python}", self.python) for part in command
-        ]
+        return self.project.services[name].argv(port, self.python)
 
     def _beside_sidecar(
         self, name: str, instance_id: str, port: int, env: dict[str, str]
