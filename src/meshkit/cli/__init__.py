@@ -3,6 +3,7 @@
 from meshkit.cli import (  # noqa: F401 (importing registers the commands)
     _bus,
     _gateway,
+    _manifests,
     _outbox,
     _rollout,
     _sagas,

@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 
 from meshkit._env import otlp_variables, read_registry
@@ -24,19 +25,28 @@ from meshkit.errors import ConfigError, MeshkitError
 from meshkit.gateway import AccessLog, Gateway, GatewayConfig
 from meshkit.observe import OtlpHttpSink, destination
 from meshkit.registry import Registry, open_registry
+from meshkit.registry._model import check_host
 
 
-def _read_again(directory: Path) -> GatewayConfig:
+def _read_again(directory: Path, host: str | None) -> GatewayConfig:
     """The [gateway] section as the file says now: for a reload."""
     gateway = load_project(directory, check_ports=False).gateway
     if gateway is None:
         raise ConfigError("gateway", "the [gateway] section is gone")
-    return gateway
+    return _listening(gateway, host)
 
 
-def _reload(gateway: Gateway, directory: Path) -> None:
+def _listening(gateway: GatewayConfig, host: str | None) -> GatewayConfig:
+    """``gateway`` on ``host`` (--host) instead of the file's, when one is given."""
+    if host is None:
+        return gateway
+    check_host("--host", host)
+    return msgspec.structs.replace(gateway, host=host)
+
+
+def _reload(gateway: Gateway, directory: Path, host: str | None) -> None:
     try:
-        gateway.reload(_read_again(directory))
+        gateway.reload(_read_again(directory, host))
     except MeshkitError as error:
         typer.echo(f"gateway: not reloaded, the running configuration stays: {error}", err=True)
     else:
@@ -59,6 +69,7 @@ async def _serve(
     *,
     registry_url: str,
     access_log: bool,
+    host: str | None,
 ) -> None:
     gateway = Gateway(
         config,
@@ -66,16 +77,16 @@ async def _serve(
         access_log=AccessLog() if access_log else None,
         project_dir=directory,
         admin_token=token,
-        reloader=lambda: _read_again(directory),
+        reloader=lambda: _read_again(directory, host),
         telemetry=_telemetry(registry_url, token),
         instance=f"gateway-{config.port}",
     )
-    host, port = await gateway.start()
-    typer.echo(f"gateway on http://{host}:{port}, {len(config.routes)} route(s)", err=True)
+    address, port = await gateway.start()
+    typer.echo(f"gateway on http://{address}:{port}, {len(config.routes)} route(s)", err=True)
     if config.admin is not None:
         admin = config.admin
         typer.echo(f"gateway admin API on http://{admin.host}:{admin.port}/admin", err=True)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, gateway, directory)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, gateway, directory, host)
     try:
         await until_stopped()
     finally:
@@ -95,6 +106,14 @@ def gateway(
             help="Also print each request as a JSON line on standard output.",
         ),
     ] = False,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            metavar="HOST",
+            help="Listen on HOST instead of [gateway] host (in a container: 0.0.0.0).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the API gateway of a project's [gateway] section, finding services in the registry.
 
@@ -111,6 +130,10 @@ def gateway(
     found = open_project(positional_alias(context, project, "gateway"))
     if found.gateway is None:
         fail(f"{found.path} has no [gateway] section")
+    try:
+        config = _listening(found.gateway, host)
+    except MeshkitError as error:
+        fail(str(error))
     cp = found.control_plane
     url = read_registry() or f"http://{cp.host}:{cp.port}"
     try:
@@ -121,12 +144,13 @@ def gateway(
     try:
         asyncio.run(
             _serve(
-                found.gateway,
+                config,
                 registry,
                 found.directory,
                 token,
                 registry_url=url,
                 access_log=access_log,
+                host=host,
             )
         )
     except MeshkitError as error:  # a JWT secret or key file, an address that cannot be used

@@ -122,6 +122,13 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         """What the sidecar of service ``name`` delivers to its app (checked at load)."""
         return [entry.route(name) for entry in self.subscribe]
 
+    def argv(self, port: int, python: str) -> list[str]:
+        """The ``command``, with ``{port}`` and ``{python}`` (the interpreter) filled in."""
+        assert self.command is not None, "an app = ... has no command"
+        return [
+            part.replace("{port}", str(port)).replace("{python}", python) for part in self.command
+        ]
+
     def health_path(self) -> str:
         """The readiness path: ``/-/ready`` for an app, none for a command unless given."""
         if self.health is not None:

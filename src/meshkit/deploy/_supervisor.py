@@ -297,11 +297,7 @@ class Supervisor:
                 return port
 
     def _command(self, config: ServiceConfig, port: int) -> list[str]:
-        command = config.command
-        assert command is not None
-        return [
-            part.replace("{port}", str(port)).replace("{python}", self.python) for part in command
-        ]
+        return config.argv(port, self.python)
 
     def _beside_sidecar(
         self, name: str, config: ServiceConfig, instance_id: str, port: int, env: dict[str, str]
