@@ -167,6 +167,14 @@ def test_a_rolling_update_under_load_loses_no_request(project: Project) -> None:
     assert again.returncode == 1
     assert "nothing to roll out" in again.stderr
 
+    # Every transition is a log record of the control plane, with the others' logs.
+    def logged() -> str:
+        found = project.meshkit("logs", "meshkit-control-plane", "--grep", "rollout 1 of echo")
+        return found.stdout if "completed" in found.stdout else ""
+
+    wait_until(logged, 10, "the rollout's transitions in meshkit logs")
+    assert "rolling rollout of echo began: 1 -> 2" in logged()
+
 
 CANARY = """
 [services.echo.deploy]

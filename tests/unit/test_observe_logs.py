@@ -1,11 +1,19 @@
 """Log records with trace ids; the console keeps warnings, errors and lifecycle lines."""
 
 import io
+import json
 import logging
 
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from meshkit.observe import LIFECYCLE, Identity, console_handler, install_record_fields, tracer
+from meshkit.observe import (
+    LIFECYCLE,
+    Identity,
+    StoreHandler,
+    console_handler,
+    install_record_fields,
+    tracer,
+)
 
 
 def lines(everything: bool, *records: tuple[str, int, dict[str, bool] | None]) -> list[str]:
@@ -56,3 +64,20 @@ def test_records_carry_the_identity_and_the_current_spans_ids(
         f"{context.span_id:016x}",
     )
     assert (outside.trace_id, outside.span_id) == ("", "")
+
+
+def test_the_control_plane_s_own_records_become_rows_of_its_store() -> None:
+    """StoreHandler: a record's time, identity, severity, message, trace ids and extra."""
+    rows: list[tuple[object, ...]] = []
+    handler = StoreHandler(
+        lambda offered: rows.extend(offered) or True, service="plane", instance="plane-1"
+    )
+    record = logging.LogRecord("meshkit.rollout", logging.WARNING, "f.py", 7, "step %d", (2,), None)
+    record.rollout_id = 3
+    record.trace_id, record.span_id = "a" * 32, "b" * 16
+    handler.handle(record)
+    ((at, observed, service, instance, severity, text, body, trace_id, span_id, extra),) = rows
+    assert at == observed == int(record.created * 1e9)
+    assert (service, instance, severity, text, body) == ("plane", "plane-1", 13, "WARN", "step 2")
+    assert (trace_id, span_id) == ("a" * 32, "b" * 16)
+    assert json.loads(str(extra))["rollout_id"] == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,9 +12,17 @@ from typing import Annotated, Any
 import typer
 
 from meshkit.cli._app import app, fail
-from meshkit.control import DEFAULT_PORT, ControlPlane, load_token, token_path
+from meshkit.control import DEFAULT_PORT, PLANE_SERVICE, ControlPlane, load_token, token_path
 from meshkit.errors import MeshkitError
-from meshkit.observe import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention, parse_duration, parse_size
+from meshkit.observe import (
+    DEFAULT_MAX_AGE,
+    DEFAULT_MAX_SIZE,
+    Retention,
+    StoreHandler,
+    console_handler,
+    parse_duration,
+    parse_size,
+)
 from meshkit.service import Service
 
 
@@ -98,7 +107,22 @@ def control_plane(
         f" token from $MESHKIT_TOKEN or {token_path(data_dir)})",
         err=True,
     )
+    # Its own records (a rollout's transitions, say) go to its own telemetry store,
+    # where `meshkit logs` finds every other process's.
+    own = StoreHandler(
+        lambda rows: plane.telemetry is not None and plane.telemetry.offer_logs(rows),
+        service=PLANE_SERVICE,
+        instance=PLANE_SERVICE,
+    )
+    console = console_handler(everything=False)  # warnings and errors, as before
+    meshkit_logger = logging.getLogger("meshkit")
+    meshkit_logger.addHandler(own)
+    meshkit_logger.addHandler(console)
+    meshkit_logger.setLevel(logging.INFO)
     try:
         asyncio.run(plane.serve_until_stopped())
     except OSError as error:
         fail(f"cannot listen on {host}:{port}: {error}")
+    finally:
+        meshkit_logger.removeHandler(own)
+        meshkit_logger.removeHandler(console)

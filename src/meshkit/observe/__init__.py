@@ -21,7 +21,13 @@ from meshkit.observe._destination import (
     standard_variables,
 )
 from meshkit.observe._export import Exporter, OtlpHttpSink, Sink
-from meshkit.observe._logs import LIFECYCLE, OTLPHandler, console_handler, install_record_fields
+from meshkit.observe._logs import (
+    LIFECYCLE,
+    OTLPHandler,
+    StoreHandler,
+    console_handler,
+    install_record_fields,
+)
 from meshkit.observe._queue import ExportQueue, QueueStatistics
 from meshkit.observe._recorder import (
     CLIENT,
@@ -88,6 +94,7 @@ __all__ = [
     "Sink",
     "SpanRecord",
     "SpanView",
+    "StoreHandler",
     "StoreStatistics",
     "Telemetry",
     "TelemetryCollector",

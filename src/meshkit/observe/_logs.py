@@ -19,13 +19,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 
 from meshkit.observe._destination import Identity
+from meshkit.observe._otlp_decode import LogRow
 
-__all__ = ["LIFECYCLE", "OTLPHandler", "console_handler", "install_record_fields"]
+__all__ = ["LIFECYCLE", "OTLPHandler", "StoreHandler", "console_handler", "install_record_fields"]
 
 LIFECYCLE = {"lifecycle": True}  # logging's extra= for a line the console always shows
 
@@ -81,31 +83,69 @@ class OTLPHandler(logging.Handler):
         if record.name.startswith(_OWN):
             return
         try:
-            attributes: dict[str, Any] = {
-                key: value
-                for key, value in vars(record).items()
-                if key not in _STANDARD and isinstance(value, str | bool | int | float)
-            }
-            attributes["code.function.name"] = record.funcName
-            attributes["code.line.number"] = record.lineno
-            body = record.getMessage()
-            if record.exc_info and record.exc_info[1] is not None:
-                error = record.exc_info[1]
-                attributes["exception.type"] = type(error).__name__
-                attributes["exception.message"] = str(error)
-                attributes["exception.stacktrace"] = self.formatException(record.exc_info)
             self._provider.get_logger(record.name).emit(
                 timestamp=int(record.created * 1e9),
                 severity_number=_severity(record.levelno),
                 severity_text=_TEXT.get(record.levelname, record.levelname),
-                body=body,
-                attributes=attributes,
+                body=record.getMessage(),
+                attributes=_attributes(record),
             )
         except Exception:  # noqa: BLE001 (as logging's handlers do: never raise into the caller)
             self.handleError(record)
 
-    def formatException(self, exc_info: Any) -> str:  # noqa: N802 (logging's name)
-        return logging.Formatter().formatException(exc_info)
+
+class StoreHandler(logging.Handler):
+    """The control plane's own records, straight into its telemetry store (``offer``): it
+    is where every process sends its logs, itself included, without a round trip."""
+
+    def __init__(
+        self,
+        offer: Callable[[list[LogRow]], bool],
+        *,
+        service: str,
+        instance: str,
+        level: int = logging.INFO,
+    ) -> None:
+        super().__init__(level)
+        self._offer = offer
+        self._service = service
+        self._instance = instance
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            at = int(record.created * 1e9)
+            row: LogRow = (
+                at,
+                at,
+                self._service,
+                self._instance,
+                int(_severity(record.levelno).value),
+                _TEXT.get(record.levelname, record.levelname),
+                record.getMessage(),
+                getattr(record, "trace_id", ""),
+                getattr(record, "span_id", ""),
+                msgspec.json.encode(_attributes(record)).decode(),
+            )
+            self._offer([row])
+        except Exception:  # noqa: BLE001 (as logging's handlers do: never raise into the caller)
+            self.handleError(record)
+
+
+def _attributes(record: logging.LogRecord) -> dict[str, Any]:
+    """A record's own fields (its ``extra``), where it was made, and its exception."""
+    attributes: dict[str, Any] = {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _STANDARD and isinstance(value, str | bool | int | float)
+    }
+    attributes["code.function.name"] = record.funcName
+    attributes["code.line.number"] = record.lineno
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        attributes["exception.type"] = type(error).__name__
+        attributes["exception.message"] = str(error)
+        attributes["exception.stacktrace"] = logging.Formatter().formatException(record.exc_info)
+    return attributes
 
 
 # The OpenTelemetry log data model's names for Python's levels.
