@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -117,14 +118,17 @@ def main() -> None:
     gateway = f"http://127.0.0.1:{port.group(1) if port else 8000}"
     if request("GET", f"{gateway}/api/products")[0] != 200:
         raise SystemExit(f"the shop is not answering at {gateway}: start it with `make demo`")
+    # Versions of this run's own: a second run finds payments at the last one.
+    run = secrets.token_hex(2)
+    broken, working = f"1.1.0+{run}", f"1.2.0+{run}"
     orders = Orders(gateway)
     try:
-        print("\n== payments 1.1.0, failing 30% of charges, as a canary ==", flush=True)
-        config.write_text(payments(original, "1.1.0", 'PAYMENT_ERROR_RATE = "0.3"'))
+        print(f"\n== payments {broken}, failing 30% of charges, as a canary ==", flush=True)
+        config.write_text(payments(original, broken, 'PAYMENT_ERROR_RATE = "0.3"'))
         bad = meshkit("deploy", "payments", project=project)
         print(f"(exit {bad}: {'rolled back' if bad == 1 else 'unexpected'})", flush=True)
-        print("\n== payments 1.2.0, working ==", flush=True)
-        config.write_text(payments(original, "1.2.0", 'PAYMENT_FAILURE_RATE = "0"'))
+        print(f"\n== payments {working}, working ==", flush=True)
+        config.write_text(payments(original, working, 'PAYMENT_FAILURE_RATE = "0"'))
         good = meshkit("deploy", "payments", project=project)
         print(f"(exit {good}: {'promoted' if good == 0 else 'unexpected'})", flush=True)
     finally:
@@ -136,7 +140,7 @@ def main() -> None:
         + ", ".join(f"{count} {status}" for status, count in sorted(ends.items())),
         flush=True,
     )
-    print("meshkit.toml is as it was; payments runs 1.2.0 until the shop restarts.")
+    print(f"meshkit.toml is as it was; payments runs {working} until the shop restarts.")
     meshkit("rollout", "status", "payments", project=project)
     raise SystemExit(0 if (bad, good) == (1, 0) and not ends["pending"] else 1)
 

@@ -140,7 +140,7 @@ def test_a_candidate_never_ready_rolls_a_rolling_update_back_to_the_old_set() ->
     start = rollout(RollingConfig(max_surge=1, max_unavailable=1, ready_timeout=10))
     current, driver = run(start, [(set(), 4.0)] * 5)
     assert current.phase is Phase.ROLLING_BACK
-    assert "was not ready 10 s after it started" in current.reason
+    assert "was not ready for 10 s" in current.reason
     current, driver = run(start, [(set(), 4.0)] * 5 + [(None, 1.0)] * 3)
     assert current.phase is Phase.ROLLED_BACK
     assert driver.count(candidate=True) == 0
@@ -372,6 +372,10 @@ def test_any_rollout_keeps_its_promises_and_ends(
             current = update_rollout(current, SmokeTested(passed=data.draw(st.booleans())), now)
         ready_before = driver.ready()
         driver.apply(made.target, now)
+        # No plan takes the service from ready instances to none (unless a rolling update
+        # is allowed that many unavailable).
+        allowed_none = isinstance(config, RollingConfig) and config.max_unavailable >= replicas
+        assert driver.ready() >= min(ready_before, 0 if allowed_none else 1)
         if isinstance(config, RollingConfig) and current.phase is Phase.PROGRESSING:
             assert driver.ready() >= min(ready_before, replicas - config.max_unavailable)
             assert len(driver.fleet) <= max(stable, replicas) + config.max_surge
@@ -405,8 +409,14 @@ def _check_plan(made: Plan, before: Rollout, driver: Driver, weight: int | None)
     """What every plan promises, whatever the strategy."""
     after = made.rollout
     if after.phase is Phase.ROLLING_BACK:
-        # Rolling back: no new candidate, and none of the traffic.
-        assert made.target.candidate == 0
+        # Rolling back: no new candidate, none of the traffic, and none stopped until the
+        # stable instances are back and ready.
+        candidates = [replica for replica in driver.fleet if replica.candidate]
+        stable = [replica for replica in driver.fleet if not replica.candidate]
+        assert made.target.candidate <= len(candidates)
+        if made.target.candidate < len(candidates):
+            assert len(stable) >= after.stable_replicas
+            assert all(replica.ready for replica in stable)
         assert made.target.stable == after.stable_replicas
         still_running = any(replica.candidate for replica in driver.fleet)
         if still_running and not isinstance(after.config, RollingConfig):

@@ -114,7 +114,13 @@ def deploy(
             started_at=SystemClock().time(),
         )
     except ConfigError as error:
-        fail(str(error))
+        hint = ""
+        if not old.version and not isinstance(config, RollingConfig):
+            hint = (
+                f" ({service} runs without a version: roll its version out first with"
+                f" `meshkit deploy {service} --strategy rolling`)"
+            )
+        fail(f"{error}{hint}")
     body = msgspec.json.encode(
         {
             "rollout": rollout,
@@ -190,7 +196,10 @@ def _command(name: str) -> None:
             return answer
 
         record = msgspec.convert(on_plane(project, _plane, send), RolloutRecord)
-        typer.echo(f"rollout {record.id} of {service}: {record.history[-1].text}")
+        asked = f"{name} requested"
+        start = max(i for i, line in enumerate(record.history) if line.text == asked)
+        for line in record.history[start:]:
+            typer.echo(f"rollout {record.id} of {service}: {line.text}")
 
     steer.__doc__ = {
         "promote": "Skip what is left: a canary's steps, a blue-green's checks or wait.",

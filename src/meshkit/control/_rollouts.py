@@ -187,16 +187,24 @@ class RolloutStore:
             if row is None:
                 raise NotFoundError(f"{service} has never been rolled out")
             current = self._read(db, row[0])
-            return self._write(db, current, update_rollout(current.rollout, event, now), now)
+            changed = update_rollout(current.rollout, event, now)
+            asked = f"{type(event).__name__.lower()} requested"
+            return self._write(db, current, changed, now, first=asked)
 
         return self._transaction(write)
 
     # -- internals ---------------------------------------------------------------------------
 
     def _write(
-        self, db: sqlite3.Connection, current: RolloutRecord, rollout: Rollout, now: float
+        self,
+        db: sqlite3.Connection,
+        current: RolloutRecord,
+        rollout: Rollout,
+        now: float,
+        *,
+        first: str | None = None,
     ) -> RolloutRecord:
-        lines = describe(current.rollout, rollout)
+        lines = ([first] if first else []) + describe(current.rollout, rollout)
         record = msgspec.structs.replace(
             current,
             version=current.version + 1,

@@ -79,7 +79,7 @@ from meshkit.errors import ConfigError
 from meshkit.gateway import READY_PATH as GATEWAY_READY
 from meshkit.observe import Identity, destination, standard_variables
 from meshkit.policy import BlueGreenConfig, RollingConfig
-from meshkit.service._metrics import METRICS_PATH as SERVICE_METRICS
+from meshkit.service import METRICS_PATH as SERVICE_METRICS
 from meshkit.sidecar import METRICS_PATH as SIDECAR_METRICS
 from meshkit.sidecar import READY_PATH as SIDECAR_READY
 

@@ -79,6 +79,7 @@ class RolloutDriver:
         self._registry = RemoteRegistry(plane_url, token=token, http=self._http)
         # The metrics read when a canary step began: (rollout id, step start) -> counts.
         self._baselines: dict[tuple[int, float], tuple[float, Counts]] = {}
+        self._last_ready: dict[str, float] = {}  # by replica id: when it last answered ready
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -97,66 +98,86 @@ class RolloutDriver:
         failing = False
         while True:
             try:
-                for record in await self.under_way():
-                    if record.rollout.service in self._supervisor.services:
-                        await self.step(record)
+                records = await self.under_way()
                 failing = False
             except MeshkitError as error:
                 # The control plane restarting, say: keep what runs, try again.
                 if not failing:
                     log.warning("rollouts: %s; trying again every second", error)
-                failing = True
-            except Exception:  # a bug here must not leave rollouts undriven for good
-                log.exception("rollouts: a step failed; trying again in a second")
+                failing, records = True, []
+            for record in records:
+                if record.rollout.service not in self._supervisor.services:
+                    continue  # a service this project no longer has: not ours to drive
+                # One rollout's trouble (its Prometheus unreachable) holds up no other.
+                try:
+                    await self.step(record)
+                except MeshkitError as error:
+                    log.warning("rollout %d of %s: %s", record.id, record.rollout.service, error)
+                except Exception:  # a bug here must not leave rollouts undriven for good
+                    log.exception("rollout %d: a step failed; trying again", record.id)
             await self._clock.sleep(_TICK)
 
     async def step(self, record: RolloutRecord) -> None:
-        """Take one rollout one step."""
-        rollout, service = record.rollout, record.rollout.service
+        """Take one rollout one step: plan, measure, save, and only then act, so a plan
+        from a record a command changed meanwhile is never acted on."""
+        service = record.rollout.service
         candidate = msgspec.convert(record.candidate, ServiceConfig)
         replicas = self._supervisor.replicas(service)
         ready = await asyncio.gather(*(self._supervisor.ready(r) for r in replicas))
-        seen = [
-            Seen(r.id, r.candidate, is_ready, r.started)
-            for r, is_ready in zip(replicas, ready, strict=True)
-        ]
         now = self._clock.time()
-        wrong = await self._wrong_version(rollout, [r for r in replicas if r.candidate])
+        for replica, up in zip(replicas, ready, strict=True):
+            if up:
+                self._last_ready[replica.id] = now
+        # "Not ready for ready_timeout": since it started, or since it was last ready.
+        seen = [
+            Seen(r.id, r.candidate, up, max(r.started, self._last_ready.get(r.id, 0.0)))
+            for r, up in zip(replicas, ready, strict=True)
+        ]
+        rollout = record.rollout
+        wrong = await self._wrong_version(rollout, replicas)
         if wrong is not None:
             rollout = update_rollout(rollout, Abort(reason=wrong), now)
         made = plan_rollout(rollout, seen, now)
+        candidates = [up for r, up in zip(replicas, ready, strict=True) if r.candidate]
+        everyone = bool(candidates) and all(candidates)
+        after = await self._measure(record.id, made, replicas, now, candidates_ready=everyone)
+        if after != record.rollout:
+            try:
+                await self._plane.call(
+                    "PUT",
+                    f"/v1/rollouts/{record.id}",
+                    body=msgspec.json.encode({"version": record.version, "rollout": after}),
+                )
+            except ConflictError:
+                return  # a command came in meanwhile: the next tick plans from it
         await self._set_weights(made.rollout, made.target)
         self._match(service, made.target, candidate, replicas, ready)
-        ready_candidates = [r for r, up in zip(replicas, ready, strict=True) if up and r.candidate]
-        everyone = len(ready_candidates) == sum(r.candidate for r in replicas) > 0
-        after = await self._measure(record.id, made, replicas, now, candidates_ready=everyone)
-        if after == rollout:
-            return
-        try:
-            await self._plane.call(
-                "PUT",
-                f"/v1/rollouts/{record.id}",
-                body=msgspec.json.encode({"version": record.version, "rollout": after}),
-            )
-        except ConflictError:
-            return  # a command came in meanwhile: the next tick starts from it
         if after.phase is Phase.COMPLETED:
             self._supervisor.adopt(service, candidate)
         if after.phase.finished:
             self._baselines = {k: v for k, v in self._baselines.items() if k[0] != record.id}
+            gone = {replica.id for replica in replicas}
+            self._last_ready = {k: v for k, v in self._last_ready.items() if k not in gone}
 
-    async def _wrong_version(self, rollout: Rollout, candidates: list[Replica]) -> str | None:
-        """Why a split cannot work: a candidate registered with another version than the
-        rollout's (its code's ``Service(version=...)`` overrides meshkit.toml's)."""
-        if isinstance(rollout.config, RollingConfig) or rollout.phase is not Phase.PROGRESSING:
+    async def _wrong_version(self, rollout: Rollout, replicas: list[Replica]) -> str | None:
+        """Why a split cannot work: an instance registered with another version than its
+        definition's (its code's ``Service(version=...)`` overrides meshkit.toml's); a split
+        by version would send it traffic meant for another, or none."""
+        if isinstance(rollout.config, RollingConfig) or rollout.phase.finished:
             return None
-        ids = {replica.id for replica in candidates}
+        if rollout.phase is Phase.ROLLING_BACK:
+            return None
+        expected = {
+            replica.id: rollout.candidate_version if replica.candidate else rollout.stable_version
+            for replica in replicas
+        }
         for instance in (await self._registry.lookup(rollout.service)).instances:
-            if instance.id in ids and instance.version != rollout.candidate_version:
+            wanted = expected.get(instance.id)
+            if wanted is not None and instance.version != wanted:
                 return (
                     f"{instance.id} registered as version {instance.version!r}, not"
-                    f" {rollout.candidate_version!r}: traffic is split by the version"
-                    " instances register with (does the code pass Service(version=...)?)"
+                    f" {wanted!r}: traffic is split by the version instances register with"
+                    " (does its code pass Service(version=...)?)"
                 )
         return None
 

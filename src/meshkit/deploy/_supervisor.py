@@ -106,14 +106,15 @@ class Supervisor:
         # Owner only: the token and every service's database live under it.
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = self._token = load_token(data_dir, create=True)
+        driver = RolloutDriver(self, self.registry_url, token, clock=self.clock)
         try:
             if not await self._start_control_plane(token):
                 return 1
-            driver = RolloutDriver(self, self.registry_url, token, clock=self.clock)
             for record in await driver.under_way():
                 # Stopped mid-rollout: the service runs what it ran before, and the
                 # rollout goes on from where its record says.
-                self._definitions[record.rollout.service] = driver.stable(record)
+                if record.rollout.service in self._definitions:
+                    self._definitions[record.rollout.service] = driver.stable(record)
             for name in self.project.order:
                 if self._stop.is_set():
                     break

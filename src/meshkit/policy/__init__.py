@@ -2,7 +2,8 @@
 routes, rollouts and their canary analysis.
 
 Everything here is a small state machine fed facts and ``now`` (seconds on a
-monotonic clock) that returns a decision. Nothing here awaits, sleeps, reads a
+monotonic clock; Unix seconds for rollouts, whose records outlive a process)
+that returns a decision. Nothing here awaits, sleeps, reads a
 clock or touches the network; the gateway, the sidecar, the service client and
 the registry are the drivers that do. State changes are reported to an
 optional ``Hook`` as frozen records (see ``_events``).

@@ -1,8 +1,10 @@
 """A canary's analysis: is the new version as good as the thresholds and the stable one?
 
-The figures are what the callers saw over one interval, per version:
-requests, failures (5xx answers and calls that got no answer) and the p99
-latency. ``judge`` compares the canary's with absolute thresholds
+The figures are what a version served over one interval: requests,
+failures (5xx answers; through a sidecar, also requests its app never
+answered) and the p99 latency, as the instances count them (or a
+Prometheus that scrapes them). A version that hangs or crashes shows as
+fewer requests: too few is a failed check. ``judge`` compares the canary's with absolute thresholds
 (Flagger's defaults: a success rate of at least 99%, a p99 of at most
 500 ms) and with the stable version's over the same interval (a success
 rate at most ``max_success_drop`` below it, a p99 at most

@@ -258,10 +258,11 @@ def plan_rollout(rollout: Rollout, fleet: Sequence[Replica], now: float) -> Plan
 
 
 def _late(new: list[Replica], timeout: float, now: float) -> str | None:
-    """Why the rollout must roll back: a candidate not ready in time; else ``None``."""
+    """Why the rollout must roll back: a candidate not ready for ``timeout`` s (since it
+    started, or since it was last ready: the driver says which in ``started``)."""
     for replica in new:
         if not replica.ready and now - replica.started > timeout:
-            return f"{replica.id} was not ready {timeout:g} s after it started"
+            return f"{replica.id} was not ready for {timeout:g} s"
     return None
 
 
@@ -293,13 +294,17 @@ def _set(rollout: Rollout, stable: int, candidate: int, weight: int | None) -> P
 
 
 def _rolling_back(rollout: Rollout, old: list[Replica], new: list[Replica], now: float) -> Plan:
-    """Back to the stable instances alone: the candidates take no traffic, then stop; done
-    once as many stable instances as before are ready."""
-    if not new and len(old) >= rollout.stable_replicas and all(replica.ready for replica in old):
+    """Back to the stable instances alone, the way forward went: the stable ones come back
+    first, the candidates taking no traffic under a split but still running, and stop only
+    once as many stable instances as before are ready; then it is done."""
+    stable = rollout.stable_replicas
+    back = len(old) >= stable and all(replica.ready for replica in old)
+    if back and not new:
         return _finish(rollout, Phase.ROLLED_BACK, now)
-    # A rolling update split nothing: its stable instances serve as they come back.
+    # A rolling update split nothing: its candidates serve, by count, until the stable
+    # instances are back (they may be all that is ready).
     weight = None if isinstance(rollout.config, RollingConfig) or not new else 0
-    return _set(rollout, rollout.stable_replicas, 0, weight)
+    return _set(rollout, stable, 0 if back else len(new), weight)
 
 
 def _rolling(
@@ -326,7 +331,10 @@ def _blue_green(
 ) -> Plan:
     replicas, stable = rollout.replicas, rollout.stable_replicas
     if rollout.phase is Phase.SWITCHED:
-        if rollout.paused or now < rollout.switched_at + config.keep:
+        ready = len(new) >= replicas and all(replica.ready for replica in new)
+        if rollout.paused or now < rollout.switched_at + config.keep or not ready:
+            # The old colour stays until the new one serves whole (after a restart of
+            # the driver, its replicas start again).
             return _set(rollout, stable, replicas, 100)
         if not old:
             return _finish(rollout, Phase.COMPLETED, now)
