@@ -15,7 +15,8 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 demo: $(VENV)/.installed-run
 	$(BIN)/meshkit up -p examples/shop
 
-# With the shop running (make demo, in another terminal): a canary of payments.
+# With the shop running (SHOP_ADMIN_KEY=... make demo, in another terminal; the
+# same key here): a canary of payments.
 canary: $(VENV)/.installed-run
 	$(BIN)/python examples/shop/canary.py
 

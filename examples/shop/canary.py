@@ -1,6 +1,7 @@
 """A canary of payments on the running shop: a bad version rolls itself back, a good one promotes.
 
-    make canary        (with the shop running: make demo, in another terminal)
+    SHOP_ADMIN_KEY=... make canary   (with the shop running, started with the same key:
+                                      SHOP_ADMIN_KEY=... make demo, in another terminal)
 
 While orders keep coming through the gateway (ten a second), this edits
 payments' table in meshkit.toml and runs ``meshkit deploy payments``, twice:
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -34,7 +36,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KEY = "shop-demo"
-ORDER = {"user_id": 1, "items": [{"product_id": 2, "quantity": 1}]}
+ORDER = {"user_id": 1, "items": [{"product_id": 3, "quantity": 1}]}
+STOCK = 1_000_000  # of product 3, so that no order is rejected for want of it
 
 
 def meshkit(*args: str, project: Path) -> int:
@@ -44,10 +47,12 @@ def meshkit(*args: str, project: Path) -> int:
     return subprocess.run(command, check=False).returncode  # noqa: S603 (our own program)
 
 
-def request(method: str, url: str, body: object = None) -> tuple[int, dict[str, object]]:
+def request(
+    method: str, url: str, body: object = None, *, key: str = KEY
+) -> tuple[int, dict[str, object]]:
     data = None if body is None else json.dumps(body).encode()
     sent = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (the shop's gateway)
-    sent.add_header("x-api-key", KEY)
+    sent.add_header("x-api-key", key)
     sent.add_header("content-type", "application/json")
     try:
         with urllib.request.urlopen(sent, timeout=30) as answer:  # noqa: S310
@@ -90,8 +95,9 @@ class Orders:
         for _ in range(looks):
             ends = Counter()
             for order_id in self.placed:
-                _, body = request("GET", f"{self.gateway}/api/orders/{order_id}")
-                ends[str(body.get("status", "unknown"))] += 1
+                status, body = request("GET", f"{self.gateway}/api/orders/{order_id}")
+                ends[str(body.get("status")) if status == 200 else f"unread ({status})"] += 1
+                threading.Event().wait(0.02)  # within the demo key's 100 requests a second
             if not ends["pending"]:
                 break
             threading.Event().wait(2)  # a pause: the orders are done
@@ -118,6 +124,15 @@ def main() -> None:
     gateway = f"http://127.0.0.1:{port.group(1) if port else 8000}"
     if request("GET", f"{gateway}/api/products")[0] != 200:
         raise SystemExit(f"the shop is not answering at {gateway}: start it with `make demo`")
+    admin = os.environ.get("SHOP_ADMIN_KEY", "")
+    restocked = request("PUT", f"{gateway}/api/stock/3", {"quantity": STOCK}, key=admin)[0]
+    if not admin or restocked != 200:
+        raise SystemExit(
+            "make canary places about a thousand orders, more than the shop has in stock:"
+            " start the shop with SHOP_ADMIN_KEY=<8 characters or more> make demo, and run"
+            " SHOP_ADMIN_KEY=<the same> make canary, so that it can restock"
+            f" (restocking answered {restocked or 'nothing'})"
+        )
     # Versions of this run's own: a second run finds payments at the last one.
     run = secrets.token_hex(2)
     broken, working = f"1.1.0+{run}", f"1.2.0+{run}"

@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from meshkit._clock import SystemClock
 from meshkit._plane_client import PlaneClient
@@ -152,7 +153,7 @@ async def _follow(plane: PlaneClient, record: RolloutRecord) -> RolloutRecord:
     shown = 0
     while True:
         for line in record.history[shown:]:
-            console.print(f"{_clock(line.at)}  {line.text}")
+            console.print(f"{_clock(line.at)}  {escape(line.text)}")
         shown = len(record.history)
         if record.rollout.phase.finished:
             return record
@@ -227,7 +228,8 @@ def _print(record: RolloutRecord) -> None:
         steps = rollout.config.steps
         done = rollout.step + (1 if rollout.phase is not Phase.PROGRESSING else 0)
         bar = "#" * done + "." * (len(steps) - done)
-        console.print(f"steps  [{bar}] {done}/{len(steps)}: {', '.join(f'{s}%' for s in steps)}")
+        shares = ", ".join(f"{s}%" for s in steps)
+        console.print(escape(f"steps  [{bar}] {done}/{len(steps)}: {shares}"))
     traffic = "no split" if rollout.weight is None else f"{rollout.weight}% to the candidate"
     console.print(f"traffic  {traffic}")
     for analysis in rollout.analyses[-3:]:
@@ -235,12 +237,12 @@ def _print(record: RolloutRecord) -> None:
         canary = analysis.canary
         console.print(
             f"analysis {_clock(analysis.at)}  {canary.requests} requests,"
-            f" {canary.failures} failed: {verdict}"
+            f" {canary.failures} failed: {escape(verdict)}"
         )
     if rollout.reason:
-        console.print(f"reason  {rollout.reason}")
+        console.print(f"reason  {escape(rollout.reason)}")
     for line in record.history:
-        console.print(f"  {_clock(line.at)}  {line.text}")
+        console.print(f"  {_clock(line.at)}  {escape(line.text)}")
 
 
 def _clock(at: float) -> str:
