@@ -106,7 +106,7 @@ class Orders:
 
 def payments(text: str, version: str, env: str) -> str:
     """meshkit.toml's text with payments' version and environment changed."""
-    table = re.search(r"\[services\.payments\]\n(?:[^\[].*\n)*", text)
+    table = re.search(r"\[services\.payments\]\n(?:[^\[\n].*\n|\n)*", text)
     if table is None:
         raise SystemExit("no [services.payments] table in meshkit.toml")
     changed = re.sub(r'version = ".*"', f'version = "{version}"', table.group(0))
