@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from meshkit.control import ControlPlane
+from meshkit.control import ControlPlane, RolloutRecord, rollout_trace_id
 from meshkit.http import HTTPClient
 from meshkit.policy import AnalysisConfig, CanaryConfig, Phase, Rollout, Window, judge
 
@@ -165,3 +165,30 @@ async def test_an_analysis_of_nothing_is_kept_and_read_back(plane: ControlPlane)
     _, read = await call(plane, "GET", f"/v1/rollouts/{created['id']}")
     assert msgspec.convert(read["rollout"], Rollout).analyses == (analysis,)
     assert read["history"][-1]["text"].startswith("analysis failed: only 0 requests")
+
+
+async def test_a_rollout_is_a_trace_in_the_plane_s_store(plane: ControlPlane) -> None:
+    """A span per transition as it happens, and the root, from start to end, once it ends:
+    meshkit traces show draws it."""
+    _, created = await call(plane, "POST", "/v1/rollouts", create_body())
+    await call(plane, "POST", "/v1/rollouts/payments/abort")
+    _, record = await call(plane, "GET", f"/v1/rollouts/{created['id']}")
+    ended = msgspec.structs.replace(
+        msgspec.convert(record["rollout"], Rollout), phase=Phase.ROLLED_BACK, finished_at=1010.0
+    )
+    body = msgspec.json.encode({"version": record["version"], "rollout": ended})
+    _, finished = await call(plane, "PUT", f"/v1/rollouts/{created['id']}", body)
+    assert plane.telemetry is not None
+    plane.telemetry.flush()
+    trace = plane.telemetry.trace(rollout_trace_id(msgspec.convert(finished, RolloutRecord)))
+    assert trace is not None
+    (root,) = [span for span in trace.spans if not span.parent_span_id]
+    assert (root.name, root.service, root.status) == (
+        "canary rollout of payments",
+        "meshkit-control-plane",
+        "error",
+    )
+    assert root.status_message == "aborted"
+    lines = [line["text"] for line in finished["history"]]
+    children = [span.name for span in trace.spans if span.parent_span_id == root.span_id]
+    assert sorted(children) == sorted(lines)

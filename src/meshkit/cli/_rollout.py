@@ -28,7 +28,7 @@ from meshkit._clock import SystemClock
 from meshkit._plane_client import PlaneClient
 from meshkit.cli._app import Json, app, commands, fail
 from meshkit.cli._project import ProjectOption, on_plane, open_project, running_hint
-from meshkit.control import RolloutRecord
+from meshkit.control import RolloutRecord, rollout_trace_id
 from meshkit.deploy import ServiceConfig
 from meshkit.deploy._state import running_table
 from meshkit.errors import ConfigError
@@ -241,6 +241,7 @@ def _print(record: RolloutRecord) -> None:
         )
     if rollout.reason:
         console.print(f"reason  {escape(rollout.reason)}")
+    console.print(f"trace  {rollout_trace_id(record)} (meshkit traces show ID)")
     for line in record.history:
         console.print(f"  {_clock(line.at)}  {escape(line.text)}")
 

@@ -80,7 +80,7 @@ class ControlPlane:
             bus=BusAPI(self.bus),
             telemetry=TelemetryAPI(self.telemetry, clock=clock),
             metrics=metrics,
-            rollouts=RolloutAPI(self.rollouts, clock=clock),
+            rollouts=RolloutAPI(self.rollouts, clock=clock, spans=self.telemetry.offer_spans),
         )
         self._server = HTTPServer(
             metrics.measured(api.handle),

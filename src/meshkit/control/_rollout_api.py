@@ -15,6 +15,7 @@ answer is a problem detail (RFC 9457) when it is an error.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -23,9 +24,11 @@ import msgspec
 from meshkit._clock import Clock
 from meshkit.control._answers import decode_body, invalid
 from meshkit.control._answers import error as error_answer
-from meshkit.control._rollouts import RolloutRecord, RolloutStore
+from meshkit.control._rollout_trace import spans
+from meshkit.control._rollouts import HistoryLine, RolloutRecord, RolloutStore
 from meshkit.errors import ConflictError, InvalidArgumentError, NotFoundError
 from meshkit.http import Request, Response, json_response
+from meshkit.observe import SpanRow
 from meshkit.policy import COMMANDS, Rollout
 from meshkit.registry import check_name
 
@@ -49,9 +52,16 @@ class _Step(msgspec.Struct, forbid_unknown_fields=True):
 class RolloutAPI:
     """``handle`` answers ``/v1/rollouts...``; every transition is also a log record."""
 
-    def __init__(self, store: RolloutStore, *, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: RolloutStore,
+        *,
+        clock: Clock,
+        spans: Callable[[list[SpanRow]], bool] | None = None,
+    ) -> None:
         self._store = store
         self._clock = clock
+        self._spans = spans  # where each rollout's trace goes: the plane's telemetry store
 
     def handle(self, request: Request) -> Response:
         method, rest = request.method, request.path[len(PREFIX) :].strip("/")
@@ -104,7 +114,7 @@ class RolloutAPI:
         record = self._store.create(
             asked.rollout, stable=asked.stable, candidate=asked.candidate, now=self._clock.time()
         )
-        _logged(record, len(record.history))
+        self._traced(record, len(record.history))
         return _answer(201, record)
 
     def _step(self, rollout_id: int, body: bytes) -> Response:
@@ -113,7 +123,7 @@ class RolloutAPI:
         if asked.rollout.service != before.rollout.service:
             raise InvalidArgumentError("rollout.service", "a rollout keeps its service")
         record = self._store.save(rollout_id, asked.version, asked.rollout, self._clock.time())
-        _logged(record, len(record.history) - len(before.history))
+        self._traced(record, len(record.history) - len(before.history))
         return _answer(200, record)
 
     def _command(self, service: str, command: str) -> Response:
@@ -125,8 +135,18 @@ class RolloutAPI:
             )
         before = len(self._store.latest(service).history)
         record = self._store.command(service, kind(), self._clock.time())
-        _logged(record, len(record.history) - before)
+        self._traced(record, len(record.history) - before)
         return _answer(200, record)
+
+    def _traced(self, record: RolloutRecord, new: int) -> None:
+        """The newest ``new`` lines as log records, and as spans of the rollout's trace."""
+        _logged(record, new)
+        if self._spans is not None and new > 0:
+            self._spans(spans(record, _newest(record, new)))
+
+
+def _newest(record: RolloutRecord, new: int) -> tuple[HistoryLine, ...]:
+    return record.history[len(record.history) - new :] if new > 0 else ()
 
 
 def _answer(status: int, record: RolloutRecord) -> Response:
@@ -135,7 +155,7 @@ def _answer(status: int, record: RolloutRecord) -> Response:
 
 def _logged(record: RolloutRecord, new: int) -> None:
     """The record's newest ``new`` history lines, as log records of the control plane."""
-    for line in record.history[len(record.history) - new :] if new > 0 else ():
+    for line in _newest(record, new):
         log.info(
             "rollout %d of %s: %s",
             record.id,

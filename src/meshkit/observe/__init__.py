@@ -28,6 +28,7 @@ from meshkit.observe._logs import (
     console_handler,
     install_record_fields,
 )
+from meshkit.observe._otlp_decode import LogRow, SpanRow
 from meshkit.observe._queue import ExportQueue, QueueStatistics
 from meshkit.observe._recorder import (
     CLIENT,
@@ -80,6 +81,7 @@ __all__ = [
     "LogPage",
     "LogQuery",
     "LogRecord",
+    "LogRow",
     "LogView",
     "OTLPHandler",
     "OtlpHttpSink",
@@ -93,6 +95,7 @@ __all__ = [
     "Sampler",
     "Sink",
     "SpanRecord",
+    "SpanRow",
     "SpanView",
     "StoreHandler",
     "StoreStatistics",
