@@ -174,6 +174,17 @@ def test_a_rolling_update_under_load_loses_no_request(project: Project) -> None:
 
     wait_until(logged, 10, "the rollout's transitions in meshkit logs")
     assert "rolling rollout of echo began: 1 -> 2" in logged()
+    # ... and the rollout is a trace, its id in the status.
+    shown = project.meshkit("rollout", "status", "echo")
+    found = re.search(r"trace  ([0-9a-f]{32})", shown.stdout)
+    assert found is not None, shown.stdout
+
+    def drawn() -> str:
+        trace = project.meshkit("traces", "show", found.group(1))
+        return trace.stdout if trace.returncode == 0 else ""
+
+    wait_until(drawn, 10, "the rollout's trace")
+    assert "rolling rollout of echo" in drawn()
 
 
 CANARY = """
