@@ -24,8 +24,7 @@ from meshkit.deploy import load_project
 from meshkit.errors import ConfigError, MeshkitError
 from meshkit.gateway import AccessLog, Gateway, GatewayConfig
 from meshkit.observe import OtlpHttpSink, destination
-from meshkit.registry import Registry, open_registry
-from meshkit.registry._model import check_host
+from meshkit.registry import Registry, check_host, open_registry
 
 
 def _read_again(directory: Path, host: str | None) -> GatewayConfig:

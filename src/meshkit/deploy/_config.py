@@ -63,8 +63,7 @@ from meshkit.errors import ConfigError, InvalidArgumentError
 from meshkit.gateway import GatewayConfig
 from meshkit.observe import DEFAULT_MAX_AGE, DEFAULT_MAX_SIZE, Retention, parse_duration, parse_size
 from meshkit.policy import RollingConfig, RolloutConfig
-from meshkit.registry import MAX_TTL, MIN_TTL, check_name
-from meshkit.registry._model import check_host
+from meshkit.registry import MAX_TTL, MIN_TTL, check_host, check_name
 from meshkit.sidecar import EventRoute
 from meshkit.sidecar._events import check_max_deliveries
 

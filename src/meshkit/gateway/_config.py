@@ -68,7 +68,7 @@ from meshkit.http._grammar import TOKEN
 from meshkit.policy import BreakerConfig, RateLimit, RetryPolicy, Route, RouteTable, WeightedSplit
 from meshkit.proxy import route_breaker
 from meshkit.ratelimit.redis import check_url
-from meshkit.registry._model import check_host
+from meshkit.registry import check_host
 
 __all__ = [
     "AdminConfig",

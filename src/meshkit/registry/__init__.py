@@ -12,6 +12,7 @@ from meshkit.registry._model import (
     ServiceCount,
     ServiceList,
     Snapshot,
+    check_host,
     check_name,
 )
 from meshkit.registry._open import open_registry
@@ -29,6 +30,7 @@ __all__ = [
     "ServiceCount",
     "ServiceList",
     "Snapshot",
+    "check_host",
     "check_name",
     "open_registry",
     "parse_http_url",

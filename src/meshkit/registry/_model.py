@@ -21,6 +21,7 @@ __all__ = [
     "ServiceList",
     "Snapshot",
     "Weights",
+    "check_host",
     "check_name",
     "check_weights",
 ]
