@@ -29,9 +29,9 @@ import msgspec
 from meshkit._clock import Clock
 from meshkit._plane_client import PlaneClient
 from meshkit.control import RolloutRecord
+from meshkit.deploy._analysis_sources import source_for
 from meshkit.deploy._config import ServiceConfig
-from meshkit.deploy._metrics_source import Counts, Kind, ScrapeTarget, scrape, window
-from meshkit.deploy._prometheus_source import PrometheusSource
+from meshkit.deploy._metrics_source import Counts
 from meshkit.deploy._replica import Replica
 from meshkit.errors import ConflictError, DeadlineExceededError, MeshkitError, PeerError
 from meshkit.http import HTTPClient, Timeouts
@@ -54,8 +54,6 @@ from meshkit.policy import (
     Target as PlanTarget,
 )
 from meshkit.registry import RemoteRegistry
-from meshkit.service import METRICS_PATH as SERVICE_METRICS
-from meshkit.sidecar import METRICS_PATH as SIDECAR_METRICS
 
 if TYPE_CHECKING:
     from meshkit.deploy._supervisor import Supervisor
@@ -238,34 +236,21 @@ class RolloutDriver:
             or rollout.step < 0
         ):
             return rollout
-        prometheus = config.analysis.prometheus
+        source = source_for(config.analysis, self._http)
         key = (rollout_id, rollout.step_started)
         if key not in self._baselines:
             if not candidates_ready:
                 # Started again (after a restart, say): the interval measures the step
                 # only once its candidates serve.
                 return rollout
-            # Prometheus keeps the history itself; the instances only their totals.
-            counts = {} if prometheus else await scrape(_targets(replicas), self._http)
-            self._baselines[key] = (now, counts)
+            self._baselines[key] = (now, await source.begin(replicas))
             return rollout
         if made.analyze is None:
             return rollout
-        since, before = self._baselines[key]
+        since, mark = self._baselines[key]
         if now - since < config.interval:
             return rollout  # read late (after a restart): the step gets a whole interval
-        if prometheus:
-            source = PrometheusSource(prometheus, self._http)
-            sidecar = self._supervisor.definition(rollout.service).sidecar
-            kind: Kind = "sidecar" if sidecar else "service"
-            service = rollout.service
-            canary = await source.window(service, rollout.candidate_version, kind, since, now)
-            stable = await source.window(service, rollout.stable_version, kind, since, now)
-        else:
-            after = await scrape(_targets(replicas), self._http)
-            candidates = {_target(r) for r in replicas if r.candidate}
-            canary = window(_of(before, candidates, keep=True), _of(after, candidates, keep=True))
-            stable = window(_of(before, candidates, keep=False), _of(after, candidates, keep=False))
+        canary, stable = await source.windows(mark, replicas, rollout, since, now)
         del self._baselines[key]  # measured: a failure above keeps it for the next try
         analysis = judge(canary, stable, config.analysis, now)
         return update_rollout(rollout, Analyzed(analysis), now)
@@ -283,19 +268,3 @@ class RolloutDriver:
                 if not 200 <= status < 300:
                     failed.append(f"{replica.id} {path}: {status or 'no answer'}")
         return not failed, "; ".join(failed)
-
-
-def _target(replica: Replica) -> ScrapeTarget:
-    """Where a replica's metrics are: a Service's own, or its sidecar's inbound ones."""
-    if replica.config.sidecar:
-        return ScrapeTarget("127.0.0.1", replica.port, SIDECAR_METRICS, "sidecar")
-    return ScrapeTarget("127.0.0.1", replica.port, SERVICE_METRICS, "service")
-
-
-def _targets(replicas: list[Replica]) -> list[ScrapeTarget]:
-    return [_target(replica) for replica in replicas]
-
-
-def _of(counts: Counts, targets: set[ScrapeTarget], *, keep: bool) -> Counts:
-    """The counts of ``targets`` (``keep``), or of every other instance."""
-    return {target: totals for target, totals in counts.items() if (target in targets) == keep}
