@@ -451,7 +451,7 @@ def test_the_defaults_are_analysis_configs(tmp_path: Path) -> None:
     assert conditions[1].endswith(f">= {defaults.min_success}")
     assert conditions[2].endswith(f"<= {defaults.max_p99})")
     # A sidecar's inbound series, without the probes it answers itself.
-    assert 'route="inbound"' in template["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
+    assert 'route!~"(/-/.*)?"' in template["spec"]["metrics"][0]["provider"]["prometheus"]["query"]
 
 
 def test_a_blue_green_service_switches_after_its_smoke_requests(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from meshkit.deploy._metrics_source import ROUTES, SERIES, Series
 from meshkit.policy import AnalysisConfig, BlueGreenConfig, CanaryConfig
 
 __all__ = ["MIN_WINDOW", "PREVIEW_SUFFIX", "rollout_objects"]
@@ -58,22 +59,6 @@ API_VERSION = "argoproj.io/v1alpha1"
 PREVIEW_SUFFIX = "-preview"
 # Seconds: twice the one-minute scrape interval of the Prometheus Helm chart.
 MIN_WINDOW = 120
-
-# The series a meshkit Service and a sidecar's inbound proxy count requests in
-# (meshkit.service._metrics, meshkit.proxy._metrics), and what counts as failed:
-# a sidecar records 0 when the app gave no answer.
-_SERVICE_SERIES = (
-    "meshkit_service_requests_total",
-    "meshkit_service_request_duration_seconds_bucket",
-    "",
-    'code=~"5.."',
-)
-_SIDECAR_SERIES = (
-    "meshkit_sidecar_inbound_requests_total",
-    "meshkit_sidecar_inbound_request_duration_seconds_bucket",
-    'route="inbound",',  # not the probes the sidecar answers itself
-    'code=~"5..|0"',
-)
 
 
 def rollout_objects(
@@ -150,7 +135,7 @@ def _canary_template(
         {"name": "prometheus-address", "value": prometheus},
         {"name": "window", "value": f"{window}s"},
     ]
-    queries = _queries(_SIDECAR_SERIES if sidecar else _SERVICE_SERIES, config.analysis)
+    queries = _queries(SERIES["sidecar" if sidecar else "service"], config.analysis)
     metrics = [
         {
             "name": metric,
@@ -165,17 +150,15 @@ def _canary_template(
     return _analysis_template(f"{name}-canary", labels, {"args": args, "metrics": metrics})
 
 
-def _queries(
-    series: tuple[str, str, str, str], config: AnalysisConfig
-) -> list[tuple[str, str, str]]:
+def _queries(series: Series, config: AnalysisConfig) -> list[tuple[str, str, str]]:
     """``(metric, PromQL, successCondition)`` of each check ``judge`` makes against thresholds.
 
     The success rate and the p99 are empty below ``min_requests`` (``and
     on ()``), which passes: the requests check fails then, once.
     """
-    requests, buckets, only, failed = series
+    requests, buckets, failed = series
     pods = (
-        f'{only}app_kubernetes_io_name="{{{{args.service-name}}}}",'
+        f'{ROUTES},app_kubernetes_io_name="{{{{args.service-name}}}}",'
         'rollouts_pod_template_hash="{{args.canary-hash}}"'
     )
     window = "[{{args.window}}]"

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
@@ -42,20 +42,42 @@ from meshkit.errors import DeadlineExceededError, InvalidArgumentError, PeerErro
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import Window
 
-__all__ = ["Counts", "Kind", "ScrapeTarget", "Totals", "scrape", "window"]
+__all__ = [
+    "ROUTES",
+    "SERIES",
+    "Counts",
+    "Kind",
+    "ScrapeTarget",
+    "Series",
+    "Totals",
+    "scrape",
+    "window",
+]
 
 Kind = Literal["service", "sidecar"]
 
-# (requests counter, duration histogram's buckets) by kind, as the text
-# format names the samples.
-_SAMPLES: dict[Kind, tuple[str, str]] = {
-    "service": (
+
+class Series(NamedTuple):
+    """What one kind of instance counts its traffic in, as samples and as PromQL matchers."""
+
+    requests: str  # the request counter's samples
+    buckets: str  # the duration histogram's bucket samples
+    failed: str  # PromQL: the codes of a failed answer
+
+
+# The application's routes, in PromQL: not "" (a sidecar's own answers) nor
+# under /-/ (health, readiness): what _counted below keeps.
+ROUTES = 'route!~"(/-/.*)?"'
+SERIES: dict[Kind, Series] = {
+    "service": Series(
         "meshkit_service_requests_total",
         "meshkit_service_request_duration_seconds_bucket",
+        'code=~"5.."',
     ),
-    "sidecar": (
+    "sidecar": Series(
         "meshkit_sidecar_inbound_requests_total",
         "meshkit_sidecar_inbound_request_duration_seconds_bucket",
+        'code=~"5..|0"',
     ),
 }
 
@@ -138,7 +160,7 @@ def _parse(text: str, kind: Kind) -> Totals:
 
     Raises ``ValueError`` if ``text`` is not in Prometheus's text format.
     """
-    requests_name, buckets_name = _SAMPLES[kind]
+    requests_name, buckets_name, _ = SERIES[kind]
     requests = failures = 0
     buckets: dict[float, int] = {}
     for family in text_string_to_metric_families(text):

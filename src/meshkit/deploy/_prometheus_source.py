@@ -16,27 +16,12 @@ from urllib.parse import urlencode, urlsplit
 
 import msgspec
 
-from meshkit.deploy._metrics_source import Kind
+from meshkit.deploy._metrics_source import ROUTES, SERIES, Kind
 from meshkit.errors import ConfigError, DeadlineExceededError, EnvironmentFaultError, PeerError
 from meshkit.http import HTTPClient, Timeouts
 from meshkit.policy import Window
 
 __all__ = ["PrometheusSource"]
-
-# What each kind of instance serves, and which of its routes are the application's.
-_SERIES: dict[Kind, tuple[str, str, str]] = {
-    "service": (
-        "meshkit_service_requests_total",
-        "meshkit_service_request_duration_seconds_bucket",
-        'route!~"/-/.*"',
-    ),
-    "sidecar": (
-        "meshkit_sidecar_inbound_requests_total",
-        "meshkit_sidecar_inbound_request_duration_seconds_bucket",
-        'route!=""',
-    ),
-}
-_FAILED = {"service": 'code=~"5.."', "sidecar": 'code=~"5..|0"'}
 
 
 class _Sample(msgspec.Struct):
@@ -70,11 +55,11 @@ class PrometheusSource:
         self, service: str, version: str, kind: Kind, since: float, until: float
     ) -> Window:
         """What ``version`` of ``service`` served from ``since`` to ``until`` (Unix seconds)."""
-        counter, buckets, routes = _SERIES[kind]
-        labels = f'service="{_quoted(service)}",version="{_quoted(version)}",{routes}'
+        counter, buckets, failing = SERIES[kind]
+        labels = f'service="{_quoted(service)}",version="{_quoted(version)}",{ROUTES}'
         span = f"[{max(1, round(until - since))}s]"
         requests = await self._value(f"sum(increase({counter}{{{labels}}}{span}))", until)
-        failed = f"{labels},{_FAILED[kind]}"
+        failed = f"{labels},{failing}"
         failures = await self._value(f"sum(increase({counter}{{{failed}}}{span}))", until)
         p99 = await self._value(
             f"histogram_quantile(0.99, sum by (le) (increase({buckets}{{{labels}}}{span})))",

@@ -28,16 +28,17 @@ class WeightedSplit:
 
     __slots__ = ("_first", "_rest", "weights")
 
-    def __init__(self, weights: Mapping[str, int]) -> None:
+    def __init__(self, weights: Mapping[str, int], *, key: str = "split") -> None:
+        """``key`` names the setting in errors (a route's ``split``, a service's weights)."""
         if not weights:
-            raise ConfigError("split", "needs at least one target")
+            raise ConfigError(key, "needs at least one target")
         for target, weight in weights.items():
             if type(weight) is not int or not 0 <= weight <= 1_000_000:
                 raise ConfigError(
-                    f"split.{target}", f"must be a whole number from 0 to 1000000, got {weight!r}"
+                    f"{key}.{target}", f"must be a whole number from 0 to 1000000, got {weight!r}"
                 )
         if not any(weights.values()):
-            raise ConfigError("split", "the weights add up to 0: no target could be chosen")
+            raise ConfigError(key, "the weights add up to 0: no target could be chosen")
         self.weights = dict(weights)
         # The first target keeps its role at any weight, 0 included, so its
         # weight alone decides how many keys it takes from the rest.

@@ -12,6 +12,7 @@ import re
 import msgspec
 
 from meshkit.errors import ConfigError
+from meshkit.policy import WeightedSplit
 from meshkit.policy import _check as check
 
 __all__ = [
@@ -110,17 +111,12 @@ def check_weights(service: str, weights: object) -> Weights:
     """A service's version weights: versions (as instances name them) to whole weights
     from 0 to 1,000,000, at least one above 0."""
     key = f"weights.{service}"
-    if not isinstance(weights, dict) or not weights:
+    if not isinstance(weights, dict):
         raise ConfigError(key, f"must map versions to weights, got {weights!r}")
-    for version, weight in weights.items():
+    for version in weights:
         if not isinstance(version, str) or len(version) > 128:
             raise ConfigError(key, f"a version is text of at most 128 characters: {version!r}")
-        if type(weight) is not int or not 0 <= weight <= 1_000_000:
-            raise ConfigError(
-                f"{key}.{version}", f"must be a whole number from 0 to 1000000, got {weight!r}"
-            )
-    if not any(weights.values()):
-        raise ConfigError(key, "the weights add up to 0: no version could be chosen")
+    WeightedSplit(weights, key=key)  # the weights' own rules, where the split is made
     return dict(weights)
 
 
