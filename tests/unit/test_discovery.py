@@ -214,3 +214,20 @@ def test_new_weights_and_instances_take_effect_on_update() -> None:
     assert _shares(instances, 200) == {"1.1": 1.0}
     instances.update(list(instances.instances.values()), None)
     assert set(_shares(instances, 400)) == {"1.0", "1.1"}
+
+
+def test_an_instance_registered_again_at_another_address_starts_with_a_closed_breaker() -> None:
+    """A new process under an old id (a restart on a new port) is not ejected for the failures
+    of the one before it; the same instance at the same address keeps its state."""
+    instances = _set(2)
+    sick = next(iter(instances.instances))
+    _fail(instances, sick, 0.0)
+    assert instances.ejected == 1
+    old = instances.instances[sick]
+    same = list(instances.instances.values())
+    instances.update(same)
+    assert instances.ejected == 1
+    moved = Instance(service="orders", id=old.id, host="127.0.0.1", port=old.port + 100)
+    instances.update([moved if i.key == sick else i for i in same])
+    assert instances.ejected == 0
+    assert instances.pick(1.0, set(instances.instances) - {sick}) is not None

@@ -98,6 +98,7 @@ class InstanceSet:
         self, instances: Iterable[Instance], weights: Mapping[str, int] | None = None
     ) -> None:
         """The service's instances now, and its traffic weights by version (``None``: none)."""
+        previous = self.instances
         self.instances = {instance.key: instance for instance in instances}
         self.split = None if weights is None else WeightedSplit(weights)
         keys = frozenset(self.instances)
@@ -106,11 +107,18 @@ class InstanceSet:
             version: keys - {k for k, i in self.instances.items() if i.version == version}
             for version in versions
         }
-        # Breakers of instances that stay keep their state; newcomers start closed.
+        # Breakers of instances that stay keep their state; newcomers start closed,
+        # and so does an instance registered again at another address (a new process
+        # under the old id, after a restart): the old one's failures are not its own.
         ejection = self._policy.ejection
         self.breakers = {
-            key: self.breakers.get(key) or CircuitBreaker(ejection, name=key)
-            for key in self.instances
+            key: (
+                self.breakers.get(key)
+                if key in previous and previous[key].address == instance.address
+                else None
+            )
+            or CircuitBreaker(ejection, name=key)
+            for key, instance in self.instances.items()
         }
         self._ejected = sum(1 for breaker in self.breakers.values() if breaker.state is not _CLOSED)
         self.balancer.update(self.instances)
