@@ -88,6 +88,7 @@ class Supervisor:
         # until something listens on it, and the fixed ones are not taken yet.
         self._taken = _fixed_ports(project)
         self._rollouts: asyncio.Task[None] | None = None
+        self._probe: HTTPClient | None = None  # the readiness checks a rollout makes
         cp = project.control_plane
         self.registry_url = f"http://{cp.host}:{cp.port}"
         self.output.width = max(
@@ -277,9 +278,11 @@ class Supervisor:
             return False
         if not path:
             return True  # a command without a health path: running is all it says
+        if self._probe is None:  # one client, its connections kept, for every check
+            self._probe = HTTPClient(timeouts=Timeouts(connect=1.0, read=2.0))
         with contextlib.suppress(PeerError, DeadlineExceededError):
-            async with HTTPClient(timeouts=Timeouts(connect=1.0, read=2.0)) as http:
-                return (await http.request("GET", "127.0.0.1", replica.port, path)).status == 200
+            answer = await self._probe.request("GET", "127.0.0.1", replica.port, path)
+            return answer.status == 200
         return False
 
     def _telemetry_variables(
@@ -413,6 +416,8 @@ class Supervisor:
         await self._stop_all(children)
         if self._stopping:  # replicas a rollout was stopping: they finish draining
             await asyncio.gather(*self._stopping, return_exceptions=True)
+        if self._probe is not None:
+            await self._probe.aclose()
         if self._control_plane is not None:
             await self._control_plane.stop(grace=_GRACE)
         self._finished = True

@@ -101,12 +101,8 @@ class InstanceSet:
         previous = self.instances
         self.instances = {instance.key: instance for instance in instances}
         self.split = None if weights is None else WeightedSplit(weights)
-        keys = frozenset(self.instances)
-        versions = {instance.version for instance in self.instances.values()}
-        self._others = {
-            version: keys - {k for k, i in self.instances.items() if i.version == version}
-            for version in versions
-        }
+        # Only a split needs them: most services have none.
+        self._others = {} if self.split is None else _others(self.instances)
         # Breakers of instances that stay keep their state; newcomers start closed,
         # and so does an instance registered again at another address (a new process
         # under the old id, after a restart): the old one's failures are not its own.
@@ -216,3 +212,13 @@ class InstanceSet:
                 self.ejections += 1
             else:
                 self._ejected -= 1
+
+
+def _others(instances: dict[str, Instance]) -> dict[str, frozenset[str]]:
+    """For each version running, the keys of the instances of every other version."""
+    keys = frozenset(instances)
+    versions = {instance.version for instance in instances.values()}
+    return {
+        version: keys - {key for key, found in instances.items() if found.version == version}
+        for version in versions
+    }
